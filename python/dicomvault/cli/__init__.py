@@ -1,0 +1,1 @@
+"""The ``dicomvault`` command line (Typer): archive administration and DICOM verbs."""

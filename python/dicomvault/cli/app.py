@@ -1,0 +1,24 @@
+"""The ``dicomvault`` command: one Typer application assembling the command groups."""
+
+from __future__ import annotations
+
+import typer
+
+from dicomvault.cli import archive, dicom
+from dicomvault.cli.common import setup_logging
+
+app = typer.Typer(
+    name="dicomvault",
+    help="dicomvault: a DICOM archive engine (content-addressed packs, LMDB index, DICOM "
+    "services).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+for group in (archive.app, dicom.app):
+    app.registered_commands.extend(group.registered_commands)
+
+
+def main() -> None:
+    setup_logging()
+    app()

@@ -1,0 +1,320 @@
+"""Archive administration commands: import, export, ls, show, lookup, stats, delete, gc,
+verify, reindex."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Annotated
+
+import pydicom
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dicomvault.cli.common import ConfigOption, RootOption, fail, open_archive
+from dicomvault.cli.output import human_bytes, print_json, print_table
+from dicomvault.dicom.keys import parse_keys
+from dicomvault.index import Level, Record
+from dicomvault.store import IngestOutcome
+from dicomvault.store.importer import import_paths
+
+app = typer.Typer()
+
+LEVELS = {
+    "patients": Level.PATIENT,
+    "studies": Level.STUDY,
+    "series": Level.SERIES,
+    "instances": Level.IMAGE,
+}
+
+# Table columns per level: tags, then counters (prefixed "#") and "size".
+COLUMNS: dict[Level, list[str]] = {
+    Level.PATIENT: [
+        "PatientID",
+        "IssuerOfPatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "#studies",
+        "#instances",
+        "size",
+    ],
+    Level.STUDY: [
+        "StudyInstanceUID",
+        "StudyDate",
+        "AccessionNumber",
+        "StudyDescription",
+        "ModalitiesInStudy",
+        "#series",
+        "#instances",
+        "size",
+    ],
+    Level.SERIES: [
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "#instances",
+        "size",
+    ],
+    Level.IMAGE: [
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "NumberOfFrames",
+        "TransferSyntaxUID",
+        "size",
+    ],
+}
+
+
+def _cell(record: Record, column: str) -> str | int:
+    if column == "size":
+        return human_bytes(record.size)
+    if column.startswith("#"):
+        return record.counts.get(column[1:], 0)
+    return record.tags.get(column, "")
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="Files and directories (recursive).")],
+    workers: Annotated[int, typer.Option(help="Parallel workers (0: one per CPU).")] = -1,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write one JSON line per file once its outcome is final (durable)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Import DICOM files into the archive (byte-identical, de-duplicated, indexed)."""
+    with open_archive(config, root) as archive:
+        workers = workers if workers >= 0 else int(archive.settings["import"]["workers"])
+        report_file = report.open("a", buffering=1) if report else None
+        console = Console(stderr=True)
+        progress = Progress(
+            TextColumn("[bold]import"),
+            BarColumn(bar_width=None),
+            TextColumn("{task.fields[files]} files  {task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        )
+        task = progress.add_task("import", total=None, files=0, rate="")
+        totals = {"files": 0, "bytes": 0}
+
+        def on_file(path: Path, outcome: IngestOutcome) -> None:
+            totals["files"] += 1
+            totals["bytes"] += outcome.size
+            elapsed = max(progress.tasks[task].elapsed or 0.0, 1e-6)
+            files_rate, mb_rate = totals["files"] / elapsed, totals["bytes"] / elapsed / 1e6
+            rate = f"{files_rate:.0f} files/s  {mb_rate:.1f} MB/s"
+            progress.update(task, files=totals["files"], rate=rate)
+            if report_file is not None:
+                line = {"path": str(path), "status": outcome.status, "key": outcome.key}
+                if outcome.reason:
+                    line["reason"] = outcome.reason
+                report_file.write(json.dumps(line) + "\n")
+
+        with progress:
+            try:
+                summary = import_paths(archive, paths, workers=workers, on_file=on_file)
+            except FileNotFoundError as e:
+                fail(str(e))
+        if report_file is not None:
+            report_file.close()
+    for path in summary.not_dicom:
+        typer.echo(f"skipped (not DICOM): {path}", err=True)
+    for path, reason in summary.rejected:
+        typer.echo(f"rejected: {path}: {reason}", err=True)
+    seconds = max(summary.seconds, 1e-9)
+    typer.echo(
+        f"stored {summary.stored}, duplicate {summary.duplicate}, "
+        f"rejected {len(summary.rejected)}, not DICOM {len(summary.not_dicom)}: "
+        f"{summary.files} files, {human_bytes(summary.bytes)} in {summary.seconds:.2f} s "
+        f"({summary.files / seconds:.0f} files/s, {summary.bytes / seconds / 1e6:.1f} MB/s)"
+    )
+    if summary.rejected:
+        raise typer.Exit(1)
+
+
+def _resolve(archive_lookup: list[Record], value: str) -> list[Record]:
+    if not archive_lookup:
+        fail(f"nothing in the archive matches {value!r}")
+    return archive_lookup
+
+
+@app.command()
+def export(
+    uids: Annotated[
+        list[str] | None,
+        typer.Argument(help="UIDs or PatientIDs at any level; none exports everything."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("export"),
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Export instances as the exact Part 10 files that were received."""
+    with open_archive(config, root) as archive:
+        records = None
+        if uids:
+            records = [r for uid in uids for r in _resolve(archive.resolve(uid), uid)]
+        count = size = 0
+        for instance in archive.instances(records):
+            archive.export(instance, out)
+            count += 1
+            size += instance.size
+    typer.echo(f"exported {count} instances ({human_bytes(size)}) to {out}")
+
+
+@app.command("ls")
+def ls(
+    level: Annotated[str, typer.Argument(help="patients, studies, series or instances.")],
+    key: Annotated[
+        list[str] | None,
+        typer.Option("-k", "--key", help="Filter as in C-FIND: Tag=value (wildcards, ranges)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
+    limit: Annotated[int | None, typer.Option(help="At most this many records.")] = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """List what the archive holds at one level."""
+    if level not in LEVELS:
+        fail(f"level must be one of {', '.join(LEVELS)}")
+    query_level = LEVELS[level]
+    try:
+        filters = parse_keys(key or [])
+    except ValueError as e:
+        fail(str(e))
+    with open_archive(config, root) as archive:
+        pn_insensitive = bool(archive.settings["index"]["case_insensitive_pn"])
+        matches = archive.index.find(
+            query_level, filters, case_insensitive_pn=pn_insensitive, limit=limit
+        )
+        records = [r for m in matches if (r := archive.index.get(query_level, m["_key"]))]
+    if as_json:
+        print_json([r.to_json() for r in records])
+        return
+    columns = COLUMNS[query_level]
+    print_table(columns, ([_cell(r, c) for c in columns] for r in records))
+
+
+@app.command()
+def show(
+    uid: Annotated[str, typer.Argument(help="A UID or PatientID.")],
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Show a record: an instance's full data set (like dcmdump), or a level's tags."""
+    with open_archive(config, root) as archive:
+        records = _resolve(archive.resolve(uid), uid)
+        for record in records:
+            if record.level is Level.IMAGE:
+                data = archive.read(record)
+                ds = pydicom.dcmread(io.BytesIO(data), force=True)
+                typer.echo(
+                    f"# {record.key}  ({human_bytes(record.size)}, from {record.source}, "
+                    f"received {record.received_at})"
+                )
+                if ds.file_meta:
+                    typer.echo(str(ds.file_meta))
+                typer.echo(str(ds))
+            else:
+                print_json(record.to_json())
+
+
+@app.command()
+def lookup(
+    value: Annotated[str, typer.Argument(help="PatientID, AccessionNumber or any UID.")],
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Find which records an identifier names, at every level."""
+    with open_archive(config, root) as archive:
+        records = _resolve(archive.resolve(value), value)
+        print_table(
+            ["level", "key", "parent", "instances"],
+            ([r.level.value, r.key, r.parent or "", r.counts.get("instances", 1)] for r in records),
+        )
+
+
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Counts, sizes and storage use (with the de-duplication saving)."""
+    with open_archive(config, root) as archive:
+        figures = {**archive.index.stats(), **archive.store.stats()}
+    if as_json:
+        print_json(figures)
+        return
+    for name, value in figures.items():
+        shown = human_bytes(value) if name in ("size", "pack_bytes") else value
+        typer.echo(f"{name:>18}: {shown}")
+
+
+@app.command()
+def delete(
+    uid: Annotated[str, typer.Argument(help="A Study/Series/SOP Instance UID or a PatientID.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Delete a patient, study, series or instance (its blobs are reclaimed by gc)."""
+    with open_archive(config, root) as archive:
+        records = [
+            r
+            for r in _resolve(archive.resolve(uid), uid)
+            if r.key == uid or r.level is Level.PATIENT
+        ]
+        if len(records) != 1:
+            fail(f"{uid!r} names {len(records)} records; give a unique UID")
+        record = records[0]
+        count = record.counts.get("instances", 1)
+        if not yes:
+            typer.confirm(
+                f"delete {record.level.value} {record.key} ({count} instances)?", abort=True
+            )
+        removed = archive.delete(record)
+    typer.echo(f"deleted {len(removed)} instances ({human_bytes(sum(r.size for r in removed))})")
+
+
+@app.command()
+def gc(config: ConfigOption = None, root: RootOption = None) -> None:
+    """Reclaim the space of deleted instances by rewriting the packs (archive must be idle)."""
+    with open_archive(config, root, exclusive=True) as archive:
+        report = archive.gc()
+    typer.echo(
+        f"packs rewritten: {report['packs_before']}; {human_bytes(report['bytes_before'])} -> "
+        f"{human_bytes(report['bytes_after'])}; records dropped: {report['records_dropped']}"
+    )
+    if report["missing"]:
+        fail(f"{len(report['missing'])} referenced blobs were not found: run verify")
+
+
+@app.command()
+def verify(config: ConfigOption = None, root: RootOption = None) -> None:
+    """Re-hash every blob and check every manifest and index record."""
+    with open_archive(config, root) as archive:
+        report, defects = archive.verify()
+    for defect in defects:
+        typer.echo(f"DEFECT {defect.key}: {defect.reason}")
+    typer.echo(
+        f"checked {report['records']} records ({human_bytes(report['bytes'])}): "
+        f"{len(report['bad'])} bad records, {len(defects)} defective instances or records"
+    )
+    if defects or report["bad"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def reindex(config: ConfigOption = None, root: RootOption = None) -> None:
+    """Rebuild the index from the packs alone (archive must be idle)."""
+    with open_archive(config, root, exclusive=True) as archive:
+        count = archive.reindex()
+    typer.echo(f"reindexed {count} instances")

@@ -1,0 +1,57 @@
+"""Options every command shares (``--config``, ``--root``) and opening the archive they name."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dicomvault import config
+from dicomvault.store import Archive
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="TOML configuration file (default: ./dicomvault.toml if present)."
+    ),
+]
+RootOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--root", help="Archive root directory (default: [archive] root, dicomvault-data)."
+    ),
+]
+
+
+def settings(config_file: Path | None, root: Path | None) -> config.Settings:
+    try:
+        return config.load(config_file, root=root)
+    except config.ConfigError as e:
+        fail(str(e))
+
+
+def open_archive(
+    config_file: Path | None, root: Path | None, *, exclusive: bool = False
+) -> Archive:
+    return archive_for(settings(config_file, root), exclusive=exclusive)
+
+
+def archive_for(conf: config.Settings, *, exclusive: bool = False) -> Archive:
+    try:
+        return Archive(conf, exclusive=exclusive)
+    except BlockingIOError as e:
+        fail(str(e))
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

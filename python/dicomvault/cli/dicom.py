@@ -1,0 +1,227 @@
+"""DICOM network commands: ``serve`` and the SCU verbs echo, send, find, get, move."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dicomvault.cli.common import (
+    ConfigOption,
+    RootOption,
+    archive_for,
+    fail,
+    open_archive,
+    settings,
+)
+from dicomvault.cli.output import print_json, print_table
+from dicomvault.config import Settings
+from dicomvault.dicom.keys import parse_keys
+from dicomvault.index import Level
+from dicomvault.net.policy import AccessPolicy, Modality, PolicyError
+from dicomvault.net.scp import DicomServer, stored_instance
+from dicomvault.net.scu import RetrieveResult, Scu, ScuError
+from dicomvault.net.status import SUCCESS, describe
+from dicomvault.store.importer import iter_files
+
+app = typer.Typer()
+log = logging.getLogger("dicomvault")
+
+TargetArgument = Annotated[str, typer.Argument(help="A [modalities] name, or AET@host:port.")]
+LevelOption = Annotated[str, typer.Option("--level", "-L", help="PATIENT, STUDY, SERIES or IMAGE.")]
+KeysOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-k", "--key", help="Tag=value (keyword or (gggg,eeee)); Tag alone is a return key."
+    ),
+]
+
+
+@app.command()
+def serve(
+    aet: Annotated[str | None, typer.Option(help="Our AE title ([dicom] aet).")] = None,
+    port: Annotated[int | None, typer.Option(help="DICOM port ([dicom] port).")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address ([dicom] host).")] = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Run the archive: DICOM listener in the foreground until SIGTERM or Ctrl-C."""
+    conf = settings(config, root)
+    for key, value in (("aet", aet), ("port", port), ("host", host)):
+        if value is not None:
+            conf["dicom"][key] = value
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with archive_for(conf) as archive:
+        try:
+            server = DicomServer(archive, conf)
+            bound_host, bound_port = server.start()
+        except (OSError, PolicyError) as e:
+            fail(str(e))
+        typer.echo(
+            f"dicomvault serving {conf['dicom']['aet']} on {bound_host}:{bound_port}, "
+            f"archive {conf.root}",
+            err=True,
+        )
+        stop.wait()
+        log.info("stopping: no new associations; committing what was received")
+        server.stop()
+    log.info("stopped")
+
+
+def _target(conf: Settings, target: str) -> Modality:
+    try:
+        return AccessPolicy(conf["dicom"], conf["modalities"]).target(target)
+    except PolicyError as e:
+        fail(str(e))
+
+
+def _level(level: str) -> Level:
+    try:
+        return Level(level.upper())
+    except ValueError:
+        fail("--level must be PATIENT, STUDY, SERIES or IMAGE")
+
+
+def _keys(keys: list[str] | None) -> dict[str, str]:
+    try:
+        return parse_keys(keys or [])
+    except ValueError as e:
+        fail(str(e))
+
+
+@app.command()
+def echo(target: TargetArgument, config: ConfigOption = None, root: RootOption = None) -> None:
+    """C-ECHO a remote AE."""
+    conf = settings(config, root)
+    try:
+        status = Scu(conf).echo(_target(conf, target))
+    except ScuError as e:
+        fail(str(e))
+    typer.echo(f"C-ECHO {target}: {describe(status)}")
+    if status != SUCCESS:
+        raise typer.Exit(1)
+
+
+@app.command()
+def send(
+    items: Annotated[
+        list[str], typer.Argument(help="Files, directories or archived UIDs (any level).")
+    ],
+    to: Annotated[str, typer.Option("--to", help="A [modalities] name, or AET@host:port.")],
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """C-STORE files or archived instances to a remote AE (byte for byte where accepted)."""
+    conf = settings(config, root)
+    target = _target(conf, to)
+    paths = [Path(i) for i in items if Path(i).exists()]
+    uids = [i for i in items if not Path(i).exists()]
+    with open_archive(config, root) as archive:
+        records = []
+        for uid in uids:
+            found = archive.resolve(uid)
+            if not found:
+                fail(f"{uid!r} is neither a file nor in the archive")
+            records += found
+        outgoing = [
+            *iter_files(paths),
+            *(stored_instance(archive, r) for r in archive.instances(records)),
+        ]
+        try:
+            results = Scu(conf).send(target, outgoing)
+        except ScuError as e:
+            fail(str(e))
+    failed = [(uid, s) for uid, s in results if s != SUCCESS]
+    for uid, status in failed:
+        typer.echo(f"failed: {uid}: {describe(status)}", err=True)
+    typer.echo(f"sent {len(results) - len(failed)} of {len(results)} instances to {to}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def find(
+    target: TargetArgument,
+    level: LevelOption = "STUDY",
+    key: KeysOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (DICOM JSON model).")] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """C-FIND a remote AE (Study Root; Patient Root at PATIENT level)."""
+    conf = settings(config, root)
+    keys = _keys(key)
+    try:
+        results = list(Scu(conf).find(_target(conf, target), _level(level), keys))
+    except ScuError as e:
+        fail(str(e))
+    if as_json:
+        print_json([ds.to_json_dict() for ds in results])
+        return
+    columns = list(dict.fromkeys([*keys, *(e.keyword for ds in results[:1] for e in ds)]))
+    columns = [
+        c
+        for c in columns
+        if c not in ("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle")
+    ]
+    print_table(columns, ([str(ds.get(c, "") or "") for c in columns] for ds in results))
+
+
+def _report(verb: str, result: RetrieveResult) -> None:
+    typer.echo(
+        f"{verb}: {describe(result.status)}; {result.completed} completed, "
+        f"{result.failed} failed, {result.warning} warnings"
+    )
+    for uid in result.failed_uids:
+        typer.echo(f"failed: {uid}", err=True)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def get(
+    target: TargetArgument,
+    level: LevelOption = "STUDY",
+    key: KeysOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write files here instead of archiving.")
+    ] = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """C-GET from a remote AE into the archive (or --out DIR)."""
+    conf = settings(config, root)
+    scu = Scu(conf)
+    try:
+        if out is not None:
+            result = scu.get(_target(conf, target), _level(level), _keys(key), out=out)
+        else:
+            with open_archive(config, root) as archive:
+                result = scu.get(_target(conf, target), _level(level), _keys(key), archive=archive)
+    except ScuError as e:
+        fail(str(e))
+    _report("C-GET", result)
+
+
+@app.command()
+def move(
+    target: TargetArgument,
+    dest: Annotated[str, typer.Option("--dest", help="AE title the instances are sent to.")],
+    level: LevelOption = "STUDY",
+    key: KeysOption = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """C-MOVE from a remote AE to a destination AE."""
+    conf = settings(config, root)
+    try:
+        result = Scu(conf).move(_target(conf, target), dest, _level(level), _keys(key))
+    except ScuError as e:
+        fail(str(e))
+    _report("C-MOVE", result)

@@ -1,0 +1,146 @@
+"""Configuration: one TOML file, overridable by environment variables, with defaults.
+
+The file is ``--config FILE``, else ``./dicomvault.toml`` when present, else none. Any key of
+a section can be overridden by ``DICOMVAULT_<SECTION>_<KEY>`` (``DICOMVAULT_ARCHIVE_ROOT``,
+``DICOMVAULT_STORAGE_SYNC``...); the value is read as a TOML value when it parses as one (so
+``true``, ``42`` and ``["a", "b"]`` work) and as a plain string otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+DEFAULT_FILE = Path("dicomvault.toml")
+ENV_PREFIX = "DICOMVAULT_"
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "archive": {"root": "dicomvault-data"},
+    "storage": {
+        # Packs roll over at this size; each holds many instances' blobs.
+        "pack_size": 1 << 30,
+        # "none" or "zstd" (per blob, kept only where it saves space).
+        "compression": "none",
+        "compression_level": 3,
+        # "always": fsync before acknowledging; "batch": fsync every sync_interval_ms (a killed
+        # process loses nothing, a power loss that window); "never": leave it to the OS.
+        "sync": "always",
+        "sync_interval_ms": 1000,
+    },
+    "index": {
+        # Virtual size of the LMDB map; the file grows only as data is written.
+        "map_size": 1 << 40,
+        "case_insensitive_pn": True,
+    },
+    "import": {
+        # 0: one worker per CPU.
+        "workers": 0,
+        # Instances per group commit at most.
+        "batch": 256,
+    },
+    "dicom": {
+        "aet": "DICOMVAULT",
+        "host": "0.0.0.0",
+        "port": 11112,
+        "max_associations": 32,
+        "always_allow_echo": True,
+        "always_allow_store": True,
+        "check_called_aet": False,
+        "check_modality_host": False,
+    },
+    "http": {"enabled": False, "host": "127.0.0.1", "port": 8042},
+    "modalities": {},
+}
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid."""
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    if default is None or isinstance(value, type(default)):
+        return value
+    if isinstance(default, bool):
+        raise ConfigError(f"[{section}] {key} must be true or false, not {value!r}")
+    if isinstance(default, int) and isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(default, str):
+        return str(value)
+    raise ConfigError(f"[{section}] {key} must be a {type(default).__name__}, not {value!r}")
+
+
+class Settings:
+    """Resolved settings: ``settings["storage"]["sync"]``, or ``settings.root``."""
+
+    def __init__(self, values: dict[str, dict[str, Any]], source: Path | None) -> None:
+        self.values = values
+        self.source = source
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.values[section]
+
+    @property
+    def root(self) -> Path:
+        return Path(self.values["archive"]["root"])
+
+
+def load(
+    path: Path | None = None,
+    *,
+    root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Defaults, then the file, then environment overrides, then ``root`` (``--root``)."""
+    environ = os.environ if environ is None else environ
+    values = copy.deepcopy(DEFAULTS)
+    source = path if path is not None else (DEFAULT_FILE if DEFAULT_FILE.is_file() else None)
+    if source is not None:
+        try:
+            loaded = tomllib.loads(source.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"configuration file {source} does not exist") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{source}: {e}") from e
+        for section, table in loaded.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{source}: {section} must be a [table]")
+            if section not in values:
+                raise ConfigError(f"{source}: unknown section [{section}]")
+            if section == "modalities":
+                values[section].update(table)
+                continue
+            for key, value in table.items():
+                if key not in values[section]:
+                    raise ConfigError(f"{source}: unknown key {key} in [{section}]")
+                values[section][key] = _coerce(section, key, value, DEFAULTS[section][key])
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in values if rest.startswith(s + "_")), None)
+        if section is None or section == "modalities":
+            continue
+        key = rest[len(section) + 1 :]
+        if key in values[section]:
+            values[section][key] = _coerce(
+                section, key, _parse_env_value(raw), DEFAULTS[section][key]
+            )
+    if root is not None:
+        values["archive"]["root"] = str(root)
+    return Settings(values, source)

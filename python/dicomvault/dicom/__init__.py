@@ -1,0 +1,1 @@
+"""DICOM value handling shared by the store, the index and the network services."""

@@ -1,0 +1,87 @@
+"""What goes into the index (``InstanceEntry``) and what comes out (``Record``), and how
+record keys are made from an entry's tags."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+from dicomvault.index.levels import TAGS, Level
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEntry:
+    """An instance handed to the index: its tags (keyword -> text, DICOM formatting kept,
+    multiple values joined by '\\', absent tags absent), its storage manifest, size, receive
+    time (ISO 8601 UTC) and source."""
+
+    tags: dict[str, str]
+    manifest: bytes
+    size: int
+    received_at: str
+    source: str
+
+
+@dataclass
+class Record:
+    """A patient, study, series or instance as the index holds it."""
+
+    level: Level
+    key: str
+    parent: str | None
+    tags: dict[str, str]
+    counts: dict[str, int] = field(default_factory=dict)
+    size: int = 0
+    received_at: str = ""
+    source: str | None = None
+    manifest: bytes | None = None
+    patient_conflict: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "level": self.level.value,
+            "key": self.key,
+            "parent": self.parent,
+            "tags": dict(sorted(self.tags.items())),
+            "counts": dict(sorted(self.counts.items())),
+            "size": self.size,
+            "received_at": self.received_at,
+        }
+        if self.level is Level.IMAGE:
+            out["source"] = self.source
+            if self.patient_conflict is not None:
+                out["patient_conflict"] = self.patient_conflict
+        return out
+
+
+class CommitOutcome(NamedTuple):
+    status: Literal["stored", "duplicate"]
+    key: str
+
+
+def patient_key(tags: dict[str, str]) -> str:
+    """PatientID + IssuerOfPatientID: two hospitals' "12345" are two patients."""
+    return tags.get("PatientID", "") + "\x00" + tags.get("IssuerOfPatientID", "")
+
+
+def instance_key(entry: InstanceEntry) -> str:
+    tags = entry.tags
+    return (
+        tags.get("SOPInstanceUID")
+        or tags.get("MediaStorageSOPInstanceUID")
+        or "~" + hashlib.sha256(entry.manifest).hexdigest()[:32]
+    )
+
+
+def record_keys(entry: InstanceEntry) -> tuple[str, str, str, str]:
+    """(patient, study, series, instance) keys. A missing Study or Series Instance UID gives
+    the instance a study/series of its own rather than merging unrelated files."""
+    instance = instance_key(entry)
+    study = entry.tags.get("StudyInstanceUID") or "~" + instance
+    series = entry.tags.get("SeriesInstanceUID") or "~" + instance
+    return patient_key(entry.tags), study, series, instance
+
+
+def level_tags(level: Level, tags: dict[str, str]) -> dict[str, str]:
+    return {k: tags[k] for k in TAGS[level] if k in tags}

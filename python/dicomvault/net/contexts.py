@@ -1,0 +1,61 @@
+"""Presentation contexts: what the SCP accepts and what C-MOVE proposes to a destination."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.presentation import (
+    AllStoragePresentationContexts,
+    PresentationContext,
+    QueryRetrievePresentationContexts,
+    build_context,
+)
+from pynetdicom.sop_class import Verification
+
+from dicomvault.net.outbound import StoredInstance
+
+log = logging.getLogger("dicomvault.net")
+
+# DICOM allows at most 128 presentation contexts in one association request.
+MAX_PROPOSED = 128
+
+SupportedContext = tuple[str, list[str], bool | None, bool | None]
+
+
+def storage_sop_classes() -> list[str]:
+    return [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+
+
+def scp_contexts() -> list[SupportedContext]:
+    """Every storage SOP class in every transfer syntax (native, deflated, encapsulated),
+    accepting the SCP role C-GET requestors ask for; Verification; Query/Retrieve."""
+    syntaxes = [str(ts) for ts in AllTransferSyntaxes]
+    supported: list[SupportedContext] = [(Verification, syntaxes, None, None)]
+    supported += [(uid, syntaxes, True, True) for uid in storage_sop_classes()]
+    supported += [
+        (cx.abstract_syntax, syntaxes, None, None) for cx in QueryRetrievePresentationContexts
+    ]
+    return supported
+
+
+def for_instances(instances: Iterable[StoredInstance]) -> list[PresentationContext]:
+    """Contexts a C-STORE of these instances needs: each SOP class in each stored transfer
+    syntax (so that they go byte for byte), plus a native fallback per SOP class."""
+    wanted: dict[tuple[str, str], None] = {}
+    classes: dict[str, None] = {}
+    for instance in instances:
+        wanted[(str(instance.SOPClassUID), str(instance.transfer_syntax))] = None
+        classes[str(instance.SOPClassUID)] = None
+    proposed = [build_context(sop, [ts]) for sop, ts in wanted]
+    proposed += [
+        build_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for sop in classes
+    ]
+    if len(proposed) > MAX_PROPOSED:
+        log.warning(
+            "%d presentation contexts needed, proposing the first %d: instances outside them fail",
+            len(proposed),
+            MAX_PROPOSED,
+        )
+    return proposed[:MAX_PROPOSED]

@@ -1,0 +1,135 @@
+"""C-FIND/C-MOVE/C-GET identifiers and the index's query engine: reading a request's
+identifier into (level, filters) and writing a match back as a response identifier."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+from dicomvault.index import Level
+
+# Information models by the SOP classes of their three services (PS3.4 C.6).
+PATIENT_ROOT = (
+    "1.2.840.10008.5.1.4.1.2.1.1",
+    "1.2.840.10008.5.1.4.1.2.1.2",
+    "1.2.840.10008.5.1.4.1.2.1.3",
+)
+STUDY_ROOT = (
+    "1.2.840.10008.5.1.4.1.2.2.1",
+    "1.2.840.10008.5.1.4.1.2.2.2",
+    "1.2.840.10008.5.1.4.1.2.2.3",
+)
+PATIENT_STUDY_ONLY = (
+    "1.2.840.10008.5.1.4.1.2.3.1",
+    "1.2.840.10008.5.1.4.1.2.3.2",
+    "1.2.840.10008.5.1.4.1.2.3.3",
+)
+
+LEVELS_OF_MODEL: dict[str, frozenset[Level]] = {}
+for _uid in PATIENT_ROOT:
+    LEVELS_OF_MODEL[_uid] = frozenset(Level)
+for _uid in STUDY_ROOT:
+    LEVELS_OF_MODEL[_uid] = frozenset({Level.STUDY, Level.SERIES, Level.IMAGE})
+for _uid in PATIENT_STUDY_ONLY:
+    LEVELS_OF_MODEL[_uid] = frozenset({Level.PATIENT, Level.STUDY})
+
+# Keys every response carries: the unique keys of the level and the levels above it.
+UNIQUE_KEYS: dict[Level, tuple[str, ...]] = {
+    Level.PATIENT: ("PatientID",),
+    Level.STUDY: ("PatientID", "StudyInstanceUID"),
+    Level.SERIES: ("StudyInstanceUID", "SeriesInstanceUID"),
+    Level.IMAGE: ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"),
+}
+
+# Elements of an identifier that steer the query rather than match anything.
+_CONTROL = frozenset(
+    {
+        "QueryRetrieveLevel",
+        "SpecificCharacterSet",
+        "RetrieveAETitle",
+        "TimezoneOffsetFromUTC",
+        "QueryRetrieveView",
+        "InstanceAvailability",
+    }
+)
+_BINARY = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"})
+_SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
+
+
+class IdentifierError(ValueError):
+    """An identifier the SCP cannot act on; ``status`` is the DIMSE status to answer."""
+
+    def __init__(self, message: str, status: int = 0xA900) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(_text(v) for v in value)
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
+
+
+def read_identifier(identifier: Dataset, model: str) -> tuple[Level, dict[str, str], list[str]]:
+    """The query level, the matching keys (keyword -> value as text, "" for universal) and the
+    requested keys, in the order the peer sent them."""
+    raw_level = str(identifier.get("QueryRetrieveLevel", "")).strip()
+    try:
+        level = Level(raw_level)
+    except ValueError as e:
+        raise IdentifierError(f"invalid QueryRetrieveLevel {raw_level!r}") from e
+    if level not in LEVELS_OF_MODEL.get(model, frozenset(Level)):
+        raise IdentifierError(f"level {level.value} is not part of information model {model}")
+    filters: dict[str, str] = {}
+    requested: list[str] = []
+    for element in identifier:
+        keyword = element.keyword
+        if not keyword or keyword in _CONTROL or element.tag.group == 0x0002:
+            continue
+        requested.append(keyword)
+        if element.VR != "SQ":
+            filters[keyword] = _text(element.value)
+    return level, filters, requested
+
+
+def _value(keyword: str, text: str) -> object:
+    vr = dictionary_VR(keyword).split(" or ")[0]
+    if vr == "SQ":
+        return Sequence()
+    if text == "":
+        return None
+    if vr in _BINARY:
+        numbers = [float(v) if vr in ("FL", "FD") else int(v) for v in text.split("\\")]
+        return numbers[0] if len(numbers) == 1 else numbers
+    if "\\" in text and vr not in _SINGLE_VALUED:
+        return text.split("\\")
+    return text
+
+
+def response_identifier(
+    match: Mapping[str, str], level: Level, requested: list[str], retrieve_aet: str
+) -> Dataset:
+    """A C-FIND response identifier: the requested keys (empty when not held), the unique
+    keys of the level and above, in UTF-8 when any value needs more than ASCII."""
+    ds = Dataset()
+    keys = [k for k in requested if k not in UNIQUE_KEYS[level]] + list(UNIQUE_KEYS[level])
+    values = {k: match.get(k, "") for k in keys}
+    if any(not v.isascii() for v in values.values()):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = level.value
+    ds.RetrieveAETitle = retrieve_aet
+    for keyword, text in values.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            continue
+        vr = dictionary_VR(tag).split(" or ")[0]
+        ds.add_new(tag, "OB" if vr == "ox" else vr, _value(keyword, text))
+    return ds

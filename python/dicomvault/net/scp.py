@@ -1,0 +1,307 @@
+"""The archive's DICOM server: C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET as SCP.
+
+Each service checks the access policy, then works on the archive: C-STORE streams the data
+set as received into the store and answers only once it is durable; C-FIND runs the index's
+query engine; C-MOVE and C-GET select instances the same way and send them back as they were
+received (see ``outbound``). Every association and every request is logged on one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+
+from dicomvault import _native
+from dicomvault.config import Settings
+from dicomvault.index import Level
+from dicomvault.net import contexts
+from dicomvault.net.outbound import StoredInstance, install
+from dicomvault.net.policy import AccessPolicy
+from dicomvault.net.query import IdentifierError, read_identifier, response_identifier
+from dicomvault.net.status import (
+    CANCEL,
+    CANNOT_UNDERSTAND,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    PENDING,
+    SUCCESS,
+)
+from dicomvault.store import Archive
+
+log = logging.getLogger("dicomvault.net")
+
+# pynetdicom logs every PDU at INFO; keep its own chatter to warnings.
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def set_nodelay(event: Event) -> None:
+    """Disables Nagle's algorithm on every association socket, ours and the peer's replies
+    otherwise stall ~40 ms on delayed ACKs."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _peer(event: Event) -> tuple[str, str]:
+    return event.assoc.requestor.ae_title.strip(), event.assoc.requestor.address
+
+
+@dataclass
+class _AssociationStats:
+    started: float = field(default_factory=time.perf_counter)
+    requests: int = 0
+
+
+def store_received(archive: Archive, event: Event, source: str) -> int:
+    """Stores a C-STORE request's data set as received; returns the status to answer."""
+    writer = archive.store.writer(allow_truncated=False)
+    try:
+        writer.write(event.encoded_dataset(include_meta=True))
+        ingested = writer.finish()
+    except _native.ScanError as e:
+        log.error("C-STORE from %s: cannot understand the data set: %s", source, e)
+        return CANNOT_UNDERSTAND
+    except OSError as e:
+        log.error("C-STORE from %s: storage failed: %s", source, e)
+        return OUT_OF_RESOURCES
+    try:
+        archive.submit(archive.entry(ingested, source)).result()
+    except Exception as e:  # the index or the disk: nothing was acknowledged
+        log.error("C-STORE from %s: commit failed: %s", source, e)
+        return OUT_OF_RESOURCES
+    return SUCCESS
+
+
+def stored_instance(archive: Archive, record: Any) -> StoredInstance:
+    info = _native.manifest_info(record.manifest)
+    return StoredInstance(
+        record.tags.get("SOPClassUID", ""),
+        record.tags.get("SOPInstanceUID") or record.key,
+        info["transfer_syntax"],
+        info["dataset_offset"],
+        lambda start: archive.store.chunks(record.manifest, start),
+        archive.root / "tmp",
+    )
+
+
+class DicomServer:
+    """``dicomvault serve``'s DICOM listener over an open archive."""
+
+    def __init__(self, archive: Archive, settings: Settings) -> None:
+        install()
+        # Requests are logged by us on one line each, not dumped by pynetdicom.
+        _config.LOG_REQUEST_IDENTIFIERS = False
+        _config.LOG_RESPONSE_IDENTIFIERS = False
+        self.archive = archive
+        self.dicom = settings["dicom"]
+        self.policy = AccessPolicy(self.dicom, settings["modalities"])
+        self.case_insensitive_pn = bool(settings["index"]["case_insensitive_pn"])
+        self.aet = str(self.dicom["aet"])
+        self.ae = AE(ae_title=self.aet)
+        self.ae.maximum_associations = int(self.dicom["max_associations"])
+        self.ae.maximum_pdu_size = 0  # no limit: peers may send PDUs as large as they like
+        self.ae.require_called_aet = bool(self.dicom["check_called_aet"])
+        self.ae.network_timeout = 60
+        self.ae.dimse_timeout = 600
+        for cx in contexts.scp_contexts():
+            self.ae.add_supported_context(*cx)
+        self._associations: dict[int, _AssociationStats] = {}
+        self._lock = threading.Lock()
+        self._server: Any = None
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> tuple[str, int]:
+        handlers = [
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_ABORTED, self._on_ended),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_C_MOVE, self._on_move),
+        ]
+        address = (str(self.dicom["host"]), int(self.dicom["port"]))
+        self._server = self.ae.start_server(address, block=False, evt_handlers=handlers)
+        host, port = self._server.server_address[:2]
+        log.info("DICOM listener %s on %s:%d", self.aet, host, port)
+        return host, port
+
+    def stop(self) -> None:
+        """Stops accepting, lets running associations finish their current request."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.ae.shutdown()
+
+    # Logging ------------------------------------------------------------------------------
+
+    def _on_accepted(self, event: Event) -> None:
+        with self._lock:
+            self._associations[id(event.assoc)] = _AssociationStats()
+        aet, host = _peer(event)
+        log.info("association from %s@%s accepted", aet, host)
+
+    def _on_ended(self, event: Event) -> None:
+        with self._lock:
+            stats = self._associations.pop(id(event.assoc), _AssociationStats())
+        aet, host = _peer(event)
+        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        log.info(
+            "association from %s@%s %s after %.3f s, %d requests",
+            aet,
+            host,
+            how,
+            time.perf_counter() - stats.started,
+            stats.requests,
+        )
+
+    def _logged(
+        self, event: Event, command: str, started: float, status: int, detail: str = ""
+    ) -> None:
+        with self._lock:
+            stats = self._associations.get(id(event.assoc))
+            if stats:
+                stats.requests += 1
+        aet, host = _peer(event)
+        log.info(
+            "%s from %s@%s: status 0x%04X in %.1f ms%s",
+            command,
+            aet,
+            host,
+            status,
+            (time.perf_counter() - started) * 1e3,
+            f" ({detail})" if detail else "",
+        )
+
+    def _allowed(self, event: Event, service: str) -> bool:
+        aet, host = _peer(event)
+        if self.policy.allows(aet, host, service):
+            return True
+        log.warning("%s from %s@%s refused: not allowed for this AE", service.upper(), aet, host)
+        return False
+
+    # Services -----------------------------------------------------------------------------
+
+    def _on_echo(self, event: Event) -> int:
+        started = time.perf_counter()
+        status = SUCCESS if self._allowed(event, "echo") else NOT_AUTHORIZED
+        self._logged(event, "C-ECHO", started, status)
+        return status
+
+    def _on_store(self, event: Event) -> int:
+        started = time.perf_counter()
+        aet, host = _peer(event)
+        if not self._allowed(event, "store"):
+            status = NOT_AUTHORIZED
+        else:
+            status = store_received(self.archive, event, f"{aet}@{host}")
+        self._logged(event, "C-STORE", started, status, event.request.AffectedSOPInstanceUID)
+        return status
+
+    def _select(self, event: Event) -> tuple[Level, dict[str, str], list[str]]:
+        identifier: Dataset = event.identifier
+        return read_identifier(identifier, event.request.AffectedSOPClassUID)
+
+    def _on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        started = time.perf_counter()
+        status, count = SUCCESS, 0
+        try:
+            if not self._allowed(event, "find"):
+                status = NOT_AUTHORIZED
+                yield status, None
+                return
+            level, filters, requested = self._select(event)
+            matches = self.archive.index.find(
+                level, filters, requested, case_insensitive_pn=self.case_insensitive_pn
+            )
+            for match in matches:
+                if event.is_cancelled:
+                    status = CANCEL
+                    yield status, None
+                    return
+                count += 1
+                yield PENDING, response_identifier(match, level, requested, self.aet)
+        except IdentifierError as e:
+            status = e.status
+            log.error("C-FIND: %s", e)
+            yield status, None
+        finally:
+            self._logged(event, "C-FIND", started, status, f"{count} matches")
+
+    def _instances(self, event: Event) -> list[StoredInstance]:
+        level, filters, _ = self._select(event)
+        keys = [m["_key"] for m in self.archive.index.find(level, filters)]
+        records = [r for k in keys if (r := self.archive.index.get(level, k))]
+        return [stored_instance(self.archive, i) for i in self.archive.instances(records)]
+
+    def _on_get(self, event: Event) -> Iterator[Any]:
+        started = time.perf_counter()
+        status, instances = SUCCESS, []
+        try:
+            if not self._allowed(event, "get"):
+                status = NOT_AUTHORIZED
+                yield 1
+                yield status, None
+                return
+            instances = self._instances(event)
+            yield len(instances)
+            for instance in instances:
+                if event.is_cancelled:
+                    status = CANCEL
+                    yield status, None
+                    return
+                yield PENDING, instance
+        except IdentifierError as e:
+            status = e.status
+            yield 1
+            yield status, None
+        finally:
+            self._logged(event, "C-GET", started, status, f"{len(instances)} instances")
+
+    def _on_move(self, event: Event) -> Iterator[Any]:
+        started = time.perf_counter()
+        raw = event.move_destination
+        destination_aet = (
+            raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+        ).strip()
+        status, instances = SUCCESS, []
+        try:
+            if not self._allowed(event, "move"):
+                status = NOT_AUTHORIZED
+                raise PermissionError("C-MOVE not allowed for this AE")
+            destination = self.policy.by_aet(destination_aet)
+            if destination is None:
+                status = 0xA801
+                log.error("C-MOVE to unknown destination %r", destination_aet)
+                yield None, None
+                return
+            instances = self._instances(event)
+            needed = contexts.for_instances(instances)
+            yield (
+                destination.host,
+                destination.port,
+                {"contexts": needed, "ae_title": destination.aet},
+            )
+            yield len(instances)
+            for instance in instances:
+                if event.is_cancelled:
+                    status = CANCEL
+                    yield status, None
+                    return
+                yield PENDING, instance
+        finally:
+            self._logged(
+                event, "C-MOVE", started, status, f"{len(instances)} instances to {destination_aet}"
+            )

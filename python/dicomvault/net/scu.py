@@ -1,0 +1,256 @@
+"""The SCU verbs: echo, send, find, get and move against a remote AE."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.presentation import (
+    PresentationContext,
+    StoragePresentationContexts,
+    build_context,
+    build_role,
+)
+from pynetdicom.sop_class import Verification
+
+from dicomvault.config import Settings
+from dicomvault.index import Level
+from dicomvault.net.outbound import StoredInstance, install
+from dicomvault.net.policy import Modality
+from dicomvault.net.query import PATIENT_ROOT, STUDY_ROOT, response_identifier
+from dicomvault.net.scp import set_nodelay, store_received
+from dicomvault.net.status import PENDING, SUCCESS, describe
+from dicomvault.store import Archive
+
+log = logging.getLogger("dicomvault.net")
+
+# What a C-GET requestor offers to receive in: native first, then the usual compressions.
+GET_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+
+class ScuError(RuntimeError):
+    """The peer could not be reached or refused; the message says why."""
+
+
+@dataclass
+class RetrieveResult:
+    status: int = SUCCESS
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS and self.failed == 0
+
+
+def query_identifier(level: Level, keys: dict[str, str]) -> Dataset:
+    """A request identifier from ``-k`` keys (keyword -> value, "" for a return key)."""
+    ds = response_identifier(keys, level, list(keys), "")
+    del ds.RetrieveAETitle
+    return ds
+
+
+class Scu:
+    """An SCU speaking as our AE title."""
+
+    def __init__(self, settings: Settings) -> None:
+        install()
+        self.ae = AE(ae_title=str(settings["dicom"]["aet"]))
+        self.ae.network_timeout = 60
+        self.ae.acse_timeout = 30
+        self.ae.dimse_timeout = 600
+        self.ae.maximum_pdu_size = 0
+
+    def associate(
+        self,
+        target: Modality,
+        contexts: list[PresentationContext],
+        *,
+        ext_neg: list | None = None,
+        handlers: list | None = None,
+    ) -> Association:
+        assoc = self.ae.associate(
+            target.host,
+            target.port,
+            contexts=contexts,
+            ae_title=target.aet,
+            ext_neg=ext_neg,
+            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *(handlers or [])],
+        )
+        if not assoc.is_established:
+            why = "rejected the association" if assoc.is_rejected else "could not be reached"
+            raise ScuError(f"{target.aet}@{target.host}:{target.port} {why}")
+        return assoc
+
+    def echo(self, target: Modality) -> int:
+        assoc = self.associate(target, [build_context(Verification)])
+        try:
+            rsp = assoc.send_c_echo()
+            return int(rsp.Status) if "Status" in rsp else 0xC000
+        finally:
+            assoc.release()
+
+    def send(
+        self, target: Modality, items: Iterable[Path | StoredInstance]
+    ) -> list[tuple[str, int]]:
+        """C-STOREs files and archived instances; returns (SOPInstanceUID, status) for each."""
+        prepared: list[tuple[Path | StoredInstance, str, str, str]] = []
+        for item in items:
+            if isinstance(item, StoredInstance):
+                prepared.append(
+                    (
+                        item,
+                        str(item.SOPClassUID),
+                        str(item.SOPInstanceUID),
+                        str(item.transfer_syntax),
+                    )
+                )
+            else:
+                meta = dcmread(
+                    item, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
+                ).file_meta
+                prepared.append(
+                    (
+                        item,
+                        meta.MediaStorageSOPClassUID,
+                        meta.MediaStorageSOPInstanceUID,
+                        meta.TransferSyntaxUID,
+                    )
+                )
+        pairs = dict.fromkeys((sop, ts) for _, sop, _, ts in prepared)
+        classes = dict.fromkeys(sop for sop, _ in pairs)
+        contexts = [build_context(sop, [ts]) for sop, ts in pairs]
+        contexts += [
+            build_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for sop in classes
+        ]
+        if len(contexts) > 128:
+            raise ScuError(
+                f"{len(contexts)} presentation contexts needed; send fewer SOP classes at once"
+            )
+        assoc = self.associate(target, contexts)
+        results = []
+        try:
+            for item, _, uid, _ in prepared:
+                try:
+                    rsp = assoc.send_c_store(item)
+                    status = int(rsp.Status) if "Status" in rsp else 0xC000
+                except (ValueError, AttributeError) as e:
+                    log.error("C-STORE of %s: %s", uid, e)
+                    status = 0xC000
+                results.append((uid, status))
+        finally:
+            assoc.release()
+        return results
+
+    def find(self, target: Modality, level: Level, keys: dict[str, str]) -> Iterator[Dataset]:
+        """C-FIND in the Study Root model (Patient Root for PATIENT level)."""
+        model = PATIENT_ROOT[0] if level is Level.PATIENT else STUDY_ROOT[0]
+        assoc = self.associate(target, [build_context(model)])
+        try:
+            for status, identifier in assoc.send_c_find(query_identifier(level, keys), model):
+                code = int(status.Status) if status is not None and "Status" in status else 0xC000
+                if code in (PENDING, 0xFF01):
+                    yield identifier
+                elif code != SUCCESS:
+                    raise ScuError(f"C-FIND failed: {describe(code)}")
+        finally:
+            assoc.release()
+
+    def _retrieve(self, responses: Iterator[tuple[Dataset, Dataset | None]]) -> RetrieveResult:
+        result = RetrieveResult()
+        for status, identifier in responses:
+            if status is None or "Status" not in status:
+                result.status = 0xC000
+                break
+            code = int(status.Status)
+            result.completed = int(
+                status.get("NumberOfCompletedSuboperations", result.completed) or 0
+            )
+            result.failed = int(status.get("NumberOfFailedSuboperations", result.failed) or 0)
+            result.warning = int(status.get("NumberOfWarningSuboperations", result.warning) or 0)
+            if code not in (PENDING, 0xFF01):
+                result.status = code
+                if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
+                    failed = identifier.FailedSOPInstanceUIDList
+                    result.failed_uids = [failed] if isinstance(failed, str) else list(failed)
+        return result
+
+    def get(
+        self,
+        target: Modality,
+        level: Level,
+        keys: dict[str, str],
+        *,
+        archive: Archive | None = None,
+        out: Path | None = None,
+    ) -> RetrieveResult:
+        """C-GET: the instances come back on this association, into the archive or ``out``."""
+        model = PATIENT_ROOT[2] if level is Level.PATIENT else STUDY_ROOT[2]
+        storage = [cx.abstract_syntax for cx in StoragePresentationContexts][:127]
+        contexts = [build_context(model)] + [build_context(uid, GET_SYNTAXES) for uid in storage]
+        roles = [build_role(uid, scp_role=True) for uid in storage]
+        source = f"{target.aet}@{target.host}"
+
+        def on_store(event: Event) -> int:
+            if archive is not None:
+                return store_received(archive, event, source)
+            assert out is not None
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{event.request.AffectedSOPInstanceUID}.dcm").write_bytes(
+                event.encoded_dataset()
+            )
+            return SUCCESS
+
+        assoc = self.associate(
+            target, contexts, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store)]
+        )
+        try:
+            return self._retrieve(assoc.send_c_get(query_identifier(level, keys), model))
+        finally:
+            assoc.release()
+
+    def move(
+        self, target: Modality, destination: str, level: Level, keys: dict[str, str]
+    ) -> RetrieveResult:
+        model = PATIENT_ROOT[1] if level is Level.PATIENT else STUDY_ROOT[1]
+        assoc = self.associate(target, [build_context(model)])
+        try:
+            return self._retrieve(
+                assoc.send_c_move(query_identifier(level, keys), destination, model)
+            )
+        finally:
+            assoc.release()

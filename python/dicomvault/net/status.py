@@ -1,0 +1,39 @@
+"""DIMSE status codes the archive answers with, and their names for messages."""
+
+from __future__ import annotations
+
+from pynetdicom.status import (
+    GENERAL_STATUS,
+    QR_FIND_SERVICE_CLASS_STATUS,
+    QR_GET_SERVICE_CLASS_STATUS,
+    QR_MOVE_SERVICE_CLASS_STATUS,
+    STORAGE_SERVICE_CLASS_STATUS,
+)
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+NOT_AUTHORIZED = 0x0124
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
+_TABLES = (
+    QR_MOVE_SERVICE_CLASS_STATUS,
+    QR_GET_SERVICE_CLASS_STATUS,
+    QR_FIND_SERVICE_CLASS_STATUS,
+    STORAGE_SERVICE_CLASS_STATUS,
+    GENERAL_STATUS,
+)
+
+
+def describe(status: int) -> str:
+    """``0xA801 Move Destination Unknown``-style text for a status code."""
+    if status == SUCCESS:
+        return "0x0000 Success"
+    for table in _TABLES:
+        if status in table:
+            return f"0x{status:04X} {table[status][1].title()}"
+    if 0xC000 <= status <= 0xCFFF:
+        return f"0x{status:04X} Unable To Process"
+    return f"0x{status:04X}"

@@ -1,0 +1,266 @@
+"""The archive: a root directory holding the pack store and the index, and every operation
+that spans the two (ingest, export, delete, verify, reindex, gc).
+
+Layout of a root: ``packs/`` (append-only pack files), ``blobs/`` (the blob index, LMDB, owned
+by the Rust store), ``index/`` (the patient/study/series/instance index, LMDB) and ``LOCK``.
+An instance is acknowledged only after its blobs, its manifest record and its index entry are
+durable: ``Archive.commit`` runs inside the index's write transaction and persists the pack
+side first, so a crash at any point leaves either the whole instance or none of it indexed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import msgpack
+
+from dicomvault import _native
+from dicomvault.config import Settings
+from dicomvault.dicom.values import decode_elements, wanted
+from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, Record
+from dicomvault.index.levels import INDEXED_KEYWORDS
+from dicomvault.store.committer import GroupCommitter
+
+log = logging.getLogger("dicomvault.archive")
+
+IngestStatus = Literal["stored", "duplicate", "rejected", "not-dicom"]
+
+# The scanner says this when a file does not even start like DICOM.
+_NOT_DICOM = "not DICOM"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """What became of one file or data set handed to the archive."""
+
+    status: IngestStatus
+    key: str | None = None
+    size: int = 0
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Defect:
+    """An instance that failed verification, and why."""
+
+    key: str
+    reason: str
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _annotations(entry: InstanceEntry) -> bytes:
+    return msgpack.packb({"received_at": entry.received_at, "source": entry.source})
+
+
+class Archive:
+    """An open archive. Thread-safe; close it (or use ``with``) to flush and release it."""
+
+    def __init__(self, settings: Settings, *, exclusive: bool = False) -> None:
+        storage = settings["storage"]
+        self.settings = settings
+        self.root = settings.root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = _native.Store(
+            str(self.root),
+            pack_size=int(storage["pack_size"]),
+            compression=storage["compression"],
+            level=int(storage["compression_level"]),
+            sync=storage["sync"],
+            sync_interval_ms=int(storage["sync_interval_ms"]),
+            wanted=wanted(INDEXED_KEYWORDS),
+            exclusive=exclusive,
+        )
+        for message in self.store.recovery:
+            log.warning("store recovery: %s", message)
+        self.index = Index(
+            self.root / "index",
+            map_size=int(settings["index"]["map_size"]),
+            sync=storage["sync"] == "always",
+        )
+        self._committer: GroupCommitter[InstanceEntry, CommitOutcome] = GroupCommitter(
+            self.commit, max_batch=int(settings["import"]["batch"])
+        )
+
+    def close(self) -> None:
+        self._committer.close()
+        self.store.sync()
+        self.index.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # Ingest -------------------------------------------------------------------------------
+
+    def entry(self, ingested: dict, source: str, received_at: str | None = None) -> InstanceEntry:
+        """The index entry for what the store's writer returned."""
+        tags = decode_elements(ingested["elements"])
+        meta = decode_elements(ingested["meta"])
+        if "MediaStorageSOPInstanceUID" in meta:
+            tags["MediaStorageSOPInstanceUID"] = meta["MediaStorageSOPInstanceUID"]
+        tags["TransferSyntaxUID"] = ingested["transfer_syntax"]
+        return InstanceEntry(
+            tags=tags,
+            manifest=ingested["manifest"],
+            size=ingested["size"],
+            received_at=received_at or utc_now(),
+            source=source,
+        )
+
+    def commit(self, entries: Sequence[InstanceEntry]) -> list[CommitOutcome]:
+        """Makes a batch durable: manifests and blobs first, then one index transaction."""
+
+        def persist(new: list[InstanceEntry]) -> None:
+            self.store.persist([(e.manifest, _annotations(e)) for e in new])
+
+        return self.index.commit(entries, before_commit=persist)
+
+    def submit(self, entry: InstanceEntry) -> Future[CommitOutcome]:
+        """Queues an instance for the next group commit."""
+        return self._committer.submit(entry)
+
+    def ingest_file(
+        self, path: Path, source: str | None = None
+    ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
+        """Streams a file into the store and queues it for commit. The outcome is final for
+        rejected files; otherwise the future resolves once the instance is durable."""
+        try:
+            ingested = self.store.ingest_file(str(path))
+        except _native.ScanError as e:
+            status: IngestStatus = "not-dicom" if _NOT_DICOM in str(e) else "rejected"
+            return IngestOutcome(status, reason=str(e)), None
+        entry = self.entry(ingested, source or f"import:{path}")
+        if ingested["truncated_at"] is not None:
+            log.warning(
+                "%s is truncated at byte %d: stored as it is", path, ingested["truncated_at"]
+            )
+        return IngestOutcome("stored", size=ingested["size"]), self.submit(entry)
+
+    # Reading ------------------------------------------------------------------------------
+
+    def resolve(self, value: str) -> list[Record]:
+        """Records whose key or identifier (PatientID, AccessionNumber, a UID) is ``value``."""
+        return self.index.lookup(value)
+
+    def instances(self, records: Sequence[Record] | None = None) -> Iterator[Record]:
+        """Every instance under the given records (all instances when None)."""
+        if records is None:
+            yield from self.index.iter_level(Level.IMAGE)
+            return
+        seen: set[str] = set()
+        for record in records:
+            for instance in self.index.instances_under(record.level, record.key):
+                if instance.key not in seen:
+                    seen.add(instance.key)
+                    yield instance
+
+    def read(self, instance: Record, start: int = 0) -> bytes:
+        assert instance.manifest is not None
+        return self.store.read(instance.manifest, start)
+
+    def export(self, instance: Record, out_dir: Path) -> Path:
+        """Writes the instance under ``out_dir``, byte-identical to what was received."""
+        assert instance.manifest is not None
+        series = self.index.get(Level.SERIES, instance.parent or "")
+        study_key = series.parent if series else None
+        target = (
+            out_dir / _safe(study_key) / _safe(instance.parent) / (_safe(instance.key) + ".dcm")
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.store.export(instance.manifest, str(target))
+        return target
+
+    # Maintenance --------------------------------------------------------------------------
+
+    def delete(self, record: Record) -> list[Record]:
+        """Deletes a record and everything below it; returns the deleted instances."""
+
+        def tombstone(removed: list[Record]) -> None:
+            self.store.tombstone([r.manifest for r in removed if r.manifest is not None])
+
+        return self.index.delete(record.level, record.key, before_commit=tombstone)
+
+    def verify(self) -> tuple[dict, list[Defect]]:
+        """Re-hashes every blob, then checks every instance's manifest and index record.
+        Returns the store's report and the defective instances."""
+        report = self.store.verify()
+        bad_blobs = {h: why for h, why in report["bad"]}
+        defects: list[Defect] = []
+        for instance in self.index.iter_level(Level.IMAGE):
+            reason = self._instance_defect(instance, bad_blobs)
+            if reason:
+                defects.append(Defect(instance.key, reason))
+        for level in (Level.SERIES, Level.STUDY):
+            parent_level = Level.STUDY if level is Level.SERIES else Level.PATIENT
+            for record in self.index.iter_level(level):
+                if record.parent is None or self.index.get(parent_level, record.parent) is None:
+                    defects.append(Defect(record.key, f"{level.value} record has no parent"))
+        return report, defects
+
+    def _instance_defect(self, instance: Record, bad_blobs: dict[str, str]) -> str | None:
+        if instance.manifest is None:
+            return "index record has no manifest"
+        try:
+            info = _native.manifest_info(instance.manifest)
+        except _native.ManifestError as e:
+            return str(e)
+        if info["size"] != instance.size:
+            return f"index says {instance.size} bytes, manifest {info['size']}"
+        for blob, _ in info["blobs"]:
+            if blob in bad_blobs:
+                return f"blob {blob}: {bad_blobs[blob]}"
+        missing = self.store.missing_blobs(instance.manifest)
+        if missing:
+            return f"blob {missing[0]} is missing from the store"
+        if self.index.get(Level.SERIES, instance.parent or "") is None:
+            return "instance record has no series"
+        return None
+
+    def reindex(self, batch: int = 1000) -> int:
+        """Rebuilds the blob index and the instance index from the packs alone."""
+        self.store.rebuild_blob_index()
+        self.index.clear()
+        entries: list[InstanceEntry] = []
+        count = 0
+        for _stamp, notes_raw, manifest in self.store.manifest_records():
+            notes = msgpack.unpackb(notes_raw) if notes_raw else {}
+            scanned = self.store.rescan(manifest)
+            info = _native.manifest_info(manifest)
+            scanned.update(
+                manifest=manifest, size=info["size"], transfer_syntax=info["transfer_syntax"]
+            )
+            entries.append(
+                self.entry(scanned, notes.get("source", "reindex"), notes.get("received_at"))
+            )
+            if len(entries) >= batch:
+                count += sum(o.status == "stored" for o in self.index.commit(entries))
+                entries = []
+        count += sum(o.status == "stored" for o in self.index.commit(entries))
+        return count
+
+    def gc(self) -> dict:
+        """Rewrites the packs keeping only what indexed instances reference."""
+        live = [r.manifest for r in self.index.iter_level(Level.IMAGE) if r.manifest is not None]
+        return self.store.gc(live)
+
+
+def _safe(key: str | None) -> str:
+    return re.sub(r"[^A-Za-z0-9._~-]", "_", key or "_")

@@ -1,0 +1,104 @@
+"""Importing trees of files: walk, ingest in parallel, commit in groups, report each file.
+
+Workers stream files into the store (the Rust side releases the GIL for reading, scanning,
+hashing and writing, so they run in parallel) and queue the instances for group commit without
+waiting; a file is reported as stored only once its commit is durable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dicomvault.index import CommitOutcome
+from dicomvault.store.archive import Archive, IngestOutcome
+
+
+@dataclass
+class ImportSummary:
+    files: int = 0
+    stored: int = 0
+    duplicate: int = 0
+    bytes: int = 0
+    rejected: list[tuple[Path, str]] = field(default_factory=list)
+    not_dicom: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, path: Path, outcome: IngestOutcome) -> None:
+        self.files += 1
+        self.bytes += outcome.size
+        if outcome.status == "stored":
+            self.stored += 1
+        elif outcome.status == "duplicate":
+            self.duplicate += 1
+        elif outcome.status == "not-dicom":
+            self.not_dicom.append(path)
+        else:
+            self.rejected.append((path, outcome.reason or "rejected"))
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files under the given paths, recursively, in a stable order."""
+    for path in paths:
+        if path.is_dir():
+            for directory, subdirs, names in os.walk(path):
+                subdirs.sort()
+                for name in sorted(names):
+                    yield Path(directory, name)
+        elif path.exists():
+            yield path
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+
+
+def _final(outcome: IngestOutcome, commit: Future[CommitOutcome] | None) -> IngestOutcome:
+    if commit is None:
+        return outcome
+    result = commit.result()
+    return IngestOutcome(result.status, key=result.key, size=outcome.size)
+
+
+def import_paths(
+    archive: Archive,
+    paths: Iterable[Path],
+    *,
+    workers: int = 0,
+    on_file: Callable[[Path, IngestOutcome], None] | None = None,
+) -> ImportSummary:
+    """Imports every file under ``paths``; ``on_file`` hears about each once it is final."""
+    workers = workers or os.cpu_count() or 1
+    summary = ImportSummary()
+    started = time.perf_counter()
+    # Bounded so that a tree of millions of files never holds millions of futures.
+    window = workers * 8
+    pending: deque[tuple[Path, Future[tuple[IngestOutcome, Future[CommitOutcome] | None]]]] = (
+        deque()
+    )
+
+    def ready(ingest: Future[tuple[IngestOutcome, Future[CommitOutcome] | None]]) -> bool:
+        if not ingest.done():
+            return False
+        commit = ingest.result()[1]
+        return commit is None or commit.done()
+
+    def settle(limit: int) -> None:
+        """Reports finished files, in order, waiting while more than ``limit`` are pending."""
+        while pending and (len(pending) > limit or ready(pending[0][1])):
+            path, ingest = pending.popleft()
+            outcome = _final(*ingest.result())
+            summary.count(path, outcome)
+            if on_file is not None:
+                on_file(path, outcome)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
+        for path in iter_files(paths):
+            pending.append((path, pool.submit(archive.ingest_file, path)))
+            settle(window)
+        settle(0)
+    summary.seconds = time.perf_counter() - started
+    return summary

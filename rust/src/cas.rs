@@ -1,0 +1,1121 @@
+//! The content-addressed store: instances as manifests of BLAKE3-addressed blobs in packs.
+//!
+//! Blobs are appended to the process's active pack (one writer per pack, guarded by an advisory
+//! lock, so several processes can share an archive) and found again through a blob index, an
+//! LMDB environment under `<root>/blobs`, that maps each hash to its place in a pack. The blob
+//! index is only a cache of the packs: it records how far it has indexed each pack, and opening
+//! the store indexes (and, for a torn last record, cuts) whatever lies beyond.
+//!
+//! Durability is a group commit: writers append without syncing, then [`Store::commit`] makes
+//! everything appended so far durable with one fdatasync per touched pack and one blob-index
+//! transaction; callers that arrive while a commit runs find their records already covered.
+
+use crate::manifest::{BlobRef, Hash, Manifest, Segment};
+use crate::pack::{
+    self, Codec, Found, RecordHeader, RecordKind, PACK_HEADER_LEN, RECORD_HEADER_LEN,
+};
+use crate::scan::{FeedError, Parser, ScanOptions, SegmentKind, Sink, Summary};
+use heed::types::Bytes;
+use heed::{Database, Env, EnvFlags, EnvOpenOptions};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Blobs larger than this are split, so a writer never buffers more than this per segment.
+pub const MAX_BLOB: usize = 8 << 20;
+
+/// When appended records are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Every commit fsyncs before returning: nothing acknowledged is lost, even on power loss.
+    Always,
+    /// Commits reach the OS at once (a killed process loses nothing) but are fsynced at most every
+    /// `sync_interval`: a power loss can lose that window.
+    Batch,
+    /// Never fsync: for scratch archives and benchmarks.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub pack_size: u64,
+    pub codec: Codec,
+    pub level: i32,
+    pub sync: SyncMode,
+    pub sync_interval: Duration,
+    /// Tags whose values ingest collects (see [`ScanOptions::wanted`]).
+    pub wanted: Vec<(u32, [u8; 2])>,
+    /// Open for maintenance that rewrites packs (gc, reindex): no other process may use it.
+    pub exclusive: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            pack_size: 1 << 30,
+            codec: Codec::Raw,
+            level: 3,
+            sync: SyncMode::Always,
+            sync_interval: Duration::from_secs(1),
+            wanted: Vec::new(),
+            exclusive: false,
+        }
+    }
+}
+
+/// Where a record lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub pack: u32,
+    pub offset: u64,
+    pub stored_len: u64,
+    pub raw_len: u64,
+}
+
+impl Location {
+    fn encode(&self) -> [u8; 28] {
+        let mut b = [0u8; 28];
+        b[0..4].copy_from_slice(&self.pack.to_le_bytes());
+        b[4..12].copy_from_slice(&self.offset.to_le_bytes());
+        b[12..20].copy_from_slice(&self.stored_len.to_le_bytes());
+        b[20..28].copy_from_slice(&self.raw_len.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> io::Result<Location> {
+        if b.len() != 28 {
+            return Err(invalid("blob index entry has the wrong size"));
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Ok(Location {
+            pack: u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")),
+            offset: u64_at(4),
+            stored_len: u64_at(12),
+            raw_len: u64_at(20),
+        })
+    }
+}
+
+fn invalid(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+fn heed_error(e: heed::Error) -> io::Error {
+    match e {
+        heed::Error::Io(io) => io,
+        other => io::Error::other(format!("blob index: {other}")),
+    }
+}
+
+pub fn hex(hash: &Hash) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Active {
+    id: u32,
+    file: Arc<File>,
+    len: u64,
+}
+
+#[derive(Default)]
+struct Appender {
+    active: Option<Active>,
+    /// Records appended but not yet in the blob index, in append order.
+    unindexed: Vec<(Hash, Location)>,
+    lookup: HashMap<Hash, Location>,
+    /// Packs appended to since the last commit, with their length after the last append.
+    written: HashMap<u32, (Arc<File>, u64)>,
+    seq: u64,
+}
+
+struct CommitState {
+    committed: u64,
+    last_sync: Instant,
+    unsynced: bool,
+}
+
+struct Inner {
+    packs_dir: PathBuf,
+    config: StoreConfig,
+    env: Env,
+    blobs: Database<Bytes, Bytes>,
+    packs: Database<Bytes, Bytes>,
+    appender: Mutex<Appender>,
+    readers: RwLock<HashMap<u32, Arc<File>>>,
+    commit: Mutex<CommitState>,
+    stamp: AtomicU64,
+    recovery: Vec<String>,
+    _archive_lock: File,
+}
+
+/// A handle on an archive's store; cheap to clone and safe to share between threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere cannot leave these structures half-updated in a way that matters more
+    // than refusing all further work would.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a record in a pack says about an instance's history (see [`Store::manifest_records`]).
+#[derive(Debug, Clone)]
+pub struct ManifestRecord {
+    pub stamp: u64,
+    pub annotations: Vec<u8>,
+    pub manifest: Vec<u8>,
+}
+
+/// Defects found by [`Store::verify`].
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    pub records_checked: u64,
+    pub bytes_checked: u64,
+    pub bad: Vec<(Hash, String)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    pub packs_before: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub blobs_kept: u64,
+    pub records_dropped: u64,
+    pub missing: Vec<Hash>,
+}
+
+impl Store {
+    pub fn open(root: &Path, config: StoreConfig) -> io::Result<Store> {
+        let packs_dir = root.join("packs");
+        let index_dir = root.join("blobs");
+        fs::create_dir_all(&packs_dir)?;
+        fs::create_dir_all(&index_dir)?;
+        let archive_lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("LOCK"))?;
+        if !pack::flock(&archive_lock, config.exclusive, false)? {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                if config.exclusive {
+                    "the archive is in use by another process (stop it before gc or reindex)"
+                } else {
+                    "the archive is locked by a running gc or reindex"
+                },
+            ));
+        }
+        let flags = match config.sync {
+            // The blob index can always be rebuilt from the packs, so its meta page need not
+            // be synced: the packs' fdatasync is what makes a commit durable.
+            SyncMode::Always => EnvFlags::NO_META_SYNC,
+            SyncMode::Batch | SyncMode::Never => EnvFlags::NO_SYNC,
+        };
+        let mut options = EnvOpenOptions::new();
+        options.map_size(1 << 40).max_dbs(4).max_readers(1024);
+        // SAFETY: heed requires that the environment is not opened twice in one process with
+        // different options and that its files are not modified behind LMDB's back; the store
+        // owns `<root>/blobs` and the Python layer opens one Store per root.
+        let env = unsafe {
+            options.flags(flags);
+            options.open(&index_dir)
+        }
+        .map_err(heed_error)?;
+        let mut wtxn = env.write_txn().map_err(heed_error)?;
+        let blobs = env
+            .create_database(&mut wtxn, Some("blobs"))
+            .map_err(heed_error)?;
+        let packs = env
+            .create_database(&mut wtxn, Some("packs"))
+            .map_err(heed_error)?;
+        wtxn.commit().map_err(heed_error)?;
+        let mut inner = Inner {
+            packs_dir,
+            config,
+            env,
+            blobs,
+            packs,
+            appender: Mutex::new(Appender::default()),
+            readers: RwLock::new(HashMap::new()),
+            commit: Mutex::new(CommitState {
+                committed: 0,
+                last_sync: Instant::now(),
+                unsynced: false,
+            }),
+            stamp: AtomicU64::new(0),
+            recovery: Vec::new(),
+            _archive_lock: archive_lock,
+        };
+        inner.recover()?;
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// What opening the store repaired (cut torn pack tails), one message per repair.
+    pub fn recovery_messages(&self) -> &[String] {
+        &self.inner.recovery
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Starts streaming one instance into the store.
+    pub fn writer(&self, options: ScanOptions) -> InstanceWriter {
+        InstanceWriter {
+            parser: Parser::new(options),
+            sink: BlobSink {
+                store: self.clone(),
+                buf: Vec::new(),
+                blobs: Vec::new(),
+                segments: Vec::new(),
+                segment_start: 0,
+                new_bytes: 0,
+            },
+        }
+    }
+
+    /// Options for ingesting a file: its transfer syntax comes from File Meta, truncation of a
+    /// file that has File Meta is recorded rather than refused.
+    pub fn file_options(&self) -> ScanOptions {
+        ScanOptions {
+            wanted: self.inner.config.wanted.clone(),
+            transfer_syntax: None,
+            allow_truncated: true,
+        }
+    }
+
+    /// Streams a file into the store (not yet durable: see [`Store::persist`]).
+    pub fn ingest_file(&self, path: &Path) -> Result<Ingested, FeedError> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        let mut writer = self.writer(self.file_options());
+        // One read for files that fit a blob; larger ones stream in blob-sized chunks.
+        let mut buf = vec![0u8; (size as usize).clamp(1, MAX_BLOB)];
+        let mut offset = 0u64;
+        loop {
+            let n = file.read_at(&mut buf, offset)?;
+            if n == 0 {
+                break;
+            }
+            writer.write(&buf[..n])?;
+            offset += n as u64;
+        }
+        writer.finish()
+    }
+
+    pub fn contains(&self, hash: &Hash) -> io::Result<bool> {
+        Ok(self.location(hash)?.is_some())
+    }
+
+    fn location(&self, hash: &Hash) -> io::Result<Option<Location>> {
+        if let Some(loc) = lock(&self.inner.appender).lookup.get(hash) {
+            return Ok(Some(*loc));
+        }
+        let rtxn = self.inner.env.read_txn().map_err(heed_error)?;
+        match self.inner.blobs.get(&rtxn, hash).map_err(heed_error)? {
+            Some(b) => Ok(Some(Location::decode(b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends a blob unless the store already has it; returns whether it was written.
+    pub fn put_blob(&self, hash: Hash, raw: &[u8]) -> io::Result<bool> {
+        if self.contains(&hash)? {
+            return Ok(false);
+        }
+        let (codec, stored): (Codec, Cow<[u8]>) = match self.inner.config.codec {
+            Codec::Zstd => {
+                let packed = zstd::bulk::compress(raw, self.inner.config.level)?;
+                if packed.len() < raw.len() {
+                    (Codec::Zstd, Cow::Owned(packed))
+                } else {
+                    (Codec::Raw, Cow::Borrowed(raw))
+                }
+            }
+            Codec::Raw => (Codec::Raw, Cow::Borrowed(raw)),
+        };
+        let header = RecordHeader {
+            kind: RecordKind::Blob,
+            codec,
+            raw_len: raw.len() as u64,
+            stored_len: stored.len() as u64,
+            hash,
+            payload_crc: crc32fast::hash(&stored),
+        };
+        self.append(header, &stored, true)
+    }
+
+    /// Appends a record; with `dedup`, not when a record with its hash was appended meanwhile.
+    fn append(&self, header: RecordHeader, stored: &[u8], dedup: bool) -> io::Result<bool> {
+        let inner = &*self.inner;
+        let mut a = lock(&inner.appender);
+        if dedup && a.lookup.contains_key(&header.hash) {
+            return Ok(false);
+        }
+        let record_len = header.record_len();
+        let needs_roll = match &a.active {
+            None => true,
+            Some(act) => act.len > PACK_HEADER_LEN && act.len + record_len > inner.config.pack_size,
+        };
+        if needs_roll {
+            let (id, file) = inner.create_next_pack()?;
+            a.active = Some(Active {
+                id,
+                file,
+                len: PACK_HEADER_LEN,
+            });
+        }
+        let act = a.active.as_mut().expect("active pack");
+        let offset = act.len;
+        let written = act
+            .file
+            .write_all_at(&header.encode(), offset)
+            .and_then(|()| act.file.write_all_at(stored, offset + RECORD_HEADER_LEN));
+        if let Err(e) = written {
+            // Leave no partial record behind (a full disk, say): the pack ends where it did.
+            let _ = act.file.set_len(offset);
+            return Err(e);
+        }
+        act.len += record_len;
+        let loc = Location {
+            pack: act.id,
+            offset,
+            stored_len: header.stored_len,
+            raw_len: header.raw_len,
+        };
+        let entry = (act.file.clone(), act.len);
+        let id = act.id;
+        a.written.insert(id, entry);
+        a.unindexed.push((header.hash, loc));
+        a.lookup.insert(header.hash, loc);
+        a.seq += 1;
+        Ok(true)
+    }
+
+    fn next_stamp(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let mut current = self.inner.stamp.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(current + 1);
+            match self.inner.stamp.compare_exchange(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Appends the manifest records of accepted instances (with the caller's annotations:
+    /// receive time, source) and makes them and their blobs durable.
+    pub fn persist(&self, items: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+        for (manifest, annotations) in items {
+            let mut payload = Vec::with_capacity(12 + annotations.len() + manifest.len());
+            payload.extend_from_slice(&self.next_stamp().to_le_bytes());
+            payload.extend_from_slice(&(annotations.len() as u32).to_le_bytes());
+            payload.extend_from_slice(annotations);
+            payload.extend_from_slice(manifest);
+            self.append_small(RecordKind::Manifest, &payload)?;
+        }
+        self.commit()
+    }
+
+    /// Records that instances were deleted, so that rebuilding the index from the packs does
+    /// not bring them back, and makes that durable.
+    pub fn tombstone(&self, manifests: &[Vec<u8>]) -> io::Result<()> {
+        for manifest in manifests {
+            let mut payload = Vec::with_capacity(40);
+            payload.extend_from_slice(&self.next_stamp().to_le_bytes());
+            payload.extend_from_slice(blake3::hash(manifest).as_bytes());
+            self.append_small(RecordKind::Tombstone, &payload)?;
+        }
+        self.commit()
+    }
+
+    fn append_small(&self, kind: RecordKind, payload: &[u8]) -> io::Result<bool> {
+        let header = RecordHeader {
+            kind,
+            codec: Codec::Raw,
+            raw_len: payload.len() as u64,
+            stored_len: payload.len() as u64,
+            hash: *blake3::hash(payload).as_bytes(),
+            payload_crc: crc32fast::hash(payload),
+        };
+        self.append(header, payload, false)
+    }
+
+    /// Makes every record appended so far durable (per the sync mode) and indexed.
+    pub fn commit(&self) -> io::Result<()> {
+        let inner = &*self.inner;
+        let target = lock(&inner.appender).seq;
+        let mut c = lock(&inner.commit);
+        if c.committed >= target {
+            return Ok(());
+        }
+        let (entries, written, seq) = {
+            let a = lock(&inner.appender);
+            (a.unindexed.clone(), a.written.clone(), a.seq)
+        };
+        let sync_now = match inner.config.sync {
+            SyncMode::Always => true,
+            SyncMode::Batch => c.last_sync.elapsed() >= inner.config.sync_interval,
+            SyncMode::Never => false,
+        };
+        if sync_now {
+            for (file, _) in written.values() {
+                file.sync_data()?;
+            }
+        }
+        let mut wtxn = inner.env.write_txn().map_err(heed_error)?;
+        for (hash, loc) in &entries {
+            inner
+                .blobs
+                .put(&mut wtxn, hash, &loc.encode())
+                .map_err(heed_error)?;
+        }
+        for (id, (_, len)) in &written {
+            inner
+                .packs
+                .put(&mut wtxn, &id.to_be_bytes(), &len.to_le_bytes())
+                .map_err(heed_error)?;
+        }
+        wtxn.commit().map_err(heed_error)?;
+        if sync_now {
+            if inner.config.sync == SyncMode::Batch {
+                inner.env.force_sync().map_err(heed_error)?;
+            }
+            c.last_sync = Instant::now();
+        }
+        c.unsynced = !sync_now && !written.is_empty();
+        let mut a = lock(&inner.appender);
+        a.unindexed.drain(..entries.len());
+        for (hash, loc) in &entries {
+            if a.lookup.get(hash) == Some(loc) {
+                a.lookup.remove(hash);
+            }
+        }
+        a.written
+            .retain(|id, (_, len)| written.get(id).is_none_or(|(_, then)| then != len));
+        c.committed = seq;
+        Ok(())
+    }
+
+    /// Forces everything committed to disk (the end of a batch window, or shutdown).
+    pub fn sync(&self) -> io::Result<()> {
+        self.commit()?;
+        let inner = &*self.inner;
+        let mut c = lock(&inner.commit);
+        if let Some(act) = &lock(&inner.appender).active {
+            act.file.sync_data()?;
+        }
+        inner.env.force_sync().map_err(heed_error)?;
+        c.last_sync = Instant::now();
+        c.unsynced = false;
+        Ok(())
+    }
+
+    fn pack_file(&self, id: u32) -> io::Result<Arc<File>> {
+        if let Some(f) = self
+            .inner
+            .readers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return Ok(f.clone());
+        }
+        let file = Arc::new(File::open(pack::pack_path(&self.inner.packs_dir, id))?);
+        let mut readers = self
+            .inner
+            .readers
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(readers.entry(id).or_insert(file).clone())
+    }
+
+    /// Reads and checks one record: header, checksum, hash and (for blobs) decoded length.
+    fn read_record(&self, hash: &Hash, loc: &Location, verify_hash: bool) -> io::Result<Vec<u8>> {
+        let file = self.pack_file(loc.pack)?;
+        let header = pack::read_record_header(&file, loc.offset, file.metadata()?.len())
+            .map_err(|why| invalid(format!("blob {}: {why}", hex(hash))))?;
+        if header.hash != *hash
+            || header.stored_len != loc.stored_len
+            || header.raw_len != loc.raw_len
+        {
+            return Err(invalid(format!(
+                "blob {}: the pack holds another record at its place",
+                hex(hash)
+            )));
+        }
+        let stored = pack::read_payload(&file, loc.offset, &header)
+            .map_err(|why| invalid(format!("blob {}: {why}", hex(hash))))?;
+        let raw = pack::decode_payload(&header, stored)
+            .map_err(|why| invalid(format!("blob {}: {why}", hex(hash))))?;
+        if verify_hash && blake3::hash(&raw).as_bytes() != hash {
+            return Err(invalid(format!(
+                "blob {}: content does not match its hash",
+                hex(hash)
+            )));
+        }
+        Ok(raw)
+    }
+
+    pub fn read_blob(&self, hash: &Hash) -> io::Result<Vec<u8>> {
+        let loc = self.location(hash)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("blob {} is not in the store", hex(hash)),
+            )
+        })?;
+        self.read_record(hash, &loc, false)
+    }
+
+    /// Hands the instance's bytes from `start` on to `f`, one blob at a time.
+    pub fn for_each_chunk(
+        &self,
+        manifest: &Manifest,
+        start: u64,
+        mut f: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut at = 0u64;
+        for blob in &manifest.blobs {
+            let end = at + blob.length;
+            if end > start {
+                let data = self.read_blob(&blob.hash)?;
+                if data.len() as u64 != blob.length {
+                    return Err(invalid(format!(
+                        "blob {} has {} bytes, the manifest says {}",
+                        hex(&blob.hash),
+                        data.len(),
+                        blob.length
+                    )));
+                }
+                let skip = start.saturating_sub(at) as usize;
+                f(&data[skip..])?;
+            }
+            at = end;
+        }
+        Ok(())
+    }
+
+    pub fn read_instance(&self, manifest: &Manifest, start: u64) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(manifest.total_length.saturating_sub(start) as usize);
+        self.for_each_chunk(manifest, start, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Writes the instance to `path` (through a temporary file, so a reader never sees half).
+    pub fn export(&self, manifest: &Manifest, path: &Path) -> io::Result<()> {
+        let tmp = path.with_extension("dvtmp");
+        let file = File::create(&tmp)?;
+        let mut offset = 0u64;
+        let written = self.for_each_chunk(manifest, 0, |chunk| {
+            file.write_all_at(chunk, offset)?;
+            offset += chunk.len() as u64;
+            Ok(())
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, path)
+    }
+
+    /// The pixel bytes of one frame: native values, or the encapsulated frame's fragments
+    /// concatenated (item headers removed).
+    pub fn read_frame(&self, manifest: &Manifest, index: u32) -> io::Result<Vec<u8>> {
+        if !manifest.frames_resolved {
+            return Err(invalid("the frames of this instance cannot be told apart (no offset table, no frame markers)"));
+        }
+        let blobs = manifest.frame_blobs(index).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "frame {index} is not in the instance ({} frames)",
+                    manifest.frame_count()
+                ),
+            )
+        })?;
+        let mut data = Vec::new();
+        for b in blobs {
+            data.extend_from_slice(&self.read_blob(&b.hash)?);
+        }
+        if !manifest.encapsulated {
+            return Ok(data);
+        }
+        let mut out = Vec::with_capacity(data.len());
+        let mut at = 0usize;
+        while at + 8 <= data.len() {
+            let length =
+                u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+            let end = (at + 8)
+                .checked_add(length)
+                .filter(|&e| e <= data.len())
+                .ok_or_else(|| invalid("fragment runs past its frame"))?;
+            out.extend_from_slice(&data[at + 8..end]);
+            at = end;
+        }
+        Ok(out)
+    }
+
+    /// Re-reads every indexed record: header, checksum, decoded length and BLAKE3 hash.
+    pub fn verify(&self) -> io::Result<VerifyReport> {
+        self.commit()?;
+        let mut entries = Vec::new();
+        {
+            let rtxn = self.inner.env.read_txn().map_err(heed_error)?;
+            for item in self.inner.blobs.iter(&rtxn).map_err(heed_error)? {
+                let (k, v) = item.map_err(heed_error)?;
+                let hash: Hash = k
+                    .try_into()
+                    .map_err(|_| invalid("blob index key is not a hash"))?;
+                entries.push((Location::decode(v)?, hash));
+            }
+        }
+        entries.sort_by_key(|(loc, _)| (loc.pack, loc.offset));
+        let mut report = VerifyReport::default();
+        for (loc, hash) in entries {
+            report.records_checked += 1;
+            report.bytes_checked += loc.stored_len;
+            if let Err(e) = self.read_record(&hash, &loc, true) {
+                report.bad.push((hash, e.to_string()));
+            }
+        }
+        Ok(report)
+    }
+
+    /// The manifests recorded in the packs and not cancelled by a later tombstone, oldest
+    /// first: the history that `reindex` replays.
+    pub fn manifest_records(&self) -> io::Result<Vec<ManifestRecord>> {
+        self.commit()?;
+        let mut events: Vec<(u64, bool, Hash, Option<ManifestRecord>)> = Vec::new();
+        for id in pack::list_packs(&self.inner.packs_dir)? {
+            let file = self.pack_file(id)?;
+            let (found, _, _) = pack::walk(&file, PACK_HEADER_LEN, false)?;
+            for Found { offset, header } in found {
+                if header.kind == RecordKind::Blob {
+                    continue;
+                }
+                let Ok(payload) = pack::read_payload(&file, offset, &header) else {
+                    continue;
+                };
+                if payload.len() < 12 {
+                    continue;
+                }
+                let stamp = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
+                if header.kind == RecordKind::Tombstone {
+                    if let Ok(target) = <Hash>::try_from(&payload[8..]) {
+                        events.push((stamp, true, target, None));
+                    }
+                    continue;
+                }
+                let n = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes")) as usize;
+                if payload.len() < 12 + n {
+                    continue;
+                }
+                let manifest = payload[12 + n..].to_vec();
+                let hash = *blake3::hash(&manifest).as_bytes();
+                events.push((
+                    stamp,
+                    false,
+                    hash,
+                    Some(ManifestRecord {
+                        stamp,
+                        annotations: payload[12..12 + n].to_vec(),
+                        manifest,
+                    }),
+                ));
+            }
+        }
+        events.sort_by_key(|e| e.0);
+        let mut alive: HashMap<Hash, Vec<ManifestRecord>> = HashMap::new();
+        for (_, tombstone, hash, record) in events {
+            match record {
+                Some(r) if !tombstone => alive.entry(hash).or_default().push(r),
+                _ => {
+                    alive.remove(&hash);
+                }
+            }
+        }
+        let mut records: Vec<ManifestRecord> = alive.into_values().flatten().collect();
+        records.sort_by_key(|r| r.stamp);
+        Ok(records)
+    }
+
+    /// Rebuilds the blob index from the packs alone.
+    pub fn rebuild_blob_index(&self) -> io::Result<u64> {
+        self.require_exclusive("reindex")?;
+        self.commit()?;
+        let inner = &*self.inner;
+        let mut wtxn = inner.env.write_txn().map_err(heed_error)?;
+        inner.blobs.clear(&mut wtxn).map_err(heed_error)?;
+        inner.packs.clear(&mut wtxn).map_err(heed_error)?;
+        let mut count = 0u64;
+        for id in pack::list_packs(&inner.packs_dir)? {
+            let file = self.pack_file(id)?;
+            let (found, end, _) = pack::walk(&file, PACK_HEADER_LEN, true)?;
+            for Found { offset, header } in found {
+                let loc = Location {
+                    pack: id,
+                    offset,
+                    stored_len: header.stored_len,
+                    raw_len: header.raw_len,
+                };
+                inner
+                    .blobs
+                    .put(&mut wtxn, &header.hash, &loc.encode())
+                    .map_err(heed_error)?;
+                count += 1;
+            }
+            inner
+                .packs
+                .put(&mut wtxn, &id.to_be_bytes(), &end.to_le_bytes())
+                .map_err(heed_error)?;
+        }
+        wtxn.commit().map_err(heed_error)?;
+        inner.env.force_sync().map_err(heed_error)?;
+        Ok(count)
+    }
+
+    fn require_exclusive(&self, what: &str) -> io::Result<()> {
+        if self.inner.config.exclusive {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "{what} needs the store opened exclusively"
+            )))
+        }
+    }
+
+    /// Rewrites every pack keeping only the blobs of `live` manifests and those manifests'
+    /// records; tombstones are dropped with the manifests they cancelled.
+    pub fn gc(&self, live: &[Manifest]) -> io::Result<GcReport> {
+        self.require_exclusive("gc")?;
+        self.commit()?;
+        let inner = &*self.inner;
+        let mut live_blobs: HashSet<Hash> = HashSet::new();
+        let mut live_manifests: HashSet<Hash> = HashSet::new();
+        for m in live {
+            live_blobs.extend(m.blobs.iter().map(|b| b.hash));
+            live_manifests.insert(*blake3::hash(&m.encode()).as_bytes());
+        }
+        let old = pack::list_packs(&inner.packs_dir)?;
+        let mut report = GcReport {
+            packs_before: old.len() as u64,
+            ..GcReport::default()
+        };
+        lock(&inner.appender).active = None;
+        let mut kept: HashSet<Hash> = HashSet::new();
+        for &id in &old {
+            let file = self.pack_file(id)?;
+            report.bytes_before += file.metadata()?.len();
+            let (found, _, _) = pack::walk(&file, PACK_HEADER_LEN, false)?;
+            for Found { offset, header } in found {
+                let keep = match header.kind {
+                    RecordKind::Blob => live_blobs.contains(&header.hash),
+                    RecordKind::Manifest => {
+                        let payload =
+                            pack::read_payload(&file, offset, &header).unwrap_or_default();
+                        let n = payload.get(8..12).map_or(usize::MAX, |b| {
+                            u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize
+                        });
+                        payload
+                            .get(12usize.saturating_add(n)..)
+                            .is_some_and(|m| live_manifests.contains(blake3::hash(m).as_bytes()))
+                    }
+                    RecordKind::Tombstone => false,
+                };
+                if !keep || !kept.insert(header.hash) {
+                    report.records_dropped += 1;
+                    continue;
+                }
+                match pack::read_payload(&file, offset, &header) {
+                    Ok(stored) => {
+                        self.append(header, &stored, false)?;
+                        if header.kind == RecordKind::Blob {
+                            report.blobs_kept += 1;
+                        }
+                    }
+                    Err(_) => {
+                        kept.remove(&header.hash);
+                    }
+                }
+            }
+        }
+        report.missing = live_blobs
+            .iter()
+            .filter(|h| !kept.contains(*h))
+            .copied()
+            .collect();
+        self.commit()?;
+        let old_set: HashSet<u32> = old.iter().copied().collect();
+        let mut wtxn = inner.env.write_txn().map_err(heed_error)?;
+        let mut dead = Vec::new();
+        for item in inner.blobs.iter(&wtxn).map_err(heed_error)? {
+            let (k, v) = item.map_err(heed_error)?;
+            if old_set.contains(&Location::decode(v)?.pack) {
+                dead.push(k.to_vec());
+            }
+        }
+        for k in dead {
+            inner.blobs.delete(&mut wtxn, &k).map_err(heed_error)?;
+        }
+        for id in &old {
+            inner
+                .packs
+                .delete(&mut wtxn, &id.to_be_bytes())
+                .map_err(heed_error)?;
+        }
+        wtxn.commit().map_err(heed_error)?;
+        inner.env.force_sync().map_err(heed_error)?;
+        let mut readers = inner.readers.write().unwrap_or_else(|p| p.into_inner());
+        for id in &old {
+            readers.remove(id);
+            fs::remove_file(pack::pack_path(&inner.packs_dir, *id))?;
+        }
+        drop(readers);
+        for id in pack::list_packs(&inner.packs_dir)? {
+            report.bytes_after += fs::metadata(pack::pack_path(&inner.packs_dir, id))?.len();
+        }
+        Ok(report)
+    }
+
+    /// Pack count, bytes in packs, and indexed records.
+    pub fn stats(&self) -> io::Result<(u64, u64, u64)> {
+        let ids = pack::list_packs(&self.inner.packs_dir)?;
+        let mut bytes = 0;
+        for id in &ids {
+            bytes += fs::metadata(pack::pack_path(&self.inner.packs_dir, *id))?.len();
+        }
+        let rtxn = self.inner.env.read_txn().map_err(heed_error)?;
+        let records = self.inner.blobs.len(&rtxn).map_err(heed_error)?;
+        Ok((ids.len() as u64, bytes, records))
+    }
+}
+
+impl Inner {
+    /// Indexes what lies beyond each unlocked pack's indexed length, cutting a torn last record,
+    /// and adopts the newest pack with room as the active one.
+    fn recover(&mut self) -> io::Result<()> {
+        let mut candidate: Option<Active> = None;
+        for id in pack::list_packs(&self.packs_dir)? {
+            let path = pack::pack_path(&self.packs_dir, id);
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            if !pack::flock(&file, true, false)? {
+                continue; // another process is appending to it
+            }
+            let len = file.metadata()?.len();
+            if len < PACK_HEADER_LEN {
+                // Created but never written: a crash between create and header write.
+                drop(file);
+                fs::remove_file(&path)?;
+                self.recovery
+                    .push(format!("removed empty pack {}", path.display()));
+                continue;
+            }
+            pack::check_pack_header(&file)?;
+            let indexed = {
+                let rtxn = self.env.read_txn().map_err(heed_error)?;
+                self.packs
+                    .get(&rtxn, &id.to_be_bytes())
+                    .map_err(heed_error)?
+                    .map_or(PACK_HEADER_LEN, |b| {
+                        u64::from_le_bytes(b.try_into().unwrap_or([0; 8])).max(PACK_HEADER_LEN)
+                    })
+            };
+            let mut end = len;
+            if len > indexed {
+                let (found, valid_end, problem) = pack::walk(&file, indexed, true)?;
+                let mut wtxn = self.env.write_txn().map_err(heed_error)?;
+                for Found { offset, header } in &found {
+                    let loc = Location {
+                        pack: id,
+                        offset: *offset,
+                        stored_len: header.stored_len,
+                        raw_len: header.raw_len,
+                    };
+                    self.blobs
+                        .put(&mut wtxn, &header.hash, &loc.encode())
+                        .map_err(heed_error)?;
+                }
+                if let Some(why) = problem {
+                    file.set_len(valid_end)?;
+                    file.sync_all()?;
+                    self.recovery.push(format!(
+                        "cut torn tail of {} at byte {valid_end} ({} bytes dropped: {why})",
+                        path.display(),
+                        len - valid_end
+                    ));
+                    end = valid_end;
+                }
+                self.packs
+                    .put(&mut wtxn, &id.to_be_bytes(), &end.to_le_bytes())
+                    .map_err(heed_error)?;
+                wtxn.commit().map_err(heed_error)?;
+                self.env.force_sync().map_err(heed_error)?;
+            } else if len < indexed {
+                self.recovery.push(format!(
+                    "{} is shorter ({len} bytes) than the blob index says ({indexed}): run verify",
+                    path.display()
+                ));
+            }
+            if end < self.config.pack_size {
+                candidate = Some(Active {
+                    id,
+                    file: Arc::new(file),
+                    len: end,
+                });
+            }
+        }
+        if let Some(act) = candidate {
+            self.readers
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(act.id, act.file.clone());
+            self.appender
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .active = Some(act);
+        }
+        Ok(())
+    }
+
+    fn create_next_pack(&self) -> io::Result<(u32, Arc<File>)> {
+        let mut id = pack::list_packs(&self.packs_dir)?
+            .last()
+            .map_or(1, |last| last + 1);
+        loop {
+            match pack::create_pack(&self.packs_dir, id) {
+                Ok(file) => {
+                    if !pack::flock(&file, true, false)? {
+                        return Err(io::Error::other("a new pack is locked by another process"));
+                    }
+                    let file = Arc::new(file);
+                    self.readers
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id, file.clone());
+                    return Ok((id, file));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => id += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The result of streaming one instance into the store.
+pub struct Ingested {
+    pub summary: Summary,
+    pub manifest: Manifest,
+    /// Bytes of blobs this instance added (0 for a re-sent instance: everything de-duplicated).
+    pub new_bytes: u64,
+}
+
+/// Cuts the stream into blobs at the scanner's segment boundaries (and every [`MAX_BLOB`]
+/// bytes), hashing and appending each as it completes.
+struct BlobSink {
+    store: Store,
+    buf: Vec<u8>,
+    blobs: Vec<BlobRef>,
+    segments: Vec<Segment>,
+    segment_start: u32,
+    new_bytes: u64,
+}
+
+impl BlobSink {
+    fn flush_blob(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let hash = *blake3::hash(&self.buf).as_bytes();
+        if self.store.put_blob(hash, &self.buf)? {
+            self.new_bytes += self.buf.len() as u64;
+        }
+        self.blobs.push(BlobRef {
+            hash,
+            length: self.buf.len() as u64,
+        });
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Sink for BlobSink {
+    fn data(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self.buf.len() == MAX_BLOB {
+                self.flush_blob()?;
+            }
+            let n = bytes.len().min(MAX_BLOB - self.buf.len());
+            self.buf.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    fn cut(&mut self, kind: SegmentKind) -> io::Result<()> {
+        self.flush_blob()?;
+        let count = self.blobs.len() as u32 - self.segment_start;
+        if count > 0 {
+            self.segments.push(Segment {
+                kind,
+                first_blob: self.segment_start,
+                blob_count: count,
+            });
+            self.segment_start = self.blobs.len() as u32;
+        }
+        Ok(())
+    }
+}
+
+/// Streams one instance into the store: feed it chunks as they arrive, then `finish`.
+pub struct InstanceWriter {
+    parser: Parser,
+    sink: BlobSink,
+}
+
+impl InstanceWriter {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), FeedError> {
+        self.parser.feed(bytes, &mut self.sink)
+    }
+
+    pub fn finish(mut self) -> Result<Ingested, FeedError> {
+        let summary = self.parser.finish(&mut self.sink)?;
+        let pixel = summary.pixel_data.as_ref();
+        let manifest = Manifest {
+            total_length: summary.total_length,
+            dataset_offset: summary.dataset_offset,
+            transfer_syntax: summary.transfer_syntax.clone(),
+            encapsulated: pixel.is_some_and(|p| p.encapsulated()),
+            frames_resolved: pixel.is_some_and(|p| p.frames_resolved) && !summary.deflated,
+            deflated: summary.deflated,
+            truncated: summary.truncated_at.is_some(),
+            blobs: self.sink.blobs,
+            segments: self.sink.segments,
+        };
+        Ok(Ingested {
+            summary,
+            manifest,
+            new_bytes: self.sink.new_bytes,
+        })
+    }
+}

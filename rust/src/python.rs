@@ -1,0 +1,523 @@
+//! The `dicomvault._native` Python module: a thin binding over the scanner and the store.
+//! Every call that hashes, compresses or does I/O releases the GIL.
+
+use crate::cas::{self, Ingested, Store as CoreStore, StoreConfig, SyncMode};
+use crate::manifest::Manifest;
+use crate::pack::Codec;
+use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use std::path::PathBuf;
+use std::time::Duration;
+
+create_exception!(
+    _native,
+    ScanError,
+    PyValueError,
+    "The data set is malformed; the message names the byte offset."
+);
+create_exception!(
+    _native,
+    ManifestError,
+    PyValueError,
+    "Manifest bytes that do not decode."
+);
+
+fn feed_error(e: FeedError) -> PyErr {
+    match e {
+        FeedError::Scan(s) => ScanError::new_err(s.to_string()),
+        FeedError::Io(io) => io.into(),
+    }
+}
+
+fn decode_manifest(bytes: &[u8]) -> PyResult<Manifest> {
+    Manifest::decode(bytes).map_err(|e| ManifestError::new_err(e.to_string()))
+}
+
+fn parse_wanted(wanted: Vec<(u32, String)>) -> PyResult<Vec<(u32, [u8; 2])>> {
+    wanted
+        .into_iter()
+        .map(|(tag, vr)| {
+            let b = vr.as_bytes();
+            if b.len() != 2 {
+                return Err(PyValueError::new_err(format!(
+                    "invalid VR {vr:?} for tag {tag:08X}"
+                )));
+            }
+            Ok((tag, [b[0], b[1]]))
+        })
+        .collect()
+}
+
+fn elements_dict<'py>(py: Python<'py>, elements: &[Element]) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for e in elements {
+        let vr = std::str::from_utf8(&e.vr).unwrap_or("UN");
+        d.set_item(e.tag, (vr, PyBytes::new(py, &e.value)))?;
+    }
+    Ok(d)
+}
+
+fn summary_dict<'py>(py: Python<'py>, s: &Summary) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("preamble", s.preamble)?;
+    d.set_item("dataset_offset", s.dataset_offset)?;
+    d.set_item("transfer_syntax", &s.transfer_syntax)?;
+    d.set_item("transfer_syntax_detected", s.transfer_syntax_detected)?;
+    d.set_item("deflated", s.deflated)?;
+    d.set_item("size", s.total_length)?;
+    d.set_item("truncated_at", s.truncated_at)?;
+    d.set_item("meta", elements_dict(py, &s.meta)?)?;
+    d.set_item("elements", elements_dict(py, &s.elements)?)?;
+    match &s.pixel_data {
+        None => d.set_item("pixel_data", py.None())?,
+        Some(p) => {
+            let pd = PyDict::new(py);
+            pd.set_item("tag", p.tag)?;
+            pd.set_item("element_offset", p.element_offset)?;
+            pd.set_item("value_offset", p.value_offset)?;
+            pd.set_item("value_length", p.value_length)?;
+            pd.set_item("encapsulated", p.encapsulated())?;
+            pd.set_item("number_of_frames", p.number_of_frames)?;
+            pd.set_item("frame_size", p.frame_size)?;
+            pd.set_item("frames_resolved", p.frames_resolved)?;
+            pd.set_item("basic_offset_table", p.basic_offset_table.clone())?;
+            let fragments: Vec<(u64, u64, u32)> = p
+                .fragments
+                .iter()
+                .map(|f| (f.offset, f.length, f.frame))
+                .collect();
+            pd.set_item("fragments", fragments)?;
+            d.set_item("pixel_data", pd)?;
+        }
+    }
+    Ok(d)
+}
+
+fn ingested_dict<'py>(py: Python<'py>, i: &Ingested) -> PyResult<Bound<'py, PyDict>> {
+    let d = summary_dict(py, &i.summary)?;
+    d.set_item("manifest", PyBytes::new(py, &i.manifest.encode()))?;
+    d.set_item("new_bytes", i.new_bytes)?;
+    d.set_item("frames", i.manifest.frame_count())?;
+    Ok(d)
+}
+
+/// Scans a file or data set held in memory. `wanted` lists (tag, VR) pairs to collect.
+#[pyfunction]
+#[pyo3(signature = (data, wanted = Vec::new(), transfer_syntax = None, allow_truncated = false))]
+fn scan_bytes<'py>(
+    py: Python<'py>,
+    data: PyBackedBytes,
+    wanted: Vec<(u32, String)>,
+    transfer_syntax: Option<String>,
+    allow_truncated: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let options = ScanOptions {
+        wanted: parse_wanted(wanted)?,
+        transfer_syntax,
+        allow_truncated,
+    };
+    let summary = py
+        .detach(|| scan::scan_bytes(&data, options))
+        .map_err(|e| ScanError::new_err(e.to_string()))?;
+    summary_dict(py, &summary)
+}
+
+/// Scans a file, reading it into memory once.
+#[pyfunction]
+#[pyo3(signature = (path, wanted = Vec::new()))]
+fn scan_file<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    wanted: Vec<(u32, String)>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let options = ScanOptions {
+        wanted: parse_wanted(wanted)?,
+        transfer_syntax: None,
+        allow_truncated: true,
+    };
+    let summary = py.detach(|| -> PyResult<Summary> {
+        let data = std::fs::read(&path)?;
+        scan::scan_bytes(&data, options).map_err(|e| ScanError::new_err(e.to_string()))
+    })?;
+    summary_dict(py, &summary)
+}
+
+/// What a manifest says: sizes, transfer syntax, segments and blob hashes.
+#[pyfunction]
+fn manifest_info<'py>(py: Python<'py>, manifest: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    let m = decode_manifest(manifest)?;
+    let d = PyDict::new(py);
+    d.set_item("size", m.total_length)?;
+    d.set_item("dataset_offset", m.dataset_offset)?;
+    d.set_item("transfer_syntax", &m.transfer_syntax)?;
+    d.set_item("encapsulated", m.encapsulated)?;
+    d.set_item("frames_resolved", m.frames_resolved)?;
+    d.set_item("deflated", m.deflated)?;
+    d.set_item("truncated", m.truncated)?;
+    d.set_item("frames", m.frame_count())?;
+    let blobs: Vec<(String, u64)> = m
+        .blobs
+        .iter()
+        .map(|b| (cas::hex(&b.hash), b.length))
+        .collect();
+    d.set_item("blobs", blobs)?;
+    let segments = PyList::empty(py);
+    for s in &m.segments {
+        let kind = match s.kind {
+            SegmentKind::Header => "header".to_string(),
+            SegmentKind::Frame(n) => format!("frame:{n}"),
+            SegmentKind::Trailer => "trailer".to_string(),
+            SegmentKind::Opaque => "opaque".to_string(),
+        };
+        segments.append((kind, s.first_blob, s.blob_count))?;
+    }
+    d.set_item("segments", segments)?;
+    Ok(d)
+}
+
+type RecordTuple<'py> = (u64, Bound<'py, PyBytes>, Bound<'py, PyBytes>);
+
+/// An archive's content-addressed store (see `rust/src/cas.rs`).
+#[pyclass(frozen, module = "dicomvault._native")]
+struct Store {
+    core: CoreStore,
+}
+
+#[pymethods]
+impl Store {
+    #[new]
+    #[pyo3(signature = (root, *, pack_size = 1 << 30, compression = "none", level = 3, sync = "always", sync_interval_ms = 1000, wanted = Vec::new(), exclusive = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        root: PathBuf,
+        pack_size: u64,
+        compression: &str,
+        level: i32,
+        sync: &str,
+        sync_interval_ms: u64,
+        wanted: Vec<(u32, String)>,
+        exclusive: bool,
+    ) -> PyResult<Self> {
+        let codec = match compression {
+            "none" => Codec::Raw,
+            "zstd" => Codec::Zstd,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown compression {other:?} (none or zstd)"
+                )))
+            }
+        };
+        let sync = match sync {
+            "always" => SyncMode::Always,
+            "batch" => SyncMode::Batch,
+            "never" => SyncMode::Never,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown sync mode {other:?} (always, batch or never)"
+                )))
+            }
+        };
+        let config = StoreConfig {
+            pack_size: pack_size.max(1 << 16),
+            codec,
+            level,
+            sync,
+            sync_interval: Duration::from_millis(sync_interval_ms),
+            wanted: parse_wanted(wanted)?,
+            exclusive,
+        };
+        let core = py.detach(|| CoreStore::open(&root, config))?;
+        Ok(Store { core })
+    }
+
+    /// Repairs made while opening (torn pack tails cut).
+    #[getter]
+    fn recovery(&self) -> Vec<String> {
+        self.core.recovery_messages().to_vec()
+    }
+
+    /// Starts streaming an instance: a file (transfer_syntax None) or a bare data set.
+    #[pyo3(signature = (transfer_syntax = None, allow_truncated = None))]
+    fn writer(
+        &self,
+        transfer_syntax: Option<String>,
+        allow_truncated: Option<bool>,
+    ) -> InstanceWriter {
+        let mut options = self.core.file_options();
+        options.allow_truncated = allow_truncated.unwrap_or(transfer_syntax.is_none());
+        options.transfer_syntax = transfer_syntax;
+        InstanceWriter {
+            inner: Some(self.core.writer(options)),
+        }
+    }
+
+    /// Stores a file's blobs (not yet durable: call persist with its manifest).
+    fn ingest_file<'py>(&self, py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+        let ingested = py
+            .detach(|| self.core.ingest_file(&path))
+            .map_err(feed_error)?;
+        ingested_dict(py, &ingested)
+    }
+
+    /// Appends manifest records for accepted instances and makes everything durable.
+    /// `items` are (manifest, annotations) pairs.
+    fn persist(&self, py: Python<'_>, items: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<()> {
+        Ok(py.detach(|| self.core.persist(&items))?)
+    }
+
+    /// Records deletions durably so that a rebuild from the packs does not resurrect them.
+    fn tombstone(&self, py: Python<'_>, manifests: Vec<Vec<u8>>) -> PyResult<()> {
+        Ok(py.detach(|| self.core.tombstone(&manifests))?)
+    }
+
+    fn commit(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.core.commit())?)
+    }
+
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.core.sync())?)
+    }
+
+    /// The instance's bytes from `start` (0: the whole file, File Meta included).
+    #[pyo3(signature = (manifest, start = 0))]
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        manifest: &[u8],
+        start: u64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let m = decode_manifest(manifest)?;
+        let data = py.detach(|| self.core.read_instance(&m, start))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// One frame's pixel bytes (encapsulated: the frame's fragments joined).
+    fn read_frame<'py>(
+        &self,
+        py: Python<'py>,
+        manifest: &[u8],
+        index: u32,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let m = decode_manifest(manifest)?;
+        let data = py.detach(|| self.core.read_frame(&m, index))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Iterates over the instance's bytes from `start`, one blob (at most 8 MiB) at a time.
+    #[pyo3(signature = (manifest, start = 0))]
+    fn chunks(&self, manifest: &[u8], start: u64) -> PyResult<ChunkReader> {
+        let m = decode_manifest(manifest)?;
+        Ok(ChunkReader {
+            store: self.core.clone(),
+            manifest: m,
+            next_blob: 0,
+            position: 0,
+            start,
+        })
+    }
+
+    /// Writes the instance to a file, byte-identical to what was stored.
+    fn export(&self, py: Python<'_>, manifest: &[u8], path: PathBuf) -> PyResult<()> {
+        let m = decode_manifest(manifest)?;
+        Ok(py.detach(|| self.core.export(&m, &path))?)
+    }
+
+    /// Re-hashes every record; returns {"records", "bytes", "bad": [(hash hex, reason)]}.
+    fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let report = py.detach(|| self.core.verify())?;
+        let d = PyDict::new(py);
+        d.set_item("records", report.records_checked)?;
+        d.set_item("bytes", report.bytes_checked)?;
+        let bad: Vec<(String, String)> = report
+            .bad
+            .iter()
+            .map(|(h, why)| (cas::hex(h), why.clone()))
+            .collect();
+        d.set_item("bad", bad)?;
+        Ok(d)
+    }
+
+    /// (stamp, annotations, manifest) of every live manifest record, oldest first.
+    fn manifest_records<'py>(&self, py: Python<'py>) -> PyResult<Vec<RecordTuple<'py>>> {
+        let records = py.detach(|| self.core.manifest_records())?;
+        Ok(records
+            .iter()
+            .map(|r| {
+                (
+                    r.stamp,
+                    PyBytes::new(py, &r.annotations),
+                    PyBytes::new(py, &r.manifest),
+                )
+            })
+            .collect())
+    }
+
+    /// Hex hashes of the manifest's blobs that the store does not hold.
+    fn missing_blobs(&self, py: Python<'_>, manifest: &[u8]) -> PyResult<Vec<String>> {
+        let m = decode_manifest(manifest)?;
+        let missing = py.detach(|| -> std::io::Result<Vec<String>> {
+            let mut out = Vec::new();
+            for b in &m.blobs {
+                if !self.core.contains(&b.hash)? {
+                    out.push(cas::hex(&b.hash));
+                }
+            }
+            Ok(out)
+        })?;
+        Ok(missing)
+    }
+
+    /// Rescans an instance's header segment (what reindex indexes).
+    fn rescan<'py>(&self, py: Python<'py>, manifest: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+        let m = decode_manifest(manifest)?;
+        let mut options = self.core.file_options();
+        options.allow_truncated = true;
+        if m.dataset_offset == 0 {
+            options.transfer_syntax = Some(m.transfer_syntax.clone());
+        }
+        let summary = py.detach(|| -> Result<Summary, FeedError> {
+            let mut parser = scan::Parser::new(options);
+            let mut sink = scan::NullSink;
+            for s in &m.segments {
+                if matches!(s.kind, SegmentKind::Frame(_) | SegmentKind::Trailer) {
+                    break;
+                }
+                for b in &m.blobs[s.first_blob as usize..(s.first_blob + s.blob_count) as usize] {
+                    parser.feed(&self.core.read_blob(&b.hash)?, &mut sink)?;
+                }
+            }
+            parser.finish(&mut sink)
+        });
+        summary_dict(py, &summary.map_err(feed_error)?)
+    }
+
+    fn rebuild_blob_index(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(py.detach(|| self.core.rebuild_blob_index())?)
+    }
+
+    /// Rewrites the packs keeping only what `live` manifests reference.
+    fn gc<'py>(&self, py: Python<'py>, live: Vec<Vec<u8>>) -> PyResult<Bound<'py, PyDict>> {
+        let manifests = live
+            .iter()
+            .map(|m| decode_manifest(m))
+            .collect::<PyResult<Vec<_>>>()?;
+        let report = py.detach(|| self.core.gc(&manifests))?;
+        let d = PyDict::new(py);
+        d.set_item("packs_before", report.packs_before)?;
+        d.set_item("bytes_before", report.bytes_before)?;
+        d.set_item("bytes_after", report.bytes_after)?;
+        d.set_item("blobs_kept", report.blobs_kept)?;
+        d.set_item("records_dropped", report.records_dropped)?;
+        d.set_item(
+            "missing",
+            report.missing.iter().map(cas::hex).collect::<Vec<_>>(),
+        )?;
+        Ok(d)
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (packs, bytes, records) = py.detach(|| self.core.stats())?;
+        let d = PyDict::new(py);
+        d.set_item("packs", packs)?;
+        d.set_item("pack_bytes", bytes)?;
+        d.set_item("records", records)?;
+        Ok(d)
+    }
+}
+
+/// Streams one instance into the store; `finish` returns what the scanner found and the manifest.
+#[pyclass(module = "dicomvault._native")]
+struct InstanceWriter {
+    inner: Option<cas::InstanceWriter>,
+}
+
+impl InstanceWriter {
+    fn take(&mut self) -> PyResult<cas::InstanceWriter> {
+        self.inner
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("this writer is finished"))
+    }
+}
+
+#[pymethods]
+impl InstanceWriter {
+    fn write(&mut self, py: Python<'_>, data: PyBackedBytes) -> PyResult<()> {
+        let writer = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("this writer is finished"))?;
+        let result = py.detach(|| writer.write(&data));
+        if result.is_err() {
+            self.inner = None;
+        }
+        result.map_err(feed_error)
+    }
+
+    fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let writer = self.take()?;
+        let ingested = py.detach(|| writer.finish()).map_err(feed_error)?;
+        ingested_dict(py, &ingested)
+    }
+
+    /// Abandons the instance (blobs already appended are reclaimed by gc).
+    fn abort(&mut self) {
+        self.inner = None;
+    }
+}
+
+/// Iterator over an instance's bytes, one blob at a time.
+#[pyclass(module = "dicomvault._native")]
+struct ChunkReader {
+    store: CoreStore,
+    manifest: Manifest,
+    next_blob: usize,
+    position: u64,
+    start: u64,
+}
+
+#[pymethods]
+impl ChunkReader {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        while let Some(blob) = self.manifest.blobs.get(self.next_blob).copied() {
+            self.next_blob += 1;
+            let begin = self.position;
+            self.position += blob.length;
+            if self.position <= self.start {
+                continue;
+            }
+            let data = py.detach(|| self.store.read_blob(&blob.hash))?;
+            if data.len() as u64 != blob.length {
+                return Err(PyOSError::new_err(format!(
+                    "blob {} has the wrong length",
+                    cas::hex(&blob.hash)
+                )));
+            }
+            let skip = self.start.saturating_sub(begin) as usize;
+            return Ok(Some(PyBytes::new(py, &data[skip..])));
+        }
+        Ok(None)
+    }
+}
+
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Store>()?;
+    m.add_class::<InstanceWriter>()?;
+    m.add_class::<ChunkReader>()?;
+    m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_file, m)?)?;
+    m.add_function(wrap_pyfunction!(manifest_info, m)?)?;
+    m.add("ScanError", m.py().get_type::<ScanError>())?;
+    m.add("ManifestError", m.py().get_type::<ManifestError>())?;
+    Ok(())
+}

@@ -1,0 +1,286 @@
+mod common;
+
+use common::{pattern, Builder};
+use dicomvault_native::cas::{Store, StoreConfig, SyncMode};
+use dicomvault_native::manifest::Manifest;
+use dicomvault_native::pack::Codec;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+fn instance(sop: &str, name: &str, frames: u32, seed: u8) -> Vec<u8> {
+    let mut b = Builder::part10("1.2.840.10008.1.2.1");
+    b.text(0x0008_0018, b"UI", sop)
+        .text(0x0010_0010, b"PN", name)
+        .image_header(16, 16, frames)
+        .native_pixels(&pattern(16 * 16 * 2 * frames as usize, seed));
+    b.bytes
+}
+
+fn open(root: &Path, config: StoreConfig) -> Store {
+    Store::open(root, config).unwrap()
+}
+
+fn store_bytes(store: &Store, data: &[u8], chunk: usize) -> (Manifest, u64) {
+    let mut w = store.writer(store.file_options());
+    for piece in data.chunks(chunk) {
+        w.write(piece).unwrap();
+    }
+    let ingested = w.finish().unwrap();
+    store
+        .persist(&[(ingested.manifest.encode(), b"note".to_vec())])
+        .unwrap();
+    (ingested.manifest, ingested.new_bytes)
+}
+
+fn pack_files(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(root.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn stored_instances_read_back_byte_identical_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = instance("1.2.3", "A^B", 4, 1);
+    let manifest = {
+        let store = open(dir.path(), StoreConfig::default());
+        let (manifest, new_bytes) = store_bytes(&store, &data, 100);
+        assert_eq!(new_bytes, data.len() as u64);
+        assert_eq!(store.read_instance(&manifest, 0).unwrap(), data);
+        assert_eq!(manifest.frame_count(), 4);
+        manifest
+    };
+    let store = open(dir.path(), StoreConfig::default());
+    assert!(store.recovery_messages().is_empty());
+    assert_eq!(store.read_instance(&manifest, 0).unwrap(), data);
+    let frame = store.read_frame(&manifest, 2).unwrap();
+    assert_eq!(frame, pattern(16 * 16 * 2 * 4, 1)[2 * 512..3 * 512]);
+    assert_eq!(
+        store
+            .read_instance(&manifest, manifest.dataset_offset)
+            .unwrap(),
+        data[manifest.dataset_offset as usize..]
+    );
+    let records = store.manifest_records().unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].annotations, b"note");
+    assert_eq!(Manifest::decode(&records[0].manifest).unwrap(), manifest);
+}
+
+#[test]
+fn identical_pixels_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), StoreConfig::default());
+    let first = instance("1.2.3", "A^B", 2, 7);
+    let corrected = instance("1.2.3", "Corrected^Name", 2, 7);
+    let (_, new1) = store_bytes(&store, &first, 4096);
+    let (_, again) = store_bytes(&store, &first, 4096);
+    let (m2, new2) = store_bytes(&store, &corrected, 4096);
+    assert_eq!(new1, first.len() as u64);
+    assert_eq!(again, 0, "a re-sent instance adds nothing");
+    assert_eq!(
+        new2, m2.blobs[0].length,
+        "a corrected header shares the pixel blobs"
+    );
+    assert_eq!(store.read_instance(&m2, 0).unwrap(), corrected);
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_open_and_earlier_records_stay_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = instance("1.2.3", "A^B", 1, 3);
+    let (manifest, good_len) = {
+        let store = open(dir.path(), StoreConfig::default());
+        let (m, _) = store_bytes(&store, &data, 1 << 20);
+        (m, fs::metadata(&pack_files(dir.path())[0]).unwrap().len())
+    };
+    // A crash in the middle of appending the next record: a header and half a payload.
+    let pack = pack_files(dir.path())[0].clone();
+    let mut f = OpenOptions::new().append(true).open(&pack).unwrap();
+    f.write_all(b"DVRC\0\0\0\0").unwrap();
+    f.write_all(&[0xAB; 300]).unwrap();
+    drop(f);
+    let store = open(dir.path(), StoreConfig::default());
+    assert_eq!(
+        store.recovery_messages().len(),
+        1,
+        "{:?}",
+        store.recovery_messages()
+    );
+    assert_eq!(fs::metadata(&pack).unwrap().len(), good_len);
+    assert_eq!(store.read_instance(&manifest, 0).unwrap(), data);
+    // Appending after the cut works and the pack stays consistent.
+    let other = instance("4.5.6", "C^D", 1, 4);
+    let (m2, _) = store_bytes(&store, &other, 1 << 20);
+    assert_eq!(store.read_instance(&m2, 0).unwrap(), other);
+    assert!(store.verify().unwrap().bad.is_empty());
+}
+
+#[test]
+fn verify_finds_a_flipped_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), StoreConfig::default());
+    let data = instance("1.2.3", "A^B", 2, 5);
+    let (manifest, _) = store_bytes(&store, &data, 1 << 20);
+    assert!(store.verify().unwrap().bad.is_empty());
+    let pack = pack_files(dir.path())[0].clone();
+    let mut bytes = fs::read(&pack).unwrap();
+    let frame = &pattern(16 * 16 * 2 * 2, 5)[512..];
+    let at = bytes
+        .windows(frame.len())
+        .position(|w| w == frame)
+        .expect("frame 1 is in the pack");
+    bytes[at + 100] ^= 0x01;
+    fs::write(&pack, &bytes).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.bad.len(), 1, "{:?}", report.bad);
+    assert_eq!(report.bad[0].0, manifest.frame_blobs(1).unwrap()[0].hash);
+    assert!(
+        store.read_instance(&manifest, 0).is_err(),
+        "a damaged blob is never served"
+    );
+}
+
+#[test]
+fn tombstoned_manifests_are_not_replayed_and_gc_reclaims_their_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keep, drop_) = (instance("1.1", "Keep", 2, 1), instance("2.2", "Drop", 2, 2));
+    let (mk, md) = {
+        let store = open(dir.path(), StoreConfig::default());
+        let (mk, _) = store_bytes(&store, &keep, 1 << 20);
+        let (md, _) = store_bytes(&store, &drop_, 1 << 20);
+        store.tombstone(&[md.encode()]).unwrap();
+        let records = store.manifest_records().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(Manifest::decode(&records[0].manifest).unwrap(), mk);
+        (mk, md)
+    };
+    let store = open(
+        dir.path(),
+        StoreConfig {
+            exclusive: true,
+            ..StoreConfig::default()
+        },
+    );
+    let before: u64 = pack_files(dir.path())
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    let report = store.gc(std::slice::from_ref(&mk)).unwrap();
+    assert!(report.missing.is_empty());
+    assert!(report.bytes_after < before);
+    assert_eq!(store.read_instance(&mk, 0).unwrap(), keep);
+    assert!(
+        store.read_instance(&md, 0).is_err(),
+        "dropped blobs are gone"
+    );
+    assert_eq!(store.manifest_records().unwrap().len(), 1);
+    assert!(store.verify().unwrap().bad.is_empty());
+    drop(store);
+    // Rebuilding the blob index from the packs alone finds the same instance.
+    let store = open(
+        dir.path(),
+        StoreConfig {
+            exclusive: true,
+            ..StoreConfig::default()
+        },
+    );
+    store.rebuild_blob_index().unwrap();
+    assert_eq!(store.read_instance(&mk, 0).unwrap(), keep);
+}
+
+#[test]
+fn gc_and_reindex_need_the_archive_to_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = open(dir.path(), StoreConfig::default());
+    assert!(shared.gc(&[]).is_err());
+    assert!(Store::open(
+        dir.path(),
+        StoreConfig {
+            exclusive: true,
+            ..StoreConfig::default()
+        }
+    )
+    .is_err());
+}
+
+#[test]
+fn zstd_blobs_round_trip_and_packs_roll_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        codec: Codec::Zstd,
+        pack_size: 1 << 16,
+        sync: SyncMode::Never,
+        ..StoreConfig::default()
+    };
+    let store = open(dir.path(), config);
+    let mut manifests = Vec::new();
+    let mut state = 0x2545_F491_u32;
+    for i in 0..40u8 {
+        // Even instances compress (zeros and a marker), odd ones do not (xorshift noise).
+        let pixels: Vec<u8> = (0..16 * 16 * 2 * 8)
+            .map(|j| {
+                if i % 2 == 0 {
+                    u8::from(j == 0) * i
+                } else {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    state as u8
+                }
+            })
+            .collect();
+        let mut b = Builder::part10("1.2.840.10008.1.2.1");
+        b.text(0x0008_0018, b"UI", &format!("1.{i}"))
+            .image_header(16, 16, 8)
+            .native_pixels(&pixels);
+        let (m, _) = store_bytes(&store, &b.bytes, 999);
+        manifests.push((m, b.bytes));
+    }
+    let packs = pack_files(dir.path());
+    assert!(packs.len() >= 2, "64 KiB packs must roll over");
+    let stored: u64 = packs.iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    let raw: u64 = manifests.iter().map(|(_, d)| d.len() as u64).sum();
+    assert!(
+        stored < raw * 3 / 4,
+        "zstd must shrink the compressible half ({stored} of {raw})"
+    );
+    for (m, data) in &manifests {
+        assert_eq!(&store.read_instance(m, 0).unwrap(), data);
+    }
+    assert!(store.verify().unwrap().bad.is_empty());
+}
+
+#[test]
+fn concurrent_writers_share_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), StoreConfig::default());
+    let handles: Vec<_> = (0..4u8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..10u8)
+                    .map(|i| {
+                        let data = instance(&format!("{t}.{i}"), "P", 2, t * 16 + i);
+                        let (m, _) = store_bytes(&store, &data, 777);
+                        (m, data)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    drop(store);
+    let store = open(dir.path(), StoreConfig::default());
+    for (m, data) in &all {
+        assert_eq!(&store.read_instance(m, 0).unwrap(), data);
+    }
+    assert_eq!(store.manifest_records().unwrap().len(), 40);
+}
