@@ -138,7 +138,8 @@ def test_delete_then_gc_reclaims_space_and_keeps_the_rest(cli, tmp_path, clinica
     cli.run("export", "--out", tmp_path / "out")
     survivors = [g for g in clinical if g.study_instance_uid != victim["key"]]
     for g in survivors:
-        exported = next((tmp_path / "out").rglob(_safe(g.sop_instance_uid) + ".dcm"))
+        exported = next((tmp_path / "out").rglob(_safe(g.sop_instance_uid) + ".dcm"), None)
+        assert exported is not None, (g, sorted(p.name for p in (tmp_path / "out").rglob("*.dcm")))
         assert exported.read_bytes() == g.path.read_bytes()
     # Reindexing after gc must not resurrect the deleted study.
     cli.run("reindex")

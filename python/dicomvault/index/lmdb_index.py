@@ -568,7 +568,8 @@ class Index:
                     return
             elif not k.startswith(start):
                 return
-            yield k[k.rindex(_SEP) + 1 :].decode("utf-8")
+            # Index values never hold the separator, record keys may (patient keys do).
+            yield k[len(base) :].partition(_SEP)[2].decode("utf-8")
 
     def _candidates(
         self, txn: lmdb.Transaction, level: Level, matchers: list[Matcher]

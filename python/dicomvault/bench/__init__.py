@@ -1,0 +1,1 @@
+"""Benchmarks support: generated DICOM corpora and the measurements behind ``dicomvault bench``."""
