@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dicomvault.bench.corpus import clinical_corpus, small_corpus
-from dicomvault.testdata import pydicom_test_files, readable_pydicom_test_files
 
 from dicomvault import _native
+from dicomvault.bench.corpus import clinical_corpus, small_corpus
+from dicomvault.testdata import pydicom_test_files, readable_pydicom_test_files
 
 
 def _safe(key: str) -> str:

@@ -609,7 +609,7 @@ class Index:
         plans: list[tuple[bytes, Matcher]] = []
         for code, (lvl, keyword, fold) in _FIELDS.items():
             m = by_keyword.get(keyword)
-            if m is None or lvl.depth > level.depth or "\\" in m.query:
+            if m is None or lvl.depth > level.depth:
                 continue
             if keyword == "PatientName" and fold != m.case_insensitive:
                 continue
@@ -617,27 +617,26 @@ class Index:
         if level.depth >= Level.STUDY.depth and "ModalitiesInStudy" in by_keyword:
             plans.append((b"mis", by_keyword["ModalitiesInStudy"]))
         for code, m in sorted(plans, key=lambda p: self._cost(p[1])):
-            query = m.query.strip()
+            ranges = [self._value_range(txn, code, v) for v in m.query.strip().split("\\")]
+            if any(r is None for r in ranges):
+                continue  # a value with a leading wildcard: no key range
             source = _FIELDS[code][0] if code in _FIELDS else Level.STUDY
-            if code == b"sd":
-                if "-" in query:
-                    low, _, high = query.replace(".", "").partition("-")
-                    keys = self._ix_range(txn, code, low, exact=False, upper=high or "99999999")
-                else:
-                    keys = self._ix_range(txn, code, query.replace(".", ""), exact=True)
-            elif "*" in query or "?" in query:
-                prefix = literal_prefix(query)
-                if not prefix:
-                    continue
-                keys = self._ix_range(
-                    txn, code, prefix.casefold() if code == b"pnf" else prefix, exact=False
-                )
-            else:
-                keys = self._ix_range(
-                    txn, code, query.casefold() if code == b"pnf" else query, exact=True
-                )
-            return sorted(lift(source, keys))
+            return sorted(lift(source, (k for r in ranges if r is not None for k in r)))
         return None
+
+    def _value_range(self, txn: lmdb.Transaction, code: bytes, value: str) -> Iterator[str] | None:
+        """Record keys an index holds for one query value, or None when no range applies."""
+        fold = code == b"pnf"
+        if code == b"sd" and "-" in value:
+            low, _, high = value.replace(".", "").partition("-")
+            return self._ix_range(txn, code, low, exact=False, upper=high or "99999999")
+        if "*" in value or "?" in value:
+            prefix = literal_prefix(value)
+            if not prefix:
+                return None
+            return self._ix_range(txn, code, prefix.casefold() if fold else prefix, exact=False)
+        value = value.replace(".", "") if code == b"sd" else value
+        return self._ix_range(txn, code, value.casefold() if fold else value, exact=True)
 
     @staticmethod
     def _cost(m: Matcher) -> int:

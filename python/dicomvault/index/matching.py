@@ -4,8 +4,9 @@ wildcard, range and UID list matching of one query value against one record valu
 Decisions where the standard leaves room: a multi-valued query value ("CT\\MR") matches any of
 its values (as Orthanc does); a multi-valued record value matches when any value does; a
 Person Name also matches when one of its component groups (alphabetic, ideographic,
-phonetic, "=" separated) matches; a partial time in a range extends to the whole period it
-names ("-12" includes 12:59:59); the ACR-NEMA date form "2020.01.31" is read as 20200131.
+phonetic, "=" separated) matches; a partial time names the whole period it covers, as a
+single value ("0930" matches 09:30:15) and as a range bound ("-12" includes 12:59:59); the
+ACR-NEMA date form "2020.01.31" is read as 20200131.
 """
 
 from __future__ import annotations
@@ -117,7 +118,12 @@ class Matcher:
                 lo, hi = _bounds(vr, low, high)
                 first, last = _point(vr, value)
                 return (lo is None or last >= lo) and (hi is None or first <= hi)
-            return bool(value) and _point(vr, value) == _point(vr, query)
+            if not value:
+                return False
+            # A single (possibly partial) value names a period: "0930" is 09:30:00-09:30:59.
+            q_first, q_last = _point(vr, query)
+            first, last = _point(vr, value)
+            return q_first <= first and last <= q_last
         if vr == "UI":
             return value == query
         fold = self.case_insensitive and vr == "PN"

@@ -1,0 +1,360 @@
+"""The LMDB index: hierarchy, counts, duplicates, conflicts, lookup, queries and deletion."""
+
+import logging
+import threading
+
+import pytest
+
+from dicomvault.index import Index, InstanceEntry, Level
+
+
+def entry(
+    sop,
+    study,
+    series,
+    pid="P1",
+    issuer="",
+    name="Doe^John",
+    date="20200101",
+    modality="CT",
+    accession="",
+    size=100,
+    **extra,
+):
+    tags = {
+        "SOPInstanceUID": sop,
+        "StudyInstanceUID": study,
+        "SeriesInstanceUID": series,
+        "PatientID": pid,
+        "PatientName": name,
+        "StudyDate": date,
+        "Modality": modality,
+        "AccessionNumber": accession,
+        "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+        **extra,
+    }
+    if issuer:
+        tags["IssuerOfPatientID"] = issuer
+    return InstanceEntry(
+        tags, f"manifest-{sop}".encode(), size, "2026-01-01T00:00:00.000000Z", "test"
+    )
+
+
+@pytest.fixture
+def index(tmp_path):
+    with Index(tmp_path / "index") as ix:
+        yield ix
+
+
+@pytest.fixture
+def archive(index):
+    """Three patients (two share PatientID 12345 under different issuers), four studies."""
+    index.commit(
+        [
+            entry(
+                "1.1.1",
+                "1.1",
+                "1.1.S1",
+                pid="12345",
+                issuer="HOSP_A",
+                name="Smith^John",
+                date="20150312",
+                accession="A1",
+                size=10,
+            ),
+            entry(
+                "1.1.2",
+                "1.1",
+                "1.1.S1",
+                pid="12345",
+                issuer="HOSP_A",
+                name="Smith^John",
+                date="20150312",
+                accession="A1",
+                size=20,
+            ),
+            entry(
+                "1.1.3",
+                "1.1",
+                "1.1.S2",
+                pid="12345",
+                issuer="HOSP_A",
+                name="Smith^John",
+                date="20150312",
+                modality="MR",
+                accession="A1",
+                size=30,
+            ),
+            entry(
+                "2.1.1",
+                "2.1",
+                "2.1.S1",
+                pid="12345",
+                issuer="HOSP_B",
+                name="Smith^Jane",
+                date="20180704",
+                modality="MR",
+                accession="B1",
+                size=40,
+            ),
+            entry(
+                "3.1.1",
+                "3.1",
+                "3.1.S1",
+                pid="GR1",
+                name="Διονυσιος^Κωστας",
+                date="20211231",
+                accession="C1",
+                size=50,
+            ),
+            entry(
+                "3.2.1",
+                "3.2",
+                "3.2.S1",
+                pid="GR1",
+                name="Διονυσιος^Κωστας",
+                date="",
+                modality="US",
+                accession="C2",
+                size=60,
+            ),
+        ]
+    )
+    return index
+
+
+def keys(results):
+    return sorted(r["_key"] for r in results)
+
+
+def test_hierarchy_counts_and_sizes(archive):
+    assert archive.stats() == {
+        "patients": 3,
+        "studies": 4,
+        "series": 5,
+        "instances": 6,
+        "size": 210,
+        "patient_conflicts": 0,
+    }
+    a = archive.get(Level.PATIENT, "12345\x00HOSP_A")
+    b = archive.get(Level.PATIENT, "12345\x00HOSP_B")
+    assert a.tags["PatientName"] == "Smith^John" and b.tags["PatientName"] == "Smith^Jane"
+    assert a.counts == {"studies": 1, "series": 2, "instances": 3} and a.size == 60
+    study = archive.get(Level.STUDY, "1.1")
+    assert study.counts == {"series": 2, "instances": 3}
+    assert study.tags["ModalitiesInStudy"] == "CT\\MR"
+    assert [r.key for r in archive.children(Level.STUDY, "1.1")] == ["1.1.S1", "1.1.S2"]
+    assert sorted(r.key for r in archive.instances_under(Level.PATIENT, a.key)) == [
+        "1.1.1",
+        "1.1.2",
+        "1.1.3",
+    ]
+
+
+def test_duplicates_keep_the_first_copy_across_and_within_batches(archive):
+    outcomes = archive.commit(
+        [
+            entry("1.1.1", "1.1", "1.1.S1", size=999),
+            entry("9.9.9", "9.9", "9.9.S", size=1),
+            entry("9.9.9", "9.9", "9.9.S", size=2),
+        ]
+    )
+    assert [o.status for o in outcomes] == ["duplicate", "stored", "duplicate"]
+    assert archive.get(Level.IMAGE, "1.1.1").size == 10
+    assert archive.get(Level.IMAGE, "9.9.9").size == 1
+
+
+def test_a_study_arriving_under_another_patient_is_logged_not_merged(archive, caplog):
+    with caplog.at_level(logging.WARNING, logger="dicomvault.index"):
+        archive.commit([entry("1.1.9", "1.1", "1.1.S1", pid="OTHER")])
+    assert "kept under the existing patient" in caplog.text
+    instance = archive.get(Level.IMAGE, "1.1.9")
+    assert instance.patient_conflict == "OTHER\x00"
+    assert archive.get(Level.PATIENT, "OTHER\x00") is None
+    assert archive.stats()["patient_conflicts"] == 1
+
+
+def test_lookup_by_each_identifier(archive):
+    assert {(r.level, r.key) for r in archive.lookup("12345")} == {
+        (Level.PATIENT, "12345\x00HOSP_A"),
+        (Level.PATIENT, "12345\x00HOSP_B"),
+    }
+    assert [(r.level, r.key) for r in archive.lookup("B1")] == [(Level.STUDY, "2.1")]
+    assert [(r.level, r.key) for r in archive.lookup("1.1")] == [(Level.STUDY, "1.1")]
+    assert [(r.level, r.key) for r in archive.lookup("1.1.S2")] == [(Level.SERIES, "1.1.S2")]
+    assert [(r.level, r.key) for r in archive.lookup("3.1.1")] == [(Level.IMAGE, "3.1.1")]
+    assert archive.lookup("nothing") == []
+
+
+@pytest.mark.parametrize(
+    ("level", "filters", "expected"),
+    [
+        (Level.PATIENT, {"PatientID": "12345"}, ["12345\x00HOSP_A", "12345\x00HOSP_B"]),
+        (Level.PATIENT, {"PatientName": "smith*"}, ["12345\x00HOSP_A", "12345\x00HOSP_B"]),
+        (Level.PATIENT, {"PatientName": "ΔΙΟΝΥΣΙΟΣ*"}, ["GR1\x00"]),
+        (Level.STUDY, {"PatientName": "Smith^J?hn"}, ["1.1"]),
+        (Level.STUDY, {"StudyDate": "20150101-20181231"}, ["1.1", "2.1"]),
+        (Level.STUDY, {"StudyDate": "20180101-"}, ["2.1", "3.1"]),
+        (Level.STUDY, {"StudyDate": "-20160101"}, ["1.1"]),
+        (Level.STUDY, {"StudyDate": "20211231"}, ["3.1"]),
+        (Level.STUDY, {"AccessionNumber": "C*"}, ["3.1", "3.2"]),
+        (Level.STUDY, {"ModalitiesInStudy": "MR"}, ["1.1", "2.1"]),
+        (Level.STUDY, {"ModalitiesInStudy": "US\\MR"}, ["1.1", "2.1", "3.2"]),
+        (Level.STUDY, {"StudyInstanceUID": "1.1\\3.2"}, ["1.1", "3.2"]),
+        (Level.STUDY, {"PatientID": "12345", "StudyDate": "2018*"}, []),  # no wildcards on DA
+        (Level.STUDY, {"PatientID": "12345", "StudyDate": "20180704"}, ["2.1"]),
+        (Level.STUDY, {"StudyDescription": ""}, ["1.1", "2.1", "3.1", "3.2"]),
+        (Level.SERIES, {"Modality": "CT"}, ["1.1.S1", "3.1.S1"]),
+        (Level.SERIES, {"StudyInstanceUID": "1.1", "Modality": "MR"}, ["1.1.S2"]),
+        (Level.IMAGE, {"SeriesInstanceUID": "1.1.S1"}, ["1.1.1", "1.1.2"]),
+        (Level.IMAGE, {"StudyDate": "20150312"}, ["1.1.1", "1.1.2", "1.1.3"]),
+        (Level.IMAGE, {"PatientID": "GR1"}, ["3.1.1", "3.2.1"]),
+        (Level.IMAGE, {"NumberOfFrames": "", "PatientName": "*Jane"}, ["2.1.1"]),
+    ],
+)
+def test_find_matches_exactly_the_expected_records(archive, level, filters, expected):
+    assert keys(archive.find(level, filters)) == expected
+
+
+def test_find_returns_requested_and_computed_keys(archive):
+    [study] = archive.find(
+        Level.STUDY,
+        {"AccessionNumber": "A1"},
+        [
+            "PatientName",
+            "NumberOfStudyRelatedInstances",
+            "NumberOfStudyRelatedSeries",
+            "PatientComments",
+        ],
+    )
+    assert study["PatientName"] == "Smith^John"
+    assert study["NumberOfStudyRelatedInstances"] == "3"
+    assert study["NumberOfStudyRelatedSeries"] == "2"
+    assert study["PatientComments"] == ""
+    assert study["StudyInstanceUID"] == "1.1" and study["PatientID"] == "12345"
+    [patient] = archive.find(Level.PATIENT, {"PatientID": "GR1"}, ["NumberOfPatientRelatedStudies"])
+    assert patient["NumberOfPatientRelatedStudies"] == "2"
+
+
+def test_limit_and_offset_page_in_a_stable_order(archive):
+    everything = keys(archive.find(Level.IMAGE, {}))
+    pages = [keys(archive.find(Level.IMAGE, {}, limit=2, offset=o)) for o in (0, 2, 4)]
+    assert [k for page in pages for k in page] == everything
+    assert len(everything) == 6
+
+
+def test_indexed_keys_use_key_ranges_not_scans(index):
+    index.commit(
+        [
+            entry(
+                f"9.{i}",
+                f"9.{i // 10}",
+                f"9.{i // 10}.S",
+                pid=f"P{i // 10:04d}",
+                accession=f"ACC{i // 10}",
+            )
+            for i in range(5000)
+        ]
+    )
+    index.records_read = 0
+    assert len(list(index.find(Level.STUDY, {"PatientID": "P0042"}))) == 1
+    assert index.records_read < 10
+    index.records_read = 0
+    assert len(list(index.find(Level.IMAGE, {"AccessionNumber": "ACC424"}))) == 10
+    assert index.records_read < 60
+    index.records_read = 0
+    assert len(list(index.find(Level.STUDY, {"PatientName": "nobody*"}))) == 0
+    assert index.records_read == 0
+
+
+@pytest.mark.parametrize(
+    ("level", "key", "gone", "left"),
+    [
+        (
+            Level.IMAGE,
+            "1.1.3",
+            {"1.1.S2"},
+            {"patients": 3, "studies": 4, "series": 4, "instances": 5},
+        ),
+        (Level.SERIES, "1.1.S1", set(), {"patients": 3, "studies": 4, "series": 4, "instances": 4}),
+        (
+            Level.STUDY,
+            "2.1",
+            {"12345\x00HOSP_B"},
+            {"patients": 2, "studies": 3, "series": 4, "instances": 5},
+        ),
+        (
+            Level.PATIENT,
+            "GR1\x00",
+            {"3.1", "3.2"},
+            {"patients": 2, "studies": 2, "series": 3, "instances": 4},
+        ),
+    ],
+)
+def test_delete_at_each_level(archive, level, key, gone, left):
+    removed = archive.delete(level, key)
+    assert removed and all(r.manifest for r in removed)
+    stats = archive.stats()
+    assert {k: stats[k] for k in left} == left
+    assert stats["size"] == 210 - sum(r.size for r in removed)
+    for record in archive.iter_level(Level.PATIENT):
+        instances = list(archive.instances_under(Level.PATIENT, record.key))
+        assert record.counts["instances"] == len(instances)
+        assert record.size == sum(i.size for i in instances)
+    assert archive.lookup(key) == []
+    for k in gone:
+        assert archive.lookup(k.split("\x00")[0]) == [] or all(
+            r.key != k for r in archive.lookup(k.split("\x00")[0])
+        )
+
+
+def test_delete_updates_modalities_and_secondary_indexes(archive):
+    archive.delete(Level.SERIES, "1.1.S2")
+    assert archive.get(Level.STUDY, "1.1").tags["ModalitiesInStudy"] == "CT"
+    assert keys(archive.find(Level.STUDY, {"ModalitiesInStudy": "MR"})) == ["2.1"]
+    archive.delete(Level.STUDY, "3.1")
+    assert keys(archive.find(Level.STUDY, {"AccessionNumber": "C1"})) == []
+    assert keys(archive.find(Level.STUDY, {"StudyDate": "20211231"})) == []
+
+
+def test_before_commit_failure_leaves_the_index_unchanged(archive):
+    def fail(_):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        archive.commit([entry("7.7.7", "7.7", "7.7.S")], before_commit=fail)
+    assert archive.get(Level.IMAGE, "7.7.7") is None
+    assert archive.stats()["instances"] == 6
+    with pytest.raises(OSError):
+        archive.delete(Level.STUDY, "1.1", before_commit=fail)
+    assert archive.get(Level.STUDY, "1.1") is not None
+
+
+def test_reopening_keeps_everything(tmp_path):
+    with Index(tmp_path / "ix") as ix:
+        ix.commit([entry("1", "2", "3")])
+    with Index(tmp_path / "ix") as ix:
+        assert ix.get(Level.IMAGE, "1").manifest == b"manifest-1"
+
+
+def test_concurrent_commits_lose_nothing(index):
+    def worker(t):
+        for i in range(50):
+            index.commit([entry(f"{t}.{i}", f"{t}", f"{t}.S", pid=f"P{t}")])
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert index.stats()["instances"] == 200
+    assert all(index.get(Level.STUDY, str(t)).counts["instances"] == 50 for t in range(4))
+
+
+def test_missing_uids_get_keys_of_their_own(index):
+    bare = InstanceEntry({"PatientID": "X"}, b"m1", 5, "2026-01-01T00:00:00Z", "t")
+    other = InstanceEntry({"PatientID": "X"}, b"m2", 5, "2026-01-01T00:00:00Z", "t")
+    outcomes = index.commit([bare, other])
+    assert [o.status for o in outcomes] == ["stored", "stored"]
+    assert all(o.key.startswith("~") for o in outcomes)
+    assert index.stats()["studies"] == 2

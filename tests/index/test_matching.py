@@ -1,0 +1,110 @@
+"""C-FIND attribute matching, one kind at a time (PS3.4 C.2.2.2)."""
+
+import pytest
+
+from dicomvault.index.matching import literal_prefix, matcher
+
+
+def m(keyword, query, value, insensitive=True):
+    return matcher(keyword, query, case_insensitive_pn=insensitive).matches(value)
+
+
+def test_universal_matching_matches_everything_even_missing_values():
+    assert m("PatientID", "", None)
+    assert m("PatientID", "", "123")
+    assert m("StudyDescription", "*", "")
+    assert m("StudyDate", "", None)
+
+
+def test_single_value_is_exact_and_case_sensitive_outside_person_names():
+    assert m("PatientID", "ABC", "ABC")
+    assert not m("PatientID", "ABC", "abc")
+    assert not m("PatientID", "ABC", "ABCD")
+    assert m("PatientID", "ABC", "ABC ")  # trailing padding is not part of the value
+
+
+def test_person_names_fold_case_unless_configured_otherwise():
+    assert m("PatientName", "smith^john", "SMITH^JOHN")
+    assert not m("PatientName", "smith^john", "SMITH^JOHN", insensitive=False)
+    assert m("PatientName", "Διονυσιος^κωστας", "ΔΙΟΝΥΣΙΟΣ^ΚΩΣΤΑΣ")
+
+
+def test_person_name_component_groups_match_on_their_own():
+    name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert m("PatientName", "山田^太郎", name)
+    assert m("PatientName", "山田*", name)
+    assert m("PatientName", "Yamada*", name)
+    assert not m("PatientName", "田中*", name)
+
+
+def test_wildcards_star_and_question_mark():
+    assert m("PatientName", "SMI*", "Smith^John")
+    assert m("PatientName", "*JOHN", "Smith^John")
+    assert m("StudyDescription", "CT?CHEST", "CT CHEST")
+    assert not m("StudyDescription", "CT?CHEST", "CT  CHEST")
+    assert m("StudyDescription", "C*T", "CT")
+    assert not m("StudyDescription", "CT*", "MR HEAD")
+    # Regular expression characters are literal.
+    assert m("StudyDescription", "A.B*", "A.BC")
+    assert not m("StudyDescription", "A.B*", "AXBC")
+
+
+def test_wildcards_do_not_apply_to_uids_and_dates():
+    assert not m("StudyInstanceUID", "1.2.*", "1.2.3")
+    assert not m("StudyDate", "2020*", "20200101")
+
+
+def test_uid_lists_match_any_member():
+    assert m("StudyInstanceUID", "1.2.3\\1.2.4", "1.2.4")
+    assert not m("StudyInstanceUID", "1.2.3\\1.2.4", "1.2.5")
+
+
+@pytest.mark.parametrize(
+    ("query", "value", "expected"),
+    [
+        ("20200101-20201231", "20200615", True),
+        ("20200101-20201231", "20210101", False),
+        ("20200101-", "20300101", True),
+        ("20200101-", "20191231", False),
+        ("-20200101", "20200101", True),
+        ("-20200101", "20200102", False),
+        ("20200101-20201231", "", False),  # an empty value never matches a range
+        ("20200101-20201231", "2020.06.15", True),  # ACR-NEMA form
+        ("20200615", "20200615", True),
+        ("20200615", "20200616", False),
+    ],
+)
+def test_date_ranges(query, value, expected):
+    assert m("StudyDate", query, value) is expected
+
+
+@pytest.mark.parametrize(
+    ("query", "value", "expected"),
+    [
+        ("0800-1200", "093000", True),
+        ("0800-1200", "120000", True),
+        ("0800-1200", "120100", False),
+        ("08-12", "125959.999", True),  # a partial bound covers the hour it names
+        ("08-12", "130000", False),
+        ("-0800", "075959", True),
+        ("1000-", "095959", False),
+        ("0800-1200", "", False),
+        ("0930", "093000.000", True),
+        ("0930", "093115", False),
+    ],
+)
+def test_time_ranges(query, value, expected):
+    assert m("StudyTime", query, value) is expected
+
+
+def test_multiple_values_match_any_value():
+    assert m("ModalitiesInStudy", "CT", "CT\\MR")
+    assert m("ModalitiesInStudy", "PT\\MR", "CT\\MR")
+    assert not m("ModalitiesInStudy", "PT\\US", "CT\\MR")
+    assert m("Modality", "CT\\MR", "MR")
+
+
+def test_literal_prefix():
+    assert literal_prefix("SMI*TH") == "SMI"
+    assert literal_prefix("?ABC") == ""
+    assert literal_prefix("ABC") == "ABC"
