@@ -9,7 +9,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,7 +55,8 @@ fn parse_wanted(wanted: Vec<(u32, String)>) -> PyResult<Vec<(u32, [u8; 2])>> {
 fn elements_dict<'py>(py: Python<'py>, elements: &[Element]) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     for e in elements {
-        let vr = std::str::from_utf8(&e.vr).unwrap_or("UN");
+        // VRs repeat in every data set: interned, they are created once per process.
+        let vr = PyString::intern(py, std::str::from_utf8(&e.vr).unwrap_or("UN"));
         d.set_item(e.tag, (vr, PyBytes::new(py, &e.value)))?;
     }
     Ok(d)
@@ -105,45 +106,55 @@ fn ingested_dict<'py>(py: Python<'py>, i: &Ingested) -> PyResult<Bound<'py, PyDi
     Ok(d)
 }
 
-/// Scans a file or data set held in memory. `wanted` lists (tag, VR) pairs to collect.
-#[pyfunction]
-#[pyo3(signature = (data, wanted = Vec::new(), transfer_syntax = None, allow_truncated = false))]
-fn scan_bytes<'py>(
-    py: Python<'py>,
-    data: PyBackedBytes,
-    wanted: Vec<(u32, String)>,
-    transfer_syntax: Option<String>,
-    allow_truncated: bool,
-) -> PyResult<Bound<'py, PyDict>> {
-    let options = ScanOptions {
-        wanted: parse_wanted(wanted)?,
-        transfer_syntax,
-        allow_truncated,
-    };
-    let summary = py
-        .detach(|| scan::scan_bytes(&data, options))
-        .map_err(|e| ScanError::new_err(e.to_string()))?;
-    summary_dict(py, &summary)
+/// A scanner for a set of wanted (tag, VR) pairs, reused across files.
+#[pyclass(frozen, module = "dicomvault._native")]
+struct Scanner {
+    wanted: Vec<(u32, [u8; 2])>,
 }
 
-/// Scans a file, reading it into memory once.
-#[pyfunction]
-#[pyo3(signature = (path, wanted = Vec::new()))]
-fn scan_file<'py>(
-    py: Python<'py>,
-    path: PathBuf,
-    wanted: Vec<(u32, String)>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let options = ScanOptions {
-        wanted: parse_wanted(wanted)?,
-        transfer_syntax: None,
-        allow_truncated: true,
-    };
-    let summary = py.detach(|| -> PyResult<Summary> {
-        let data = std::fs::read(&path)?;
-        scan::scan_bytes(&data, options).map_err(|e| ScanError::new_err(e.to_string()))
-    })?;
-    summary_dict(py, &summary)
+#[pymethods]
+impl Scanner {
+    #[new]
+    #[pyo3(signature = (wanted = Vec::new()))]
+    fn new(wanted: Vec<(u32, String)>) -> PyResult<Self> {
+        Ok(Scanner {
+            wanted: parse_wanted(wanted)?,
+        })
+    }
+
+    /// Scans a file, reading only its header and fragment items (pixel values are skipped).
+    /// A file cut short is reported through "truncated_at", not refused.
+    fn scan_file<'py>(&self, py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+        let options = ScanOptions {
+            wanted: self.wanted.clone(),
+            transfer_syntax: None,
+            allow_truncated: true,
+        };
+        let summary = py
+            .detach(|| scan::scan_file(&path, options))
+            .map_err(feed_error)?;
+        summary_dict(py, &summary)
+    }
+
+    /// Scans a file or a bare data set (in `transfer_syntax`) held in memory.
+    #[pyo3(signature = (data, transfer_syntax = None, allow_truncated = false))]
+    fn scan_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        data: PyBackedBytes,
+        transfer_syntax: Option<String>,
+        allow_truncated: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let options = ScanOptions {
+            wanted: self.wanted.clone(),
+            transfer_syntax,
+            allow_truncated,
+        };
+        let summary = py
+            .detach(|| scan::scan_bytes(&data, options))
+            .map_err(|e| ScanError::new_err(e.to_string()))?;
+        summary_dict(py, &summary)
+    }
 }
 
 /// What a manifest says: sizes, transfer syntax, segments and blob hashes.
@@ -514,8 +525,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Store>()?;
     m.add_class::<InstanceWriter>()?;
     m.add_class::<ChunkReader>()?;
-    m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
-    m.add_function(wrap_pyfunction!(scan_file, m)?)?;
+    m.add_class::<Scanner>()?;
     m.add_function(wrap_pyfunction!(manifest_info, m)?)?;
     m.add("ScanError", m.py().get_type::<ScanError>())?;
     m.add("ManifestError", m.py().get_type::<ManifestError>())?;

@@ -502,6 +502,44 @@ impl Parser {
         Ok(self.summary)
     }
 
+    /// How many of the next bytes the parser would only pass through (a value it does not
+    /// collect, pixel data, the trailer): a caller that scans without storing may `skip` them
+    /// instead of reading them.
+    pub fn skippable(&self) -> u64 {
+        if !self.buf.is_empty() {
+            return 0;
+        }
+        match self.state {
+            State::Skip { remaining }
+            | State::FragmentValue { remaining }
+            | State::NativePixel { remaining, .. } => remaining,
+            State::Trailer => u64::MAX,
+            _ => 0,
+        }
+    }
+
+    /// Advances past `n` bytes (at most `skippable()`) without seeing them. Segment cuts are
+    /// not reported for them, so this is for scanning only.
+    pub fn skip(&mut self, n: u64) {
+        debug_assert!(n <= self.skippable());
+        self.pos += n;
+        self.state = match self.state {
+            State::Skip { remaining } | State::NativePixel { remaining, .. } if n < remaining => {
+                State::Skip {
+                    remaining: remaining - n,
+                }
+            }
+            State::Skip { .. } => State::TopLevel,
+            State::NativePixel { .. } => State::Trailer,
+            State::FragmentValue { remaining } if n < remaining => State::FragmentValue {
+                remaining: remaining - n,
+            },
+            State::FragmentValue { .. } => State::FragmentItem,
+            State::Trailer => State::Trailer,
+            _ => unreachable!("skip() called where nothing is skippable"),
+        };
+    }
+
     fn describe_state(&self) -> String {
         match &self.state {
             State::Start | State::Meta => "the File Meta Information".into(),
@@ -1409,6 +1447,35 @@ fn trim_uid(value: &[u8]) -> String {
 
 pub fn tag_str(tag: u32) -> String {
     format!("({:04X},{:04X})", tag >> 16, tag & 0xFFFF)
+}
+
+/// Scans a file, reading only what the scan needs: element values it does not collect,
+/// pixel data and the trailer are skipped over, not read.
+pub fn scan_file(path: &std::path::Path, options: ScanOptions) -> Result<Summary, FeedError> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let length = file.metadata()?.len();
+    let mut parser = Parser::new(options);
+    let mut sink = NullSink;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = 0u64;
+    while pos < length {
+        let skip = parser.skippable().min(length - pos);
+        if skip > 0 {
+            parser.skip(skip);
+            pos += skip;
+            continue;
+        }
+        // Most headers fit in the first few kilobytes: read little until the parser asks.
+        let want = if pos < 8192 { 8192 } else { buf.len() };
+        let n = file.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            break;
+        }
+        parser.feed(&buf[..n], &mut sink)?;
+        pos += n as u64;
+    }
+    parser.finish(&mut sink)
 }
 
 /// Scans a complete file or data set held in memory.

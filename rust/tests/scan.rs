@@ -315,3 +315,27 @@ fn deflated_data_set_is_scanned_through_inflation() {
     let joined: Vec<u8> = segments.iter().flat_map(|s| s.1.clone()).collect();
     assert_eq!(joined, b.bytes);
 }
+
+#[test]
+fn scanning_a_file_skips_pixels_yet_finds_the_same() {
+    let (data, _) = native_file();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.dcm");
+    std::fs::write(&path, &data).unwrap();
+    let from_file = scan::scan_file(&path, options(&[(0x0010_0010, b"PN")])).unwrap();
+    let (in_memory, _) = parse(&data, data.len(), options(&[(0x0010_0010, b"PN")])).unwrap();
+    assert_eq!(from_file.elements, in_memory.elements);
+    assert_eq!(from_file.pixel_data, in_memory.pixel_data);
+    assert_eq!(from_file.total_length, data.len() as u64);
+    // A file cut inside its pixel data is reported truncated, not read past its end.
+    std::fs::write(&path, &data[..data.len() - 50]).unwrap();
+    let cut = scan::scan_file(
+        &path,
+        ScanOptions {
+            allow_truncated: true,
+            ..options(&[])
+        },
+    )
+    .unwrap();
+    assert_eq!(cut.truncated_at, Some(data.len() as u64 - 50));
+}

@@ -94,7 +94,7 @@ def test_a_flipped_byte_in_a_pack_is_found_and_named(cli, tmp_path, clinical):
         for g in clinical
         if g.number_of_frames == 1 and g.transfer_syntax == "1.2.840.10008.1.2.1"
     )
-    scan = _native.scan_file(str(victim.path))
+    scan = _native.Scanner().scan_file(str(victim.path))
     frame = victim.path.read_bytes()[scan["pixel_data"]["value_offset"] :][
         : scan["pixel_data"]["frame_size"]
     ]

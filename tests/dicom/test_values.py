@@ -16,9 +16,8 @@ CHARSETS = Path(pydicom.__file__).parent / "data" / "charset_files"
     "name", sorted(p.name for p in CHARSETS.glob("chr*.dcm") if "SQ" not in p.name)
 )
 def test_person_names_decode_as_pydicom_does(name):
-    result = _native.scan_file(
-        str(CHARSETS / name), wanted(["PatientName", "SpecificCharacterSet"])
-    )
+    scanner = _native.Scanner(wanted(["PatientName", "SpecificCharacterSet"]))
+    result = scanner.scan_file(str(CHARSETS / name))
     ours = decode_elements(result["elements"])["PatientName"]
     theirs = str(pydicom.dcmread(CHARSETS / name).PatientName)
     assert ours == theirs.rstrip("=")
@@ -38,3 +37,27 @@ def test_key_arguments_take_keywords_and_tags():
     assert parse_key("StudyDate") == ("StudyDate", "")
     with pytest.raises(ValueError, match="unknown"):
         parse_key("NoSuchKeyword=1")
+
+
+def test_the_index_dictionary_agrees_with_pydicom():
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    from dicomvault.index.levels import DICTIONARY
+
+    for keyword, (tag, vr) in DICTIONARY.items():
+        assert tag_for_keyword(keyword) == tag, keyword
+        assert dictionary_VR(tag) == vr, keyword
+
+
+@pytest.mark.parametrize(
+    ("charset", "raw", "text"),
+    [
+        (b"ISO_IR 100", "Buc^Jérôme".encode("latin-1"), "Buc^Jérôme"),
+        (b"ISO_IR 192", "Wang^XiaoDong=王^小东".encode(), "Wang^XiaoDong=王^小东"),
+        (b"ISO_IR 144", "Люкceмбypг".encode("iso8859_5"), "Люкceмбypг"),
+        (b"", b"Doe^John", "Doe^John"),
+    ],
+)
+def test_single_byte_and_utf8_sets_decode_without_code_extensions(charset, raw, text):
+    elements = {0x00080005: ("CS", charset), 0x00100010: ("PN", raw)}
+    assert decode_elements(elements)["PatientName"] == text

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import pydicom
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -213,6 +212,8 @@ def show(
         records = _resolve(archive.resolve(uid), uid)
         for record in records:
             if record.level is Level.IMAGE:
+                import pydicom  # only here: the dump needs the full data set decoded
+
                 data = archive.read(record)
                 ds = pydicom.dcmread(io.BytesIO(data), force=True)
                 typer.echo(

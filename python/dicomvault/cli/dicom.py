@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,10 +23,13 @@ from dicomvault.config import Settings
 from dicomvault.dicom.keys import parse_keys
 from dicomvault.index import Level
 from dicomvault.net.policy import AccessPolicy, Modality, PolicyError
-from dicomvault.net.scp import DicomServer, stored_instance
-from dicomvault.net.scu import RetrieveResult, Scu, ScuError
-from dicomvault.net.status import SUCCESS, describe
 from dicomvault.store.importer import iter_files
+
+if TYPE_CHECKING:
+    from dicomvault.net.scu import RetrieveResult, Scu
+
+# The network layer (pynetdicom) is imported by the commands that use it, so that the archive
+# commands start without it.
 
 app = typer.Typer()
 log = logging.getLogger("dicomvault")
@@ -50,6 +53,8 @@ def serve(
     root: RootOption = None,
 ) -> None:
     """Run the archive: DICOM listener in the foreground until SIGTERM or Ctrl-C."""
+    from dicomvault.net.scp import DicomServer
+
     conf = settings(config, root)
     for key, value in (("aet", aet), ("port", port), ("host", host)):
         if value is not None:
@@ -98,9 +103,12 @@ def _keys(keys: list[str] | None) -> dict[str, str]:
 @app.command()
 def echo(target: TargetArgument, config: ConfigOption = None, root: RootOption = None) -> None:
     """C-ECHO a remote AE."""
+    from dicomvault.net.scu import ScuError
+    from dicomvault.net.status import SUCCESS, describe
+
     conf = settings(config, root)
     try:
-        status = Scu(conf).echo(_target(conf, target))
+        status = _scu(conf).echo(_target(conf, target))
     except ScuError as e:
         fail(str(e))
     typer.echo(f"C-ECHO {target}: {describe(status)}")
@@ -118,6 +126,10 @@ def send(
     root: RootOption = None,
 ) -> None:
     """C-STORE files or archived instances to a remote AE (byte for byte where accepted)."""
+    from dicomvault.net.scp import stored_instance
+    from dicomvault.net.scu import ScuError
+    from dicomvault.net.status import SUCCESS, describe
+
     conf = settings(config, root)
     target = _target(conf, to)
     paths = [Path(i) for i in items if Path(i).exists()]
@@ -134,7 +146,7 @@ def send(
             *(stored_instance(archive, r) for r in archive.instances(records)),
         ]
         try:
-            results = Scu(conf).send(target, outgoing)
+            results = _scu(conf).send(target, outgoing)
         except ScuError as e:
             fail(str(e))
     failed = [(uid, s) for uid, s in results if s != SUCCESS]
@@ -155,10 +167,12 @@ def find(
     root: RootOption = None,
 ) -> None:
     """C-FIND a remote AE (Study Root; Patient Root at PATIENT level)."""
+    from dicomvault.net.scu import ScuError
+
     conf = settings(config, root)
     keys = _keys(key)
     try:
-        results = list(Scu(conf).find(_target(conf, target), _level(level), keys))
+        results = list(_scu(conf).find(_target(conf, target), _level(level), keys))
     except ScuError as e:
         fail(str(e))
     if as_json:
@@ -173,7 +187,15 @@ def find(
     print_table(columns, ([str(ds.get(c, "") or "") for c in columns] for ds in results))
 
 
+def _scu(conf: Settings) -> Scu:
+    from dicomvault.net.scu import Scu
+
+    return Scu(conf)
+
+
 def _report(verb: str, result: RetrieveResult) -> None:
+    from dicomvault.net.status import describe
+
     typer.echo(
         f"{verb}: {describe(result.status)}; {result.completed} completed, "
         f"{result.failed} failed, {result.warning} warnings"
@@ -196,8 +218,10 @@ def get(
     root: RootOption = None,
 ) -> None:
     """C-GET from a remote AE into the archive (or --out DIR)."""
+    from dicomvault.net.scu import ScuError
+
     conf = settings(config, root)
-    scu = Scu(conf)
+    scu = _scu(conf)
     try:
         if out is not None:
             result = scu.get(_target(conf, target), _level(level), _keys(key), out=out)
@@ -219,9 +243,11 @@ def move(
     root: RootOption = None,
 ) -> None:
     """C-MOVE from a remote AE to a destination AE."""
+    from dicomvault.net.scu import ScuError
+
     conf = settings(config, root)
     try:
-        result = Scu(conf).move(_target(conf, target), dest, _level(level), _keys(key))
+        result = _scu(conf).move(_target(conf, target), dest, _level(level), _keys(key))
     except ScuError as e:
         fail(str(e))
     _report("C-MOVE", result)

@@ -5,30 +5,29 @@ from __future__ import annotations
 
 import re
 
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from dicomvault.dicom.values import keyword_of, tag_and_vr
 
 _TAG = re.compile(r"^\(?([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)?$")
 
 
-def keyword_of(name: str) -> str:
+def keyword_named(name: str) -> str:
     """The keyword for a keyword or a (gggg,eeee) tag; ValueError when unknown."""
     name = name.strip()
     match = _TAG.match(name)
     if match:
         tag = int(match.group(1) + match.group(2), 16)
-        keyword = keyword_for_tag(tag)
+        keyword = keyword_of(tag)
         if not keyword:
             raise ValueError(f"tag {name} is not in the DICOM dictionary")
         return keyword
-    if tag_for_keyword(name) is None:
-        raise ValueError(f"unknown DICOM keyword {name!r}")
+    tag_and_vr(name)  # raises ValueError for an unknown keyword
     return name
 
 
 def parse_key(argument: str) -> tuple[str, str]:
     """``Name=value`` -> (keyword, value); ``Name`` alone -> (keyword, "")."""
     name, _, value = argument.partition("=")
-    return keyword_of(name), value
+    return keyword_named(name), value
 
 
 def parse_keys(arguments: list[str]) -> dict[str, str]:

@@ -1,8 +1,10 @@
 """Turns raw element values collected by the Rust scanner into text, as DICOM formats it.
 
 The scanner returns each collected value as stored (binary numbers already formatted as text);
-this module removes padding and decodes character-set dependent VRs with pydicom's codecs, so
-a Greek or Japanese PatientName is indexed as the text it is.
+this module removes padding and decodes character-set dependent VRs, so that a Greek or
+Japanese PatientName is indexed as the text it is. Single-byte character sets and UTF-8 are
+decoded here; ISO 2022 code extensions (escape sequences, Japanese and Korean multi-byte sets)
+go through pydicom's decoder, imported only when a data set needs it.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from functools import cache
 
-from pydicom import charset
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from dicomvault.index.levels import DICTIONARY, KEYWORD_OF_TAG
 
 # VRs whose bytes depend on SpecificCharacterSet (PS3.5 6.1.2.3).
 _CHARSET_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC"})
@@ -19,10 +20,41 @@ _CHARSET_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC"})
 _TRIM_BOTH = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI"})
 # Text VRs that cannot be multi-valued: a backslash in them is a character.
 _SINGLE_VALUED = frozenset({"LT", "ST", "UT"})
-
 # ISO 2022 escape sequences are reset at these characters (PS3.5 6.1.2.5.3).
 _TEXT_DELIMITERS = frozenset({0x0D, 0x0A, 0x09, 0x0C})
 _PN_DELIMITERS = frozenset({0x5E, 0x3D})
+
+# Character sets without code extensions (PS3.3 C.12.1.1.2), as Python codecs.
+_SINGLE_BYTE = {
+    "": "iso8859",
+    "ISO_IR 6": "iso8859",
+    "ISO_IR 100": "latin_1",
+    "ISO_IR 101": "iso8859_2",
+    "ISO_IR 109": "iso8859_3",
+    "ISO_IR 110": "iso8859_4",
+    "ISO_IR 144": "iso_ir_144",
+    "ISO_IR 127": "iso_ir_127",
+    "ISO_IR 126": "iso_ir_126",
+    "ISO_IR 138": "iso_ir_138",
+    "ISO_IR 148": "iso_ir_148",
+    "ISO_IR 203": "iso8859_15",
+    "ISO_IR 13": "shift_jis",
+    "ISO_IR 166": "iso_ir_166",
+    "ISO_IR 192": "UTF8",
+    "GB18030": "GB18030",
+    "GBK": "GBK",
+}
+# Python codec names pydicom uses that the standard library does not know.
+_CODEC_ALIASES = {
+    "iso8859": "latin_1",
+    "iso_ir_144": "iso8859_5",
+    "iso_ir_127": "iso8859_6",
+    "iso_ir_126": "iso8859_7",
+    "iso_ir_138": "iso8859_8",
+    "iso_ir_148": "iso8859_9",
+    "iso_ir_166": "tis_620",
+    "UTF8": "utf_8",
+}
 
 SPECIFIC_CHARACTER_SET = 0x00080005
 
@@ -30,6 +62,10 @@ SPECIFIC_CHARACTER_SET = 0x00080005
 @cache
 def tag_and_vr(keyword: str) -> tuple[int, str]:
     """The tag and VR of a keyword (the first VR when the dictionary allows several)."""
+    if keyword in DICTIONARY:
+        return DICTIONARY[keyword]
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise ValueError(f"unknown DICOM keyword {keyword!r}")
@@ -37,26 +73,43 @@ def tag_and_vr(keyword: str) -> tuple[int, str]:
     return tag, ("OB" if vr == "ox" else vr)
 
 
+def keyword_of(tag: int) -> str:
+    if tag in KEYWORD_OF_TAG:
+        return KEYWORD_OF_TAG[tag]
+    from pydicom.datadict import keyword_for_tag
+
+    return keyword_for_tag(tag)
+
+
 def wanted(keywords: Iterable[str]) -> list[tuple[int, str]]:
     """(tag, VR) pairs for the scanner, for data set (not File Meta) keywords."""
     return [tag_and_vr(k) for k in keywords if tag_and_vr(k)[0] >> 16 != 0x0002]
 
 
-def character_sets(raw: bytes | None) -> list[str]:
-    """Python codecs for a raw SpecificCharacterSet value (empty: the default repertoire)."""
-    if not raw:
-        return ["iso8859"]
-    terms = [t.strip() for t in raw.decode("ascii", "replace").split("\\")]
-    return charset.convert_encodings(terms or [""])
+@cache
+def character_sets(raw: bytes | None) -> tuple[str, ...]:
+    """The codecs for a raw SpecificCharacterSet value: one Python codec for a single-byte
+    set or UTF-8; pydicom's encodings when code extensions (ISO 2022) are in use."""
+    terms = [t.strip() for t in (raw or b"").decode("ascii", "replace").split("\\")]
+    if len(terms) == 1 and terms[0] in _SINGLE_BYTE:
+        return (_CODEC_ALIASES.get(_SINGLE_BYTE[terms[0]], _SINGLE_BYTE[terms[0]]),)
+    from pydicom import charset
+
+    return tuple(charset.convert_encodings(terms))
 
 
-def decode_value(vr: str, raw: bytes, encodings: list[str]) -> str:
+def decode_value(vr: str, raw: bytes, encodings: tuple[str, ...]) -> str:
     """One element value as DICOM text, padding removed, multiple values joined by '\\'."""
     if vr in _CHARSET_VRS:
-        delimiters = _PN_DELIMITERS if vr == "PN" else _TEXT_DELIMITERS
-        if vr not in _SINGLE_VALUED:
-            delimiters = delimiters | {0x5C}
-        text = charset.decode_bytes(raw, encodings, delimiters)
+        if len(encodings) == 1:
+            text = raw.decode(encodings[0], "replace")
+        else:
+            from pydicom import charset
+
+            delimiters = _PN_DELIMITERS if vr == "PN" else _TEXT_DELIMITERS
+            if vr not in _SINGLE_VALUED:
+                delimiters = delimiters | {0x5C}
+            text = charset.decode_bytes(raw, list(encodings), set(delimiters))
     else:
         text = raw.decode("latin-1")
     text = text.rstrip(" \x00")
@@ -75,7 +128,7 @@ def decode_elements(elements: Mapping[int, tuple[str, bytes]]) -> dict[str, str]
     encodings = character_sets(charset_element[1] if charset_element else None)
     decoded: dict[str, str] = {}
     for tag, (vr, raw) in elements.items():
-        keyword = keyword_for_tag(tag)
+        keyword = keyword_of(tag)
         if keyword:
             decoded[keyword] = decode_value(vr, raw, encodings)
     return decoded

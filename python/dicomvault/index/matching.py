@@ -15,17 +15,18 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from pydicom.datadict import dictionary_VR
+from dicomvault.index.levels import DICTIONARY
 
 _NO_WILDCARD = frozenset({"DA", "TM", "DT", "UI", "US", "SS", "UL", "SL", "FL", "FD", "AT"})
 _SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
-_COMPUTED_VR = {"ModalitiesInStudy": "CS"}
 
 
 @cache
 def vr_of(keyword: str) -> str:
-    if keyword in _COMPUTED_VR:
-        return _COMPUTED_VR[keyword]
+    if keyword in DICTIONARY:
+        return DICTIONARY[keyword][1]
+    from pydicom.datadict import dictionary_VR
+
     try:
         return dictionary_VR(keyword).split(" or ")[0]
     except KeyError:

@@ -88,8 +88,9 @@ class Archive:
             map_size=int(settings["index"]["map_size"]),
             sync=storage["sync"] == "always",
         )
+        self.commit_batch = int(settings["import"]["batch"])
         self._committer: GroupCommitter[InstanceEntry, CommitOutcome] = GroupCommitter(
-            self.commit, max_batch=int(settings["import"]["batch"])
+            self.commit, max_batch=self.commit_batch
         )
 
     def close(self) -> None:

@@ -74,8 +74,9 @@ def import_paths(
     workers = workers or os.cpu_count() or 1
     summary = ImportSummary()
     started = time.perf_counter()
-    # Bounded so that a tree of millions of files never holds millions of futures.
-    window = workers * 8
+    # Enough files in flight to keep the workers busy while a group commit fsyncs, and bounded
+    # so that a tree of millions of files never holds millions of futures.
+    window = max(workers * 8, 2 * archive.commit_batch)
     pending: deque[tuple[Path, Future[tuple[IngestOutcome, Future[CommitOutcome] | None]]]] = (
         deque()
     )
