@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom.presentation import (
     AllStoragePresentationContexts,
     PresentationContext,
@@ -28,10 +34,24 @@ def storage_sop_classes() -> list[str]:
     return [cx.abstract_syntax for cx in AllStoragePresentationContexts]
 
 
+def accepted_syntaxes() -> list[str]:
+    """Every transfer syntax, in the order the SCP prefers them when a presentation context
+    offers several (pynetdicom picks the first of ours the peer proposed): encapsulated ones
+    first, so that compressed data crosses as it is stored; then deflated, explicit little and
+    big endian; implicit VR last."""
+    native = [
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        ImplicitVRLittleEndian,
+    ]
+    return [str(ts) for ts in AllTransferSyntaxes if ts not in native] + [str(ts) for ts in native]
+
+
 def scp_contexts() -> list[SupportedContext]:
     """Every storage SOP class in every transfer syntax (native, deflated, encapsulated),
     accepting the SCP role C-GET requestors ask for; Verification; Query/Retrieve."""
-    syntaxes = [str(ts) for ts in AllTransferSyntaxes]
+    syntaxes = accepted_syntaxes()
     supported: list[SupportedContext] = [(Verification, syntaxes, None, None)]
     supported += [(uid, syntaxes, True, True) for uid in storage_sop_classes()]
     supported += [

@@ -26,7 +26,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
+from pydicom.filewriter import dcmwrite, write_file_meta_info
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -78,24 +78,45 @@ class StoredInstance(Dataset):
         buffer = io.BytesIO()
         buffer.write(b"\x00" * 128 + b"DICM")
         write_file_meta_info(buffer, meta, enforce_standard=True)
-        self._scratch.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self._scratch, suffix=".dcm")
-        with os.fdopen(fd, "wb") as f:
+        path = self._scratch_file()
+        with path.open("wb") as f:
             f.write(buffer.getvalue())
             for chunk in self._chunks(self._dataset_offset):
                 f.write(chunk)
+        return path
+
+    def _scratch_file(self) -> Path:
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self._scratch, suffix=".dcm")
+        os.close(fd)
         return Path(name)
 
-    def decoded(self, syntax: UID) -> Dataset:
-        """The data set decoded by pydicom (decompressed if encapsulated), set to ``syntax``."""
+    def transcoded_file(self, syntax: UID) -> Path:
+        """A Part 10 file of the data set decoded by pydicom (decompressed by its pixel
+        handlers if encapsulated) and written in the native ``syntax``."""
         ds = pydicom.dcmread(io.BytesIO(b"".join(self._chunks(0))), force=True)
         if not ds.file_meta or "TransferSyntaxUID" not in ds.file_meta:
             ds.file_meta = FileMetaDataset()
             ds.file_meta.TransferSyntaxUID = self.transfer_syntax
         if self.transfer_syntax.is_compressed:
-            ds.decompress()
+            ds.decompress(generate_instance_uid=False)
+        elif not self.transfer_syntax.is_little_endian and "PixelData" in ds:
+            # pydicom re-encodes the numbers, but OW pixel bytes must be swapped here.
+            pixels = ds.pixel_array
+            ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
         ds.file_meta.TransferSyntaxUID = syntax
-        return ds
+        ds.file_meta.MediaStorageSOPClassUID = self.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = self.SOPInstanceUID
+        ds.preamble = b"\x00" * 128
+        path = self._scratch_file()
+        dcmwrite(
+            path,
+            ds,
+            implicit_vr=syntax.is_implicit_VR,
+            little_endian=syntax.is_little_endian,
+            force_encoding=True,
+        )
+        return path
 
     def send(
         self, assoc: Association, send: Callable[..., Dataset], *args: Any, **kwargs: Any
@@ -107,29 +128,29 @@ class StoredInstance(Dataset):
         }
         if self.transfer_syntax in accepted:
             path = self.part10_file()
-            try:
-                return send(assoc, path, *args, **kwargs)
-            finally:
-                path.unlink(missing_ok=True)
-        native = next((ts for ts in NATIVE_SYNTAXES if ts in accepted), None)
-        if native is None:
-            raise ValueError(
-                f"{self.SOPInstanceUID}: the peer accepted {self.SOPClassUID} in none of "
-                f"{self.transfer_syntax.name} or a native syntax"
+        else:
+            native = next((ts for ts in NATIVE_SYNTAXES if ts in accepted), None)
+            if native is None:
+                raise ValueError(
+                    f"{self.SOPInstanceUID}: the peer accepted {self.SOPClassUID} in none of "
+                    f"{self.transfer_syntax.name} or a native syntax"
+                )
+            log.info(
+                "%s: peer did not accept %s, sending it decoded as %s",
+                self.SOPInstanceUID,
+                self.transfer_syntax.name,
+                native.name,
             )
-        log.info(
-            "%s: peer did not accept %s, sending it decoded as %s",
-            self.SOPInstanceUID,
-            self.transfer_syntax.name,
-            native.name,
-        )
+            try:
+                path = self.transcoded_file(native)
+            except Exception as e:  # pixel handlers raise many types; the sub-operation fails
+                raise ValueError(
+                    f"{self.SOPInstanceUID}: cannot decode {self.transfer_syntax.name}: {e}"
+                ) from e
         try:
-            dataset = self.decoded(native)
-        except Exception as e:  # pixel handlers raise many types; the sub-operation fails
-            raise ValueError(
-                f"{self.SOPInstanceUID}: cannot decode {self.transfer_syntax.name}: {e}"
-            ) from e
-        return send(assoc, dataset, *args, **kwargs)
+            return send(assoc, path, *args, **kwargs)
+        finally:
+            path.unlink(missing_ok=True)
 
 
 def install() -> None:
