@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -90,7 +90,7 @@ class Server:
         self.cli = Cli(self.root, workdir)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> Server:
+    def start(self, preexec_fn: Callable[[], None] | None = None) -> Server:
         self.log_file = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dicomvault", "serve", "--config", str(self.config)],
@@ -98,6 +98,7 @@ class Server:
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=preexec_fn,
         )
         wait_for_port(self.port, self.proc, "dicomvault serve")
         return self

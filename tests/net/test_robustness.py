@@ -1,0 +1,239 @@
+"""Bad peers and bad conditions: garbage on the wire, truncated and abandoned associations,
+malformed data sets, a full disk, duplicates, C-CANCEL, a stalled peer. The server keeps
+serving and loses nothing it acknowledged."""
+
+from __future__ import annotations
+
+import io
+import os
+import resource
+import signal
+import socket
+import struct
+import threading
+import time
+
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage
+
+from dicomvault.bench.corpus import clinical_corpus, ct_corpus
+from tests.net.conftest import PROPOSE, Server, dcmtk
+
+QR = "WORKSTATION"
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = Server(tmp_path, {"WORKSTATION": {"aet": QR, "host": "127.0.0.1", "port": 1}}).start()
+    yield srv
+    if srv.alive:
+        assert srv.stop() == 0
+
+
+def store(server, paths, syntax="1.2.840.10008.1.2.1", check=True):
+    return dcmtk(
+        "storescu",
+        "-v",
+        "-aet",
+        "MODALITY",
+        "-aec",
+        server.aet,
+        "-R",
+        PROPOSE[syntax],
+        "127.0.0.1",
+        server.port,
+        *paths,
+        check=check,
+    )
+
+
+def find_all(server, tmp_path):
+    out = tmp_path / f"find{time.monotonic_ns()}"
+    out.mkdir()
+    dcmtk(
+        "findscu",
+        "-aet",
+        QR,
+        "-aec",
+        server.aet,
+        "-S",
+        "-X",
+        "-od",
+        out,
+        "-k",
+        "QueryRetrieveLevel=IMAGE",
+        "-k",
+        "SOPInstanceUID",
+        "127.0.0.1",
+        server.port,
+    )
+    return {pydicom.dcmread(p).SOPInstanceUID for p in out.glob("rsp*.dcm")}
+
+
+def associate_rq(called: str = "DICOMVAULT") -> bytes:
+    """A valid A-ASSOCIATE-RQ proposing Verification (PS3.8 9.3.2), built byte by byte."""
+
+    def item(kind: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", kind, 0, len(body)) + body
+
+    context = item(
+        0x20,
+        b"\x01\x00\x00\x00" + item(0x30, b"1.2.840.10008.1.1") + item(0x40, b"1.2.840.10008.1.2"),
+    )
+    user = item(0x50, item(0x51, struct.pack(">I", 16384)))
+    body = (
+        struct.pack(">HH", 1, 0)
+        + called.ljust(16).encode()
+        + b"RAW".ljust(16)
+        + bytes(32)
+        + item(0x10, b"1.2.840.10008.3.1.1.1")
+        + context
+        + user
+    )
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+def test_garbage_truncated_pdus_and_abandoned_associations_leave_it_serving(server, tmp_path):
+    corpus = clinical_corpus(tmp_path / "corpus")
+    plain = [g.path for g in corpus if g.transfer_syntax == "1.2.840.10008.1.2.1"]
+    store(server, plain)
+    rq = associate_rq()
+
+    def send_and_drop(payload: bytes, linger: bool = False) -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(payload)
+            if linger:  # an abrupt reset instead of an orderly close
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    send_and_drop(os.urandom(4096))
+    send_and_drop(b"\x01\x00" + struct.pack(">I", 512) + rq[6:40])  # truncated A-ASSOCIATE-RQ
+    # An association, then a P-DATA-TF announcing ~4 GB, then the connection closes.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(rq)
+        assert s.recv(1)[0] == 0x02  # A-ASSOCIATE-AC
+        s.sendall(b"\x04\x00" + struct.pack(">I", 0xFFFFFFF0) + b"\x00" * 64)
+    # 50 associations dropped abruptly, some mid-request.
+    for i in range(50):
+        send_and_drop(rq + (b"\x04\x00\x00\x00\x10\x00" if i % 2 else b""), linger=True)
+    time.sleep(1)
+    assert server.alive
+    dcmtk("echoscu", "-aet", "MODALITY", "-aec", server.aet, "127.0.0.1", server.port)
+    assert find_all(server, tmp_path) == {g.sop_instance_uid for g in corpus if g.path in plain}
+    assert server.run("verify").returncode == 0
+
+
+def test_an_unparsable_data_set_is_refused_with_cannot_understand(server, tmp_path, monkeypatch):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    buffer = io.BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta)
+    # A data set whose second element claims a VR that does not exist.
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(
+        buffer.getvalue()
+        + b"\x08\x00\x16\x00UI\x02\x001\x00"
+        + b"\x08\x00\x18\x00ZZ\x04\x001.2\x00"
+        + os.urandom(64)
+    )
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the bytes as they are
+    ae = AE(ae_title="BROKEN")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=server.aet)
+    assert assoc.is_established
+    response = assoc.send_c_store(broken)
+    assoc.release()
+    assert response.Status & 0xF000 == 0xC000
+    assert "cannot understand the data set: at byte" in server.log
+    assert server.cli.ls("instances") == []
+    assert server.alive
+
+
+def test_a_duplicate_answers_success_and_keeps_one_copy(server, tmp_path):
+    [g] = ct_corpus(tmp_path / "ct", 1, rows=64, columns=64)
+    store(server, [g.path])
+    first = server.cli.ls("instances")
+    result = store(server, [g.path])
+    assert "Received Store Response (Success)" in result.stderr
+    assert server.cli.ls("instances") == first
+
+
+def test_a_full_disk_answers_out_of_resources_and_keeps_what_was_acknowledged(tmp_path):
+    srv = Server(tmp_path, {})
+    limit = 3 * 1024 * 1024
+
+    def small_disk() -> None:
+        # Every file the server writes stops at 3 MB, as on a full disk (EFBIG, not a signal).
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    srv.start(preexec_fn=small_disk)
+    corpus = ct_corpus(tmp_path / "ct", 12)  # ~6 MB: the packs fill up halfway
+    result = store(srv, [g.path for g in corpus], check=False)
+    acknowledged = result.stderr.count("Received Store Response (Success)")
+    assert 0 < acknowledged < len(corpus)
+    assert "Received Store Response (Refused: OutOfResources)" in result.stderr
+    assert "storage failed" in srv.log or "commit failed" in srv.log
+    assert srv.alive
+    assert srv.stop() == 0
+    srv.start()  # room again
+    try:
+        assert len(srv.cli.ls("instances")) == acknowledged
+        assert srv.run("verify").returncode == 0
+        store(srv, [g.path for g in corpus])
+        assert len(srv.cli.ls("instances")) == len(corpus)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_c_cancel_stops_a_c_find(server, tmp_path):
+    corpus = clinical_corpus(tmp_path / "corpus")
+    for syntax in {g.transfer_syntax for g in corpus}:
+        store(server, [g.path for g in corpus if g.transfer_syntax == syntax], syntax=syntax)
+    result = dcmtk(
+        "findscu",
+        "-v",
+        "--cancel",
+        "2",
+        "-aet",
+        QR,
+        "-aec",
+        server.aet,
+        "-S",
+        "-k",
+        "QueryRetrieveLevel=IMAGE",
+        "-k",
+        "SOPInstanceUID",
+        "127.0.0.1",
+        server.port,
+    )
+    assert "Cancel" in result.stderr
+    assert result.stderr.count("Received Find Response") < len(corpus)
+    assert "C-FIND from WORKSTATION@127.0.0.1: status 0xFE00" in server.log
+
+
+def test_a_stalled_peer_does_not_block_the_others(server, tmp_path):
+    [g] = ct_corpus(tmp_path / "ct", 1, rows=64, columns=64)
+    stalled = []
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(associate_rq()[:20])  # half an A-ASSOCIATE-RQ, then silence
+        stalled.append(s)
+    done = threading.Event()
+
+    def other_peer() -> None:
+        dcmtk("echoscu", "-aet", "OTHER", "-aec", server.aet, "127.0.0.1", server.port)
+        store(server, [g.path])
+        done.set()
+
+    threading.Thread(target=other_peer, daemon=True).start()
+    assert done.wait(30), "a stalled association blocked another peer"
+    for s in stalled:
+        s.close()
+    assert [i["key"] for i in server.cli.ls("instances")] == [g.sop_instance_uid]
