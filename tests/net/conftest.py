@@ -164,9 +164,11 @@ def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
 class Orthanc:
     """Debian's Orthanc with its own configuration, on free ports."""
 
-    def __init__(self, workdir: Path, modalities: dict[str, list], aet: str = "ORTHANC") -> None:
+    def __init__(
+        self, workdir: Path, modalities: dict[str, list], aet: str = "ORTHANC", dicom_port: int = 0
+    ) -> None:
         self.aet = aet
-        self.dicom_port = free_port()
+        self.dicom_port = dicom_port or free_port()
         self.http_port = free_port()
         self.dir = workdir / "orthanc"
         self.dir.mkdir()

@@ -37,11 +37,11 @@ def storage_sop_classes() -> list[str]:
 def accepted_syntaxes() -> list[str]:
     """Every transfer syntax, in the order the SCP prefers them when a presentation context
     offers several (pynetdicom picks the first of ours the peer proposed): encapsulated ones
-    first, so that compressed data crosses as it is stored; then deflated, explicit little and
-    big endian; implicit VR last."""
+    first, so that compressed data crosses as it is stored; then Explicit VR Little Endian,
+    deflated, Big Endian; Implicit VR last."""
     native = [
-        DeflatedExplicitVRLittleEndian,
         ExplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
         ExplicitVRBigEndian,
         ImplicitVRLittleEndian,
     ]
@@ -50,12 +50,14 @@ def accepted_syntaxes() -> list[str]:
 
 def scp_contexts() -> list[SupportedContext]:
     """Every storage SOP class in every transfer syntax (native, deflated, encapsulated),
-    accepting the SCP role C-GET requestors ask for; Verification; Query/Retrieve."""
-    syntaxes = accepted_syntaxes()
-    supported: list[SupportedContext] = [(Verification, syntaxes, None, None)]
-    supported += [(uid, syntaxes, True, True) for uid in storage_sop_classes()]
+    accepting the SCP role C-GET requestors ask for; Verification and Query/Retrieve in the
+    two uncompressed little endian syntaxes."""
+    storage = accepted_syntaxes()
+    plain = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]
+    supported: list[SupportedContext] = [(Verification, plain, None, None)]
+    supported += [(uid, storage, True, True) for uid in storage_sop_classes()]
     supported += [
-        (cx.abstract_syntax, syntaxes, None, None) for cx in QueryRetrievePresentationContexts
+        (cx.abstract_syntax, plain, None, None) for cx in QueryRetrievePresentationContexts
     ]
     return supported
 
