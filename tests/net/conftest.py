@@ -72,7 +72,13 @@ def dcmtk(
 class Server:
     """``dicomvault serve`` in a subprocess, with a TOML configuration written by the test."""
 
-    def __init__(self, workdir: Path, modalities: dict[str, dict], aet: str = "DICOMVAULT") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        modalities: dict[str, dict],
+        aet: str = "DICOMVAULT",
+        sections: dict[str, dict] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.aet = aet
         self.port = free_port()
@@ -83,6 +89,9 @@ class Server:
             f'[archive]\nroot = "{self.root}"\n',
             f'[dicom]\naet = "{aet}"\nhost = "127.0.0.1"\nport = {self.port}\n',
         ]
+        for section, table in (sections or {}).items():
+            lines.append(f"[{section}]\n")
+            lines += [f"{k} = {json.dumps(v)}\n" for k, v in table.items()]
         for name, table in modalities.items():
             lines.append(f"[modalities.{name}]\n")
             lines += [f"{k} = {json.dumps(v)}\n" for k, v in table.items()]

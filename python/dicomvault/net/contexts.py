@@ -35,17 +35,19 @@ def storage_sop_classes() -> list[str]:
 
 
 def accepted_syntaxes() -> list[str]:
-    """Every transfer syntax, in the order the SCP prefers them when a presentation context
-    offers several (pynetdicom picks the first of ours the peer proposed): encapsulated ones
-    first, so that compressed data crosses as it is stored; then Explicit VR Little Endian,
-    deflated, Big Endian; Implicit VR last."""
-    native = [
-        ExplicitVRLittleEndian,
-        DeflatedExplicitVRLittleEndian,
-        ExplicitVRBigEndian,
-        ImplicitVRLittleEndian,
-    ]
-    return [str(ts) for ts in AllTransferSyntaxes if ts not in native] + [str(ts) for ts in native]
+    """Every transfer syntax, in the order the SCP takes them when one presentation context
+    offers several (pynetdicom picks the first of ours that the peer proposed).
+
+    Explicit VR Little Endian comes first because the archive can always produce it (it
+    decompresses, it cannot compress): a C-GET context covers every instance of its SOP class,
+    whatever syntax each is stored in. A peer that wants an instance as stored offers that
+    syntax in a context of its own, as DCMTK's storescu does and dicomvault's C-MOVE does."""
+    first, rest = (
+        [ExplicitVRLittleEndian],
+        [DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian],
+    )
+    encapsulated = [ts for ts in AllTransferSyntaxes if ts not in first + rest]
+    return [str(ts) for ts in first + encapsulated + rest]
 
 
 def scp_contexts() -> list[SupportedContext]:
