@@ -7,6 +7,7 @@ use crate::pack::Codec;
 use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
@@ -64,35 +65,41 @@ fn elements_dict<'py>(py: Python<'py>, elements: &[Element]) -> PyResult<Bound<'
 
 fn summary_dict<'py>(py: Python<'py>, s: &Summary) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("preamble", s.preamble)?;
-    d.set_item("dataset_offset", s.dataset_offset)?;
-    d.set_item("transfer_syntax", &s.transfer_syntax)?;
-    d.set_item("transfer_syntax_detected", s.transfer_syntax_detected)?;
-    d.set_item("deflated", s.deflated)?;
-    d.set_item("size", s.total_length)?;
-    d.set_item("truncated_at", s.truncated_at)?;
-    d.set_item("meta", elements_dict(py, &s.meta)?)?;
-    d.set_item("elements", elements_dict(py, &s.elements)?)?;
+    d.set_item(intern!(py, "preamble"), s.preamble)?;
+    d.set_item(intern!(py, "dataset_offset"), s.dataset_offset)?;
+    d.set_item(intern!(py, "transfer_syntax"), &s.transfer_syntax)?;
+    d.set_item(
+        intern!(py, "transfer_syntax_detected"),
+        s.transfer_syntax_detected,
+    )?;
+    d.set_item(intern!(py, "deflated"), s.deflated)?;
+    d.set_item(intern!(py, "size"), s.total_length)?;
+    d.set_item(intern!(py, "truncated_at"), s.truncated_at)?;
+    d.set_item(intern!(py, "meta"), elements_dict(py, &s.meta)?)?;
+    d.set_item(intern!(py, "elements"), elements_dict(py, &s.elements)?)?;
     match &s.pixel_data {
-        None => d.set_item("pixel_data", py.None())?,
+        None => d.set_item(intern!(py, "pixel_data"), py.None())?,
         Some(p) => {
             let pd = PyDict::new(py);
-            pd.set_item("tag", p.tag)?;
-            pd.set_item("element_offset", p.element_offset)?;
-            pd.set_item("value_offset", p.value_offset)?;
-            pd.set_item("value_length", p.value_length)?;
-            pd.set_item("encapsulated", p.encapsulated())?;
-            pd.set_item("number_of_frames", p.number_of_frames)?;
-            pd.set_item("frame_size", p.frame_size)?;
-            pd.set_item("frames_resolved", p.frames_resolved)?;
-            pd.set_item("basic_offset_table", p.basic_offset_table.clone())?;
+            pd.set_item(intern!(py, "tag"), p.tag)?;
+            pd.set_item(intern!(py, "element_offset"), p.element_offset)?;
+            pd.set_item(intern!(py, "value_offset"), p.value_offset)?;
+            pd.set_item(intern!(py, "value_length"), p.value_length)?;
+            pd.set_item(intern!(py, "encapsulated"), p.encapsulated())?;
+            pd.set_item(intern!(py, "number_of_frames"), p.number_of_frames)?;
+            pd.set_item(intern!(py, "frame_size"), p.frame_size)?;
+            pd.set_item(intern!(py, "frames_resolved"), p.frames_resolved)?;
+            pd.set_item(
+                intern!(py, "basic_offset_table"),
+                p.basic_offset_table.clone(),
+            )?;
             let fragments: Vec<(u64, u64, u32)> = p
                 .fragments
                 .iter()
                 .map(|f| (f.offset, f.length, f.frame))
                 .collect();
-            pd.set_item("fragments", fragments)?;
-            d.set_item("pixel_data", pd)?;
+            pd.set_item(intern!(py, "fragments"), fragments)?;
+            d.set_item(intern!(py, "pixel_data"), pd)?;
         }
     }
     Ok(d)
@@ -100,9 +107,12 @@ fn summary_dict<'py>(py: Python<'py>, s: &Summary) -> PyResult<Bound<'py, PyDict
 
 fn ingested_dict<'py>(py: Python<'py>, i: &Ingested) -> PyResult<Bound<'py, PyDict>> {
     let d = summary_dict(py, &i.summary)?;
-    d.set_item("manifest", PyBytes::new(py, &i.manifest.encode()))?;
-    d.set_item("new_bytes", i.new_bytes)?;
-    d.set_item("frames", i.manifest.frame_count())?;
+    d.set_item(
+        intern!(py, "manifest"),
+        PyBytes::new(py, &i.manifest.encode()),
+    )?;
+    d.set_item(intern!(py, "new_bytes"), i.new_bytes)?;
+    d.set_item(intern!(py, "frames"), i.manifest.frame_count())?;
     Ok(d)
 }
 
@@ -162,20 +172,20 @@ impl Scanner {
 fn manifest_info<'py>(py: Python<'py>, manifest: &[u8]) -> PyResult<Bound<'py, PyDict>> {
     let m = decode_manifest(manifest)?;
     let d = PyDict::new(py);
-    d.set_item("size", m.total_length)?;
-    d.set_item("dataset_offset", m.dataset_offset)?;
-    d.set_item("transfer_syntax", &m.transfer_syntax)?;
-    d.set_item("encapsulated", m.encapsulated)?;
-    d.set_item("frames_resolved", m.frames_resolved)?;
-    d.set_item("deflated", m.deflated)?;
-    d.set_item("truncated", m.truncated)?;
-    d.set_item("frames", m.frame_count())?;
+    d.set_item(intern!(py, "size"), m.total_length)?;
+    d.set_item(intern!(py, "dataset_offset"), m.dataset_offset)?;
+    d.set_item(intern!(py, "transfer_syntax"), &m.transfer_syntax)?;
+    d.set_item(intern!(py, "encapsulated"), m.encapsulated)?;
+    d.set_item(intern!(py, "frames_resolved"), m.frames_resolved)?;
+    d.set_item(intern!(py, "deflated"), m.deflated)?;
+    d.set_item(intern!(py, "truncated"), m.truncated)?;
+    d.set_item(intern!(py, "frames"), m.frame_count())?;
     let blobs: Vec<(String, u64)> = m
         .blobs
         .iter()
         .map(|b| (cas::hex(&b.hash), b.length))
         .collect();
-    d.set_item("blobs", blobs)?;
+    d.set_item(intern!(py, "blobs"), blobs)?;
     let segments = PyList::empty(py);
     for s in &m.segments {
         let kind = match s.kind {
@@ -186,7 +196,7 @@ fn manifest_info<'py>(py: Python<'py>, manifest: &[u8]) -> PyResult<Bound<'py, P
         };
         segments.append((kind, s.first_blob, s.blob_count))?;
     }
-    d.set_item("segments", segments)?;
+    d.set_item(intern!(py, "segments"), segments)?;
     Ok(d)
 }
 
@@ -342,14 +352,14 @@ impl Store {
     fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let report = py.detach(|| self.core.verify())?;
         let d = PyDict::new(py);
-        d.set_item("records", report.records_checked)?;
-        d.set_item("bytes", report.bytes_checked)?;
+        d.set_item(intern!(py, "records"), report.records_checked)?;
+        d.set_item(intern!(py, "bytes"), report.bytes_checked)?;
         let bad: Vec<(String, String)> = report
             .bad
             .iter()
             .map(|(h, why)| (cas::hex(h), why.clone()))
             .collect();
-        d.set_item("bad", bad)?;
+        d.set_item(intern!(py, "bad"), bad)?;
         Ok(d)
     }
 
@@ -419,11 +429,11 @@ impl Store {
             .collect::<PyResult<Vec<_>>>()?;
         let report = py.detach(|| self.core.gc(&manifests))?;
         let d = PyDict::new(py);
-        d.set_item("packs_before", report.packs_before)?;
-        d.set_item("bytes_before", report.bytes_before)?;
-        d.set_item("bytes_after", report.bytes_after)?;
-        d.set_item("blobs_kept", report.blobs_kept)?;
-        d.set_item("records_dropped", report.records_dropped)?;
+        d.set_item(intern!(py, "packs_before"), report.packs_before)?;
+        d.set_item(intern!(py, "bytes_before"), report.bytes_before)?;
+        d.set_item(intern!(py, "bytes_after"), report.bytes_after)?;
+        d.set_item(intern!(py, "blobs_kept"), report.blobs_kept)?;
+        d.set_item(intern!(py, "records_dropped"), report.records_dropped)?;
         d.set_item(
             "missing",
             report.missing.iter().map(cas::hex).collect::<Vec<_>>(),
@@ -434,9 +444,9 @@ impl Store {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (packs, bytes, records) = py.detach(|| self.core.stats())?;
         let d = PyDict::new(py);
-        d.set_item("packs", packs)?;
-        d.set_item("pack_bytes", bytes)?;
-        d.set_item("records", records)?;
+        d.set_item(intern!(py, "packs"), packs)?;
+        d.set_item(intern!(py, "pack_bytes"), bytes)?;
+        d.set_item(intern!(py, "records"), records)?;
         Ok(d)
     }
 }
