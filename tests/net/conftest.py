@@ -231,3 +231,59 @@ class Orthanc:
         self.proc.terminate()
         self.proc.wait(timeout=30)
         self.log.close()
+
+
+def storescu(
+    server: Server,
+    paths: list[Path],
+    syntax: str = "1.2.840.10008.1.2.1",
+    aet: str = "MODALITY",
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """DCMTK's storescu proposing exactly ``syntax`` (the files' own) for the files."""
+    return dcmtk(
+        "storescu",
+        "-v",
+        "-aet",
+        aet,
+        "-aec",
+        server.aet,
+        "-R",
+        PROPOSE[syntax],
+        "127.0.0.1",
+        server.port,
+        *paths,
+        check=check,
+    )
+
+
+def store_corpus(server: Server, corpus: list) -> None:
+    """Sends generated instances with storescu, one run per transfer syntax."""
+    by_syntax: dict[str, list[Path]] = {}
+    for g in corpus:
+        by_syntax.setdefault(g.transfer_syntax, []).append(g.path)
+    for syntax, paths in by_syntax.items():
+        storescu(server, paths, syntax)
+
+
+def movescu(
+    server: Server, aet: str, destination: str, keys: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    argv: list[str] = []
+    for k, v in keys.items():
+        argv += ["-k", f"{k}={v}"]
+    return dcmtk(
+        "movescu",
+        "-v",
+        "-aet",
+        aet,
+        "-aec",
+        server.aet,
+        "-aem",
+        destination,
+        "-S",
+        *argv,
+        "127.0.0.1",
+        server.port,
+        check=check,
+    )

@@ -5,7 +5,6 @@ and C-MOVE, the refusals and their statuses, restart with nothing lost."""
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import pydicom
@@ -13,7 +12,7 @@ import pytest
 from pynetdicom.dsutils import split_dataset
 
 from dicomvault.bench.corpus import GeneratedInstance, clinical_corpus
-from tests.net.conftest import PREFER, PROPOSE, Server, StoreSCP, dcmtk
+from tests.net.conftest import PREFER, Server, StoreSCP, dcmtk, movescu, store_corpus
 
 CALLER = "MODALITY"  # unknown to the server: may echo and store only
 QR = "WORKSTATION"  # known, with every service
@@ -45,25 +44,6 @@ def corpus(tmp_path) -> list[GeneratedInstance]:
     return clinical_corpus(tmp_path / "corpus")
 
 
-def store_all(server: Server, corpus: list[GeneratedInstance]) -> None:
-    by_syntax: dict[str, list[Path]] = defaultdict(list)
-    for g in corpus:
-        by_syntax[g.transfer_syntax].append(g.path)
-    for syntax, paths in by_syntax.items():
-        dcmtk(
-            "storescu",
-            "-aet",
-            CALLER,
-            "-aec",
-            server.aet,
-            "-R",
-            PROPOSE[syntax],
-            "127.0.0.1",
-            server.port,
-            *paths,
-        )
-
-
 def exported(server: Server, out: Path) -> dict[str, Path]:
     server.run("export", "--out", out)
     return {p.stem: p for p in out.rglob("*.dcm")}
@@ -80,7 +60,7 @@ def test_echo_from_any_ae(server):
 
 
 def test_every_transfer_syntax_is_stored_as_sent_and_indexed(server, corpus):
-    store_all(server, corpus)
+    store_corpus(server, corpus)
     listed = {i["key"]: i for i in server.cli.ls("instances")}
     assert set(listed) == {g.sop_instance_uid for g in corpus}
     for g in corpus:
@@ -126,7 +106,7 @@ def getscu(server: Server, out: Path, *options: str, **keys: str) -> dict[str, P
 
 
 def test_c_get_sends_as_stored_what_the_peer_accepts_and_decodes_the_rest(server, corpus, tmp_path):
-    store_all(server, corpus)
+    store_corpus(server, corpus)
     stored = exported(server, tmp_path / "ours")
     for series_uid, syntax in {(g.series_instance_uid, g.transfer_syntax) for g in corpus}:
         received = getscu(
@@ -152,7 +132,7 @@ def test_c_get_sends_as_stored_what_the_peer_accepts_and_decodes_the_rest(server
 def test_c_get_decompresses_jpeg2000_for_a_peer_that_wants_it_uncompressed(
     server, corpus, tmp_path
 ):
-    store_all(server, corpus)
+    store_corpus(server, corpus)
     j2k = next(g for g in corpus if g.transfer_syntax == "1.2.840.10008.1.2.4.90")
     received = getscu(
         server,
@@ -171,26 +151,12 @@ def test_c_get_decompresses_jpeg2000_for_a_peer_that_wants_it_uncompressed(
 def test_c_move_to_storescp_is_byte_identical_in_every_syntax(
     server, corpus, storescp: StoreSCP, tmp_path
 ):
-    store_all(server, corpus)
+    store_corpus(server, corpus)
     stored = exported(server, tmp_path / "ours")
     for study in sorted({g.study_instance_uid for g in corpus}):
         expected = [g for g in corpus if g.study_instance_uid == study]
-        result = dcmtk(
-            "movescu",
-            "-v",
-            "-aet",
-            QR,
-            "-aec",
-            server.aet,
-            "-aem",
-            storescp.aet,
-            "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={study}",
-            "127.0.0.1",
-            server.port,
+        result = movescu(
+            server, QR, storescp.aet, {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study}
         )
         assert "Received Final Move Response (Success)" in result.stderr
         assert f"Received Move Response {len(expected)} (Pending)" in result.stderr
@@ -265,7 +231,7 @@ def findscu(
 def test_c_find_result_sets_per_matching_kind_and_level(
     server, corpus, tmp_path, level, keys, select
 ):
-    store_all(server, corpus)
+    store_corpus(server, corpus)
     originals = [pydicom.dcmread(g.path, stop_before_pixels=True) for g in corpus]
     unique = {
         "PATIENT": lambda d: (d.PatientID, d.get("IssuerOfPatientID", "")),
@@ -287,7 +253,7 @@ def test_c_find_result_sets_per_matching_kind_and_level(
 
 
 def test_c_find_uid_lists_computed_keys_and_character_sets(server, corpus, tmp_path):
-    store_all(server, corpus)
+    store_corpus(server, corpus)
     studies = sorted({g.study_instance_uid for g in corpus})[:3]
     found = findscu(
         server,
@@ -329,7 +295,7 @@ def test_c_find_uid_lists_computed_keys_and_character_sets(server, corpus, tmp_p
 
 
 def test_refusals_and_their_statuses(server, corpus, tmp_path):
-    store_all(server, corpus)
+    store_corpus(server, corpus)
     study = corpus[0].study_instance_uid
     # An unknown AE may store but not query or retrieve.
     refused = dcmtk(
@@ -387,22 +353,11 @@ def test_refusals_and_their_statuses(server, corpus, tmp_path):
     )
     assert list(out.iterdir()) == []
     # A move to a destination nobody configured.
-    unknown = dcmtk(
-        "movescu",
-        "-v",
-        "-aet",
+    unknown = movescu(
+        server,
         QR,
-        "-aec",
-        server.aet,
-        "-aem",
         "NOBODY",
-        "-S",
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        f"StudyInstanceUID={study}",
-        "127.0.0.1",
-        server.port,
+        {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study},
         check=False,
     )
     assert "Final Move Response (Refused: MoveDestinationUnknown)" in unknown.stderr
@@ -412,7 +367,7 @@ def test_refusals_and_their_statuses(server, corpus, tmp_path):
 
 
 def test_restart_keeps_everything_acknowledged(server, corpus, tmp_path):
-    store_all(server, corpus)
+    store_corpus(server, corpus)
     before = server.cli.ls("instances")
     assert server.stop() == 0
     server.start()
@@ -422,7 +377,7 @@ def test_restart_keeps_everything_acknowledged(server, corpus, tmp_path):
 
 
 def test_patient_study_only_model_refuses_series_level(server, corpus, tmp_path):
-    store_all(server, corpus)
+    store_corpus(server, corpus)
     studies = findscu(server, "STUDY", {"PatientID": "GR001"}, tmp_path, model="-O")
     assert {d.StudyInstanceUID for d in studies} == {
         g.study_instance_uid for g in corpus if g.patient_id == "GR001"
@@ -452,7 +407,7 @@ def test_person_name_matching_can_be_made_case_sensitive(tmp_path, corpus):
         sections={"index": {"case_insensitive_pn": False}},
     ).start()
     try:
-        store_all(srv, corpus)
+        store_corpus(srv, corpus)
         assert findscu(srv, "STUDY", {"PatientName": "smith*"}, tmp_path) == []
         assert len(findscu(srv, "STUDY", {"PatientName": "Smith*"}, tmp_path)) == 3
     finally:

@@ -21,7 +21,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 
 from dicomvault.bench.corpus import clinical_corpus, ct_corpus
-from tests.net.conftest import PROPOSE, Server, dcmtk
+from tests.net.conftest import Server, dcmtk, store_corpus, storescu
 
 QR = "WORKSTATION"
 
@@ -32,23 +32,6 @@ def server(tmp_path):
     yield srv
     if srv.alive:
         assert srv.stop() == 0
-
-
-def store(server, paths, syntax="1.2.840.10008.1.2.1", check=True):
-    return dcmtk(
-        "storescu",
-        "-v",
-        "-aet",
-        "MODALITY",
-        "-aec",
-        server.aet,
-        "-R",
-        PROPOSE[syntax],
-        "127.0.0.1",
-        server.port,
-        *paths,
-        check=check,
-    )
 
 
 def find_all(server, tmp_path):
@@ -100,7 +83,7 @@ def associate_rq(called: str = "DICOMVAULT") -> bytes:
 def test_garbage_truncated_pdus_and_abandoned_associations_leave_it_serving(server, tmp_path):
     corpus = clinical_corpus(tmp_path / "corpus")
     plain = [g.path for g in corpus if g.transfer_syntax == "1.2.840.10008.1.2.1"]
-    store(server, plain)
+    storescu(server, plain)
     rq = associate_rq()
 
     def send_and_drop(payload: bytes, linger: bool = False) -> None:
@@ -157,9 +140,9 @@ def test_an_unparsable_data_set_is_refused_with_cannot_understand(server, tmp_pa
 
 def test_a_duplicate_answers_success_and_keeps_one_copy(server, tmp_path):
     [g] = ct_corpus(tmp_path / "ct", 1, rows=64, columns=64)
-    store(server, [g.path])
+    storescu(server, [g.path])
     first = server.cli.ls("instances")
-    result = store(server, [g.path])
+    result = storescu(server, [g.path])
     assert "Received Store Response (Success)" in result.stderr
     assert server.cli.ls("instances") == first
 
@@ -175,7 +158,7 @@ def test_a_full_disk_answers_out_of_resources_and_keeps_what_was_acknowledged(tm
 
     srv.start(preexec_fn=small_disk)
     corpus = ct_corpus(tmp_path / "ct", 12)  # ~6 MB: the packs fill up halfway
-    result = store(srv, [g.path for g in corpus], check=False)
+    result = storescu(srv, [g.path for g in corpus], check=False)
     acknowledged = result.stderr.count("Received Store Response (Success)")
     assert 0 < acknowledged < len(corpus)
     assert "Received Store Response (Refused: OutOfResources)" in result.stderr
@@ -186,7 +169,7 @@ def test_a_full_disk_answers_out_of_resources_and_keeps_what_was_acknowledged(tm
     try:
         assert len(srv.cli.ls("instances")) == acknowledged
         assert srv.run("verify").returncode == 0
-        store(srv, [g.path for g in corpus])
+        storescu(srv, [g.path for g in corpus])
         assert len(srv.cli.ls("instances")) == len(corpus)
     finally:
         assert srv.stop() == 0
@@ -194,8 +177,7 @@ def test_a_full_disk_answers_out_of_resources_and_keeps_what_was_acknowledged(tm
 
 def test_c_cancel_stops_a_c_find(server, tmp_path):
     corpus = clinical_corpus(tmp_path / "corpus")
-    for syntax in {g.transfer_syntax for g in corpus}:
-        store(server, [g.path for g in corpus if g.transfer_syntax == syntax], syntax=syntax)
+    store_corpus(server, corpus)
     result = dcmtk(
         "findscu",
         "-v",
@@ -229,7 +211,7 @@ def test_a_stalled_peer_does_not_block_the_others(server, tmp_path):
 
     def other_peer() -> None:
         dcmtk("echoscu", "-aet", "OTHER", "-aec", server.aet, "127.0.0.1", server.port)
-        store(server, [g.path])
+        storescu(server, [g.path])
         done.set()
 
     threading.Thread(target=other_peer, daemon=True).start()
