@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage
 
 from dicomvault.bench.corpus import clinical_corpus, ct_corpus
@@ -219,3 +219,38 @@ def test_a_stalled_peer_does_not_block_the_others(server, tmp_path):
     for s in stalled:
         s.close()
     assert [i["key"] for i in server.cli.ls("instances")] == [g.sop_instance_uid]
+
+
+def test_sub_operations_that_cannot_be_sent_are_listed_as_failed(server, tmp_path):
+    """A C-GET requestor that accepts CT only as JPEG 2000: the archive cannot compress, so
+    those sub-operations fail, are counted and listed, and the association goes on."""
+    from pynetdicom import build_role
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    corpus = ct_corpus(tmp_path / "ct", 3, rows=64, columns=64)
+    storescu(server, [g.path for g in corpus])
+    ae = AE(ae_title=QR)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.4.90")
+    assoc = ae.associate(
+        "127.0.0.1",
+        server.port,
+        ae_title=server.aet,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
+    )
+    assert assoc.is_established
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = corpus[0].study_instance_uid
+    responses = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+    assoc.release()
+    status, identifier = responses[-1]
+    assert status.Status in (0xA702, 0xB000)  # all, or some, sub-operations failed
+    assert status.NumberOfFailedSuboperations == 3
+    failed = identifier.FailedSOPInstanceUIDList
+    assert sorted([failed] if isinstance(failed, str) else failed) == sorted(
+        g.sop_instance_uid for g in corpus
+    )
+    assert "in none of Explicit VR Little Endian or a native syntax" in server.log
+    assert server.alive
