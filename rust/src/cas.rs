@@ -137,7 +137,8 @@ struct Appender {
 struct CommitState {
     committed: u64,
     last_sync: Instant,
-    unsynced: bool,
+    /// Packs written since their last fdatasync.
+    unsynced: HashMap<u32, Arc<File>>,
 }
 
 struct Inner {
@@ -148,6 +149,8 @@ struct Inner {
     packs: Database<Bytes, Bytes>,
     appender: Mutex<Appender>,
     readers: RwLock<HashMap<u32, Arc<File>>>,
+    /// Packs this process has appended to (and holds locked).
+    own: Mutex<HashSet<u32>>,
     commit: Mutex<CommitState>,
     stamp: AtomicU64,
     recovery: Vec<String>,
@@ -166,12 +169,62 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What a record in a pack says about an instance's history (see [`Store::manifest_records`]).
+/// What a manifest or tombstone record says (see [`Store::history`]).
 #[derive(Debug, Clone)]
-pub struct ManifestRecord {
+pub enum HistoryKind {
+    Manifest {
+        annotations: Vec<u8>,
+        manifest: Vec<u8>,
+    },
+    /// The index key of the deleted instance.
+    Tombstone { key: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryEvent {
     pub stamp: u64,
-    pub annotations: Vec<u8>,
-    pub manifest: Vec<u8>,
+    pub pack: u32,
+    /// Offset just past the record in its pack.
+    pub end: u64,
+    /// BLAKE3 hash of the manifest the record adds or cancels.
+    pub target: Hash,
+    pub kind: HistoryKind,
+}
+
+impl HistoryEvent {
+    /// Manifest payload: stamp, annotations length, annotations, manifest. Tombstone payload:
+    /// stamp, manifest hash, index key.
+    fn parse(kind: RecordKind, payload: &[u8], pack: u32, end: u64) -> Option<HistoryEvent> {
+        let stamp = u64::from_le_bytes(payload.get(0..8)?.try_into().ok()?);
+        let (target, kind) = match kind {
+            RecordKind::Tombstone => {
+                let target: Hash = payload.get(8..40)?.try_into().ok()?;
+                let key = String::from_utf8_lossy(&payload[40..]).into_owned();
+                (target, HistoryKind::Tombstone { key })
+            }
+            RecordKind::Manifest => {
+                let n = u32::from_le_bytes(payload.get(8..12)?.try_into().ok()?) as usize;
+                let annotations = payload.get(12..12usize.checked_add(n)?)?.to_vec();
+                let manifest = payload[12 + n..].to_vec();
+                let target = *blake3::hash(&manifest).as_bytes();
+                (
+                    target,
+                    HistoryKind::Manifest {
+                        annotations,
+                        manifest,
+                    },
+                )
+            }
+            RecordKind::Blob => return None,
+        };
+        Some(HistoryEvent {
+            stamp,
+            pack,
+            end,
+            target,
+            kind,
+        })
+    }
 }
 
 /// Defects found by [`Store::verify`].
@@ -213,12 +266,10 @@ impl Store {
                 },
             ));
         }
-        let flags = match config.sync {
-            // The blob index can always be rebuilt from the packs, so its meta page need not
-            // be synced: the packs' fdatasync is what makes a commit durable.
-            SyncMode::Always => EnvFlags::NO_META_SYNC,
-            SyncMode::Batch | SyncMode::Never => EnvFlags::NO_SYNC,
-        };
+        // The blob index is a cache of the packs: what it lost in a crash is walked again at
+        // open, so it is never fsynced per commit (`sync` checkpoints it). The packs' own
+        // fdatasync is what makes a commit durable.
+        let flags = EnvFlags::NO_SYNC;
         let mut options = EnvOpenOptions::new();
         options.map_size(1 << 40).max_dbs(4).max_readers(1024);
         // SAFETY: heed requires that the environment is not opened twice in one process with
@@ -245,10 +296,11 @@ impl Store {
             packs,
             appender: Mutex::new(Appender::default()),
             readers: RwLock::new(HashMap::new()),
+            own: Mutex::new(HashSet::new()),
             commit: Mutex::new(CommitState {
                 committed: 0,
                 last_sync: Instant::now(),
-                unsynced: false,
+                unsynced: HashMap::new(),
             }),
             stamp: AtomicU64::new(0),
             recovery: Vec::new(),
@@ -352,15 +404,21 @@ impl Store {
             hash,
             payload_crc: crc32fast::hash(&stored),
         };
-        self.append(header, &stored, true)
+        Ok(self.append(header, &stored, true)?.is_some())
     }
 
-    /// Appends a record; with `dedup`, not when a record with its hash was appended meanwhile.
-    fn append(&self, header: RecordHeader, stored: &[u8], dedup: bool) -> io::Result<bool> {
+    /// Appends a record and returns where it went; with `dedup`, nothing (None) when a record
+    /// with its hash was appended meanwhile.
+    fn append(
+        &self,
+        header: RecordHeader,
+        stored: &[u8],
+        dedup: bool,
+    ) -> io::Result<Option<Location>> {
         let inner = &*self.inner;
         let mut a = lock(&inner.appender);
         if dedup && a.lookup.contains_key(&header.hash) {
-            return Ok(false);
+            return Ok(None);
         }
         let record_len = header.record_len();
         let needs_roll = match &a.active {
@@ -399,7 +457,7 @@ impl Store {
         a.unindexed.push((header.hash, loc));
         a.lookup.insert(header.hash, loc);
         a.seq += 1;
-        Ok(true)
+        Ok(Some(loc))
     }
 
     fn next_stamp(&self) -> u64 {
@@ -422,32 +480,38 @@ impl Store {
     }
 
     /// Appends the manifest records of accepted instances (with the caller's annotations:
-    /// receive time, source) and makes them and their blobs durable.
-    pub fn persist(&self, items: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+    /// receive time, source) and makes them and their blobs durable. Returns where each record
+    /// ends (pack, offset): the index remembers how far it has taken the packs into account.
+    pub fn persist(&self, items: &[(Vec<u8>, Vec<u8>)]) -> io::Result<Vec<(u32, u64)>> {
+        let mut ends = Vec::with_capacity(items.len());
         for (manifest, annotations) in items {
             let mut payload = Vec::with_capacity(12 + annotations.len() + manifest.len());
             payload.extend_from_slice(&self.next_stamp().to_le_bytes());
             payload.extend_from_slice(&(annotations.len() as u32).to_le_bytes());
             payload.extend_from_slice(annotations);
             payload.extend_from_slice(manifest);
-            self.append_small(RecordKind::Manifest, &payload)?;
+            ends.push(self.append_small(RecordKind::Manifest, &payload)?);
         }
-        self.commit()
+        self.commit()?;
+        Ok(ends)
     }
 
-    /// Records that instances were deleted, so that rebuilding the index from the packs does
-    /// not bring them back, and makes that durable.
-    pub fn tombstone(&self, manifests: &[Vec<u8>]) -> io::Result<()> {
-        for manifest in manifests {
-            let mut payload = Vec::with_capacity(40);
+    /// Records that instances (manifest, index key) were deleted, so that rebuilding or
+    /// replaying the index from the packs does not bring them back, and makes that durable.
+    pub fn tombstone(&self, items: &[(Vec<u8>, String)]) -> io::Result<Vec<(u32, u64)>> {
+        let mut ends = Vec::with_capacity(items.len());
+        for (manifest, key) in items {
+            let mut payload = Vec::with_capacity(40 + key.len());
             payload.extend_from_slice(&self.next_stamp().to_le_bytes());
             payload.extend_from_slice(blake3::hash(manifest).as_bytes());
-            self.append_small(RecordKind::Tombstone, &payload)?;
+            payload.extend_from_slice(key.as_bytes());
+            ends.push(self.append_small(RecordKind::Tombstone, &payload)?);
         }
-        self.commit()
+        self.commit()?;
+        Ok(ends)
     }
 
-    fn append_small(&self, kind: RecordKind, payload: &[u8]) -> io::Result<bool> {
+    fn append_small(&self, kind: RecordKind, payload: &[u8]) -> io::Result<(u32, u64)> {
         let header = RecordHeader {
             kind,
             codec: Codec::Raw,
@@ -456,7 +520,10 @@ impl Store {
             hash: *blake3::hash(payload).as_bytes(),
             payload_crc: crc32fast::hash(payload),
         };
-        self.append(header, payload, false)
+        let loc = self
+            .append(header, payload, false)?
+            .expect("appends without dedup always write");
+        Ok((loc.pack, loc.offset + RECORD_HEADER_LEN + loc.stored_len))
     }
 
     /// Makes every record appended so far durable (per the sync mode) and indexed.
@@ -476,10 +543,15 @@ impl Store {
             SyncMode::Batch => c.last_sync.elapsed() >= inner.config.sync_interval,
             SyncMode::Never => false,
         };
+        for (id, (file, _)) in &written {
+            c.unsynced.insert(*id, file.clone());
+        }
         if sync_now {
-            for (file, _) in written.values() {
+            for file in c.unsynced.values() {
                 file.sync_data()?;
             }
+            c.unsynced.clear();
+            c.last_sync = Instant::now();
         }
         let mut wtxn = inner.env.write_txn().map_err(heed_error)?;
         for (hash, loc) in &entries {
@@ -495,13 +567,6 @@ impl Store {
                 .map_err(heed_error)?;
         }
         wtxn.commit().map_err(heed_error)?;
-        if sync_now {
-            if inner.config.sync == SyncMode::Batch {
-                inner.env.force_sync().map_err(heed_error)?;
-            }
-            c.last_sync = Instant::now();
-        }
-        c.unsynced = !sync_now && !written.is_empty();
         let mut a = lock(&inner.appender);
         a.unindexed.drain(..entries.len());
         for (hash, loc) in &entries {
@@ -515,17 +580,18 @@ impl Store {
         Ok(())
     }
 
-    /// Forces everything committed to disk (the end of a batch window, or shutdown).
+    /// Forces everything committed to disk, blob index included: a checkpoint (the end of a
+    /// batch window, or shutdown).
     pub fn sync(&self) -> io::Result<()> {
         self.commit()?;
         let inner = &*self.inner;
         let mut c = lock(&inner.commit);
-        if let Some(act) = &lock(&inner.appender).active {
-            act.file.sync_data()?;
+        for file in c.unsynced.values() {
+            file.sync_data()?;
         }
+        c.unsynced.clear();
         inner.env.force_sync().map_err(heed_error)?;
         c.last_sync = Instant::now();
-        c.unsynced = false;
         Ok(())
     }
 
@@ -702,14 +768,26 @@ impl Store {
         Ok(report)
     }
 
-    /// The manifests recorded in the packs and not cancelled by a later tombstone, oldest
-    /// first: the history that `reindex` replays.
-    pub fn manifest_records(&self) -> io::Result<Vec<ManifestRecord>> {
+    /// Manifest and tombstone records that lie after the given offsets of their packs (all
+    /// of them for a pack not in `after`), oldest first. With `settled_only`, packs another
+    /// process is appending to are left out: their records are that process's to index.
+    pub fn history(
+        &self,
+        after: &HashMap<u32, u64>,
+        settled_only: bool,
+    ) -> io::Result<Vec<HistoryEvent>> {
         self.commit()?;
-        let mut events: Vec<(u64, bool, Hash, Option<ManifestRecord>)> = Vec::new();
+        let mut events = Vec::new();
         for id in pack::list_packs(&self.inner.packs_dir)? {
+            if settled_only && !self.settled(id)? {
+                continue;
+            }
             let file = self.pack_file(id)?;
-            let (found, _, _) = pack::walk(&file, PACK_HEADER_LEN, false)?;
+            let from = after.get(&id).copied().unwrap_or(PACK_HEADER_LEN);
+            if from > file.metadata()?.len() {
+                continue;
+            }
+            let (found, _, _) = pack::walk(&file, from.max(PACK_HEADER_LEN), false)?;
             for Found { offset, header } in found {
                 if header.kind == RecordKind::Blob {
                     continue;
@@ -717,47 +795,28 @@ impl Store {
                 let Ok(payload) = pack::read_payload(&file, offset, &header) else {
                     continue;
                 };
-                if payload.len() < 12 {
-                    continue;
-                }
-                let stamp = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
-                if header.kind == RecordKind::Tombstone {
-                    if let Ok(target) = <Hash>::try_from(&payload[8..]) {
-                        events.push((stamp, true, target, None));
-                    }
-                    continue;
-                }
-                let n = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes")) as usize;
-                if payload.len() < 12 + n {
-                    continue;
-                }
-                let manifest = payload[12 + n..].to_vec();
-                let hash = *blake3::hash(&manifest).as_bytes();
-                events.push((
-                    stamp,
-                    false,
-                    hash,
-                    Some(ManifestRecord {
-                        stamp,
-                        annotations: payload[12..12 + n].to_vec(),
-                        manifest,
-                    }),
-                ));
-            }
-        }
-        events.sort_by_key(|e| e.0);
-        let mut alive: HashMap<Hash, Vec<ManifestRecord>> = HashMap::new();
-        for (_, tombstone, hash, record) in events {
-            match record {
-                Some(r) if !tombstone => alive.entry(hash).or_default().push(r),
-                _ => {
-                    alive.remove(&hash);
+                let end = offset + header.record_len();
+                if let Some(event) = HistoryEvent::parse(header.kind, &payload, id, end) {
+                    events.push(event);
                 }
             }
         }
-        let mut records: Vec<ManifestRecord> = alive.into_values().flatten().collect();
-        records.sort_by_key(|r| r.stamp);
-        Ok(records)
+        events.sort_by_key(|e| (e.stamp, e.pack, e.end));
+        Ok(events)
+    }
+
+    /// Whether no other process is appending to pack `id`.
+    fn settled(&self, id: u32) -> io::Result<bool> {
+        if lock(&self.inner.appender)
+            .active
+            .as_ref()
+            .is_some_and(|a| a.id == id)
+            || lock(&self.inner.own).contains(&id)
+        {
+            return Ok(true);
+        }
+        let probe = File::open(pack::pack_path(&self.inner.packs_dir, id))?;
+        pack::flock(&probe, true, false)
     }
 
     /// Rebuilds the blob index from the packs alone.
@@ -990,6 +1049,10 @@ impl Inner {
                 .get_mut()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(act.id, act.file.clone());
+            self.own
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(act.id);
             self.appender
                 .get_mut()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1013,6 +1076,7 @@ impl Inner {
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(id, file.clone());
+                    lock(&self.own).insert(id);
                     return Ok((id, file));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => id += 1,

@@ -11,6 +11,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -200,7 +201,15 @@ fn manifest_info<'py>(py: Python<'py>, manifest: &[u8]) -> PyResult<Bound<'py, P
     Ok(d)
 }
 
-type RecordTuple<'py> = (u64, Bound<'py, PyBytes>, Bound<'py, PyBytes>);
+type HistoryTuple<'py> = (
+    &'static str,
+    u64,
+    u32,
+    u64,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    String,
+);
 
 /// An archive's content-addressed store (see `rust/src/cas.rs`).
 #[pyclass(frozen, module = "dicomvault._native")]
@@ -286,14 +295,57 @@ impl Store {
     }
 
     /// Appends manifest records for accepted instances and makes everything durable.
-    /// `items` are (manifest, annotations) pairs.
-    fn persist(&self, py: Python<'_>, items: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<()> {
+    /// `items` are (manifest, annotations) pairs; returns where each record ends, as
+    /// (pack, offset).
+    fn persist(&self, py: Python<'_>, items: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<Vec<(u32, u64)>> {
         Ok(py.detach(|| self.core.persist(&items))?)
     }
 
-    /// Records deletions durably so that a rebuild from the packs does not resurrect them.
-    fn tombstone(&self, py: Python<'_>, manifests: Vec<Vec<u8>>) -> PyResult<()> {
-        Ok(py.detach(|| self.core.tombstone(&manifests))?)
+    /// Records deletions of (manifest, index key) durably, so that rebuilding or replaying
+    /// the index from the packs does not resurrect them; returns where each record ends.
+    fn tombstone(
+        &self,
+        py: Python<'_>,
+        items: Vec<(Vec<u8>, String)>,
+    ) -> PyResult<Vec<(u32, u64)>> {
+        Ok(py.detach(|| self.core.tombstone(&items))?)
+    }
+
+    /// Manifest and tombstone records after the given {pack: offset} marks, oldest first, from
+    /// packs no other process is appending to: (kind, stamp, pack, end, annotations, manifest,
+    /// key) with kind "manifest" or "tombstone".
+    fn history<'py>(
+        &self,
+        py: Python<'py>,
+        after: HashMap<u32, u64>,
+    ) -> PyResult<Vec<HistoryTuple<'py>>> {
+        let events = py.detach(|| self.core.history(&after, true))?;
+        Ok(events
+            .into_iter()
+            .map(|e| match e.kind {
+                cas::HistoryKind::Manifest {
+                    annotations,
+                    manifest,
+                } => (
+                    "manifest",
+                    e.stamp,
+                    e.pack,
+                    e.end,
+                    PyBytes::new(py, &annotations),
+                    PyBytes::new(py, &manifest),
+                    String::new(),
+                ),
+                cas::HistoryKind::Tombstone { key } => (
+                    "tombstone",
+                    e.stamp,
+                    e.pack,
+                    e.end,
+                    PyBytes::new(py, b""),
+                    PyBytes::new(py, b""),
+                    key,
+                ),
+            })
+            .collect())
     }
 
     fn commit(&self, py: Python<'_>) -> PyResult<()> {
@@ -361,21 +413,6 @@ impl Store {
             .collect();
         d.set_item(intern!(py, "bad"), bad)?;
         Ok(d)
-    }
-
-    /// (stamp, annotations, manifest) of every live manifest record, oldest first.
-    fn manifest_records<'py>(&self, py: Python<'py>) -> PyResult<Vec<RecordTuple<'py>>> {
-        let records = py.detach(|| self.core.manifest_records())?;
-        Ok(records
-            .iter()
-            .map(|r| {
-                (
-                    r.stamp,
-                    PyBytes::new(py, &r.annotations),
-                    PyBytes::new(py, &r.manifest),
-                )
-            })
-            .collect())
     }
 
     /// Hex hashes of the manifest's blobs that the store does not hold.

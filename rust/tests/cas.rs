@@ -1,9 +1,10 @@
 mod common;
 
 use common::{pattern, Builder};
-use dicomvault_native::cas::{Store, StoreConfig, SyncMode};
+use dicomvault_native::cas::{HistoryKind, Store, StoreConfig, SyncMode};
 use dicomvault_native::manifest::Manifest;
 use dicomvault_native::pack::Codec;
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -65,10 +66,17 @@ fn stored_instances_read_back_byte_identical_and_survive_reopening() {
             .unwrap(),
         data[manifest.dataset_offset as usize..]
     );
-    let records = store.manifest_records().unwrap();
+    let records = store.history(&HashMap::new(), true).unwrap();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].annotations, b"note");
-    assert_eq!(Manifest::decode(&records[0].manifest).unwrap(), manifest);
+    let HistoryKind::Manifest {
+        annotations,
+        manifest: bytes,
+    } = &records[0].kind
+    else {
+        panic!("a manifest record")
+    };
+    assert_eq!(annotations, b"note");
+    assert_eq!(Manifest::decode(bytes).unwrap(), manifest);
 }
 
 #[test]
@@ -153,10 +161,20 @@ fn tombstoned_manifests_are_not_replayed_and_gc_reclaims_their_blobs() {
         let store = open(dir.path(), StoreConfig::default());
         let (mk, _) = store_bytes(&store, &keep, 1 << 20);
         let (md, _) = store_bytes(&store, &drop_, 1 << 20);
-        store.tombstone(&[md.encode()]).unwrap();
-        let records = store.manifest_records().unwrap();
-        assert_eq!(records.len(), 1);
-        assert_eq!(Manifest::decode(&records[0].manifest).unwrap(), mk);
+        store
+            .tombstone(&[(md.encode(), "2.2".to_string())])
+            .unwrap();
+        let kinds: Vec<bool> = store
+            .history(&HashMap::new(), true)
+            .unwrap()
+            .iter()
+            .map(|e| matches!(e.kind, HistoryKind::Tombstone { .. }))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![false, false, true],
+            "two manifests, then a tombstone"
+        );
         (mk, md)
     };
     let store = open(
@@ -178,7 +196,13 @@ fn tombstoned_manifests_are_not_replayed_and_gc_reclaims_their_blobs() {
         store.read_instance(&md, 0).is_err(),
         "dropped blobs are gone"
     );
-    assert_eq!(store.manifest_records().unwrap().len(), 1);
+    let left = store.history(&HashMap::new(), true).unwrap();
+    assert_eq!(
+        left.len(),
+        1,
+        "gc keeps the live manifest and drops the rest"
+    );
+    assert_eq!(left[0].target, *blake3::hash(&mk.encode()).as_bytes());
     assert!(store.verify().unwrap().bad.is_empty());
     drop(store);
     // Rebuilding the blob index from the packs alone finds the same instance.
@@ -282,5 +306,21 @@ fn concurrent_writers_share_the_store() {
     for (m, data) in &all {
         assert_eq!(&store.read_instance(m, 0).unwrap(), data);
     }
-    assert_eq!(store.manifest_records().unwrap().len(), 40);
+    assert_eq!(store.history(&HashMap::new(), true).unwrap().len(), 40);
+}
+
+#[test]
+fn history_lists_records_after_a_mark_with_their_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), StoreConfig::default());
+    let (first, _) = store_bytes(&store, &instance("1.1", "A", 1, 1), 1 << 20);
+    let all = store.history(&HashMap::new(), true).unwrap();
+    assert_eq!(all.len(), 1);
+    let mark = HashMap::from([(all[0].pack, all[0].end)]);
+    assert!(store.history(&mark, true).unwrap().is_empty());
+    let ends = store.tombstone(&[(first.encode(), "1.1".into())]).unwrap();
+    let after = store.history(&mark, true).unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!((after[0].pack, after[0].end), ends[0]);
+    assert!(matches!(&after[0].kind, HistoryKind::Tombstone { key } if key == "1.1"));
 }

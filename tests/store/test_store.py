@@ -97,7 +97,7 @@ def test_threads_ingest_in_parallel_and_share_commits(store, tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    assert len(store.manifest_records()) == len(corpus)
+    assert len(store.history({})) == len(corpus)
     assert store.verify()["bad"] == []
 
 

@@ -5,7 +5,8 @@ pairs, so a level's children are a key range) and ``ix`` (secondary indexes: fie
 record key in one key, so exact and prefix matches and date ranges are key ranges). A batch
 of instances is committed in one write transaction, together with whatever the caller makes
 durable in ``before_commit`` (the pack store's manifests), so the index never refers to
-storage that is not there.
+storage that is not there. The packs are the log: the index records how far into them it
+is (``applied``), so that after a crash what it lost is replayed from them.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ _FIELDS: dict[bytes, tuple[Level, str, bool]] = {
     b"sd": (Level.STUDY, "StudyDate", False),
     b"mod": (Level.SERIES, "Modality", False),
 }
+# Positions in the pack log: (pack id, offset just past a record).
+Positions = Iterable[tuple[int, int]]
+
 _COUNT_NAMES = {
     Level.PATIENT: ("studies", "series", "instances"),
     Level.STUDY: ("series", "instances"),
@@ -210,6 +214,28 @@ class Index:
                     k = self._ix_key(b"mis", modality, record.key)
                     txn.put(k, b"", db=self._ix) if add else txn.delete(k, db=self._ix)
 
+    def _advance(self, txn: lmdb.Transaction, positions: Positions | None) -> None:
+        if not positions:
+            return
+        applied = self._applied(txn)
+        for pack, end in positions:
+            applied[pack] = max(applied.get(pack, 0), end)
+        txn.put(b"applied", msgpack.packb(applied), db=self._meta)
+
+    def _applied(self, txn: lmdb.Transaction) -> dict[int, int]:
+        raw = txn.get(b"applied", db=self._meta)
+        return msgpack.unpackb(raw, strict_map_key=False) if raw else {}
+
+    def mark_applied(self, positions: Positions) -> None:
+        with self.env.begin(write=True) as txn:
+            self._advance(txn, positions)
+
+    def applied(self) -> dict[int, int]:
+        """How far into each pack (pack id -> offset) the index reflects the log of manifest
+        and tombstone records: what lies beyond is replayed when the archive opens."""
+        with self.env.begin() as txn:
+            return self._applied(txn)
+
     def _totals(self, txn: lmdb.Transaction) -> dict[str, int]:
         raw = txn.get(b"totals", db=self._meta)
         return msgpack.unpackb(raw) if raw else {"instances": 0, "size": 0, "patient_conflicts": 0}
@@ -219,9 +245,11 @@ class Index:
     def commit(
         self,
         entries: Sequence[InstanceEntry],
-        before_commit: Callable[[list[InstanceEntry]], None] | None = None,
+        before_commit: Callable[[list[InstanceEntry]], Positions | None] | None = None,
     ) -> list[CommitOutcome]:
-        """Indexes a batch in one transaction; duplicates (by instance key) keep the first."""
+        """Indexes a batch in one transaction; duplicates (by instance key) keep the first.
+        ``before_commit`` runs inside the transaction with the new entries; the log positions
+        it returns (pack, offset) are recorded as applied, in the same transaction."""
         with self.env.begin(write=True) as txn:
             batch = _Batch(self, txn)
             outcomes: list[CommitOutcome] = []
@@ -239,7 +267,7 @@ class Index:
             if not new:
                 return outcomes
             if before_commit is not None:
-                before_commit([e for e, _ in new])
+                self._advance(txn, before_commit([e for e, _ in new]))
             totals = self._totals(txn)
             modalities_changed: set[str] = set()
             for entry, keys in new:
@@ -370,7 +398,7 @@ class Index:
         self,
         level: Level,
         key: str,
-        before_commit: Callable[[list[Record]], None] | None = None,
+        before_commit: Callable[[list[Record]], Positions | None] | None = None,
     ) -> list[Record]:
         """Deletes a record and everything below it; emptied ancestors go too."""
         with self.env.begin(write=True) as txn:
@@ -393,7 +421,7 @@ class Index:
                     if child is not None:
                         stack.append(child)
             if before_commit is not None:
-                before_commit(removed)
+                self._advance(txn, before_commit(removed))
             totals = self._totals(txn)
             totals["instances"] -= len(removed)
             totals["size"] -= sum(r.size for r in removed)

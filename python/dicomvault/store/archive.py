@@ -3,15 +3,19 @@ that spans the two (ingest, export, delete, verify, reindex, gc).
 
 Layout of a root: ``packs/`` (append-only pack files), ``blobs/`` (the blob index, LMDB, owned
 by the Rust store), ``index/`` (the patient/study/series/instance index, LMDB) and ``LOCK``.
-An instance is acknowledged only after its blobs, its manifest record and its index entry are
-durable: ``Archive.commit`` runs inside the index's write transaction and persists the pack
-side first, so a crash at any point leaves either the whole instance or none of it indexed.
+The packs are the archive's log. An instance is acknowledged once its blobs and its manifest
+record (everything its index entry is made from) are fsynced in a pack: ``Archive.commit``
+persists them inside the index's write transaction, which also records how far into the
+packs the index is. The LMDB indexes are not fsynced per commit but checkpointed every
+``sync_interval_ms``; whatever of the log a crash took from them is replayed from the packs
+when the archive opens. So a crash at any point leaves every acknowledged instance indexed.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -84,18 +88,41 @@ class Archive:
         for message in self.store.recovery:
             log.warning("store recovery: %s", message)
         self.index = Index(
-            self.root / "index",
-            map_size=int(settings["index"]["map_size"]),
-            sync=storage["sync"] == "always",
+            self.root / "index", map_size=int(settings["index"]["map_size"]), sync=False
         )
+        replayed = self.replay(self.index.applied())
+        if replayed:
+            log.warning("replayed %d records of the pack log into the index", replayed)
         self.commit_batch = int(settings["import"]["batch"])
         self._committer: GroupCommitter[InstanceEntry, CommitOutcome] = GroupCommitter(
             self.commit, max_batch=self.commit_batch
         )
+        self._closing = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop,
+            args=(int(storage["sync_interval_ms"]) / 1000,),
+            name="checkpoint",
+            daemon=True,
+        )
+        self._checkpointer.start()
+
+    def checkpoint(self) -> None:
+        """Makes the indexes durable up to now (and, in batch mode, the packs)."""
+        self.store.sync()
+        self.index.sync()
+
+    def _checkpoint_loop(self, interval: float) -> None:
+        while not self._closing.wait(interval):
+            try:
+                self.checkpoint()
+            except OSError as e:  # the next commit reports a failing disk to its writer
+                log.error("checkpoint failed: %s", e)
 
     def close(self) -> None:
         self._committer.close()
-        self.store.sync()
+        self._closing.set()
+        self._checkpointer.join()
+        self.checkpoint()
         self.index.close()
 
     def __enter__(self) -> Archive:
@@ -129,8 +156,8 @@ class Archive:
     def commit(self, entries: Sequence[InstanceEntry]) -> list[CommitOutcome]:
         """Makes a batch durable: manifests and blobs first, then one index transaction."""
 
-        def persist(new: list[InstanceEntry]) -> None:
-            self.store.persist([(e.manifest, _annotations(e)) for e in new])
+        def persist(new: list[InstanceEntry]) -> list[tuple[int, int]]:
+            return self.store.persist([(e.manifest, _annotations(e)) for e in new])
 
         return self.index.commit(entries, before_commit=persist)
 
@@ -194,8 +221,8 @@ class Archive:
     def delete(self, record: Record) -> list[Record]:
         """Deletes a record and everything below it; returns the deleted instances."""
 
-        def tombstone(removed: list[Record]) -> None:
-            self.store.tombstone([r.manifest for r in removed if r.manifest is not None])
+        def tombstone(removed: list[Record]) -> list[tuple[int, int]]:
+            return self.store.tombstone([(r.manifest, r.key) for r in removed if r.manifest])
 
         return self.index.delete(record.level, record.key, before_commit=tombstone)
 
@@ -235,13 +262,27 @@ class Archive:
             return "instance record has no series"
         return None
 
-    def reindex(self, batch: int = 1000) -> int:
-        """Rebuilds the blob index and the instance index from the packs alone."""
-        self.store.rebuild_blob_index()
-        self.index.clear()
+    def replay(self, applied: dict[int, int], batch: int = 1000) -> int:
+        """Applies the pack log's manifest and tombstone records beyond ``applied`` to the
+        index, in the order they were written; returns how many were applied."""
+        events = self.store.history(applied)
         entries: list[InstanceEntry] = []
-        count = 0
-        for _stamp, notes_raw, manifest in self.store.manifest_records():
+        positions: list[tuple[int, int]] = []
+
+        def flush() -> None:
+            if entries:
+                self.index.commit(entries)
+            if positions:
+                self.index.mark_applied(positions)
+            entries.clear()
+            positions.clear()
+
+        for kind, _stamp, pack, end, notes_raw, manifest, key in events:
+            positions.append((pack, end))
+            if kind == "tombstone":
+                flush()
+                self.index.delete(Level.IMAGE, key)
+                continue
             notes = msgpack.unpackb(notes_raw) if notes_raw else {}
             scanned = self.store.rescan(manifest)
             info = _native.manifest_info(manifest)
@@ -249,13 +290,19 @@ class Archive:
                 manifest=manifest, size=info["size"], transfer_syntax=info["transfer_syntax"]
             )
             entries.append(
-                self.entry(scanned, notes.get("source", "reindex"), notes.get("received_at"))
+                self.entry(scanned, notes.get("source", "replay"), notes.get("received_at"))
             )
             if len(entries) >= batch:
-                count += sum(o.status == "stored" for o in self.index.commit(entries))
-                entries = []
-        count += sum(o.status == "stored" for o in self.index.commit(entries))
-        return count
+                flush()
+        flush()
+        return len(events)
+
+    def reindex(self) -> int:
+        """Rebuilds the blob index and the instance index from the packs alone."""
+        self.store.rebuild_blob_index()
+        self.index.clear()
+        self.replay({})
+        return self.index.stats()["instances"]
 
     def gc(self) -> dict:
         """Rewrites the packs keeping only what indexed instances reference."""
