@@ -1,12 +1,15 @@
-//! dicomvault's native core: the DICOM data set scanner, the pack format and the
-//! content-addressed store. The Python binding (`python` module, behind the `python` feature)
+//! dicomvault's native core: the DICOM data set scanner, the pack format, the
+//! content-addressed store, and the storage SCP that streams C-STORE data sets into it. The Python binding (`python` module, behind the `python` feature)
 //! is a thin layer over these; the core has no Python dependency so that `cargo test` and the
 //! fuzz targets run without an interpreter.
 
 pub mod cas;
+pub mod dimse;
 pub mod manifest;
 pub mod pack;
+pub mod pdu;
 pub mod scan;
+pub mod scp;
 
 #[cfg(feature = "python")]
 mod python;

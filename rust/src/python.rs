@@ -5,6 +5,7 @@ use crate::cas::{self, Ingested, Store as CoreStore, StoreConfig, SyncMode};
 use crate::manifest::Manifest;
 use crate::pack::Codec;
 use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
+use crate::{dimse, scp};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::intern;
@@ -12,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use std::collections::HashMap;
+use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -488,6 +490,188 @@ impl Store {
     }
 }
 
+/// The Python side of the storage listener: pynetdicom takes the associations it does not
+/// serve, the archive commits what it received, Python's logging records what it did.
+struct PyHost {
+    commit: Py<PyAny>,
+    hand_off: Py<PyAny>,
+    log: Py<PyAny>,
+}
+
+impl scp::Host for PyHost {
+    fn hand_off(&self, stream: std::net::TcpStream, peer: std::net::SocketAddr) {
+        let fd = stream.into_raw_fd();
+        Python::attach(|py| {
+            let result = self
+                .hand_off
+                .call1(py, (fd, peer.ip().to_string(), peer.port()));
+            if let Err(e) = result {
+                e.print(py);
+            }
+        });
+    }
+
+    fn commit(&self, batch: Vec<scp::Received>) -> Vec<u16> {
+        let count = batch.len();
+        Python::attach(|py| {
+            let run = || -> PyResult<Vec<u16>> {
+                let items = PyList::empty(py);
+                for received in &batch {
+                    let d = ingested_dict(py, &received.ingested)?;
+                    d.set_item(intern!(py, "calling_ae"), &received.calling_ae)?;
+                    d.set_item(intern!(py, "address"), &received.address)?;
+                    items.append(d)?;
+                }
+                self.commit.call1(py, (items,))?.extract(py)
+            };
+            run().unwrap_or_else(|e| {
+                e.print(py);
+                vec![scp::OUT_OF_RESOURCES; count]
+            })
+        })
+    }
+
+    fn log(&self, level: scp::LogLevel, message: String) {
+        let level = match level {
+            scp::LogLevel::Info => 20,
+            scp::LogLevel::Warning => 30,
+            scp::LogLevel::Error => 40,
+        };
+        Python::attach(|py| {
+            if let Err(e) = self.log.call1(py, (level, message)) {
+                e.print(py);
+            }
+        });
+    }
+}
+
+/// The storage SCP (see `rust/src/scp.rs`): serves Verification/Storage associations into
+/// `store`, hands the others to `hand_off(fd, host, port)`, commits through
+/// `commit(items) -> statuses` and logs through `log(level, message)`.
+#[pyclass(module = "dicomvault._native")]
+struct StorageListener {
+    listener: Option<scp::Listener>,
+}
+
+#[pymethods]
+impl StorageListener {
+    #[new]
+    #[pyo3(signature = (
+        store, host, port, *, ae_title, check_called_aet, always_allow_echo, always_allow_store,
+        check_modality_host, known, storage_classes, transfer_syntaxes, max_pdu, max_associations,
+        timeout_s, implementation_class_uid, implementation_version_name, commit, hand_off, log,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        store: PyRef<'_, Store>,
+        host: String,
+        port: u16,
+        ae_title: String,
+        check_called_aet: bool,
+        always_allow_echo: bool,
+        always_allow_store: bool,
+        check_modality_host: bool,
+        known: Vec<(String, Vec<String>, bool, bool)>,
+        storage_classes: Vec<String>,
+        transfer_syntaxes: Vec<String>,
+        max_pdu: u32,
+        max_associations: usize,
+        timeout_s: f64,
+        implementation_class_uid: String,
+        implementation_version_name: String,
+        commit: Py<PyAny>,
+        hand_off: Py<PyAny>,
+        log: Py<PyAny>,
+    ) -> PyResult<Self> {
+        let address: std::net::SocketAddr =
+            std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
+                .next()
+                .ok_or_else(|| PyValueError::new_err(format!("cannot resolve {host}")))?;
+        let config = scp::ListenerConfig {
+            policy: scp::Policy {
+                ae_title,
+                check_called_aet,
+                always_allow_echo,
+                always_allow_store,
+                check_modality_host,
+                known: known
+                    .into_iter()
+                    .map(|(aet, addresses, echo, store)| scp::KnownAe {
+                        aet,
+                        addresses,
+                        echo,
+                        store,
+                    })
+                    .collect(),
+            },
+            storage_classes: storage_classes.into_iter().collect(),
+            transfer_syntaxes,
+            max_pdu,
+            max_associations,
+            timeout: Duration::from_secs_f64(timeout_s),
+            implementation: dimse::Implementation {
+                class_uid: implementation_class_uid,
+                version_name: implementation_version_name,
+            },
+        };
+        let host = std::sync::Arc::new(PyHost {
+            commit,
+            hand_off,
+            log,
+        });
+        let core = store.core.clone();
+        let listener = py.detach(|| scp::Listener::start(address, config, core, host))?;
+        Ok(StorageListener {
+            listener: Some(listener),
+        })
+    }
+
+    /// The (host, port) it listens on.
+    #[getter]
+    fn address(&self) -> PyResult<(String, u16)> {
+        let listener = self
+            .listener
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("stopped"))?;
+        let a = listener.address();
+        Ok((a.ip().to_string(), a.port()))
+    }
+
+    /// Stops accepting, ends the associations in progress and drains the commits.
+    fn stop(&mut self, py: Python<'_>) {
+        if let Some(mut listener) = self.listener.take() {
+            py.detach(move || listener.stop());
+        }
+    }
+}
+
+/// Preamble and File Meta for a data set received on the network, as the listener writes
+/// them: one definition for every receiving path.
+#[pyfunction]
+fn file_meta<'py>(
+    py: Python<'py>,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    transfer_syntax: &str,
+    source_ae: &str,
+    implementation_class_uid: &str,
+    implementation_version_name: &str,
+) -> Bound<'py, PyBytes> {
+    let implementation = dimse::Implementation {
+        class_uid: implementation_class_uid.to_string(),
+        version_name: implementation_version_name.to_string(),
+    };
+    let meta = dimse::file_meta(
+        sop_class_uid,
+        sop_instance_uid,
+        transfer_syntax,
+        source_ae,
+        &implementation,
+    );
+    PyBytes::new(py, &meta)
+}
+
 /// Streams one instance into the store; `finish` returns what the scanner found and the manifest.
 #[pyclass(module = "dicomvault._native")]
 struct InstanceWriter {
@@ -573,6 +757,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InstanceWriter>()?;
     m.add_class::<ChunkReader>()?;
     m.add_class::<Scanner>()?;
+    m.add_class::<StorageListener>()?;
+    m.add_function(wrap_pyfunction!(file_meta, m)?)?;
     m.add_function(wrap_pyfunction!(manifest_info, m)?)?;
     m.add("ScanError", m.py().get_type::<ScanError>())?;
     m.add("ManifestError", m.py().get_type::<ManifestError>())?;

@@ -27,6 +27,10 @@ log = logging.getLogger("dicomvault.net")
 # DICOM allows at most 128 presentation contexts in one association request.
 MAX_PROPOSED = 128
 
+# Who wrote a received instance's File Meta, and who speaks on the network.
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.10.1"
+IMPLEMENTATION_VERSION_NAME = "DICOMVAULT_010"
+
 SupportedContext = tuple[str, list[str], bool | None, bool | None]
 
 

@@ -83,6 +83,14 @@ class AccessPolicy:
             return bool(self.dicom["always_allow_store"])
         return False
 
+    def listener_rules(self) -> list[tuple[str, list[str], bool, bool]]:
+        """(AE title, addresses, may echo, may store) of each known AE, for the storage
+        listener, which applies the same rules without calling back."""
+        return [
+            (m.aet, sorted(_addresses(m.host)), "echo" in m.allow, "store" in m.allow)
+            for m in self.modalities.values()
+        ]
+
     def target(self, target: str) -> Modality:
         """A [modalities] name (or AE title), or ``AET@host:port``."""
         if target in self.modalities:

@@ -1,9 +1,12 @@
 """The archive's DICOM server: C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET as SCP.
 
-Each service checks the access policy, then works on the archive: C-STORE streams the data
-set as received into the store and answers only once it is durable; C-FIND runs the index's
-query engine; C-MOVE and C-GET select instances the same way and send them back as they were
-received (see ``outbound``). Every association and every request is logged on one line.
+Two engines share the port. The Rust storage listener (``_native.StorageListener``, see
+``rust/src/scp.rs``) accepts every connection and serves, by itself, the associations that
+propose only Verification and Storage: data sets stream from the socket into the pack store
+and each C-STORE is answered once its group commit (``_commit_received``) made it durable.
+Any other association is handed over, unread, to pynetdicom (``_hand_off``), whose handlers
+here serve C-FIND, C-MOVE and C-GET, and C-STORE and C-ECHO when they come on the same
+association. Every association and every request is logged on one line.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from dicomvault.store import Archive
 
 log = logging.getLogger("dicomvault.net")
 
+# The largest PDU we accept (storescu sends at most 128 KiB whatever we allow).
+MAX_PDU = 4 << 20
+
 # pynetdicom logs every PDU at INFO; keep its own chatter to warnings.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
@@ -62,10 +68,21 @@ class _AssociationStats:
 
 
 def store_received(archive: Archive, event: Event, source: str) -> int:
-    """Stores a C-STORE request's data set as received; returns the status to answer."""
+    """Stores a C-STORE request's data set as received (with the File Meta the storage
+    listener would give it); returns the status to answer."""
+    request = event.request
+    meta = _native.file_meta(
+        request.AffectedSOPClassUID,
+        request.AffectedSOPInstanceUID,
+        event.context.transfer_syntax,
+        event.assoc.requestor.ae_title.strip(),
+        contexts.IMPLEMENTATION_CLASS_UID,
+        contexts.IMPLEMENTATION_VERSION_NAME,
+    )
     writer = archive.store.writer(allow_truncated=False)
     try:
-        writer.write(event.encoded_dataset(include_meta=True))
+        writer.write(meta)
+        writer.write(request.DataSet.getvalue())
         ingested = writer.finish()
     except _native.ScanError as e:
         log.error("C-STORE from %s: cannot understand the data set: %s", source, e)
@@ -107,8 +124,10 @@ class DicomServer:
         self.case_insensitive_pn = bool(settings["index"]["case_insensitive_pn"])
         self.aet = str(self.dicom["aet"])
         self.ae = AE(ae_title=self.aet)
+        self.ae.implementation_class_uid = contexts.IMPLEMENTATION_CLASS_UID
+        self.ae.implementation_version_name = contexts.IMPLEMENTATION_VERSION_NAME
         self.ae.maximum_associations = int(self.dicom["max_associations"])
-        self.ae.maximum_pdu_size = 0  # no limit: peers may send PDUs as large as they like
+        self.ae.maximum_pdu_size = MAX_PDU
         self.ae.require_called_aet = bool(self.dicom["check_called_aet"])
         self.ae.network_timeout = 60
         self.ae.dimse_timeout = 600
@@ -117,6 +136,7 @@ class DicomServer:
         self._associations: dict[int, _AssociationStats] = {}
         self._lock = threading.Lock()
         self._server: Any = None
+        self._listener: _native.StorageListener | None = None
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -132,18 +152,56 @@ class DicomServer:
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_C_MOVE, self._on_move),
         ]
-        address = (str(self.dicom["host"]), int(self.dicom["port"]))
-        self._server = self.ae.start_server(address, block=False, evt_handlers=handlers)
-        host, port = self._server.server_address[:2]
+        # pynetdicom serves the associations the listener hands over; its own socket (on an
+        # ephemeral loopback port) is never given to anyone.
+        self._server = self.ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+        self._listener = _native.StorageListener(
+            self.archive.store,
+            str(self.dicom["host"]),
+            int(self.dicom["port"]),
+            ae_title=self.aet,
+            check_called_aet=bool(self.dicom["check_called_aet"]),
+            always_allow_echo=bool(self.dicom["always_allow_echo"]),
+            always_allow_store=bool(self.dicom["always_allow_store"]),
+            check_modality_host=bool(self.dicom["check_modality_host"]),
+            known=self.policy.listener_rules(),
+            storage_classes=contexts.storage_sop_classes(),
+            transfer_syntaxes=contexts.accepted_syntaxes(),
+            max_pdu=MAX_PDU,
+            max_associations=int(self.dicom["max_associations"]),
+            timeout_s=float(self.ae.network_timeout),
+            implementation_class_uid=contexts.IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=contexts.IMPLEMENTATION_VERSION_NAME,
+            commit=self._commit_received,
+            hand_off=self._hand_off,
+            log=log.log,
+        )
+        host, port = self._listener.address
         log.info("DICOM listener %s on %s:%d", self.aet, host, port)
         return host, port
 
     def stop(self) -> None:
-        """Stops accepting, lets running associations finish their current request."""
+        """Stops accepting; associations in progress end, what they acknowledged is durable."""
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
         if self._server is not None:
             self._server.shutdown()
             self._server = None
         self.ae.shutdown()
+
+    def _hand_off(self, fd: int, host: str, port: int) -> None:
+        self._server.process_request(socket.socket(fileno=fd), (host, port))
+
+    def _commit_received(self, items: list[dict]) -> list[int]:
+        """One group commit for instances the listener received: a status for each."""
+        try:
+            entries = [self.archive.entry(i, f"{i['calling_ae']}@{i['address']}") for i in items]
+            self.archive.commit(entries)
+        except Exception as e:  # the index or the disk: nothing of the batch is acknowledged
+            log.error("commit of %d received instances failed: %s", len(items), e)
+            return [OUT_OF_RESOURCES] * len(items)
+        return [SUCCESS] * len(items)
 
     # Logging ------------------------------------------------------------------------------
 

@@ -1,0 +1,340 @@
+//! DICOM Upper Layer PDUs (PS3.8 9.3): parsing A-ASSOCIATE-RQ and P-DATA-TF, encoding the
+//! acceptor's replies. Lengths read from the wire are checked against the bytes at hand and
+//! never used to size an allocation.
+
+use std::fmt;
+
+pub const A_ASSOCIATE_RQ: u8 = 0x01;
+pub const A_ASSOCIATE_AC: u8 = 0x02;
+pub const A_ASSOCIATE_RJ: u8 = 0x03;
+pub const P_DATA_TF: u8 = 0x04;
+pub const A_RELEASE_RQ: u8 = 0x05;
+pub const A_RELEASE_RP: u8 = 0x06;
+pub const A_ABORT: u8 = 0x07;
+
+pub const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
+
+/// Presentation context results (PS3.8 9.3.3.2).
+pub const ACCEPTANCE: u8 = 0;
+pub const ABSTRACT_SYNTAX_NOT_SUPPORTED: u8 = 3;
+pub const TRANSFER_SYNTAXES_NOT_SUPPORTED: u8 = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PduError(pub String);
+
+impl fmt::Display for PduError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed PDU: {}", self.0)
+    }
+}
+
+impl std::error::Error for PduError {}
+
+fn err<T>(message: impl Into<String>) -> Result<T, PduError> {
+    Err(PduError(message.into()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposedContext {
+    pub id: u8,
+    pub abstract_syntax: String,
+    pub transfer_syntaxes: Vec<String>,
+}
+
+/// What an association requestor proposes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AssociateRq {
+    pub called_ae: String,
+    pub calling_ae: String,
+    /// The 64 bytes from called AE to the end of the reserved field, echoed in the reply.
+    pub echo: Vec<u8>,
+    pub contexts: Vec<ProposedContext>,
+    /// The largest P-DATA-TF the requestor accepts (0: no limit).
+    pub max_pdu: u32,
+    pub implementation_class_uid: String,
+    pub implementation_version_name: String,
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .trim_matches(|c: char| c == ' ' || c == '\0')
+        .to_string()
+}
+
+/// Splits variable items: (type, body).
+fn items(mut data: &[u8]) -> Result<Vec<(u8, &[u8])>, PduError> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 4 {
+            return err("item header cut short");
+        }
+        let kind = data[0];
+        let length = usize::from(u16::from_be_bytes([data[2], data[3]]));
+        if data.len() < 4 + length {
+            return err(format!(
+                "item 0x{kind:02X} of {length} bytes runs past its PDU"
+            ));
+        }
+        out.push((kind, &data[4..4 + length]));
+        data = &data[4 + length..];
+    }
+    Ok(out)
+}
+
+/// Parses the body (after the 6-byte header) of an A-ASSOCIATE-RQ.
+pub fn parse_associate_rq(body: &[u8]) -> Result<AssociateRq, PduError> {
+    if body.len() < 68 {
+        return err("A-ASSOCIATE-RQ shorter than its fixed fields");
+    }
+    let mut rq = AssociateRq {
+        called_ae: text(&body[4..20]),
+        calling_ae: text(&body[20..36]),
+        echo: body[4..68].to_vec(),
+        ..AssociateRq::default()
+    };
+    for (kind, item) in items(&body[68..])? {
+        match kind {
+            0x10 if text(item) != APPLICATION_CONTEXT => {
+                return err(format!("unknown application context {:?}", text(item)));
+            }
+            0x20 => {
+                if item.len() < 4 {
+                    return err("presentation context item cut short");
+                }
+                let mut context = ProposedContext {
+                    id: item[0],
+                    abstract_syntax: String::new(),
+                    transfer_syntaxes: Vec::new(),
+                };
+                for (sub, value) in items(&item[4..])? {
+                    match sub {
+                        0x30 => context.abstract_syntax = text(value),
+                        0x40 => context.transfer_syntaxes.push(text(value)),
+                        _ => {}
+                    }
+                }
+                rq.contexts.push(context);
+            }
+            0x50 => {
+                for (sub, value) in items(item)? {
+                    match sub {
+                        0x51 if value.len() == 4 => {
+                            rq.max_pdu =
+                                u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+                        }
+                        0x52 => rq.implementation_class_uid = text(value),
+                        0x55 => rq.implementation_version_name = text(value),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(rq)
+}
+
+fn item(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&[kind, 0]);
+    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn pdu(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(6 + body.len());
+    out.extend_from_slice(&[kind, 0]);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The acceptor's decision on one proposed context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextResult {
+    pub id: u8,
+    pub result: u8,
+    /// The accepted transfer syntax (ignored unless accepted).
+    pub transfer_syntax: String,
+}
+
+pub fn encode_associate_ac(
+    rq: &AssociateRq,
+    results: &[ContextResult],
+    max_pdu: u32,
+    implementation_class_uid: &str,
+    implementation_version_name: &str,
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(512);
+    body.extend_from_slice(&1u16.to_be_bytes());
+    body.extend_from_slice(&[0, 0]);
+    body.extend_from_slice(&rq.echo);
+    body.extend_from_slice(&item(0x10, APPLICATION_CONTEXT.as_bytes()));
+    for r in results {
+        let mut context = vec![r.id, 0, r.result, 0];
+        // The transfer syntax sub-item is sent in every case; it is significant only when
+        // the context is accepted (PS3.8 9.3.3.2).
+        context.extend_from_slice(&item(0x40, r.transfer_syntax.as_bytes()));
+        body.extend_from_slice(&item(0x21, &context));
+    }
+    let mut user = item(0x51, &max_pdu.to_be_bytes());
+    user.extend_from_slice(&item(0x52, implementation_class_uid.as_bytes()));
+    user.extend_from_slice(&item(0x55, implementation_version_name.as_bytes()));
+    body.extend_from_slice(&item(0x50, &user));
+    pdu(A_ASSOCIATE_AC, &body)
+}
+
+/// A-ASSOCIATE-RJ: result 1 permanent / 2 transient; source 1 service user, 3 provider
+/// (presentation); reason per source (PS3.8 Table 9-21).
+pub fn encode_associate_rj(result: u8, source: u8, reason: u8) -> Vec<u8> {
+    pdu(A_ASSOCIATE_RJ, &[0, result, source, reason])
+}
+
+pub fn encode_release_rp() -> Vec<u8> {
+    pdu(A_RELEASE_RP, &[0, 0, 0, 0])
+}
+
+/// A-ABORT from the service provider (source 2), with a reason (0: not specified,
+/// 1: unrecognised PDU, 2: unexpected PDU, 6: invalid PDU parameter value).
+pub fn encode_abort(reason: u8) -> Vec<u8> {
+    pdu(A_ABORT, &[0, 0, 2, reason])
+}
+
+/// One presentation data value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pdv<'a> {
+    pub context_id: u8,
+    pub command: bool,
+    pub last: bool,
+    pub data: &'a [u8],
+}
+
+/// The PDVs of a P-DATA-TF body.
+pub fn parse_pdvs(mut body: &[u8]) -> Result<Vec<Pdv<'_>>, PduError> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        if body.len() < 6 {
+            return err("PDV item header cut short");
+        }
+        let length = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        if length < 2 || body.len() - 4 < length {
+            return err(format!(
+                "PDV item of {length} bytes in {} left",
+                body.len() - 4
+            ));
+        }
+        let header = body[5];
+        out.push(Pdv {
+            context_id: body[4],
+            command: header & 1 != 0,
+            last: header & 2 != 0,
+            data: &body[6..4 + length],
+        });
+        body = &body[4 + length..];
+    }
+    Ok(out)
+}
+
+/// P-DATA-TF PDUs carrying `data` as one message (command or data set), fragmented so that
+/// no PDU exceeds `max_pdu` (the peer's limit; 0 is none).
+pub fn encode_message(context_id: u8, command: bool, data: &[u8], max_pdu: u32) -> Vec<u8> {
+    let room = if max_pdu == 0 {
+        usize::MAX
+    } else {
+        (max_pdu as usize).saturating_sub(6).max(1)
+    };
+    let mut out = Vec::with_capacity(data.len() + 12);
+    let mut offset = 0usize;
+    loop {
+        let end = data.len().min(offset.saturating_add(room));
+        let last = end == data.len();
+        let chunk = &data[offset..end];
+        let header = u8::from(command) | (u8::from(last) << 1);
+        out.extend_from_slice(&[P_DATA_TF, 0]);
+        out.extend_from_slice(&((chunk.len() + 6) as u32).to_be_bytes());
+        out.extend_from_slice(&((chunk.len() + 2) as u32).to_be_bytes());
+        out.extend_from_slice(&[context_id, header]);
+        out.extend_from_slice(chunk);
+        if last {
+            break;
+        }
+        offset = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rq_bytes() -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&[0, 1, 0, 0]);
+        body.extend_from_slice(b"DICOMVAULT      STORESCU        ");
+        body.extend_from_slice(&[0; 32]);
+        body.extend_from_slice(&item(0x10, APPLICATION_CONTEXT.as_bytes()));
+        let mut pc = vec![1, 0, 0, 0];
+        pc.extend_from_slice(&item(0x30, b"1.2.840.10008.5.1.4.1.1.2"));
+        pc.extend_from_slice(&item(0x40, b"1.2.840.10008.1.2.1"));
+        pc.extend_from_slice(&item(0x40, b"1.2.840.10008.1.2\0"));
+        body.extend_from_slice(&item(0x20, &pc));
+        let mut user = item(0x51, &16384u32.to_be_bytes());
+        user.extend_from_slice(&item(0x52, b"1.2.3"));
+        body.extend_from_slice(&item(0x50, &user));
+        body
+    }
+
+    #[test]
+    fn associate_rq_round_trip() {
+        let rq = parse_associate_rq(&rq_bytes()).unwrap();
+        assert_eq!(rq.called_ae, "DICOMVAULT");
+        assert_eq!(rq.calling_ae, "STORESCU");
+        assert_eq!(rq.max_pdu, 16384);
+        assert_eq!(
+            rq.contexts[0].transfer_syntaxes,
+            vec!["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+        );
+        let ac = encode_associate_ac(
+            &rq,
+            &[ContextResult {
+                id: 1,
+                result: ACCEPTANCE,
+                transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            }],
+            1 << 20,
+            "1.2.3.4",
+            "TEST",
+        );
+        assert_eq!(ac[0], A_ASSOCIATE_AC);
+        assert_eq!(
+            u32::from_be_bytes(ac[2..6].try_into().unwrap()) as usize,
+            ac.len() - 6
+        );
+        let body = rq_bytes();
+        for cut in 0..body.len() {
+            let _ = parse_associate_rq(&body[..cut]); // never panics
+        }
+    }
+
+    #[test]
+    fn messages_fragment_and_parse_back() {
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let wire = encode_message(3, false, &data, 256);
+        let mut joined = Vec::new();
+        let mut at = 0;
+        let mut lasts = 0;
+        while at < wire.len() {
+            let length = u32::from_be_bytes(wire[at + 2..at + 6].try_into().unwrap()) as usize;
+            assert!(length + 6 <= 256);
+            for pdv in parse_pdvs(&wire[at + 6..at + 6 + length]).unwrap() {
+                assert_eq!((pdv.context_id, pdv.command), (3, false));
+                lasts += usize::from(pdv.last);
+                joined.extend_from_slice(pdv.data);
+            }
+            at += 6 + length;
+        }
+        assert_eq!((joined, lasts), (data, 1));
+        assert!(parse_pdvs(&[0, 0, 0, 9, 1, 0]).is_err());
+    }
+}

@@ -1,0 +1,722 @@
+//! The storage SCP: the archive's DICOM listener.
+//!
+//! Every connection's A-ASSOCIATE-RQ is peeked, not read. An association that proposes only
+//! Verification and Storage SOP classes (what modalities and storescu open) is served here,
+//! end to end: negotiation, PDU reading with large buffers, C-ECHO, and C-STORE data sets
+//! streamed from their PDVs straight into the store's writer; the instance is handed to the
+//! `Host` to be made durable and indexed (group commit: one call per batch) before its
+//! C-STORE-RSP goes out. Any other association (query/retrieve, or anything we do not serve)
+//! is handed, still unread, to the `Host`, which gives it to pynetdicom.
+
+use crate::cas::{Ingested, InstanceWriter, Store};
+use crate::dimse::{self, Command, Implementation};
+use crate::pdu::{self, AssociateRq, ContextResult};
+use crate::scan::{FeedError, ScanOptions};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+pub const SUCCESS: u16 = 0x0000;
+pub const NOT_AUTHORIZED: u16 = 0x0124;
+pub const OUT_OF_RESOURCES: u16 = 0xA700;
+pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+
+/// An A-ASSOCIATE-RQ larger than this is not peeked (it would not fit a socket buffer).
+const MAX_ASSOCIATE_RQ: usize = 256 << 10;
+const MAX_COMMAND: usize = 64 << 10;
+const MAX_BATCH: usize = 256;
+
+/// A configured remote AE and what it may do here.
+#[derive(Debug, Clone)]
+pub struct KnownAe {
+    pub aet: String,
+    /// The addresses its host resolves to (checked when `check_modality_host`).
+    pub addresses: Vec<String>,
+    pub echo: bool,
+    pub store: bool,
+}
+
+/// The [dicom] access policy, for the services served here.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub ae_title: String,
+    pub check_called_aet: bool,
+    pub always_allow_echo: bool,
+    pub always_allow_store: bool,
+    pub check_modality_host: bool,
+    pub known: Vec<KnownAe>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Echo,
+    Store,
+}
+
+impl Policy {
+    pub fn allows(&self, calling_ae: &str, address: &str, service: Service) -> bool {
+        let known = self
+            .known
+            .iter()
+            .find(|k| k.aet == calling_ae)
+            .filter(|k| !self.check_modality_host || k.addresses.iter().any(|a| a == address));
+        match (known, service) {
+            (Some(k), Service::Echo) => k.echo,
+            (Some(k), Service::Store) => k.store,
+            (None, Service::Echo) => self.always_allow_echo,
+            (None, Service::Store) => self.always_allow_store,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub policy: Policy,
+    pub storage_classes: HashSet<String>,
+    /// In order of preference when a context offers several.
+    pub transfer_syntaxes: Vec<String>,
+    pub max_pdu: u32,
+    pub max_associations: usize,
+    pub timeout: Duration,
+    pub implementation: Implementation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Info,
+    Warning,
+    Error,
+}
+
+/// An instance received in full, to be made durable and indexed.
+pub struct Received {
+    pub ingested: Ingested,
+    pub calling_ae: String,
+    pub address: String,
+}
+
+/// What the listener leaves to its embedding application.
+pub trait Host: Send + Sync + 'static {
+    /// An association this listener does not serve: its socket, the request still unread.
+    fn hand_off(&self, stream: TcpStream, peer: SocketAddr);
+    /// Makes a batch durable and indexes it; returns one DIMSE status per instance.
+    fn commit(&self, batch: Vec<Received>) -> Vec<u16>;
+    fn log(&self, level: LogLevel, message: String);
+}
+
+struct Job {
+    received: Received,
+    reply: mpsc::SyncSender<u16>,
+}
+
+struct Shared {
+    config: ListenerConfig,
+    store: Store,
+    host: Arc<dyn Host>,
+    stopping: AtomicBool,
+    active: AtomicUsize,
+    next_id: AtomicU64,
+    connections: Mutex<HashMap<u64, TcpStream>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+/// A running listener; `stop` it to finish.
+pub struct Listener {
+    shared: Arc<Shared>,
+    socket: TcpListener,
+    address: SocketAddr,
+    acceptor: Option<JoinHandle<()>>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    pub fn start(
+        address: SocketAddr,
+        config: ListenerConfig,
+        store: Store,
+        host: Arc<dyn Host>,
+    ) -> io::Result<Listener> {
+        let socket = TcpListener::bind(address)?;
+        let address = socket.local_addr()?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let shared = Arc::new(Shared {
+            config,
+            store,
+            host,
+            stopping: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+            connections: Mutex::new(HashMap::new()),
+            threads: Mutex::new(Vec::new()),
+            jobs: Mutex::new(Some(jobs)),
+        });
+        let committer = {
+            let host = shared.host.clone();
+            std::thread::Builder::new()
+                .name("dicom-commit".into())
+                .spawn(move || commit_loop(&*host, &queue))?
+        };
+        let acceptor = {
+            let shared = shared.clone();
+            let socket = socket.try_clone()?;
+            std::thread::Builder::new()
+                .name("dicom-accept".into())
+                .spawn(move || accept_loop(&shared, &socket))?
+        };
+        Ok(Listener {
+            shared,
+            socket,
+            address,
+            acceptor: Some(acceptor),
+            committer: Some(committer),
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops accepting, ends the associations in progress (what they had acknowledged is
+    /// durable; an instance not yet answered is dropped whole) and drains the commits.
+    pub fn stop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // SAFETY: shutting down a listening socket we own only wakes its blocked accept().
+        unsafe {
+            libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
+        }
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        for stream in lock(&self.shared.connections).values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let threads: Vec<_> = lock(&self.shared.threads).drain(..).collect();
+        for thread in threads {
+            let _ = thread.join();
+        }
+        lock(&self.shared.jobs).take();
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if self.acceptor.is_some() {
+            self.stop();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn accept_loop(shared: &Arc<Shared>, socket: &TcpListener) {
+    for incoming in socket.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(stream) = incoming else { continue };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(copy) = stream.try_clone() {
+            lock(&shared.connections).insert(id, copy);
+        }
+        let worker = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("dicom-assoc-{id}"))
+            .spawn(move || {
+                worker.active.fetch_add(1, Ordering::SeqCst);
+                connection(&worker, stream, peer);
+                worker.active.fetch_sub(1, Ordering::SeqCst);
+                lock(&worker.connections).remove(&id);
+            });
+        let mut threads = lock(&shared.threads);
+        threads.retain(|t| !t.is_finished());
+        if let Ok(handle) = spawned {
+            threads.push(handle);
+        }
+    }
+}
+
+/// Batches whatever instances are waiting into one `Host::commit`.
+fn commit_loop(host: &dyn Host, queue: &mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (received, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.received, j.reply)).unzip();
+        let count = received.len();
+        let mut statuses = host.commit(received);
+        statuses.resize(count, OUT_OF_RESOURCES);
+        for (reply, status) in replies.into_iter().zip(statuses) {
+            let _ = reply.send(status);
+        }
+    }
+}
+
+/// Reads the first PDU without consuming it: Some(bytes) for an A-ASSOCIATE-RQ.
+fn peek_associate_rq(stream: &TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut header = [0u8; 6];
+    peek_exact(stream, &mut header)?;
+    if header[0] != pdu::A_ASSOCIATE_RQ {
+        return Ok(None);
+    }
+    let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+    if length > MAX_ASSOCIATE_RQ {
+        return Ok(None);
+    }
+    let mut whole = vec![0u8; 6 + length];
+    peek_exact(stream, &mut whole)?;
+    Ok(Some(whole))
+}
+
+fn peek_exact(stream: &TcpStream, buf: &mut [u8]) -> io::Result<()> {
+    loop {
+        // SAFETY: recv writes at most buf.len() bytes into buf, which we own mutably.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK | libc::MSG_WAITALL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // With MSG_WAITALL a short count means the peer closed or went silent past the
+        // read timeout: the request will not complete.
+        if (n as usize) < buf.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        return Ok(());
+    }
+}
+
+fn serves(config: &ListenerConfig, rq: &AssociateRq) -> bool {
+    !rq.contexts.is_empty()
+        && rq.contexts.iter().all(|c| {
+            c.abstract_syntax == VERIFICATION || config.storage_classes.contains(&c.abstract_syntax)
+        })
+}
+
+fn connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) {
+    let config = &shared.config;
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(config.timeout));
+    let _ = stream.set_write_timeout(Some(config.timeout));
+    let request = match peek_associate_rq(&stream) {
+        Ok(Some(bytes)) => bytes,
+        // Not an association request, cut short, or silent: nothing to talk about.
+        Ok(None) | Err(_) => return,
+    };
+    let rq = match pdu::parse_associate_rq(&request[6..]) {
+        Ok(rq) => rq,
+        Err(e) => {
+            let _ = stream.write_all(&pdu::encode_abort(6));
+            shared.host.log(
+                LogLevel::Warning,
+                format!("association from {peer} aborted: {e}"),
+            );
+            return;
+        }
+    };
+    if !serves(config, &rq) {
+        shared.host.hand_off(stream, peer);
+        return;
+    }
+    if stream.read_exact(&mut vec![0u8; request.len()]).is_err() {
+        return;
+    }
+    Association {
+        shared,
+        stream,
+        peer,
+        rq,
+        contexts: HashMap::new(),
+        started: Instant::now(),
+        requests: 0,
+    }
+    .run();
+}
+
+struct Association<'a> {
+    shared: &'a Shared,
+    stream: TcpStream,
+    peer: SocketAddr,
+    rq: AssociateRq,
+    /// Accepted contexts: id -> transfer syntax.
+    contexts: HashMap<u8, String>,
+    started: Instant,
+    requests: u64,
+}
+
+/// A C-STORE whose data set is arriving.
+struct Incoming {
+    command: Command,
+    context_id: u8,
+    writer: Option<InstanceWriter>,
+    /// Set when the data set is refused or failed: it is still read to its end.
+    status: Option<u16>,
+    started: Instant,
+}
+
+enum Flow {
+    Continue,
+    Done(&'static str),
+}
+
+impl Association<'_> {
+    fn who(&self) -> String {
+        format!("{}@{}", self.rq.calling_ae, self.peer.ip())
+    }
+
+    fn log(&self, level: LogLevel, message: String) {
+        self.shared.host.log(level, message);
+    }
+
+    fn run(mut self) {
+        if !self.negotiate() {
+            return;
+        }
+        let how = match self.serve() {
+            Ok(how) => how,
+            Err(e) => {
+                let _ = self.stream.write_all(&pdu::encode_abort(0));
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
+                    "aborted (peer silent)"
+                } else {
+                    "aborted"
+                }
+            }
+        };
+        self.log(
+            LogLevel::Info,
+            format!(
+                "association from {} {how} after {:.3} s, {} requests",
+                self.who(),
+                self.started.elapsed().as_secs_f64(),
+                self.requests
+            ),
+        );
+    }
+
+    fn negotiate(&mut self) -> bool {
+        let config = &self.shared.config;
+        let reject = if self.shared.active.load(Ordering::SeqCst) > config.max_associations {
+            Some((2, 3, 2, "local limit of associations exceeded"))
+        } else if config.policy.check_called_aet && self.rq.called_ae != config.policy.ae_title {
+            Some((1, 1, 7, "called AE title not recognised"))
+        } else {
+            None
+        };
+        if let Some((result, source, reason, why)) = reject {
+            let _ = self
+                .stream
+                .write_all(&pdu::encode_associate_rj(result, source, reason));
+            self.log(
+                LogLevel::Warning,
+                format!("association from {} rejected: {why}", self.who()),
+            );
+            return false;
+        }
+        let mut results = Vec::with_capacity(self.rq.contexts.len());
+        for proposed in &self.rq.contexts {
+            let chosen = config
+                .transfer_syntaxes
+                .iter()
+                .find(|ts| proposed.transfer_syntaxes.contains(ts));
+            let result = match chosen {
+                Some(ts) => {
+                    self.contexts.insert(proposed.id, ts.clone());
+                    ContextResult {
+                        id: proposed.id,
+                        result: pdu::ACCEPTANCE,
+                        transfer_syntax: ts.clone(),
+                    }
+                }
+                None => ContextResult {
+                    id: proposed.id,
+                    result: pdu::TRANSFER_SYNTAXES_NOT_SUPPORTED,
+                    transfer_syntax: proposed
+                        .transfer_syntaxes
+                        .first()
+                        .cloned()
+                        .unwrap_or_default(),
+                },
+            };
+            results.push(result);
+        }
+        let implementation = &config.implementation;
+        let ac = pdu::encode_associate_ac(
+            &self.rq,
+            &results,
+            config.max_pdu,
+            &implementation.class_uid,
+            &implementation.version_name,
+        );
+        if self.stream.write_all(&ac).is_err() {
+            return false;
+        }
+        self.log(
+            LogLevel::Info,
+            format!("association from {} accepted", self.who()),
+        );
+        true
+    }
+
+    fn send(&mut self, context_id: u8, command: &[u8]) -> io::Result<()> {
+        self.stream.write_all(&pdu::encode_message(
+            context_id,
+            true,
+            command,
+            self.rq.max_pdu,
+        ))
+    }
+
+    fn serve(&mut self) -> io::Result<&'static str> {
+        let limit = self.shared.config.max_pdu as usize + 6;
+        let mut body = Vec::new();
+        let mut command = Vec::new();
+        let mut incoming: Option<Incoming> = None;
+        loop {
+            let mut header = [0u8; 6];
+            self.stream.read_exact(&mut header)?;
+            let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+            if length > limit {
+                self.stream.write_all(&pdu::encode_abort(6))?;
+                return Ok("aborted (PDU larger than negotiated)");
+            }
+            body.resize(length, 0);
+            self.stream.read_exact(&mut body)?;
+            match header[0] {
+                pdu::P_DATA_TF => {
+                    let Ok(pdvs) = pdu::parse_pdvs(&body) else {
+                        self.stream.write_all(&pdu::encode_abort(6))?;
+                        return Ok("aborted (malformed P-DATA-TF)");
+                    };
+                    for pdv in pdvs {
+                        if !self.contexts.contains_key(&pdv.context_id) {
+                            self.stream.write_all(&pdu::encode_abort(6))?;
+                            return Ok("aborted (PDV on a context not accepted)");
+                        }
+                        let flow = if pdv.command {
+                            if command.len() + pdv.data.len() > MAX_COMMAND {
+                                self.stream.write_all(&pdu::encode_abort(6))?;
+                                return Ok("aborted (oversized command)");
+                            }
+                            command.extend_from_slice(pdv.data);
+                            if !pdv.last {
+                                continue;
+                            }
+                            let flow = self.command(pdv.context_id, &command, &mut incoming)?;
+                            command.clear();
+                            flow
+                        } else {
+                            self.data(pdv.data, pdv.last, &mut incoming)?
+                        };
+                        if let Flow::Done(how) = flow {
+                            self.stream.write_all(&pdu::encode_abort(2))?;
+                            return Ok(how);
+                        }
+                    }
+                }
+                pdu::A_RELEASE_RQ => {
+                    self.stream.write_all(&pdu::encode_release_rp())?;
+                    return Ok("released");
+                }
+                pdu::A_ABORT => return Ok("aborted by the peer"),
+                _ => {
+                    self.stream.write_all(&pdu::encode_abort(2))?;
+                    return Ok("aborted (unexpected PDU)");
+                }
+            }
+        }
+    }
+
+    fn command(
+        &mut self,
+        context_id: u8,
+        bytes: &[u8],
+        incoming: &mut Option<Incoming>,
+    ) -> io::Result<Flow> {
+        let Ok(command) = dimse::parse_command(bytes) else {
+            return Ok(Flow::Done("aborted (unreadable command)"));
+        };
+        if incoming.is_some() {
+            return Ok(Flow::Done(
+                "aborted (command before the previous data set ended)",
+            ));
+        }
+        self.requests += 1;
+        let started = Instant::now();
+        let policy = &self.shared.config.policy;
+        match command.field {
+            dimse::C_ECHO_RQ => {
+                let allowed = policy.allows(
+                    &self.rq.calling_ae,
+                    &self.peer.ip().to_string(),
+                    Service::Echo,
+                );
+                let status = if allowed { SUCCESS } else { NOT_AUTHORIZED };
+                self.send(context_id, &dimse::response(&command, status))?;
+                self.log_request("C-ECHO", started, status, "");
+                Ok(Flow::Continue)
+            }
+            dimse::C_STORE_RQ if command.has_data_set => {
+                let allowed = policy.allows(
+                    &self.rq.calling_ae,
+                    &self.peer.ip().to_string(),
+                    Service::Store,
+                );
+                let mut next = Incoming {
+                    command,
+                    context_id,
+                    writer: None,
+                    status: None,
+                    started,
+                };
+                if allowed {
+                    let mut writer = self.shared.store.writer(ScanOptions {
+                        wanted: self.shared.store.config().wanted.clone(),
+                        transfer_syntax: None,
+                        allow_truncated: false,
+                    });
+                    let meta = dimse::file_meta(
+                        &next.command.affected_sop_class_uid,
+                        &next.command.affected_sop_instance_uid,
+                        &self.contexts[&context_id],
+                        &self.rq.calling_ae,
+                        &self.shared.config.implementation,
+                    );
+                    match writer.write(&meta) {
+                        Ok(()) => next.writer = Some(writer),
+                        Err(e) => next.status = Some(self.failure(&next.command, &e)),
+                    }
+                } else {
+                    self.log(
+                        LogLevel::Warning,
+                        format!("STORE from {} refused: not allowed for this AE", self.who()),
+                    );
+                    next.status = Some(NOT_AUTHORIZED);
+                }
+                *incoming = Some(next);
+                Ok(Flow::Continue)
+            }
+            _ => Ok(Flow::Done(
+                "aborted (command not served on this association)",
+            )),
+        }
+    }
+
+    fn data(
+        &mut self,
+        bytes: &[u8],
+        last: bool,
+        incoming: &mut Option<Incoming>,
+    ) -> io::Result<Flow> {
+        let Some(current) = incoming.as_mut() else {
+            return Ok(Flow::Done("aborted (data set without a command)"));
+        };
+        if let Some(writer) = current.writer.as_mut() {
+            if let Err(e) = writer.write(bytes) {
+                current.writer = None;
+                current.status = Some(self.failure(&current.command, &e));
+            }
+        }
+        if !last {
+            return Ok(Flow::Continue);
+        }
+        let current = incoming.take().expect("checked above");
+        let status = match (current.status, current.writer) {
+            (Some(status), _) => status,
+            (None, Some(writer)) => match writer.finish() {
+                Ok(ingested) => self.commit(ingested),
+                Err(e) => self.failure(&current.command, &e),
+            },
+            (None, None) => OUT_OF_RESOURCES,
+        };
+        self.send(
+            current.context_id,
+            &dimse::response(&current.command, status),
+        )?;
+        self.log_request(
+            "C-STORE",
+            current.started,
+            status,
+            &current.command.affected_sop_instance_uid,
+        );
+        Ok(Flow::Continue)
+    }
+
+    fn commit(&self, ingested: Ingested) -> u16 {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let received = Received {
+            ingested,
+            calling_ae: self.rq.calling_ae.clone(),
+            address: self.peer.ip().to_string(),
+        };
+        let sent = lock(&self.shared.jobs)
+            .as_ref()
+            .map(|jobs| jobs.send(Job { received, reply }).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            return OUT_OF_RESOURCES;
+        }
+        answer.recv().unwrap_or(OUT_OF_RESOURCES)
+    }
+
+    fn failure(&self, command: &Command, error: &FeedError) -> u16 {
+        let (status, what) = match error {
+            FeedError::Scan(_) => (CANNOT_UNDERSTAND, "cannot understand the data set"),
+            FeedError::Io(_) => (OUT_OF_RESOURCES, "storage failed"),
+        };
+        self.log(
+            LogLevel::Error,
+            format!(
+                "C-STORE from {} of {}: {what}: {error}",
+                self.who(),
+                command.affected_sop_instance_uid
+            ),
+        );
+        status
+    }
+
+    fn log_request(&self, what: &str, started: Instant, status: u16, detail: &str) {
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({detail})")
+        };
+        self.log(
+            LogLevel::Info,
+            format!(
+                "{what} from {}: status 0x{status:04X} in {:.1} ms{detail}",
+                self.who(),
+                started.elapsed().as_secs_f64() * 1e3
+            ),
+        );
+    }
+}
