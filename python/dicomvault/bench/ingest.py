@@ -80,6 +80,50 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> Non
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (forked children of storescp --fork)."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                stack += [int(c) for c in task.read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class RssSampler:
+    """Samples the resident memory of a process tree; ``peak_mb`` is the largest total seen.
+    (wait4's ru_maxrss would count the Python parent's pages inherited before exec.)"""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid, self.interval, self.peak_kb = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_kb = max(self.peak_kb, sum(_rss_kb(p) for p in _tree(self.pid)))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kb / 1024
+
+
 class Peer:
     """A storage SCP under test: ``start`` it in a fresh directory, ``stop`` returns usage."""
 
@@ -100,15 +144,17 @@ class Peer:
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, self.proc)
+        self.sampler = RssSampler(self.proc.pid)
         return self.port
 
     def stop(self) -> tuple[float, float]:
-        """Stops the server; returns its CPU seconds and peak RSS in MB (with its children)."""
+        """Stops the server; returns its CPU seconds (children included) and peak RSS in MB."""
+        peak = self.sampler.stop()
         self.proc.send_signal(signal.SIGTERM)
         _, _, usage = os.wait4(self.proc.pid, 0)
         self.proc.returncode = 0
         self.log.close()
-        return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+        return usage.ru_utime + usage.ru_stime, peak
 
 
 class Dicomvault(Peer):

@@ -74,6 +74,7 @@ def tag_and_vr(keyword: str) -> tuple[int, str]:
 
 
 def keyword_of(tag: int) -> str:
+    """The keyword of any tag (the index's own without importing pydicom)."""
     if tag in KEYWORD_OF_TAG:
         return KEYWORD_OF_TAG[tag]
     from pydicom.datadict import keyword_for_tag
@@ -123,12 +124,13 @@ def decode_value(vr: str, raw: bytes, encodings: tuple[str, ...]) -> str:
 
 
 def decode_elements(elements: Mapping[int, tuple[str, bytes]]) -> dict[str, str]:
-    """Collected elements keyed by keyword, decoded with the data set's character set."""
+    """The index's elements among those collected, keyed by keyword and decoded with the
+    data set's character set (the scanner also collects what it needs for itself)."""
     charset_element = elements.get(SPECIFIC_CHARACTER_SET)
     encodings = character_sets(charset_element[1] if charset_element else None)
     decoded: dict[str, str] = {}
     for tag, (vr, raw) in elements.items():
-        keyword = keyword_of(tag)
+        keyword = KEYWORD_OF_TAG.get(tag)
         if keyword:
             decoded[keyword] = decode_value(vr, raw, encodings)
     return decoded
