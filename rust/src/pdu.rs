@@ -326,7 +326,10 @@ mod tests {
         let mut lasts = 0;
         while at < wire.len() {
             let length = u32::from_be_bytes(wire[at + 2..at + 6].try_into().unwrap()) as usize;
-            assert!(length + 6 <= 256);
+            assert!(
+                length <= 256,
+                "PDU variable field within the maximum length"
+            );
             for pdv in parse_pdvs(&wire[at + 6..at + 6 + length]).unwrap() {
                 assert_eq!((pdv.context_id, pdv.command), (3, false));
                 lasts += usize::from(pdv.last);

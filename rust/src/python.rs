@@ -531,15 +531,17 @@ impl scp::Host for PyHost {
         })
     }
 
-    fn log(&self, level: scp::LogLevel, message: String) {
-        let level = match level {
-            scp::LogLevel::Info => 20,
-            scp::LogLevel::Warning => 30,
-            scp::LogLevel::Error => 40,
-        };
+    fn log(&self, lines: Vec<(scp::LogLevel, String)>) {
         Python::attach(|py| {
-            if let Err(e) = self.log.call1(py, (level, message)) {
-                e.print(py);
+            for (level, message) in lines {
+                let level = match level {
+                    scp::LogLevel::Info => 20,
+                    scp::LogLevel::Warning => 30,
+                    scp::LogLevel::Error => 40,
+                };
+                if let Err(e) = self.log.call1(py, (level, message)) {
+                    e.print(py);
+                }
             }
         });
     }

@@ -17,8 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +31,7 @@ pub const CANNOT_UNDERSTAND: u16 = 0xC000;
 const MAX_ASSOCIATE_RQ: usize = 256 << 10;
 const MAX_COMMAND: usize = 64 << 10;
 const MAX_BATCH: usize = 256;
+const LOG_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A configured remote AE and what it may do here.
 #[derive(Debug, Clone)]
@@ -108,12 +108,60 @@ pub trait Host: Send + Sync + 'static {
     fn hand_off(&self, stream: TcpStream, peer: SocketAddr);
     /// Makes a batch durable and indexes it; returns one DIMSE status per instance.
     fn commit(&self, batch: Vec<Received>) -> Vec<u16>;
-    fn log(&self, level: LogLevel, message: String);
+    /// Log lines, in order (delivered in batches, at most `LOG_INTERVAL` late).
+    fn log(&self, lines: Vec<(LogLevel, String)>);
 }
 
-struct Job {
-    received: Received,
-    reply: mpsc::SyncSender<u16>,
+/// Group commit without a committer thread: the first association thread to arrive commits
+/// everything waiting (its own instance among them) while the others wait for their status;
+/// arrivals during a commit form the next group.
+#[derive(Default)]
+struct Commits {
+    queue: Mutex<CommitQueue>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct CommitQueue {
+    waiting: Vec<(u64, Received)>,
+    results: HashMap<u64, u16>,
+    leading: bool,
+    next_ticket: u64,
+}
+
+impl Commits {
+    fn commit(&self, host: &dyn Host, received: Received) -> u16 {
+        let mut queue = lock(&self.queue);
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.waiting.push((ticket, received));
+        loop {
+            if let Some(status) = queue.results.remove(&ticket) {
+                return status;
+            }
+            if queue.leading {
+                queue = self.done.wait(queue).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            queue.leading = true;
+            let take = queue.waiting.len().min(MAX_BATCH);
+            let (tickets, batch): (Vec<u64>, Vec<Received>) = queue.waiting.drain(..take).unzip();
+            drop(queue);
+            let mut statuses = host.commit(batch);
+            statuses.resize(tickets.len(), OUT_OF_RESOURCES);
+            queue = lock(&self.queue);
+            queue.results.extend(tickets.into_iter().zip(statuses));
+            queue.leading = false;
+            self.done.notify_all();
+        }
+    }
+}
+
+/// Log lines wait here for the logging thread, so that a request does not take Python's lock
+/// to log itself.
+#[derive(Default)]
+struct Logs {
+    lines: Mutex<Vec<(LogLevel, String)>>,
 }
 
 struct Shared {
@@ -125,7 +173,21 @@ struct Shared {
     next_id: AtomicU64,
     connections: Mutex<HashMap<u64, TcpStream>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    commits: Commits,
+    logs: Logs,
+}
+
+impl Shared {
+    fn log(&self, level: LogLevel, message: String) {
+        lock(&self.logs.lines).push((level, message));
+    }
+
+    fn flush_logs(&self) {
+        let lines = std::mem::take(&mut *lock(&self.logs.lines));
+        if !lines.is_empty() {
+            self.host.log(lines);
+        }
+    }
 }
 
 /// A running listener; `stop` it to finish.
@@ -134,7 +196,7 @@ pub struct Listener {
     socket: TcpListener,
     address: SocketAddr,
     acceptor: Option<JoinHandle<()>>,
-    committer: Option<JoinHandle<()>>,
+    logger: Option<JoinHandle<()>>,
 }
 
 impl Listener {
@@ -146,7 +208,6 @@ impl Listener {
     ) -> io::Result<Listener> {
         let socket = TcpListener::bind(address)?;
         let address = socket.local_addr()?;
-        let (jobs, queue) = mpsc::channel::<Job>();
         let shared = Arc::new(Shared {
             config,
             store,
@@ -156,13 +217,19 @@ impl Listener {
             next_id: AtomicU64::new(0),
             connections: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
-            jobs: Mutex::new(Some(jobs)),
+            commits: Commits::default(),
+            logs: Logs::default(),
         });
-        let committer = {
-            let host = shared.host.clone();
+        let logger = {
+            let shared = shared.clone();
             std::thread::Builder::new()
-                .name("dicom-commit".into())
-                .spawn(move || commit_loop(&*host, &queue))?
+                .name("dicom-log".into())
+                .spawn(move || {
+                    while !shared.stopping.load(Ordering::SeqCst) {
+                        std::thread::sleep(LOG_INTERVAL);
+                        shared.flush_logs();
+                    }
+                })?
         };
         let acceptor = {
             let shared = shared.clone();
@@ -176,7 +243,7 @@ impl Listener {
             socket,
             address,
             acceptor: Some(acceptor),
-            committer: Some(committer),
+            logger: Some(logger),
         })
     }
 
@@ -202,10 +269,10 @@ impl Listener {
         for thread in threads {
             let _ = thread.join();
         }
-        lock(&self.shared.jobs).take();
-        if let Some(committer) = self.committer.take() {
-            let _ = committer.join();
+        if let Some(logger) = self.logger.take() {
+            let _ = logger.join();
         }
+        self.shared.flush_logs();
     }
 }
 
@@ -247,27 +314,6 @@ fn accept_loop(shared: &Arc<Shared>, socket: &TcpListener) {
         threads.retain(|t| !t.is_finished());
         if let Ok(handle) = spawned {
             threads.push(handle);
-        }
-    }
-}
-
-/// Batches whatever instances are waiting into one `Host::commit`.
-fn commit_loop(host: &dyn Host, queue: &mpsc::Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        let (received, replies): (Vec<_>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.received, j.reply)).unzip();
-        let count = received.len();
-        let mut statuses = host.commit(received);
-        statuses.resize(count, OUT_OF_RESOURCES);
-        for (reply, status) in replies.into_iter().zip(statuses) {
-            let _ = reply.send(status);
         }
     }
 }
@@ -336,7 +382,7 @@ fn connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) {
         Ok(rq) => rq,
         Err(e) => {
             let _ = stream.write_all(&pdu::encode_abort(6));
-            shared.host.log(
+            shared.log(
                 LogLevel::Warning,
                 format!("association from {peer} aborted: {e}"),
             );
@@ -394,7 +440,7 @@ impl Association<'_> {
     }
 
     fn log(&self, level: LogLevel, message: String) {
-        self.shared.host.log(level, message);
+        self.shared.log(level, message);
     }
 
     fn run(mut self) {
@@ -672,20 +718,12 @@ impl Association<'_> {
     }
 
     fn commit(&self, ingested: Ingested) -> u16 {
-        let (reply, answer) = mpsc::sync_channel(1);
         let received = Received {
             ingested,
             calling_ae: self.rq.calling_ae.clone(),
             address: self.peer.ip().to_string(),
         };
-        let sent = lock(&self.shared.jobs)
-            .as_ref()
-            .map(|jobs| jobs.send(Job { received, reply }).is_ok())
-            .unwrap_or(false);
-        if !sent {
-            return OUT_OF_RESOURCES;
-        }
-        answer.recv().unwrap_or(OUT_OF_RESOURCES)
+        self.shared.commits.commit(&*self.shared.host, received)
     }
 
     fn failure(&self, command: &Command, error: &FeedError) -> u16 {

@@ -128,6 +128,18 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def logged(self, *texts: str, timeout: float = 5.0) -> bool:
+        """Whether the log shows any of ``texts`` within ``timeout``: the Rust listener's log
+        lines reach the log in batches, a little after the response was sent."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log
+            if any(text in log for text in texts):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
     def run(self, *args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
         """A dicomvault command on this server's archive and configuration."""
         return self.cli.run(*args, "--config", self.config, check=check, with_root=False)

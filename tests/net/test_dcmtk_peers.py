@@ -56,7 +56,7 @@ def test_echo_from_any_ae(server):
             "echoscu", "-v", "-aet", CALLER, "-aec", server.aet, "127.0.0.1", server.port
         ).stderr
     )
-    assert "C-ECHO from MODALITY@127.0.0.1: status 0x0000" in server.log
+    assert server.logged("C-ECHO from MODALITY@127.0.0.1: status 0x0000")
 
 
 def test_every_transfer_syntax_is_stored_as_sent_and_indexed(server, corpus):
@@ -126,7 +126,7 @@ def test_c_get_sends_as_stored_what_the_peer_accepts_and_decodes_the_rest(server
                 ours, theirs = pydicom.dcmread(stored[uid]), pydicom.dcmread(path)
                 assert theirs.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
                 assert (ours.pixel_array == theirs.pixel_array).all(), syntax
-                assert f"{uid}: peer did not accept" in server.log
+                assert server.logged(f"{uid}: peer did not accept")
 
 
 def test_c_get_decompresses_jpeg2000_for_a_peer_that_wants_it_uncompressed(
@@ -361,9 +361,8 @@ def test_refusals_and_their_statuses(server, corpus, tmp_path):
         check=False,
     )
     assert "Final Move Response (Refused: MoveDestinationUnknown)" in unknown.stderr
-    log = server.log
-    assert "FIND from MODALITY@127.0.0.1 refused" in log
-    assert "C-MOVE to unknown destination 'NOBODY'" in log
+    assert server.logged("FIND from MODALITY@127.0.0.1 refused")
+    assert server.logged("C-MOVE to unknown destination 'NOBODY'")
 
 
 def test_restart_keeps_everything_acknowledged(server, corpus, tmp_path):

@@ -164,4 +164,4 @@ def test_orthanc_queries_and_retrieves_from_dicomvault(peers, corpus):
     assert orthanc_sop_uids(orthanc) == {
         g.sop_instance_uid for g in corpus if g.patient_id == "12345"
     }
-    assert "C-MOVE from ORTHANC@127.0.0.1: status 0x0000" in server.log
+    assert server.logged("C-MOVE from ORTHANC@127.0.0.1: status 0x0000")

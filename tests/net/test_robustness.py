@@ -133,7 +133,7 @@ def test_an_unparsable_data_set_is_refused_with_cannot_understand(server, tmp_pa
     response = assoc.send_c_store(broken)
     assoc.release()
     assert response.Status & 0xF000 == 0xC000
-    assert "cannot understand the data set: at byte" in server.log
+    assert server.logged("cannot understand the data set: at byte")
     assert server.cli.ls("instances") == []
     assert server.alive
 
@@ -162,7 +162,7 @@ def test_a_full_disk_answers_out_of_resources_and_keeps_what_was_acknowledged(tm
     acknowledged = result.stderr.count("Received Store Response (Success)")
     assert 0 < acknowledged < len(corpus)
     assert "Received Store Response (Refused: OutOfResources)" in result.stderr
-    assert "storage failed" in srv.log or "commit failed" in srv.log
+    assert srv.logged("storage failed", "commit failed")
     assert srv.alive
     assert srv.stop() == 0
     srv.start()  # room again
@@ -197,7 +197,7 @@ def test_c_cancel_stops_a_c_find(server, tmp_path):
     )
     assert "Cancel" in result.stderr
     assert result.stderr.count("Received Find Response") < len(corpus)
-    assert "C-FIND from WORKSTATION@127.0.0.1: status 0xFE00" in server.log
+    assert server.logged("C-FIND from WORKSTATION@127.0.0.1: status 0xFE00")
 
 
 def test_a_stalled_peer_does_not_block_the_others(server, tmp_path):
@@ -252,5 +252,5 @@ def test_sub_operations_that_cannot_be_sent_are_listed_as_failed(server, tmp_pat
     assert sorted([failed] if isinstance(failed, str) else failed) == sorted(
         g.sop_instance_uid for g in corpus
     )
-    assert "in none of Explicit VR Little Endian or a native syntax" in server.log
+    assert server.logged("in none of Explicit VR Little Endian or a native syntax")
     assert server.alive
