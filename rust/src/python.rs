@@ -11,6 +11,7 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use std::collections::HashMap;
 use std::os::fd::IntoRawFd;
@@ -56,12 +57,31 @@ fn parse_wanted(wanted: Vec<(u32, String)>) -> PyResult<Vec<(u32, [u8; 2])>> {
         .collect()
 }
 
+/// PS3.5's value representations: their Python names are made once per process, as every
+/// data set repeats them.
+const VRS: [&str; 34] = [
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL",
+    "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US",
+    "UT", "UV",
+];
+
+fn vr_name<'py>(py: Python<'py>, vr: &[u8; 2]) -> Bound<'py, PyString> {
+    static NAMES: PyOnceLock<Vec<Py<PyString>>> = PyOnceLock::new();
+    let names = NAMES.get_or_init(py, || {
+        VRS.iter()
+            .map(|v| PyString::intern(py, v).unbind())
+            .collect()
+    });
+    match VRS.binary_search_by(|v| v.as_bytes().cmp(&vr[..])) {
+        Ok(i) => names[i].bind(py).clone(),
+        Err(_) => PyString::intern(py, std::str::from_utf8(vr).unwrap_or("UN")),
+    }
+}
+
 fn elements_dict<'py>(py: Python<'py>, elements: &[Element]) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     for e in elements {
-        // VRs repeat in every data set: interned, they are created once per process.
-        let vr = PyString::intern(py, std::str::from_utf8(&e.vr).unwrap_or("UN"));
-        d.set_item(e.tag, (vr, PyBytes::new(py, &e.value)))?;
+        d.set_item(e.tag, (vr_name(py, &e.vr), PyBytes::new(py, &e.value)))?;
     }
     Ok(d)
 }

@@ -1457,7 +1457,8 @@ pub fn scan_file(path: &std::path::Path, options: ScanOptions) -> Result<Summary
     let length = file.metadata()?.len();
     let mut parser = Parser::new(options);
     let mut sink = NullSink;
-    let mut buf = vec![0u8; 64 << 10];
+    // Most headers fit in the first few kilobytes: read little until the parser asks for more.
+    let mut buf = vec![0u8; 8 << 10];
     let mut pos = 0u64;
     while pos < length {
         let skip = parser.skippable().min(length - pos);
@@ -1466,9 +1467,10 @@ pub fn scan_file(path: &std::path::Path, options: ScanOptions) -> Result<Summary
             pos += skip;
             continue;
         }
-        // Most headers fit in the first few kilobytes: read little until the parser asks.
-        let want = if pos < 8192 { 8192 } else { buf.len() };
-        let n = file.read_at(&mut buf[..want], pos)?;
+        if pos > 0 && buf.len() < 64 << 10 {
+            buf.resize(64 << 10, 0);
+        }
+        let n = file.read_at(&mut buf, pos)?;
         if n == 0 {
             break;
         }

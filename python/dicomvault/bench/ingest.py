@@ -12,14 +12,10 @@ disk (dd with fdatasync) and a loopback socket transfer, the machine's limits.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,9 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomvault.bench.corpus import ct_corpus, multiframe_instance, small_corpus
-
-DCMTK = Path("/usr/bin")
-PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+from dicomvault.bench.peers import (
+    DCMTK,
+    PEER_ENV,
+    DcmtkStorescp,
+    Dicomvault,
+    Orthanc,
+    Peer,
+    PynetdicomStorescp,
+)
 
 
 @dataclass
@@ -59,167 +61,6 @@ class Row:
     @property
     def mb_per_second(self) -> float:
         return self.megabytes / self.median("seconds")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (forked children of storescp --fork)."""
-    found, stack = [], [pid]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            try:
-                stack += [int(c) for c in task.read_text().split()]
-            except OSError:
-                continue
-    return found
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-class RssSampler:
-    """Samples the resident memory of a process tree; ``peak_mb`` is the largest total seen.
-    (wait4's ru_maxrss would count the Python parent's pages inherited before exec.)"""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid, self.interval, self.peak_kb = pid, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_kb = max(self.peak_kb, sum(_rss_kb(p) for p in _tree(self.pid)))
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak_kb / 1024
-
-
-class Peer:
-    """A storage SCP under test: ``start`` it in a fresh directory, ``stop`` returns usage."""
-
-    name = ""
-    aet = "STORESCP"
-
-    def command(self, workdir: Path, port: int) -> list[str]:
-        raise NotImplementedError
-
-    def start(self, workdir: Path) -> int:
-        self.port = free_port()
-        self.log = (workdir / "server.log").open("w")
-        self.proc = subprocess.Popen(
-            self.command(workdir, self.port),
-            cwd=workdir,
-            env=PEER_ENV,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_port(self.port, self.proc)
-        self.sampler = RssSampler(self.proc.pid)
-        return self.port
-
-    def stop(self) -> tuple[float, float]:
-        """Stops the server; returns its CPU seconds (children included) and peak RSS in MB."""
-        peak = self.sampler.stop()
-        self.proc.send_signal(signal.SIGTERM)
-        _, _, usage = os.wait4(self.proc.pid, 0)
-        self.proc.returncode = 0
-        self.log.close()
-        return usage.ru_utime + usage.ru_stime, peak
-
-
-class Dicomvault(Peer):
-    name = "dicomvault"
-    aet = "DICOMVAULT"
-
-    def command(self, workdir: Path, port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "dicomvault",
-            "serve",
-            "--root",
-            str(workdir / "archive"),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ]
-
-
-class DcmtkStorescp(Peer):
-    name = "storescp"
-
-    def command(self, workdir: Path, port: int) -> list[str]:
-        (workdir / "out").mkdir()
-        return [str(DCMTK / "storescp"), "--fork", "-od", str(workdir / "out"), str(port)]
-
-
-class PynetdicomStorescp(Peer):
-    name = "pynetdicom"
-
-    def command(self, workdir: Path, port: int) -> list[str]:
-        (workdir / "out").mkdir()
-        return [
-            sys.executable,
-            "-m",
-            "pynetdicom",
-            "storescp",
-            str(port),
-            "-od",
-            str(workdir / "out"),
-            "-q",
-            "--max-pdu",
-            "0",
-        ]
-
-
-class Orthanc(Peer):
-    name = "orthanc"
-    aet = "ORTHANC"
-
-    def command(self, workdir: Path, port: int) -> list[str]:
-        config = {
-            "StorageDirectory": str(workdir / "storage"),
-            "IndexDirectory": str(workdir / "index"),
-            "DicomAet": "ORTHANC",
-            "DicomPort": port,
-            "HttpPort": free_port(),
-            "Plugins": [],
-            "RemoteAccessAllowed": False,
-            "DicomAlwaysAllowStore": True,
-        }
-        (workdir / "orthanc.json").write_text(json.dumps(config))
-        return ["Orthanc", str(workdir / "orthanc.json")]
 
 
 def store(peer: Peer, files: list[Path], associations: int) -> float:
@@ -316,9 +157,10 @@ def run(
     runs: int = 3,
     quick: bool = False,
     servers: list[str] | None = None,
+    config: Path | None = None,
     report: Callable[[str], None] = print,
 ) -> list[Row]:
-    peers: list[Peer] = [Dicomvault(), DcmtkStorescp(), PynetdicomStorescp()]
+    peers: list[Peer] = [Dicomvault(config=config), DcmtkStorescp(), PynetdicomStorescp()]
     if shutil.which("Orthanc"):
         peers.insert(2, Orthanc())
     if servers:
@@ -367,23 +209,3 @@ def format_row(row: Row, rows: list[Row]) -> str:
         f"{row.per_second:8.0f} inst/s {row.mb_per_second:7.1f} MB/s  "
         f"cpu {row.median('cpu'):6.2f} s  rss {row.median('rss_mb'):6.0f} MB{ratio}"
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="storescu -> server ingest benchmark")
-    parser.add_argument(
-        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "dicomvault-bench"
-    )
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="small corpora, for a smoke run")
-    parser.add_argument("--server", action="append", help="only these servers (repeatable)")
-    args = parser.parse_args(argv)
-    args.cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=args.cache) as work:
-        run(args.cache, Path(work), args.runs, args.quick, args.server)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,80 @@
+"""``dicomvault bench``: the measurements a deployment is sized from, run on this machine
+against the peers installed here (DCMTK, Orthanc, pynetdicom)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dicomvault.cli.common import ConfigOption
+
+app = typer.Typer(
+    help="Benchmarks against DCMTK and Orthanc: ingest, C-FIND at scale, C-GET.",
+    no_args_is_help=True,
+)
+
+WorkOption = Annotated[
+    Path,
+    typer.Option(
+        "--work",
+        help="Corpora and scratch archives (kept between runs); put it on the archive's disk.",
+    ),
+]
+DEFAULT_WORK = Path("dicomvault-bench")
+
+
+def _work(work: Path) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+@app.command()
+def ingest(
+    runs: Annotated[int, typer.Option(help="Runs per measurement (the median is shown).")] = 3,
+    quick: Annotated[bool, typer.Option(help="Small corpora, for a smoke run.")] = False,
+    server: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these servers: dicomvault, storescp, orthanc, pynetdicom."),
+    ] = None,
+    work: WorkOption = DEFAULT_WORK,
+    config: ConfigOption = None,
+) -> None:
+    """storescu (1 and 4 associations) into dicomvault, storescp, Orthanc and pynetdicom:
+    1000 CT, 5000 small instances, one 500 MB multi-frame; instances/s, MB/s, CPU, peak RSS."""
+    from dicomvault.bench import ingest as bench
+
+    cache = _work(work)
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
+        bench.run(cache, Path(scratch), runs, quick, server, config)
+
+
+@app.command()
+def find(
+    instances: Annotated[int, typer.Option(help="Instances generated into the index.")] = 1_000_000,
+    count: Annotated[int, typer.Option(help="Queries of each kind.")] = 100,
+    work: WorkOption = DEFAULT_WORK,
+    config: ConfigOption = None,
+) -> None:
+    """findscu STUDY-level queries against an index of INSTANCES: p50/p95 per kind of query,
+    from request received to final response sent."""
+    from dicomvault.bench import query as bench
+
+    bench.run(_work(work), instances, count, config)
+
+
+@app.command()
+def retrieve(
+    instances: Annotated[int, typer.Option(help="Instances in the study.")] = 100,
+    runs: Annotated[int, typer.Option(help="Retrieves per server (the median is shown).")] = 3,
+    work: WorkOption = DEFAULT_WORK,
+    config: ConfigOption = None,
+) -> None:
+    """getscu of one CT study from dicomvault and from Orthanc: instances/s and the ratio."""
+    from dicomvault.bench import retrieve as bench
+
+    cache = _work(work)
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
+        bench.run(Path(scratch), instances, runs, config)
