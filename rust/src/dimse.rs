@@ -1,11 +1,16 @@
-//! DIMSE command sets (PS3.7 9.3, E.1): reading C-STORE-RQ and C-ECHO-RQ, writing their
-//! responses, and the File Meta a received data set is stored with (PS3.10 7.1).
+//! DIMSE command sets (PS3.7 9.3, E.1): reading requests and the C-STORE-RSP of a retrieve's
+//! sub-operations, writing responses and C-STORE-RQ, and the File Meta a received data set is
+//! stored with (PS3.10 7.1).
 
 pub const C_STORE_RQ: u16 = 0x0001;
 pub const C_STORE_RSP: u16 = 0x8001;
+pub const C_GET_RQ: u16 = 0x0010;
+pub const C_GET_RSP: u16 = 0x8010;
 pub const C_ECHO_RQ: u16 = 0x0030;
 pub const C_ECHO_RSP: u16 = 0x8030;
+pub const C_CANCEL_RQ: u16 = 0x0FFF;
 const NO_DATA_SET: u16 = 0x0101;
+const DATA_SET: u16 = 0x0000;
 
 /// The fields of a request command that the storage SCP acts on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,6 +20,9 @@ pub struct Command {
     pub affected_sop_class_uid: String,
     pub affected_sop_instance_uid: String,
     pub has_data_set: bool,
+    /// In responses.
+    pub responding_to: u16,
+    pub status: u16,
 }
 
 fn uid(value: &[u8]) -> String {
@@ -56,6 +64,8 @@ pub fn parse_command(mut bytes: &[u8]) -> Result<Command, String> {
                 seen_field = true;
             }
             0x0110 => command.message_id = us(value).ok_or("short MessageID")?,
+            0x0120 => command.responding_to = us(value).ok_or("short MessageIDBeingRespondedTo")?,
+            0x0900 => command.status = us(value).ok_or("short Status")?,
             0x0800 => command.has_data_set = us(value) != Some(NO_DATA_SET),
             0x1000 => command.affected_sop_instance_uid = uid(value),
             _ => {}
@@ -83,33 +93,118 @@ fn padded_uid(value: &str) -> Vec<u8> {
     v
 }
 
-/// A response command: C-STORE-RSP (with the affected SOP instance) or C-ECHO-RSP.
-pub fn response(request: &Command, status: u16) -> Vec<u8> {
-    let mut body = Vec::with_capacity(160);
-    element(
-        &mut body,
-        0x0002,
-        &padded_uid(&request.affected_sop_class_uid),
-    );
-    let field = if request.field == C_STORE_RQ {
-        C_STORE_RSP
-    } else {
-        C_ECHO_RSP
-    };
-    element(&mut body, 0x0100, &field.to_le_bytes());
-    element(&mut body, 0x0120, &request.message_id.to_le_bytes());
-    element(&mut body, 0x0800, &NO_DATA_SET.to_le_bytes());
-    element(&mut body, 0x0900, &status.to_le_bytes());
-    if request.field == C_STORE_RQ {
-        element(
-            &mut body,
-            0x1000,
-            &padded_uid(&request.affected_sop_instance_uid),
-        );
-    }
+/// A command set: its elements, preceded by their group length.
+fn command_set(elements: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut body = Vec::with_capacity(192);
+    elements(&mut body);
     let mut out = Vec::with_capacity(body.len() + 12);
     element(&mut out, 0x0000, &(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
+    out
+}
+
+/// A response command: C-STORE-RSP (with the affected SOP instance) or C-ECHO-RSP.
+pub fn response(request: &Command, status: u16) -> Vec<u8> {
+    command_set(|body| {
+        element(body, 0x0002, &padded_uid(&request.affected_sop_class_uid));
+        let field = if request.field == C_STORE_RQ {
+            C_STORE_RSP
+        } else {
+            C_ECHO_RSP
+        };
+        element(body, 0x0100, &field.to_le_bytes());
+        element(body, 0x0120, &request.message_id.to_le_bytes());
+        element(body, 0x0800, &NO_DATA_SET.to_le_bytes());
+        element(body, 0x0900, &status.to_le_bytes());
+        if request.field == C_STORE_RQ {
+            element(
+                body,
+                0x1000,
+                &padded_uid(&request.affected_sop_instance_uid),
+            );
+        }
+    })
+}
+
+/// Sub-operation counts of a retrieve (PS3.4 C.4.3.1.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubOperations {
+    pub remaining: u32,
+    pub completed: u32,
+    pub failed: u32,
+    pub warning: u32,
+}
+
+/// A C-GET-RSP; `remaining` is sent only with pending and cancel statuses, and an identifier
+/// (the Failed SOP Instance UID List) follows when `identifier`.
+pub fn get_response(
+    request: &Command,
+    status: u16,
+    counts: SubOperations,
+    identifier: bool,
+) -> Vec<u8> {
+    command_set(|body| {
+        element(body, 0x0002, &padded_uid(&request.affected_sop_class_uid));
+        element(body, 0x0100, &C_GET_RSP.to_le_bytes());
+        element(body, 0x0120, &request.message_id.to_le_bytes());
+        let data = if identifier { DATA_SET } else { NO_DATA_SET };
+        element(body, 0x0800, &data.to_le_bytes());
+        element(body, 0x0900, &status.to_le_bytes());
+        if status == PENDING || status == CANCEL {
+            element(body, 0x1020, &(counts.remaining as u16).to_le_bytes());
+        }
+        element(body, 0x1021, &(counts.completed as u16).to_le_bytes());
+        element(body, 0x1022, &(counts.failed as u16).to_le_bytes());
+        element(body, 0x1023, &(counts.warning as u16).to_le_bytes());
+    })
+}
+
+pub const PENDING: u16 = 0xFF00;
+pub const CANCEL: u16 = 0xFE00;
+
+/// A C-STORE-RQ of a retrieve's sub-operation (medium priority).
+pub fn store_request(sop_class_uid: &str, sop_instance_uid: &str, message_id: u16) -> Vec<u8> {
+    command_set(|body| {
+        element(body, 0x0002, &padded_uid(sop_class_uid));
+        element(body, 0x0100, &C_STORE_RQ.to_le_bytes());
+        element(body, 0x0110, &message_id.to_le_bytes());
+        element(body, 0x0700, &0u16.to_le_bytes());
+        element(body, 0x0800, &DATA_SET.to_le_bytes());
+        element(body, 0x1000, &padded_uid(sop_instance_uid));
+    })
+}
+
+/// The identifier of a retrieve's final response: (0008,0058) Failed SOP Instance UID List,
+/// in the request's transfer syntax (Implicit or Explicit VR Little Endian). An explicit VR
+/// value holds at most 64 KiB: UIDs beyond that are left out.
+pub fn failed_instances_identifier(uids: &[String], explicit_vr: bool) -> Vec<u8> {
+    let limit = if explicit_vr {
+        0xFFFE
+    } else {
+        u32::MAX as usize
+    };
+    let mut value = Vec::new();
+    for uid in uids {
+        let extra = uid.len() + usize::from(!value.is_empty());
+        if value.len() + extra > limit - 1 {
+            break;
+        }
+        if !value.is_empty() {
+            value.push(b'\\');
+        }
+        value.extend_from_slice(uid.as_bytes());
+    }
+    if value.len() % 2 == 1 {
+        value.push(0);
+    }
+    let mut out = vec![0x08, 0x00, 0x58, 0x00];
+    if explicit_vr {
+        out.extend_from_slice(b"UI");
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    out.extend_from_slice(&value);
     out
 }
 
@@ -191,9 +286,51 @@ mod tests {
         assert!(command.has_data_set);
         let rsp = parse_command(&response(&command, 0xA700)[..]).unwrap();
         assert_eq!(rsp.field, C_STORE_RSP);
+        assert_eq!((rsp.responding_to, rsp.status), (7, 0xA700));
         assert!(!rsp.has_data_set);
+        let sub = parse_command(&store_request("1.2", "1.2.3", 9)).unwrap();
+        assert_eq!((sub.field, sub.message_id), (C_STORE_RQ, 9));
+        assert_eq!(sub.affected_sop_instance_uid, "1.2.3");
+        assert!(sub.has_data_set);
         for cut in 0..rq.len() {
             let _ = parse_command(&rq[..cut]);
         }
+    }
+
+    #[test]
+    fn get_responses_and_failed_list() {
+        let mut get = Command {
+            field: C_GET_RQ,
+            message_id: 3,
+            affected_sop_class_uid: "1.2.840.10008.5.1.4.1.2.2.3".into(),
+            ..Command::default()
+        };
+        let counts = SubOperations {
+            remaining: 2,
+            completed: 5,
+            failed: 1,
+            warning: 0,
+        };
+        let pending = get_response(&get, PENDING, counts, false);
+        let parsed = parse_command(&pending).unwrap();
+        assert_eq!(
+            (parsed.field, parsed.status, parsed.responding_to),
+            (C_GET_RSP, PENDING, 3)
+        );
+        assert!(!parsed.has_data_set);
+        assert!(pending.windows(4).any(|w| w == [0, 0, 0x20, 0x10]));
+        get.message_id = 4;
+        let last = get_response(&get, 0xB000, counts, true);
+        assert!(parse_command(&last).unwrap().has_data_set);
+        assert!(!last.windows(4).any(|w| w == [0, 0, 0x20, 0x10]));
+        let uids = ["1.2.3".to_string(), "1.2.45".to_string()];
+        assert_eq!(
+            failed_instances_identifier(&uids, false),
+            b"\x08\x00\x58\x00\x0c\x00\x00\x001.2.3\\1.2.45\x00".to_vec()
+        );
+        assert_eq!(
+            &failed_instances_identifier(&uids, true)[4..8],
+            b"UI\x0c\x00"
+        );
     }
 }

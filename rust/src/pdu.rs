@@ -53,6 +53,34 @@ pub struct AssociateRq {
     pub max_pdu: u32,
     pub implementation_class_uid: String,
     pub implementation_version_name: String,
+    /// SCP/SCU Role Selection proposals (PS3.7 D.3.3.4): SOP class, SCU role, SCP role.
+    pub roles: Vec<RoleSelection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSelection {
+    pub sop_class_uid: String,
+    pub scu: bool,
+    pub scp: bool,
+}
+
+impl RoleSelection {
+    fn parse(value: &[u8]) -> Option<RoleSelection> {
+        let length = usize::from(u16::from_be_bytes([*value.first()?, *value.get(1)?]));
+        let uid = value.get(2..2 + length)?;
+        Some(RoleSelection {
+            sop_class_uid: text(uid),
+            scu: *value.get(2 + length)? == 1,
+            scp: *value.get(3 + length)? == 1,
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut value = (self.sop_class_uid.len() as u16).to_be_bytes().to_vec();
+        value.extend_from_slice(self.sop_class_uid.as_bytes());
+        value.extend_from_slice(&[u8::from(self.scu), u8::from(self.scp)]);
+        item(0x54, &value)
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -124,6 +152,7 @@ pub fn parse_associate_rq(body: &[u8]) -> Result<AssociateRq, PduError> {
                         }
                         0x52 => rq.implementation_class_uid = text(value),
                         0x55 => rq.implementation_version_name = text(value),
+                        0x54 => rq.roles.extend(RoleSelection::parse(value)),
                         _ => {}
                     }
                 }
@@ -162,6 +191,7 @@ pub struct ContextResult {
 pub fn encode_associate_ac(
     rq: &AssociateRq,
     results: &[ContextResult],
+    roles: &[RoleSelection],
     max_pdu: u32,
     implementation_class_uid: &str,
     implementation_version_name: &str,
@@ -180,6 +210,9 @@ pub fn encode_associate_ac(
     }
     let mut user = item(0x51, &max_pdu.to_be_bytes());
     user.extend_from_slice(&item(0x52, implementation_class_uid.as_bytes()));
+    for role in roles {
+        user.extend_from_slice(&role.encode());
+    }
     user.extend_from_slice(&item(0x55, implementation_version_name.as_bytes()));
     body.extend_from_slice(&item(0x50, &user));
     pdu(A_ASSOCIATE_AC, &body)
@@ -236,31 +269,89 @@ pub fn parse_pdvs(mut body: &[u8]) -> Result<Vec<Pdv<'_>>, PduError> {
     Ok(out)
 }
 
+/// Fragments one message (a command, or a data set) arriving in pieces of any size into P-DATA-TF PDUs of at most
+/// `max_pdu` (the peer's limit; 0 is none), the last PDV flagged as such; PDUs are gathered
+/// into large writes.
+pub struct PdvWriter {
+    context_id: u8,
+    command: bool,
+    room: usize,
+    pending: Vec<u8>,
+    out: Vec<u8>,
+}
+
+const GATHER: usize = 256 << 10;
+
+impl PdvWriter {
+    pub fn new(context_id: u8, command: bool, max_pdu: u32) -> PdvWriter {
+        let room = if max_pdu == 0 {
+            GATHER
+        } else {
+            (max_pdu as usize).saturating_sub(6).clamp(1, GATHER)
+        };
+        PdvWriter {
+            context_id,
+            command,
+            room,
+            pending: Vec::with_capacity(room),
+            out: Vec::with_capacity(GATHER + room + 12),
+        }
+    }
+
+    /// Bytes to go out ahead of this message, in the same write (earlier PDUs).
+    pub fn after(&mut self, earlier: &[u8]) {
+        self.out.extend_from_slice(earlier);
+    }
+
+    fn emit(&mut self, last: bool) {
+        let length = self.pending.len();
+        self.out.extend_from_slice(&[P_DATA_TF, 0]);
+        self.out
+            .extend_from_slice(&((length + 6) as u32).to_be_bytes());
+        self.out
+            .extend_from_slice(&((length + 2) as u32).to_be_bytes());
+        let header = u8::from(self.command) | (u8::from(last) << 1);
+        self.out.extend_from_slice(&[self.context_id, header]);
+        self.out.extend_from_slice(&self.pending);
+        self.pending.clear();
+    }
+
+    pub fn write(
+        &mut self,
+        mut data: &[u8],
+        sink: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        while !data.is_empty() {
+            // A full PDU is sent only once more data follows: the last one must be flagged.
+            if self.pending.len() == self.room {
+                self.emit(false);
+                if self.out.len() >= GATHER {
+                    sink.write_all(&self.out)?;
+                    self.out.clear();
+                }
+            }
+            let take = (self.room - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self, sink: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.emit(true);
+        sink.write_all(&self.out)
+    }
+}
+
 /// P-DATA-TF PDUs carrying `data` as one message (command or data set), fragmented so that
 /// no PDU exceeds `max_pdu` (the peer's limit; 0 is none).
 pub fn encode_message(context_id: u8, command: bool, data: &[u8], max_pdu: u32) -> Vec<u8> {
-    let room = if max_pdu == 0 {
-        usize::MAX
-    } else {
-        (max_pdu as usize).saturating_sub(6).max(1)
-    };
     let mut out = Vec::with_capacity(data.len() + 12);
-    let mut offset = 0usize;
-    loop {
-        let end = data.len().min(offset.saturating_add(room));
-        let last = end == data.len();
-        let chunk = &data[offset..end];
-        let header = u8::from(command) | (u8::from(last) << 1);
-        out.extend_from_slice(&[P_DATA_TF, 0]);
-        out.extend_from_slice(&((chunk.len() + 6) as u32).to_be_bytes());
-        out.extend_from_slice(&((chunk.len() + 2) as u32).to_be_bytes());
-        out.extend_from_slice(&[context_id, header]);
-        out.extend_from_slice(chunk);
-        if last {
-            break;
-        }
-        offset = end;
-    }
+    let mut writer = PdvWriter::new(context_id, command, max_pdu);
+    let written = writer
+        .write(data, &mut out)
+        .and_then(|()| writer.finish(&mut out));
+    written.expect("writing to a Vec cannot fail");
     out
 }
 
@@ -302,6 +393,11 @@ mod tests {
                 result: ACCEPTANCE,
                 transfer_syntax: "1.2.840.10008.1.2.1".into(),
             }],
+            &[RoleSelection {
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                scu: false,
+                scp: true,
+            }],
             1 << 20,
             "1.2.3.4",
             "TEST",
@@ -339,5 +435,36 @@ mod tests {
         }
         assert_eq!((joined, lasts), (data, 1));
         assert!(parse_pdvs(&[0, 0, 0, 9, 1, 0]).is_err());
+    }
+
+    #[test]
+    fn streamed_data_set_matches_one_shot_fragmenting() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        for piece in [1, 7, 250, 251, 4999, 5000] {
+            let mut writer = PdvWriter::new(5, false, 256);
+            let mut wire = Vec::new();
+            for chunk in data.chunks(piece) {
+                writer.write(chunk, &mut wire).unwrap();
+            }
+            writer.finish(&mut wire).unwrap();
+            assert_eq!(
+                wire,
+                encode_message(5, false, &data, 256),
+                "pieces of {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn role_selection_round_trips() {
+        let role = RoleSelection {
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            scu: false,
+            scp: true,
+        };
+        let encoded = role.encode();
+        assert_eq!(encoded[0], 0x54);
+        assert_eq!(RoleSelection::parse(&encoded[4..]), Some(role));
+        assert_eq!(RoleSelection::parse(&encoded[4..10]), None);
     }
 }

@@ -516,7 +516,12 @@ struct PyHost {
     commit: Py<PyAny>,
     hand_off: Py<PyAny>,
     log: Py<PyAny>,
+    select: Py<PyAny>,
+    transcode: Py<PyAny>,
 }
+
+/// (SOP Class UID, SOP Instance UID, transfer syntax, data set offset, manifest)
+type PySelected = (String, String, String, u64, Vec<u8>);
 
 impl scp::Host for PyHost {
     fn hand_off(&self, stream: std::net::TcpStream, peer: std::net::SocketAddr) {
@@ -565,11 +570,85 @@ impl scp::Host for PyHost {
             }
         });
     }
+
+    fn select(&self, request: scp::RetrieveRequest) -> Result<Vec<scp::Selected>, u16> {
+        Python::attach(|py| {
+            let run = || -> PyResult<Result<Vec<scp::Selected>, u16>> {
+                let identifier = PyBytes::new(py, &request.identifier);
+                let (status, found): (u16, Vec<PySelected>) = self
+                    .select
+                    .call1(
+                        py,
+                        (
+                            &request.calling_ae,
+                            &request.address,
+                            &request.sop_class_uid,
+                            &request.transfer_syntax,
+                            identifier,
+                        ),
+                    )?
+                    .extract(py)?;
+                if status != scp::SUCCESS {
+                    return Ok(Err(status));
+                }
+                let selected = found
+                    .into_iter()
+                    .map(
+                        |(sop_class_uid, sop_instance_uid, transfer_syntax, offset, manifest)| {
+                            Ok(scp::Selected {
+                                sop_class_uid,
+                                sop_instance_uid,
+                                transfer_syntax,
+                                dataset_offset: offset,
+                                manifest: decode_manifest(&manifest)?,
+                            })
+                        },
+                    )
+                    .collect::<PyResult<Vec<_>>>()?;
+                Ok(Ok(selected))
+            };
+            run().unwrap_or_else(|e| {
+                e.print(py);
+                Err(UNABLE_TO_PROCESS)
+            })
+        })
+    }
+
+    fn transcode(
+        &self,
+        instance: &scp::Selected,
+        accepted: &[String],
+    ) -> Result<(String, Vec<u8>), String> {
+        Python::attach(|py| {
+            let manifest = PyBytes::new(py, &instance.manifest.encode());
+            self.transcode
+                .call1(
+                    py,
+                    (
+                        &instance.sop_class_uid,
+                        &instance.sop_instance_uid,
+                        &instance.transfer_syntax,
+                        instance.dataset_offset,
+                        manifest,
+                        accepted.to_vec(),
+                    ),
+                )
+                .and_then(|r| r.extract::<(String, Vec<u8>)>(py))
+                .map_err(|e| e.value(py).to_string())
+        })
+    }
 }
 
-/// The storage SCP (see `rust/src/scp.rs`): serves Verification/Storage associations into
-/// `store`, hands the others to `hand_off(fd, host, port)`, commits through
-/// `commit(items) -> statuses` and logs through `log(level, message)`.
+/// C-GET refused for a failure of the host itself (PS3.4 C.4.3.1.4: Unable to process).
+const UNABLE_TO_PROCESS: u16 = 0xC410;
+
+/// The DICOM listener (see `rust/src/scp.rs`): serves Verification/Storage/C-GET associations
+/// with `store`, hands the others to `hand_off(fd, host, port)`, commits through
+/// `commit(items) -> statuses`, logs through `log(level, message)`, selects what a C-GET
+/// retrieves through `select(calling_ae, address, model, transfer_syntax, identifier) ->
+/// (status, [(sop_class, sop_instance, transfer_syntax, dataset_offset, manifest)])` and
+/// decodes an instance the peer cannot take as stored through `transcode(sop_class,
+/// sop_instance, transfer_syntax, dataset_offset, manifest, accepted) -> (syntax, data set)`.
 #[pyclass(module = "dicomvault._native")]
 struct StorageListener {
     listener: Option<scp::Listener>,
@@ -580,8 +659,10 @@ impl StorageListener {
     #[new]
     #[pyo3(signature = (
         store, host, port, *, ae_title, check_called_aet, always_allow_echo, always_allow_store,
-        check_modality_host, known, storage_classes, transfer_syntaxes, max_pdu, max_associations,
-        timeout_s, implementation_class_uid, implementation_version_name, commit, hand_off, log,
+        check_modality_host, known, storage_classes, retrieve_classes, handed_off_classes,
+        transfer_syntaxes, max_pdu,
+        max_associations, timeout_s, implementation_class_uid, implementation_version_name, commit,
+        hand_off, log, select, transcode,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -596,6 +677,8 @@ impl StorageListener {
         check_modality_host: bool,
         known: Vec<(String, Vec<String>, bool, bool)>,
         storage_classes: Vec<String>,
+        retrieve_classes: Vec<String>,
+        handed_off_classes: Vec<String>,
         transfer_syntaxes: Vec<String>,
         max_pdu: u32,
         max_associations: usize,
@@ -605,6 +688,8 @@ impl StorageListener {
         commit: Py<PyAny>,
         hand_off: Py<PyAny>,
         log: Py<PyAny>,
+        select: Py<PyAny>,
+        transcode: Py<PyAny>,
     ) -> PyResult<Self> {
         let address: std::net::SocketAddr =
             std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
@@ -628,6 +713,8 @@ impl StorageListener {
                     .collect(),
             },
             storage_classes: storage_classes.into_iter().collect(),
+            retrieve_classes: retrieve_classes.into_iter().collect(),
+            handed_off_classes: handed_off_classes.into_iter().collect(),
             transfer_syntaxes,
             max_pdu,
             max_associations,
@@ -641,6 +728,8 @@ impl StorageListener {
             commit,
             hand_off,
             log,
+            select,
+            transcode,
         });
         let core = store.core.clone();
         let listener = py.detach(|| scp::Listener::start(address, config, core, host))?;

@@ -1,16 +1,20 @@
-//! The storage SCP: the archive's DICOM listener.
+//! The archive's DICOM listener: storage and C-GET served in Rust, the rest handed over.
 //!
 //! Every connection's A-ASSOCIATE-RQ is peeked, not read. An association that proposes only
-//! Verification and Storage SOP classes (what modalities and storescu open) is served here,
-//! end to end: negotiation, PDU reading with large buffers, C-ECHO, and C-STORE data sets
-//! streamed from their PDVs straight into the store's writer; the instance is handed to the
-//! `Host` to be made durable and indexed (group commit: one call per batch) before its
-//! C-STORE-RSP goes out. Any other association (query/retrieve, or anything we do not serve)
-//! is handed, still unread, to the `Host`, which gives it to pynetdicom.
+//! Verification, Storage and the C-GET information models (what modalities, storescu and
+//! getscu open) is served here, end to end: negotiation (with SCP/SCU role selection), PDU
+//! reading with large buffers, C-ECHO; C-STORE data sets streamed from their PDVs straight
+//! into the store's writer, the instance handed to the `Host` to be made durable and indexed
+//! (group commit: one call per batch) before its C-STORE-RSP goes out; C-GET sub-operations
+//! streamed from the store to the socket, the `Host` selecting the instances (access policy
+//! and query matching stay in Python) and decoding those the peer cannot take as stored. Any
+//! other association (C-FIND, C-MOVE, or anything we do not serve) is handed, still unread,
+//! to the `Host`, which gives it to pynetdicom.
 
 use crate::cas::{Ingested, InstanceWriter, Store};
-use crate::dimse::{self, Command, Implementation};
-use crate::pdu::{self, AssociateRq, ContextResult};
+use crate::dimse::{self, Command, Implementation, SubOperations};
+use crate::manifest::Manifest;
+use crate::pdu::{self, AssociateRq, ContextResult, PdvWriter, RoleSelection};
 use crate::scan::{FeedError, ScanOptions};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -26,11 +30,18 @@ pub const SUCCESS: u16 = 0x0000;
 pub const NOT_AUTHORIZED: u16 = 0x0124;
 pub const OUT_OF_RESOURCES: u16 = 0xA700;
 pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+/// C-GET: every sub-operation failed; one or more failed or warned (PS3.4 C.4.3.1.4).
+pub const SUB_OPERATIONS_FAILED: u16 = 0xA702;
+pub const SUB_OPERATIONS_WARNING: u16 = 0xB000;
+const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
 /// An A-ASSOCIATE-RQ larger than this is not peeked (it would not fit a socket buffer).
 const MAX_ASSOCIATE_RQ: usize = 256 << 10;
 const MAX_COMMAND: usize = 64 << 10;
 const MAX_BATCH: usize = 256;
+/// A C-GET reads the next instance ahead while the peer stores one, up to this size.
+const PREFETCH_MAX: u64 = 16 << 20;
 const LOG_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A configured remote AE and what it may do here.
@@ -80,6 +91,10 @@ impl Policy {
 pub struct ListenerConfig {
     pub policy: Policy,
     pub storage_classes: HashSet<String>,
+    /// The C-GET information models served here.
+    pub retrieve_classes: HashSet<String>,
+    /// SOP classes served by the host: an association proposing any is handed over.
+    pub handed_off_classes: HashSet<String>,
     /// In order of preference when a context offers several.
     pub transfer_syntaxes: Vec<String>,
     pub max_pdu: u32,
@@ -102,6 +117,26 @@ pub struct Received {
     pub address: String,
 }
 
+/// A C-GET request, for the host to select what it retrieves.
+pub struct RetrieveRequest {
+    pub calling_ae: String,
+    pub address: String,
+    /// The information model (the request's Affected SOP Class).
+    pub sop_class_uid: String,
+    /// The identifier's transfer syntax.
+    pub transfer_syntax: String,
+    pub identifier: Vec<u8>,
+}
+
+/// An archived instance a retrieve sends.
+pub struct Selected {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub transfer_syntax: String,
+    pub dataset_offset: u64,
+    pub manifest: Manifest,
+}
+
 /// What the listener leaves to its embedding application.
 pub trait Host: Send + Sync + 'static {
     /// An association this listener does not serve: its socket, the request still unread.
@@ -110,6 +145,15 @@ pub trait Host: Send + Sync + 'static {
     fn commit(&self, batch: Vec<Received>) -> Vec<u16>;
     /// Log lines, in order (delivered in batches, at most `LOG_INTERVAL` late).
     fn log(&self, lines: Vec<(LogLevel, String)>);
+    /// The instances a C-GET retrieves, or the status refusing it (the host logs why).
+    fn select(&self, request: RetrieveRequest) -> Result<Vec<Selected>, u16>;
+    /// The data set of `instance` decoded into one of `accepted` (native syntaxes the peer
+    /// took for its SOP class): (transfer syntax, data set), or why it cannot be.
+    fn transcode(
+        &self,
+        instance: &Selected,
+        accepted: &[String],
+    ) -> Result<(String, Vec<u8>), String>;
 }
 
 /// Group commit without a committer thread: the first association thread to arrive commits
@@ -362,10 +406,17 @@ fn peek_exact(stream: &TcpStream, buf: &mut [u8]) -> io::Result<()> {
 }
 
 fn serves(config: &ListenerConfig, rq: &AssociateRq) -> bool {
-    !rq.contexts.is_empty()
-        && rq.contexts.iter().all(|c| {
-            c.abstract_syntax == VERIFICATION || config.storage_classes.contains(&c.abstract_syntax)
-        })
+    !rq.contexts
+        .iter()
+        .any(|c| config.handed_off_classes.contains(&c.abstract_syntax))
+}
+
+impl ListenerConfig {
+    fn serves_class(&self, abstract_syntax: &str) -> bool {
+        abstract_syntax == VERIFICATION
+            || self.storage_classes.contains(abstract_syntax)
+            || self.retrieve_classes.contains(abstract_syntax)
+    }
 }
 
 fn connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) {
@@ -402,8 +453,10 @@ fn connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) {
         peer,
         rq,
         contexts: HashMap::new(),
+        sendable: HashSet::new(),
         started: Instant::now(),
         requests: 0,
+        cancelled: false,
     }
     .run();
 }
@@ -413,14 +466,29 @@ struct Association<'a> {
     stream: TcpStream,
     peer: SocketAddr,
     rq: AssociateRq,
-    /// Accepted contexts: id -> transfer syntax.
-    contexts: HashMap<u8, String>,
+    /// Accepted contexts: id -> (abstract syntax, transfer syntax).
+    contexts: HashMap<u8, (String, String)>,
+    /// Storage SOP classes the requestor takes the SCP role for: C-GET may send them.
+    sendable: HashSet<String>,
     started: Instant,
     requests: u64,
+    /// A C-CANCEL-RQ arrived during the current C-GET.
+    cancelled: bool,
+}
+
+/// A request whose data set is arriving.
+enum Incoming {
+    Store(Box<IncomingStore>),
+    Get {
+        command: Command,
+        context_id: u8,
+        identifier: Vec<u8>,
+        started: Instant,
+    },
 }
 
 /// A C-STORE whose data set is arriving.
-struct Incoming {
+struct IncomingStore {
     command: Command,
     context_id: u8,
     writer: Option<InstanceWriter>,
@@ -432,6 +500,15 @@ struct Incoming {
 enum Flow {
     Continue,
     Done(&'static str),
+}
+
+/// How a C-GET's C-STORE sub-operation went.
+enum SubOperation {
+    Answered(u16),
+    /// Not sent: no way to give the peer this instance (logged).
+    NotSent,
+    /// The association ended (how).
+    Ended(&'static str),
 }
 
 impl Association<'_> {
@@ -489,14 +566,30 @@ impl Association<'_> {
             return false;
         }
         let mut results = Vec::with_capacity(self.rq.contexts.len());
+        let identifier_syntaxes = [EXPLICIT_VR_LE.to_string(), IMPLICIT_VR_LE.to_string()];
         for proposed in &self.rq.contexts {
-            let chosen = config
-                .transfer_syntaxes
+            // Identifiers are read in the uncompressed little endian syntaxes only.
+            let ours = if config.retrieve_classes.contains(&proposed.abstract_syntax) {
+                &identifier_syntaxes[..]
+            } else {
+                &config.transfer_syntaxes[..]
+            };
+            let chosen = ours
                 .iter()
                 .find(|ts| proposed.transfer_syntaxes.contains(ts));
             let result = match chosen {
+                _ if !config.serves_class(&proposed.abstract_syntax) => ContextResult {
+                    id: proposed.id,
+                    result: pdu::ABSTRACT_SYNTAX_NOT_SUPPORTED,
+                    transfer_syntax: proposed
+                        .transfer_syntaxes
+                        .first()
+                        .cloned()
+                        .unwrap_or_default(),
+                },
                 Some(ts) => {
-                    self.contexts.insert(proposed.id, ts.clone());
+                    self.contexts
+                        .insert(proposed.id, (proposed.abstract_syntax.clone(), ts.clone()));
                     ContextResult {
                         id: proposed.id,
                         result: pdu::ACCEPTANCE,
@@ -515,10 +608,28 @@ impl Association<'_> {
             };
             results.push(result);
         }
+        // The requestor may act as SCP for storage SOP classes (C-GET sends them back); the
+        // roles it proposes for anything else are declined.
+        let roles: Vec<RoleSelection> = self
+            .rq
+            .roles
+            .iter()
+            .map(|r| RoleSelection {
+                sop_class_uid: r.sop_class_uid.clone(),
+                scu: r.scu,
+                scp: r.scp && config.storage_classes.contains(&r.sop_class_uid),
+            })
+            .collect();
+        self.sendable = roles
+            .iter()
+            .filter(|r| r.scp)
+            .map(|r| r.sop_class_uid.clone())
+            .collect();
         let implementation = &config.implementation;
         let ac = pdu::encode_associate_ac(
             &self.rq,
             &results,
+            &roles,
             config.max_pdu,
             &implementation.class_uid,
             &implementation.version_name,
@@ -534,30 +645,39 @@ impl Association<'_> {
     }
 
     fn send(&mut self, context_id: u8, command: &[u8]) -> io::Result<()> {
-        self.stream.write_all(&pdu::encode_message(
-            context_id,
-            true,
-            command,
-            self.rq.max_pdu,
-        ))
+        self.stream
+            .write_all(&self.message(context_id, true, command))
+    }
+
+    /// A command or data set as the P-DATA-TF PDUs the peer's maximum length allows.
+    fn message(&self, context_id: u8, command: bool, data: &[u8]) -> Vec<u8> {
+        pdu::encode_message(context_id, command, data, self.rq.max_pdu)
+    }
+
+    /// Reads one PDU into `body`; its type, or None when it exceeds what we negotiated.
+    fn read_pdu(&mut self, body: &mut Vec<u8>) -> io::Result<Option<u8>> {
+        let limit = self.shared.config.max_pdu as usize + 6;
+        let mut header = [0u8; 6];
+        self.stream.read_exact(&mut header)?;
+        let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        if length > limit {
+            self.stream.write_all(&pdu::encode_abort(6))?;
+            return Ok(None);
+        }
+        body.resize(length, 0);
+        self.stream.read_exact(body)?;
+        Ok(Some(header[0]))
     }
 
     fn serve(&mut self) -> io::Result<&'static str> {
-        let limit = self.shared.config.max_pdu as usize + 6;
         let mut body = Vec::new();
         let mut command = Vec::new();
         let mut incoming: Option<Incoming> = None;
         loop {
-            let mut header = [0u8; 6];
-            self.stream.read_exact(&mut header)?;
-            let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
-            if length > limit {
-                self.stream.write_all(&pdu::encode_abort(6))?;
+            let Some(kind) = self.read_pdu(&mut body)? else {
                 return Ok("aborted (PDU larger than negotiated)");
-            }
-            body.resize(length, 0);
-            self.stream.read_exact(&mut body)?;
-            match header[0] {
+            };
+            match kind {
                 pdu::P_DATA_TF => {
                     let Ok(pdvs) = pdu::parse_pdvs(&body) else {
                         self.stream.write_all(&pdu::encode_abort(6))?;
@@ -637,7 +757,7 @@ impl Association<'_> {
                     &self.peer.ip().to_string(),
                     Service::Store,
                 );
-                let mut next = Incoming {
+                let mut next = IncomingStore {
                     command,
                     context_id,
                     writer: None,
@@ -653,7 +773,7 @@ impl Association<'_> {
                     let meta = dimse::file_meta(
                         &next.command.affected_sop_class_uid,
                         &next.command.affected_sop_instance_uid,
-                        &self.contexts[&context_id],
+                        &self.contexts[&context_id].1,
                         &self.rq.calling_ae,
                         &self.shared.config.implementation,
                     );
@@ -668,9 +788,27 @@ impl Association<'_> {
                     );
                     next.status = Some(NOT_AUTHORIZED);
                 }
-                *incoming = Some(next);
+                *incoming = Some(Incoming::Store(Box::new(next)));
                 Ok(Flow::Continue)
             }
+            dimse::C_GET_RQ
+                if command.has_data_set
+                    && self
+                        .shared
+                        .config
+                        .retrieve_classes
+                        .contains(&self.contexts[&context_id].0) =>
+            {
+                *incoming = Some(Incoming::Get {
+                    command,
+                    context_id,
+                    identifier: Vec::new(),
+                    started,
+                });
+                Ok(Flow::Continue)
+            }
+            // A cancel arriving after its C-GET ended has nothing left to cancel.
+            dimse::C_CANCEL_RQ => Ok(Flow::Continue),
             _ => Ok(Flow::Done(
                 "aborted (command not served on this association)",
             )),
@@ -683,19 +821,46 @@ impl Association<'_> {
         last: bool,
         incoming: &mut Option<Incoming>,
     ) -> io::Result<Flow> {
-        let Some(current) = incoming.as_mut() else {
-            return Ok(Flow::Done("aborted (data set without a command)"));
-        };
-        if let Some(writer) = current.writer.as_mut() {
-            if let Err(e) = writer.write(bytes) {
-                current.writer = None;
-                current.status = Some(self.failure(&current.command, &e));
+        match incoming.as_mut() {
+            None => Ok(Flow::Done("aborted (data set without a command)")),
+            Some(Incoming::Store(current)) => {
+                if let Some(writer) = current.writer.as_mut() {
+                    if let Err(e) = writer.write(bytes) {
+                        current.writer = None;
+                        current.status = Some(self.failure(&current.command, &e));
+                    }
+                }
+                if !last {
+                    return Ok(Flow::Continue);
+                }
+                let Some(Incoming::Store(current)) = incoming.take() else {
+                    unreachable!("matched above")
+                };
+                self.stored(*current)
+            }
+            Some(Incoming::Get { identifier, .. }) => {
+                if identifier.len() + bytes.len() > MAX_COMMAND {
+                    return Ok(Flow::Done("aborted (oversized identifier)"));
+                }
+                identifier.extend_from_slice(bytes);
+                if !last {
+                    return Ok(Flow::Continue);
+                }
+                let Some(Incoming::Get {
+                    command,
+                    context_id,
+                    identifier,
+                    started,
+                }) = incoming.take()
+                else {
+                    unreachable!("matched above")
+                };
+                self.retrieve(&command, context_id, identifier, started)
             }
         }
-        if !last {
-            return Ok(Flow::Continue);
-        }
-        let current = incoming.take().expect("checked above");
+    }
+
+    fn stored(&mut self, current: IncomingStore) -> io::Result<Flow> {
         let status = match (current.status, current.writer) {
             (Some(status), _) => status,
             (None, Some(writer)) => match writer.finish() {
@@ -715,6 +880,245 @@ impl Association<'_> {
             &current.command.affected_sop_instance_uid,
         );
         Ok(Flow::Continue)
+    }
+
+    /// C-GET: the host selects the instances, each goes back over this association as a
+    /// C-STORE sub-operation, with a pending response after each and a final one with the
+    /// counts (and the failed instances' UIDs).
+    fn retrieve(
+        &mut self,
+        command: &Command,
+        context_id: u8,
+        identifier: Vec<u8>,
+        started: Instant,
+    ) -> io::Result<Flow> {
+        let transfer_syntax = self.contexts[&context_id].1.clone();
+        let request = RetrieveRequest {
+            calling_ae: self.rq.calling_ae.clone(),
+            address: self.peer.ip().to_string(),
+            sop_class_uid: command.affected_sop_class_uid.clone(),
+            transfer_syntax: transfer_syntax.clone(),
+            identifier,
+        };
+        let selected = match self.shared.host.select(request) {
+            Ok(selected) => selected,
+            Err(status) => {
+                let rsp = dimse::get_response(command, status, SubOperations::default(), false);
+                self.send(context_id, &rsp)?;
+                self.log_request("C-GET", started, status, "0 instances");
+                return Ok(Flow::Continue);
+            }
+        };
+        self.cancelled = false;
+        let mut counts = SubOperations {
+            remaining: selected.len() as u32,
+            ..SubOperations::default()
+        };
+        let mut failed = Vec::new();
+        // Each pending response goes out in one write with the next C-STORE-RQ.
+        let mut unsent = Vec::new();
+        let mut prefetched = None;
+        for (i, instance) in selected.iter().enumerate() {
+            if self.cancelled {
+                break;
+            }
+            let message_id = command.message_id.wrapping_add(1 + i as u16);
+            let stored = prefetched.take();
+            let next = selected.get(i + 1);
+            let (outcome, next_data) =
+                self.send_instance(instance, message_id, &mut unsent, stored, next)?;
+            prefetched = next_data;
+            let status = match outcome {
+                SubOperation::Answered(status) => status,
+                SubOperation::NotSent => OUT_OF_RESOURCES,
+                SubOperation::Ended(how) => return Ok(Flow::Done(how)),
+            };
+            counts.remaining -= 1;
+            match status {
+                SUCCESS => counts.completed += 1,
+                0xB000..=0xBFFF => counts.warning += 1,
+                _ => {
+                    counts.failed += 1;
+                    failed.push(instance.sop_instance_uid.clone());
+                }
+            }
+            let pending = dimse::get_response(command, dimse::PENDING, counts, false);
+            unsent.extend(self.message(context_id, true, &pending));
+        }
+        let status = if self.cancelled {
+            dimse::CANCEL
+        } else if counts.failed == 0 && counts.warning == 0 {
+            SUCCESS
+        } else if counts.failed as usize == selected.len() {
+            SUB_OPERATIONS_FAILED
+        } else {
+            SUB_OPERATIONS_WARNING
+        };
+        let with_list = !failed.is_empty() && status != SUCCESS;
+        let last = dimse::get_response(command, status, counts, with_list);
+        unsent.extend(self.message(context_id, true, &last));
+        if with_list {
+            let list =
+                dimse::failed_instances_identifier(&failed, transfer_syntax == EXPLICIT_VR_LE);
+            unsent.extend(self.message(context_id, false, &list));
+        }
+        self.stream.write_all(&unsent)?;
+        self.log_request(
+            "C-GET",
+            started,
+            status,
+            &format!("{} instances", selected.len()),
+        );
+        Ok(Flow::Continue)
+    }
+
+    /// A context the peer takes `sop_class` on with us as SCU, in `transfer_syntax`.
+    fn sending_context(&self, sop_class: &str, transfer_syntax: &str) -> Option<u8> {
+        if !self.sendable.contains(sop_class) {
+            return None;
+        }
+        self.contexts
+            .iter()
+            .filter(|(_, (abstract_syntax, ts))| {
+                abstract_syntax == sop_class && ts == transfer_syntax
+            })
+            .map(|(id, _)| *id)
+            .min()
+    }
+
+    /// The data set of `instance` read ahead, when it is sent as stored and small enough.
+    fn prefetch(&self, instance: &Selected) -> Option<Vec<u8>> {
+        let size = instance
+            .manifest
+            .total_length
+            .saturating_sub(instance.dataset_offset);
+        if size > PREFETCH_MAX
+            || self
+                .sending_context(&instance.sop_class_uid, &instance.transfer_syntax)
+                .is_none()
+        {
+            return None;
+        }
+        // A read error surfaces when the instance is streamed instead.
+        self.shared
+            .store
+            .read_instance(&instance.manifest, instance.dataset_offset)
+            .ok()
+    }
+
+    /// One C-STORE sub-operation: the instance as stored (`stored`, when read ahead) when the
+    /// peer accepted its syntax, else decoded by the host into one it did accept; `unsent` PDUs
+    /// go out first. While the peer stores it, the `next` instance is read ahead.
+    fn send_instance(
+        &mut self,
+        instance: &Selected,
+        message_id: u16,
+        unsent: &mut Vec<u8>,
+        stored: Option<Vec<u8>>,
+        next: Option<&Selected>,
+    ) -> io::Result<(SubOperation, Option<Vec<u8>>)> {
+        let uid = &instance.sop_instance_uid;
+        let (context_id, decoded) = match self
+            .sending_context(&instance.sop_class_uid, &instance.transfer_syntax)
+        {
+            Some(id) => (id, None),
+            None => {
+                let accepted: Vec<String> = if self.sendable.contains(&instance.sop_class_uid) {
+                    let mut syntaxes: Vec<String> = self
+                        .contexts
+                        .values()
+                        .filter(|(abstract_syntax, _)| *abstract_syntax == instance.sop_class_uid)
+                        .map(|(_, ts)| ts.clone())
+                        .collect();
+                    syntaxes.sort();
+                    syntaxes.dedup();
+                    syntaxes
+                } else {
+                    Vec::new()
+                };
+                let transcoded =
+                    self.shared
+                        .host
+                        .transcode(instance, &accepted)
+                        .and_then(|(ts, data)| {
+                            self.sending_context(&instance.sop_class_uid, &ts)
+                                .map(|id| (id, data))
+                                .ok_or_else(|| format!("{uid}: no context for {ts}"))
+                        });
+                match transcoded {
+                    Ok((id, data)) => (id, Some(data)),
+                    Err(why) => {
+                        self.log(
+                            LogLevel::Error,
+                            format!("C-GET from {}: sub-operation failed: {why}", self.who()),
+                        );
+                        return Ok((SubOperation::NotSent, None));
+                    }
+                }
+            }
+        };
+        let request = dimse::store_request(&instance.sop_class_uid, uid, message_id);
+        unsent.extend(self.message(context_id, true, &request));
+        let mut writer = PdvWriter::new(context_id, false, self.rq.max_pdu);
+        writer.after(unsent);
+        unsent.clear();
+        let stream = &mut self.stream;
+        match decoded.or(stored) {
+            Some(data) => writer.write(&data, stream)?,
+            None => self.shared.store.for_each_chunk(
+                &instance.manifest,
+                instance.dataset_offset,
+                |chunk| writer.write(chunk, stream),
+            )?,
+        }
+        writer.finish(stream)?;
+        let next_data = next.and_then(|n| self.prefetch(n));
+        Ok((self.store_response(message_id)?, next_data))
+    }
+
+    /// Waits for the C-STORE-RSP to `message_id`, noting a C-CANCEL-RQ that arrives meanwhile.
+    fn store_response(&mut self, message_id: u16) -> io::Result<SubOperation> {
+        let mut body = Vec::new();
+        let mut command = Vec::new();
+        loop {
+            let Some(kind) = self.read_pdu(&mut body)? else {
+                return Ok(SubOperation::Ended("aborted (PDU larger than negotiated)"));
+            };
+            match kind {
+                pdu::P_DATA_TF => {}
+                pdu::A_ABORT => return Ok(SubOperation::Ended("aborted by the peer")),
+                _ => return Ok(SubOperation::Ended("aborted (unexpected PDU during C-GET)")),
+            }
+            let Ok(pdvs) = pdu::parse_pdvs(&body) else {
+                return Ok(SubOperation::Ended("aborted (malformed P-DATA-TF)"));
+            };
+            for pdv in pdvs {
+                if !pdv.command || command.len() + pdv.data.len() > MAX_COMMAND {
+                    return Ok(SubOperation::Ended(
+                        "aborted (unexpected data during C-GET)",
+                    ));
+                }
+                command.extend_from_slice(pdv.data);
+                if !pdv.last {
+                    continue;
+                }
+                let Ok(response) = dimse::parse_command(&command) else {
+                    return Ok(SubOperation::Ended("aborted (unreadable command)"));
+                };
+                command.clear();
+                match response.field {
+                    dimse::C_STORE_RSP if response.responding_to == message_id => {
+                        return Ok(SubOperation::Answered(response.status));
+                    }
+                    dimse::C_CANCEL_RQ => self.cancelled = true,
+                    _ => {
+                        return Ok(SubOperation::Ended(
+                            "aborted (unexpected command during C-GET)",
+                        ))
+                    }
+                }
+            }
+        }
     }
 
     fn commit(&self, ingested: Ingested) -> u16 {

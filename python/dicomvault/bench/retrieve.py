@@ -33,6 +33,7 @@ def getscu(peer: Peer, study_uid: str, out: Path) -> float:
 
 
 def run(
+    cache: Path,
     work: Path,
     instances: int = 100,
     runs: int = 3,
@@ -40,7 +41,7 @@ def run(
     report: Callable[[str], None] = print,
 ) -> dict[str, float]:
     """Returns {server: instances/s}."""
-    corpus = work / f"study-{instances}"
+    corpus = cache / f"study-{instances}"
     if not (corpus / ".complete").exists():
         shutil.rmtree(corpus, ignore_errors=True)
         ct_corpus(corpus, instances, studies=1)

@@ -77,4 +77,4 @@ def retrieve(
 
     cache = _work(work)
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
-        bench.run(Path(scratch), instances, runs, config)
+        bench.run(cache, Path(scratch), instances, runs, config)

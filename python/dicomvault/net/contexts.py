@@ -38,6 +38,16 @@ def storage_sop_classes() -> list[str]:
     return [cx.abstract_syntax for cx in AllStoragePresentationContexts]
 
 
+def query_retrieve_sop_classes(exclude: Iterable[str] = ()) -> list[str]:
+    """The Query/Retrieve SOP classes the SCP serves (C-FIND, C-MOVE, C-GET models)."""
+    left_out = set(exclude)
+    return [
+        cx.abstract_syntax
+        for cx in QueryRetrievePresentationContexts
+        if cx.abstract_syntax not in left_out
+    ]
+
+
 def accepted_syntaxes() -> list[str]:
     """Every transfer syntax, in the order the SCP takes them when one presentation context
     offers several (pynetdicom picks the first of ours that the peer proposed).
@@ -62,9 +72,7 @@ def scp_contexts() -> list[SupportedContext]:
     plain = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]
     supported: list[SupportedContext] = [(Verification, plain, None, None)]
     supported += [(uid, storage, True, True) for uid in storage_sop_classes()]
-    supported += [
-        (cx.abstract_syntax, plain, None, None) for cx in QueryRetrievePresentationContexts
-    ]
+    supported += [(uid, plain, None, None) for uid in query_retrieve_sop_classes()]
     return supported
 
 

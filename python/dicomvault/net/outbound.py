@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -65,35 +65,52 @@ class StoredInstance(Dataset):
         self.SOPClassUID = sop_class_uid
         self.SOPInstanceUID = sop_instance_uid
         self.transfer_syntax = UID(transfer_syntax)
-        self._dataset_offset = dataset_offset
+        self.dataset_offset = dataset_offset
         self._chunks = chunks
         self._scratch = scratch
 
-    def part10_file(self) -> Path:
-        """A Part 10 file of the stored data set: File Meta made for it, the data set as is."""
+    def part10_file(self, syntax: UID | None = None, dataset: bytes | None = None) -> Path:
+        """A Part 10 file: File Meta made for ``syntax`` (the stored one by default), then
+        ``dataset`` or else the stored data set as is."""
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = self.SOPClassUID
         meta.MediaStorageSOPInstanceUID = self.SOPInstanceUID
-        meta.TransferSyntaxUID = self.transfer_syntax
+        meta.TransferSyntaxUID = syntax or self.transfer_syntax
         buffer = io.BytesIO()
         buffer.write(b"\x00" * 128 + b"DICM")
         write_file_meta_info(buffer, meta, enforce_standard=True)
-        path = self._scratch_file()
-        with path.open("wb") as f:
-            f.write(buffer.getvalue())
-            for chunk in self._chunks(self._dataset_offset):
-                f.write(chunk)
-        return path
-
-    def _scratch_file(self) -> Path:
         self._scratch.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self._scratch, suffix=".dcm")
-        os.close(fd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+            for chunk in [dataset] if dataset is not None else self._chunks(self.dataset_offset):
+                f.write(chunk)
         return Path(name)
 
-    def transcoded_file(self, syntax: UID) -> Path:
-        """A Part 10 file of the data set decoded by pydicom (decompressed by its pixel
-        handlers if encapsulated) and written in the native ``syntax``."""
+    def transcoded(self, accepted: Collection[str]) -> tuple[UID, bytes]:
+        """The data set decoded by pydicom (decompressed by its pixel handlers if
+        encapsulated) and written in the first native syntax of ``accepted``, which is
+        logged; ValueError saying why when there is none or the data cannot be decoded."""
+        native = next((ts for ts in NATIVE_SYNTAXES if ts in accepted), None)
+        if native is None:
+            raise ValueError(
+                f"{self.SOPInstanceUID}: the peer accepted {self.SOPClassUID} in none of "
+                f"{self.transfer_syntax.name} or a native syntax"
+            )
+        log.info(
+            "%s: peer did not accept %s, sending it decoded as %s",
+            self.SOPInstanceUID,
+            self.transfer_syntax.name,
+            native.name,
+        )
+        try:
+            return native, self._decoded(native)
+        except Exception as e:  # pixel handlers raise many types; the sub-operation fails
+            raise ValueError(
+                f"{self.SOPInstanceUID}: cannot decode {self.transfer_syntax.name}: {e}"
+            ) from e
+
+    def _decoded(self, syntax: UID) -> bytes:
         ds = pydicom.dcmread(io.BytesIO(b"".join(self._chunks(0))), force=True)
         if not ds.file_meta or "TransferSyntaxUID" not in ds.file_meta:
             ds.file_meta = FileMetaDataset()
@@ -108,15 +125,17 @@ class StoredInstance(Dataset):
         ds.file_meta.MediaStorageSOPClassUID = self.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = self.SOPInstanceUID
         ds.preamble = b"\x00" * 128
-        path = self._scratch_file()
+        out = io.BytesIO()
         dcmwrite(
-            path,
+            out,
             ds,
             implicit_vr=syntax.is_implicit_VR,
             little_endian=syntax.is_little_endian,
             force_encoding=True,
         )
-        return path
+        part10 = out.getvalue()
+        # The data set follows the File Meta group, whose length (0002,0000) is at byte 140.
+        return part10[144 + int.from_bytes(part10[140:144], "little") :]
 
     def send(
         self, assoc: Association, send: Callable[..., Dataset], *args: Any, **kwargs: Any
@@ -129,24 +148,7 @@ class StoredInstance(Dataset):
         if self.transfer_syntax in accepted:
             path = self.part10_file()
         else:
-            native = next((ts for ts in NATIVE_SYNTAXES if ts in accepted), None)
-            if native is None:
-                raise ValueError(
-                    f"{self.SOPInstanceUID}: the peer accepted {self.SOPClassUID} in none of "
-                    f"{self.transfer_syntax.name} or a native syntax"
-                )
-            log.info(
-                "%s: peer did not accept %s, sending it decoded as %s",
-                self.SOPInstanceUID,
-                self.transfer_syntax.name,
-                native.name,
-            )
-            try:
-                path = self.transcoded_file(native)
-            except Exception as e:  # pixel handlers raise many types; the sub-operation fails
-                raise ValueError(
-                    f"{self.SOPInstanceUID}: cannot decode {self.transfer_syntax.name}: {e}"
-                ) from e
+            path = self.part10_file(*self.transcoded(accepted))
         try:
             return send(assoc, path, *args, **kwargs)
         finally:

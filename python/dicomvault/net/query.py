@@ -28,6 +28,8 @@ PATIENT_STUDY_ONLY = (
     "1.2.840.10008.5.1.4.1.2.3.2",
     "1.2.840.10008.5.1.4.1.2.3.3",
 )
+# The C-GET SOP class of each model.
+GET_MODELS = (PATIENT_ROOT[2], STUDY_ROOT[2], PATIENT_STUDY_ONLY[2])
 
 LEVELS_OF_MODEL: dict[str, frozenset[Level]] = {}
 for _uid in PATIENT_ROOT:

@@ -1,26 +1,32 @@
 """The archive's DICOM server: C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET as SCP.
 
-Two engines share the port. The Rust storage listener (``_native.StorageListener``, see
+Two engines share the port. The Rust listener (``_native.StorageListener``, see
 ``rust/src/scp.rs``) accepts every connection and serves, by itself, the associations that
-propose only Verification and Storage: data sets stream from the socket into the pack store
-and each C-STORE is answered once its group commit (``_commit_received``) made it durable.
-Any other association is handed over, unread, to pynetdicom (``_hand_off``), whose handlers
-here serve C-FIND, C-MOVE and C-GET, and C-STORE and C-ECHO when they come on the same
-association. Every association and every request is logged on one line.
+propose only Verification, Storage and the C-GET models: data sets stream from the socket into
+the pack store and each C-STORE is answered once its group commit (``_commit_received``) made
+it durable; a C-GET's instances stream from the store to the socket, selected here
+(``_select_for_get``: access policy, identifier, query) and decoded here when the peer cannot
+take them as stored (``_transcode``). Any other association is handed over, unread, to
+pynetdicom (``_hand_off``), whose handlers here serve C-FIND, C-MOVE and C-GET, and C-STORE and
+C-ECHO when they come on the same association. Every association and every request is logged
+on one line.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
+from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 
 from dicomvault import _native
@@ -29,7 +35,12 @@ from dicomvault.index import Level
 from dicomvault.net import contexts
 from dicomvault.net.outbound import StoredInstance, install
 from dicomvault.net.policy import AccessPolicy
-from dicomvault.net.query import IdentifierError, read_identifier, response_identifier
+from dicomvault.net.query import (
+    GET_MODELS,
+    IdentifierError,
+    read_identifier,
+    response_identifier,
+)
 from dicomvault.net.status import (
     CANCEL,
     CANNOT_UNDERSTAND,
@@ -37,6 +48,7 @@ from dicomvault.net.status import (
     OUT_OF_RESOURCES,
     PENDING,
     SUCCESS,
+    UNABLE_TO_PROCESS,
 )
 from dicomvault.store import Archive
 
@@ -98,14 +110,35 @@ def store_received(archive: Archive, event: Event, source: str) -> int:
     return SUCCESS
 
 
-def stored_instance(archive: Archive, record: Any) -> StoredInstance:
+class Selected(NamedTuple):
+    """An archived instance a retrieve selected: what sending it takes."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    dataset_offset: int
+    manifest: bytes
+
+
+def selected(record: Any) -> Selected:
     info = _native.manifest_info(record.manifest)
-    return StoredInstance(
+    return Selected(
         record.tags.get("SOPClassUID", ""),
         record.tags.get("SOPInstanceUID") or record.key,
         info["transfer_syntax"],
         info["dataset_offset"],
-        lambda start: archive.store.chunks(record.manifest, start),
+        record.manifest,
+    )
+
+
+def stored_instance(archive: Archive, record: Any) -> StoredInstance:
+    return outbound(archive, selected(record))
+
+
+def outbound(archive: Archive, instance: Selected) -> StoredInstance:
+    return StoredInstance(
+        *instance[:4],
+        lambda start: archive.store.chunks(instance.manifest, start),
         archive.root / "tmp",
     )
 
@@ -166,6 +199,8 @@ class DicomServer:
             check_modality_host=bool(self.dicom["check_modality_host"]),
             known=self.policy.listener_rules(),
             storage_classes=contexts.storage_sop_classes(),
+            retrieve_classes=list(GET_MODELS),
+            handed_off_classes=contexts.query_retrieve_sop_classes(exclude=GET_MODELS),
             transfer_syntaxes=contexts.accepted_syntaxes(),
             max_pdu=MAX_PDU,
             max_associations=int(self.dicom["max_associations"]),
@@ -175,6 +210,8 @@ class DicomServer:
             commit=self._commit_received,
             hand_off=self._hand_off,
             log=log.log,
+            select=self._select_for_get,
+            transcode=self._transcode,
         )
         host, port = self._listener.address
         log.info("DICOM listener %s on %s:%d", self.aet, host, port)
@@ -202,6 +239,41 @@ class DicomServer:
             log.error("commit of %d received instances failed: %s", len(items), e)
             return [OUT_OF_RESOURCES] * len(items)
         return [SUCCESS] * len(items)
+
+    def _select_for_get(
+        self, calling_ae: str, address: str, model: str, transfer_syntax: str, identifier: bytes
+    ) -> tuple[int, list[Selected]]:
+        """For the listener's C-GET: a status and, when it is Success, each instance to send
+        as (SOP Class UID, SOP Instance UID, stored syntax, data set offset, manifest)."""
+        if not self._allowed_for(calling_ae, address, "get"):
+            return NOT_AUTHORIZED, []
+        syntax = UID(transfer_syntax)
+        try:
+            dataset = decode(io.BytesIO(identifier), syntax.is_implicit_VR, syntax.is_little_endian)
+            level, filters, _ = read_identifier(dataset, model)
+        except IdentifierError as e:
+            log.error("C-GET: %s", e)
+            return e.status, []
+        except Exception as e:  # pydicom's decoding errors have many types
+            log.error("C-GET: unreadable identifier: %s", e)
+            return UNABLE_TO_PROCESS, []
+        return SUCCESS, self._matching(level, filters)
+
+    def _transcode(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        dataset_offset: int,
+        manifest: bytes,
+        accepted: list[str],
+    ) -> tuple[str, bytes]:
+        """For the listener's C-GET: the data set decoded into a native syntax the peer took."""
+        instance = Selected(
+            sop_class_uid, sop_instance_uid, transfer_syntax, dataset_offset, manifest
+        )
+        syntax, dataset = outbound(self.archive, instance).transcoded(accepted)
+        return str(syntax), dataset
 
     # Logging ------------------------------------------------------------------------------
 
@@ -244,7 +316,9 @@ class DicomServer:
         )
 
     def _allowed(self, event: Event, service: str) -> bool:
-        aet, host = _peer(event)
+        return self._allowed_for(*_peer(event), service)
+
+    def _allowed_for(self, aet: str, host: str, service: str) -> bool:
         if self.policy.allows(aet, host, service):
             return True
         log.warning("%s from %s@%s refused: not allowed for this AE", service.upper(), aet, host)
@@ -300,9 +374,13 @@ class DicomServer:
 
     def _instances(self, event: Event) -> list[StoredInstance]:
         level, filters, _ = self._select(event)
+        return [outbound(self.archive, s) for s in self._matching(level, filters)]
+
+    def _matching(self, level: Level, filters: dict[str, str]) -> list[Selected]:
+        """The instances a retrieve selects."""
         keys = [m["_key"] for m in self.archive.index.find(level, filters)]
         records = [r for k in keys if (r := self.archive.index.get(level, k))]
-        return [stored_instance(self.archive, i) for i in self.archive.instances(records)]
+        return [selected(record) for record in self.archive.instances(records)]
 
     def _on_get(self, event: Event) -> Iterator[Any]:
         started = time.perf_counter()
