@@ -326,7 +326,7 @@ mod tests {
         let uids = ["1.2.3".to_string(), "1.2.45".to_string()];
         assert_eq!(
             failed_instances_identifier(&uids, false),
-            b"\x08\x00\x58\x00\x0c\x00\x00\x001.2.3\\1.2.45\x00".to_vec()
+            b"\x08\x00\x58\x00\x0c\x00\x00\x001.2.3\\1.2.45".to_vec()
         );
         assert_eq!(
             &failed_instances_identifier(&uids, true)[4..8],
