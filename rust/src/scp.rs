@@ -1,15 +1,15 @@
 //! The archive's DICOM listener: storage and C-GET served in Rust, the rest handed over.
 //!
-//! Every connection's A-ASSOCIATE-RQ is peeked, not read. An association that proposes only
-//! Verification, Storage and the C-GET information models (what modalities, storescu and
-//! getscu open) is served here, end to end: negotiation (with SCP/SCU role selection), PDU
-//! reading with large buffers, C-ECHO; C-STORE data sets streamed from their PDVs straight
-//! into the store's writer, the instance handed to the `Host` to be made durable and indexed
-//! (group commit: one call per batch) before its C-STORE-RSP goes out; C-GET sub-operations
-//! streamed from the store to the socket, the `Host` selecting the instances (access policy
-//! and query matching stay in Python) and decoding those the peer cannot take as stored. Any
-//! other association (C-FIND, C-MOVE, or anything we do not serve) is handed, still unread,
-//! to the `Host`, which gives it to pynetdicom.
+//! Every connection's A-ASSOCIATE-RQ is peeked, not read. An association that proposes none of
+//! the SOP classes left to the host (C-FIND and C-MOVE; what modalities, storescu and getscu
+//! open) is served here, end to end, its other unknown SOP classes refused in negotiation:
+//! negotiation (with SCP/SCU role selection), PDU reading with large buffers, C-ECHO; C-STORE
+//! data sets streamed from their PDVs straight into the store's writer, the instance handed to
+//! the `Host` to be made durable and indexed (group commit: one call per batch) before its
+//! C-STORE-RSP goes out; C-GET sub-operations streamed from the store to the socket, the `Host`
+//! selecting the instances (access policy and query matching stay in Python) and decoding those
+//! the peer cannot take as stored. An association proposing C-FIND or C-MOVE is handed, still
+//! unread, to the `Host`, which gives it to pynetdicom.
 
 use crate::cas::{Ingested, InstanceWriter, Store};
 use crate::dimse::{self, Command, Implementation, SubOperations};

@@ -2,14 +2,14 @@
 
 Two engines share the port. The Rust listener (``_native.StorageListener``, see
 ``rust/src/scp.rs``) accepts every connection and serves, by itself, the associations that
-propose only Verification, Storage and the C-GET models: data sets stream from the socket into
-the pack store and each C-STORE is answered once its group commit (``_commit_received``) made
-it durable; a C-GET's instances stream from the store to the socket, selected here
-(``_select_for_get``: access policy, identifier, query) and decoded here when the peer cannot
-take them as stored (``_transcode``). Any other association is handed over, unread, to
-pynetdicom (``_hand_off``), whose handlers here serve C-FIND, C-MOVE and C-GET, and C-STORE and
-C-ECHO when they come on the same association. Every association and every request is logged
-on one line.
+propose no C-FIND or C-MOVE model (Verification, Storage, C-GET): data sets stream from the
+socket into the pack store and each C-STORE is answered once its group commit
+(``_commit_received``) made it durable; a C-GET's instances stream from the store to the
+socket, selected here (``_select_for_get``: access policy, identifier, query) and decoded here
+when the peer cannot take them as stored (``_transcode``). An association proposing C-FIND or
+C-MOVE is handed over, unread, to pynetdicom (``_hand_off``), whose handlers here serve C-FIND,
+C-MOVE and C-GET, and C-STORE and C-ECHO when they come on the same association. Every
+association and every request is logged on one line.
 """
 
 from __future__ import annotations
