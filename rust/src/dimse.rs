@@ -6,6 +6,8 @@ pub const C_STORE_RQ: u16 = 0x0001;
 pub const C_STORE_RSP: u16 = 0x8001;
 pub const C_GET_RQ: u16 = 0x0010;
 pub const C_GET_RSP: u16 = 0x8010;
+pub const C_FIND_RQ: u16 = 0x0020;
+pub const C_MOVE_RQ: u16 = 0x0021;
 pub const C_ECHO_RQ: u16 = 0x0030;
 pub const C_ECHO_RSP: u16 = 0x8030;
 pub const C_CANCEL_RQ: u16 = 0x0FFF;
@@ -20,6 +22,8 @@ pub struct Command {
     pub affected_sop_class_uid: String,
     pub affected_sop_instance_uid: String,
     pub has_data_set: bool,
+    /// C-MOVE's destination AE title.
+    pub move_destination: String,
     /// In responses.
     pub responding_to: u16,
     pub status: u16,
@@ -66,6 +70,7 @@ pub fn parse_command(mut bytes: &[u8]) -> Result<Command, String> {
             0x0110 => command.message_id = us(value).ok_or("short MessageID")?,
             0x0120 => command.responding_to = us(value).ok_or("short MessageIDBeingRespondedTo")?,
             0x0900 => command.status = us(value).ok_or("short Status")?,
+            0x0600 => command.move_destination = uid(value),
             0x0800 => command.has_data_set = us(value) != Some(NO_DATA_SET),
             0x1000 => command.affected_sop_instance_uid = uid(value),
             _ => {}
@@ -126,6 +131,27 @@ pub fn response(request: &Command, status: u16) -> Vec<u8> {
     })
 }
 
+/// The response command field to a request's.
+fn response_field(request: &Command) -> u16 {
+    request.field | 0x8000
+}
+
+/// A C-FIND-RSP; a pending one is followed by its identifier.
+pub fn find_response(request: &Command, status: u16) -> Vec<u8> {
+    command_set(|body| {
+        element(body, 0x0002, &padded_uid(&request.affected_sop_class_uid));
+        element(body, 0x0100, &response_field(request).to_le_bytes());
+        element(body, 0x0120, &request.message_id.to_le_bytes());
+        let data = if status == PENDING {
+            DATA_SET
+        } else {
+            NO_DATA_SET
+        };
+        element(body, 0x0800, &data.to_le_bytes());
+        element(body, 0x0900, &status.to_le_bytes());
+    })
+}
+
 /// Sub-operation counts of a retrieve (PS3.4 C.4.3.1.3).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SubOperations {
@@ -135,9 +161,9 @@ pub struct SubOperations {
     pub warning: u32,
 }
 
-/// A C-GET-RSP; `remaining` is sent only with pending and cancel statuses, and an identifier
-/// (the Failed SOP Instance UID List) follows when `identifier`.
-pub fn get_response(
+/// A C-GET-RSP or C-MOVE-RSP; `remaining` is sent only with pending and cancel statuses, and
+/// an identifier (the Failed SOP Instance UID List) follows when `identifier`.
+pub fn retrieve_response(
     request: &Command,
     status: u16,
     counts: SubOperations,
@@ -145,7 +171,7 @@ pub fn get_response(
 ) -> Vec<u8> {
     command_set(|body| {
         element(body, 0x0002, &padded_uid(&request.affected_sop_class_uid));
-        element(body, 0x0100, &C_GET_RSP.to_le_bytes());
+        element(body, 0x0100, &response_field(request).to_le_bytes());
         element(body, 0x0120, &request.message_id.to_le_bytes());
         let data = if identifier { DATA_SET } else { NO_DATA_SET };
         element(body, 0x0800, &data.to_le_bytes());
@@ -311,7 +337,7 @@ mod tests {
             failed: 1,
             warning: 0,
         };
-        let pending = get_response(&get, PENDING, counts, false);
+        let pending = retrieve_response(&get, PENDING, counts, false);
         let parsed = parse_command(&pending).unwrap();
         assert_eq!(
             (parsed.field, parsed.status, parsed.responding_to),
@@ -320,7 +346,7 @@ mod tests {
         assert!(!parsed.has_data_set);
         assert!(pending.windows(4).any(|w| w == [0, 0, 0x20, 0x10]));
         get.message_id = 4;
-        let last = get_response(&get, 0xB000, counts, true);
+        let last = retrieve_response(&get, 0xB000, counts, true);
         assert!(parse_command(&last).unwrap().has_data_set);
         assert!(!last.windows(4).any(|w| w == [0, 0, 0x20, 0x10]));
         let uids = ["1.2.3".to_string(), "1.2.45".to_string()];

@@ -14,7 +14,6 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use std::collections::HashMap;
-use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -514,28 +513,106 @@ impl Store {
 /// serve, the archive commits what it received, Python's logging records what it did.
 struct PyHost {
     commit: Py<PyAny>,
-    hand_off: Py<PyAny>,
     log: Py<PyAny>,
     select: Py<PyAny>,
     transcode: Py<PyAny>,
+    find: Py<PyAny>,
+    move_to: Py<PyAny>,
+}
+
+/// Items pulled from a Python iterator as the listener sends them, a few at a time (taking
+/// Python's lock once per batch, not once per item); closed when dropped, so that a generator
+/// cut short (a C-CANCEL) runs its cleanup at once.
+struct PyItems<T> {
+    iterator: Py<PyAny>,
+    ready: std::collections::VecDeque<Result<T, String>>,
+    exhausted: bool,
+    convert: fn(&Bound<'_, PyAny>) -> PyResult<T>,
+}
+
+const ITEM_BATCH: usize = 16;
+
+impl<T> PyItems<T> {
+    fn new(
+        iterable: &Bound<'_, PyAny>,
+        convert: fn(&Bound<'_, PyAny>) -> PyResult<T>,
+    ) -> PyResult<Self> {
+        Ok(PyItems {
+            iterator: iterable.try_iter()?.into_any().unbind(),
+            ready: Default::default(),
+            exhausted: false,
+            convert,
+        })
+    }
+}
+
+impl<T> Iterator for PyItems<T> {
+    type Item = Result<T, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.ready.is_empty() && !self.exhausted {
+            Python::attach(|py| {
+                let iterator = self.iterator.bind(py);
+                while self.ready.len() < ITEM_BATCH {
+                    match iterator.call_method0("__next__") {
+                        Ok(item) => self
+                            .ready
+                            .push_back((self.convert)(&item).map_err(|e| e.to_string())),
+                        Err(e) => {
+                            if !e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) {
+                                self.ready.push_back(Err(e.value(py).to_string()));
+                            }
+                            self.exhausted = true;
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+        self.ready.pop_front()
+    }
+}
+
+impl<T> Drop for PyItems<T> {
+    fn drop(&mut self) {
+        Python::attach(|py| {
+            let iterator = self.iterator.bind(py);
+            if iterator.hasattr("close").unwrap_or(false) {
+                if let Err(e) = iterator.call_method0("close") {
+                    e.print(py);
+                }
+            }
+        });
+    }
+}
+
+impl PyHost {
+    /// `callable(calling_ae, address, model, transfer_syntax, identifier[, destination])`.
+    fn query<'py>(
+        &self,
+        py: Python<'py>,
+        callable: &Py<PyAny>,
+        request: &scp::QueryRequest,
+        destination: Option<&str>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut args = vec![
+            PyString::new(py, &request.calling_ae).into_any(),
+            PyString::new(py, &request.address).into_any(),
+            PyString::new(py, &request.sop_class_uid).into_any(),
+            PyString::new(py, &request.transfer_syntax).into_any(),
+            PyBytes::new(py, &request.identifier).into_any(),
+        ];
+        args.extend(destination.map(|d| PyString::new(py, d).into_any()));
+        callable
+            .bind(py)
+            .call1(pyo3::types::PyTuple::new(py, args)?)
+    }
 }
 
 /// (SOP Class UID, SOP Instance UID, transfer syntax, data set offset, manifest)
 type PySelected = (String, String, String, u64, Vec<u8>);
 
 impl scp::Host for PyHost {
-    fn hand_off(&self, stream: std::net::TcpStream, peer: std::net::SocketAddr) {
-        let fd = stream.into_raw_fd();
-        Python::attach(|py| {
-            let result = self
-                .hand_off
-                .call1(py, (fd, peer.ip().to_string(), peer.port()));
-            if let Err(e) = result {
-                e.print(py);
-            }
-        });
-    }
-
     fn commit(&self, batch: Vec<scp::Received>) -> Vec<u16> {
         let count = batch.len();
         Python::attach(|py| {
@@ -571,23 +648,11 @@ impl scp::Host for PyHost {
         });
     }
 
-    fn select(&self, request: scp::RetrieveRequest) -> Result<Vec<scp::Selected>, u16> {
+    fn select(&self, request: scp::QueryRequest) -> Result<Vec<scp::Selected>, u16> {
         Python::attach(|py| {
             let run = || -> PyResult<Result<Vec<scp::Selected>, u16>> {
-                let identifier = PyBytes::new(py, &request.identifier);
-                let (status, found): (u16, Vec<PySelected>) = self
-                    .select
-                    .call1(
-                        py,
-                        (
-                            &request.calling_ae,
-                            &request.address,
-                            &request.sop_class_uid,
-                            &request.transfer_syntax,
-                            identifier,
-                        ),
-                    )?
-                    .extract(py)?;
+                let (status, found): (u16, Vec<PySelected>) =
+                    self.query(py, &self.select, &request, None)?.extract()?;
                 if status != scp::SUCCESS {
                     return Ok(Err(status));
                 }
@@ -606,6 +671,50 @@ impl scp::Host for PyHost {
                     )
                     .collect::<PyResult<Vec<_>>>()?;
                 Ok(Ok(selected))
+            };
+            run().unwrap_or_else(|e| {
+                e.print(py);
+                Err(UNABLE_TO_PROCESS)
+            })
+        })
+    }
+
+    fn find(&self, request: scp::QueryRequest) -> Result<scp::Matches, u16> {
+        Python::attach(|py| {
+            let run = || -> PyResult<Result<scp::Matches, u16>> {
+                let (status, matches): (u16, Bound<'_, PyAny>) =
+                    self.query(py, &self.find, &request, None)?.extract()?;
+                if status != scp::SUCCESS {
+                    return Ok(Err(status));
+                }
+                let items = PyItems::new(&matches, |item: &Bound<'_, PyAny>| {
+                    item.extract::<Vec<u8>>()
+                })?;
+                Ok(Ok(Box::new(items)))
+            };
+            run().unwrap_or_else(|e| {
+                e.print(py);
+                Err(UNABLE_TO_PROCESS)
+            })
+        })
+    }
+
+    fn move_to(
+        &self,
+        request: scp::QueryRequest,
+        destination: &str,
+    ) -> Result<(Vec<String>, scp::SubOperationStatuses), u16> {
+        Python::attach(|py| {
+            let run = || -> PyResult<Result<(Vec<String>, scp::SubOperationStatuses), u16>> {
+                let (status, uids, statuses): (u16, Vec<String>, Bound<'_, PyAny>) = self
+                    .query(py, &self.move_to, &request, Some(destination))?
+                    .extract()?;
+                if status != scp::SUCCESS {
+                    return Ok(Err(status));
+                }
+                let items =
+                    PyItems::new(&statuses, |item: &Bound<'_, PyAny>| item.extract::<u16>())?;
+                Ok(Ok((uids, Box::new(items))))
             };
             run().unwrap_or_else(|e| {
                 e.print(py);
@@ -639,30 +748,32 @@ impl scp::Host for PyHost {
     }
 }
 
-/// C-GET refused for a failure of the host itself (PS3.4 C.4.3.1.4: Unable to process).
-const UNABLE_TO_PROCESS: u16 = 0xC410;
+/// A query refused for a failure of the host itself (PS3.4 C.4: Unable to process).
+const UNABLE_TO_PROCESS: u16 = 0xC000;
 
-/// The DICOM listener (see `rust/src/scp.rs`): serves Verification/Storage/C-GET associations
-/// with `store`, hands the others to `hand_off(fd, host, port)`, commits through
-/// `commit(items) -> statuses`, logs through `log(level, message)`, selects what a C-GET
+/// The DICOM listener (see `rust/src/scp.rs`): serves every association with `store`, commits
+/// through `commit(items) -> statuses`, logs through `log(level, message)`, selects what a C-GET
 /// retrieves through `select(calling_ae, address, model, transfer_syntax, identifier) ->
 /// (status, [(sop_class, sop_instance, transfer_syntax, dataset_offset, manifest)])` and
 /// decodes an instance the peer cannot take as stored through `transcode(sop_class,
-/// sop_instance, transfer_syntax, dataset_offset, manifest, accepted) -> (syntax, data set)`.
+/// sop_instance, transfer_syntax, dataset_offset, manifest, accepted) -> (syntax, data set)`,
+/// answers C-FIND through `find(calling_ae, address, model, transfer_syntax, identifier) ->
+/// (status, iterator of encoded response identifiers)` and carries out C-MOVE through
+/// `move_to(calling_ae, address, model, transfer_syntax, identifier, destination) -> (status,
+/// [SOP Instance UID], iterator of sub-operation statuses)`.
 #[pyclass(module = "dicomvault._native")]
-struct StorageListener {
+struct DicomListener {
     listener: Option<scp::Listener>,
 }
 
 #[pymethods]
-impl StorageListener {
+impl DicomListener {
     #[new]
     #[pyo3(signature = (
         store, host, port, *, ae_title, check_called_aet, always_allow_echo, always_allow_store,
-        check_modality_host, known, storage_classes, retrieve_classes, handed_off_classes,
-        transfer_syntaxes, max_pdu,
-        max_associations, timeout_s, implementation_class_uid, implementation_version_name, commit,
-        hand_off, log, select, transcode,
+        check_modality_host, known, storage_classes, find_classes, move_classes, retrieve_classes,
+        transfer_syntaxes, max_pdu, max_associations, timeout_s, implementation_class_uid,
+        implementation_version_name, commit, log, select, transcode, find, move_to,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -677,8 +788,9 @@ impl StorageListener {
         check_modality_host: bool,
         known: Vec<(String, Vec<String>, bool, bool)>,
         storage_classes: Vec<String>,
+        find_classes: Vec<String>,
+        move_classes: Vec<String>,
         retrieve_classes: Vec<String>,
-        handed_off_classes: Vec<String>,
         transfer_syntaxes: Vec<String>,
         max_pdu: u32,
         max_associations: usize,
@@ -686,10 +798,11 @@ impl StorageListener {
         implementation_class_uid: String,
         implementation_version_name: String,
         commit: Py<PyAny>,
-        hand_off: Py<PyAny>,
         log: Py<PyAny>,
         select: Py<PyAny>,
         transcode: Py<PyAny>,
+        find: Py<PyAny>,
+        move_to: Py<PyAny>,
     ) -> PyResult<Self> {
         let address: std::net::SocketAddr =
             std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
@@ -713,8 +826,9 @@ impl StorageListener {
                     .collect(),
             },
             storage_classes: storage_classes.into_iter().collect(),
+            find_classes: find_classes.into_iter().collect(),
+            move_classes: move_classes.into_iter().collect(),
             retrieve_classes: retrieve_classes.into_iter().collect(),
-            handed_off_classes: handed_off_classes.into_iter().collect(),
             transfer_syntaxes,
             max_pdu,
             max_associations,
@@ -726,14 +840,15 @@ impl StorageListener {
         };
         let host = std::sync::Arc::new(PyHost {
             commit,
-            hand_off,
             log,
             select,
             transcode,
+            find,
+            move_to,
         });
         let core = store.core.clone();
         let listener = py.detach(|| scp::Listener::start(address, config, core, host))?;
-        Ok(StorageListener {
+        Ok(DicomListener {
             listener: Some(listener),
         })
     }
@@ -868,7 +983,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InstanceWriter>()?;
     m.add_class::<ChunkReader>()?;
     m.add_class::<Scanner>()?;
-    m.add_class::<StorageListener>()?;
+    m.add_class::<DicomListener>()?;
     m.add_function(wrap_pyfunction!(file_meta, m)?)?;
     m.add_function(wrap_pyfunction!(manifest_info, m)?)?;
     m.add("ScanError", m.py().get_type::<ScanError>())?;

@@ -1,15 +1,17 @@
-//! The archive's DICOM listener: storage and C-GET served in Rust, the rest handed over.
+//! The archive's DICOM listener: every association, served in Rust with the `Host` deciding.
 //!
-//! Every connection's A-ASSOCIATE-RQ is peeked, not read. An association that proposes none of
-//! the SOP classes left to the host (C-FIND and C-MOVE; what modalities, storescu and getscu
-//! open) is served here, end to end, its other unknown SOP classes refused in negotiation:
-//! negotiation (with SCP/SCU role selection), PDU reading with large buffers, C-ECHO; C-STORE
-//! data sets streamed from their PDVs straight into the store's writer, the instance handed to
-//! the `Host` to be made durable and indexed (group commit: one call per batch) before its
-//! C-STORE-RSP goes out; C-GET sub-operations streamed from the store to the socket, the `Host`
-//! selecting the instances (access policy and query matching stay in Python) and decoding those
-//! the peer cannot take as stored. An association proposing C-FIND or C-MOVE is handed, still
-//! unread, to the `Host`, which gives it to pynetdicom.
+//! Negotiation (with SCP/SCU role selection; SOP classes other than Verification, Storage and
+//! the Query/Retrieve FIND, MOVE and GET models are refused), PDU reading with large buffers,
+//! and the DIMSE services:
+//! - C-ECHO; C-STORE data sets streamed from their PDVs straight into the store's writer, the
+//!   instance handed to the `Host` to be made durable and indexed (group commit: one call per
+//!   batch) before its C-STORE-RSP goes out;
+//! - C-FIND: the `Host` matches (access policy and the query engine live in Python) and
+//!   encodes each response identifier, sent as it comes; a C-CANCEL-RQ is honoured;
+//! - C-GET: the `Host` selects, sub-operations stream from the store to the socket (the next
+//!   instance read ahead), the `Host` decoding what the peer cannot take as stored;
+//! - C-MOVE: the `Host` selects and sends over its own association to the destination, each
+//!   sub-operation's status reported here as a pending response.
 
 use crate::cas::{Ingested, InstanceWriter, Store};
 use crate::dimse::{self, Command, Implementation, SubOperations};
@@ -36,10 +38,12 @@ pub const SUB_OPERATIONS_WARNING: u16 = 0xB000;
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
-/// An A-ASSOCIATE-RQ larger than this is not peeked (it would not fit a socket buffer).
+/// An A-ASSOCIATE-RQ larger than this is not read.
 const MAX_ASSOCIATE_RQ: usize = 256 << 10;
 const MAX_COMMAND: usize = 64 << 10;
 const MAX_BATCH: usize = 256;
+/// Responses are gathered into writes of about this size.
+const GATHER: usize = 64 << 10;
 /// A C-GET reads the next instance ahead while the peer stores one, up to this size.
 const PREFETCH_MAX: u64 = 16 << 20;
 const LOG_INTERVAL: Duration = Duration::from_millis(50);
@@ -91,10 +95,10 @@ impl Policy {
 pub struct ListenerConfig {
     pub policy: Policy,
     pub storage_classes: HashSet<String>,
-    /// The C-GET information models served here.
+    /// The C-FIND, C-MOVE and C-GET information models served here.
+    pub find_classes: HashSet<String>,
+    pub move_classes: HashSet<String>,
     pub retrieve_classes: HashSet<String>,
-    /// SOP classes served by the host: an association proposing any is handed over.
-    pub handed_off_classes: HashSet<String>,
     /// In order of preference when a context offers several.
     pub transfer_syntaxes: Vec<String>,
     pub max_pdu: u32,
@@ -117,8 +121,8 @@ pub struct Received {
     pub address: String,
 }
 
-/// A C-GET request, for the host to select what it retrieves.
-pub struct RetrieveRequest {
+/// A C-FIND or C-GET request, for the host to match.
+pub struct QueryRequest {
     pub calling_ae: String,
     pub address: String,
     /// The information model (the request's Affected SOP Class).
@@ -127,6 +131,9 @@ pub struct RetrieveRequest {
     pub transfer_syntax: String,
     pub identifier: Vec<u8>,
 }
+
+pub type Matches = Box<dyn Iterator<Item = Result<Vec<u8>, String>>>;
+pub type SubOperationStatuses = Box<dyn Iterator<Item = Result<u16, String>>>;
 
 /// An archived instance a retrieve sends.
 pub struct Selected {
@@ -139,14 +146,22 @@ pub struct Selected {
 
 /// What the listener leaves to its embedding application.
 pub trait Host: Send + Sync + 'static {
-    /// An association this listener does not serve: its socket, the request still unread.
-    fn hand_off(&self, stream: TcpStream, peer: SocketAddr);
     /// Makes a batch durable and indexes it; returns one DIMSE status per instance.
     fn commit(&self, batch: Vec<Received>) -> Vec<u16>;
     /// Log lines, in order (delivered in batches, at most `LOG_INTERVAL` late).
     fn log(&self, lines: Vec<(LogLevel, String)>);
     /// The instances a C-GET retrieves, or the status refusing it (the host logs why).
-    fn select(&self, request: RetrieveRequest) -> Result<Vec<Selected>, u16>;
+    fn select(&self, request: QueryRequest) -> Result<Vec<Selected>, u16>;
+    /// A C-FIND's response identifiers, encoded in the request's transfer syntax and produced
+    /// as they are sent (an error ends the responses), or the status refusing it.
+    fn find(&self, request: QueryRequest) -> Result<Matches, u16>;
+    /// A C-MOVE to `destination` (an AE title): the SOP Instance UIDs it sends and their
+    /// sub-operations' statuses as the host sends them, or the status refusing it.
+    fn move_to(
+        &self,
+        request: QueryRequest,
+        destination: &str,
+    ) -> Result<(Vec<String>, SubOperationStatuses), u16>;
     /// The data set of `instance` decoded into one of `accepted` (native syntaxes the peer
     /// took for its SOP class): (transfer syntax, data set), or why it cannot be.
     fn transcode(
@@ -362,59 +377,29 @@ fn accept_loop(shared: &Arc<Shared>, socket: &TcpListener) {
     }
 }
 
-/// Reads the first PDU without consuming it: Some(bytes) for an A-ASSOCIATE-RQ.
-fn peek_associate_rq(stream: &TcpStream) -> io::Result<Option<Vec<u8>>> {
+/// Reads the first PDU: Some(body) for an A-ASSOCIATE-RQ of a sane size.
+fn read_associate_rq(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
     let mut header = [0u8; 6];
-    peek_exact(stream, &mut header)?;
-    if header[0] != pdu::A_ASSOCIATE_RQ {
-        return Ok(None);
-    }
+    stream.read_exact(&mut header)?;
     let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
-    if length > MAX_ASSOCIATE_RQ {
+    if header[0] != pdu::A_ASSOCIATE_RQ || length > MAX_ASSOCIATE_RQ {
         return Ok(None);
     }
-    let mut whole = vec![0u8; 6 + length];
-    peek_exact(stream, &mut whole)?;
-    Ok(Some(whole))
-}
-
-fn peek_exact(stream: &TcpStream, buf: &mut [u8]) -> io::Result<()> {
-    loop {
-        // SAFETY: recv writes at most buf.len() bytes into buf, which we own mutably.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_PEEK | libc::MSG_WAITALL,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        // With MSG_WAITALL a short count means the peer closed or went silent past the
-        // read timeout: the request will not complete.
-        if (n as usize) < buf.len() {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        return Ok(());
-    }
-}
-
-fn serves(config: &ListenerConfig, rq: &AssociateRq) -> bool {
-    !rq.contexts
-        .iter()
-        .any(|c| config.handed_off_classes.contains(&c.abstract_syntax))
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body)?;
+    Ok(Some(body))
 }
 
 impl ListenerConfig {
     fn serves_class(&self, abstract_syntax: &str) -> bool {
         abstract_syntax == VERIFICATION
             || self.storage_classes.contains(abstract_syntax)
+            || self.is_query(abstract_syntax)
+    }
+
+    fn is_query(&self, abstract_syntax: &str) -> bool {
+        self.find_classes.contains(abstract_syntax)
+            || self.move_classes.contains(abstract_syntax)
             || self.retrieve_classes.contains(abstract_syntax)
     }
 }
@@ -424,12 +409,12 @@ fn connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(config.timeout));
     let _ = stream.set_write_timeout(Some(config.timeout));
-    let request = match peek_associate_rq(&stream) {
-        Ok(Some(bytes)) => bytes,
+    let request = match read_associate_rq(&mut stream) {
+        Ok(Some(body)) => body,
         // Not an association request, cut short, or silent: nothing to talk about.
         Ok(None) | Err(_) => return,
     };
-    let rq = match pdu::parse_associate_rq(&request[6..]) {
+    let rq = match pdu::parse_associate_rq(&request) {
         Ok(rq) => rq,
         Err(e) => {
             let _ = stream.write_all(&pdu::encode_abort(6));
@@ -440,13 +425,6 @@ fn connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    if !serves(config, &rq) {
-        shared.host.hand_off(stream, peer);
-        return;
-    }
-    if stream.read_exact(&mut vec![0u8; request.len()]).is_err() {
-        return;
-    }
     Association {
         shared,
         stream,
@@ -479,7 +457,8 @@ struct Association<'a> {
 /// A request whose data set is arriving.
 enum Incoming {
     Store(Box<IncomingStore>),
-    Get {
+    /// A C-FIND or C-GET.
+    Query {
         command: Command,
         context_id: u8,
         identifier: Vec<u8>,
@@ -500,6 +479,67 @@ struct IncomingStore {
 enum Flow {
     Continue,
     Done(&'static str),
+}
+
+/// A C-GET's or C-MOVE's sub-operations so far, and the responses that report them.
+struct Progress {
+    request: Command,
+    context_id: u8,
+    explicit_vr: bool,
+    counts: SubOperations,
+    failed: Vec<String>,
+    status: u16,
+}
+
+impl Progress {
+    fn new(request: &Command, context_id: u8, transfer_syntax: &str) -> Progress {
+        Progress {
+            request: request.clone(),
+            context_id,
+            explicit_vr: transfer_syntax == EXPLICIT_VR_LE,
+            counts: SubOperations::default(),
+            failed: Vec::new(),
+            status: dimse::PENDING,
+        }
+    }
+
+    /// Counts one sub-operation; returns the pending response saying so.
+    fn record(&mut self, association: &Association<'_>, status: u16, uid: &str) -> Vec<u8> {
+        self.counts.remaining = self.counts.remaining.saturating_sub(1);
+        match status {
+            SUCCESS => self.counts.completed += 1,
+            0xB000..=0xBFFF => self.counts.warning += 1,
+            _ => {
+                self.counts.failed += 1;
+                self.failed.push(uid.to_string());
+            }
+        }
+        let pending = dimse::retrieve_response(&self.request, dimse::PENDING, self.counts, false);
+        association.message(self.context_id, true, &pending)
+    }
+
+    /// The final response (PS3.4 C.4.2.1.5, C.4.3.1.4): with the failed instances' UIDs
+    /// unless every sub-operation succeeded.
+    fn finish(&mut self, association: &Association<'_>) -> Vec<u8> {
+        let done = self.counts.completed + self.counts.failed + self.counts.warning;
+        self.status = if association.cancelled {
+            dimse::CANCEL
+        } else if self.counts.failed == 0 && self.counts.warning == 0 {
+            SUCCESS
+        } else if self.counts.failed == done {
+            SUB_OPERATIONS_FAILED
+        } else {
+            SUB_OPERATIONS_WARNING
+        };
+        let with_list = !self.failed.is_empty() && self.status != SUCCESS;
+        let last = dimse::retrieve_response(&self.request, self.status, self.counts, with_list);
+        let mut out = association.message(self.context_id, true, &last);
+        if with_list {
+            let list = dimse::failed_instances_identifier(&self.failed, self.explicit_vr);
+            out.extend(association.message(self.context_id, false, &list));
+        }
+        out
+    }
 }
 
 /// How a C-GET's C-STORE sub-operation went.
@@ -569,7 +609,7 @@ impl Association<'_> {
         let identifier_syntaxes = [EXPLICIT_VR_LE.to_string(), IMPLICIT_VR_LE.to_string()];
         for proposed in &self.rq.contexts {
             // Identifiers are read in the uncompressed little endian syntaxes only.
-            let ours = if config.retrieve_classes.contains(&proposed.abstract_syntax) {
+            let ours = if config.is_query(&proposed.abstract_syntax) {
                 &identifier_syntaxes[..]
             } else {
                 &config.transfer_syntaxes[..]
@@ -791,15 +831,18 @@ impl Association<'_> {
                 *incoming = Some(Incoming::Store(Box::new(next)));
                 Ok(Flow::Continue)
             }
-            dimse::C_GET_RQ
-                if command.has_data_set
-                    && self
-                        .shared
-                        .config
-                        .retrieve_classes
-                        .contains(&self.contexts[&context_id].0) =>
+            dimse::C_GET_RQ | dimse::C_FIND_RQ | dimse::C_MOVE_RQ
+                if command.has_data_set && {
+                    let config = &self.shared.config;
+                    let model = &self.contexts[&context_id].0;
+                    match command.field {
+                        dimse::C_GET_RQ => config.retrieve_classes.contains(model),
+                        dimse::C_MOVE_RQ => config.move_classes.contains(model),
+                        _ => config.find_classes.contains(model),
+                    }
+                } =>
             {
-                *incoming = Some(Incoming::Get {
+                *incoming = Some(Incoming::Query {
                     command,
                     context_id,
                     identifier: Vec::new(),
@@ -807,7 +850,7 @@ impl Association<'_> {
                 });
                 Ok(Flow::Continue)
             }
-            // A cancel arriving after its C-GET ended has nothing left to cancel.
+            // A cancel arriving after its request ended has nothing left to cancel.
             dimse::C_CANCEL_RQ => Ok(Flow::Continue),
             _ => Ok(Flow::Done(
                 "aborted (command not served on this association)",
@@ -838,7 +881,7 @@ impl Association<'_> {
                 };
                 self.stored(*current)
             }
-            Some(Incoming::Get { identifier, .. }) => {
+            Some(Incoming::Query { identifier, .. }) => {
                 if identifier.len() + bytes.len() > MAX_COMMAND {
                     return Ok(Flow::Done("aborted (oversized identifier)"));
                 }
@@ -846,7 +889,7 @@ impl Association<'_> {
                 if !last {
                     return Ok(Flow::Continue);
                 }
-                let Some(Incoming::Get {
+                let Some(Incoming::Query {
                     command,
                     context_id,
                     identifier,
@@ -855,9 +898,111 @@ impl Association<'_> {
                 else {
                     unreachable!("matched above")
                 };
-                self.retrieve(&command, context_id, identifier, started)
+                match command.field {
+                    dimse::C_FIND_RQ => self.find(&command, context_id, identifier, started),
+                    dimse::C_MOVE_RQ => self.move_to(&command, context_id, identifier, started),
+                    _ => self.retrieve(&command, context_id, identifier, started),
+                }
             }
         }
+    }
+
+    /// C-FIND: a pending response with each identifier the host produces, then the final one;
+    /// a C-CANCEL-RQ arriving meanwhile ends the responses with status Cancel.
+    fn find(
+        &mut self,
+        command: &Command,
+        context_id: u8,
+        identifier: Vec<u8>,
+        started: Instant,
+    ) -> io::Result<Flow> {
+        let request = self.query_request(command, context_id, identifier);
+        let mut status = SUCCESS;
+        let mut count = 0usize;
+        let mut unsent = Vec::new();
+        match self.shared.host.find(request) {
+            Err(refused) => status = refused,
+            Ok(matches) => {
+                let pending = dimse::find_response(command, dimse::PENDING);
+                for found in matches {
+                    if self.cancel_arrived()? {
+                        status = dimse::CANCEL;
+                        break;
+                    }
+                    let found = match found {
+                        Ok(found) => found,
+                        Err(why) => {
+                            self.log(
+                                LogLevel::Error,
+                                format!("C-FIND from {}: {why}", self.who()),
+                            );
+                            status = OUT_OF_RESOURCES;
+                            break;
+                        }
+                    };
+                    unsent.extend(self.message(context_id, true, &pending));
+                    unsent.extend(self.message(context_id, false, &found));
+                    count += 1;
+                    if unsent.len() >= GATHER {
+                        self.stream.write_all(&unsent)?;
+                        unsent.clear();
+                    }
+                }
+            }
+        }
+        unsent.extend(self.message(context_id, true, &dimse::find_response(command, status)));
+        self.stream.write_all(&unsent)?;
+        self.log_request("C-FIND", started, status, &format!("{count} matches"));
+        Ok(Flow::Continue)
+    }
+
+    fn query_request(
+        &self,
+        command: &Command,
+        context_id: u8,
+        identifier: Vec<u8>,
+    ) -> QueryRequest {
+        QueryRequest {
+            calling_ae: self.rq.calling_ae.clone(),
+            address: self.peer.ip().to_string(),
+            sop_class_uid: command.affected_sop_class_uid.clone(),
+            transfer_syntax: self.contexts[&context_id].1.clone(),
+            identifier,
+        }
+    }
+
+    /// Whether a C-CANCEL-RQ has arrived, without waiting for one: the only message a peer
+    /// may send while its C-FIND is answered.
+    fn cancel_arrived(&mut self) -> io::Result<bool> {
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local of the socket we own.
+        let waiting = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if waiting <= 0 {
+            return Ok(false);
+        }
+        let mut body = Vec::new();
+        match self.read_pdu(&mut body)? {
+            Some(pdu::P_DATA_TF) => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "peer ended the association",
+                ))
+            }
+        }
+        let pdvs = pdu::parse_pdvs(&body)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        Ok(pdvs.iter().any(|pdv| {
+            pdv.command
+                && dimse::parse_command(pdv.data).is_ok_and(|c| c.field == dimse::C_CANCEL_RQ)
+        }))
     }
 
     fn stored(&mut self, current: IncomingStore) -> io::Result<Flow> {
@@ -892,29 +1037,14 @@ impl Association<'_> {
         identifier: Vec<u8>,
         started: Instant,
     ) -> io::Result<Flow> {
-        let transfer_syntax = self.contexts[&context_id].1.clone();
-        let request = RetrieveRequest {
-            calling_ae: self.rq.calling_ae.clone(),
-            address: self.peer.ip().to_string(),
-            sop_class_uid: command.affected_sop_class_uid.clone(),
-            transfer_syntax: transfer_syntax.clone(),
-            identifier,
-        };
+        let request = self.query_request(command, context_id, identifier);
+        let mut progress = Progress::new(command, context_id, &request.transfer_syntax);
         let selected = match self.shared.host.select(request) {
             Ok(selected) => selected,
-            Err(status) => {
-                let rsp = dimse::get_response(command, status, SubOperations::default(), false);
-                self.send(context_id, &rsp)?;
-                self.log_request("C-GET", started, status, "0 instances");
-                return Ok(Flow::Continue);
-            }
+            Err(status) => return self.refused(&progress, "C-GET", started, status, ""),
         };
+        progress.counts.remaining = selected.len() as u32;
         self.cancelled = false;
-        let mut counts = SubOperations {
-            remaining: selected.len() as u32,
-            ..SubOperations::default()
-        };
-        let mut failed = Vec::new();
         // Each pending response goes out in one write with the next C-STORE-RQ.
         let mut unsent = Vec::new();
         let mut prefetched = None;
@@ -933,42 +1063,78 @@ impl Association<'_> {
                 SubOperation::NotSent => OUT_OF_RESOURCES,
                 SubOperation::Ended(how) => return Ok(Flow::Done(how)),
             };
-            counts.remaining -= 1;
-            match status {
-                SUCCESS => counts.completed += 1,
-                0xB000..=0xBFFF => counts.warning += 1,
-                _ => {
-                    counts.failed += 1;
-                    failed.push(instance.sop_instance_uid.clone());
-                }
-            }
-            let pending = dimse::get_response(command, dimse::PENDING, counts, false);
-            unsent.extend(self.message(context_id, true, &pending));
+            unsent.extend(progress.record(self, status, &instance.sop_instance_uid));
         }
-        let status = if self.cancelled {
-            dimse::CANCEL
-        } else if counts.failed == 0 && counts.warning == 0 {
-            SUCCESS
-        } else if counts.failed as usize == selected.len() {
-            SUB_OPERATIONS_FAILED
-        } else {
-            SUB_OPERATIONS_WARNING
-        };
-        let with_list = !failed.is_empty() && status != SUCCESS;
-        let last = dimse::get_response(command, status, counts, with_list);
-        unsent.extend(self.message(context_id, true, &last));
-        if with_list {
-            let list =
-                dimse::failed_instances_identifier(&failed, transfer_syntax == EXPLICIT_VR_LE);
-            unsent.extend(self.message(context_id, false, &list));
-        }
+        unsent.extend(progress.finish(self));
         self.stream.write_all(&unsent)?;
         self.log_request(
             "C-GET",
             started,
-            status,
+            progress.status,
             &format!("{} instances", selected.len()),
         );
+        Ok(Flow::Continue)
+    }
+
+    /// C-MOVE: the host selects the instances and sends them to the destination over its own
+    /// association, reporting each sub-operation's status; a pending response follows each.
+    fn move_to(
+        &mut self,
+        command: &Command,
+        context_id: u8,
+        identifier: Vec<u8>,
+        started: Instant,
+    ) -> io::Result<Flow> {
+        let request = self.query_request(command, context_id, identifier);
+        let mut progress = Progress::new(command, context_id, &request.transfer_syntax);
+        let destination = command.move_destination.clone();
+        let detail = format!("to {destination}");
+        let (uids, sub_operations) = match self.shared.host.move_to(request, &destination) {
+            Ok(moving) => moving,
+            Err(status) => return self.refused(&progress, "C-MOVE", started, status, &detail),
+        };
+        progress.counts.remaining = uids.len() as u32;
+        self.cancelled = false;
+        for (uid, status) in uids.iter().zip(sub_operations) {
+            let status = status.unwrap_or_else(|why| {
+                self.log(
+                    LogLevel::Error,
+                    format!("C-MOVE from {}: sub-operation failed: {why}", self.who()),
+                );
+                OUT_OF_RESOURCES
+            });
+            let pending = progress.record(self, status, uid);
+            self.stream.write_all(&pending)?;
+            if self.cancel_arrived()? {
+                self.cancelled = true;
+                break;
+            }
+        }
+        let last = progress.finish(self);
+        self.stream.write_all(&last)?;
+        self.log_request(
+            "C-MOVE",
+            started,
+            progress.status,
+            &format!("{} instances {detail}", uids.len()),
+        );
+        Ok(Flow::Continue)
+    }
+
+    /// The final response of a query refused before it started.
+    fn refused(
+        &mut self,
+        progress: &Progress,
+        what: &str,
+        started: Instant,
+        status: u16,
+        detail: &str,
+    ) -> io::Result<Flow> {
+        let rsp =
+            dimse::retrieve_response(&progress.request, status, SubOperations::default(), false);
+        self.send(progress.context_id, &rsp)?;
+        let detail = format!("0 instances {detail}");
+        self.log_request(what, started, status, detail.trim_end());
         Ok(Flow::Continue)
     }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import resource
 import signal
 import socket
@@ -21,7 +22,9 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage
 
 from dicomvault.bench.corpus import clinical_corpus, ct_corpus
-from tests.net.conftest import Server, dcmtk, store_corpus, storescu
+from dicomvault.bench.synthetic import commit_all
+from dicomvault.index import Index
+from tests.net.conftest import Server, dcmtk, storescu
 
 QR = "WORKSTATION"
 
@@ -175,29 +178,37 @@ def test_a_full_disk_answers_out_of_resources_and_keeps_what_was_acknowledged(tm
         assert srv.stop() == 0
 
 
-def test_c_cancel_stops_a_c_find(server, tmp_path):
-    corpus = clinical_corpus(tmp_path / "corpus")
-    store_corpus(server, corpus)
-    result = dcmtk(
-        "findscu",
-        "-v",
-        "--cancel",
-        "2",
-        "-aet",
-        QR,
-        "-aec",
-        server.aet,
-        "-S",
-        "-k",
-        "QueryRetrieveLevel=IMAGE",
-        "-k",
-        "SOPInstanceUID",
-        "127.0.0.1",
-        server.port,
-    )
-    assert "Cancel" in result.stderr
-    assert result.stderr.count("Received Find Response") < len(corpus)
-    assert server.logged("C-FIND from WORKSTATION@127.0.0.1: status 0xFE00")
+def test_c_cancel_stops_a_c_find(tmp_path):
+    """20,000 matches (generated into the index, all that C-FIND reads) cannot all be sent
+    before findscu's C-CANCEL-RQ arrives: the responses stop there, with status Cancel."""
+    srv = Server(tmp_path, {"WORKSTATION": {"aet": QR, "host": "127.0.0.1", "port": 1}})
+    with Index(srv.root / "index", sync=False) as index:
+        commit_all(index, 0, 20_000, batch=5_000)
+    srv.start()
+    try:
+        result = dcmtk(
+            "findscu",
+            "-v",
+            "--cancel",
+            "2",
+            "-aet",
+            QR,
+            "-aec",
+            srv.aet,
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=IMAGE",
+            "-k",
+            "SOPInstanceUID",
+            "127.0.0.1",
+            srv.port,
+        )
+        assert "Received Final Find Response (Cancel" in result.stderr
+        pending = len(re.findall(r"Find Response: \d+ \(Pending\)", result.stderr))
+        assert 2 <= pending < 20_000
+        assert srv.logged("C-FIND from WORKSTATION@127.0.0.1: status 0xFE00")
+    finally:
+        assert srv.stop() == 0
 
 
 def test_a_stalled_peer_does_not_block_the_others(server, tmp_path):

@@ -126,7 +126,7 @@ def send(
     root: RootOption = None,
 ) -> None:
     """C-STORE files or archived instances to a remote AE (byte for byte where accepted)."""
-    from dicomvault.net.scp import stored_instance
+    from dicomvault.net.outbound import stored_instance
     from dicomvault.net.scu import ScuError
     from dicomvault.net.status import SUCCESS, describe
 

@@ -15,10 +15,8 @@ from pydicom.uid import (
 from pynetdicom.presentation import (
     AllStoragePresentationContexts,
     PresentationContext,
-    QueryRetrievePresentationContexts,
     build_context,
 )
-from pynetdicom.sop_class import Verification
 
 from dicomvault.net.outbound import StoredInstance
 
@@ -31,21 +29,9 @@ MAX_PROPOSED = 128
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.10.1"
 IMPLEMENTATION_VERSION_NAME = "DICOMVAULT_010"
 
-SupportedContext = tuple[str, list[str], bool | None, bool | None]
-
 
 def storage_sop_classes() -> list[str]:
     return [cx.abstract_syntax for cx in AllStoragePresentationContexts]
-
-
-def query_retrieve_sop_classes(exclude: Iterable[str] = ()) -> list[str]:
-    """The Query/Retrieve SOP classes the SCP serves (C-FIND, C-MOVE, C-GET models)."""
-    left_out = set(exclude)
-    return [
-        cx.abstract_syntax
-        for cx in QueryRetrievePresentationContexts
-        if cx.abstract_syntax not in left_out
-    ]
 
 
 def accepted_syntaxes() -> list[str]:
@@ -62,18 +48,6 @@ def accepted_syntaxes() -> list[str]:
     )
     encapsulated = [ts for ts in AllTransferSyntaxes if ts not in first + rest]
     return [str(ts) for ts in first + encapsulated + rest]
-
-
-def scp_contexts() -> list[SupportedContext]:
-    """Every storage SOP class in every transfer syntax (native, deflated, encapsulated),
-    accepting the SCP role C-GET requestors ask for; Verification and Query/Retrieve in the
-    two uncompressed little endian syntaxes."""
-    storage = accepted_syntaxes()
-    plain = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]
-    supported: list[SupportedContext] = [(Verification, plain, None, None)]
-    supported += [(uid, storage, True, True) for uid in storage_sop_classes()]
-    supported += [(uid, plain, None, None) for uid in query_retrieve_sop_classes()]
-    return supported
 
 
 def for_instances(instances: Iterable[StoredInstance]) -> list[PresentationContext]:

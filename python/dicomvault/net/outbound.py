@@ -22,7 +22,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -35,6 +35,11 @@ from pydicom.uid import (
 )
 from pynetdicom import _config
 from pynetdicom.association import Association
+
+from dicomvault import _native
+
+if TYPE_CHECKING:
+    from dicomvault.store import Archive
 
 log = logging.getLogger("dicomvault.net")
 
@@ -172,3 +177,38 @@ def install() -> None:
         Association.send_c_store = send_c_store  # type: ignore[method-assign]
         # Paths are sent from the file in chunks, without decoding: byte for byte.
         _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+class Selected(NamedTuple):
+    """An archived instance a retrieve selected: what sending it takes."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    dataset_offset: int
+    manifest: bytes
+
+
+def selected(record: Any) -> Selected:
+    """What sending an index record's instance takes."""
+    info = _native.manifest_info(record.manifest)
+    return Selected(
+        record.tags.get("SOPClassUID", ""),
+        record.tags.get("SOPInstanceUID") or record.key,
+        info["transfer_syntax"],
+        info["dataset_offset"],
+        record.manifest,
+    )
+
+
+def stored_instance(archive: Archive, record: Any) -> StoredInstance:
+    return outbound(archive, selected(record))
+
+
+def outbound(archive: Archive, instance: Selected) -> StoredInstance:
+    """``instance`` on its way out of ``archive``."""
+    return StoredInstance(
+        *instance[:4],
+        lambda start: archive.store.chunks(instance.manifest, start),
+        archive.root / "tmp",
+    )

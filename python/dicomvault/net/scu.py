@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,16 +34,63 @@ from pynetdicom.presentation import (
 )
 from pynetdicom.sop_class import Verification
 
+from dicomvault import _native
 from dicomvault.config import Settings
 from dicomvault.index import Level
+from dicomvault.net import contexts
 from dicomvault.net.outbound import StoredInstance, install
 from dicomvault.net.policy import Modality
 from dicomvault.net.query import PATIENT_ROOT, STUDY_ROOT, response_identifier
-from dicomvault.net.scp import set_nodelay, store_received
-from dicomvault.net.status import PENDING, SUCCESS, describe
+from dicomvault.net.status import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    PENDING,
+    SUCCESS,
+    describe,
+)
 from dicomvault.store import Archive
 
 log = logging.getLogger("dicomvault.net")
+
+
+def set_nodelay(event: Event) -> None:
+    """Disables Nagle's algorithm on every association socket, ours and the peer's replies
+    otherwise stall ~40 ms on delayed ACKs."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def store_received(archive: Archive, event: Event, source: str) -> int:
+    """Stores a C-STORE request's data set as received (with the File Meta the storage
+    listener would give it); returns the status to answer."""
+    request = event.request
+    meta = _native.file_meta(
+        request.AffectedSOPClassUID,
+        request.AffectedSOPInstanceUID,
+        event.context.transfer_syntax,
+        event.assoc.requestor.ae_title.strip(),
+        contexts.IMPLEMENTATION_CLASS_UID,
+        contexts.IMPLEMENTATION_VERSION_NAME,
+    )
+    writer = archive.store.writer(allow_truncated=False)
+    try:
+        writer.write(meta)
+        writer.write(request.DataSet.getvalue())
+        ingested = writer.finish()
+    except _native.ScanError as e:
+        log.error("C-STORE from %s: cannot understand the data set: %s", source, e)
+        return CANNOT_UNDERSTAND
+    except OSError as e:
+        log.error("C-STORE from %s: storage failed: %s", source, e)
+        return OUT_OF_RESOURCES
+    try:
+        archive.submit(archive.entry(ingested, source)).result()
+    except Exception as e:  # the index or the disk: nothing was acknowledged
+        log.error("C-STORE from %s: commit failed: %s", source, e)
+        return OUT_OF_RESOURCES
+    return SUCCESS
+
 
 # What a C-GET requestor offers to receive in: native first, then the usual compressions.
 GET_SYNTAXES = [

@@ -17,8 +17,8 @@ NOT_AUTHORIZED = 0x0124
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 MOVE_DESTINATION_UNKNOWN = 0xA801
-# A retrieve whose identifier cannot be read (PS3.4 C.4.2.1.5 "Unable to process").
-UNABLE_TO_PROCESS = 0xC410
+# A query or retrieve whose identifier cannot be read ("Unable to process": Cxxx, PS3.4 C.4).
+UNABLE_TO_PROCESS = 0xC000
 
 _TABLES = (
     QR_MOVE_SERVICE_CLASS_STATUS,
