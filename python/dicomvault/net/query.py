@@ -3,12 +3,15 @@ identifier into (level, filters) and writing a match back as a response identifi
 
 from __future__ import annotations
 
+import functools
+import io
+import struct
 from collections.abc import Mapping
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
+from pynetdicom.dsutils import decode
 
 from dicomvault.index import Level
 
@@ -60,8 +63,6 @@ _CONTROL = frozenset(
         "InstanceAvailability",
     }
 )
-_BINARY = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"})
-_SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
 
 
 class IdentifierError(ValueError):
@@ -104,36 +105,75 @@ def read_identifier(identifier: Dataset, model: str) -> tuple[Level, dict[str, s
     return level, filters, requested
 
 
-def _value(keyword: str, text: str) -> object:
-    vr = dictionary_VR(keyword).split(" or ")[0]
-    if vr == "SQ":
-        return Sequence()
-    if text == "":
+_NUMBER_FORMAT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+_NUMBER_FORMAT |= {"SV": "q", "UV": "Q"}
+# Explicit VR Little Endian gives these a 4-byte value length (PS3.5 7.1.2).
+_LONG_LENGTH = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT"})
+_LONG_LENGTH |= {"UV"}
+
+
+@functools.cache
+def _tag_and_vr(keyword: str) -> tuple[int, str] | None:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
         return None
-    if vr in _BINARY:
-        numbers = [float(v) if vr in ("FL", "FD") else int(v) for v in text.split("\\")]
-        return numbers[0] if len(numbers) == 1 else numbers
-    if "\\" in text and vr not in _SINGLE_VALUED:
-        return text.split("\\")
-    return text
+    vr = dictionary_VR(tag).split(" or ")[0]
+    return tag, "OB" if vr == "ox" else vr
+
+
+def _value_bytes(vr: str, text: str, encoding: str) -> bytes:
+    if vr == "SQ" or text == "":
+        return b""
+    if vr in _NUMBER_FORMAT:
+        kind = _NUMBER_FORMAT[vr]
+        numbers = [float(v) if kind in "fd" else int(v) for v in text.split("\\")]
+        return struct.pack(f"<{len(numbers)}{kind}", *numbers)
+    value = text.encode(encoding)
+    if len(value) % 2:
+        value += b"\0" if vr == "UI" else b" "
+    return value
+
+
+def encode_identifier(
+    match: Mapping[str, str],
+    level: Level,
+    requested: list[str],
+    retrieve_aet: str,
+    implicit_vr: bool = False,
+) -> bytes:
+    """A C-FIND response identifier, encoded (Little Endian, implicit or explicit VR): the
+    requested keys (empty when not held) and the unique keys of the level and above, in UTF-8
+    when any value needs more than ASCII. Written directly: pydicom's Dataset and writer cost
+    more than the query."""
+    keys = [k for k in requested if k not in UNIQUE_KEYS[level]] + list(UNIQUE_KEYS[level])
+    values = {k: match.get(k, "") for k in keys}
+    values |= {"QueryRetrieveLevel": level.value, "RetrieveAETitle": retrieve_aet}
+    encoding = "ascii"
+    if any(not v.isascii() for v in values.values()):
+        values["SpecificCharacterSet"] = "ISO_IR 192"
+        encoding = "utf-8"
+    elements = []
+    for keyword, text in values.items():
+        found = _tag_and_vr(keyword)
+        if found is not None:
+            tag, vr = found
+            elements.append((tag, vr, _value_bytes(vr, text, encoding)))
+    out = bytearray()
+    for tag, vr, value in sorted(elements):
+        out += struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+        if implicit_vr:
+            out += struct.pack("<I", len(value))
+        elif vr in _LONG_LENGTH:
+            out += vr.encode() + struct.pack("<HI", 0, len(value))
+        else:
+            out += vr.encode() + struct.pack("<H", len(value))
+        out += value
+    return bytes(out)
 
 
 def response_identifier(
     match: Mapping[str, str], level: Level, requested: list[str], retrieve_aet: str
 ) -> Dataset:
-    """A C-FIND response identifier: the requested keys (empty when not held), the unique
-    keys of the level and above, in UTF-8 when any value needs more than ASCII."""
-    ds = Dataset()
-    keys = [k for k in requested if k not in UNIQUE_KEYS[level]] + list(UNIQUE_KEYS[level])
-    values = {k: match.get(k, "") for k in keys}
-    if any(not v.isascii() for v in values.values()):
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.QueryRetrieveLevel = level.value
-    ds.RetrieveAETitle = retrieve_aet
-    for keyword, text in values.items():
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            continue
-        vr = dictionary_VR(tag).split(" or ")[0]
-        ds.add_new(tag, "OB" if vr == "ox" else vr, _value(keyword, text))
-    return ds
+    """``encode_identifier``'s identifier as a pydicom Dataset."""
+    encoded = encode_identifier(match, level, requested, retrieve_aet)
+    return decode(io.BytesIO(encoded), is_implicit_vr=False, is_little_endian=True)

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import decode
 
 from dicomvault import _native
 from dicomvault.config import Settings
@@ -32,8 +32,8 @@ from dicomvault.net.query import (
     GET_MODELS,
     MOVE_MODELS,
     IdentifierError,
+    encode_identifier,
     read_identifier,
-    response_identifier,
 )
 from dicomvault.net.scu import set_nodelay
 from dicomvault.net.status import (
@@ -177,13 +177,7 @@ class DicomServer:
             level, filters, requested, case_insensitive_pn=self.case_insensitive_pn
         )
         return SUCCESS, (
-            encode(
-                response_identifier(m, level, requested, self.aet),
-                syntax.is_implicit_VR,
-                syntax.is_little_endian,
-            )
-            or b""
-            for m in matches
+            encode_identifier(m, level, requested, self.aet, syntax.is_implicit_VR) for m in matches
         )
 
     def _select_for_get(
