@@ -487,6 +487,7 @@ struct Progress {
     context_id: u8,
     explicit_vr: bool,
     counts: SubOperations,
+    total: usize,
     failed: Vec<String>,
     status: u16,
 }
@@ -498,9 +499,22 @@ impl Progress {
             context_id,
             explicit_vr: transfer_syntax == EXPLICIT_VR_LE,
             counts: SubOperations::default(),
+            total: 0,
             failed: Vec::new(),
             status: dimse::PENDING,
         }
+    }
+
+    fn begin(&mut self, total: usize) {
+        self.total = total;
+        self.counts.remaining = total as u32;
+    }
+
+    /// For the request's log line.
+    fn detail(&self, extra: &str) -> String {
+        format!("{} instances {extra}", self.total)
+            .trim_end()
+            .to_string()
     }
 
     /// Counts one sub-operation; returns the pending response saying so.
@@ -1037,13 +1051,12 @@ impl Association<'_> {
         identifier: Vec<u8>,
         started: Instant,
     ) -> io::Result<Flow> {
-        let request = self.query_request(command, context_id, identifier);
-        let mut progress = Progress::new(command, context_id, &request.transfer_syntax);
+        let (request, mut progress) = self.begin_retrieve(command, context_id, identifier);
         let selected = match self.shared.host.select(request) {
             Ok(selected) => selected,
             Err(status) => return self.refused(&progress, "C-GET", started, status, ""),
         };
-        progress.counts.remaining = selected.len() as u32;
+        progress.begin(selected.len());
         self.cancelled = false;
         // Each pending response goes out in one write with the next C-STORE-RQ.
         let mut unsent = Vec::new();
@@ -1067,13 +1080,19 @@ impl Association<'_> {
         }
         unsent.extend(progress.finish(self));
         self.stream.write_all(&unsent)?;
-        self.log_request(
-            "C-GET",
-            started,
-            progress.status,
-            &format!("{} instances", selected.len()),
-        );
+        self.log_request("C-GET", started, progress.status, &progress.detail(""));
         Ok(Flow::Continue)
+    }
+
+    fn begin_retrieve(
+        &self,
+        command: &Command,
+        context_id: u8,
+        identifier: Vec<u8>,
+    ) -> (QueryRequest, Progress) {
+        let request = self.query_request(command, context_id, identifier);
+        let progress = Progress::new(command, context_id, &request.transfer_syntax);
+        (request, progress)
     }
 
     /// C-MOVE: the host selects the instances and sends them to the destination over its own
@@ -1085,15 +1104,14 @@ impl Association<'_> {
         identifier: Vec<u8>,
         started: Instant,
     ) -> io::Result<Flow> {
-        let request = self.query_request(command, context_id, identifier);
-        let mut progress = Progress::new(command, context_id, &request.transfer_syntax);
+        let (request, mut progress) = self.begin_retrieve(command, context_id, identifier);
         let destination = command.move_destination.clone();
         let detail = format!("to {destination}");
         let (uids, sub_operations) = match self.shared.host.move_to(request, &destination) {
             Ok(moving) => moving,
             Err(status) => return self.refused(&progress, "C-MOVE", started, status, &detail),
         };
-        progress.counts.remaining = uids.len() as u32;
+        progress.begin(uids.len());
         self.cancelled = false;
         for (uid, status) in uids.iter().zip(sub_operations) {
             let status = status.unwrap_or_else(|why| {
@@ -1116,7 +1134,7 @@ impl Association<'_> {
             "C-MOVE",
             started,
             progress.status,
-            &format!("{} instances {detail}", uids.len()),
+            &progress.detail(&detail),
         );
         Ok(Flow::Continue)
     }
@@ -1133,8 +1151,7 @@ impl Association<'_> {
         let rsp =
             dimse::retrieve_response(&progress.request, status, SubOperations::default(), false);
         self.send(progress.context_id, &rsp)?;
-        let detail = format!("0 instances {detail}");
-        self.log_request(what, started, status, detail.trim_end());
+        self.log_request(what, started, status, &progress.detail(detail));
         Ok(Flow::Continue)
     }
 

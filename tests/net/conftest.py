@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from dicomvault.bench.peers import free_port, wait_for_port
 from tests.conftest import Cli
 
 DCMTK = Path("/usr/bin")
@@ -36,25 +36,6 @@ PROPOSE = {  # storescu: propose
     "1.2.840.10008.1.2.4.90": "-xv",
 }
 PREFER = {ts: "+" + opt[1:] for ts, opt in PROPOSE.items()}  # getscu: accept/prefer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {port} within {timeout} s")
 
 
 def dcmtk(

@@ -28,17 +28,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, what: str = "", timeout: float = 60) -> None:
+    """Returns once ``proc`` (``what``, for errors) accepts connections on ``port``."""
+    what = what or str(proc.args[0])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited before listening")
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout} s")
 
 
 def _tree(pid: int) -> list[int]:
