@@ -167,7 +167,13 @@ class Orthanc:
     """Debian's Orthanc with its own configuration, on free ports."""
 
     def __init__(
-        self, workdir: Path, modalities: dict[str, list], aet: str = "ORTHANC", dicom_port: int = 0
+        self,
+        workdir: Path,
+        modalities: dict[str, list],
+        aet: str = "ORTHANC",
+        dicom_port: int = 0,
+        limit_find_results: int = 0,
+        options: dict[str, object] | None = None,
     ) -> None:
         self.aet = aet
         self.dicom_port = dicom_port or free_port()
@@ -189,8 +195,9 @@ class Orthanc:
             "DicomCheckCalledAet": False,
             "Plugins": [],
             "StableAge": 1,
-            "LimitFindResults": 0,
+            "LimitFindResults": limit_find_results,
             "LimitFindInstances": 0,
+            **(options or {}),
         }
         (self.dir / "orthanc.json").write_text(json.dumps(config))
         self.log = (self.dir / "orthanc.log").open("w")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dicomvault.cli import archive, bench, dicom
+from dicomvault.cli import archive, bench, dicom, migrate
 from dicomvault.cli.common import setup_logging
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 for group in (archive.app, dicom.app):
     app.registered_commands.extend(group.registered_commands)
 app.add_typer(bench.app, name="bench")
+app.add_typer(migrate.app, name="migrate")
 
 
 def main() -> None:

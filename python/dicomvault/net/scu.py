@@ -42,6 +42,7 @@ from dicomvault.net.outbound import StoredInstance, install
 from dicomvault.net.policy import Modality
 from dicomvault.net.query import PATIENT_ROOT, STUDY_ROOT, response_identifier
 from dicomvault.net.status import (
+    CANCEL,
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
     PENDING,
@@ -110,6 +111,11 @@ GET_SYNTAXES = [
 
 class ScuError(RuntimeError):
     """The peer could not be reached or refused; the message says why."""
+
+
+class MatchingCancelled(ScuError):
+    """The peer ended a C-FIND early with status Cancel: some PACS (Orthanc among them) say so
+    when the matches exceed their result limit."""
 
 
 @dataclass
@@ -233,6 +239,8 @@ class Scu:
                 code = int(status.Status) if status is not None and "Status" in status else 0xC000
                 if code in (PENDING, 0xFF01):
                     yield identifier
+                elif code == CANCEL:
+                    raise MatchingCancelled(f"C-FIND ended early: {describe(code)}")
                 elif code != SUCCESS:
                     raise ScuError(f"C-FIND failed: {describe(code)}")
         finally:

@@ -1,0 +1,2 @@
+"""Migration into the archive: from a remote PACS over query/retrieve, with a journal that
+makes it resumable and a verification of every study against its source."""

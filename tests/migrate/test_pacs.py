@@ -1,0 +1,164 @@
+"""`dicomvault migrate pacs` from a real Orthanc holding 50 generated studies, its C-FIND
+results capped at 8 so that the date windows must be split."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dicomvault.bench.corpus import ct_corpus
+from dicomvault.migrate.journal import Journal
+from tests.conftest import Cli
+from tests.net.conftest import Orthanc, dcmtk, free_port
+
+STUDIES = 50
+LIMIT = 8
+OUR_AET = "DICOMVAULT"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return ct_corpus(
+        tmp_path_factory.mktemp("corpus"), 2 * STUDIES, rows=16, columns=16, studies=STUDIES
+    )
+
+
+class Setup:
+    def __init__(self, workdir: Path, corpus: list, knows_us: bool = True) -> None:
+        self.port = free_port()
+        if knows_us:
+            modalities, options = {"vault": [OUR_AET, "127.0.0.1", self.port]}, {}
+        else:  # queries and C-GET from anyone, but C-MOVE only to the AEs it knows
+            modalities = {}
+            options = {f"DicomAlwaysAllow{s}": True for s in ("Find", "Get", "Move")}
+        self.orthanc = Orthanc(workdir, modalities, limit_find_results=LIMIT, options=options)
+        dcmtk(
+            "storescu",
+            "-aec",
+            "ORTHANC",
+            "127.0.0.1",
+            self.orthanc.dicom_port,
+            *[g.path for g in corpus],
+        )
+        self.root = workdir / "archive"
+        self.config = workdir / "dicomvault.toml"
+        source = self.orthanc.dicom_port
+        self.config.write_text(
+            f'[dicom]\naet = "{OUR_AET}"\nhost = "127.0.0.1"\nport = {self.port}\n'
+            f'[modalities.pacs]\naet = "ORTHANC"\nhost = "127.0.0.1"\nport = {source}\n'
+        )
+        self.cli = Cli(self.root, workdir)
+
+    def migrate(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cli.run(
+            "migrate",
+            *args,
+            "pacs",
+            "--find-limit",
+            str(LIMIT),
+            "--config",
+            self.config,
+            check=check,
+        )
+
+    def rows(self) -> dict[str, object]:
+        return {r.study: r for r in Journal.rows_of(self.root, "pacs")}
+
+
+@pytest.fixture
+def setup(tmp_path, corpus):
+    s = Setup(tmp_path, corpus)
+    yield s
+    s.orthanc.stop()
+
+
+def studies_of(corpus: list) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for g in corpus:
+        found.setdefault(g.study_instance_uid, set()).add(g.sop_instance_uid)
+    return found
+
+
+def test_a_full_migration_splits_capped_windows_and_verifies_every_study(setup, corpus):
+    result = setup.migrate("pacs")
+    assert f"ORTHANC lists {STUDIES} studies" in result.stdout
+    rows = setup.rows()
+    assert set(rows) == set(studies_of(corpus))
+    assert {r.state for r in rows.values()} == {"verified"}
+    assert all(r.expected == r.received == 2 for r in rows.values())
+    held = {i["key"] for i in setup.cli.ls("instances")}
+    assert held == {g.sop_instance_uid for g in corpus}
+    assert setup.cli.run("verify").returncode == 0
+    again = setup.migrate("pacs")
+    assert f"{STUDIES} of {STUDIES} studies verified" in again.stdout
+    assert all(r.attempts == 1 for r in setup.rows().values())
+
+
+def test_a_killed_migration_resumes_without_fetching_verified_studies_again(setup, corpus):
+    proc = subprocess.Popen(
+        setup.cli.command(
+            "migrate",
+            "pacs",
+            "pacs",
+            "--find-limit",
+            str(LIMIT),
+            "--config",
+            setup.config,
+            "--root",
+            setup.root,
+        ),
+        cwd=setup.cli.cwd,
+        env=setup.cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    verified: set[str] = set()
+    while time.monotonic() < deadline and len(verified) < STUDIES // 3:
+        time.sleep(0.1)
+        if (setup.root / "migrate").exists():
+            verified = {s for s, r in setup.rows().items() if r.state == "verified"}
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert STUDIES // 3 <= len(verified) < STUDIES
+    setup.migrate("pacs")
+    rows = setup.rows()
+    assert {r.state for r in rows.values()} == {"verified"}
+    assert all(rows[s].attempts == 1 for s in verified)
+    held = {i["key"] for i in setup.cli.ls("instances")}
+    assert held == {g.sop_instance_uid for g in corpus}
+
+
+def test_a_study_deleted_from_the_source_mid_migration_is_reported(setup, corpus):
+    compared = setup.migrate("compare", check=False)
+    assert compared.returncode == 1
+    gone = corpus[0].study_instance_uid
+    [orthanc_id] = setup.orthanc.rest("/tools/lookup", gone.encode(), method="POST")
+    setup.orthanc.rest(orthanc_id["Path"], method="DELETE")
+    result = setup.migrate("pacs", check=False)
+    assert result.returncode == 1
+    rows = setup.rows()
+    assert rows[gone].state == "failed" and "no longer on the source" in rows[gone].error
+    assert sum(r.state == "verified" for r in rows.values()) == STUDIES - 1
+    report = json.loads(
+        setup.cli.run("migrate", "report", "pacs", "--json", "--config", setup.config).stdout
+    )
+    assert [r["study"] for r in report] == [gone]
+
+
+def test_a_source_refusing_our_move_destination_is_reported_and_get_works(tmp_path, corpus):
+    setup = Setup(tmp_path, corpus[:10], knows_us=False)
+    try:
+        refused = setup.migrate("pacs", "--method", "move", check=False)
+        assert refused.returncode == 1
+        assert f"ORTHANC refused to move to {OUR_AET}" in refused.stderr
+        assert "--method get" in refused.stderr
+        setup.migrate("pacs", "--method", "get")
+        assert {r.state for r in setup.rows().values()} == {"verified"}
+    finally:
+        setup.orthanc.stop()
