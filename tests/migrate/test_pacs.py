@@ -67,7 +67,7 @@ class Setup:
         )
 
     def rows(self) -> dict[str, object]:
-        return {r.study: r for r in Journal.rows_of(self.root, "pacs")}
+        return {r.item: r for r in Journal.rows_of(self.root, "pacs")}
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_a_study_deleted_from_the_source_mid_migration_is_reported(setup, corpus
     report = json.loads(
         setup.cli.run("migrate", "report", "pacs", "--json", "--config", setup.config).stdout
     )
-    assert [r["study"] for r in report] == [gone]
+    assert [r["item"] for r in report] == [gone]
 
 
 def test_a_source_refusing_our_move_destination_is_reported_and_get_works(tmp_path, corpus):

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -13,13 +14,15 @@ import typer
 from dicomvault.cli.common import ConfigOption, RootOption, fail, open_archive, settings
 from dicomvault.cli.dicom import KeysOption, TargetArgument, _keys, _scu, _target
 from dicomvault.cli.output import print_json, print_table
-from dicomvault.migrate.journal import STATES, Journal, StudyRow
+from dicomvault.config import Settings
+from dicomvault.migrate.journal import STATES, Journal, JournalRow
 
 if TYPE_CHECKING:
     from dicomvault.migrate.pacs import Plan
 
 app = typer.Typer(
-    help="Migrate into the archive from a PACS (C-FIND + C-GET/C-MOVE), resumably.",
+    help="Migrate into the archive, resumably: from a PACS (C-FIND + C-GET/C-MOVE) or from "
+    "Orthanc's storage.",
     no_args_is_help=True,
 )
 
@@ -56,11 +59,11 @@ def _plan(
     )
 
 
-def _not_verified(rows: list[StudyRow]) -> None:
+def _not_verified(rows: list[JournalRow]) -> None:
     print_table(
-        ["study", "date", "state", "attempts", "expected", "received", "error"],
+        ["item", "date", "state", "attempts", "expected", "received", "error"],
         [
-            (r.study, r.study_date, r.state, r.attempts, r.expected, r.received, r.error)
+            (r.item, r.study_date, r.state, r.attempts, r.expected, r.received, r.error)
             for r in rows
         ],
     )
@@ -146,12 +149,53 @@ def compare(
     typer.echo("every study is complete in the archive")
 
 
+@app.command("orthanc-storage")
+def orthanc_storage(
+    directory: Annotated[Path, typer.Argument(help="Orthanc's StorageDirectory.")],
+    index: Annotated[
+        Path | None,
+        typer.Option(help="Orthanc's index (SQLite file, or its IndexDirectory); default DIR."),
+    ] = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Import every instance of an Orthanc StorageDirectory (plain or zlib-compressed
+    attachments), journaled and resumable. Exits 1 if any file could not be migrated."""
+    from dicomvault.migrate.storage import OrthancStorageMigration
+
+    if not directory.is_dir():
+        fail(f"not a directory: {directory}")
+    index = index or directory
+    index = index / "index" if index.is_dir() else index
+    if not index.is_file():
+        fail(f"no Orthanc index at {index}: name it with --index")
+    with open_archive(config, root) as archive, Journal(archive.root) as journal:
+        migration = OrthancStorageMigration(archive, journal, directory, index, report=typer.echo)
+        left = migration.run()
+        rows = list(journal.rows(migration.source))
+    for state in STATES:
+        if count := sum(r.state == state for r in rows):
+            typer.echo(f"{count} files {state}")
+    if left:
+        _not_verified(left)
+        raise typer.Exit(1)
+
+
+def _source(conf: Settings, source: str) -> str:
+    """The journal's name for SOURCE: a storage directory, or a [modalities] target."""
+    from dicomvault.migrate.storage import source_name
+
+    if Path(source).is_dir():
+        return source_name(Path(source))
+    return _target(conf, source).name
+
+
 @app.command()
 def status(source: TargetArgument, config: ConfigOption = None, root: RootOption = None) -> None:
-    """Studies per state for SOURCE."""
+    """Items per state for SOURCE (a PACS, or a storage directory)."""
     conf = settings(config, root)
-    rows = list(Journal.rows_of(conf.root, _target(conf, source).name))
-    print_table(["state", "studies"], [(s, sum(r.state == s for r in rows)) for s in STATES])
+    rows = Journal.rows_of(conf.root, _source(conf, source))
+    print_table(["state", "items"], [(s, sum(r.state == s for r in rows)) for s in STATES])
 
 
 @app.command()
@@ -162,7 +206,7 @@ def report(
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
-    """Every study of SOURCE not verified, and why."""
+    """Every item of SOURCE (a PACS, or a storage directory) not migrated, and why."""
     conf = settings(config, root)
     rows = [
         r for r in Journal.rows_of(conf.root, _target(conf, source).name) if r.state != "verified"
@@ -171,7 +215,7 @@ def report(
         print_json([asdict(r) for r in rows])
     elif as_csv:
         writer = csv.writer(sys.stdout)
-        writer.writerow(list(asdict(StudyRow("", "")).keys()))
+        writer.writerow(list(asdict(JournalRow("", "")).keys()))
         writer.writerows(list(asdict(r).values()) for r in rows)
     else:
         _not_verified(rows)

@@ -1,10 +1,12 @@
-"""The migration journal: one row per (source, study) in an LMDB environment under the archive
-root, with its state, expected and received instance counts, attempts and last error.
+"""The migration journal: one row per (source, item) in an LMDB environment under the archive
+root (an item is a study of a PACS, or a file of another archive's storage), with its state,
+expected and received instance counts, attempts and last error.
 
 States: ``pending`` (enumerated), ``running`` (a retrieve started), ``done`` (retrieved, not yet
-verified), ``verified`` (the archive holds every SOP Instance UID the source lists), ``failed``
-(retries exhausted, or gone from the source). Every change is committed at once, so a killed
-migration resumes from what the journal says.
+verified), ``verified`` (the archive holds every SOP Instance UID the source lists, or the
+file's instance), ``failed`` (retries exhausted, gone from the source, or unreadable),
+``skipped`` (a file that holds no DICOM instance). Every change is committed at once, so a
+killed migration resumes from what the journal says.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from pathlib import Path
 import lmdb
 import msgpack
 
-STATES = ("pending", "running", "done", "verified", "failed")
+STATES = ("pending", "running", "done", "verified", "failed", "skipped")
+# What needs nothing more done.
+SETTLED = ("verified", "skipped")
 
 
 @dataclass
-class StudyRow:
+class JournalRow:
     source: str
-    study: str
+    item: str
     state: str = "pending"
     study_date: str = ""
     expected: int = 0
@@ -52,32 +56,37 @@ class Journal:
         self.close()
 
     @staticmethod
-    def _key(source: str, study: str) -> bytes:
-        return f"{source}\0{study}".encode()
+    def _key(source: str, item: str) -> bytes:
+        return f"{source}\0{item}".encode()
 
-    def get(self, source: str, study: str) -> StudyRow | None:
+    def get(self, source: str, item: str) -> JournalRow:
+        """The row of ``item``, a new (pending) one if it has none yet."""
         with self.env.begin(db=self.db) as txn:
-            raw = txn.get(self._key(source, study))
-        return StudyRow(**msgpack.unpackb(raw)) if raw is not None else None
+            raw = txn.get(self._key(source, item))
+        return JournalRow(**msgpack.unpackb(raw)) if raw is not None else JournalRow(source, item)
 
-    def enumerated(self, source: str, study: str, study_date: str, expected: int) -> StudyRow:
+    def enumerated(self, source: str, study: str, study_date: str, expected: int) -> JournalRow:
         """Records a study the source lists; a known one keeps its state and attempts."""
-        row = self.get(source, study) or StudyRow(source, study)
+        row = self.get(source, study)
         row.study_date, row.expected = study_date, expected
         self.put(row)
         return row
 
-    def put(self, row: StudyRow) -> None:
+    def put(self, row: JournalRow) -> None:
         row.updated = time.time()
         with self.env.begin(write=True, db=self.db) as txn:
-            txn.put(self._key(row.source, row.study), msgpack.packb(asdict(row)))
+            txn.put(self._key(row.source, row.item), msgpack.packb(asdict(row)))
+
+    def unsettled(self, source: str) -> list[JournalRow]:
+        """The rows of ``source`` that still need something done (or failed)."""
+        return [r for r in self.rows(source) if r.state not in SETTLED]
 
     @classmethod
-    def rows_of(cls, root: Path, source: str) -> list[StudyRow]:
+    def rows_of(cls, root: Path, source: str) -> list[JournalRow]:
         with cls(root) as journal:
             return list(journal.rows(source))
 
-    def rows(self, source: str) -> Iterator[StudyRow]:
+    def rows(self, source: str) -> Iterator[JournalRow]:
         prefix = f"{source}\0".encode()
         with self.env.begin(db=self.db) as txn:
             cursor = txn.cursor()
@@ -85,4 +94,4 @@ class Journal:
                 for key, raw in cursor:
                     if not key.startswith(prefix):
                         break
-                    yield StudyRow(**msgpack.unpackb(raw))
+                    yield JournalRow(**msgpack.unpackb(raw))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 
 from dicomvault.index import Level
-from dicomvault.migrate.journal import Journal, StudyRow
+from dicomvault.migrate.journal import Journal, JournalRow
 from dicomvault.net.policy import Modality
 from dicomvault.net.scu import MatchingCancelled, RetrieveResult, Scu, ScuError
 from dicomvault.net.status import MOVE_DESTINATION_UNKNOWN, describe
@@ -108,9 +108,9 @@ class PacsMigration:
 
     # Retrieval and verification ------------------------------------------------------------
 
-    def run(self, plan: Plan) -> list[StudyRow]:
+    def run(self, plan: Plan) -> list[JournalRow]:
         """Migrates every study of the journal not yet verified; returns those still not."""
-        rows = [r for r in self.journal.rows(self.source.name) if r.state != "verified"]
+        rows = self.journal.unsettled(self.source.name)
         started = time.monotonic()
         for done, row in enumerate(rows, 1):
             self.migrate(row, plan)
@@ -118,19 +118,18 @@ class PacsMigration:
             eta = (len(rows) - done) / rate
             outcome = row.state if row.state == "verified" else f"{row.state}: {row.error}"
             self.report(
-                f"[{done}/{len(rows)}, {rate:.1f} studies/s, ETA {eta:.0f} s] "
-                f"{row.study}: {outcome}"
+                f"[{done}/{len(rows)}, {rate:.1f} studies/s, ETA {eta:.0f} s] {row.item}: {outcome}"
             )
-        return [r for r in self.journal.rows(self.source.name) if r.state != "verified"]
+        return self.journal.unsettled(self.source.name)
 
-    def migrate(self, row: StudyRow, plan: Plan) -> None:
+    def migrate(self, row: JournalRow, plan: Plan) -> None:
         for attempt in range(plan.retries + 1):
             if attempt:
                 time.sleep(plan.backoff_s * 2 ** (attempt - 1))
             if row.state != "done":
                 row.state, row.attempts = "running", row.attempts + 1
                 self.journal.put(row)
-                error = self._retrieve(row.study, plan)
+                error = self._retrieve(row.item, plan)
                 if error:
                     # A study gone from the source fails its retrieve too: say so, once.
                     if self.verify(row):
@@ -174,14 +173,14 @@ class PacsMigration:
             return f"retrieve: {describe(result.status)}, {result.failed} sub-operations failed"
         return ""
 
-    def verify(self, row: StudyRow) -> bool:
+    def verify(self, row: JournalRow) -> bool:
         """Compares the archive with the source's instance list; records the outcome."""
         try:
-            listed = self.source_instances(row.study)
+            listed = self.source_instances(row.item)
         except ScuError as e:
             row.error = f"verify: {e}"
             return False
-        held = self.archive_instances(row.study)
+        held = self.archive_instances(row.item)
         row.received = len(listed & held)
         if not listed:
             row.error = "no longer on the source (it lists no instance)"
@@ -214,10 +213,10 @@ class PacsMigration:
         )
         return {m["SOPInstanceUID"] for m in matches}
 
-    def compare(self) -> list[StudyRow]:
+    def compare(self) -> list[JournalRow]:
         """Verification only: every journal study against the source, nothing retrieved."""
         for row in list(self.journal.rows(self.source.name)):
             if row.state != "verified" and not self.verify(row):
                 row.state = "failed" if row.error.startswith("no longer") else "pending"
                 self.journal.put(row)
-        return [r for r in self.journal.rows(self.source.name) if r.state != "verified"]
+        return self.journal.unsettled(self.source.name)

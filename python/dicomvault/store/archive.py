@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -170,15 +170,34 @@ class Archive:
     ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
         """Streams a file into the store and queues it for commit. The outcome is final for
         rejected files; otherwise the future resolves once the instance is durable."""
+        return self._ingest(
+            lambda: self.store.ingest_file(str(path)), source or f"import:{path}", str(path)
+        )
+
+    def ingest_bytes(
+        self, data: bytes, source: str, name: str
+    ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
+        """``ingest_file`` for an instance held in memory (``name`` says what it was)."""
+
+        def ingest() -> dict:
+            writer = self.store.writer(allow_truncated=True)
+            writer.write(data)
+            return writer.finish()
+
+        return self._ingest(ingest, source, name)
+
+    def _ingest(
+        self, ingest: Callable[[], dict], source: str, name: str
+    ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
         try:
-            ingested = self.store.ingest_file(str(path))
+            ingested = ingest()
         except _native.ScanError as e:
             status: IngestStatus = "not-dicom" if _NOT_DICOM in str(e) else "rejected"
             return IngestOutcome(status, reason=str(e)), None
-        entry = self.entry(ingested, source or f"import:{path}")
+        entry = self.entry(ingested, source)
         if ingested["truncated_at"] is not None:
             log.warning(
-                "%s is truncated at byte %d: stored as it is", path, ingested["truncated_at"]
+                "%s is truncated at byte %d: stored as it is", name, ingested["truncated_at"]
             )
         return IngestOutcome("stored", size=ingested["size"]), self.submit(entry)
 
