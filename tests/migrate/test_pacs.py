@@ -85,7 +85,7 @@ def studies_of(corpus: list) -> dict[str, set[str]]:
 
 
 def test_a_full_migration_splits_capped_windows_and_verifies_every_study(setup, corpus):
-    result = setup.migrate("pacs")
+    result = setup.migrate("pacs", "--parallel", "4")
     assert f"ORTHANC lists {STUDIES} studies" in result.stdout
     rows = setup.rows()
     assert set(rows) == set(studies_of(corpus))
@@ -158,7 +158,10 @@ def test_a_source_refusing_our_move_destination_is_reported_and_get_works(tmp_pa
         assert refused.returncode == 1
         assert f"ORTHANC refused to move to {OUR_AET}" in refused.stderr
         assert "--method get" in refused.stderr
-        setup.migrate("pacs", "--method", "get")
+        started = time.monotonic()
+        setup.migrate("pacs", "--method", "get", "--rate-limit", "300")
+        # 300 a minute: a study started every 0.2 s at most.
+        assert time.monotonic() - started >= 0.2 * (len(setup.rows()) - 1)
         assert {r.state for r in setup.rows().values()} == {"verified"}
     finally:
         setup.orthanc.stop()

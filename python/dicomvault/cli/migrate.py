@@ -78,6 +78,10 @@ def pacs(
     method: Annotated[str, typer.Option(help="get (C-GET) or move (C-MOVE to us).")] = "get",
     find_limit: FindLimitOption = 500,
     retries: Annotated[int, typer.Option(help="Retries of a study that failed.")] = 2,
+    parallel: Annotated[int, typer.Option(help="Studies retrieved at once.")] = 1,
+    rate_limit: Annotated[
+        float, typer.Option(help="Studies started per minute at most (0: no limit).")
+    ] = 0,
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
@@ -92,7 +96,16 @@ def pacs(
         fail("--method must be get or move")
     conf = settings(config, root)
     target = _target(conf, source)
-    plan = _plan(since, until, key, find_limit, method=method, retries=retries)
+    plan = _plan(
+        since,
+        until,
+        key,
+        find_limit,
+        method=method,
+        retries=retries,
+        parallel=parallel,
+        rate_limit=rate_limit,
+    )
     with open_archive(config, root) as archive, Journal(archive.root) as journal:
         migration = PacsMigration(
             archive, _scu(conf), target, journal, str(conf["dicom"]["aet"]), report=typer.echo

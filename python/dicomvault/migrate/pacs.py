@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -45,6 +47,9 @@ class Plan:
     find_limit: int = 500
     retries: int = 2
     backoff_s: float = 1.0
+    parallel: int = 1
+    # Studies started per minute at most (0: no limit), to spare the source.
+    rate_limit: float = 0
 
 
 def _dicom_date(day: dt.date) -> str:
@@ -112,14 +117,30 @@ class PacsMigration:
         """Migrates every study of the journal not yet verified; returns those still not."""
         rows = self.journal.unsettled(self.source.name)
         started = time.monotonic()
-        for done, row in enumerate(rows, 1):
+        lock = threading.Lock()
+        progress = {"done": 0, "next_start": started}
+
+        def one(row: JournalRow) -> None:
+            if plan.rate_limit:
+                with lock:
+                    wait = progress["next_start"] - time.monotonic()
+                    progress["next_start"] = max(progress["next_start"], time.monotonic())
+                    progress["next_start"] += 60 / plan.rate_limit
+                time.sleep(max(0.0, wait))
             self.migrate(row, plan)
+            with lock:
+                progress["done"] += 1
+                done = progress["done"]
             rate = done / max(time.monotonic() - started, 1e-6)
             eta = (len(rows) - done) / rate
             outcome = row.state if row.state == "verified" else f"{row.state}: {row.error}"
             self.report(
                 f"[{done}/{len(rows)}, {rate:.1f} studies/s, ETA {eta:.0f} s] {row.item}: {outcome}"
             )
+
+        with ThreadPoolExecutor(max_workers=max(1, plan.parallel)) as pool:
+            for finished in [pool.submit(one, row) for row in rows]:
+                finished.result()
         return self.journal.unsettled(self.source.name)
 
     def migrate(self, row: JournalRow, plan: Plan) -> None:
