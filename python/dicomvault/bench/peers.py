@@ -99,8 +99,8 @@ class Peer:
     def command(self, workdir: Path, port: int) -> list[str]:
         raise NotImplementedError
 
-    def start(self, workdir: Path) -> int:
-        self.port = free_port()
+    def start(self, workdir: Path, port: int = 0) -> int:
+        self.port = port or free_port()
         self.log_path = workdir / "server.log"
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(
