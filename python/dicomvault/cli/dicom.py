@@ -187,10 +187,10 @@ def find(
     print_table(columns, ([str(ds.get(c, "") or "") for c in columns] for ds in results))
 
 
-def _scu(conf: Settings) -> Scu:
+def _scu(conf: Settings, reuse: bool = False) -> Scu:
     from dicomvault.net.scu import Scu
 
-    return Scu(conf)
+    return Scu(conf, reuse=reuse)
 
 
 def _report(verb: str, result: RetrieveResult) -> None:

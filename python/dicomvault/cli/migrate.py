@@ -107,8 +107,9 @@ def pacs(
         rate_limit=rate_limit,
     )
     with open_archive(config, root) as archive, Journal(archive.root) as journal:
+        scu = _scu(conf, reuse=True)
         migration = PacsMigration(
-            archive, _scu(conf), target, journal, str(conf["dicom"]["aet"]), report=typer.echo
+            archive, scu, target, journal, str(conf["dicom"]["aet"]), report=typer.echo
         )
         # C-MOVE needs us listening as the destination the source knows.
         server = DicomServer(archive, conf) if method == "move" else None
@@ -121,6 +122,7 @@ def pacs(
         except (MigrationError, ScuError) as e:
             fail(str(e))
         finally:
+            scu.close()
             if server is not None:
                 server.stop()
     rows = list(Journal.rows_of(archive.root, target.name))
@@ -150,12 +152,15 @@ def compare(
     target = _target(conf, source)
     plan = _plan(since, until, key, find_limit)
     with open_archive(config, root) as archive, Journal(archive.root) as journal:
-        migration = PacsMigration(archive, _scu(conf), target, journal, str(conf["dicom"]["aet"]))
+        scu = _scu(conf, reuse=True)
+        migration = PacsMigration(archive, scu, target, journal, str(conf["dicom"]["aet"]))
         try:
             migration.enumerate(plan)
             left = migration.compare()
         except ScuError as e:
             fail(str(e))
+        finally:
+            scu.close()
     if left:
         _not_verified(left)
         raise typer.Exit(1)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -139,10 +142,15 @@ def query_identifier(level: Level, keys: dict[str, str]) -> Dataset:
 
 
 class Scu:
-    """An SCU speaking as our AE title."""
+    """An SCU speaking as our AE title. With ``reuse``, each thread keeps one association per
+    service and peer open across requests (release them with ``close``): a migration's
+    thousands of requests then pay for association set-up once."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, reuse: bool = False) -> None:
         install()
+        self.reuse = reuse
+        self._kept: dict[tuple, Association] = {}
+        self._lock = threading.Lock()
         self.ae = AE(ae_title=str(settings["dicom"]["aet"]))
         self.ae.network_timeout = 60
         self.ae.acse_timeout = 30
@@ -169,6 +177,33 @@ class Scu:
             why = "rejected the association" if assoc.is_rejected else "could not be reached"
             raise ScuError(f"{target.aet}@{target.host}:{target.port} {why}")
         return assoc
+
+    @contextmanager
+    def _using(
+        self, target: Modality, service: str, contexts: list[PresentationContext], **options: Any
+    ) -> Iterator[Association]:
+        key = (threading.get_ident(), service, target.aet, target.host, target.port)
+        with self._lock:
+            assoc = self._kept.pop(key, None) if self.reuse else None
+        if assoc is None or not assoc.is_established:
+            assoc = self.associate(target, contexts, **options)
+        try:
+            yield assoc
+        except BaseException:
+            assoc.release()
+            raise
+        if self.reuse and assoc.is_established:
+            with self._lock:
+                self._kept[key] = assoc
+        else:
+            assoc.release()
+
+    def close(self) -> None:
+        """Releases the associations kept open."""
+        with self._lock:
+            kept, self._kept = list(self._kept.values()), {}
+        for assoc in kept:
+            assoc.release()
 
     def echo(self, target: Modality) -> int:
         assoc = self.associate(target, [build_context(Verification)])
@@ -233,8 +268,8 @@ class Scu:
     def find(self, target: Modality, level: Level, keys: dict[str, str]) -> Iterator[Dataset]:
         """C-FIND in the Study Root model (Patient Root for PATIENT level)."""
         model = PATIENT_ROOT[0] if level is Level.PATIENT else STUDY_ROOT[0]
-        assoc = self.associate(target, [build_context(model)])
-        try:
+        contexts = [build_context(PATIENT_ROOT[0]), build_context(STUDY_ROOT[0])]
+        with self._using(target, "find", contexts) as assoc:
             for status, identifier in assoc.send_c_find(query_identifier(level, keys), model):
                 code = int(status.Status) if status is not None and "Status" in status else 0xC000
                 if code in (PENDING, 0xFF01):
@@ -243,8 +278,6 @@ class Scu:
                     raise MatchingCancelled(f"C-FIND ended early: {describe(code)}")
                 elif code != SUCCESS:
                     raise ScuError(f"C-FIND failed: {describe(code)}")
-        finally:
-            assoc.release()
 
     def _retrieve(self, responses: Iterator[tuple[Dataset, Dataset | None]]) -> RetrieveResult:
         result = RetrieveResult()
@@ -276,8 +309,9 @@ class Scu:
     ) -> RetrieveResult:
         """C-GET: the instances come back on this association, into the archive or ``out``."""
         model = PATIENT_ROOT[2] if level is Level.PATIENT else STUDY_ROOT[2]
-        storage = [cx.abstract_syntax for cx in StoragePresentationContexts][:127]
-        contexts = [build_context(model)] + [build_context(uid, GET_SYNTAXES) for uid in storage]
+        storage = [cx.abstract_syntax for cx in StoragePresentationContexts][:126]
+        contexts = [build_context(PATIENT_ROOT[2]), build_context(STUDY_ROOT[2])]
+        contexts += [build_context(uid, GET_SYNTAXES) for uid in storage]
         roles = [build_role(uid, scp_role=True) for uid in storage]
         source = f"{target.aet}@{target.host}"
 
@@ -291,22 +325,17 @@ class Scu:
             )
             return SUCCESS
 
-        assoc = self.associate(
-            target, contexts, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store)]
-        )
-        try:
+        service = f"get:{id(archive)}:{out}"
+        handlers = [(evt.EVT_C_STORE, on_store)]
+        with self._using(target, service, contexts, ext_neg=roles, handlers=handlers) as assoc:
             return self._retrieve(assoc.send_c_get(query_identifier(level, keys), model))
-        finally:
-            assoc.release()
 
     def move(
         self, target: Modality, destination: str, level: Level, keys: dict[str, str]
     ) -> RetrieveResult:
         model = PATIENT_ROOT[1] if level is Level.PATIENT else STUDY_ROOT[1]
-        assoc = self.associate(target, [build_context(model)])
-        try:
+        contexts = [build_context(PATIENT_ROOT[1]), build_context(STUDY_ROOT[1])]
+        with self._using(target, "move", contexts) as assoc:
             return self._retrieve(
                 assoc.send_c_move(query_identifier(level, keys), destination, model)
             )
-        finally:
-            assoc.release()
