@@ -116,6 +116,35 @@ fn heed_error(e: heed::Error) -> io::Error {
     }
 }
 
+/// A blob's record: compressed with `codec` where that saves space, stored as is otherwise.
+fn blob_record(
+    hash: Hash,
+    raw: &[u8],
+    codec: Codec,
+    level: i32,
+) -> io::Result<(RecordHeader, Cow<'_, [u8]>)> {
+    let (codec, stored): (Codec, Cow<[u8]>) = match codec {
+        Codec::Zstd => {
+            let packed = zstd::bulk::compress(raw, level)?;
+            if packed.len() < raw.len() {
+                (Codec::Zstd, Cow::Owned(packed))
+            } else {
+                (Codec::Raw, Cow::Borrowed(raw))
+            }
+        }
+        Codec::Raw => (Codec::Raw, Cow::Borrowed(raw)),
+    };
+    let header = RecordHeader {
+        kind: RecordKind::Blob,
+        codec,
+        raw_len: raw.len() as u64,
+        stored_len: stored.len() as u64,
+        hash,
+        payload_crc: crc32fast::hash(&stored),
+    };
+    Ok((header, stored))
+}
+
 pub fn hex(hash: &Hash) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -388,25 +417,8 @@ impl Store {
         if self.contains(&hash)? {
             return Ok(false);
         }
-        let (codec, stored): (Codec, Cow<[u8]>) = match self.inner.config.codec {
-            Codec::Zstd => {
-                let packed = zstd::bulk::compress(raw, self.inner.config.level)?;
-                if packed.len() < raw.len() {
-                    (Codec::Zstd, Cow::Owned(packed))
-                } else {
-                    (Codec::Raw, Cow::Borrowed(raw))
-                }
-            }
-            Codec::Raw => (Codec::Raw, Cow::Borrowed(raw)),
-        };
-        let header = RecordHeader {
-            kind: RecordKind::Blob,
-            codec,
-            raw_len: raw.len() as u64,
-            stored_len: stored.len() as u64,
-            hash,
-            payload_crc: crc32fast::hash(&stored),
-        };
+        let (header, stored) =
+            blob_record(hash, raw, self.inner.config.codec, self.inner.config.level)?;
         Ok(self.append(header, &stored, true)?.is_some())
     }
 
@@ -882,7 +894,9 @@ impl Store {
 
     /// Rewrites every pack keeping only the blobs of `live` manifests and those manifests'
     /// records; tombstones are dropped with the manifests they cancelled.
-    pub fn gc(&self, live: &[Manifest]) -> io::Result<GcReport> {
+    /// Rewrites the packs keeping only what `live` manifests reference; with `recode`, every
+    /// blob is stored anew with that codec and level (repacking), its content checked first.
+    pub fn gc(&self, live: &[Manifest], recode: Option<(Codec, i32)>) -> io::Result<GcReport> {
         self.require_exclusive("gc")?;
         self.commit()?;
         let inner = &*self.inner;
@@ -922,8 +936,21 @@ impl Store {
                     report.records_dropped += 1;
                     continue;
                 }
-                match pack::read_payload(&file, offset, &header) {
-                    Ok(stored) => {
+                let copied =
+                    pack::read_payload(&file, offset, &header).and_then(|stored| match recode {
+                        Some((codec, level)) if header.kind == RecordKind::Blob => {
+                            let raw = pack::decode_payload(&header, stored)?;
+                            if blake3::hash(&raw).as_bytes() != &header.hash {
+                                return Err("content does not match its hash".to_string());
+                            }
+                            blob_record(header.hash, &raw, codec, level)
+                                .map(|(h, s)| (h, s.into_owned()))
+                                .map_err(|e| e.to_string())
+                        }
+                        _ => Ok((header, stored)),
+                    });
+                match copied {
+                    Ok((header, stored)) => {
                         self.append(header, &stored, false)?;
                         if header.kind == RecordKind::Blob {
                             report.blobs_kept += 1;

@@ -37,6 +37,17 @@ fn feed_error(e: FeedError) -> PyErr {
     }
 }
 
+/// A `[storage] compression` setting.
+fn codec(name: &str) -> PyResult<Codec> {
+    match name {
+        "none" => Ok(Codec::Raw),
+        "zstd" => Ok(Codec::Zstd),
+        other => Err(PyValueError::new_err(format!(
+            "unknown compression {other:?} (none or zstd)"
+        ))),
+    }
+}
+
 fn decode_manifest(bytes: &[u8]) -> PyResult<Manifest> {
     Manifest::decode(bytes).map_err(|e| ManifestError::new_err(e.to_string()))
 }
@@ -254,15 +265,7 @@ impl Store {
         wanted: Vec<(u32, String)>,
         exclusive: bool,
     ) -> PyResult<Self> {
-        let codec = match compression {
-            "none" => Codec::Raw,
-            "zstd" => Codec::Zstd,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "unknown compression {other:?} (none or zstd)"
-                )))
-            }
-        };
+        let codec = codec(compression)?;
         let sync = match sync {
             "always" => SyncMode::Always,
             "batch" => SyncMode::Batch,
@@ -479,13 +482,22 @@ impl Store {
         Ok(py.detach(|| self.core.rebuild_blob_index())?)
     }
 
-    /// Rewrites the packs keeping only what `live` manifests reference.
-    fn gc<'py>(&self, py: Python<'py>, live: Vec<Vec<u8>>) -> PyResult<Bound<'py, PyDict>> {
+    /// Rewrites the packs keeping only what `live` manifests reference; with `compression`
+    /// ("none" or "zstd", at `level`), every blob is stored anew that way.
+    #[pyo3(signature = (live, compression = None, level = 3))]
+    fn gc<'py>(
+        &self,
+        py: Python<'py>,
+        live: Vec<Vec<u8>>,
+        compression: Option<&str>,
+        level: i32,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let manifests = live
             .iter()
             .map(|m| decode_manifest(m))
             .collect::<PyResult<Vec<_>>>()?;
-        let report = py.detach(|| self.core.gc(&manifests))?;
+        let recode = compression.map(codec).transpose()?.map(|c| (c, level));
+        let report = py.detach(|| self.core.gc(&manifests, recode))?;
         let d = PyDict::new(py);
         d.set_item(intern!(py, "packs_before"), report.packs_before)?;
         d.set_item(intern!(py, "bytes_before"), report.bytes_before)?;

@@ -188,7 +188,7 @@ fn tombstoned_manifests_are_not_replayed_and_gc_reclaims_their_blobs() {
         .iter()
         .map(|p| fs::metadata(p).unwrap().len())
         .sum();
-    let report = store.gc(std::slice::from_ref(&mk)).unwrap();
+    let report = store.gc(std::slice::from_ref(&mk), None).unwrap();
     assert!(report.missing.is_empty());
     assert!(report.bytes_after < before);
     assert_eq!(store.read_instance(&mk, 0).unwrap(), keep);
@@ -221,7 +221,7 @@ fn tombstoned_manifests_are_not_replayed_and_gc_reclaims_their_blobs() {
 fn gc_and_reindex_need_the_archive_to_themselves() {
     let dir = tempfile::tempdir().unwrap();
     let shared = open(dir.path(), StoreConfig::default());
-    assert!(shared.gc(&[]).is_err());
+    assert!(shared.gc(&[], None).is_err());
     assert!(Store::open(
         dir.path(),
         StoreConfig {

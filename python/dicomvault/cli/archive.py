@@ -290,6 +290,11 @@ def gc(config: ConfigOption = None, root: RootOption = None) -> None:
     """Reclaim the space of deleted instances by rewriting the packs (archive must be idle)."""
     with open_archive(config, root, exclusive=True) as archive:
         report = archive.gc()
+    report_rewrite(report)
+
+
+def report_rewrite(report: dict) -> None:
+    """What rewriting the packs did (gc, repack); fails when referenced blobs are missing."""
     typer.echo(
         f"packs rewritten: {report['packs_before']}; {human_bytes(report['bytes_before'])} -> "
         f"{human_bytes(report['bytes_after'])}; records dropped: {report['records_dropped']}"

@@ -323,10 +323,11 @@ class Archive:
         self.replay({})
         return self.index.stats()["instances"]
 
-    def gc(self) -> dict:
-        """Rewrites the packs keeping only what indexed instances reference."""
+    def gc(self, compression: str | None = None, level: int = 3) -> dict:
+        """Rewrites the packs keeping only what indexed instances reference; with
+        ``compression`` ("none" or "zstd" at ``level``), every blob is stored anew that way."""
         live = [r.manifest for r in self.index.iter_level(Level.IMAGE) if r.manifest is not None]
-        return self.store.gc(live)
+        return self.store.gc(live, compression, level)
 
 
 def _safe(key: str | None) -> str:
