@@ -63,9 +63,16 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     with archive_for(conf) as archive:
+        http = None
         try:
             server = DicomServer(archive, conf)
             bound_host, bound_port = server.start()
+            if conf["http"]["enabled"]:
+                from dicomvault.http.server import HttpServer
+
+                http = HttpServer(archive, conf)
+                http_host, http_port = http.start()
+                typer.echo(f"DICOMweb on http://{http_host}:{http_port}/dicom-web", err=True)
         except (OSError, PolicyError) as e:
             fail(str(e))
         typer.echo(
@@ -75,6 +82,8 @@ def serve(
         )
         stop.wait()
         log.info("stopping: no new associations; committing what was received")
+        if http is not None:
+            http.stop()
         server.stop()
     log.info("stopped")
 

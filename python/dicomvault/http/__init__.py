@@ -1,0 +1,1 @@
+"""HTTP access to the archive: DICOMweb (PS3.18) served next to the DICOM listener."""

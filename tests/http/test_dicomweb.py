@@ -1,0 +1,152 @@
+"""DICOMweb against `dicomvault serve` with [http] enabled, driven by dicomweb-client and plain
+HTTP: QIDO-RS equals C-FIND (DCMTK's findscu), WADO-RS is byte-identical, STOW-RS stores what
+C-GET (DCMTK's getscu) then retrieves."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+
+from dicomvault.bench.corpus import clinical_corpus
+from dicomvault.bench.peers import free_port
+from dicomvault.testdata import readable_pydicom_test_files
+from tests.net.conftest import Server, dcmtk, store_corpus
+from tests.net.test_dcmtk_peers import findscu
+
+QR = "WORKSTATION"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dicomweb")
+    http_port = free_port()
+    server = Server(
+        tmp,
+        {"WORKSTATION": {"aet": QR, "host": "127.0.0.1", "port": 1}},
+        sections={"http": {"enabled": True, "host": "127.0.0.1", "port": http_port}},
+    ).start()
+    corpus = clinical_corpus(tmp / "corpus")
+    store_corpus(server, corpus)
+    url = f"http://127.0.0.1:{http_port}/dicom-web"
+    yield server, corpus, url
+    assert server.stop() == 0
+
+
+def multipart_parts(response: httpx.Response) -> list[bytes]:
+    head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
+    message = email.message_from_bytes(head + response.content, policy=email.policy.HTTP)
+    return [part.get_payload(decode=True) for part in message.iter_parts()]
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"PatientName": "smith*"},
+        {"StudyDate": "20150101-20191231"},
+        {"AccessionNumber": "ACC1002"},
+        {},
+    ],
+)
+def test_qido_studies_equal_c_find(served, tmp_path, filters):
+    server, _, url = served
+    found = DICOMwebClient(url).search_for_studies(search_filters=filters)
+    qido = sorted(pydicom.Dataset.from_json(d).StudyInstanceUID for d in found)
+    cfind = findscu(server, "STUDY", {**filters, "StudyInstanceUID": ""}, tmp_path)
+    assert qido == sorted(ds.StudyInstanceUID for ds in cfind)
+    assert qido
+
+
+def test_qido_series_instances_paging_and_bad_requests(served):
+    _, corpus, url = served
+    client = DICOMwebClient(url)
+    study = corpus[0].study_instance_uid
+    series = client.search_for_series(study_instance_uid=study)
+    expected = {g.series_instance_uid for g in corpus if g.study_instance_uid == study}
+    assert {pydicom.Dataset.from_json(s).SeriesInstanceUID for s in series} == expected
+    everything = client.search_for_instances()
+    assert len(everything) == len(corpus)
+    page = client.search_for_instances(limit=5, offset=5)
+    uids = [pydicom.Dataset.from_json(i).SOPInstanceUID for i in everything]
+    assert [pydicom.Dataset.from_json(i).SOPInstanceUID for i in page] == uids[5:10]
+    assert httpx.get(f"{url}/studies", params={"fuzzymatching": "true"}).status_code == 400
+    assert httpx.get(f"{url}/studies", params={"limit": "many"}).status_code == 400
+
+
+def test_wado_rs_is_byte_identical(served, tmp_path):
+    server, corpus, url = served
+    out = tmp_path / "export"
+    server.run("export", "--out", out)
+    exported = {pydicom.dcmread(p).SOPInstanceUID: p.read_bytes() for p in out.rglob("*.dcm")}
+    for g in corpus:
+        response = httpx.get(
+            f"{url}/studies/{g.study_instance_uid}/series/{g.series_instance_uid}"
+            f"/instances/{g.sop_instance_uid}",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        )
+        assert response.status_code == 200
+        assert multipart_parts(response) == [exported[g.sop_instance_uid]]
+    study = corpus[0].study_instance_uid
+    whole = DICOMwebClient(url).retrieve_study(study)
+    assert {ds.SOPInstanceUID for ds in whole} == {
+        g.sop_instance_uid for g in corpus if g.study_instance_uid == study
+    }
+    assert httpx.get(f"{url}/studies/1.2.3.4").status_code == 404
+
+
+def uids(path: Path) -> tuple[str, str] | None:
+    """(StudyInstanceUID, SOPInstanceUID) of a Part 10 file that has the UIDs a retrieve needs."""
+    if path.read_bytes()[128:132] != b"DICM":
+        return None
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    if not all(ds.get(k) for k in keys):
+        return None
+    return str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+
+
+def test_stow_rs_stores_pydicom_files_that_c_get_then_retrieves(served, tmp_path):
+    server, _, url = served
+    files = {p: found for p in readable_pydicom_test_files() if (found := uids(p))}
+    files = dict(list(files.items())[:20])
+    boundary = "dicomvault-test-boundary"
+    part = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = b"".join(part + p.read_bytes() + b"\r\n" for p in files)
+    body += f"--{boundary}--\r\n".encode()
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    response = httpx.post(
+        f"{url}/studies", content=body, headers={"Content-Type": content_type}, timeout=120
+    )
+    assert response.status_code in (200, 202), response.text
+    stored = [i["00081155"]["Value"][0] for i in response.json()["00081199"]["Value"]]
+    expected = {sop for _, sop in files.values()}
+    assert set(stored) == expected
+    retrieved: set[str] = set()
+    studies = {study for study, _ in files.values()}
+    for i, study in enumerate(sorted(studies)):
+        out = tmp_path / f"get{i}"
+        out.mkdir()
+        dcmtk(
+            "getscu",
+            "-aet",
+            QR,
+            "-aec",
+            server.aet,
+            "-S",
+            "-od",
+            out,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study}",
+            "127.0.0.1",
+            server.port,
+            check=False,
+        )
+        retrieved |= {pydicom.dcmread(p, force=True).SOPInstanceUID for p in out.iterdir()}
+    assert set(stored) <= retrieved
