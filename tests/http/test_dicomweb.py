@@ -12,6 +12,7 @@ import httpx
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from pydicom.encaps import generate_frames
 
 from dicomvault.bench.corpus import clinical_corpus
 from dicomvault.bench.peers import free_port
@@ -150,3 +151,43 @@ def test_stow_rs_stores_pydicom_files_that_c_get_then_retrieves(served, tmp_path
         )
         retrieved |= {pydicom.dcmread(p, force=True).SOPInstanceUID for p in out.iterdir()}
     assert set(stored) <= retrieved
+
+
+def test_wado_rs_frames_come_from_the_frame_blobs(served):
+    _, corpus, url = served
+    multiframe = [g for g in corpus if g.number_of_frames > 1]
+    native = next(g for g in corpus if g.number_of_frames == 1 and g.transfer_syntax.endswith(".1"))
+    assert multiframe
+    for g in [*multiframe, native]:
+        ds = pydicom.dcmread(g.path)
+        if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            expected = list(generate_frames(ds.PixelData, number_of_frames=g.number_of_frames))
+        else:
+            size = len(ds.PixelData) // g.number_of_frames
+            expected = [ds.PixelData[i * size : (i + 1) * size] for i in range(g.number_of_frames)]
+        wanted = sorted({1, g.number_of_frames, (g.number_of_frames + 1) // 2})
+        instance = (
+            f"{url}/studies/{g.study_instance_uid}/series/{g.series_instance_uid}"
+            f"/instances/{g.sop_instance_uid}"
+        )
+        response = httpx.get(f"{instance}/frames/{','.join(map(str, wanted))}")
+        assert response.status_code == 200, response.text
+        assert multipart_parts(response) == [expected[n - 1] for n in wanted]
+        beyond = httpx.get(f"{instance}/frames/{g.number_of_frames + 1}")
+        assert beyond.status_code == 404
+    assert httpx.get(f"{instance}/frames/0").status_code == 400
+
+
+def test_wado_rs_metadata_is_the_header_in_dicom_json(served):
+    _, corpus, url = served
+    g = corpus[0]
+    response = httpx.get(
+        f"{url}/studies/{g.study_instance_uid}/series/{g.series_instance_uid}"
+        f"/instances/{g.sop_instance_uid}/metadata"
+    )
+    assert response.status_code == 200
+    [ours] = response.json()
+    expected = pydicom.dcmread(g.path, stop_before_pixels=True).to_json_dict()
+    assert ours == expected
+    study = httpx.get(f"{url}/studies/{g.study_instance_uid}/metadata").json()
+    assert len(study) == sum(c.study_instance_uid == g.study_instance_uid for c in corpus)

@@ -1,23 +1,27 @@
 """DICOMweb under /dicom-web: QIDO-RS search on the C-FIND query engine, WADO-RS retrieve of
 studies, series and instances as multipart/related (streamed from the packs, byte-identical),
-and STOW-RS store through the same ingest path as C-STORE.
+their metadata and their frames (from the frame blobs), and STOW-RS store through the same
+ingest path as C-STORE.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import pydicom
 from pydicom.datadict import keyword_for_tag
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from dicomvault import _native
 from dicomvault.index import Level
 from dicomvault.net.query import response_identifier
 from dicomvault.store import Archive
@@ -88,6 +92,18 @@ def search_parameters(
     return filters, list(dict.fromkeys([*requested, *filters])), limit, offset
 
 
+_PATH_KEYS = {
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "instance": "SOPInstanceUID",
+}
+
+
+def _filters(request: Request) -> dict[str, str]:
+    """The UIDs a retrieve URL names."""
+    return {_PATH_KEYS[k]: v for k, v in request.path_params.items() if k in _PATH_KEYS}
+
+
 def _multipart(parts: Iterator[Iterator[bytes]], boundary: str) -> Iterator[bytes]:
     for part in parts:
         yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
@@ -150,6 +166,16 @@ class DicomWeb:
                 self.retrieve(Level.IMAGE),
                 methods=["GET"],
             ),
+            Route(f"{base}/studies/{study}/metadata", self.metadata(Level.STUDY)),
+            Route(f"{base}/studies/{study}/series/{series}/metadata", self.metadata(Level.SERIES)),
+            Route(
+                f"{base}/studies/{study}/series/{series}/instances/{{instance}}/metadata",
+                self.metadata(Level.IMAGE),
+            ),
+            Route(
+                f"{base}/studies/{study}/series/{series}/instances/{{instance}}/frames/{{frames}}",
+                self.frames,
+            ),
         ]
 
     # QIDO-RS ------------------------------------------------------------------------------
@@ -200,12 +226,7 @@ class DicomWeb:
 
     def retrieve(self, level: Level) -> Any:
         async def endpoint(request: Request) -> Response:
-            path = request.path_params
-            keys = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
-            filters = {keys[k]: v for k, v in path.items() if k in keys}
-            if "instance" in path:
-                filters["SOPInstanceUID"] = path["instance"]
-            records = await asyncio.to_thread(self._records, level, filters)
+            records = await asyncio.to_thread(self._records, level, _filters(request))
             if not records:
                 return JSONResponse({"error": "not found"}, status_code=404)
             boundary = uuid.uuid4().hex
@@ -216,6 +237,58 @@ class DicomWeb:
             )
 
         return endpoint
+
+    def metadata(self, level: Level) -> Any:
+        """The instances' data sets up to Pixel Data, in the DICOM JSON model (Pixel Data itself
+        is left out: its frames are at .../frames/N)."""
+
+        async def endpoint(request: Request) -> Response:
+            records = await asyncio.to_thread(self._records, level, _filters(request))
+            if not records:
+                return JSONResponse({"error": "not found"}, status_code=404)
+            found = await asyncio.to_thread(lambda: [self._header(r) for r in records])
+            return JSONResponse(found, media_type=DICOM_JSON)
+
+        return endpoint
+
+    def _header(self, record: Any) -> dict:
+        first = next(iter(self.archive.store.chunks(record.manifest, 0)), b"")
+        ds = pydicom.dcmread(io.BytesIO(first), stop_before_pixels=True, force=True)
+        return ds.to_json_dict(bulk_data_threshold=1 << 30)
+
+    async def frames(self, request: Request) -> Response:
+        """Frames straight from the pack's frame blobs: the instance is never read whole."""
+        try:
+            numbers = [int(n) for n in request.path_params["frames"].split(",")]
+        except ValueError:
+            return JSONResponse({"error": "frames are 1-based numbers: 1,2,3"}, status_code=400)
+        if not numbers or min(numbers) < 1:
+            return JSONResponse({"error": "frames are numbered from 1"}, status_code=400)
+        records = await asyncio.to_thread(self._records, Level.IMAGE, _filters(request))
+        if not records:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        manifest = records[0].manifest
+        info = _native.manifest_info(manifest)
+        try:
+            frames = await asyncio.to_thread(
+                lambda: [self.archive.store.read_frame(manifest, n - 1) for n in numbers]
+            )
+        except FileNotFoundError as e:
+            return JSONResponse({"error": str(e)}, status_code=404)
+        except OSError as e:
+            return JSONResponse({"error": str(e)}, status_code=406)
+        media = "application/octet-stream"
+        if info["encapsulated"]:
+            media += f"; transfer-syntax={info['transfer_syntax']}"
+        boundary = uuid.uuid4().hex
+        body = b"".join(
+            f"--{boundary}\r\nContent-Type: {media}\r\n\r\n".encode() + frame + b"\r\n"
+            for frame in frames
+        )
+        return Response(
+            body + f"--{boundary}--\r\n".encode(),
+            media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
+        )
 
     def _records(self, level: Level, filters: dict[str, str]) -> list:
         keys = [m["_key"] for m in self.archive.index.find(level, filters)]
