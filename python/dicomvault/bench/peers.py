@@ -196,22 +196,36 @@ class PynetdicomStorescp(Peer):
 
 
 class Orthanc(Peer):
+    """Debian's Orthanc with its default SQLite index; ``options`` add to its configuration
+    (plugins, DICOMweb); its HTTP port is ``http_port``."""
+
     name = "orthanc"
     aet = "ORTHANC"
 
+    def __init__(
+        self,
+        modalities: dict[str, tuple[str, str, int]] | None = None,
+        options: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(modalities)
+        self.options = options or {}
+        self.http_port = 0
+
     def command(self, workdir: Path, port: int) -> list[str]:
+        self.http_port = free_port()
         config = {
             "StorageDirectory": str(workdir / "storage"),
             "IndexDirectory": str(workdir / "index"),
             "DicomAet": "ORTHANC",
             "DicomPort": port,
-            "HttpPort": free_port(),
+            "HttpPort": self.http_port,
             "Plugins": [],
             "RemoteAccessAllowed": False,
             "DicomAlwaysAllowStore": True,
             "DicomModalities": {
                 name: [aet, host, remote] for name, (aet, host, remote) in self.modalities.items()
             },
+            **self.options,
         }
         (workdir / "orthanc.json").write_text(json.dumps(config))
         return ["Orthanc", str(workdir / "orthanc.json")]
