@@ -87,6 +87,7 @@ def studies_of(corpus: list) -> dict[str, set[str]]:
 def test_a_full_migration_splits_capped_windows_and_verifies_every_study(setup, corpus):
     result = setup.migrate("pacs", "--parallel", "4")
     assert f"ORTHANC lists {STUDIES} studies" in result.stdout
+    assert f"[{STUDIES}/{STUDIES} studies, {2 * STUDIES} instances, " in result.stdout
     rows = setup.rows()
     assert set(rows) == set(studies_of(corpus))
     assert {r.state for r in rows.values()} == {"verified"}

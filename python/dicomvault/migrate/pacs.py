@@ -118,7 +118,7 @@ class PacsMigration:
         rows = self.journal.unsettled(self.source.name)
         started = time.monotonic()
         lock = threading.Lock()
-        progress = {"done": 0, "next_start": started}
+        progress = {"done": 0, "next_start": started, "instances": 0, "bytes": 0}
 
         def one(row: JournalRow) -> None:
             if plan.rate_limit:
@@ -128,14 +128,19 @@ class PacsMigration:
                     progress["next_start"] += 60 / plan.rate_limit
                 time.sleep(max(0.0, wait))
             self.migrate(row, plan)
+            study = self.archive.index.get(Level.STUDY, row.item)
             with lock:
                 progress["done"] += 1
-                done = progress["done"]
-            rate = done / max(time.monotonic() - started, 1e-6)
-            eta = (len(rows) - done) / rate
+                progress["instances"] += row.received
+                progress["bytes"] += study.size if study else 0
+                done, instances, size = progress["done"], progress["instances"], progress["bytes"]
+            elapsed = max(time.monotonic() - started, 1e-6)
+            eta = (len(rows) - done) * elapsed / done
             outcome = row.state if row.state == "verified" else f"{row.state}: {row.error}"
             self.report(
-                f"[{done}/{len(rows)}, {rate:.1f} studies/s, ETA {eta:.0f} s] {row.item}: {outcome}"
+                f"[{done}/{len(rows)} studies, {instances} instances, {size / 1e6:.1f} MB, "
+                f"{done / elapsed:.1f} studies/s, {size / 1e6 / elapsed:.1f} MB/s, "
+                f"ETA {eta:.0f} s] {row.item}: {outcome}"
             )
 
         with ThreadPoolExecutor(max_workers=max(1, plan.parallel)) as pool:
