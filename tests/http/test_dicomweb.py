@@ -17,8 +17,8 @@ from pydicom.encaps import generate_frames
 from dicomvault.bench.corpus import clinical_corpus
 from dicomvault.bench.peers import free_port
 from dicomvault.testdata import readable_pydicom_test_files
-from tests.net.conftest import Server, dcmtk, store_corpus
-from tests.net.test_dcmtk_peers import findscu
+from tests.net.conftest import Server, store_corpus
+from tests.net.test_dcmtk_peers import findscu, getscu
 
 QR = "WORKSTATION"
 
@@ -130,26 +130,10 @@ def test_stow_rs_stores_pydicom_files_that_c_get_then_retrieves(served, tmp_path
     retrieved: set[str] = set()
     studies = {study for study, _ in files.values()}
     for i, study in enumerate(sorted(studies)):
-        out = tmp_path / f"get{i}"
-        out.mkdir()
-        dcmtk(
-            "getscu",
-            "-aet",
-            QR,
-            "-aec",
-            server.aet,
-            "-S",
-            "-od",
-            out,
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={study}",
-            "127.0.0.1",
-            server.port,
-            check=False,
+        found = getscu(
+            server, tmp_path / f"get{i}", QueryRetrieveLevel="STUDY", StudyInstanceUID=study
         )
-        retrieved |= {pydicom.dcmread(p, force=True).SOPInstanceUID for p in out.iterdir()}
+        retrieved |= set(found)
     assert set(stored) <= retrieved
 
 

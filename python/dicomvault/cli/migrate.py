@@ -59,6 +59,13 @@ def _plan(
     )
 
 
+def _exit_unless_settled(left: list[JournalRow]) -> None:
+    """Lists what is left and exits 1, if anything is."""
+    if left:
+        _not_verified(left)
+        raise typer.Exit(1)
+
+
 def _not_verified(rows: list[JournalRow]) -> None:
     print_table(
         ["item", "date", "state", "attempts", "expected", "received", "error"],
@@ -128,9 +135,7 @@ def pacs(
     rows = list(Journal.rows_of(archive.root, target.name))
     verified = sum(r.state == "verified" for r in rows)
     typer.echo(f"{verified} of {len(rows)} studies verified")
-    if left:
-        _not_verified(left)
-        raise typer.Exit(1)
+    _exit_unless_settled(left)
 
 
 @app.command()
@@ -161,9 +166,7 @@ def compare(
             fail(str(e))
         finally:
             scu.close()
-    if left:
-        _not_verified(left)
-        raise typer.Exit(1)
+    _exit_unless_settled(left)
     typer.echo("every study is complete in the archive")
 
 
@@ -194,9 +197,7 @@ def orthanc_storage(
     for state in STATES:
         if count := sum(r.state == state for r in rows):
             typer.echo(f"{count} files {state}")
-    if left:
-        _not_verified(left)
-        raise typer.Exit(1)
+    _exit_unless_settled(left)
 
 
 @app.command()
