@@ -521,8 +521,8 @@ impl Store {
     }
 }
 
-/// The Python side of the storage listener: pynetdicom takes the associations it does not
-/// serve, the archive commits what it received, Python's logging records what it did.
+/// The Python side of the DICOM listener: the archive commits what it received, the server
+/// selects, matches, decodes and moves for queries, Python's logging records what it did.
 struct PyHost {
     commit: Py<PyAny>,
     log: Py<PyAny>,

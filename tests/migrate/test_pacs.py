@@ -36,7 +36,8 @@ class Setup:
         else:  # queries and C-GET from anyone, but C-MOVE only to the AEs it knows
             modalities = {}
             options = {f"DicomAlwaysAllow{s}": True for s in ("Find", "Get", "Move")}
-        self.orthanc = Orthanc(workdir, modalities, limit_find_results=LIMIT, options=options)
+        options["LimitFindResults"] = LIMIT
+        self.orthanc = Orthanc(workdir, modalities, options=options)
         dcmtk(
             "storescu",
             "-aec",

@@ -172,7 +172,6 @@ class Orthanc:
         modalities: dict[str, list],
         aet: str = "ORTHANC",
         dicom_port: int = 0,
-        limit_find_results: int = 0,
         options: dict[str, object] | None = None,
     ) -> None:
         self.aet = aet
@@ -195,7 +194,7 @@ class Orthanc:
             "DicomCheckCalledAet": False,
             "Plugins": [],
             "StableAge": 1,
-            "LimitFindResults": limit_find_results,
+            "LimitFindResults": 0,
             "LimitFindInstances": 0,
             **(options or {}),
         }

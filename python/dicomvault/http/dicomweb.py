@@ -144,7 +144,7 @@ class DicomWeb:
         base = "/dicom-web"
         study, series = "{study}", "{series}"
         return [
-            Route(f"{base}/studies", self.search_studies, methods=["GET"]),
+            Route(f"{base}/studies", self.search(Level.STUDY), methods=["GET"]),
             Route(f"{base}/studies", self.store, methods=["POST"]),
             Route(f"{base}/series", self.search(Level.SERIES), methods=["GET"]),
             Route(f"{base}/instances", self.search(Level.IMAGE), methods=["GET"]),
@@ -179,9 +179,6 @@ class DicomWeb:
         ]
 
     # QIDO-RS ------------------------------------------------------------------------------
-
-    async def search_studies(self, request: Request) -> Response:
-        return await self.search(Level.STUDY)(request)
 
     def search(self, level: Level) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -317,12 +314,16 @@ class DicomWeb:
 
     def _store(self, parts: list[bytes], source: str) -> tuple[list[dict], list[dict]]:
         stored, failed = [], []
+        # Every part is queued before any is waited for, so that they share group commits.
+        queued = []
         for i, part in enumerate(parts):
             outcome, future = self.archive.ingest_bytes(part, source, f"part {i + 1}")
             if future is None:
                 failed.append({"00081197": {"vr": "US", "Value": [0xC000]}})
                 log.warning("STOW-RS part %d refused: %s", i + 1, outcome.reason)
-                continue
+            else:
+                queued.append((i, future))
+        for i, future in queued:
             try:
                 committed = future.result()
             except Exception as e:  # the index or the disk: not stored
