@@ -1,7 +1,8 @@
 //! The content-addressed store: instances as manifests of BLAKE3-addressed blobs in packs.
 //!
-//! Blobs are appended to the process's active pack (one writer per pack, guarded by an advisory
-//! lock, so several processes can share an archive) and found again through a blob index, an
+//! Blobs are appended to the process's open packs (one writer per pack, guarded by an advisory
+//! lock, so several processes can share an archive; a large blob is streamed into a pack of its
+//! own holding while it arrives, so concurrent writers use as many packs as they need) and found again through a blob index, an
 //! LMDB environment under `<root>/blobs`, that maps each hash to its place in a pack. The blob
 //! index is only a cache of the packs: it records how far it has indexed each pack, and opening
 //! the store indexes (and, for a torn last record, cuts) whatever lies beyond.
@@ -32,6 +33,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const MAX_BLOB: usize = 8 << 20;
 /// Records at least this large start their writeback as soon as they are appended.
 const EARLY_WRITEBACK: u64 = 64 << 10;
+/// A blob growing past this is written into its pack as its bytes arrive (hashed on the way),
+/// so that its writeback overlaps the receive and the commit finds little left to flush.
+const STREAM_BLOB: usize = 128 << 10;
 
 /// When appended records are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,13 +161,115 @@ struct Active {
 
 #[derive(Default)]
 struct Appender {
-    active: Option<Active>,
+    /// Packs open for appending that no streaming blob holds right now.
+    idle: Vec<Active>,
     /// Records appended but not yet in the blob index, in append order.
     unindexed: Vec<(Hash, Location)>,
     lookup: HashMap<Hash, Location>,
     /// Packs appended to since the last commit, with their length after the last append.
     written: HashMap<u32, (Arc<File>, u64)>,
     seq: u64,
+}
+
+impl Appender {
+    /// Registers a record just written at `offset` of `act` (whose length already includes it).
+    fn appended(
+        &mut self,
+        act: &Active,
+        hash: Hash,
+        offset: u64,
+        header: &RecordHeader,
+    ) -> Location {
+        let loc = Location {
+            pack: act.id,
+            offset,
+            stored_len: header.stored_len,
+            raw_len: header.raw_len,
+        };
+        self.written.insert(act.id, (act.file.clone(), act.len));
+        self.unindexed.push((hash, loc));
+        self.lookup.insert(hash, loc);
+        self.seq += 1;
+        loc
+    }
+}
+
+/// A blob written into a pack as its bytes arrive. Its record header goes in last, once the
+/// hash is known: a crash before that leaves a torn tail that opening the store cuts, and the
+/// pack held meanwhile has no other record after it.
+struct StreamingBlob {
+    store: Store,
+    pack: Option<Active>,
+    /// Where the record starts in the pack.
+    offset: u64,
+    /// How far writeback has been started.
+    written_back: u64,
+    hasher: blake3::Hasher,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl StreamingBlob {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let act = self.pack.as_ref().expect("a streaming blob holds its pack");
+        let end = self.offset + RECORD_HEADER_LEN + self.len;
+        act.file.write_all_at(bytes, end)?;
+        self.hasher.update(bytes);
+        self.crc.update(bytes);
+        self.len += bytes.len() as u64;
+        // Whole pages only: a partial page written back now would be written again.
+        let settled = (end + bytes.len() as u64) & !4095;
+        if settled >= self.written_back + EARLY_WRITEBACK {
+            self.store
+                .inner
+                .start_writeback(&act.file, self.written_back, settled);
+            self.written_back = settled;
+        }
+        Ok(())
+    }
+
+    /// Writes the record header; returns the blob's hash and whether it was new (a blob the
+    /// store already has is taken back out of the pack).
+    fn finish(mut self) -> io::Result<(Hash, bool)> {
+        let hash = *self.hasher.finalize().as_bytes();
+        let mut act = self.pack.take().expect("a streaming blob holds its pack");
+        let store = self.store.clone();
+        let known = store.contains(&hash);
+        let mut a = lock(&store.inner.appender);
+        if !matches!(known, Ok(false)) || a.lookup.contains_key(&hash) {
+            let _ = act.file.set_len(self.offset);
+            a.idle.push(act);
+            return known.map(|_| (hash, false));
+        }
+        let header = RecordHeader {
+            kind: RecordKind::Blob,
+            codec: Codec::Raw,
+            raw_len: self.len,
+            stored_len: self.len,
+            hash,
+            payload_crc: self.crc.clone().finalize(),
+        };
+        if let Err(e) = act.file.write_all_at(&header.encode(), self.offset) {
+            let _ = act.file.set_len(self.offset);
+            a.idle.push(act);
+            return Err(e);
+        }
+        act.len = self.offset + header.record_len();
+        store.inner.start_writeback(&act.file, self.offset, act.len);
+        a.appended(&act, hash, self.offset, &header);
+        a.idle.push(act);
+        Ok((hash, true))
+    }
+}
+
+impl Drop for StreamingBlob {
+    fn drop(&mut self) {
+        // Abandoned (a broken association, a write error): the pack ends where it did.
+        if let Some(act) = self.pack.take() {
+            let _ = act.file.set_len(self.offset);
+            lock(&self.store.inner.appender).idle.push(act);
+        }
+    }
 }
 
 struct CommitState {
@@ -360,6 +466,7 @@ impl Store {
             sink: BlobSink {
                 store: self.clone(),
                 buf: Vec::new(),
+                stream: None,
                 blobs: Vec::new(),
                 segments: Vec::new(),
                 segment_start: 0,
@@ -436,19 +543,7 @@ impl Store {
             return Ok(None);
         }
         let record_len = header.record_len();
-        let needs_roll = match &a.active {
-            None => true,
-            Some(act) => act.len > PACK_HEADER_LEN && act.len + record_len > inner.config.pack_size,
-        };
-        if needs_roll {
-            let (id, file) = inner.create_next_pack()?;
-            a.active = Some(Active {
-                id,
-                file,
-                len: PACK_HEADER_LEN,
-            });
-        }
-        let act = a.active.as_mut().expect("active pack");
+        let mut act = self.take_pack(&mut a, record_len)?;
         let offset = act.len;
         let written = act
             .file
@@ -457,35 +552,51 @@ impl Store {
         if let Err(e) = written {
             // Leave no partial record behind (a full disk, say): the pack ends where it did.
             let _ = act.file.set_len(offset);
+            a.idle.push(act);
             return Err(e);
         }
-        if inner.config.sync == SyncMode::Always && record_len >= EARLY_WRITEBACK {
-            // Start writing this record to disk now, while the rest of the instance is still
-            // arriving, so that the commit's fdatasync finds little left to wait for.
-            // SAFETY: sync_file_range only schedules writeback of a range of our open file.
-            unsafe {
-                libc::sync_file_range(
-                    act.file.as_raw_fd(),
-                    offset as i64,
-                    record_len as i64,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+        if record_len >= EARLY_WRITEBACK {
+            inner.start_writeback(&act.file, offset, offset + record_len);
         }
         act.len += record_len;
-        let loc = Location {
-            pack: act.id,
-            offset,
-            stored_len: header.stored_len,
-            raw_len: header.raw_len,
-        };
-        let entry = (act.file.clone(), act.len);
-        let id = act.id;
-        a.written.insert(id, entry);
-        a.unindexed.push((header.hash, loc));
-        a.lookup.insert(header.hash, loc);
-        a.seq += 1;
+        let loc = a.appended(&act, header.hash, offset, &header);
+        a.idle.push(act);
         Ok(Some(loc))
+    }
+
+    /// An open pack with room for `record_len` more bytes, taken out of the idle ones (a new
+    /// pack when none has room; a full one is retired).
+    fn take_pack(&self, a: &mut Appender, record_len: u64) -> io::Result<Active> {
+        let limit = self.inner.config.pack_size;
+        while let Some(act) = a.idle.pop() {
+            if act.len == PACK_HEADER_LEN || act.len + record_len <= limit {
+                return Ok(act);
+            }
+        }
+        let (id, file) = self.inner.create_next_pack()?;
+        Ok(Active {
+            id,
+            file,
+            len: PACK_HEADER_LEN,
+        })
+    }
+
+    /// Starts a blob whose bytes are written into a pack as they arrive; the pack is held by
+    /// the blob (no other record interleaves) until it is finished or dropped.
+    fn stream_blob(&self) -> io::Result<StreamingBlob> {
+        let act = self.take_pack(
+            &mut lock(&self.inner.appender),
+            RECORD_HEADER_LEN + MAX_BLOB as u64,
+        )?;
+        Ok(StreamingBlob {
+            store: self.clone(),
+            offset: act.len,
+            written_back: act.len,
+            pack: Some(act),
+            hasher: blake3::Hasher::new(),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        })
     }
 
     fn next_stamp(&self) -> u64 {
@@ -835,12 +946,7 @@ impl Store {
 
     /// Whether no other process is appending to pack `id`.
     fn settled(&self, id: u32) -> io::Result<bool> {
-        if lock(&self.inner.appender)
-            .active
-            .as_ref()
-            .is_some_and(|a| a.id == id)
-            || lock(&self.inner.own).contains(&id)
-        {
+        if lock(&self.inner.own).contains(&id) {
             return Ok(true);
         }
         let probe = File::open(pack::pack_path(&self.inner.packs_dir, id))?;
@@ -911,7 +1017,7 @@ impl Store {
             packs_before: old.len() as u64,
             ..GcReport::default()
         };
-        lock(&inner.appender).active = None;
+        lock(&inner.appender).idle.clear();
         let mut kept: HashSet<Hash> = HashSet::new();
         for &id in &old {
             let file = self.pack_file(id)?;
@@ -1014,6 +1120,22 @@ impl Store {
 }
 
 impl Inner {
+    /// Starts writing a range of a pack to disk (only when commits fsync: otherwise the OS
+    /// flushes at its own pace).
+    fn start_writeback(&self, file: &File, from: u64, to: u64) {
+        if self.config.sync == SyncMode::Always && to > from {
+            // SAFETY: sync_file_range only schedules writeback of a range of our open file.
+            unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    from as i64,
+                    (to - from) as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+    }
+
     /// Indexes what lies beyond each unlocked pack's indexed length, cutting a torn last record,
     /// and adopts the newest pack with room as the active one.
     fn recover(&mut self) -> io::Result<()> {
@@ -1099,7 +1221,8 @@ impl Inner {
             self.appender
                 .get_mut()
                 .unwrap_or_else(|p| p.into_inner())
-                .active = Some(act);
+                .idle
+                .push(act);
         }
         Ok(())
     }
@@ -1138,10 +1261,12 @@ pub struct Ingested {
 }
 
 /// Cuts the stream into blobs at the scanner's segment boundaries (and every [`MAX_BLOB`]
-/// bytes), hashing and appending each as it completes.
+/// bytes), hashing and appending each as it completes; a large blob of a store that keeps
+/// blobs as they are goes into its pack while it arrives instead.
 struct BlobSink {
     store: Store,
     buf: Vec<u8>,
+    stream: Option<StreamingBlob>,
     blobs: Vec<BlobRef>,
     segments: Vec<Segment>,
     segment_start: u32,
@@ -1149,19 +1274,32 @@ struct BlobSink {
 }
 
 impl BlobSink {
+    fn blob_len(&self) -> usize {
+        self.stream
+            .as_ref()
+            .map_or(self.buf.len(), |s| s.len as usize)
+    }
+
     fn flush_blob(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
+        let (hash, length, new) = match self.stream.take() {
+            Some(stream) => {
+                let length = stream.len;
+                let (hash, new) = stream.finish()?;
+                (hash, length, new)
+            }
+            None if self.buf.is_empty() => return Ok(()),
+            None => {
+                let hash = *blake3::hash(&self.buf).as_bytes();
+                let new = self.store.put_blob(hash, &self.buf)?;
+                let length = self.buf.len() as u64;
+                self.buf.clear();
+                (hash, length, new)
+            }
+        };
+        if new {
+            self.new_bytes += length;
         }
-        let hash = *blake3::hash(&self.buf).as_bytes();
-        if self.store.put_blob(hash, &self.buf)? {
-            self.new_bytes += self.buf.len() as u64;
-        }
-        self.blobs.push(BlobRef {
-            hash,
-            length: self.buf.len() as u64,
-        });
-        self.buf.clear();
+        self.blobs.push(BlobRef { hash, length });
         Ok(())
     }
 }
@@ -1169,11 +1307,23 @@ impl BlobSink {
 impl Sink for BlobSink {
     fn data(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            if self.buf.len() == MAX_BLOB {
+            if self.blob_len() == MAX_BLOB {
                 self.flush_blob()?;
             }
-            let n = bytes.len().min(MAX_BLOB - self.buf.len());
-            self.buf.extend_from_slice(&bytes[..n]);
+            let n = bytes.len().min(MAX_BLOB - self.blob_len());
+            match &mut self.stream {
+                Some(stream) => stream.write(&bytes[..n])?,
+                None => {
+                    self.buf.extend_from_slice(&bytes[..n]);
+                    if self.buf.len() >= STREAM_BLOB && self.store.inner.config.codec == Codec::Raw
+                    {
+                        let mut stream = self.store.stream_blob()?;
+                        stream.write(&self.buf)?;
+                        self.buf.clear();
+                        self.stream = Some(stream);
+                    }
+                }
+            }
             bytes = &bytes[n..];
         }
         Ok(())
