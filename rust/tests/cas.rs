@@ -279,18 +279,24 @@ fn zstd_blobs_round_trip_and_packs_roll_over() {
     assert!(store.verify().unwrap().bad.is_empty());
 }
 
-#[test]
-fn concurrent_writers_share_the_store() {
+/// Stores `per_thread` instances from each of `threads` threads at once, then reopens the
+/// store and checks every instance reads back as it was sent.
+fn store_concurrently(
+    threads: u8,
+    per_thread: u8,
+    chunk: usize,
+    make: fn(&str, u8) -> Vec<u8>,
+) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), StoreConfig::default());
-    let handles: Vec<_> = (0..4u8)
+    let handles: Vec<_> = (0..threads)
         .map(|t| {
             let store = store.clone();
             std::thread::spawn(move || {
-                (0..10u8)
+                (0..per_thread)
                     .map(|i| {
-                        let data = instance(&format!("{t}.{i}"), "P", 2, t * 16 + i);
-                        let (m, _) = store_bytes(&store, &data, 777);
+                        let data = make(&format!("{t}.{i}"), t * 16 + i);
+                        let (m, _) = store_bytes(&store, &data, chunk);
                         (m, data)
                     })
                     .collect::<Vec<_>>()
@@ -303,9 +309,16 @@ fn concurrent_writers_share_the_store() {
         .collect();
     drop(store);
     let store = open(dir.path(), StoreConfig::default());
+    assert!(store.recovery_messages().is_empty());
     for (m, data) in &all {
         assert_eq!(&store.read_instance(m, 0).unwrap(), data);
     }
+    (dir, store)
+}
+
+#[test]
+fn concurrent_writers_share_the_store() {
+    let (_dir, store) = store_concurrently(4, 10, 777, |sop, seed| instance(sop, "P", 2, seed));
     assert_eq!(store.history(&HashMap::new(), true).unwrap().len(), 40);
 }
 
@@ -417,31 +430,7 @@ fn a_crash_while_a_frame_streams_in_is_a_torn_tail() {
 
 #[test]
 fn concurrent_writers_stream_large_frames_into_packs_of_their_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), StoreConfig::default());
-    let handles: Vec<_> = (0..3u8)
-        .map(|t| {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                (0..4u8)
-                    .map(|i| {
-                        let data = large_instance(&format!("{t}.{i}"), 1, t * 16 + i);
-                        let (m, _) = store_bytes(&store, &data, 64 << 10);
-                        (m, data)
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let all: Vec<_> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
-    drop(store);
-    let store = open(dir.path(), StoreConfig::default());
-    assert!(store.recovery_messages().is_empty());
-    for (m, data) in &all {
-        assert_eq!(&store.read_instance(m, 0).unwrap(), data);
-    }
+    let (_dir, store) =
+        store_concurrently(3, 4, 64 << 10, |sop, seed| large_instance(sop, 1, seed));
     assert!(store.verify().unwrap().bad.is_empty());
 }
