@@ -33,7 +33,9 @@ RENDERED_MEDIA_TYPES = (JPEG, PNG, GIF)
 _PILLOW_FORMAT = {JPEG: "JPEG", PNG: "PNG", GIF: "GIF"}
 # PS3.18 spells the VOI LUT Functions of PS3.3 C.11.2.1.3 in lower case.
 VOI_LUT_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
-THUMBNAIL_SIZE = 128
+DEFAULT_QUALITY = 90
+# The largest rendered image, either way, in pixels: beyond it a request costs too much memory.
+MAX_VIEWPORT = 8192
 
 
 class BadRenderRequest(ValueError):
@@ -97,7 +99,11 @@ class Rendering:
     media_type: str = JPEG
     window: Window | None = None
     viewport: Viewport | None = None
-    quality: int = 90
+    quality: int = DEFAULT_QUALITY
+
+
+# Thumbnails fit in 128 × 128 pixels (PS3.18 leaves their size to the origin server).
+THUMBNAIL = Viewport(128, 128, enlarge=False)
 
 
 def _numbers(value: str, name: str, count: Sequence[int]) -> list[float]:
@@ -129,8 +135,8 @@ def parse_viewport(value: str) -> Viewport:
     if any(n != int(n) for n in numbers):
         raise BadRenderRequest(f"viewport takes whole numbers of pixels: {value!r}")
     width, height, *region = (int(n) for n in numbers)
-    if not (0 < width <= 8192 and 0 < height <= 8192):
-        raise BadRenderRequest(f"viewport width and height must be 1..8192: {value!r}")
+    if not (0 < width <= MAX_VIEWPORT and 0 < height <= MAX_VIEWPORT):
+        raise BadRenderRequest(f"viewport width and height must be 1..{MAX_VIEWPORT}: {value!r}")
     if not region:
         return Viewport(width, height)
     x, y, w, h = region
