@@ -355,7 +355,7 @@ class InstanceParts:
             return str(self.whole["PixelData"].VR)
         # The header ends with Pixel Data's element header: tag, VR (if explicit), length.
         vr = self.header_bytes[-8:-6]
-        if not self.syntax.is_implicit_VR and vr in (b"OB", b"OW"):
+        if vr in (b"OB", b"OW"):
             return vr.decode()
         return "OW" if int(header.get("BitsAllocated", 16)) > 8 else "OB"
 
