@@ -371,3 +371,38 @@ def test_wado_uri(served, tmp_path):
     assert wado(url, mr, contentType="text/html").status_code == 406
     assert wado(url, mr, objectUID="1.2.3.4").status_code == 404
     assert wado(url, stored["mr_private"], contentType="image/png").status_code == 415
+
+
+def test_malformed_requests_get_a_4xx_and_the_server_stays_up(served):
+    server, url, stored = served
+    mr, dose = stored["mr"], stored["dose"]
+    requests = [
+        (f"{mr.url}/rendered", {"viewport": "10,10,0,0,99999999,5"}, {}),
+        (f"{mr.url}/rendered", {"viewport": "10,10,0,0,0,5"}, {}),
+        (f"{mr.url}/rendered", {"window": "1e400,1,linear"}, {}),
+        (f"{mr.url}/rendered", {"window": ",,"}, {}),
+        (f"{mr.url}/rendered", {"quality": "-1"}, {}),
+        (f"{mr.url}/rendered", {}, {"Accept": ";;;,q=,image/png;q=abc"}),
+        (f"{mr.url}/rendered", {"accept": "multipart/related; type=image/png"}, {}),
+        (f"{dose.url}/frames/99999999999/rendered", {}, {}),
+        (f"{dose.url}/frames/999999999/rendered", {}, {}),
+        (f"{mr.url}/bulkdata/7FE00010/0/00280010", {}, {}),
+        (f"{mr.url}/bulkdata/", {}, {}),
+        (f"{mr.url}/bulkdata/zzzzzzzz", {}, {}),
+    ]
+    for target, params, headers in requests:
+        response = httpx.get(target, params=params, headers=headers)
+        assert 400 <= response.status_code < 500, (target, params, headers, response.text)
+        assert response.json()["error"]
+    for params in (
+        {"region": "a"},
+        {"region": "0,0,1,1,1"},
+        {"imageQuality": "0"},
+        {"rows": "99999"},
+        {"columns": "-3"},
+        {"windowCenter": "x", "windowWidth": "1"},
+        {"transferSyntax": "1.2.3", "contentType": "application/dicom"},
+    ):
+        response = wado(url, mr, **params)
+        assert 400 <= response.status_code < 500, (params, response.text)
+    assert server.alive

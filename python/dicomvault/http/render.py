@@ -142,6 +142,8 @@ def parse_viewport(value: str) -> Viewport:
     x, y, w, h = region
     if w == 0 or h == 0:
         raise BadRenderRequest(f"viewport region must not be empty: {value!r}")
+    if max(abs(n) for n in region) > MAX_VIEWPORT:
+        raise BadRenderRequest(f"viewport region values must be within ±{MAX_VIEWPORT}: {value!r}")
     return Viewport(width, height, (x, y, w, h))
 
 
@@ -166,7 +168,7 @@ def negotiate(accept: str) -> str:
                 except ValueError:
                     quality = 0.0
         media = media.lower()
-        if media in ("*/*", "image/*", ""):
+        if media in ("*/*", "image/*"):
             media = JPEG
         if media in RENDERED_MEDIA_TYPES and quality > 0:
             offers.append((-quality, position, media))
@@ -237,6 +239,15 @@ def presentation_values(ds: Dataset, index: int, window: Window | None = None) -
     """Frame ``index`` of ``ds`` as 8-bit display values: rows × columns (grayscale) or
     rows × columns × 3 (RGB)."""
     values, photometric = decode_frame(ds, index)
+    try:
+        return _display(values, photometric, ds, window)
+    except Exception as e:  # malformed LUTs or pixel attributes: pydicom raises many types
+        raise CannotRender(f"cannot render {photometric} pixel data: {e}") from e
+
+
+def _display(
+    values: np.ndarray, photometric: str, ds: Dataset, window: Window | None
+) -> np.ndarray:
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         display = _voi(apply_modality_lut(values, ds), ds, window)
         if photometric == "MONOCHROME1":
