@@ -189,16 +189,14 @@ def _element_at(ds: Dataset, path: str) -> bytes | None:
         raise BadRequest(f"a bulk data path is tag[/item/tag...], tags in 8 hex digits: {path}")
     if not all(i.isdigit() for i in steps[1::2]):
         raise BadRequest(f"sequence items are numbered from 0: {path}")
-    for tag, item in zip(steps[::2], [*steps[1::2], None], strict=True):
+    tags, items = steps[::2], [int(i) for i in steps[1::2]]
+    for tag, item in zip(tags[:-1], items, strict=True):
         elem = ds.get(int(tag, 16))
-        if elem is None:
+        if elem is None or elem.VR != "SQ" or item >= len(elem.value):
             return None
-        if item is None:
-            return elem.value if isinstance(elem.value, bytes) else None
-        if elem.VR != "SQ" or int(item) >= len(elem.value):
-            return None
-        ds = elem.value[int(item)]
-    return None
+        ds = elem.value[item]
+    elem = ds.get(int(tags[-1], 16))
+    return elem.value if elem is not None and isinstance(elem.value, bytes) else None
 
 
 def _integer(value: str | None) -> int:
@@ -232,7 +230,7 @@ _WADO_URI_UIDS = {
 def _wado_rendering(
     query: QueryParams, media_type: str, record: Record
 ) -> tuple[render.Rendering, int]:
-    """What a WADO-URI image request asks (PS3.18 9.1), and of which frame."""
+    """What a WADO-URI image request asks, and of which frame."""
     center, width = query.get("windowCenter"), query.get("windowWidth")
     if (center is None) != (width is None):
         raise BadRequest("windowCenter and windowWidth go together")
