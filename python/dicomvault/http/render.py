@@ -62,10 +62,10 @@ class Window:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.center) and math.isfinite(self.width)):
             raise BadRenderRequest("window center and width must be finite numbers")
-        minimum = 1 if self.function == "LINEAR" else 0
-        if self.width < minimum or (self.width == 0 and self.function != "LINEAR"):
+        linear = self.function == "LINEAR"
+        if not (self.width >= 1 if linear else self.width > 0):
             raise BadRenderRequest(
-                f"window width must be {'at least 1' if minimum else 'above 0'} for {self.function}"
+                f"window width must be {'at least 1' if linear else 'above 0'} for {self.function}"
             )
 
     def apply(self, values: np.ndarray) -> np.ndarray:
@@ -83,8 +83,9 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class Viewport:
-    """The rendered size (the image is fitted inside it, keeping its aspect ratio) and,
-    optionally, the source region to render: x, y, width, height (negative: flipped)."""
+    """The rendered size (the image is fitted inside it, keeping its aspect ratio; enlarged
+    to fit only if ``enlarge``) and, optionally, the source region to render: x, y, width,
+    height (a negative width or height flips it)."""
 
     width: int
     height: int
