@@ -1,7 +1,8 @@
 """DICOMweb under /dicom-web: QIDO-RS search on the C-FIND query engine, WADO-RS retrieve of
 studies, series and instances as multipart/related (streamed from the packs, byte-identical),
-their metadata and their frames (from the frame blobs), and STOW-RS store through the same
-ingest path as C-STORE.
+their metadata (with bulk data URIs), bulk data and frames (from the frame blobs), rendered
+frames and thumbnails, and STOW-RS store through the same ingest path as C-STORE; and WADO-URI
+at /wado.
 """
 
 from __future__ import annotations
@@ -12,22 +13,31 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from functools import cached_property
 from typing import Any
 
 import pydicom
 from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import UID
 from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dicomvault import _native
-from dicomvault.index import Level
+from dicomvault.http import render
+from dicomvault.index import Level, Record
+from dicomvault.net.outbound import NATIVE_SYNTAXES, outbound, selected
 from dicomvault.net.query import response_identifier
 from dicomvault.store import Archive
 
 log = logging.getLogger("dicomvault.http")
 
+DICOM_WEB = "/dicom-web"
+DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 # QIDO-RS parameters that steer the search rather than match anything.
 _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
@@ -133,6 +143,255 @@ def _split_multipart(body: bytes, content_type: str) -> list[bytes]:
     return parts
 
 
+PIXEL_DATA = "7FE00010"
+OCTET_STREAM = "application/octet-stream"
+# Binary values longer than this are left out of metadata, behind a BulkDataURI.
+BULK_DATA_THRESHOLD = 1024
+_BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+# WADO-URI parameters that only apply to rendered images.
+_IMAGE_PARAMETERS = (
+    "annotation",
+    "rows",
+    "columns",
+    "region",
+    "windowCenter",
+    "windowWidth",
+    "frameNumber",
+    "imageQuality",
+)
+
+
+def dicom_json(ds: Dataset, bulk_data_uri: str) -> dict[str, Any]:
+    """``ds`` in the DICOM JSON model, with binary values over BULK_DATA_THRESHOLD bytes as
+    BulkDataURIs: ``bulk_data_uri``/tag, and within sequences tag/item/tag (items from 0)."""
+    found: dict[str, Any] = {}
+    for tag in sorted(ds.keys()):
+        key = f"{tag:08X}"
+        uri = f"{bulk_data_uri}/{key}"
+        try:
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                items = [dicom_json(item, f"{uri}/{i}") for i, item in enumerate(elem.value)]
+                found[key] = {"vr": "SQ", "Value": items}
+            elif elem.VR in _BINARY_VRS and len(elem.value or b"") > BULK_DATA_THRESHOLD:
+                found[key] = {"vr": elem.VR, "BulkDataURI": uri}
+            else:
+                found[key] = elem.to_json_dict(None, 0)
+        except Exception as e:  # pydicom raises many types on malformed values
+            log.warning("metadata leaves out %s: %s", key, e)
+    return found
+
+
+def _element_at(ds: Dataset, path: str) -> bytes | None:
+    """The binary value at a bulk data path (tag, or tag/item/tag...), None if there is none."""
+    steps = path.strip("/").split("/")
+    if len(steps) % 2 == 0 or not all(re.fullmatch(r"[0-9A-Fa-f]{8}", t) for t in steps[::2]):
+        raise BadRequest(f"a bulk data path is tag[/item/tag...], tags in 8 hex digits: {path}")
+    if not all(i.isdigit() for i in steps[1::2]):
+        raise BadRequest(f"sequence items are numbered from 0: {path}")
+    tags, items = steps[::2], [int(i) for i in steps[1::2]]
+    for tag, item in zip(tags[:-1], items, strict=True):
+        elem = ds.get(int(tag, 16))
+        if elem is None or elem.VR != "SQ" or item >= len(elem.value):
+            return None
+        ds = elem.value[item]
+    elem = ds.get(int(tags[-1], 16))
+    return elem.value if elem is not None and isinstance(elem.value, bytes) else None
+
+
+def _integer(value: str | None) -> int:
+    """An IS value as a number to sort by (0 when absent or malformed)."""
+    return int(value) if value and re.fullmatch(r"\s*[+-]?\d{1,12}\s*", value) else 0
+
+
+def _rendering(query: QueryParams, accept: str | None, thumbnail: bool) -> render.Rendering:
+    """What a WADO-RS rendered or thumbnail request asks: the media type (the ``accept``
+    query parameter, else the Accept header) and the window, viewport and quality."""
+    viewport = render.THUMBNAIL if thumbnail else None
+    if "viewport" in query:
+        viewport = render.parse_viewport(query["viewport"])
+    return render.Rendering(
+        media_type=render.negotiate(query.get("accept") or accept or "*/*"),
+        window=render.parse_window(query["window"]) if "window" in query else None,
+        viewport=viewport,
+        quality=(
+            render.parse_quality(query["quality"]) if "quality" in query else render.DEFAULT_QUALITY
+        ),
+    )
+
+
+_WADO_URI_UIDS = {
+    "studyUID": "StudyInstanceUID",
+    "seriesUID": "SeriesInstanceUID",
+    "objectUID": "SOPInstanceUID",
+}
+
+
+def _wado_rendering(
+    query: QueryParams, media_type: str, record: Record
+) -> tuple[render.Rendering, int]:
+    """What a WADO-URI image request asks, and of which frame."""
+    center, width = query.get("windowCenter"), query.get("windowWidth")
+    if (center is None) != (width is None):
+        raise BadRequest("windowCenter and windowWidth go together")
+    window = render.parse_window(f"{center},{width}") if center is not None else None
+    rows, columns = (
+        _whole_number(query[name], name) if name in query else None for name in ("rows", "columns")
+    )
+    if max(rows or 0, columns or 0) > render.MAX_VIEWPORT:
+        raise BadRequest(f"rows and columns are at most {render.MAX_VIEWPORT}")
+    region = _region(query["region"], record) if "region" in query else None
+    viewport = None
+    if rows or columns or region:
+        # One of rows and columns leaves the other free; neither renders the region as is.
+        region_columns, region_rows = (region[2], region[3]) if region else (0, 0)
+        viewport = render.Viewport(
+            columns or (render.MAX_VIEWPORT if rows else region_columns),
+            rows or (render.MAX_VIEWPORT if columns else region_rows),
+            region,
+        )
+    quality = query.get("imageQuality")
+    rendering = render.Rendering(
+        media_type,
+        window,
+        viewport,
+        render.parse_quality(quality) if quality is not None else render.DEFAULT_QUALITY,
+    )
+    return rendering, _whole_number(query.get("frameNumber", "1"), "frameNumber")
+
+
+def _region(value: str, record: Record) -> tuple[int, int, int, int]:
+    """WADO-URI ``region=xmin,ymin,xmax,ymax`` (fractions of the image) in pixels."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in value.split(","))
+    except ValueError:
+        raise BadRequest(f"region is xmin,ymin,xmax,ymax in 0.0..1.0: {value!r}") from None
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        raise BadRequest(f"region is xmin,ymin,xmax,ymax in 0.0..1.0: {value!r}")
+    rows, columns = _integer(record.tags.get("Rows")), _integer(record.tags.get("Columns"))
+    if not (rows and columns):
+        raise BadRequest("region needs an image with Rows and Columns")
+    x, y = round(x0 * columns), round(y0 * rows)
+    return x, y, max(1, round(x1 * columns) - x), max(1, round(y1 * rows) - y)
+
+
+def _octet_stream_parts(parts: list[bytes], media: str = OCTET_STREAM) -> Response:
+    boundary = uuid.uuid4().hex
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: {media}\r\n\r\n".encode() + part + b"\r\n" for part in parts
+    )
+    return Response(
+        body + f"--{boundary}--\r\n".encode(),
+        media_type=f'multipart/related; type="{OCTET_STREAM}"; boundary={boundary}',
+    )
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _whole_number(value: str, name: str) -> int:
+    if not re.fullmatch(r"\d{1,9}", value) or int(value) < 1:
+        raise BadRequest(f"{name} is a number from 1: {value!r}")
+    return int(value)
+
+
+class InstanceParts:
+    """An archived instance read in parts: its header (File Meta and the data set up to Pixel
+    Data's value) and its frames, each from its own blobs. The whole instance is read only
+    when its frames cannot be told apart in the packs (deflated, or encapsulated without
+    offsets or frame markers)."""
+
+    def __init__(self, archive: Archive, record: Record) -> None:
+        assert record.manifest is not None
+        self.store = archive.store
+        self.manifest = record.manifest
+        info = _native.manifest_info(self.manifest)
+        self.syntax = UID(info["transfer_syntax"])
+        self.encapsulated = bool(info["encapsulated"])
+        self.frames_in_blobs = bool(info["frames_resolved"]) and not info["deflated"]
+        self.frame_count = int(info["frames"])
+        kind, first, count = info["segments"][0] if info["segments"] else ("opaque", 0, 0)
+        self._header_length = (
+            sum(size for _, size in info["blobs"][first : first + count])
+            if kind == "header"
+            else int(info["size"])
+        )
+
+    @cached_property
+    def header_bytes(self) -> bytes:
+        header = bytearray()
+        for chunk in self.store.chunks(self.manifest, 0):
+            header += chunk
+            if len(header) >= self._header_length:
+                break
+        return bytes(header[: self._header_length])
+
+    def header(self) -> Dataset:
+        ds = pydicom.dcmread(io.BytesIO(self.header_bytes), stop_before_pixels=True, force=True)
+        if "TransferSyntaxUID" not in ds.file_meta:  # a data set stored without File Meta
+            ds.file_meta.TransferSyntaxUID = self.syntax
+        return ds
+
+    @cached_property
+    def whole(self) -> Dataset:
+        return pydicom.dcmread(io.BytesIO(self.store.read(self.manifest, 0)), force=True)
+
+    def has_pixel_data(self) -> bool:
+        return self.frame_count > 0 or (not self.frames_in_blobs and "PixelData" in self.whole)
+
+    def number_of_frames(self) -> int:
+        if self.frames_in_blobs:
+            return self.frame_count
+        return int(self.whole.get("NumberOfFrames") or 1) if "PixelData" in self.whole else 0
+
+    def pixel_data_vr(self, header: Dataset) -> str:
+        """Pixel Data's VR, as stored."""
+        if self.encapsulated:
+            return "OB"
+        if not self.frames_in_blobs:
+            return str(self.whole["PixelData"].VR)
+        # The header ends with Pixel Data's element header: tag, VR (if explicit), length.
+        vr = self.header_bytes[-8:-6]
+        if vr in (b"OB", b"OW"):
+            return vr.decode()
+        return "OW" if int(header.get("BitsAllocated", 16)) > 8 else "OB"
+
+    def frames(self, numbers: list[int]) -> list[bytes]:
+        """The frames (numbered from 1): native values, or each encapsulated frame's
+        fragments joined. FileNotFoundError for a frame the instance does not have."""
+        count = self.number_of_frames()
+        if count == 0:
+            raise FileNotFoundError("the instance has no Pixel Data")
+        if max(numbers) > count:
+            raise FileNotFoundError(f"frame {max(numbers)} is not in the instance ({count} frames)")
+        if self.frames_in_blobs:
+            return [self.store.read_frame(self.manifest, n - 1) for n in numbers]
+        ds = self.whole
+        if self.encapsulated:
+            every = list(generate_frames(ds.PixelData, number_of_frames=count))
+        else:
+            size = len(ds.PixelData) // count
+            every = [ds.PixelData[i * size : (i + 1) * size] for i in range(count)]
+        return [every[n - 1] for n in numbers]
+
+    def frame_dataset(self, number: int) -> tuple[Dataset, int]:
+        """A data set holding frame ``number`` and the frame's index in it: the header with
+        that one frame, or the whole instance when its frames are not in blobs of their own."""
+        if not self.frames_in_blobs:
+            self.frames([number])  # FileNotFoundError beyond the last frame
+            return self.whole, number - 1
+        [frame] = self.frames([number])
+        ds = self.header()
+        ds.NumberOfFrames = 1
+        if self.encapsulated:
+            ds.PixelData = encapsulate([frame])
+        else:
+            ds.PixelData = frame
+        ds["PixelData"].VR = self.pixel_data_vr(ds)
+        return ds, 0
+
+
 class DicomWeb:
     """The /dicom-web routes over an open archive."""
 
@@ -141,8 +400,9 @@ class DicomWeb:
         self.case_insensitive_pn = case_insensitive_pn
 
     def routes(self) -> list[Route]:
-        base = "/dicom-web"
+        base = DICOM_WEB
         study, series = "{study}", "{series}"
+        instance = f"{base}/studies/{study}/series/{series}/instances/{{instance}}"
         return [
             Route(f"{base}/studies", self.search(Level.STUDY), methods=["GET"]),
             Route(f"{base}/studies", self.store, methods=["POST"]),
@@ -161,21 +421,25 @@ class DicomWeb:
                 self.search(Level.IMAGE),
                 methods=["GET"],
             ),
-            Route(
-                f"{base}/studies/{study}/series/{series}/instances/{{instance}}",
-                self.retrieve(Level.IMAGE),
-                methods=["GET"],
-            ),
+            Route(instance, self.retrieve(Level.IMAGE), methods=["GET"]),
             Route(f"{base}/studies/{study}/metadata", self.metadata(Level.STUDY)),
             Route(f"{base}/studies/{study}/series/{series}/metadata", self.metadata(Level.SERIES)),
+            Route(f"{instance}/metadata", self.metadata(Level.IMAGE)),
+            Route(f"{instance}/bulkdata/{{path:path}}", self.bulk_data),
+            Route(f"{instance}/frames/{{frames}}", self.frames),
+            Route(f"{instance}/rendered", self.rendered(Level.IMAGE)),
+            Route(f"{instance}/frames/{{frames}}/rendered", self.rendered(Level.IMAGE)),
+            Route(f"{instance}/thumbnail", self.rendered(Level.IMAGE, thumbnail=True)),
             Route(
-                f"{base}/studies/{study}/series/{series}/instances/{{instance}}/metadata",
-                self.metadata(Level.IMAGE),
+                f"{instance}/frames/{{frames}}/thumbnail",
+                self.rendered(Level.IMAGE, thumbnail=True),
             ),
             Route(
-                f"{base}/studies/{study}/series/{series}/instances/{{instance}}/frames/{{frames}}",
-                self.frames,
+                f"{base}/studies/{study}/series/{series}/thumbnail",
+                self.rendered(Level.SERIES, thumbnail=True),
             ),
+            Route(f"{base}/studies/{study}/thumbnail", self.rendered(Level.STUDY, thumbnail=True)),
+            Route("/wado", self.wado_uri),
         ]
 
     # QIDO-RS ------------------------------------------------------------------------------
@@ -236,56 +500,211 @@ class DicomWeb:
         return endpoint
 
     def metadata(self, level: Level) -> Any:
-        """The instances' data sets up to Pixel Data, in the DICOM JSON model (Pixel Data itself
-        is left out: its frames are at .../frames/N)."""
+        """The instances' data sets in the DICOM JSON model, Pixel Data and binary values
+        over BULK_DATA_THRESHOLD as BulkDataURIs (elements after Pixel Data are left out)."""
 
         async def endpoint(request: Request) -> Response:
             records = await asyncio.to_thread(self._records, level, _filters(request))
             if not records:
-                return JSONResponse({"error": "not found"}, status_code=404)
-            found = await asyncio.to_thread(lambda: [self._header(r) for r in records])
+                return _error(404, "not found")
+            root = str(request.base_url).rstrip("/") + DICOM_WEB
+            found = await asyncio.to_thread(lambda: [self._header(r, root) for r in records])
             return JSONResponse(found, media_type=DICOM_JSON)
 
         return endpoint
 
-    def _header(self, record: Any) -> dict:
-        first = next(iter(self.archive.store.chunks(record.manifest, 0)), b"")
-        ds = pydicom.dcmread(io.BytesIO(first), stop_before_pixels=True, force=True)
-        return ds.to_json_dict(bulk_data_threshold=1 << 30)
+    def _header(self, record: Record, root: str) -> dict:
+        parts = InstanceParts(self.archive, record)
+        header = parts.header()
+        series = self.archive.index.get(Level.SERIES, record.parent or "")
+        uri = (
+            f"{root}/studies/{series.parent if series else ''}/series/{record.parent}"
+            f"/instances/{record.key}/bulkdata"
+        )
+        found = dicom_json(header, uri)
+        if parts.has_pixel_data():
+            vr = parts.pixel_data_vr(header)
+            found[PIXEL_DATA] = {"vr": vr, "BulkDataURI": f"{uri}/{PIXEL_DATA}"}
+        return found
+
+    async def bulk_data(self, request: Request) -> Response:
+        """A BulkDataURI of the metadata: Pixel Data as its frames (native: one part, the
+        whole value; encapsulated: a part per frame), any other value as one part."""
+        records = await asyncio.to_thread(self._records, Level.IMAGE, _filters(request))
+        if not records:
+            return _error(404, "not found")
+        parts = InstanceParts(self.archive, records[0])
+        try:
+            return await asyncio.to_thread(self._bulk_data, parts, request.path_params["path"])
+        except BadRequest as e:
+            return _error(400, str(e))
+        except FileNotFoundError as e:
+            return _error(404, str(e))
+
+    def _bulk_data(self, parts: InstanceParts, path: str) -> Response:
+        if path.strip("/").upper() == PIXEL_DATA:
+            count = parts.number_of_frames()
+            if count == 0:
+                raise FileNotFoundError("the instance has no Pixel Data")
+            frames = parts.frames(list(range(1, count + 1)))
+            if parts.encapsulated:
+                return _octet_stream_parts(
+                    frames, f"{OCTET_STREAM}; transfer-syntax={parts.syntax}"
+                )
+            return _octet_stream_parts([b"".join(frames)])
+        value = _element_at(parts.header(), path)
+        if value is None:
+            raise FileNotFoundError(f"no bulk data at {path}")
+        return _octet_stream_parts([value])
 
     async def frames(self, request: Request) -> Response:
-        """Frames straight from the pack's frame blobs: the instance is never read whole."""
+        """Frames straight from the pack's frame blobs: the instance is never read whole
+        (unless its frames cannot be told apart in the packs)."""
         try:
             numbers = [int(n) for n in request.path_params["frames"].split(",")]
         except ValueError:
-            return JSONResponse({"error": "frames are 1-based numbers: 1,2,3"}, status_code=400)
+            return _error(400, "frames are 1-based numbers: 1,2,3")
         if not numbers or min(numbers) < 1:
-            return JSONResponse({"error": "frames are numbered from 1"}, status_code=400)
+            return _error(400, "frames are numbered from 1")
         records = await asyncio.to_thread(self._records, Level.IMAGE, _filters(request))
         if not records:
-            return JSONResponse({"error": "not found"}, status_code=404)
-        manifest = records[0].manifest
-        info = _native.manifest_info(manifest)
+            return _error(404, "not found")
+        parts = InstanceParts(self.archive, records[0])
         try:
-            frames = await asyncio.to_thread(
-                lambda: [self.archive.store.read_frame(manifest, n - 1) for n in numbers]
-            )
+            frames = await asyncio.to_thread(parts.frames, numbers)
         except FileNotFoundError as e:
-            return JSONResponse({"error": str(e)}, status_code=404)
+            return _error(404, str(e))
         except OSError as e:
-            return JSONResponse({"error": str(e)}, status_code=406)
-        media = "application/octet-stream"
-        if info["encapsulated"]:
-            media += f"; transfer-syntax={info['transfer_syntax']}"
-        boundary = uuid.uuid4().hex
-        body = b"".join(
-            f"--{boundary}\r\nContent-Type: {media}\r\n\r\n".encode() + frame + b"\r\n"
-            for frame in frames
-        )
-        return Response(
-            body + f"--{boundary}--\r\n".encode(),
-            media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
-        )
+            return _error(406, str(e))
+        media = OCTET_STREAM
+        if parts.encapsulated:
+            media += f"; transfer-syntax={parts.syntax}"
+        return _octet_stream_parts(frames, media)
+
+    # Rendered -----------------------------------------------------------------------------
+
+    def rendered(self, level: Level, thumbnail: bool = False) -> Any:
+        """A frame rendered (PS3.18 rendered and thumbnail resources): the frame named, else
+        the first; for a series or study thumbnail, that of a representative instance."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                rendering = _rendering(
+                    request.query_params, request.headers.get("accept"), thumbnail
+                )
+                frames = request.path_params.get("frames", "1")
+                if "," in frames:
+                    raise BadRequest("a rendered frame is one frame: frames/N/rendered")
+                number = _whole_number(frames, "frame")
+            except (BadRequest, render.BadRenderRequest) as e:
+                return _error(400, str(e))
+            except render.NotAcceptable as e:
+                return _error(406, str(e))
+            record = await asyncio.to_thread(self._representative, level, _filters(request))
+            if record is None:
+                return _error(404, "not found")
+            return await self._rendered(record, number, rendering)
+
+        return endpoint
+
+    async def _rendered(self, record: Record, number: int, rendering: render.Rendering) -> Response:
+        def encode() -> bytes:
+            parts = InstanceParts(self.archive, record)
+            if not parts.has_pixel_data():
+                raise render.CannotRender("the instance has no Pixel Data")
+            ds, index = parts.frame_dataset(number)
+            return render.render(ds, index, rendering)
+
+        try:
+            image = await asyncio.to_thread(encode)
+        except FileNotFoundError as e:
+            return _error(404, str(e))
+        except render.CannotRender as e:
+            return _error(415, str(e))
+        return Response(image, media_type=rendering.media_type)
+
+    def _representative(self, level: Level, filters: dict[str, str]) -> Record | None:
+        """The instance a resource is rendered by: the instance itself; for a series its
+        middle image by Instance Number; for a study, that of its first series by Series
+        Number (images first: instances without Rows only when there are no others)."""
+        records = self._records(level, filters)
+        images = [r for r in records if r.tags.get("Rows")] or records
+        if not images:
+            return None
+        by_series: dict[str, list[Record]] = {}
+        for r in images:
+            by_series.setdefault(r.parent or "", []).append(r)
+
+        def series_number(key: str) -> tuple[int, str]:
+            series = self.archive.index.get(Level.SERIES, key)
+            return _integer(series.tags.get("SeriesNumber") if series else None), key
+
+        members = by_series[min(by_series, key=series_number)]
+        members.sort(key=lambda r: (_integer(r.tags.get("InstanceNumber")), r.key))
+        return members[len(members) // 2]
+
+    # WADO-URI -----------------------------------------------------------------------------
+
+    async def wado_uri(self, request: Request) -> Response:
+        """WADO-URI (PS3.18 chapter 9): an instance as application/dicom (as stored, or
+        transcoded to the native transferSyntax asked) or rendered as an image."""
+        query = request.query_params
+        if query.get("requestType") != "WADO":
+            return _error(400, "requestType=WADO is required")
+        uids = {key: query.get(name, "") for name, key in _WADO_URI_UIDS.items()}
+        missing = [name for name, key in _WADO_URI_UIDS.items() if not uids[key]]
+        if missing:
+            return _error(400, f"{', '.join(missing)} required")
+        records = await asyncio.to_thread(self._records, Level.IMAGE, uids)
+        if not records:
+            return _error(404, "not found")
+        record = records[0]
+        asked = [c.split(";")[0].strip().lower() for c in query.get("contentType", "").split(",")]
+        asked = [c for c in asked if c]
+        if not asked:
+            has_pixels = await asyncio.to_thread(
+                lambda: InstanceParts(self.archive, record).has_pixel_data()
+            )
+            asked = [render.JPEG if has_pixels else DICOM]
+        offered = [c for c in asked if c == DICOM or c in render.RENDERED_MEDIA_TYPES]
+        if not offered:
+            return _error(406, f"contentType {', '.join(asked)}: none is offered")
+        try:
+            if offered[0] == DICOM:
+                return await self._wado_dicom(record, query)
+            rendering, number = _wado_rendering(query, offered[0], record)
+        except (BadRequest, render.BadRenderRequest) as e:
+            return _error(400, str(e))
+        return await self._rendered(record, number, rendering)
+
+    async def _wado_dicom(self, record: Record, query: QueryParams) -> Response:
+        given = [name for name in _IMAGE_PARAMETERS if name in query]
+        if given:
+            raise BadRequest(f"{', '.join(given)} only apply to rendered images")
+        assert record.manifest is not None
+        instance = outbound(self.archive, selected(record))
+        syntax = query.get("transferSyntax", "*")
+        if syntax in ("*", instance.transfer_syntax):
+            chunks = self.archive.store.chunks(record.manifest, 0)
+            return StreamingResponse(_iterate(chunks), media_type=DICOM)
+        if syntax not in NATIVE_SYNTAXES:
+            return _error(
+                406,
+                f"the instance is stored as {instance.transfer_syntax}; it can be sent as that "
+                f"or transcoded to {', '.join(NATIVE_SYNTAXES)}, not {syntax}",
+            )
+
+        def transcode() -> bytes:
+            path = instance.part10_file(*instance.transcoded([syntax]))
+            try:
+                return path.read_bytes()
+            finally:
+                path.unlink(missing_ok=True)
+
+        try:
+            return Response(await asyncio.to_thread(transcode), media_type=DICOM)
+        except ValueError as e:
+            return _error(415, str(e))
 
     def _records(self, level: Level, filters: dict[str, str]) -> list:
         keys = [m["_key"] for m in self.archive.index.find(level, filters)]
