@@ -16,7 +16,6 @@ from typing import Any
 
 import pydicom
 from pydicom.datadict import keyword_for_tag
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -339,7 +338,3 @@ class DicomWeb:
                 }
             )
         return stored, failed
-
-
-def application(archive: Archive, case_insensitive_pn: bool = True) -> Starlette:
-    return Starlette(routes=DicomWeb(archive, case_insensitive_pn).routes())
