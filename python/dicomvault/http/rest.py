@@ -273,7 +273,7 @@ class Rest:
         """The {levels} that match the query parameters, as `dicomvault ls {levels}`.
         ---
         description: >-
-          Any indexed attribute (keyword or gggggeeee tag) is a C-FIND matching key: wildcards
+          Any indexed attribute (a keyword or (gggg,eeee)) is a C-FIND matching key: wildcards
           (`SMITH*`), ranges (`20200101-20201231`), lists of UIDs (`1.2\\1.3`).
         parameters:
           - {{name: limit, in: query, schema: {{type: integer, minimum: 0}}}}
