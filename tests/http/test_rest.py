@@ -242,6 +242,15 @@ def test_bad_requests_get_4xx_and_leave_the_archive_unchanged(served):
     assert client.post("/modalities/ORTHANC/move", json=[1, 2]).status_code == 400
     assert client.put("/studies").status_code == 405
     assert client.get("/no/such/route").json() == {"error": "Not Found"}
+    # What another site's page would make a browser send: refused before anything is done.
+    foreign = {"Origin": "http://elsewhere.example"}
+    cross_site = client.post("/instances", content=corpus[0].path.read_bytes(), headers=foreign)
+    assert cross_site.status_code == 403
+    doomed = f"/instances/{corpus[0].sop_instance_uid}"
+    assert client.delete(doomed, headers=foreign).status_code == 403
+    assert client.get(doomed, headers=foreign).status_code == 200
+    same_site = {"Origin": str(client.base_url).rstrip("/")}
+    assert client.post("/tools/lookup", content="12345", headers=same_site).status_code == 200
     # Every refusal happened before the store or the index was touched.
     assert client.get("/statistics").json() == before
     assert server.alive
