@@ -48,7 +48,8 @@ _PLURAL_OF = {level: plural for plural, level in PLURALS.items()}
 
 
 def _words(level: Level) -> dict[str, str]:
-    """What a level's endpoint docstrings say: ``{levels}``, ``{level}``, ``{key}``."""
+    """What a level's endpoint docstrings say: ``{levels}``, ``{level}``, ``{key}``,
+    ``{children}``."""
     singular = {Level.PATIENT: "patient", Level.STUDY: "study", Level.SERIES: "series"}
     return {
         "levels": _PLURAL_OF[level],
@@ -70,8 +71,12 @@ def _bound(handler: LevelEndpoint, level: Level) -> Endpoint:
 
 
 def _outcome(name: str, outcome: IngestOutcome) -> dict[str, Any]:
-    found: dict[str, Any] = {"name": name, "status": outcome.status}
-    found |= {"SOPInstanceUID": outcome.key, "size": outcome.size}
+    found: dict[str, Any] = {
+        "name": name,
+        "status": outcome.status,
+        "SOPInstanceUID": outcome.key,
+        "size": outcome.size,
+    }
     if outcome.reason:
         found["reason"] = outcome.reason
     return found
@@ -108,12 +113,14 @@ def _retrieve_result(result: RetrieveResult) -> dict[str, Any]:
 def elements(ds: Dataset) -> list[dict[str, Any]]:
     """A data set as a list of {tag, keyword, vr, value} (sequences as ``items``)."""
     listed = []
-    for element in ds:
-        item: dict[str, Any] = {
-            "tag": f"{element.tag.group:04X},{element.tag.element:04X}",
-            "keyword": element.keyword or "",
-            "vr": element.VR,
-        }
+    for tag in sorted(ds.keys()):
+        item: dict[str, Any] = {"tag": f"{tag.group:04X},{tag.element:04X}"}
+        try:
+            element = ds[tag]  # a value read raw is decoded here, and may be malformed
+        except Exception as e:
+            listed.append(item | {"keyword": "", "vr": "", "value": f"<unreadable: {e}>"})
+            continue
+        item |= {"keyword": element.keyword or "", "vr": element.VR}
         if element.VR == "SQ":
             item["items"] = [elements(i) for i in element.value or []]
         else:
