@@ -3,7 +3,6 @@ verify, reindex."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Annotated
@@ -16,17 +15,12 @@ from dicomvault.cli.common import ConfigOption, RootOption, fail, open_archive
 from dicomvault.cli.output import human_bytes, print_json, print_table
 from dicomvault.dicom.keys import parse_keys
 from dicomvault.index import Level, Record
-from dicomvault.store import IngestOutcome
+from dicomvault.index.levels import PLURALS
+from dicomvault.store import Archive, IngestOutcome
 from dicomvault.store.importer import import_paths
 
 app = typer.Typer()
 
-LEVELS = {
-    "patients": Level.PATIENT,
-    "studies": Level.STUDY,
-    "series": Level.SERIES,
-    "instances": Level.IMAGE,
-}
 
 # Table columns per level: tags, then counters (prefixed "#") and "size".
 COLUMNS: dict[Level, list[str]] = {
@@ -139,10 +133,11 @@ def import_(
         raise typer.Exit(1)
 
 
-def _resolve(archive_lookup: list[Record], value: str) -> list[Record]:
-    if not archive_lookup:
-        fail(f"nothing in the archive matches {value!r}")
-    return archive_lookup
+def _resolve(archive: Archive, values: list[str]) -> list[Record]:
+    try:
+        return archive.resolve_all(values)
+    except LookupError as e:
+        fail(f"nothing in the archive matches {e.args[0]!r}")
 
 
 @app.command()
@@ -159,7 +154,7 @@ def export(
     with open_archive(config, root) as archive:
         records = None
         if uids:
-            records = [r for uid in uids for r in _resolve(archive.resolve(uid), uid)]
+            records = _resolve(archive, uids)
         count = size = 0
         for instance in archive.instances(records):
             archive.export(instance, out)
@@ -181,19 +176,15 @@ def ls(
     root: RootOption = None,
 ) -> None:
     """List what the archive holds at one level."""
-    if level not in LEVELS:
-        fail(f"level must be one of {', '.join(LEVELS)}")
-    query_level = LEVELS[level]
+    if level not in PLURALS:
+        fail(f"level must be one of {', '.join(PLURALS)}")
+    query_level = PLURALS[level]
     try:
         filters = parse_keys(key or [])
     except ValueError as e:
         fail(str(e))
     with open_archive(config, root) as archive:
-        pn_insensitive = bool(archive.settings["index"]["case_insensitive_pn"])
-        matches = archive.index.find(
-            query_level, filters, case_insensitive_pn=pn_insensitive, limit=limit
-        )
-        records = [r for m in matches if (r := archive.index.get(query_level, m["_key"]))]
+        records = archive.records(query_level, filters, limit=limit)
     if as_json:
         print_json([r.to_json() for r in records])
         return
@@ -209,13 +200,9 @@ def show(
 ) -> None:
     """Show a record: an instance's full data set (like dcmdump), or a level's tags."""
     with open_archive(config, root) as archive:
-        records = _resolve(archive.resolve(uid), uid)
-        for record in records:
+        for record in _resolve(archive, [uid]):
             if record.level is Level.IMAGE:
-                import pydicom  # only here: the dump needs the full data set decoded
-
-                data = archive.read(record)
-                ds = pydicom.dcmread(io.BytesIO(data), force=True)
+                ds = archive.dataset(record)
                 typer.echo(
                     f"# {record.key}  ({human_bytes(record.size)}, from {record.source}, "
                     f"received {record.received_at})"
@@ -230,12 +217,16 @@ def show(
 @app.command()
 def lookup(
     value: Annotated[str, typer.Argument(help="PatientID, AccessionNumber or any UID.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
     """Find which records an identifier names, at every level."""
     with open_archive(config, root) as archive:
-        records = _resolve(archive.resolve(value), value)
+        records = _resolve(archive, [value])
+    if as_json:
+        print_json([r.to_json() for r in records])
+    else:
         print_table(
             ["level", "key", "parent", "instances"],
             ([r.level.value, r.key, r.parent or "", r.counts.get("instances", 1)] for r in records),
@@ -250,7 +241,7 @@ def stats(
 ) -> None:
     """Counts, sizes and storage use (with the de-duplication saving)."""
     with open_archive(config, root) as archive:
-        figures = {**archive.index.stats(), **archive.store.stats()}
+        figures = archive.stats()
     if as_json:
         print_json(figures)
         return
@@ -268,11 +259,7 @@ def delete(
 ) -> None:
     """Delete a patient, study, series or instance (its blobs are reclaimed by gc)."""
     with open_archive(config, root) as archive:
-        records = [
-            r
-            for r in _resolve(archive.resolve(uid), uid)
-            if r.key == uid or r.level is Level.PATIENT
-        ]
+        records = [r for r in _resolve(archive, [uid]) if r.key == uid or r.level is Level.PATIENT]
         if len(records) != 1:
             fail(f"{uid!r} names {len(records)} records; give a unique UID")
         record = records[0]

@@ -72,7 +72,11 @@ def serve(
 
                 http = HttpServer(archive, conf)
                 http_host, http_port = http.start()
-                typer.echo(f"DICOMweb on http://{http_host}:{http_port}/dicom-web", err=True)
+                typer.echo(
+                    f"HTTP on http://{http_host}:{http_port}: web UI /ui/, REST /, DICOMweb "
+                    "/dicom-web, /metrics, /openapi.json",
+                    err=True,
+                )
         except (OSError, PolicyError) as e:
             fail(str(e))
         typer.echo(
@@ -144,12 +148,10 @@ def send(
     paths = [Path(i) for i in items if Path(i).exists()]
     uids = [i for i in items if not Path(i).exists()]
     with open_archive(config, root) as archive:
-        records = []
-        for uid in uids:
-            found = archive.resolve(uid)
-            if not found:
-                fail(f"{uid!r} is neither a file nor in the archive")
-            records += found
+        try:
+            records = archive.resolve_all(uids)
+        except LookupError as e:
+            fail(f"{e.args[0]!r} is neither a file nor in the archive")
         outgoing = [
             *iter_files(paths),
             *(stored_instance(archive, r) for r in archive.instances(records)),

@@ -21,7 +21,6 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID
-from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -122,7 +121,7 @@ def _multipart(parts: Iterator[Iterator[bytes]], boundary: str) -> Iterator[byte
     yield f"--{boundary}--\r\n".encode()
 
 
-async def _iterate(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+async def iterate_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     """Reads the packs in a worker thread, a chunk at a time: nothing is buffered whole."""
     done = object()
     while (chunk := await asyncio.to_thread(next, chunks, done)) is not done:
@@ -392,6 +391,18 @@ class InstanceParts:
         return ds, 0
 
 
+def rendered_frame(
+    archive: Archive, record: Record, number: int, rendering: render.Rendering
+) -> bytes:
+    """Frame ``number`` (1-based) of an archived instance as ``rendering`` asks, read from the
+    header's and that frame's blobs (FileNotFoundError: no such frame; render.CannotRender)."""
+    parts = InstanceParts(archive, record)
+    if not parts.has_pixel_data():
+        raise render.CannotRender("the instance has no Pixel Data")
+    ds, index = parts.frame_dataset(number)
+    return render.render(ds, index, rendering)
+
+
 class DicomWeb:
     """The /dicom-web routes over an open archive."""
 
@@ -493,7 +504,7 @@ class DicomWeb:
             boundary = uuid.uuid4().hex
             parts = (self.archive.store.chunks(r.manifest, 0) for r in records)
             return StreamingResponse(
-                _iterate(_multipart(parts, boundary)),
+                iterate_in_thread(_multipart(parts, boundary)),
                 media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
             )
 
@@ -608,15 +619,8 @@ class DicomWeb:
         return endpoint
 
     async def _rendered(self, record: Record, number: int, rendering: render.Rendering) -> Response:
-        def encode() -> bytes:
-            parts = InstanceParts(self.archive, record)
-            if not parts.has_pixel_data():
-                raise render.CannotRender("the instance has no Pixel Data")
-            ds, index = parts.frame_dataset(number)
-            return render.render(ds, index, rendering)
-
         try:
-            image = await asyncio.to_thread(encode)
+            image = await asyncio.to_thread(rendered_frame, self.archive, record, number, rendering)
         except FileNotFoundError as e:
             return _error(404, str(e))
         except render.CannotRender as e:
@@ -686,7 +690,7 @@ class DicomWeb:
         syntax = query.get("transferSyntax", "*")
         if syntax in ("*", instance.transfer_syntax):
             chunks = self.archive.store.chunks(record.manifest, 0)
-            return StreamingResponse(_iterate(chunks), media_type=DICOM)
+            return StreamingResponse(iterate_in_thread(chunks), media_type=DICOM)
         if syntax not in NATIVE_SYNTAXES:
             return _error(
                 406,
@@ -758,7 +762,3 @@ class DicomWeb:
                 }
             )
         return stored, failed
-
-
-def application(archive: Archive, case_insensitive_pn: bool = True) -> Starlette:
-    return Starlette(routes=DicomWeb(archive, case_insensitive_pn).routes())

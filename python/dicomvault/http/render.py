@@ -223,10 +223,15 @@ def _stored_window(ds: Dataset) -> Window | None:
 
 def _voi(values: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
     """Modality values to 0..255 by the requested window, else the data set's VOI."""
-    if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
-        window = _stored_window(ds)
     if window is not None:
         return window.apply(values)
+    stored = _stored_window(ds) if "WindowCenter" in ds and "WindowWidth" in ds else None
+    if stored is not None:
+        display = stored.apply(values)
+        # A stored window that misses every pixel would show a blank image: as viewers do,
+        # fall back to the frame's range then (a window the client asked for is obeyed).
+        if display.min() != display.max() or values.min() == values.max():
+            return display
     if ds.get("VOILUTSequence"):
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         return apply_voi(values, ds).astype(np.float64) * 255 / (2**bits - 1)

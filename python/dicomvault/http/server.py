@@ -1,5 +1,5 @@
 """The HTTP server of ``dicomvault serve`` ([http] enabled): uvicorn in a thread beside the
-DICOM listener, started and stopped with it."""
+DICOM listener, started and stopped with it, serving ``app.application``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import uvicorn
 
 from dicomvault.config import Settings
-from dicomvault.http.dicomweb import application
+from dicomvault.http.app import application
 from dicomvault.store import Archive
 
 
@@ -17,7 +17,7 @@ class HttpServer:
     def __init__(self, archive: Archive, settings: Settings) -> None:
         http = settings["http"]
         self.host, self.port = str(http["host"]), int(http["port"])
-        app = application(archive, bool(settings["index"]["case_insensitive_pn"]))
+        app = application(archive, settings)
         config = uvicorn.Config(
             app, host=self.host, port=self.port, log_level="warning", lifespan="off"
         )

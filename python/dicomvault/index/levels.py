@@ -28,6 +28,14 @@ class Level(str, Enum):
 
 
 _ORDER = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE]
+
+# The plural nouns the CLI's ``ls`` and the REST API's resources name the levels by.
+PLURALS: dict[str, Level] = {
+    "patients": Level.PATIENT,
+    "studies": Level.STUDY,
+    "series": Level.SERIES,
+    "instances": Level.IMAGE,
+}
 _PARENT = {lvl: (_ORDER[i - 1] if i else None) for i, lvl in enumerate(_ORDER)}
 _CHILD = {lvl: (_ORDER[i + 1] if i + 1 < len(_ORDER) else None) for i, lvl in enumerate(_ORDER)}
 

@@ -13,16 +13,18 @@ when the archive opens. So a crash at any point leaves every acknowledged instan
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgpack
 
@@ -31,7 +33,11 @@ from dicomvault.config import Settings
 from dicomvault.dicom.values import decode_elements, wanted
 from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, Record
 from dicomvault.index.levels import INDEXED_KEYWORDS
+from dicomvault.metrics import Counter, Histogram
 from dicomvault.store.committer import GroupCommitter
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 log = logging.getLogger("dicomvault.archive")
 
@@ -57,6 +63,14 @@ class Defect:
 
     key: str
     reason: str
+
+
+def final(outcome: IngestOutcome, commit: Future[CommitOutcome] | None) -> IngestOutcome:
+    """The outcome once the commit (if any) is durable: stored or duplicate, with its key."""
+    if commit is None:
+        return outcome
+    result = commit.result()
+    return IngestOutcome(result.status, key=result.key, size=outcome.size)
 
 
 def utc_now() -> str:
@@ -96,6 +110,24 @@ class Archive:
         self.commit_batch = int(settings["import"]["batch"])
         self._committer: GroupCommitter[InstanceEntry, CommitOutcome] = GroupCommitter(
             self.commit, max_batch=self.commit_batch
+        )
+        # What this process ingested (C-STORE, STOW-RS, uploads, C-GET), for /metrics.
+        self.ingested = Counter(
+            "dicomvault_ingested_instances_total",
+            "Instances committed by this process, by outcome (stored, duplicate).",
+            ["outcome"],
+        )
+        self.ingested_bytes = Counter(
+            "dicomvault_ingested_bytes_total", "Bytes of the instances this process stored."
+        )
+        self.refused = Counter(
+            "dicomvault_refused_instances_total",
+            "Files or uploads this process refused (not DICOM, unreadable), by status.",
+            ["status"],
+        )
+        self.commit_seconds = Histogram(
+            "dicomvault_commit_seconds",
+            "Duration of group commits: fsync of the packs and the index transaction.",
         )
         self._closing = threading.Event()
         self._checkpointer = threading.Thread(
@@ -159,7 +191,14 @@ class Archive:
         def persist(new: list[InstanceEntry]) -> list[tuple[int, int]]:
             return self.store.persist([(e.manifest, _annotations(e)) for e in new])
 
-        return self.index.commit(entries, before_commit=persist)
+        started = time.perf_counter()
+        outcomes = self.index.commit(entries, before_commit=persist)
+        self.commit_seconds.observe(time.perf_counter() - started)
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            self.ingested.inc(outcome.status)
+            if outcome.status == "stored":
+                self.ingested_bytes.inc(amount=entry.size)
+        return outcomes
 
     def submit(self, entry: InstanceEntry) -> Future[CommitOutcome]:
         """Queues an instance for the next group commit."""
@@ -186,6 +225,12 @@ class Archive:
 
         return self._ingest(ingest, source, name)
 
+    def ingest_all(self, parts: Sequence[tuple[str, bytes]], source: str) -> list[IngestOutcome]:
+        """Ingests (name, bytes) instances held in memory; every one is queued before any is
+        waited for, so that they share group commits. The outcomes are final (durable)."""
+        queued = [self.ingest_bytes(data, source, name) for name, data in parts]
+        return [final(*q) for q in queued]
+
     def _ingest(
         self, ingest: Callable[[], dict], source: str, name: str
     ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
@@ -193,6 +238,7 @@ class Archive:
             ingested = ingest()
         except _native.ScanError as e:
             status: IngestStatus = "not-dicom" if _NOT_DICOM in str(e) else "rejected"
+            self.refused.inc(status)
             return IngestOutcome(status, reason=str(e)), None
         entry = self.entry(ingested, source)
         if ingested["truncated_at"] is not None:
@@ -206,6 +252,38 @@ class Archive:
     def resolve(self, value: str) -> list[Record]:
         """Records whose key or identifier (PatientID, AccessionNumber, a UID) is ``value``."""
         return self.index.lookup(value)
+
+    def resolve_all(self, values: Iterable[str]) -> list[Record]:
+        """The records each value names; LookupError naming the first that names none."""
+        records = []
+        for value in values:
+            found = self.resolve(value)
+            if not found:
+                raise LookupError(value)
+            records += found
+        return records
+
+    def records(
+        self,
+        level: Level,
+        filters: Mapping[str, str],
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Record]:
+        """The records at ``level`` that C-FIND matching of ``filters`` selects."""
+        matches = self.index.find(
+            level,
+            filters,
+            case_insensitive_pn=bool(self.settings["index"]["case_insensitive_pn"]),
+            limit=limit,
+            offset=offset,
+        )
+        return [r for m in matches if (r := self.index.get(level, m["_key"]))]
+
+    def stats(self) -> dict[str, int]:
+        """Counts and sizes from the index, storage use from the packs."""
+        return {**self.index.stats(), **self.store.stats()}
 
     def instances(self, records: Sequence[Record] | None = None) -> Iterator[Record]:
         """Every instance under the given records (all instances when None)."""
@@ -223,14 +301,24 @@ class Archive:
         assert instance.manifest is not None
         return self.store.read(instance.manifest, start)
 
+    def dataset(self, instance: Record, *, stop_before_pixels: bool = False) -> Dataset:
+        """The instance decoded by pydicom (its File Meta included)."""
+        import pydicom  # only here: decoding a whole data set is for the few who need it
+
+        data = self.read(instance)
+        return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
+
+    def export_path(self, instance: Record) -> PurePosixPath:
+        """Where ``export`` writes the instance, relative to its directory:
+        study/series/instance.dcm."""
+        series = self.index.get(Level.SERIES, instance.parent or "")
+        study_key = series.parent if series else None
+        return PurePosixPath(_safe(study_key), _safe(instance.parent), _safe(instance.key) + ".dcm")
+
     def export(self, instance: Record, out_dir: Path) -> Path:
         """Writes the instance under ``out_dir``, byte-identical to what was received."""
         assert instance.manifest is not None
-        series = self.index.get(Level.SERIES, instance.parent or "")
-        study_key = series.parent if series else None
-        target = (
-            out_dir / _safe(study_key) / _safe(instance.parent) / (_safe(instance.key) + ".dcm")
-        )
+        target = out_dir / self.export_path(instance)
         target.parent.mkdir(parents=True, exist_ok=True)
         self.store.export(instance.manifest, str(target))
         return target

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomvault.index import CommitOutcome
-from dicomvault.store.archive import Archive, IngestOutcome
+from dicomvault.store.archive import Archive, IngestOutcome, final
 
 
 @dataclass
@@ -56,13 +56,6 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             raise FileNotFoundError(f"{path} does not exist")
 
 
-def _final(outcome: IngestOutcome, commit: Future[CommitOutcome] | None) -> IngestOutcome:
-    if commit is None:
-        return outcome
-    result = commit.result()
-    return IngestOutcome(result.status, key=result.key, size=outcome.size)
-
-
 def import_paths(
     archive: Archive,
     paths: Iterable[Path],
@@ -91,7 +84,7 @@ def import_paths(
         """Reports finished files, in order, waiting while more than ``limit`` are pending."""
         while pending and (len(pending) > limit or ready(pending[0][1])):
             path, ingest = pending.popleft()
-            outcome = _final(*ingest.result())
+            outcome = final(*ingest.result())
             summary.count(path, outcome)
             if on_file is not None:
                 on_file(path, outcome)
