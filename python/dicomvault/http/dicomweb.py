@@ -736,29 +736,24 @@ class DicomWeb:
         return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
 
     def _store(self, parts: list[bytes], source: str) -> tuple[list[dict], list[dict]]:
+        named = [(f"part {i + 1}", part) for i, part in enumerate(parts)]
+        try:
+            outcomes = self.archive.ingest_all(named, source)
+        except Exception as e:  # the index or the disk: nothing of the request is stored
+            log.error("STOW-RS: commit failed: %s", e)
+            return [], [{"00081197": {"vr": "US", "Value": [0xA700]}} for _ in parts]
         stored, failed = [], []
-        # Every part is queued before any is waited for, so that they share group commits.
-        queued = []
-        for i, part in enumerate(parts):
-            outcome, future = self.archive.ingest_bytes(part, source, f"part {i + 1}")
-            if future is None:
+        for (name, _), outcome in zip(named, outcomes, strict=True):
+            if outcome.key is None:
+                log.warning("STOW-RS %s refused: %s", name, outcome.reason)
                 failed.append({"00081197": {"vr": "US", "Value": [0xC000]}})
-                log.warning("STOW-RS part %d refused: %s", i + 1, outcome.reason)
-            else:
-                queued.append((i, future))
-        for i, future in queued:
-            try:
-                committed = future.result()
-            except Exception as e:  # the index or the disk: not stored
-                log.error("STOW-RS part %d: commit failed: %s", i + 1, e)
-                failed.append({"00081197": {"vr": "US", "Value": [0xA700]}})
                 continue
-            record = self.archive.index.get(Level.IMAGE, committed.key)
+            record = self.archive.index.get(Level.IMAGE, outcome.key)
             tags = record.tags if record else {}
             stored.append(
                 {
                     "00081150": {"vr": "UI", "Value": [tags.get("SOPClassUID", "")]},
-                    "00081155": {"vr": "UI", "Value": [committed.key]},
+                    "00081155": {"vr": "UI", "Value": [outcome.key]},
                 }
             )
         return stored, failed
