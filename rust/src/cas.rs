@@ -163,6 +163,9 @@ struct Active {
 struct Appender {
     /// Packs open for appending that no streaming blob holds right now.
     idle: Vec<Active>,
+    /// Every pack open for appending: the idle ones and those streaming blobs hold (which gc
+    /// must leave alone).
+    open: HashSet<u32>,
     /// Records appended but not yet in the blob index, in append order.
     unindexed: Vec<(Hash, Location)>,
     lookup: HashMap<Hash, Location>,
@@ -290,6 +293,8 @@ struct Inner {
     /// Packs this process has appended to (and holds locked).
     own: Mutex<HashSet<u32>>,
     commit: Mutex<CommitState>,
+    /// Held while a gc runs: one at a time.
+    gc: Mutex<()>,
     stamp: AtomicU64,
     recovery: Vec<String>,
     _archive_lock: File,
@@ -373,14 +378,256 @@ pub struct VerifyReport {
     pub bad: Vec<(Hash, String)>,
 }
 
+/// What [`Store::gc`] did.
 #[derive(Debug, Clone, Default)]
 pub struct GcReport {
-    pub packs_before: u64,
+    pub packs_rewritten: u64,
+    /// Packs left as they were: another process appends to them, or the blob index has not
+    /// caught up with them yet.
+    pub packs_skipped: u64,
+    /// Bytes of the packs rewritten, and of the packs written in their place.
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub blobs_kept: u64,
     pub records_dropped: u64,
+    /// Records that could not be read intact (so are gone), and live blobs not found.
     pub missing: Vec<Hash>,
+}
+
+/// What [`Store::gc`] reports as it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcEvent {
+    /// A new pack that will hold nothing but copies of records already in the log. Whoever
+    /// replays the log must count it as applied throughout, durably, before the copies exist:
+    /// replaying a copied tombstone would delete an instance stored again since.
+    Claim(u32),
+    /// A pack was rewritten and removed: its size, and what its copies take.
+    Rewritten {
+        pack: u32,
+        bytes_before: u64,
+        bytes_after: u64,
+    },
+}
+
+/// What a gc keeps: every record, or what live manifests reference.
+struct Keep {
+    /// Live blobs and the hashes of live manifests.
+    live: Option<(HashSet<Hash>, HashSet<Hash>)>,
+}
+
+impl Keep {
+    fn new(live: Option<&[Manifest]>) -> Keep {
+        Keep {
+            live: live.map(|manifests| {
+                let blobs = manifests
+                    .iter()
+                    .flat_map(|m| m.blobs.iter().map(|b| b.hash))
+                    .collect();
+                let hashes = manifests
+                    .iter()
+                    .map(|m| *blake3::hash(&m.encode()).as_bytes())
+                    .collect();
+                (blobs, hashes)
+            }),
+        }
+    }
+
+    fn blob(&self, hash: &Hash) -> bool {
+        self.live
+            .as_ref()
+            .is_none_or(|(blobs, _)| blobs.contains(hash))
+    }
+
+    /// Manifest records of live manifests; tombstones go with the manifests they cancelled.
+    fn history(&self, kind: RecordKind, payload: &[u8]) -> bool {
+        let Some((_, manifests)) = &self.live else {
+            return true;
+        };
+        kind == RecordKind::Manifest
+            && HistoryEvent::parse(kind, payload, 0, 0)
+                .is_some_and(|e| manifests.contains(&e.target))
+    }
+}
+
+/// One run of [`Store::gc`]: the pack its copies go to and what it did so far.
+struct Rewrite<'a, F: FnMut(GcEvent) -> io::Result<()>> {
+    store: &'a Store,
+    keep: &'a Keep,
+    recode: Option<(Codec, i32)>,
+    output: Option<Active>,
+    report: GcReport,
+    on_event: &'a mut F,
+}
+
+impl<F: FnMut(GcEvent) -> io::Result<()>> Rewrite<'_, F> {
+    /// Copies what pack `id` keeps, points the blob index at the copies, removes the pack.
+    fn pack(&mut self, id: u32) -> io::Result<()> {
+        let store = self.store;
+        let inner = &*store.inner;
+        let Some(file) = store.closed_pack(id)? else {
+            self.report.packs_skipped += 1;
+            return Ok(());
+        };
+        let bytes_before = file.metadata()?.len();
+        if inner.indexed_end(id)? != bytes_before {
+            self.report.packs_skipped += 1;
+            return Ok(());
+        }
+        let (found, _, _) = pack::walk(&file, PACK_HEADER_LEN, false)?;
+        // Only the record the blob index points at is a hash's copy: any other is a duplicate.
+        let current: Vec<bool> = {
+            let rtxn = inner.env.read_txn().map_err(heed_error)?;
+            found
+                .iter()
+                .map(|f| {
+                    let at = inner.blobs.get(&rtxn, &f.header.hash).map_err(heed_error)?;
+                    Ok(at.map(Location::decode).transpose()? == Some(found_location(id, f)))
+                })
+                .collect::<io::Result<_>>()?
+        };
+        let mut moved: Vec<(Hash, Location, Location)> = Vec::new();
+        let mut dropped: Vec<(Hash, Location)> = Vec::new();
+        let mut outputs: Vec<u32> = Vec::new();
+        let mut bytes_after = 0;
+        for (f, current) in found.iter().zip(current) {
+            let here = found_location(id, f);
+            let hash = f.header.hash;
+            if !current || (f.header.kind == RecordKind::Blob && !self.keep.blob(&hash)) {
+                self.report.records_dropped += 1;
+                dropped.push((hash, here));
+                continue;
+            }
+            let copy = pack::read_payload(&file, f.offset, &f.header).and_then(|stored| {
+                if f.header.kind != RecordKind::Blob && !self.keep.history(f.header.kind, &stored) {
+                    return Ok(None);
+                }
+                match self.recode {
+                    Some((codec, level)) if f.header.kind == RecordKind::Blob => {
+                        let raw = pack::decode_payload(&f.header, stored)?;
+                        if blake3::hash(&raw).as_bytes() != &hash {
+                            return Err("content does not match its hash".to_string());
+                        }
+                        blob_record(hash, &raw, codec, level)
+                            .map(|(h, s)| Some((h, s.into_owned())))
+                            .map_err(|e| e.to_string())
+                    }
+                    _ => Ok(Some((f.header, stored))),
+                }
+            });
+            match copy {
+                Ok(Some((header, stored))) => {
+                    let to = self.append(&header, &stored, &mut outputs)?;
+                    bytes_after += header.record_len();
+                    if header.kind == RecordKind::Blob {
+                        self.report.blobs_kept += 1;
+                    }
+                    moved.push((hash, here, to));
+                }
+                Ok(None) => {
+                    self.report.records_dropped += 1;
+                    dropped.push((hash, here));
+                }
+                Err(_) => {
+                    self.report.missing.push(hash);
+                    dropped.push((hash, here));
+                }
+            }
+        }
+        let mut ends = Vec::with_capacity(outputs.len());
+        for &out in &outputs {
+            let file = store.pack_file(out)?;
+            file.sync_data()?;
+            ends.push((out, file.metadata()?.len()));
+        }
+        // The copies' directory entries are durable before the old pack's removal can be.
+        File::open(&inner.packs_dir)?.sync_all()?;
+        let mut wtxn = inner.env.write_txn().map_err(heed_error)?;
+        let is_at = |wtxn: &heed::RwTxn, hash: &Hash, loc: &Location| -> io::Result<bool> {
+            let at = inner.blobs.get(wtxn, hash).map_err(heed_error)?;
+            Ok(at.map(Location::decode).transpose()? == Some(*loc))
+        };
+        for (hash, from, to) in &moved {
+            if is_at(&wtxn, hash, from)? {
+                inner
+                    .blobs
+                    .put(&mut wtxn, hash, &to.encode())
+                    .map_err(heed_error)?;
+            }
+        }
+        for (hash, from) in &dropped {
+            if is_at(&wtxn, hash, from)? {
+                inner.blobs.delete(&mut wtxn, hash).map_err(heed_error)?;
+            }
+        }
+        for (out, end) in &ends {
+            inner
+                .packs
+                .put(&mut wtxn, &out.to_be_bytes(), &end.to_le_bytes())
+                .map_err(heed_error)?;
+        }
+        inner
+            .packs
+            .delete(&mut wtxn, &id.to_be_bytes())
+            .map_err(heed_error)?;
+        wtxn.commit().map_err(heed_error)?;
+        inner.env.force_sync().map_err(heed_error)?;
+        store.remove_pack(id)?;
+        self.report.packs_rewritten += 1;
+        self.report.bytes_before += bytes_before;
+        self.report.bytes_after += bytes_after;
+        (self.on_event)(GcEvent::Rewritten {
+            pack: id,
+            bytes_before,
+            bytes_after,
+        })
+    }
+
+    /// Appends a copy to the gc's own output pack (claiming a new one when it is full).
+    fn append(
+        &mut self,
+        header: &RecordHeader,
+        stored: &[u8],
+        outputs: &mut Vec<u32>,
+    ) -> io::Result<Location> {
+        let record_len = header.record_len();
+        let limit = self.store.inner.config.pack_size;
+        if self
+            .output
+            .as_ref()
+            .is_none_or(|o| o.len > PACK_HEADER_LEN && o.len + record_len > limit)
+        {
+            let (id, file) = self.store.inner.create_next_pack()?;
+            self.output = Some(Active {
+                id,
+                file,
+                len: PACK_HEADER_LEN,
+            });
+            (self.on_event)(GcEvent::Claim(id))?;
+        }
+        let out = self.output.as_mut().expect("an output pack");
+        if outputs.last() != Some(&out.id) {
+            outputs.push(out.id);
+        }
+        let offset = out.len;
+        out.file.write_all_at(&header.encode(), offset)?;
+        out.file.write_all_at(stored, offset + RECORD_HEADER_LEN)?;
+        out.len += record_len;
+        Ok(Location {
+            pack: out.id,
+            offset,
+            stored_len: header.stored_len,
+            raw_len: header.raw_len,
+        })
+    }
+}
+
+fn found_location(pack: u32, f: &Found) -> Location {
+    Location {
+        pack,
+        offset: f.offset,
+        stored_len: f.header.stored_len,
+        raw_len: f.header.raw_len,
+    }
 }
 
 impl Store {
@@ -435,6 +682,7 @@ impl Store {
             appender: Mutex::new(Appender::default()),
             readers: RwLock::new(HashMap::new()),
             own: Mutex::new(HashSet::new()),
+            gc: Mutex::new(()),
             commit: Mutex::new(CommitState {
                 committed: 0,
                 last_sync: Instant::now(),
@@ -572,8 +820,10 @@ impl Store {
             if act.len == PACK_HEADER_LEN || act.len + record_len <= limit {
                 return Ok(act);
             }
+            a.open.remove(&act.id);
         }
         let (id, file) = self.inner.create_next_pack()?;
+        a.open.insert(id);
         Ok(Active {
             id,
             file,
@@ -744,13 +994,19 @@ impl Store {
         {
             return Ok(f.clone());
         }
-        let file = Arc::new(File::open(pack::pack_path(&self.inner.packs_dir, id))?);
+        // Opened under the lock gc removes packs under, so a pack gc just removed is never put
+        // back in the map (its file held open, its space never freed).
         let mut readers = self
             .inner
             .readers
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        Ok(readers.entry(id).or_insert(file).clone())
+        if let Some(f) = readers.get(&id) {
+            return Ok(f.clone());
+        }
+        let file = Arc::new(File::open(pack::pack_path(&self.inner.packs_dir, id))?);
+        readers.insert(id, file.clone());
+        Ok(file)
     }
 
     /// Reads and checks one record: header, checksum, hash and (for blobs) decoded length.
@@ -787,7 +1043,21 @@ impl Store {
                 format!("blob {} is not in the store", hex(hash)),
             )
         })?;
-        self.read_record(hash, &loc, false)
+        self.read_found(hash, loc, false)
+    }
+
+    /// [`Store::read_record`] at `loc`, or where the record went: a gc that moved it and
+    /// removed its pack after `loc` was looked up has pointed the blob index at its copy.
+    fn read_found(&self, hash: &Hash, mut loc: Location, verify_hash: bool) -> io::Result<Vec<u8>> {
+        loop {
+            match self.read_record(hash, &loc, verify_hash) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match self.location(hash)? {
+                    Some(moved) if moved != loc => loc = moved,
+                    _ => return Err(e),
+                },
+                read => return read,
+            }
+        }
     }
 
     /// Hands the instance's bytes from `start` on to `f`, one blob at a time.
@@ -900,7 +1170,7 @@ impl Store {
         for (loc, hash) in entries {
             report.records_checked += 1;
             report.bytes_checked += loc.stored_len;
-            if let Err(e) = self.read_record(&hash, &loc, true) {
+            if let Err(e) = self.read_found(&hash, loc, true) {
                 report.bad.push((hash, e.to_string()));
             }
         }
@@ -918,10 +1188,9 @@ impl Store {
         self.commit()?;
         let mut events = Vec::new();
         for id in pack::list_packs(&self.inner.packs_dir)? {
-            if settled_only && !self.settled(id)? {
+            let Some(file) = self.listed_pack(id, settled_only)? else {
                 continue;
-            }
-            let file = self.pack_file(id)?;
+            };
             let from = after.get(&id).copied().unwrap_or(PACK_HEADER_LEN);
             if from > file.metadata()?.len() {
                 continue;
@@ -951,6 +1220,21 @@ impl Store {
         }
         let probe = File::open(pack::pack_path(&self.inner.packs_dir, id))?;
         pack::flock(&probe, true, false)
+    }
+
+    /// Pack `id`, unless `settled_only` and another process is appending to it, or a gc
+    /// removed it since it was listed.
+    fn listed_pack(&self, id: u32, settled_only: bool) -> io::Result<Option<Arc<File>>> {
+        let open = || -> io::Result<Option<Arc<File>>> {
+            if settled_only && !self.settled(id)? {
+                return Ok(None);
+            }
+            self.pack_file(id).map(Some)
+        };
+        match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            found => found,
+        }
     }
 
     /// Rebuilds the blob index from the packs alone.
@@ -998,112 +1282,109 @@ impl Store {
         }
     }
 
-    /// Rewrites every pack keeping only the blobs of `live` manifests and those manifests'
-    /// records; tombstones are dropped with the manifests they cancelled.
-    /// Rewrites the packs keeping only what `live` manifests reference; with `recode`, every
-    /// blob is stored anew with that codec and level (repacking), its content checked first.
-    pub fn gc(&self, live: &[Manifest], recode: Option<(Codec, i32)>) -> io::Result<GcReport> {
-        self.require_exclusive("gc")?;
-        self.commit()?;
+    /// Rewrites the packs, one at a time, while the store goes on being read and appended to:
+    /// with `live`, keeping only what those manifests reference (the store must be exclusive:
+    /// an instance still arriving references blobs no indexed manifest does); without, keeping
+    /// every record. With `recode`, every blob is stored anew with that codec and level
+    /// (repacking), its content checked against its hash first.
+    ///
+    /// The packs open for appending when it starts are closed first (later records go to new
+    /// packs, which it leaves alone, as it does those a streaming blob holds and those of other
+    /// processes). Each pack's records are copied into packs of its own, fsynced, then the blob
+    /// index is pointed at the copies in one transaction, and only then is the old pack
+    /// removed: a reader that found the old place either still holds the pack open (an
+    /// unlinked file stays readable) or, failing to open it, looks the blob up again.
+    ///
+    /// `on_event` hears of each pack it claims before writing into it and of each pack it has
+    /// rewritten; an error from it stops the gc with the old pack still in place.
+    pub fn gc(
+        &self,
+        live: Option<&[Manifest]>,
+        recode: Option<(Codec, i32)>,
+        mut on_event: impl FnMut(GcEvent) -> io::Result<()>,
+    ) -> io::Result<GcReport> {
+        if live.is_some() {
+            self.require_exclusive("gc")?;
+        }
         let inner = &*self.inner;
-        let mut live_blobs: HashSet<Hash> = HashSet::new();
-        let mut live_manifests: HashSet<Hash> = HashSet::new();
-        for m in live {
-            live_blobs.extend(m.blobs.iter().map(|b| b.hash));
-            live_manifests.insert(*blake3::hash(&m.encode()).as_bytes());
-        }
-        let old = pack::list_packs(&inner.packs_dir)?;
-        let mut report = GcReport {
-            packs_before: old.len() as u64,
-            ..GcReport::default()
+        let _running = match inner.gc.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(io::Error::other("a gc or repack is already running"))
+            }
         };
-        lock(&inner.appender).idle.clear();
-        let mut kept: HashSet<Hash> = HashSet::new();
-        for &id in &old {
-            let file = self.pack_file(id)?;
-            report.bytes_before += file.metadata()?.len();
-            let (found, _, _) = pack::walk(&file, PACK_HEADER_LEN, false)?;
-            for Found { offset, header } in found {
-                let keep = match header.kind {
-                    RecordKind::Blob => live_blobs.contains(&header.hash),
-                    RecordKind::Manifest => {
-                        let payload =
-                            pack::read_payload(&file, offset, &header).unwrap_or_default();
-                        let n = payload.get(8..12).map_or(usize::MAX, |b| {
-                            u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize
-                        });
-                        payload
-                            .get(12usize.saturating_add(n)..)
-                            .is_some_and(|m| live_manifests.contains(blake3::hash(m).as_bytes()))
-                    }
-                    RecordKind::Tombstone => false,
-                };
-                if !keep || !kept.insert(header.hash) {
-                    report.records_dropped += 1;
-                    continue;
-                }
-                let copied =
-                    pack::read_payload(&file, offset, &header).and_then(|stored| match recode {
-                        Some((codec, level)) if header.kind == RecordKind::Blob => {
-                            let raw = pack::decode_payload(&header, stored)?;
-                            if blake3::hash(&raw).as_bytes() != &header.hash {
-                                return Err("content does not match its hash".to_string());
-                            }
-                            blob_record(header.hash, &raw, codec, level)
-                                .map(|(h, s)| (h, s.into_owned()))
-                                .map_err(|e| e.to_string())
-                        }
-                        _ => Ok((header, stored)),
-                    });
-                match copied {
-                    Ok((header, stored)) => {
-                        self.append(header, &stored, false)?;
-                        if header.kind == RecordKind::Blob {
-                            report.blobs_kept += 1;
-                        }
-                    }
-                    Err(_) => {
-                        kept.remove(&header.hash);
-                    }
-                }
+        let keep = Keep::new(live);
+        let existing = pack::list_packs(&inner.packs_dir)?;
+        let still_open = {
+            let mut a = lock(&inner.appender);
+            for act in std::mem::take(&mut a.idle) {
+                a.open.remove(&act.id);
             }
-        }
-        report.missing = live_blobs
-            .iter()
-            .filter(|h| !kept.contains(*h))
-            .copied()
-            .collect();
+            a.open.clone()
+        };
+        // Whatever was appended to the packs just closed is now indexed, so the blob index
+        // says which of their records are current.
         self.commit()?;
-        let old_set: HashSet<u32> = old.iter().copied().collect();
-        let mut wtxn = inner.env.write_txn().map_err(heed_error)?;
-        let mut dead = Vec::new();
-        for item in inner.blobs.iter(&wtxn).map_err(heed_error)? {
-            let (k, v) = item.map_err(heed_error)?;
-            if old_set.contains(&Location::decode(v)?.pack) {
-                dead.push(k.to_vec());
+        let mut rewrite = Rewrite {
+            store: self,
+            keep: &keep,
+            recode,
+            output: None,
+            report: GcReport::default(),
+            on_event: &mut on_event,
+        };
+        for id in existing {
+            if !still_open.contains(&id) {
+                rewrite.pack(id)?;
             }
         }
-        for k in dead {
-            inner.blobs.delete(&mut wtxn, &k).map_err(heed_error)?;
+        let mut report = rewrite.report;
+        if let Some(live) = live {
+            for blob in live.iter().flat_map(|m| &m.blobs) {
+                if !self.contains(&blob.hash)? {
+                    report.missing.push(blob.hash);
+                }
+            }
         }
-        for id in &old {
-            inner
-                .packs
-                .delete(&mut wtxn, &id.to_be_bytes())
-                .map_err(heed_error)?;
-        }
-        wtxn.commit().map_err(heed_error)?;
-        inner.env.force_sync().map_err(heed_error)?;
-        let mut readers = inner.readers.write().unwrap_or_else(|p| p.into_inner());
-        for id in &old {
-            readers.remove(id);
-            fs::remove_file(pack::pack_path(&inner.packs_dir, *id))?;
-        }
-        drop(readers);
-        for id in pack::list_packs(&inner.packs_dir)? {
-            report.bytes_after += fs::metadata(pack::pack_path(&inner.packs_dir, id))?.len();
-        }
+        report.missing.sort_unstable();
+        report.missing.dedup();
         Ok(report)
+    }
+
+    /// Pack `id`, with its lock held so that no other process adopts it for appending while it
+    /// is rewritten; None when another process appends to it.
+    fn closed_pack(&self, id: u32) -> io::Result<Option<Arc<File>>> {
+        if lock(&self.inner.own).contains(&id) {
+            // Locked since this process created or adopted it, and closed by `gc`.
+            return self.pack_file(id).map(Some);
+        }
+        let file = File::open(pack::pack_path(&self.inner.packs_dir, id))?;
+        Ok(pack::flock(&file, true, false)?.then(|| Arc::new(file)))
+    }
+
+    /// Forgets pack `id` and removes its file. The readers' lock is held across the unlink so
+    /// that no reader opens the file after its entry is gone and keeps it in the map.
+    fn remove_pack(&self, id: u32) -> io::Result<()> {
+        let mut readers = self
+            .inner
+            .readers
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        readers.remove(&id);
+        lock(&self.inner.own).remove(&id);
+        fs::remove_file(pack::pack_path(&self.inner.packs_dir, id))
+    }
+
+    /// The length of each pack no other process is appending to.
+    pub fn settled_pack_lengths(&self) -> io::Result<HashMap<u32, u64>> {
+        let mut lengths = HashMap::new();
+        for id in pack::list_packs(&self.inner.packs_dir)? {
+            if let Some(file) = self.listed_pack(id, true)? {
+                lengths.insert(id, file.metadata()?.len());
+            }
+        }
+        Ok(lengths)
     }
 
     /// Pack count, bytes in packs, and indexed records.
@@ -1120,6 +1401,18 @@ impl Store {
 }
 
 impl Inner {
+    /// How far the blob index has taken pack `id` into account.
+    fn indexed_end(&self, id: u32) -> io::Result<u64> {
+        let rtxn = self.env.read_txn().map_err(heed_error)?;
+        Ok(self
+            .packs
+            .get(&rtxn, &id.to_be_bytes())
+            .map_err(heed_error)?
+            .map_or(PACK_HEADER_LEN, |b| {
+                u64::from_le_bytes(b.try_into().unwrap_or([0; 8])).max(PACK_HEADER_LEN)
+            }))
+    }
+
     /// Starts writing a range of a pack to disk (only when commits fsync: otherwise the OS
     /// flushes at its own pace).
     fn start_writeback(&self, file: &File, from: u64, to: u64) {
@@ -1156,15 +1449,7 @@ impl Inner {
                 continue;
             }
             pack::check_pack_header(&file)?;
-            let indexed = {
-                let rtxn = self.env.read_txn().map_err(heed_error)?;
-                self.packs
-                    .get(&rtxn, &id.to_be_bytes())
-                    .map_err(heed_error)?
-                    .map_or(PACK_HEADER_LEN, |b| {
-                        u64::from_le_bytes(b.try_into().unwrap_or([0; 8])).max(PACK_HEADER_LEN)
-                    })
-            };
+            let indexed = self.indexed_end(id)?;
             let mut end = len;
             if len > indexed {
                 let (found, valid_end, problem) = pack::walk(&file, indexed, true)?;
@@ -1218,11 +1503,9 @@ impl Inner {
                 .get_mut()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(act.id);
-            self.appender
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .idle
-                .push(act);
+            let appender = self.appender.get_mut().unwrap_or_else(|p| p.into_inner());
+            appender.open.insert(act.id);
+            appender.idle.push(act);
         }
         Ok(())
     }

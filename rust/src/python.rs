@@ -1,7 +1,7 @@
 //! The `dicomvault._native` Python module: a thin binding over the scanner and the store.
 //! Every call that hashes, compresses or does I/O releases the GIL.
 
-use crate::cas::{self, Ingested, Store as CoreStore, StoreConfig, SyncMode};
+use crate::cas::{self, GcEvent, Ingested, Store as CoreStore, StoreConfig, SyncMode};
 use crate::manifest::Manifest;
 use crate::pack::Codec;
 use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
@@ -482,24 +482,48 @@ impl Store {
         Ok(py.detach(|| self.core.rebuild_blob_index())?)
     }
 
-    /// Rewrites the packs keeping only what `live` manifests reference; with `compression`
-    /// ("none" or "zstd", at `level`), every blob is stored anew that way.
-    #[pyo3(signature = (live, compression = None, level = 3))]
+    /// Rewrites the packs, pack by pack, while the store is read and written: with `live`
+    /// manifests keeping only what they reference (exclusive stores only), else every record;
+    /// with `compression` ("none" or "zstd", at `level`) storing every blob anew that way.
+    /// `on_event(kind, pack, bytes_before, bytes_after)` hears "claim" for each pack gc is
+    /// about to write copies into and "rewritten" for each pack it has replaced.
+    #[pyo3(signature = (live = None, compression = None, level = 3, on_event = None))]
     fn gc<'py>(
         &self,
         py: Python<'py>,
-        live: Vec<Vec<u8>>,
+        live: Option<Vec<Vec<u8>>>,
         compression: Option<&str>,
         level: i32,
+        on_event: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let manifests = live
-            .iter()
-            .map(|m| decode_manifest(m))
-            .collect::<PyResult<Vec<_>>>()?;
+            .map(|l| {
+                l.iter()
+                    .map(|m| decode_manifest(m))
+                    .collect::<PyResult<Vec<_>>>()
+            })
+            .transpose()?;
         let recode = compression.map(codec).transpose()?.map(|c| (c, level));
-        let report = py.detach(|| self.core.gc(&manifests, recode))?;
+        let report = py.detach(|| {
+            self.core.gc(manifests.as_deref(), recode, |event| {
+                let Some(callback) = &on_event else {
+                    return Ok(());
+                };
+                let args = match event {
+                    GcEvent::Claim(pack) => ("claim", pack, 0, 0),
+                    GcEvent::Rewritten {
+                        pack,
+                        bytes_before,
+                        bytes_after,
+                    } => ("rewritten", pack, bytes_before, bytes_after),
+                };
+                Python::attach(|py| callback.call1(py, args).map(drop))
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            })
+        })?;
         let d = PyDict::new(py);
-        d.set_item(intern!(py, "packs_before"), report.packs_before)?;
+        d.set_item(intern!(py, "packs_rewritten"), report.packs_rewritten)?;
+        d.set_item(intern!(py, "packs_skipped"), report.packs_skipped)?;
         d.set_item(intern!(py, "bytes_before"), report.bytes_before)?;
         d.set_item(intern!(py, "bytes_after"), report.bytes_after)?;
         d.set_item(intern!(py, "blobs_kept"), report.blobs_kept)?;
@@ -509,6 +533,11 @@ impl Store {
             report.missing.iter().map(cas::hex).collect::<Vec<_>>(),
         )?;
         Ok(d)
+    }
+
+    /// {pack id: length} of the packs no other process is appending to.
+    fn settled_pack_lengths(&self, py: Python<'_>) -> PyResult<HashMap<u32, u64>> {
+        Ok(py.detach(|| self.core.settled_pack_lengths())?)
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -1,13 +1,14 @@
 mod common;
 
 use common::{pattern, Builder};
-use dicomvault_native::cas::{HistoryKind, Store, StoreConfig, SyncMode};
+use dicomvault_native::cas::{GcEvent, HistoryKind, Store, StoreConfig, SyncMode};
 use dicomvault_native::manifest::Manifest;
 use dicomvault_native::pack::Codec;
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn instance(sop: &str, name: &str, frames: u32, seed: u8) -> Vec<u8> {
     let mut b = Builder::part10("1.2.840.10008.1.2.1");
@@ -188,7 +189,9 @@ fn tombstoned_manifests_are_not_replayed_and_gc_reclaims_their_blobs() {
         .iter()
         .map(|p| fs::metadata(p).unwrap().len())
         .sum();
-    let report = store.gc(std::slice::from_ref(&mk), None).unwrap();
+    let report = store
+        .gc(Some(std::slice::from_ref(&mk)), None, |_| Ok(()))
+        .unwrap();
     assert!(report.missing.is_empty());
     assert!(report.bytes_after < before);
     assert_eq!(store.read_instance(&mk, 0).unwrap(), keep);
@@ -221,7 +224,7 @@ fn tombstoned_manifests_are_not_replayed_and_gc_reclaims_their_blobs() {
 fn gc_and_reindex_need_the_archive_to_themselves() {
     let dir = tempfile::tempdir().unwrap();
     let shared = open(dir.path(), StoreConfig::default());
-    assert!(shared.gc(&[], None).is_err());
+    assert!(shared.gc(Some(&[]), None, |_| Ok(())).is_err());
     assert!(Store::open(
         dir.path(),
         StoreConfig {
@@ -432,5 +435,94 @@ fn a_crash_while_a_frame_streams_in_is_a_torn_tail() {
 fn concurrent_writers_stream_large_frames_into_packs_of_their_own() {
     let (_dir, store) =
         store_concurrently(3, 4, 64 << 10, |sop, seed| large_instance(sop, 1, seed));
+    assert!(store.verify().unwrap().bad.is_empty());
+}
+
+#[test]
+fn repack_while_readers_read_and_writers_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        pack_size: 1 << 14,
+        ..StoreConfig::default()
+    };
+    let store = open(dir.path(), config.clone());
+    let before: Vec<(Manifest, Vec<u8>)> = (0..40u8)
+        .map(|i| {
+            let data = instance(&format!("1.{i}"), "BEFORE", 4, i);
+            (store_bytes(&store, &data, 1000).0, data)
+        })
+        .collect();
+    let plain = packs_len(dir.path());
+    let repacking = AtomicBool::new(true);
+    let mut events = Vec::new();
+    let (report, reads, during) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut reads = 0;
+            while reads < before.len() || repacking.load(Ordering::Relaxed) {
+                let (m, data) = &before[reads % before.len()];
+                assert_eq!(&store.read_instance(m, 0).unwrap(), data);
+                reads += 1;
+            }
+            reads
+        });
+        let writer = s.spawn(|| {
+            let mut during = Vec::new();
+            for i in 0u8.. {
+                if !repacking.load(Ordering::Relaxed) && i > 4 {
+                    break;
+                }
+                // Every other instance streams its frames, holding a pack while they arrive.
+                let data = if i % 2 == 0 {
+                    instance(&format!("2.{i}"), "DURING", 2, i)
+                } else {
+                    large_instance(&format!("3.{i}"), 1, i)
+                };
+                during.push((store_bytes(&store, &data, 4096).0, data));
+            }
+            during
+        });
+        let report = store
+            .gc(None, Some((Codec::Zstd, 3)), |event| {
+                events.push(event);
+                // Let the reader and the writer run between packs, as a busy archive would.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                Ok(())
+            })
+            .unwrap();
+        repacking.store(false, Ordering::Relaxed);
+        (report, reader.join().unwrap(), writer.join().unwrap())
+    });
+    assert!(report.missing.is_empty(), "{report:?}");
+    assert!(report.packs_rewritten > 5, "{report:?}");
+    assert!(report.bytes_after < report.bytes_before, "{report:?}");
+    assert!(reads >= before.len());
+    // Every pack written into was claimed before anything went into it.
+    let claimed: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            GcEvent::Claim(id) => Some(*id),
+            GcEvent::Rewritten { .. } => None,
+        })
+        .collect();
+    assert!(!claimed.is_empty());
+    assert!(
+        packs_len(dir.path()) < plain + during.iter().map(|(_, d)| d.len() as u64).sum::<u64>()
+    );
+    assert!(store.verify().unwrap().bad.is_empty());
+    let all: Vec<_> = before.iter().chain(&during).collect();
+    for (m, data) in &all {
+        assert_eq!(&store.read_instance(m, 0).unwrap(), data);
+    }
+    assert_eq!(
+        store.history(&HashMap::new(), true).unwrap().len(),
+        all.len(),
+        "every manifest record is kept, once"
+    );
+    drop(store);
+    let store = open(dir.path(), config);
+    assert!(store.recovery_messages().is_empty());
+    for (m, data) in &all {
+        assert_eq!(&store.read_instance(m, 0).unwrap(), data);
+    }
     assert!(store.verify().unwrap().bad.is_empty());
 }
