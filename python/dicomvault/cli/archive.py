@@ -17,6 +17,7 @@ from dicomvault.dicom.keys import parse_keys
 from dicomvault.index import Level, Record
 from dicomvault.index.levels import PLURALS
 from dicomvault.store import Archive, IngestOutcome
+from dicomvault.store.archive import PackRewritten
 from dicomvault.store.importer import import_paths
 
 app = typer.Typer()
@@ -276,15 +277,25 @@ def delete(
 def gc(config: ConfigOption = None, root: RootOption = None) -> None:
     """Reclaim the space of deleted instances by rewriting the packs (archive must be idle)."""
     with open_archive(config, root, exclusive=True) as archive:
-        report = archive.gc()
+        report = archive.gc(report_pack)
     report_rewrite(report)
+
+
+def report_pack(event: PackRewritten) -> None:
+    """One pack gc or repack replaced."""
+    typer.echo(
+        f"pack {event.pack}: {human_bytes(event.bytes_before)} -> {human_bytes(event.bytes_after)}"
+    )
 
 
 def report_rewrite(report: dict) -> None:
     """What rewriting the packs did (gc, repack); fails when referenced blobs are missing."""
     typer.echo(
-        f"packs rewritten: {report['packs_before']}; {human_bytes(report['bytes_before'])} -> "
-        f"{human_bytes(report['bytes_after'])}; records dropped: {report['records_dropped']}"
+        f"packs rewritten: {report['packs_rewritten']} (left as they were: "
+        f"{report['packs_skipped']}); {human_bytes(report['bytes_before'])} -> "
+        f"{human_bytes(report['bytes_after'])}; records dropped: {report['records_dropped']}; "
+        f"all packs: {human_bytes(report['pack_bytes_before'])} -> "
+        f"{human_bytes(report['pack_bytes_after'])}"
     )
     if report["missing"]:
         fail(f"{len(report['missing'])} referenced blobs were not found: run verify")

@@ -52,7 +52,9 @@ def serve(
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
-    """Run the archive: DICOM listener in the foreground until SIGTERM or Ctrl-C."""
+    """Run the archive: DICOM listener in the foreground until SIGTERM or Ctrl-C. Commands
+    that rewrite the archive (`migrate repack`) reach it through <root>/control.sock."""
+    from dicomvault.control import ControlServer
     from dicomvault.net.scp import DicomServer
 
     conf = settings(config, root)
@@ -64,6 +66,7 @@ def serve(
         signal.signal(sig, lambda *_: stop.set())
     with archive_for(conf) as archive:
         http = None
+        control = ControlServer(archive)
         try:
             server = DicomServer(archive, conf)
             bound_host, bound_port = server.start()
@@ -79,6 +82,7 @@ def serve(
                 )
         except (OSError, PolicyError) as e:
             fail(str(e))
+        control.start()
         typer.echo(
             f"dicomvault serving {conf['dicom']['aet']} on {bound_host}:{bound_port}, "
             f"archive {conf.root}",
@@ -89,6 +93,7 @@ def serve(
         if http is not None:
             http.stop()
         server.stop()
+        control.stop()
     log.info("stopped")
 
 

@@ -11,11 +11,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dicomvault.cli.common import ConfigOption, RootOption, fail, open_archive, settings
+from dicomvault.cli.common import (
+    ConfigOption,
+    RootOption,
+    archive_for,
+    fail,
+    open_archive,
+    settings,
+)
 from dicomvault.cli.dicom import KeysOption, TargetArgument, _keys, _scu, _target
 from dicomvault.cli.output import print_json, print_table
 from dicomvault.config import Settings
 from dicomvault.migrate.journal import STATES, Journal, JournalRow
+from dicomvault.store.archive import PackRewritten
 
 if TYPE_CHECKING:
     from dicomvault.migrate.pacs import Plan
@@ -207,20 +215,39 @@ def repack(
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
-    """Rewrite every pack with another compression (the archive must be idle: no serve),
-    then verify every blob. Set [storage] compression too, for what arrives next."""
-    from dicomvault.cli.archive import report_rewrite
+    """Rewrite every pack with every blob stored anew in another compression, pack by pack,
+    reclaiming each old pack as soon as its copy is written; then verify every blob. When
+    `dicomvault serve` holds the archive, the server does it (asked through
+    <root>/control.sock) and goes on serving: retrieves read each blob from wherever it is,
+    instances stored meanwhile go to new packs. Otherwise it is done here, the archive held
+    exclusively. Set [storage] compression too, for what arrives next."""
+    from dicomvault.cli.archive import report_pack, report_rewrite
+    from dicomvault.control import ControlError, request
 
-    with open_archive(config, root, exclusive=True) as archive:
-        try:
-            report = archive.gc(compression, level)
-        except ValueError as e:
-            fail(str(e))
-        checked, defects = archive.verify()
+    conf = settings(config, root)
+    try:
+        report = request(
+            conf.root,
+            "repack",
+            lambda p: report_pack(PackRewritten(**p)),
+            compression=compression,
+            level=level,
+        )
+    except ControlError as e:
+        fail(str(e))
+    if report is None:  # no server: the archive is ours
+        with archive_for(conf, exclusive=True) as archive:
+            try:
+                report = archive.repack(compression, level, report_pack)
+            except ValueError as e:
+                fail(str(e))
     report_rewrite(report)
-    if defects or checked["bad"]:
-        fail(f"verify found {len(defects)} defects after repacking: run dicomvault verify")
-    typer.echo(f"verified {checked['records']} records")
+    if report["defects"] or report["bad"]:
+        fail(
+            f"verify found {len(report['bad'])} bad records and {len(report['defects'])} "
+            "defective instances after repacking: run dicomvault verify"
+        )
+    typer.echo(f"verified {report['verified']} records")
 
 
 def _source(conf: Settings, source: str) -> str:

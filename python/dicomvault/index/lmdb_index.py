@@ -230,6 +230,19 @@ class Index:
         with self.env.begin(write=True) as txn:
             self._advance(txn, positions)
 
+    def set_applied(self, marks: Mapping[int, int | None]) -> None:
+        """Sets packs' marks outright (None forgets a pack), durably: for packs whose records
+        gc moved, where the log did not simply advance (see ``mark_applied``)."""
+        with self.env.begin(write=True) as txn:
+            applied = self._applied(txn)
+            for pack, end in marks.items():
+                if end is None:
+                    applied.pop(pack, None)
+                else:
+                    applied[pack] = end
+            txn.put(b"applied", msgpack.packb(applied), db=self._meta)
+        self.sync()
+
     def applied(self) -> dict[int, int]:
         """How far into each pack (pack id -> offset) the index reflects the log of manifest
         and tombstone records: what lies beyond is replayed when the archive opens."""

@@ -58,6 +58,19 @@ class IngestOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class PackRewritten:
+    """A pack gc or repack replaced: its size, and what its records take now."""
+
+    pack: int
+    bytes_before: int
+    bytes_after: int
+
+
+# The mark of a pack gc claimed: everything in it is a copy of a record already applied.
+_WHOLE_PACK = 2**64 - 1
+
+
+@dataclass(frozen=True, slots=True)
 class Defect:
     """An instance that failed verification, and why."""
 
@@ -104,6 +117,7 @@ class Archive:
         self.index = Index(
             self.root / "index", map_size=int(settings["index"]["map_size"]), sync=False
         )
+        self._settle_marks()
         replayed = self.replay(self.index.applied())
         if replayed:
             log.warning("replayed %d records of the pack log into the index", replayed)
@@ -411,11 +425,65 @@ class Archive:
         self.replay({})
         return self.index.stats()["instances"]
 
-    def gc(self, compression: str | None = None, level: int = 3) -> dict:
-        """Rewrites the packs keeping only what indexed instances reference; with
-        ``compression`` ("none" or "zstd" at ``level``), every blob is stored anew that way."""
+    def _settle_marks(self) -> None:
+        """Brings the index's marks that lie past their pack's end back to it: a pack gc
+        claimed (see ``_rewrite``) counts as applied up to its end, and what is appended to it
+        from now on is replayed after a crash like anything else."""
+        lengths = self.store.settled_pack_lengths()
+        past = {
+            pack: lengths[pack]
+            for pack, end in self.index.applied().items()
+            if pack in lengths and end > lengths[pack]
+        }
+        if past:
+            self.index.set_applied(past)
+
+    def gc(self, progress: Callable[[PackRewritten], None] | None = None) -> dict:
+        """Rewrites the packs keeping only what indexed instances reference. The archive must
+        be open exclusively: an instance still arriving references blobs no indexed one does."""
         live = [r.manifest for r in self.index.iter_level(Level.IMAGE) if r.manifest is not None]
-        return self.store.gc(live, compression, level)
+        return self._rewrite(live, None, 3, progress)
+
+    def repack(
+        self, compression: str, level: int, progress: Callable[[PackRewritten], None] | None = None
+    ) -> dict:
+        """Rewrites every pack with every blob stored anew with ``compression`` ("none", or
+        "zstd" at ``level``), keeping every record, while the archive goes on being read and
+        written; then verifies every blob. The report is JSON-ready (a running server sends
+        it to ``migrate repack``): the gc's figures, ``verified`` (records re-hashed), ``bad``
+        (records that failed) and ``defects`` (instances that did)."""
+        report = self._rewrite(None, compression, level, progress)
+        checked, defects = self.verify()
+        return {
+            **report,
+            "verified": checked["records"],
+            "bad": [list(b) for b in checked["bad"]],
+            "defects": [[d.key, d.reason] for d in defects],
+        }
+
+    def _rewrite(
+        self,
+        live: list[bytes] | None,
+        compression: str | None,
+        level: int,
+        progress: Callable[[PackRewritten], None] | None,
+    ) -> dict:
+        def on_event(kind: str, pack: int, bytes_before: int, bytes_after: int) -> None:
+            if kind == "claim":
+                # Before gc writes into it: its records are copies the index already reflects.
+                self.index.set_applied({pack: _WHOLE_PACK})
+                return
+            self.index.set_applied({pack: None})
+            if progress is not None:
+                progress(PackRewritten(pack, bytes_before, bytes_after))
+
+        before = self.store.stats()["pack_bytes"]
+        report = self.store.gc(live, compression, level, on_event=on_event)
+        return {
+            **report,
+            "pack_bytes_before": before,
+            "pack_bytes_after": self.store.stats()["pack_bytes"],
+        }
 
 
 def _safe(key: str | None) -> str:
