@@ -1389,14 +1389,21 @@ impl Store {
 
     /// Pack count, bytes in packs, and indexed records.
     pub fn stats(&self) -> io::Result<(u64, u64, u64)> {
-        let ids = pack::list_packs(&self.inner.packs_dir)?;
-        let mut bytes = 0;
-        for id in &ids {
-            bytes += fs::metadata(pack::pack_path(&self.inner.packs_dir, *id))?.len();
+        let (mut packs, mut bytes) = (0, 0);
+        for id in pack::list_packs(&self.inner.packs_dir)? {
+            match fs::metadata(pack::pack_path(&self.inner.packs_dir, id)) {
+                Ok(m) => {
+                    packs += 1;
+                    bytes += m.len();
+                }
+                // Removed by a gc since it was listed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         let rtxn = self.inner.env.read_txn().map_err(heed_error)?;
         let records = self.inner.blobs.len(&rtxn).map_err(heed_error)?;
-        Ok((ids.len() as u64, bytes, records))
+        Ok((packs, bytes, records))
     }
 }
 

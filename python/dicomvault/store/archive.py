@@ -1,5 +1,5 @@
 """The archive: a root directory holding the pack store and the index, and every operation
-that spans the two (ingest, export, delete, verify, reindex, gc).
+that spans the two (ingest, export, delete, verify, reindex, gc, repack).
 
 Layout of a root: ``packs/`` (append-only pack files), ``blobs/`` (the blob index, LMDB, owned
 by the Rust store), ``index/`` (the patient/study/series/instance index, LMDB) and ``LOCK``.
