@@ -50,7 +50,7 @@ class _Handler(socketserver.StreamRequestHandler):
         try:
             request = json.loads(self.rfile.readline())
             command = COMMANDS[request.pop("command")]
-        except (ValueError, KeyError, AttributeError) as e:
+        except (ValueError, KeyError, AttributeError, TypeError) as e:
             self._send({"error": f"not a control request: {e}"})
             return
         log.info("control: %s", request)
@@ -87,21 +87,21 @@ class ControlServer:
         self.path = archive.root / SOCKET_NAME
         self._server: _Server | None = None
 
-    def start(self) -> bool:
+    def start(self) -> None:
         """Listens, unless another live server answers on the socket or it cannot be made
-        (a root path too long for a Unix socket): returns whether it listens."""
+        (a root path too long for a Unix socket, say): then `migrate repack` cannot reach
+        this server, and says the archive is in use."""
         if (other := _connect(self.path)) is not None:
             other.close()
             log.warning("%s answers for another process: no control socket here", self.path)
-            return False
+            return
         self.path.unlink(missing_ok=True)  # left by a server that was killed
         try:
             self._server = _Server(self.path, self.archive)
         except OSError as e:
             log.warning("no control socket at %s: %s", self.path, e)
-            return False
+            return
         threading.Thread(target=self._server.serve_forever, name="control", daemon=True).start()
-        return True
 
     def stop(self) -> None:
         if self._server is None:
