@@ -8,30 +8,25 @@ at /wado.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from functools import cached_property
 from typing import Any
 
-import pydicom
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import UID
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dicomvault import _native
 from dicomvault.http import render
 from dicomvault.index import Level, Record
 from dicomvault.net.outbound import NATIVE_SYNTAXES, outbound, selected
 from dicomvault.net.query import response_identifier
 from dicomvault.store import Archive
+from dicomvault.store.parts import InstanceParts
 
 log = logging.getLogger("dicomvault.http")
 
@@ -295,114 +290,6 @@ def _whole_number(value: str, name: str) -> int:
     return int(value)
 
 
-class InstanceParts:
-    """An archived instance read in parts: its header (File Meta and the data set up to Pixel
-    Data's value) and its frames, each from its own blobs. The whole instance is read only
-    when its frames cannot be told apart in the packs (deflated, or encapsulated without
-    offsets or frame markers)."""
-
-    def __init__(self, archive: Archive, record: Record) -> None:
-        assert record.manifest is not None
-        self.store = archive.store
-        self.manifest = record.manifest
-        info = _native.manifest_info(self.manifest)
-        self.syntax = UID(info["transfer_syntax"])
-        self.encapsulated = bool(info["encapsulated"])
-        self.frames_in_blobs = bool(info["frames_resolved"]) and not info["deflated"]
-        self.frame_count = int(info["frames"])
-        kind, first, count = info["segments"][0] if info["segments"] else ("opaque", 0, 0)
-        self._header_length = (
-            sum(size for _, size in info["blobs"][first : first + count])
-            if kind == "header"
-            else int(info["size"])
-        )
-
-    @cached_property
-    def header_bytes(self) -> bytes:
-        header = bytearray()
-        for chunk in self.store.chunks(self.manifest, 0):
-            header += chunk
-            if len(header) >= self._header_length:
-                break
-        return bytes(header[: self._header_length])
-
-    def header(self) -> Dataset:
-        ds = pydicom.dcmread(io.BytesIO(self.header_bytes), stop_before_pixels=True, force=True)
-        if "TransferSyntaxUID" not in ds.file_meta:  # a data set stored without File Meta
-            ds.file_meta.TransferSyntaxUID = self.syntax
-        return ds
-
-    @cached_property
-    def whole(self) -> Dataset:
-        return pydicom.dcmread(io.BytesIO(self.store.read(self.manifest, 0)), force=True)
-
-    def has_pixel_data(self) -> bool:
-        return self.frame_count > 0 or (not self.frames_in_blobs and "PixelData" in self.whole)
-
-    def number_of_frames(self) -> int:
-        if self.frames_in_blobs:
-            return self.frame_count
-        return int(self.whole.get("NumberOfFrames") or 1) if "PixelData" in self.whole else 0
-
-    def pixel_data_vr(self, header: Dataset) -> str:
-        """Pixel Data's VR, as stored."""
-        if self.encapsulated:
-            return "OB"
-        if not self.frames_in_blobs:
-            return str(self.whole["PixelData"].VR)
-        # The header ends with Pixel Data's element header: tag, VR (if explicit), length.
-        vr = self.header_bytes[-8:-6]
-        if vr in (b"OB", b"OW"):
-            return vr.decode()
-        return "OW" if int(header.get("BitsAllocated", 16)) > 8 else "OB"
-
-    def frames(self, numbers: list[int]) -> list[bytes]:
-        """The frames (numbered from 1): native values, or each encapsulated frame's
-        fragments joined. FileNotFoundError for a frame the instance does not have."""
-        count = self.number_of_frames()
-        if count == 0:
-            raise FileNotFoundError("the instance has no Pixel Data")
-        if max(numbers) > count:
-            raise FileNotFoundError(f"frame {max(numbers)} is not in the instance ({count} frames)")
-        if self.frames_in_blobs:
-            return [self.store.read_frame(self.manifest, n - 1) for n in numbers]
-        ds = self.whole
-        if self.encapsulated:
-            every = list(generate_frames(ds.PixelData, number_of_frames=count))
-        else:
-            size = len(ds.PixelData) // count
-            every = [ds.PixelData[i * size : (i + 1) * size] for i in range(count)]
-        return [every[n - 1] for n in numbers]
-
-    def frame_dataset(self, number: int) -> tuple[Dataset, int]:
-        """A data set holding frame ``number`` and the frame's index in it: the header with
-        that one frame, or the whole instance when its frames are not in blobs of their own."""
-        if not self.frames_in_blobs:
-            self.frames([number])  # FileNotFoundError beyond the last frame
-            return self.whole, number - 1
-        [frame] = self.frames([number])
-        ds = self.header()
-        ds.NumberOfFrames = 1
-        if self.encapsulated:
-            ds.PixelData = encapsulate([frame])
-        else:
-            ds.PixelData = frame
-        ds["PixelData"].VR = self.pixel_data_vr(ds)
-        return ds, 0
-
-
-def rendered_frame(
-    archive: Archive, record: Record, number: int, rendering: render.Rendering
-) -> bytes:
-    """Frame ``number`` (1-based) of an archived instance as ``rendering`` asks, read from the
-    header's and that frame's blobs (FileNotFoundError: no such frame; render.CannotRender)."""
-    parts = InstanceParts(archive, record)
-    if not parts.has_pixel_data():
-        raise render.CannotRender("the instance has no Pixel Data")
-    ds, index = parts.frame_dataset(number)
-    return render.render(ds, index, rendering)
-
-
 class DicomWeb:
     """The /dicom-web routes over an open archive."""
 
@@ -620,7 +507,9 @@ class DicomWeb:
 
     async def _rendered(self, record: Record, number: int, rendering: render.Rendering) -> Response:
         try:
-            image = await asyncio.to_thread(rendered_frame, self.archive, record, number, rendering)
+            image = await asyncio.to_thread(
+                render.rendered_frame, self.archive, record, number, rendering
+            )
         except FileNotFoundError as e:
             return _error(404, str(e))
         except render.CannotRender as e:

@@ -28,6 +28,10 @@ from pydicom.pixels import (
 )
 from pydicom.uid import UID
 
+from dicomvault.index import Record
+from dicomvault.store import Archive
+from dicomvault.store.parts import InstanceParts
+
 JPEG, PNG, GIF = "image/jpeg", "image/png", "image/gif"
 RENDERED_MEDIA_TYPES = (JPEG, PNG, GIF)
 _PILLOW_FORMAT = {JPEG: "JPEG", PNG: "PNG", GIF: "GIF"}
@@ -299,3 +303,13 @@ def render(ds: Dataset, index: int, rendering: Rendering) -> bytes:
     else:
         image.save(out, _PILLOW_FORMAT[rendering.media_type])
     return out.getvalue()
+
+
+def rendered_frame(archive: Archive, record: Record, number: int, rendering: Rendering) -> bytes:
+    """Frame ``number`` (1-based) of an archived instance as ``rendering`` asks, read from the
+    header's and that frame's blobs (FileNotFoundError: no such frame; CannotRender)."""
+    parts = InstanceParts(archive, record)
+    if not parts.has_pixel_data():
+        raise CannotRender("the instance has no Pixel Data")
+    ds, index = parts.frame_dataset(number)
+    return render(ds, index, rendering)

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from dicomvault.config import Settings
 from dicomvault.dicom.keys import keyword_named
 from dicomvault.http import render
-from dicomvault.http.dicomweb import iterate_in_thread, rendered_frame
+from dicomvault.http.dicomweb import iterate_in_thread
 from dicomvault.index import Level, Record
 from dicomvault.index.levels import PLURALS, UNIQUE
 from dicomvault.index.records import patient_key
@@ -422,7 +422,9 @@ class Rest:
             raise HTTPException(400, "frame must be a number, from 1")
         rendering = render.Rendering(media_type=render.PNG)
         try:
-            png = await asyncio.to_thread(rendered_frame, self.archive, record, frame, rendering)
+            png = await asyncio.to_thread(
+                render.rendered_frame, self.archive, record, frame, rendering
+            )
         except FileNotFoundError as e:
             raise HTTPException(404, str(e)) from e
         except render.CannotRender as e:
