@@ -66,10 +66,11 @@ def serve(
         signal.signal(sig, lambda *_: stop.set())
     with archive_for(conf) as archive:
         http = None
+        server = None
         control = ControlServer(archive)
+        # The DICOM port opens last: once it answers, HTTP and the control socket do too.
+        control.start()
         try:
-            server = DicomServer(archive, conf)
-            bound_host, bound_port = server.start()
             if conf["http"]["enabled"]:
                 from dicomvault.http.server import HttpServer
 
@@ -80,20 +81,23 @@ def serve(
                     "/dicom-web, /metrics, /openapi.json",
                     err=True,
                 )
+            server = DicomServer(archive, conf)
+            bound_host, bound_port = server.start()
+            typer.echo(
+                f"dicomvault serving {conf['dicom']['aet']} on {bound_host}:{bound_port}, "
+                f"archive {conf.root}",
+                err=True,
+            )
+            stop.wait()
+            log.info("stopping: no new associations; committing what was received")
         except (OSError, PolicyError) as e:
             fail(str(e))
-        control.start()
-        typer.echo(
-            f"dicomvault serving {conf['dicom']['aet']} on {bound_host}:{bound_port}, "
-            f"archive {conf.root}",
-            err=True,
-        )
-        stop.wait()
-        log.info("stopping: no new associations; committing what was received")
-        if http is not None:
-            http.stop()
-        server.stop()
-        control.stop()
+        finally:
+            if http is not None:
+                http.stop()
+            if server is not None:
+                server.stop()
+            control.stop()
     log.info("stopped")
 
 
