@@ -22,19 +22,19 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Blobs larger than this are split, so a writer never buffers more than this per segment.
 pub const MAX_BLOB: usize = 8 << 20;
-/// Records at least this large start their writeback as soon as they are appended.
-const EARLY_WRITEBACK: u64 = 64 << 10;
+/// Records at least this large are fsynced in the background as soon as they are appended
+/// (and a blob streaming into its pack every time this much more of it has arrived).
+const EARLY_SYNC: u64 = 64 << 10;
 /// A blob growing past this is written into its pack as its bytes arrive (hashed on the way),
-/// so that its writeback overlaps the receive and the commit finds little left to flush.
+/// so that making it durable overlaps the receive and the commit finds little left to flush.
 const STREAM_BLOB: usize = 128 << 10;
 
 /// When appended records are made durable.
@@ -205,8 +205,8 @@ struct StreamingBlob {
     pack: Option<Active>,
     /// Where the record starts in the pack.
     offset: u64,
-    /// How far writeback has been started.
-    written_back: u64,
+    /// How far into the pack an early sync was requested.
+    early_synced: u64,
     hasher: blake3::Hasher,
     crc: crc32fast::Hasher,
     len: u64,
@@ -220,13 +220,11 @@ impl StreamingBlob {
         self.hasher.update(bytes);
         self.crc.update(bytes);
         self.len += bytes.len() as u64;
-        // Whole pages only: a partial page written back now would be written again.
+        // Whole pages only: a partial page synced now would be written again.
         let settled = (end + bytes.len() as u64) & !4095;
-        if settled >= self.written_back + EARLY_WRITEBACK {
-            self.store
-                .inner
-                .start_writeback(&act.file, self.written_back, settled);
-            self.written_back = settled;
+        if settled >= self.early_synced + EARLY_SYNC {
+            self.store.inner.sync_early(&act.file);
+            self.early_synced = settled;
         }
         Ok(())
     }
@@ -258,7 +256,7 @@ impl StreamingBlob {
             return Err(e);
         }
         act.len = self.offset + header.record_len();
-        store.inner.start_writeback(&act.file, self.offset, act.len);
+        store.inner.sync_early(&act.file);
         a.appended(&act, hash, self.offset, &header);
         a.idle.push(act);
         Ok((hash, true))
@@ -297,7 +295,63 @@ struct Inner {
     gc: Mutex<()>,
     stamp: AtomicU64,
     recovery: Vec<String>,
+    /// Makes packs durable in the background as records are appended (sync = always only).
+    early_sync: Option<EarlySync>,
     _archive_lock: File,
+}
+
+/// A thread that fdatasyncs the packs a large record was just appended to, while the rest of
+/// the instance arrives. A virtual disk's flush costs time in proportion to what it flushes,
+/// so a commit that follows finds little left to flush: its fsync, which a C-STORE-RSP waits
+/// for, takes a fraction of what flushing the whole instance at once would.
+struct EarlySync {
+    files: Mutex<mpsc::Sender<Arc<File>>>,
+    /// The first failure, sticky: Linux reports a writeback error to one fsync only, so a
+    /// commit must not take the next fsync's success for durability.
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl EarlySync {
+    fn start() -> io::Result<EarlySync> {
+        let (sender, files) = mpsc::channel::<Arc<File>>();
+        let failed: Arc<Mutex<Option<String>>> = Arc::default();
+        let failure = failed.clone();
+        std::thread::Builder::new()
+            .name("pack-early-sync".into())
+            .spawn(move || {
+                while let Ok(first) = files.recv() {
+                    let mut batch = vec![first];
+                    for file in files.try_iter() {
+                        if !batch.iter().any(|f| Arc::ptr_eq(f, &file)) {
+                            batch.push(file);
+                        }
+                    }
+                    for file in batch {
+                        if let Err(e) = file.sync_data() {
+                            lock(&failure).get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+            })?;
+        Ok(EarlySync {
+            files: Mutex::new(sender),
+            failed,
+        })
+    }
+
+    fn request(&self, file: &Arc<File>) {
+        // The thread is gone only if it panicked: the commit's fsync then does all the work.
+        let _ = lock(&self.files).send(file.clone());
+    }
+
+    fn check(&self) -> io::Result<()> {
+        match &*lock(&self.failed) {
+            None => Ok(()),
+            Some(e) => Err(io::Error::other(format!(
+                "an fsync of the packs failed ({e}); restart to recover what was acknowledged"
+            ))),
+        }
+    }
 }
 
 /// A handle on an archive's store; cheap to clone and safe to share between threads.
@@ -630,6 +684,56 @@ fn found_location(pack: u32, f: &Found) -> Location {
     }
 }
 
+/// A manifest record's annotations: a MessagePack map of the instance's `received_at` and
+/// `source`, which the index records and a replay restores.
+pub fn annotations(received_at: &str, source: &str) -> Vec<u8> {
+    fn str(out: &mut Vec<u8>, s: &str) {
+        match s.len() {
+            n @ 0..=31 => out.push(0xa0 | n as u8),
+            n @ 32..=255 => out.extend_from_slice(&[0xd9, n as u8]),
+            n @ 256..=65_535 => {
+                out.push(0xda);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0xdb);
+                out.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut out = vec![0x82];
+    str(&mut out, "received_at");
+    str(&mut out, received_at);
+    str(&mut out, "source");
+    str(&mut out, source);
+    out
+}
+
+/// `time` in UTC as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+pub fn utc_timestamp(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since.subsec_micros()
+    )
+}
+
 impl Store {
     pub fn open(root: &Path, config: StoreConfig) -> io::Result<Store> {
         let packs_dir = root.join("packs");
@@ -673,6 +777,10 @@ impl Store {
             .create_database(&mut wtxn, Some("packs"))
             .map_err(heed_error)?;
         wtxn.commit().map_err(heed_error)?;
+        let early_sync = match config.sync {
+            SyncMode::Always => Some(EarlySync::start()?),
+            SyncMode::Batch | SyncMode::Never => None,
+        };
         let mut inner = Inner {
             packs_dir,
             config,
@@ -690,6 +798,7 @@ impl Store {
             }),
             stamp: AtomicU64::new(0),
             recovery: Vec::new(),
+            early_sync,
             _archive_lock: archive_lock,
         };
         inner.recover()?;
@@ -803,8 +912,8 @@ impl Store {
             a.idle.push(act);
             return Err(e);
         }
-        if record_len >= EARLY_WRITEBACK {
-            inner.start_writeback(&act.file, offset, offset + record_len);
+        if record_len >= EARLY_SYNC {
+            inner.sync_early(&act.file);
         }
         act.len += record_len;
         let loc = a.appended(&act, header.hash, offset, &header);
@@ -841,7 +950,7 @@ impl Store {
         Ok(StreamingBlob {
             store: self.clone(),
             offset: act.len,
-            written_back: act.len,
+            early_synced: act.len,
             pack: Some(act),
             hasher: blake3::Hasher::new(),
             crc: crc32fast::Hasher::new(),
@@ -938,6 +1047,9 @@ impl Store {
         if sync_now {
             for file in c.unsynced.values() {
                 file.sync_data()?;
+            }
+            if let Some(early) = &inner.early_sync {
+                early.check()?;
             }
             c.unsynced.clear();
             c.last_sync = Instant::now();
@@ -1420,19 +1532,10 @@ impl Inner {
             }))
     }
 
-    /// Starts writing a range of a pack to disk (only when commits fsync: otherwise the OS
-    /// flushes at its own pace).
-    fn start_writeback(&self, file: &File, from: u64, to: u64) {
-        if self.config.sync == SyncMode::Always && to > from {
-            // SAFETY: sync_file_range only schedules writeback of a range of our open file.
-            unsafe {
-                libc::sync_file_range(
-                    file.as_raw_fd(),
-                    from as i64,
-                    (to - from) as i64,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+    /// Starts making a pack durable up to what was just appended, when commits fsync.
+    fn sync_early(&self, file: &Arc<File>) {
+        if let Some(early) = &self.early_sync {
+            early.request(file);
         }
     }
 

@@ -3,6 +3,7 @@
 //! is a thin layer over these; the core has no Python dependency so that `cargo test` and the
 //! fuzz targets run without an interpreter.
 
+pub mod backlog;
 pub mod cas;
 pub mod dimse;
 pub mod manifest;

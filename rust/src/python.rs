@@ -1,6 +1,7 @@
 //! The `dicomvault._native` Python module: a thin binding over the scanner and the store.
 //! Every call that hashes, compresses or does I/O releases the GIL.
 
+use crate::backlog::Backlog;
 use crate::cas::{self, GcEvent, Ingested, Store as CoreStore, StoreConfig, SyncMode};
 use crate::manifest::Manifest;
 use crate::pack::Codec;
@@ -247,6 +248,8 @@ type HistoryTuple<'py> = (
 #[pyclass(frozen, module = "dicomvault._native")]
 struct Store {
     core: CoreStore,
+    /// What the listener appended to the pack log and the index has yet to apply.
+    received: std::sync::Arc<Backlog<scp::Received>>,
 }
 
 #[pymethods]
@@ -286,7 +289,10 @@ impl Store {
             exclusive,
         };
         let core = py.detach(|| CoreStore::open(&root, config))?;
-        Ok(Store { core })
+        Ok(Store {
+            core,
+            received: Default::default(),
+        })
     }
 
     /// Repairs made while opening (torn pack tails cut).
@@ -374,6 +380,57 @@ impl Store {
 
     fn commit(&self, py: Python<'_>) -> PyResult<()> {
         Ok(py.detach(|| self.core.commit())?)
+    }
+
+    /// For the index's applier: the instances the listener made durable since the last call,
+    /// oldest first, as (count to pass to `received_applied`, [(pack, end, ingested)]) where
+    /// each ingested dict also has calling_ae, address, source and received_at; None once
+    /// `close_received` was called and all were taken. Blocks until there is something.
+    #[allow(clippy::type_complexity)]
+    fn take_received<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(u64, Vec<(u32, u64, Bound<'py, PyDict>)>)>> {
+        let Some((through, taken)) = py.detach(|| self.received.take()) else {
+            return Ok(None);
+        };
+        let items = taken
+            .into_iter()
+            .map(|((pack, end), r)| {
+                let d = ingested_dict(py, &r.ingested)?;
+                d.set_item(intern!(py, "calling_ae"), &r.calling_ae)?;
+                d.set_item(intern!(py, "address"), &r.address)?;
+                d.set_item(intern!(py, "source"), r.source())?;
+                d.set_item(intern!(py, "received_at"), &r.received_at)?;
+                Ok((pack, end, d))
+            })
+            .collect::<PyResult<_>>()?;
+        Ok(Some((through, items)))
+    }
+
+    /// The applier is done with what `take_received` returned up to `through`.
+    fn received_applied(&self, through: u64) {
+        self.received.applied(through);
+    }
+
+    /// Returns once every instance the listener acknowledged before the call is indexed.
+    fn received_barrier(&self, py: Python<'_>) {
+        py.detach(|| self.received.barrier());
+    }
+
+    /// Holds the listener's commits off, once the index has applied all it acknowledged,
+    /// until `end_exclusive`: for writers that append to the log and apply in one step.
+    fn begin_exclusive(&self, py: Python<'_>) {
+        py.detach(|| self.received.begin_exclusive());
+    }
+
+    fn end_exclusive(&self) {
+        self.received.end_exclusive();
+    }
+
+    /// The listener appends no more; `take_received` returns None once the rest is taken.
+    fn close_received(&self) {
+        self.received.close();
     }
 
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
@@ -553,7 +610,6 @@ impl Store {
 /// The Python side of the DICOM listener: the archive commits what it received, the server
 /// selects, matches, decodes and moves for queries, Python's logging records what it did.
 struct PyHost {
-    commit: Py<PyAny>,
     log: Py<PyAny>,
     select: Py<PyAny>,
     transcode: Py<PyAny>,
@@ -654,26 +710,6 @@ impl PyHost {
 type PySelected = (String, String, String, u64, Vec<u8>);
 
 impl scp::Host for PyHost {
-    fn commit(&self, batch: Vec<scp::Received>) -> Vec<u16> {
-        let count = batch.len();
-        Python::attach(|py| {
-            let run = || -> PyResult<Vec<u16>> {
-                let items = PyList::empty(py);
-                for received in &batch {
-                    let d = ingested_dict(py, &received.ingested)?;
-                    d.set_item(intern!(py, "calling_ae"), &received.calling_ae)?;
-                    d.set_item(intern!(py, "address"), &received.address)?;
-                    items.append(d)?;
-                }
-                self.commit.call1(py, (items,))?.extract(py)
-            };
-            run().unwrap_or_else(|e| {
-                e.print(py);
-                vec![scp::OUT_OF_RESOURCES; count]
-            })
-        })
-    }
-
     fn log(&self, lines: Vec<(scp::LogLevel, String)>) {
         Python::attach(|py| {
             for (level, message) in lines {
@@ -814,7 +850,7 @@ impl DicomListener {
         store, host, port, *, ae_title, check_called_aet, always_allow_echo, always_allow_store,
         check_modality_host, known, storage_classes, find_classes, move_classes, retrieve_classes,
         transfer_syntaxes, max_pdu, max_associations, timeout_s, implementation_class_uid,
-        implementation_version_name, commit, log, select, transcode, find, move_to,
+        implementation_version_name, log, select, transcode, find, move_to,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -838,7 +874,6 @@ impl DicomListener {
         timeout_s: f64,
         implementation_class_uid: String,
         implementation_version_name: String,
-        commit: Py<PyAny>,
         log: Py<PyAny>,
         select: Py<PyAny>,
         transcode: Py<PyAny>,
@@ -880,7 +915,6 @@ impl DicomListener {
             },
         };
         let host = std::sync::Arc::new(PyHost {
-            commit,
             log,
             select,
             transcode,
@@ -888,7 +922,8 @@ impl DicomListener {
             move_to,
         });
         let core = store.core.clone();
-        let listener = py.detach(|| scp::Listener::start(address, config, core, host))?;
+        let received = store.received.clone();
+        let listener = py.detach(|| scp::Listener::start(address, config, core, received, host))?;
         Ok(DicomListener {
             listener: Some(listener),
         })
@@ -911,6 +946,12 @@ impl DicomListener {
             py.detach(move || listener.stop());
         }
     }
+}
+
+/// A manifest record's annotations (MessagePack): one encoding for every writer.
+#[pyfunction]
+fn annotations<'py>(py: Python<'py>, received_at: &str, source: &str) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &cas::annotations(received_at, source))
 }
 
 /// Preamble and File Meta for a data set received on the network, as the listener writes
@@ -1025,6 +1066,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ChunkReader>()?;
     m.add_class::<Scanner>()?;
     m.add_class::<DicomListener>()?;
+    m.add_function(wrap_pyfunction!(annotations, m)?)?;
     m.add_function(wrap_pyfunction!(file_meta, m)?)?;
     m.add_function(wrap_pyfunction!(manifest_info, m)?)?;
     m.add("ScanError", m.py().get_type::<ScanError>())?;

@@ -4,8 +4,9 @@
 //! the Query/Retrieve FIND, MOVE and GET models are refused), PDU reading with large buffers,
 //! and the DIMSE services:
 //! - C-ECHO; C-STORE data sets streamed from their PDVs straight into the store's writer, the
-//!   instance handed to the `Host` to be made durable and indexed (group commit: one call per
-//!   batch) before its C-STORE-RSP goes out;
+//!   instance's manifest record appended to the pack log and made durable (group commit: one
+//!   fsync per batch) before its C-STORE-RSP goes out, and left in the `Backlog` for the
+//!   host's index to apply;
 //! - C-FIND: the `Host` matches (access policy and the query engine live in Python) and
 //!   encodes each response identifier, sent as it comes; a C-CANCEL-RQ is honoured;
 //! - C-GET: the `Host` selects, sub-operations stream from the store to the socket (the next
@@ -13,6 +14,7 @@
 //! - C-MOVE: the `Host` selects and sends over its own association to the destination, each
 //!   sub-operation's status reported here as a pending response.
 
+use crate::backlog::Backlog;
 use crate::cas::{Ingested, InstanceWriter, Store};
 use crate::dimse::{self, Command, Implementation, SubOperations};
 use crate::manifest::Manifest;
@@ -119,6 +121,15 @@ pub struct Received {
     pub ingested: Ingested,
     pub calling_ae: String,
     pub address: String,
+    /// When it was received, UTC, as the index records it (`2026-11-29T19:14:34.123456Z`).
+    pub received_at: String,
+}
+
+impl Received {
+    /// Who sent it: `AE@address`.
+    pub fn source(&self) -> String {
+        format!("{}@{}", self.calling_ae, self.address)
+    }
 }
 
 /// A C-FIND or C-GET request, for the host to match.
@@ -146,8 +157,6 @@ pub struct Selected {
 
 /// What the listener leaves to its embedding application.
 pub trait Host: Send + Sync + 'static {
-    /// Makes a batch durable and indexes it; returns one DIMSE status per instance.
-    fn commit(&self, batch: Vec<Received>) -> Vec<u16>;
     /// Log lines, in order (delivered in batches, at most `LOG_INTERVAL` late).
     fn log(&self, lines: Vec<(LogLevel, String)>);
     /// The instances a C-GET retrieves, or the status refusing it (the host logs why).
@@ -171,9 +180,9 @@ pub trait Host: Send + Sync + 'static {
     ) -> Result<(String, Vec<u8>), String>;
 }
 
-/// Group commit without a committer thread: the first association thread to arrive commits
-/// everything waiting (its own instance among them) while the others wait for their status;
-/// arrivals during a commit form the next group.
+/// Group commit without a committer thread: the first association thread to arrive appends
+/// everything waiting (its own instance among them) to the pack log, one fsync for all, while
+/// the others wait for their status; arrivals during a commit form the next group.
 #[derive(Default)]
 struct Commits {
     queue: Mutex<CommitQueue>,
@@ -189,7 +198,7 @@ struct CommitQueue {
 }
 
 impl Commits {
-    fn commit(&self, host: &dyn Host, received: Received) -> u16 {
+    fn commit(&self, shared: &Shared, received: Received) -> u16 {
         let mut queue = lock(&self.queue);
         let ticket = queue.next_ticket;
         queue.next_ticket += 1;
@@ -206,10 +215,20 @@ impl Commits {
             let take = queue.waiting.len().min(MAX_BATCH);
             let (tickets, batch): (Vec<u64>, Vec<Received>) = queue.waiting.drain(..take).unzip();
             drop(queue);
-            let mut statuses = host.commit(batch);
-            statuses.resize(tickets.len(), OUT_OF_RESOURCES);
+            let status = match shared.persist(batch) {
+                Ok(()) => SUCCESS,
+                Err(e) => {
+                    shared.log(
+                        LogLevel::Error,
+                        format!("commit of {} received instances failed: {e}", tickets.len()),
+                    );
+                    OUT_OF_RESOURCES
+                }
+            };
             queue = lock(&self.queue);
-            queue.results.extend(tickets.into_iter().zip(statuses));
+            queue
+                .results
+                .extend(tickets.into_iter().map(|t| (t, status)));
             queue.leading = false;
             self.done.notify_all();
         }
@@ -226,6 +245,7 @@ struct Logs {
 struct Shared {
     config: ListenerConfig,
     store: Store,
+    backlog: Arc<Backlog<Received>>,
     host: Arc<dyn Host>,
     stopping: AtomicBool,
     active: AtomicUsize,
@@ -239,6 +259,21 @@ struct Shared {
 impl Shared {
     fn log(&self, level: LogLevel, message: String) {
         lock(&self.logs.lines).push((level, message));
+    }
+
+    /// Appends the manifest records of `batch` to the pack log, durably, and leaves the batch
+    /// for the host's index to apply.
+    fn persist(&self, batch: Vec<Received>) -> io::Result<()> {
+        self.backlog.append(batch, |batch| {
+            let records: Vec<(Vec<u8>, Vec<u8>)> = batch
+                .iter()
+                .map(|r| {
+                    let notes = crate::cas::annotations(&r.received_at, &r.source());
+                    (r.ingested.manifest.encode(), notes)
+                })
+                .collect();
+            self.store.persist(&records)
+        })
     }
 
     fn flush_logs(&self) {
@@ -263,6 +298,7 @@ impl Listener {
         address: SocketAddr,
         config: ListenerConfig,
         store: Store,
+        backlog: Arc<Backlog<Received>>,
         host: Arc<dyn Host>,
     ) -> io::Result<Listener> {
         let socket = TcpListener::bind(address)?;
@@ -270,6 +306,7 @@ impl Listener {
         let shared = Arc::new(Shared {
             config,
             store,
+            backlog,
             host,
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
@@ -1309,8 +1346,9 @@ impl Association<'_> {
             ingested,
             calling_ae: self.rq.calling_ae.clone(),
             address: self.peer.ip().to_string(),
+            received_at: crate::cas::utc_timestamp(std::time::SystemTime::now()),
         };
-        self.shared.commits.commit(&*self.shared.host, received)
+        self.shared.commits.commit(self.shared, received)
     }
 
     fn failure(&self, command: &Command, error: &FeedError) -> u16 {

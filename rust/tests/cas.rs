@@ -518,3 +518,18 @@ fn repack_while_readers_read_and_writers_store() {
     }
     assert!(store.verify().unwrap().bad.is_empty());
 }
+
+#[test]
+fn received_at_is_utc_with_microseconds_across_leap_days_and_centuries() {
+    use dicomvault_native::cas::utc_timestamp;
+    use std::time::{Duration, UNIX_EPOCH};
+    for (secs, micros, expected) in [
+        (0, 0, "1970-01-01T00:00:00.000000Z"),
+        (1_709_251_199, 1, "2024-02-29T23:59:59.000001Z"),
+        (1_795_979_674, 123_456, "2026-11-29T19:14:34.123456Z"),
+        (4_107_585_600, 500_000, "2100-03-01T12:00:00.500000Z"),
+    ] {
+        let time = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
+        assert_eq!(utc_timestamp(time), expected);
+    }
+}

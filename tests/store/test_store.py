@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import msgpack
 import pydicom
 import pytest
 from pydicom.encaps import generate_frames
@@ -110,3 +111,10 @@ def test_scanner_errors_name_the_offset(tmp_path):
     bad.write_bytes(b"\x00" * 128 + b"DICM" + meta + first + second)
     with pytest.raises(_native.ScanError, match=r"at byte 172: invalid VR"):
         scanner.scan_file(str(bad))
+
+
+@pytest.mark.parametrize("length", [0, 31, 32, 255, 256, 70_000])
+def test_annotations_decode_as_messagepack_whatever_the_source_s_length(length):
+    source = "A" * length
+    decoded = msgpack.unpackb(_native.annotations("2026-11-29T19:14:34.123456Z", source))
+    assert decoded == {"received_at": "2026-11-29T19:14:34.123456Z", "source": source}

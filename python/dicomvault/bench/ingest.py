@@ -6,12 +6,15 @@ fresh, fed by storescu, stopped, and measured: instances/s, MB/s, server CPU sec
 RSS (from wait4 on the server process), medians of ``runs`` runs. The servers: dicomvault
 serve (sync = always: every instance durable before its success), DCMTK's storescp writing
 files (--fork, so it too serves associations in parallel), Orthanc with its default SQLite
-index (when installed) and pynetdicom's storescp app. Also measured in the same run: the
-disk (dd with fdatasync) and a loopback socket transfer, the machine's limits.
+index (when installed) and pynetdicom's storescp app. Each run starts with nothing dirty in
+the page cache (``sync``), so that no run pays for the writeback of another. Also measured in
+the same run: the disk (dd with fdatasync) and a loopback socket transfer, the machine's
+limits.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import statistics
@@ -179,6 +182,9 @@ def run(
                 row = Row(peer.name, corpus_name, associations, len(files), megabytes)
                 for _ in range(runs):
                     with tempfile.TemporaryDirectory(dir=work) as tmp:
+                        # What the previous run left dirty in the page cache (storescp and
+                        # Orthanc do not fsync) is written back now, not during this run.
+                        os.sync()
                         peer.start(Path(tmp))
                         try:
                             seconds = store(peer, files, associations)

@@ -140,7 +140,10 @@ class Index:
         map_size: int = 1 << 40,
         sync: bool = True,
         readonly: bool = False,
+        barrier: Callable[[], None] | None = None,
     ) -> None:
+        """``barrier``, when given, is called before every read: it returns once what was
+        acknowledged before it was called is in the index (see ``Archive``)."""
         path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
             str(path),
@@ -155,8 +158,15 @@ class Index:
         self._children = self.env.open_db(b"children")
         self._ix = self.env.open_db(b"ix")
         self._meta = self.env.open_db(b"meta")
+        self._barrier = barrier
         # Counts records decoded: lets tests prove that indexed keys use key ranges.
         self.records_read = 0
+
+    def _snapshot(self) -> lmdb.Transaction:
+        """A read transaction that sees every instance acknowledged before it began."""
+        if self._barrier is not None:
+            self._barrier()
+        return self.env.begin()
 
     def close(self) -> None:
         self.env.close()
@@ -261,8 +271,9 @@ class Index:
         before_commit: Callable[[list[InstanceEntry]], Positions | None] | None = None,
     ) -> list[CommitOutcome]:
         """Indexes a batch in one transaction; duplicates (by instance key) keep the first.
-        ``before_commit`` runs inside the transaction with the new entries; the log positions
-        it returns (pack, offset) are recorded as applied, in the same transaction."""
+        ``before_commit`` runs inside the transaction with the new entries (none, when all are
+        duplicates); the log positions it returns (pack, offset) are recorded as applied, in
+        the same transaction."""
         with self.env.begin(write=True) as txn:
             batch = _Batch(self, txn)
             outcomes: list[CommitOutcome] = []
@@ -277,10 +288,10 @@ class Index:
                 seen.add(instance)
                 new.append((entry, keys))
                 outcomes.append(CommitOutcome("stored", instance))
-            if not new:
-                return outcomes
             if before_commit is not None:
                 self._advance(txn, before_commit([e for e, _ in new]))
+            if not new:
+                return outcomes
             totals = self._totals(txn)
             modalities_changed: set[str] = set()
             for entry, keys in new:
@@ -516,21 +527,21 @@ class Index:
     # Reading ------------------------------------------------------------------------------
 
     def get(self, level: Level, key: str) -> Record | None:
-        with self.env.begin() as txn:
+        with self._snapshot() as txn:
             return self._get(txn, level, key)
 
     def children(self, level: Level, key: str) -> list[Record]:
         child_level = level.child
         if child_level is None:
             return []
-        with self.env.begin() as txn:
+        with self._snapshot() as txn:
             records = (
                 self._get(txn, child_level, k) for k in self._child_keys(txn, child_level, key)
             )
             return [r for r in records if r is not None]
 
     def instances_under(self, level: Level, key: str) -> Iterator[Record]:
-        with self.env.begin() as txn:
+        with self._snapshot() as txn:
             record = self._get(txn, level, key)
             if record is None:
                 return
@@ -548,14 +559,14 @@ class Index:
                         stack.append(child)
 
     def iter_level(self, level: Level) -> Iterator[Record]:
-        with self.env.begin() as txn:
+        with self._snapshot() as txn:
             for k, v in txn.cursor(db=self._dbs[level]):
                 yield _decode(level, k.decode("utf-8"), v)
 
     def lookup(self, value: str) -> list[Record]:
         """Records named by ``value`` as a PatientID, AccessionNumber, UID or record key."""
         found: dict[tuple[Level, str], Record] = {}
-        with self.env.begin() as txn:
+        with self._snapshot() as txn:
             for level in Level:
                 r = self._get(txn, level, value)
                 if r is not None:
@@ -569,7 +580,7 @@ class Index:
         return sorted(found.values(), key=lambda r: (order[r.level], r.key))
 
     def stats(self) -> dict[str, int]:
-        with self.env.begin() as txn:
+        with self._snapshot() as txn:
             totals = self._totals(txn)
             counts = {
                 name.decode(): txn.stat(db)["entries"]
@@ -708,7 +719,7 @@ class Index:
             if LEVEL_OF.get(k, level).depth <= level.depth
         ]
         wanted = list(dict.fromkeys([*filters, *return_keys]))
-        with self.env.begin() as txn:
+        with self._snapshot() as txn:
             candidates = self._candidates(txn, level, matchers)
             if candidates is None:
                 candidates = (

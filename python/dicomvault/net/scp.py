@@ -1,13 +1,13 @@
 """The archive's DICOM server: C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET as SCP.
 
 The Rust listener (``_native.DicomListener``, see ``rust/src/scp.rs``) owns every association:
-negotiation, PDUs, DIMSE, C-STORE data sets streamed into the pack store and C-GET instances
-streamed out of it. This module is its host, where the decisions live: each received batch is
-committed (``_commit_received``, a group commit making it durable before any C-STORE-RSP);
-access policy, identifiers and the index's query engine answer C-FIND (``_find``) and select
-what C-GET and C-MOVE retrieve (``_select``); pydicom decodes what a peer cannot take as stored
-(``_transcode``); C-MOVE's sub-operations go to the destination over an association made here
-with pynetdicom as SCU (``_move``). The listener logs every association and request on a line.
+negotiation, PDUs, DIMSE, C-STORE data sets streamed into the pack store (durable in the pack
+log before any C-STORE-RSP, indexed by the archive's applier) and C-GET instances streamed out
+of it. This module is its host, where the decisions live: access policy, identifiers and the
+index's query engine answer C-FIND (``_find``) and select what C-GET and C-MOVE retrieve
+(``_select``); pydicom decodes what a peer cannot take as stored (``_transcode``); C-MOVE's
+sub-operations go to the destination over an association made here with pynetdicom as SCU
+(``_move``). The listener logs every association and request on a line.
 """
 
 from __future__ import annotations
@@ -123,7 +123,6 @@ class DicomServer:
             timeout_s=float(NETWORK_TIMEOUT),
             implementation_class_uid=contexts.IMPLEMENTATION_CLASS_UID,
             implementation_version_name=contexts.IMPLEMENTATION_VERSION_NAME,
-            commit=self._commit_received,
             log=log.log,
             select=self._select_for_get,
             transcode=self._transcode,
@@ -140,16 +139,6 @@ class DicomServer:
             self._listener.stop()
             self._listener = None
         self.ae.shutdown()
-
-    def _commit_received(self, items: list[dict]) -> list[int]:
-        """One group commit for instances the listener received: a status for each."""
-        try:
-            entries = [self.archive.entry(i, f"{i['calling_ae']}@{i['address']}") for i in items]
-            self.archive.commit(entries)
-        except Exception as e:  # the index or the disk: nothing of the batch is acknowledged
-            log.error("commit of %d received instances failed: %s", len(items), e)
-            return [OUT_OF_RESOURCES] * len(items)
-        return [SUCCESS] * len(items)
 
     def _allowed(self, aet: str, host: str, service: str) -> bool:
         if self.policy.allows(aet, host, service):

@@ -4,9 +4,12 @@ that spans the two (ingest, export, delete, verify, reindex, gc, repack).
 Layout of a root: ``packs/`` (append-only pack files), ``blobs/`` (the blob index, LMDB, owned
 by the Rust store), ``index/`` (the patient/study/series/instance index, LMDB) and ``LOCK``.
 The packs are the archive's log. An instance is acknowledged once its blobs and its manifest
-record (everything its index entry is made from) are fsynced in a pack: ``Archive.commit``
-persists them inside the index's write transaction, which also records how far into the
-packs the index is. The LMDB indexes are not fsynced per commit but checkpointed every
+record (everything its index entry is made from) are fsynced in a pack. The index records how
+far into the packs it has applied, and applies the log in its order: the DICOM listener
+appends in Rust and acknowledges at once, leaving the records to this archive's applier
+thread (a read waits until what was acknowledged before it is applied); ``Archive.commit``
+(import, STOW-RS, uploads) and ``delete`` append inside the index's write transaction, with
+the listener held off. The LMDB indexes are not fsynced per commit but checkpointed every
 ``sync_interval_ms``; whatever of the log a crash took from them is replayed from the packs
 when the archive opens. So a crash at any point leaves every acknowledged instance indexed.
 """
@@ -20,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -91,7 +95,7 @@ def utc_now() -> str:
 
 
 def _annotations(entry: InstanceEntry) -> bytes:
-    return msgpack.packb({"received_at": entry.received_at, "source": entry.source})
+    return _native.annotations(entry.received_at, entry.source)
 
 
 class Archive:
@@ -115,7 +119,10 @@ class Archive:
         for message in self.store.recovery:
             log.warning("store recovery: %s", message)
         self.index = Index(
-            self.root / "index", map_size=int(settings["index"]["map_size"]), sync=False
+            self.root / "index",
+            map_size=int(settings["index"]["map_size"]),
+            sync=False,
+            barrier=self.store.received_barrier,
         )
         self._settle_marks()
         replayed = self.replay(self.index.applied())
@@ -143,6 +150,10 @@ class Archive:
             "dicomvault_commit_seconds",
             "Duration of group commits: fsync of the packs and the index transaction.",
         )
+        self._applier = threading.Thread(
+            target=self._apply_received, name="index-applier", daemon=True
+        )
+        self._applier.start()
         self._closing = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop,
@@ -166,6 +177,8 @@ class Archive:
 
     def close(self) -> None:
         self._committer.close()
+        self.store.close_received()
+        self._applier.join()
         self._closing.set()
         self._checkpointer.join()
         self.checkpoint()
@@ -203,16 +216,53 @@ class Archive:
         """Makes a batch durable: manifests and blobs first, then one index transaction."""
 
         def persist(new: list[InstanceEntry]) -> list[tuple[int, int]]:
-            return self.store.persist([(e.manifest, _annotations(e)) for e in new])
+            return self.store.persist([(e.manifest, _annotations(e)) for e in new]) if new else []
 
+        with self._log_order():
+            return self._index(entries, persist)
+
+    def _index(
+        self,
+        entries: Sequence[InstanceEntry],
+        before_commit: Callable[[list[InstanceEntry]], list[tuple[int, int]]],
+    ) -> list[CommitOutcome]:
         started = time.perf_counter()
-        outcomes = self.index.commit(entries, before_commit=persist)
+        outcomes = self.index.commit(entries, before_commit=before_commit)
         self.commit_seconds.observe(time.perf_counter() - started)
         for entry, outcome in zip(entries, outcomes, strict=True):
             self.ingested.inc(outcome.status)
             if outcome.status == "stored":
                 self.ingested_bytes.inc(amount=entry.size)
         return outcomes
+
+    @contextmanager
+    def _log_order(self) -> Iterator[None]:
+        """Appending to the log and applying it in one step, with the listener held off and
+        everything it acknowledged applied: the index's marks advance in log order."""
+        self.store.begin_exclusive()
+        try:
+            yield
+        finally:
+            self.store.end_exclusive()
+
+    def _apply_received(self) -> None:
+        """The applier: indexes what the listener acknowledged, in log order, until close.
+        A batch that fails stays in the packs beyond the index's marks, replayed at the next
+        open."""
+        while (taken := self.store.take_received()) is not None:
+            through, received = taken
+            try:
+                entries = [self.entry(i, i["source"], i["received_at"]) for _, _, i in received]
+                positions = [(pack, end) for pack, end, _ in received]
+                self._index(entries, lambda _new, positions=positions: positions)
+            except Exception as e:  # the index (a full map, a failing disk)
+                log.error(
+                    "indexing %d received instances failed (replayed at the next open): %s",
+                    len(received),
+                    e,
+                )
+            finally:
+                self.store.received_applied(through)
 
     def submit(self, entry: InstanceEntry) -> Future[CommitOutcome]:
         """Queues an instance for the next group commit."""
@@ -345,7 +395,8 @@ class Archive:
         def tombstone(removed: list[Record]) -> list[tuple[int, int]]:
             return self.store.tombstone([(r.manifest, r.key) for r in removed if r.manifest])
 
-        return self.index.delete(record.level, record.key, before_commit=tombstone)
+        with self._log_order():
+            return self.index.delete(record.level, record.key, before_commit=tombstone)
 
     def verify(self) -> tuple[dict, list[Defect]]:
         """Re-hashes every blob, then checks every instance's manifest and index record.
@@ -470,7 +521,9 @@ class Archive:
     ) -> dict:
         def on_event(kind: str, pack: int, bytes_before: int, bytes_after: int) -> None:
             if kind == "claim":
-                # Before gc writes into it: its records are copies the index already reflects.
+                # Before gc writes into it: its records are copies the index already reflects
+                # (once the applier has applied what the listener acknowledged).
+                self.store.received_barrier()
                 self.index.set_applied({pack: _WHOLE_PACK})
                 return
             self.index.set_applied({pack: None})

@@ -1,0 +1,146 @@
+//! The backlog: records durable in the pack log that the index has not applied yet, in log
+//! order.
+//!
+//! The packs are the archive's log and the index records how far into them it has applied
+//! (per pack, an end offset). A writer appends records and acknowledges them once they are
+//! durable; the index applies them later, in the order they were appended, so that its marks
+//! only ever advance over records it holds. A crash in between loses nothing: whatever lies
+//! beyond the marks is replayed from the packs when the archive opens.
+//!
+//! Three kinds of callers meet here: writers (`append`: one at a time, so that the log order
+//! is the backlog's order), the index's applier (`take`, then `applied`), and readers
+//! (`barrier`: what was acknowledged before a read is visible to it). `begin_exclusive` holds
+//! writers off with an empty backlog, for callers that append and apply in one step.
+
+use std::io;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// Where a record ends in the pack log: (pack, offset).
+pub type Position = (u32, u64);
+
+pub struct Backlog<T> {
+    state: Mutex<State<T>>,
+    changed: Condvar,
+}
+
+struct State<T> {
+    /// A writer is appending, or an exclusive section is open.
+    busy: bool,
+    closed: bool,
+    /// Batches appended, and batches the applier has finished with.
+    appended: u64,
+    applied: u64,
+    pending: Vec<(Position, T)>,
+}
+
+impl<T> Default for Backlog<T> {
+    fn default() -> Self {
+        Backlog {
+            state: Mutex::new(State {
+                busy: false,
+                closed: false,
+                appended: 0,
+                applied: 0,
+                pending: Vec::new(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl<T> Backlog<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, State<T>>) -> MutexGuard<'a, State<T>> {
+        self.changed.wait(guard).unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_idle(&self) -> MutexGuard<'_, State<T>> {
+        let mut state = self.lock();
+        while state.busy {
+            state = self.wait(state);
+        }
+        state
+    }
+
+    /// Appends `items` to the log with `persist` (which makes them durable and says where
+    /// each ends) and queues them for the applier. Writers take turns, so that the queue's
+    /// order is the log's.
+    pub fn append(
+        &self,
+        items: Vec<T>,
+        persist: impl FnOnce(&[T]) -> io::Result<Vec<Position>>,
+    ) -> io::Result<()> {
+        let mut state = self.wait_idle();
+        if state.closed {
+            return Err(io::Error::other("the archive is closing"));
+        }
+        state.busy = true;
+        drop(state);
+        let persisted = persist(&items);
+        let mut state = self.lock();
+        state.busy = false;
+        let result = persisted.and_then(|positions| {
+            if positions.len() != items.len() {
+                return Err(io::Error::other("persist returned a position per item"));
+            }
+            state.pending.extend(positions.into_iter().zip(items));
+            state.appended += 1;
+            Ok(())
+        });
+        self.changed.notify_all();
+        result
+    }
+
+    /// Everything queued, oldest first, with the count to pass to `applied` once it is in the
+    /// index; None once the backlog is closed and empty.
+    pub fn take(&self) -> Option<(u64, Vec<(Position, T)>)> {
+        let mut state = self.lock();
+        while state.pending.is_empty() {
+            if state.closed {
+                return None;
+            }
+            state = self.wait(state);
+        }
+        Some((state.appended, std::mem::take(&mut state.pending)))
+    }
+
+    /// The applier is done with what `take` returned (applied, or failed and left to replay).
+    pub fn applied(&self, through: u64) {
+        let mut state = self.lock();
+        state.applied = state.applied.max(through);
+        self.changed.notify_all();
+    }
+
+    /// Returns once everything appended before the call has been applied.
+    pub fn barrier(&self) {
+        let mut state = self.lock();
+        let target = state.appended;
+        while state.applied < target {
+            state = self.wait(state);
+        }
+    }
+
+    /// Waits for the writer in progress, holds the next ones off, and waits for the applier
+    /// to finish the backlog: until `end_exclusive`, the log and the index agree.
+    pub fn begin_exclusive(&self) {
+        let mut state = self.wait_idle();
+        state.busy = true;
+        while state.applied < state.appended {
+            state = self.wait(state);
+        }
+    }
+
+    pub fn end_exclusive(&self) {
+        self.lock().busy = false;
+        self.changed.notify_all();
+    }
+
+    /// No more appends; `take` returns None once the applier has taken the rest.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+}

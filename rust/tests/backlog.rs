@@ -1,0 +1,110 @@
+//! The backlog keeps the log's order for the applier, makes readers wait for what was
+//! acknowledged before them, and holds writers off during an exclusive section.
+
+use dicomvault_native::backlog::{Backlog, Position};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// Persists by handing out increasing offsets in pack 1, as the pack log does.
+fn persist(next: &AtomicU64) -> impl FnOnce(&[u32]) -> io::Result<Vec<Position>> + '_ {
+    move |items| {
+        Ok(items
+            .iter()
+            .map(|_| (1, next.fetch_add(1, Ordering::SeqCst) + 1))
+            .collect())
+    }
+}
+
+#[test]
+fn the_applier_takes_batches_in_the_order_writers_appended_them() {
+    let backlog = Arc::new(Backlog::<u32>::default());
+    let offsets = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (backlog, offsets) = (backlog.clone(), offsets.clone());
+            thread::spawn(move || {
+                for i in 0..50 {
+                    backlog
+                        .append(vec![w * 1000 + i, w * 1000 + i], persist(&offsets))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    while seen.len() < 400 {
+        let (through, taken) = backlog.take().unwrap();
+        seen.extend(taken.iter().map(|(position, _)| position.1));
+        backlog.applied(through);
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(seen, (1..=400).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_barrier_waits_for_what_was_appended_before_it_only() {
+    let backlog = Arc::new(Backlog::<u32>::default());
+    let offsets = AtomicU64::new(0);
+    backlog.append(vec![1], persist(&offsets)).unwrap();
+    let reader = {
+        let backlog = backlog.clone();
+        thread::spawn(move || backlog.barrier())
+    };
+    thread::sleep(Duration::from_millis(100));
+    assert!(
+        !reader.is_finished(),
+        "returned before the append was applied"
+    );
+    let (through, _) = backlog.take().unwrap();
+    backlog.append(vec![2], persist(&offsets)).unwrap(); // after the barrier began
+    backlog.applied(through);
+    reader.join().unwrap();
+}
+
+#[test]
+fn an_exclusive_section_waits_for_the_applier_and_holds_writers_off() {
+    let backlog = Arc::new(Backlog::<u32>::default());
+    let offsets = Arc::new(AtomicU64::new(0));
+    backlog.append(vec![1], persist(&offsets)).unwrap();
+    let exclusive = {
+        let backlog = backlog.clone();
+        thread::spawn(move || backlog.begin_exclusive())
+    };
+    thread::sleep(Duration::from_millis(100));
+    assert!(
+        !exclusive.is_finished(),
+        "began with the backlog not applied"
+    );
+    let (through, _) = backlog.take().unwrap();
+    backlog.applied(through);
+    exclusive.join().unwrap();
+    let writer = {
+        let (backlog, offsets) = (backlog.clone(), offsets.clone());
+        thread::spawn(move || backlog.append(vec![2], persist(&offsets)).unwrap())
+    };
+    thread::sleep(Duration::from_millis(100));
+    assert!(
+        !writer.is_finished(),
+        "appended during the exclusive section"
+    );
+    backlog.end_exclusive();
+    writer.join().unwrap();
+    assert_eq!(backlog.take().unwrap().1, vec![((1, 2), 2)]);
+}
+
+#[test]
+fn a_failed_persist_queues_nothing_and_a_closed_backlog_refuses_appends() {
+    let backlog = Backlog::<u32>::default();
+    let failed = backlog.append(vec![1], |_| Err(io::Error::other("disk full")));
+    assert!(failed.is_err());
+    backlog.barrier(); // nothing was acknowledged: nothing to wait for
+    backlog.close();
+    assert!(backlog.take().is_none());
+    let offsets = AtomicU64::new(0);
+    assert!(backlog.append(vec![2], persist(&offsets)).is_err());
+}
