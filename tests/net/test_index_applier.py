@@ -111,3 +111,30 @@ def test_what_the_applier_failed_to_index_is_replayed_at_the_next_open(tmp_path)
     listed = cli.ls("instances")
     assert {i["key"] for i in listed} == {c.sop_instance_uid for c in corpus}
     assert cli.run("verify").returncode == 0
+
+
+def test_a_failed_batch_is_not_passed_by_the_marks_of_later_ones(serving, tmp_path, monkeypatch):
+    archive, peer = serving
+    corpus = ct_corpus(tmp_path / "ct", 3, rows=32, columns=32)
+    original = Index.commit
+    calls: list[int] = []
+
+    def commit(index: Index, entries, before_commit=None):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "index-applier":
+            calls.append(len(entries))
+            if len(calls) == 1:
+                raise OSError("the index's disk failed")
+        return original(index, entries, before_commit=before_commit)
+
+    monkeypatch.setattr(Index, "commit", commit)
+    for instance in corpus:  # one association each: one batch each
+        storescu(peer, [instance.path])
+    indexed = {r.key for r in archive.instances()}
+    assert indexed == {c.sop_instance_uid for c in corpus[1:]}
+    # The marks stayed before the failed record: opening the archive replays from there.
+    pending = archive.store.history(archive.index.applied())
+    assert len(pending) == 3
+    archive.replay(archive.index.applied())
+    assert {r.key for r in archive.instances()} == {c.sop_instance_uid for c in corpus}
+    with pytest.raises(RuntimeError, match="restart"):
+        archive.repack("none", 3)

@@ -159,6 +159,7 @@ class Index:
         self._ix = self.env.open_db(b"ix")
         self._meta = self.env.open_db(b"meta")
         self._barrier = barrier
+        self.marks_frozen = False
         # Counts records decoded: lets tests prove that indexed keys use key ranges.
         self.records_read = 0
 
@@ -224,8 +225,15 @@ class Index:
                     k = self._ix_key(b"mis", modality, record.key)
                     txn.put(k, b"", db=self._ix) if add else txn.delete(k, db=self._ix)
 
+    def freeze_marks(self) -> None:
+        """Stops advancing the marks of applied log positions, for this process's lifetime:
+        part of the log could not be applied, and a mark that passed it would keep it from
+        being replayed. What is applied from now on is replayed again at the next open
+        (harmless: a duplicate keeps the first)."""
+        self.marks_frozen = True
+
     def _advance(self, txn: lmdb.Transaction, positions: Positions | None) -> None:
-        if not positions:
+        if not positions or self.marks_frozen:
             return
         applied = self._applied(txn)
         for pack, end in positions:

@@ -247,8 +247,8 @@ class Archive:
 
     def _apply_received(self) -> None:
         """The applier: indexes what the listener acknowledged, in log order, until close.
-        A batch that fails stays in the packs beyond the index's marks, replayed at the next
-        open."""
+        A batch that fails stays in the packs beyond the index's marks, which stop advancing,
+        and is replayed at the next open."""
         while (taken := self.store.take_received()) is not None:
             through, received = taken
             try:
@@ -256,6 +256,7 @@ class Archive:
                 positions = [(pack, end) for pack, end, _ in received]
                 self._index(entries, lambda _new, positions=positions: positions)
             except Exception as e:  # the index (a full map, a failing disk)
+                self.index.freeze_marks()
                 log.error(
                     "indexing %d received instances failed (replayed at the next open): %s",
                     len(received),
@@ -519,6 +520,13 @@ class Archive:
         level: int,
         progress: Callable[[PackRewritten], None] | None,
     ) -> dict:
+        if self.index.marks_frozen:
+            # A claimed pack counts as applied whole: copies of records the index lacks would
+            # never be replayed.
+            raise RuntimeError(
+                "part of the pack log could not be indexed; restart to replay it before a gc"
+            )
+
         def on_event(kind: str, pack: int, bytes_before: int, bytes_after: int) -> None:
             if kind == "claim":
                 # Before gc writes into it: its records are copies the index already reflects
