@@ -607,8 +607,9 @@ impl Store {
     }
 }
 
-/// The Python side of the DICOM listener: the archive commits what it received, the server
-/// selects, matches, decodes and moves for queries, Python's logging records what it did.
+/// The Python side of the DICOM listener: the server selects, matches, decodes and moves for
+/// queries, Python's logging records what it did. (What it received goes to the store's
+/// backlog, which the archive's applier indexes.)
 struct PyHost {
     log: Py<PyAny>,
     select: Py<PyAny>,
@@ -828,8 +829,9 @@ impl scp::Host for PyHost {
 /// A query refused for a failure of the host itself (PS3.4 C.4: Unable to process).
 const UNABLE_TO_PROCESS: u16 = 0xC000;
 
-/// The DICOM listener (see `rust/src/scp.rs`): serves every association with `store`, commits
-/// through `commit(items) -> statuses`, logs through `log(level, message)`, selects what a C-GET
+/// The DICOM listener (see `rust/src/scp.rs`): serves every association with `store`, appends
+/// what it receives to the pack log and leaves it in the store's backlog for the index
+/// (`Store.take_received`), logs through `log(level, message)`, selects what a C-GET
 /// retrieves through `select(calling_ae, address, model, transfer_syntax, identifier) ->
 /// (status, [(sop_class, sop_instance, transfer_syntax, dataset_offset, manifest)])` and
 /// decodes an instance the peer cannot take as stored through `transcode(sop_class,
