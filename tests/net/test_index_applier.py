@@ -5,6 +5,7 @@ replayed when the archive opens."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,22 @@ def test_a_failed_batch_is_not_passed_by_the_marks_of_later_ones(serving, tmp_pa
     assert {r.key for r in archive.instances()} == {c.sop_instance_uid for c in corpus}
     with pytest.raises(RuntimeError, match="restart"):
         archive.repack("none", 3)
+
+
+def test_a_kill_right_after_the_responses_loses_nothing_acknowledged(tmp_path):
+    server = Server(tmp_path, {}).start()
+    corpus = ct_corpus(tmp_path / "ct", 20, rows=64, columns=64)
+    result = storescu(server, [c.path for c in corpus])
+    assert result.stderr.count("Received Store Response (Success)") == 20
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGKILL)  # the index may not have applied the last ones
+    server.proc.wait()
+    server.proc = None
+    server.log_file.close()
+    server.start()
+    try:
+        listed = {i["key"] for i in server.cli.ls("instances")}
+        assert listed == {c.sop_instance_uid for c in corpus}
+        assert server.run("verify").returncode == 0
+    finally:
+        assert server.stop() == 0
