@@ -305,7 +305,7 @@ struct Inner {
 /// so a commit that follows finds little left to flush: its fsync, which a C-STORE-RSP waits
 /// for, takes a fraction of what flushing the whole instance at once would.
 struct EarlySync {
-    files: Mutex<mpsc::Sender<Arc<File>>>,
+    files: mpsc::Sender<Arc<File>>,
     /// The first failure, sticky: Linux reports a writeback error to one fsync only, so a
     /// commit must not take the next fsync's success for durability.
     failed: Arc<Mutex<Option<String>>>,
@@ -334,14 +334,14 @@ impl EarlySync {
                 }
             })?;
         Ok(EarlySync {
-            files: Mutex::new(sender),
+            files: sender,
             failed,
         })
     }
 
     fn request(&self, file: &Arc<File>) {
         // The thread is gone only if it panicked: the commit's fsync then does all the work.
-        let _ = lock(&self.files).send(file.clone());
+        let _ = self.files.send(file.clone());
     }
 
     fn check(&self) -> io::Result<()> {

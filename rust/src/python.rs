@@ -384,7 +384,7 @@ impl Store {
 
     /// For the index's applier: the instances the listener made durable since the last call,
     /// oldest first, as (count to pass to `received_applied`, [(pack, end, ingested)]) where
-    /// each ingested dict also has calling_ae, address, source and received_at; None once
+    /// each ingested dict also has source (`AE@address`) and received_at; None once
     /// `close_received` was called and all were taken. Blocks until there is something.
     #[allow(clippy::type_complexity)]
     fn take_received<'py>(
@@ -398,8 +398,6 @@ impl Store {
             .into_iter()
             .map(|((pack, end), r)| {
                 let d = ingested_dict(py, &r.ingested)?;
-                d.set_item(intern!(py, "calling_ae"), &r.calling_ae)?;
-                d.set_item(intern!(py, "address"), &r.address)?;
                 d.set_item(intern!(py, "source"), r.source())?;
                 d.set_item(intern!(py, "received_at"), &r.received_at)?;
                 Ok((pack, end, d))

@@ -18,6 +18,15 @@ fn persist(next: &AtomicU64) -> impl FnOnce(&[u32]) -> io::Result<Vec<Position>>
     }
 }
 
+/// Runs `call` on its own thread; asserts (`what` says why) that it is still blocked a while
+/// later.
+fn blocked(what: &str, call: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {
+    let handle = thread::spawn(call);
+    thread::sleep(Duration::from_millis(100));
+    assert!(!handle.is_finished(), "{what}");
+    handle
+}
+
 #[test]
 fn the_applier_takes_batches_in_the_order_writers_appended_them() {
     let backlog = Arc::new(Backlog::<u32>::default());
@@ -53,13 +62,10 @@ fn a_barrier_waits_for_what_was_appended_before_it_only() {
     backlog.append(vec![1], persist(&offsets)).unwrap();
     let reader = {
         let backlog = backlog.clone();
-        thread::spawn(move || backlog.barrier())
+        blocked("returned before the append was applied", move || {
+            backlog.barrier()
+        })
     };
-    thread::sleep(Duration::from_millis(100));
-    assert!(
-        !reader.is_finished(),
-        "returned before the append was applied"
-    );
     let (through, _) = backlog.take().unwrap();
     backlog.append(vec![2], persist(&offsets)).unwrap(); // after the barrier began
     backlog.applied(through);
@@ -73,25 +79,19 @@ fn an_exclusive_section_waits_for_the_applier_and_holds_writers_off() {
     backlog.append(vec![1], persist(&offsets)).unwrap();
     let exclusive = {
         let backlog = backlog.clone();
-        thread::spawn(move || backlog.begin_exclusive())
+        blocked("began with the backlog not applied", move || {
+            backlog.begin_exclusive()
+        })
     };
-    thread::sleep(Duration::from_millis(100));
-    assert!(
-        !exclusive.is_finished(),
-        "began with the backlog not applied"
-    );
     let (through, _) = backlog.take().unwrap();
     backlog.applied(through);
     exclusive.join().unwrap();
     let writer = {
         let (backlog, offsets) = (backlog.clone(), offsets.clone());
-        thread::spawn(move || backlog.append(vec![2], persist(&offsets)).unwrap())
+        blocked("appended during the exclusive section", move || {
+            backlog.append(vec![2], persist(&offsets)).unwrap()
+        })
     };
-    thread::sleep(Duration::from_millis(100));
-    assert!(
-        !writer.is_finished(),
-        "appended during the exclusive section"
-    );
     backlog.end_exclusive();
     writer.join().unwrap();
     assert_eq!(backlog.take().unwrap().1, vec![((1, 2), 2)]);
