@@ -1,0 +1,158 @@
+//! Reading blobs, frames and whole instances back out of the packs, each record checked.
+
+use super::{hex, invalid, Location, Store};
+use crate::manifest::{Hash, Manifest};
+use crate::pack;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+impl Store {
+    /// Reads and checks one record: header, checksum, hash and (for blobs) decoded length.
+    fn read_record(&self, hash: &Hash, loc: &Location, verify_hash: bool) -> io::Result<Vec<u8>> {
+        let file = self.pack_file(loc.pack)?;
+        let header = pack::read_record_header(&file, loc.offset, file.metadata()?.len())
+            .map_err(|why| invalid(format!("blob {}: {why}", hex(hash))))?;
+        if header.hash != *hash
+            || header.stored_len != loc.stored_len
+            || header.raw_len != loc.raw_len
+        {
+            return Err(invalid(format!(
+                "blob {}: the pack holds another record at its place",
+                hex(hash)
+            )));
+        }
+        let stored = pack::read_payload(&file, loc.offset, &header)
+            .map_err(|why| invalid(format!("blob {}: {why}", hex(hash))))?;
+        let raw = pack::decode_payload(&header, stored)
+            .map_err(|why| invalid(format!("blob {}: {why}", hex(hash))))?;
+        if verify_hash && blake3::hash(&raw).as_bytes() != hash {
+            return Err(invalid(format!(
+                "blob {}: content does not match its hash",
+                hex(hash)
+            )));
+        }
+        Ok(raw)
+    }
+
+    pub fn read_blob(&self, hash: &Hash) -> io::Result<Vec<u8>> {
+        let loc = self.location(hash)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("blob {} is not in the store", hex(hash)),
+            )
+        })?;
+        self.read_found(hash, loc, false)
+    }
+
+    /// [`Store::read_record`] at `loc`, or where the record went: a gc that moved it and
+    /// removed its pack after `loc` was looked up has pointed the blob index at its copy.
+    pub(super) fn read_found(
+        &self,
+        hash: &Hash,
+        mut loc: Location,
+        verify_hash: bool,
+    ) -> io::Result<Vec<u8>> {
+        loop {
+            match self.read_record(hash, &loc, verify_hash) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match self.location(hash)? {
+                    Some(moved) if moved != loc => loc = moved,
+                    _ => return Err(e),
+                },
+                read => return read,
+            }
+        }
+    }
+
+    /// Hands the instance's bytes from `start` on to `f`, one blob at a time.
+    pub fn for_each_chunk(
+        &self,
+        manifest: &Manifest,
+        start: u64,
+        mut f: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut at = 0u64;
+        for blob in &manifest.blobs {
+            let end = at + blob.length;
+            if end > start {
+                let data = self.read_blob(&blob.hash)?;
+                if data.len() as u64 != blob.length {
+                    return Err(invalid(format!(
+                        "blob {} has {} bytes, the manifest says {}",
+                        hex(&blob.hash),
+                        data.len(),
+                        blob.length
+                    )));
+                }
+                let skip = start.saturating_sub(at) as usize;
+                f(&data[skip..])?;
+            }
+            at = end;
+        }
+        Ok(())
+    }
+
+    pub fn read_instance(&self, manifest: &Manifest, start: u64) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(manifest.total_length.saturating_sub(start) as usize);
+        self.for_each_chunk(manifest, start, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Writes the instance to `path` (through a temporary file, so a reader never sees half).
+    pub fn export(&self, manifest: &Manifest, path: &Path) -> io::Result<()> {
+        let tmp = path.with_extension("dvtmp");
+        let file = File::create(&tmp)?;
+        let mut offset = 0u64;
+        let written = self.for_each_chunk(manifest, 0, |chunk| {
+            file.write_all_at(chunk, offset)?;
+            offset += chunk.len() as u64;
+            Ok(())
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, path)
+    }
+
+    /// The pixel bytes of one frame: native values, or the encapsulated frame's fragments
+    /// concatenated (item headers removed).
+    pub fn read_frame(&self, manifest: &Manifest, index: u32) -> io::Result<Vec<u8>> {
+        if !manifest.frames_resolved {
+            return Err(invalid("the frames of this instance cannot be told apart (no offset table, no frame markers)"));
+        }
+        let blobs = manifest.frame_blobs(index).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "frame {index} is not in the instance ({} frames)",
+                    manifest.frame_count()
+                ),
+            )
+        })?;
+        let mut data = Vec::new();
+        for b in blobs {
+            data.extend_from_slice(&self.read_blob(&b.hash)?);
+        }
+        if !manifest.encapsulated {
+            return Ok(data);
+        }
+        let mut out = Vec::with_capacity(data.len());
+        let mut at = 0usize;
+        while at + 8 <= data.len() {
+            let length =
+                u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+            let end = (at + 8)
+                .checked_add(length)
+                .filter(|&e| e <= data.len())
+                .ok_or_else(|| invalid("fragment runs past its frame"))?;
+            out.extend_from_slice(&data[at + 8..end]);
+            at = end;
+        }
+        Ok(out)
+    }
+}
