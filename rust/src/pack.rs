@@ -228,29 +228,115 @@ pub struct Found {
     pub header: RecordHeader,
 }
 
-/// Walks the records of a pack from `from`, checking each header and (if `check_payload`) its
-/// payload CRC. Stops at the first record that is not whole and valid, returning the records
-/// before it and the offset where the valid part ends.
-pub fn walk(
-    file: &File,
-    from: u64,
-    check_payload: bool,
-) -> io::Result<(Vec<Found>, u64, Option<String>)> {
-    let end = file.metadata()?.len();
+/// A stretch of a pack that holds no whole, valid record: a record whose payload fails its
+/// checksum (its header, hence its hash and length, intact), or bytes between two records that
+/// no valid header starts (a damaged header: its length is unknown).
+#[derive(Debug, Clone)]
+pub struct Damage {
+    pub offset: u64,
+    pub len: u64,
+    pub header: Option<RecordHeader>,
+    pub why: String,
+}
+
+/// What [`walk`] found in a pack.
+#[derive(Debug, Clone, Default)]
+pub struct Walk {
+    pub found: Vec<Found>,
+    /// Damaged records and stretches, each followed by a valid record (never a tail).
+    pub damaged: Vec<Damage>,
+    /// What follows the last valid record when no valid record comes after it: the tail a
+    /// crash tore (or damage at the very end; both are set aside, never taken for records).
+    pub torn: Option<Damage>,
+    /// Where the valid part ends: `to`, or where the torn tail starts.
+    pub end: u64,
+}
+
+/// Walks the records of a pack between `from` (a record boundary) and `to`, checking each
+/// header and (if `check_payload`) its payload's checksum. The record format is
+/// self-describing, so damage never ends the walk: a record whose payload fails is skipped
+/// by its length, and past a header that cannot be read the walk resumes at the next valid
+/// record header. Only a stretch with no valid record after it is a torn tail.
+pub fn walk(file: &File, from: u64, to: u64, check_payload: bool) -> io::Result<Walk> {
+    let mut walk = Walk {
+        end: to,
+        ..Walk::default()
+    };
     let mut offset = from;
-    let mut found = Vec::new();
-    while offset < end {
-        let header = match read_record_header(file, offset, end) {
-            Ok(h) => h,
-            Err(why) => return Ok((found, offset, Some(why))),
+    while offset < to {
+        let header = match read_record_header(file, offset, to) {
+            Ok(header) => header,
+            Err(why) => match next_record(file, offset + 1, to)? {
+                Some(next) => {
+                    walk.damaged.push(Damage {
+                        offset,
+                        len: next - offset,
+                        header: None,
+                        why,
+                    });
+                    offset = next;
+                    continue;
+                }
+                None => {
+                    walk.torn = Some(Damage {
+                        offset,
+                        len: to - offset,
+                        header: None,
+                        why,
+                    });
+                    walk.end = offset;
+                    break;
+                }
+            },
         };
         if check_payload {
             if let Err(why) = read_payload(file, offset, &header) {
-                return Ok((found, offset, Some(why)));
+                walk.damaged.push(Damage {
+                    offset,
+                    len: header.record_len(),
+                    header: Some(header),
+                    why,
+                });
+                offset += header.record_len();
+                continue;
             }
         }
-        found.push(Found { offset, header });
+        walk.found.push(Found { offset, header });
         offset += header.record_len();
     }
-    Ok((found, offset, None))
+    Ok(walk)
+}
+
+/// The offset of the first valid record header (checksum right, payload inside `to`) at or
+/// after `from`.
+fn next_record(file: &File, from: u64, to: u64) -> io::Result<Option<u64>> {
+    const WINDOW: u64 = 1 << 20;
+    let mut buf = Vec::new();
+    let mut start = from;
+    while start + RECORD_HEADER_LEN <= to {
+        // Each window overlaps the next by a header, so no header is missed at its edge;
+        // candidates in the overlap are left to the next window.
+        let len = (WINDOW + RECORD_HEADER_LEN).min(to - start);
+        buf.resize(len as usize, 0);
+        file.read_exact_at(&mut buf, start)?;
+        for at in memchr::memmem::find_iter(&buf, RECORD_MAGIC) {
+            if at as u64 >= WINDOW {
+                break;
+            }
+            let offset = start + at as u64;
+            let Some(bytes) = buf.get(at..at + RECORD_HEADER_LEN as usize) else {
+                break;
+            };
+            let fits = RecordHeader::decode(bytes).is_ok_and(|h| {
+                offset
+                    .checked_add(h.record_len())
+                    .is_some_and(|end| end <= to)
+            });
+            if fits {
+                return Ok(Some(offset));
+            }
+        }
+        start += WINDOW;
+    }
+    Ok(None)
 }

@@ -4,7 +4,7 @@
 use crate::backlog::Backlog;
 use crate::cas::{self, GcEvent, Ingested, Store as CoreStore, StoreConfig, SyncMode};
 use crate::manifest::Manifest;
-use crate::pack::Codec;
+use crate::pack::{Codec, RecordKind};
 use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
 use crate::{dimse, scp};
 use pyo3::create_exception;
@@ -30,6 +30,75 @@ create_exception!(
     PyValueError,
     "Manifest bytes that do not decode."
 );
+
+create_exception!(
+    _native,
+    DamagedError,
+    PyOSError,
+    "A stored record an instance is made of is missing or fails its checks (checksum, length, \
+     hash): the instance cannot be read as it was stored."
+);
+
+/// A read's error: damage (InvalidData from the store) as DamagedError, the rest as OSError.
+fn read_error(e: std::io::Error) -> PyErr {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => DamagedError::new_err(e.to_string()),
+        _ => e.into(),
+    }
+}
+
+/// A damaged record or stretch of a pack (what `verify`, `reindex`, `gc` and opening report).
+#[pyclass(frozen, get_all, module = "dicomvault._native")]
+struct Damage {
+    pack: u32,
+    offset: u64,
+    length: u64,
+    /// Hex hash and kind ("blob", "manifest", "tombstone") when the record's header is intact.
+    hash: Option<String>,
+    kind: Option<&'static str>,
+    why: String,
+    /// A valid copy of the record is stored elsewhere: nothing depends on this one.
+    superseded: bool,
+    /// Where its bytes were moved, if they were.
+    quarantined: Option<PathBuf>,
+    /// One line saying all of the above.
+    message: String,
+}
+
+impl Damage {
+    fn from_report(r: &cas::DamageReport) -> Damage {
+        Damage {
+            pack: r.pack,
+            offset: r.offset,
+            length: r.len,
+            hash: r.hash.as_ref().map(cas::hex),
+            kind: r.kind.map(record_kind),
+            why: r.why.clone(),
+            superseded: r.superseded,
+            quarantined: r.quarantined.clone(),
+            message: r.message(),
+        }
+    }
+
+    fn list(reports: &[cas::DamageReport]) -> Vec<Damage> {
+        reports.iter().map(Damage::from_report).collect()
+    }
+}
+
+#[pymethods]
+impl Damage {
+    fn __repr__(&self) -> String {
+        format!("<Damage {}>", self.message)
+    }
+}
+
+fn record_kind(kind: RecordKind) -> &'static str {
+    match kind {
+        RecordKind::Blob => "blob",
+        RecordKind::Manifest => "manifest",
+        RecordKind::Tombstone => "tombstone",
+    }
+}
 
 fn feed_error(e: FeedError) -> PyErr {
     match e {
@@ -343,7 +412,8 @@ impl Store {
 
     /// Manifest and tombstone records after the given {pack: offset} marks, oldest first, from
     /// packs no other process is appending to: (kind, stamp, pack, end, annotations, manifest,
-    /// key) with kind "manifest" or "tombstone".
+    /// key) with kind "manifest" or "tombstone" — or "damaged", for a record that may have been
+    /// either but cannot be read (key then says where and why).
     fn history<'py>(
         &self,
         py: Python<'py>,
@@ -373,6 +443,18 @@ impl Store {
                     PyBytes::new(py, b""),
                     PyBytes::new(py, b""),
                     key,
+                ),
+                cas::HistoryKind::Damaged { kind, offset, why } => (
+                    "damaged",
+                    e.stamp,
+                    e.pack,
+                    e.end,
+                    PyBytes::new(py, b""),
+                    PyBytes::new(py, b""),
+                    format!(
+                        "{} at byte {offset}: {why}",
+                        kind.map_or("a record whose header cannot be read", record_kind)
+                    ),
                 ),
             })
             .collect())
@@ -444,7 +526,9 @@ impl Store {
         start: u64,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let m = decode_manifest(manifest)?;
-        let data = py.detach(|| self.core.read_instance(&m, start))?;
+        let data = py
+            .detach(|| self.core.read_instance(&m, start))
+            .map_err(read_error)?;
         Ok(PyBytes::new(py, &data))
     }
 
@@ -456,7 +540,9 @@ impl Store {
         index: u32,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let m = decode_manifest(manifest)?;
-        let data = py.detach(|| self.core.read_frame(&m, index))?;
+        let data = py
+            .detach(|| self.core.read_frame(&m, index))
+            .map_err(read_error)?;
         Ok(PyBytes::new(py, &data))
     }
 
@@ -473,24 +559,30 @@ impl Store {
         })
     }
 
+    /// Reads every blob of the instance and checks it (DamagedError if one fails), keeping
+    /// nothing: a response checks before its first byte.
+    fn check(&self, py: Python<'_>, manifest: &[u8]) -> PyResult<()> {
+        let m = decode_manifest(manifest)?;
+        py.detach(|| self.core.check_instance(&m))
+            .map_err(read_error)
+    }
+
     /// Writes the instance to a file, byte-identical to what was stored.
     fn export(&self, py: Python<'_>, manifest: &[u8], path: PathBuf) -> PyResult<()> {
         let m = decode_manifest(manifest)?;
-        Ok(py.detach(|| self.core.export(&m, &path))?)
+        py.detach(|| self.core.export(&m, &path))
+            .map_err(read_error)
     }
 
-    /// Re-hashes every record; returns {"records", "bytes", "bad": [(hash hex, reason)]}.
+    /// Re-reads every record of every pack and checks it; returns {"records", "bytes",
+    /// "damaged": [Damage]}. What it finds damaged is known as such from then on (a re-sent
+    /// copy is stored again).
     fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let report = py.detach(|| self.core.verify())?;
         let d = PyDict::new(py);
         d.set_item(intern!(py, "records"), report.records_checked)?;
         d.set_item(intern!(py, "bytes"), report.bytes_checked)?;
-        let bad: Vec<(String, String)> = report
-            .bad
-            .iter()
-            .map(|(h, why)| (cas::hex(h), why.clone()))
-            .collect();
-        d.set_item(intern!(py, "bad"), bad)?;
+        d.set_item(intern!(py, "damaged"), Damage::list(&report.damaged))?;
         Ok(d)
     }
 
@@ -509,7 +601,8 @@ impl Store {
         Ok(missing)
     }
 
-    /// Rescans an instance's header segment (what reindex indexes).
+    /// Rescans an instance's header segment (what reindex indexes). A header blob whose record
+    /// is damaged is read all the same, as far as it goes; "salvaged" then says so.
     fn rescan<'py>(&self, py: Python<'py>, manifest: &[u8]) -> PyResult<Bound<'py, PyDict>> {
         let m = decode_manifest(manifest)?;
         let mut options = self.core.file_options();
@@ -517,24 +610,39 @@ impl Store {
         if m.dataset_offset == 0 {
             options.transfer_syntax = Some(m.transfer_syntax.clone());
         }
-        let summary = py.detach(|| -> Result<Summary, FeedError> {
-            let mut parser = scan::Parser::new(options);
-            let mut sink = scan::NullSink;
-            for s in &m.segments {
-                if matches!(s.kind, SegmentKind::Frame(_) | SegmentKind::Trailer) {
-                    break;
+        let (summary, salvaged) = py
+            .detach(|| -> Result<(Summary, bool), FeedError> {
+                let mut parser = scan::Parser::new(options);
+                let mut sink = scan::NullSink;
+                let mut salvaged = false;
+                for s in &m.segments {
+                    if matches!(s.kind, SegmentKind::Frame(_) | SegmentKind::Trailer) {
+                        break;
+                    }
+                    let blobs =
+                        &m.blobs[s.first_blob as usize..(s.first_blob + s.blob_count) as usize];
+                    for b in blobs {
+                        let (data, damaged) = self.core.salvage_blob(&b.hash)?;
+                        salvaged |= damaged;
+                        parser.feed(&data, &mut sink)?;
+                    }
                 }
-                for b in &m.blobs[s.first_blob as usize..(s.first_blob + s.blob_count) as usize] {
-                    parser.feed(&self.core.read_blob(&b.hash)?, &mut sink)?;
-                }
-            }
-            parser.finish(&mut sink)
-        });
-        summary_dict(py, &summary.map_err(feed_error)?)
+                Ok((parser.finish(&mut sink)?, salvaged))
+            })
+            .map_err(feed_error)?;
+        let d = summary_dict(py, &summary)?;
+        d.set_item(intern!(py, "salvaged"), salvaged)?;
+        Ok(d)
     }
 
-    fn rebuild_blob_index(&self, py: Python<'_>) -> PyResult<u64> {
-        Ok(py.detach(|| self.core.rebuild_blob_index())?)
+    /// Rebuilds the blob index from the packs alone: {"records": indexed, "damaged":
+    /// [Damage]} (torn tails moved to the quarantine).
+    fn rebuild_blob_index<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let report = py.detach(|| self.core.rebuild_blob_index())?;
+        let d = PyDict::new(py);
+        d.set_item(intern!(py, "records"), report.records)?;
+        d.set_item(intern!(py, "damaged"), Damage::list(&report.damaged))?;
+        Ok(d)
     }
 
     /// Rewrites the packs, pack by pack, while the store is read and written: with `live`
@@ -587,6 +695,7 @@ impl Store {
             "missing",
             report.missing.iter().map(cas::hex).collect::<Vec<_>>(),
         )?;
+        d.set_item(intern!(py, "damaged"), Damage::list(&report.damaged))?;
         Ok(d)
     }
 
@@ -1044,13 +1153,9 @@ impl ChunkReader {
             if self.position <= self.start {
                 continue;
             }
-            let data = py.detach(|| self.store.read_blob(&blob.hash))?;
-            if data.len() as u64 != blob.length {
-                return Err(PyOSError::new_err(format!(
-                    "blob {} has the wrong length",
-                    cas::hex(&blob.hash)
-                )));
-            }
+            let data = py
+                .detach(|| self.store.read_part(&blob))
+                .map_err(read_error)?;
             let skip = self.start.saturating_sub(begin) as usize;
             return Ok(Some(PyBytes::new(py, &data[skip..])));
         }
@@ -1071,5 +1176,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(manifest_info, m)?)?;
     m.add("ScanError", m.py().get_type::<ScanError>())?;
     m.add("ManifestError", m.py().get_type::<ManifestError>())?;
+    m.add("DamagedError", m.py().get_type::<DamagedError>())?;
+    m.add_class::<Damage>()?;
     Ok(())
 }

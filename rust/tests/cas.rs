@@ -1,6 +1,6 @@
 mod common;
 
-use common::{pattern, Builder};
+use common::{instance, open, pack_files, pattern, store_bytes, Builder};
 use dicomvault_native::cas::{GcEvent, HistoryKind, Store, StoreConfig, SyncMode};
 use dicomvault_native::manifest::Manifest;
 use dicomvault_native::pack::Codec;
@@ -9,40 +9,6 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-fn instance(sop: &str, name: &str, frames: u32, seed: u8) -> Vec<u8> {
-    let mut b = Builder::part10("1.2.840.10008.1.2.1");
-    b.text(0x0008_0018, b"UI", sop)
-        .text(0x0010_0010, b"PN", name)
-        .image_header(16, 16, frames)
-        .native_pixels(&pattern(16 * 16 * 2 * frames as usize, seed));
-    b.bytes
-}
-
-fn open(root: &Path, config: StoreConfig) -> Store {
-    Store::open(root, config).unwrap()
-}
-
-fn store_bytes(store: &Store, data: &[u8], chunk: usize) -> (Manifest, u64) {
-    let mut w = store.writer(store.file_options());
-    for piece in data.chunks(chunk) {
-        w.write(piece).unwrap();
-    }
-    let ingested = w.finish().unwrap();
-    store
-        .persist(&[(ingested.manifest.encode(), b"note".to_vec())])
-        .unwrap();
-    (ingested.manifest, ingested.new_bytes)
-}
-
-fn pack_files(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = fs::read_dir(root.join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn stored_instances_read_back_byte_identical_and_survive_reopening() {
@@ -121,12 +87,20 @@ fn a_torn_tail_is_cut_at_open_and_earlier_records_stay_readable() {
         store.recovery_messages()
     );
     assert_eq!(fs::metadata(&pack).unwrap().len(), good_len);
+    // The cut bytes are set aside, not deleted.
+    let quarantined: Vec<_> = fs::read_dir(dir.path().join("quarantine"))
+        .unwrap()
+        .map(|e| fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].len(), 308);
+    assert!(quarantined[0].starts_with(b"DVRC"));
     assert_eq!(store.read_instance(&manifest, 0).unwrap(), data);
     // Appending after the cut works and the pack stays consistent.
     let other = instance("4.5.6", "C^D", 1, 4);
     let (m2, _) = store_bytes(&store, &other, 1 << 20);
     assert_eq!(store.read_instance(&m2, 0).unwrap(), other);
-    assert!(store.verify().unwrap().bad.is_empty());
+    assert!(store.verify().unwrap().damaged.is_empty());
 }
 
 #[test]
@@ -135,7 +109,7 @@ fn verify_finds_a_flipped_byte() {
     let store = open(dir.path(), StoreConfig::default());
     let data = instance("1.2.3", "A^B", 2, 5);
     let (manifest, _) = store_bytes(&store, &data, 1 << 20);
-    assert!(store.verify().unwrap().bad.is_empty());
+    assert!(store.verify().unwrap().damaged.is_empty());
     let pack = pack_files(dir.path())[0].clone();
     let mut bytes = fs::read(&pack).unwrap();
     let frame = &pattern(16 * 16 * 2 * 2, 5)[512..];
@@ -146,8 +120,11 @@ fn verify_finds_a_flipped_byte() {
     bytes[at + 100] ^= 0x01;
     fs::write(&pack, &bytes).unwrap();
     let report = store.verify().unwrap();
-    assert_eq!(report.bad.len(), 1, "{:?}", report.bad);
-    assert_eq!(report.bad[0].0, manifest.frame_blobs(1).unwrap()[0].hash);
+    assert_eq!(report.damaged.len(), 1, "{:?}", report.damaged);
+    assert_eq!(
+        report.damaged[0].hash,
+        Some(manifest.frame_blobs(1).unwrap()[0].hash)
+    );
     assert!(
         store.read_instance(&manifest, 0).is_err(),
         "a damaged blob is never served"
@@ -206,7 +183,7 @@ fn tombstoned_manifests_are_not_replayed_and_gc_reclaims_their_blobs() {
         "gc keeps the live manifest and drops the rest"
     );
     assert_eq!(left[0].target, *blake3::hash(&mk.encode()).as_bytes());
-    assert!(store.verify().unwrap().bad.is_empty());
+    assert!(store.verify().unwrap().damaged.is_empty());
     drop(store);
     // Rebuilding the blob index from the packs alone finds the same instance.
     let store = open(
@@ -279,7 +256,7 @@ fn zstd_blobs_round_trip_and_packs_roll_over() {
     for (m, data) in &manifests {
         assert_eq!(&store.read_instance(m, 0).unwrap(), data);
     }
-    assert!(store.verify().unwrap().bad.is_empty());
+    assert!(store.verify().unwrap().damaged.is_empty());
 }
 
 /// Stores `per_thread` instances from each of `threads` threads at once, then reopens the
@@ -376,7 +353,7 @@ fn large_frames_stream_into_the_packs_and_a_resent_instance_adds_only_its_manife
     let store = open(dir.path(), StoreConfig::default());
     assert!(store.recovery_messages().is_empty());
     assert_eq!(store.read_instance(&manifest, 0).unwrap(), data);
-    assert!(store.verify().unwrap().bad.is_empty());
+    assert!(store.verify().unwrap().damaged.is_empty());
 }
 
 #[test]
@@ -427,7 +404,7 @@ fn a_crash_while_a_frame_streams_in_is_a_torn_tail() {
 fn concurrent_writers_stream_large_frames_into_packs_of_their_own() {
     let (_dir, store) =
         store_concurrently(3, 4, 64 << 10, |sop, seed| large_instance(sop, 1, seed));
-    assert!(store.verify().unwrap().bad.is_empty());
+    assert!(store.verify().unwrap().damaged.is_empty());
 }
 
 #[test]
@@ -500,7 +477,7 @@ fn repack_while_readers_read_and_writers_store() {
     assert!(
         packs_len(dir.path()) < plain + during.iter().map(|(_, d)| d.len() as u64).sum::<u64>()
     );
-    assert!(store.verify().unwrap().bad.is_empty());
+    assert!(store.verify().unwrap().damaged.is_empty());
     let all: Vec<_> = before.iter().chain(&during).collect();
     for (m, data) in &all {
         assert_eq!(&store.read_instance(m, 0).unwrap(), data);
@@ -516,7 +493,7 @@ fn repack_while_readers_read_and_writers_store() {
     for (m, data) in &all {
         assert_eq!(&store.read_instance(m, 0).unwrap(), data);
     }
-    assert!(store.verify().unwrap().bad.is_empty());
+    assert!(store.verify().unwrap().damaged.is_empty());
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! Garbage collection and repacking: rewriting packs one at a time while the store is in use.
 
+use super::recovery::{found_location, DamageReport};
 use super::{blob_record, heed_error, lock, Active, HistoryEvent, Location, Store};
 use crate::manifest::{Hash, Manifest};
 use crate::pack::{
-    self, Codec, Found, RecordHeader, RecordKind, PACK_HEADER_LEN, RECORD_HEADER_LEN,
+    self, Codec, Damage, RecordHeader, RecordKind, PACK_HEADER_LEN, RECORD_HEADER_LEN,
 };
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -23,8 +24,11 @@ pub struct GcReport {
     pub bytes_after: u64,
     pub blobs_kept: u64,
     pub records_dropped: u64,
-    /// Records that could not be read intact (so are gone), and live blobs not found.
+    /// Live blobs the store does not hold.
     pub missing: Vec<Hash>,
+    /// Records and stretches that could not be read intact: moved to the quarantine, not
+    /// copied.
+    pub damaged: Vec<DamageReport>,
 }
 
 /// What [`Store::gc`] reports as it goes.
@@ -106,25 +110,41 @@ impl<F: FnMut(GcEvent) -> io::Result<()>> Rewrite<'_, F> {
             self.report.packs_skipped += 1;
             return Ok(());
         }
-        let (found, _, _) = pack::walk(&file, PACK_HEADER_LEN, false)?;
-        // Only the record the blob index points at is a hash's copy: any other is a duplicate.
-        let current: Vec<bool> = {
+        let walk = pack::walk(&file, PACK_HEADER_LEN, bytes_before, false)?;
+        // Stretches without a readable header, and records that fail their checks below: set
+        // aside in the quarantine, never dropped.
+        let mut damage: Vec<Damage> = walk.damaged.into_iter().chain(walk.torn).collect();
+        // Only the record the blob index points at is a hash's copy: any other is a duplicate,
+        // or a record known to be damaged.
+        let state: Vec<(bool, bool)> = {
             let rtxn = inner.env.read_txn().map_err(heed_error)?;
-            found
+            let at = |db: heed::Database<heed::types::Bytes, heed::types::Bytes>, f| {
+                let here = found_location(id, f);
+                let at = db.get(&rtxn, &f.header.hash).map_err(heed_error)?;
+                Ok::<_, io::Error>(at.map(Location::decode).transpose()? == Some(here))
+            };
+            walk.found
                 .iter()
-                .map(|f| {
-                    let at = inner.blobs.get(&rtxn, &f.header.hash).map_err(heed_error)?;
-                    Ok(at.map(Location::decode).transpose()? == Some(found_location(id, f)))
-                })
+                .map(|f| Ok((at(inner.blobs, f)?, at(inner.damaged, f)?)))
                 .collect::<io::Result<_>>()?
         };
         let mut moved: Vec<(Hash, Location, Location)> = Vec::new();
         let mut dropped: Vec<(Hash, Location)> = Vec::new();
         let mut outputs: Vec<u32> = Vec::new();
         let mut bytes_after = 0;
-        for (f, current) in found.iter().zip(current) {
+        for (f, (current, known_damaged)) in walk.found.iter().zip(state) {
             let here = found_location(id, f);
             let hash = f.header.hash;
+            let damaged = |why: String| Damage {
+                offset: f.offset,
+                len: f.header.record_len(),
+                header: Some(f.header),
+                why,
+            };
+            if known_damaged {
+                damage.push(damaged("known to be damaged".into()));
+                continue;
+            }
             if !current || (f.header.kind == RecordKind::Blob && !self.keep.blob(&hash)) {
                 self.report.records_dropped += 1;
                 dropped.push((hash, here));
@@ -160,11 +180,16 @@ impl<F: FnMut(GcEvent) -> io::Result<()>> Rewrite<'_, F> {
                     self.report.records_dropped += 1;
                     dropped.push((hash, here));
                 }
-                Err(_) => {
-                    self.report.missing.push(hash);
+                Err(why) => {
+                    damage.push(damaged(why));
                     dropped.push((hash, here));
                 }
             }
+        }
+        for d in &damage {
+            let mut report = DamageReport::new(id, d);
+            report.quarantined = Some(inner.quarantine(&file, id, d.offset, d.len)?);
+            self.report.damaged.push(report);
         }
         let mut ends = Vec::with_capacity(outputs.len());
         for &out in &outputs {
@@ -190,6 +215,22 @@ impl<F: FnMut(GcEvent) -> io::Result<()>> Rewrite<'_, F> {
         for (hash, from) in &dropped {
             if is_at(&wtxn, hash, from)? {
                 inner.blobs.delete(&mut wtxn, hash).map_err(heed_error)?;
+            }
+        }
+        // What was known to be damaged in this pack is in the quarantine now.
+        for d in &damage {
+            if let Some(header) = &d.header {
+                let at = inner.damaged.get(&wtxn, &header.hash).map_err(heed_error)?;
+                if at
+                    .map(Location::decode)
+                    .transpose()?
+                    .is_some_and(|at| at.pack == id)
+                {
+                    inner
+                        .damaged
+                        .delete(&mut wtxn, &header.hash)
+                        .map_err(heed_error)?;
+                }
             }
         }
         for (out, end) in &ends {
@@ -251,15 +292,6 @@ impl<F: FnMut(GcEvent) -> io::Result<()>> Rewrite<'_, F> {
             stored_len: header.stored_len,
             raw_len: header.raw_len,
         })
-    }
-}
-
-fn found_location(pack: u32, f: &Found) -> Location {
-    Location {
-        pack,
-        offset: f.offset,
-        stored_len: f.header.stored_len,
-        raw_len: f.header.raw_len,
     }
 }
 

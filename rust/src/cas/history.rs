@@ -16,6 +16,13 @@ pub enum HistoryKind {
     },
     /// The index key of the deleted instance.
     Tombstone { key: String },
+    /// A record that may have been a manifest or a tombstone (its kind, when its header is
+    /// intact) but cannot be read: what it recorded cannot be replayed.
+    Damaged {
+        kind: Option<RecordKind>,
+        offset: u64,
+        why: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +37,22 @@ pub struct HistoryEvent {
 }
 
 impl HistoryEvent {
+    fn damaged(
+        pack: u32,
+        offset: u64,
+        end: u64,
+        kind: Option<RecordKind>,
+        why: String,
+    ) -> HistoryEvent {
+        HistoryEvent {
+            stamp: 0,
+            pack,
+            end,
+            target: [0; 32],
+            kind: HistoryKind::Damaged { kind, offset, why },
+        }
+    }
+
     /// Manifest payload: stamp, annotations length, annotations, manifest. Tombstone payload:
     /// stamp, manifest hash, index key.
     pub(super) fn parse(
@@ -122,7 +145,8 @@ pub fn utc_timestamp(time: SystemTime) -> String {
 
 impl Store {
     /// Manifest and tombstone records that lie after the given offsets of their packs (all
-    /// of them for a pack not in `after`), oldest first. With `settled_only`, packs another
+    /// of them for a pack not in `after`), oldest first, and the damaged records and
+    /// stretches among them that may have been either (first: their stamp is unknown). With `settled_only`, packs another
     /// process is appending to are left out: their records are that process's to index.
     pub fn history(
         &self,
@@ -139,18 +163,30 @@ impl Store {
             if from > file.metadata()?.len() {
                 continue;
             }
-            let (found, _, _) = pack::walk(&file, from.max(PACK_HEADER_LEN), false)?;
-            for Found { offset, header } in found {
+            let len = file.metadata()?.len();
+            let walk = pack::walk(&file, from.max(PACK_HEADER_LEN), len, false)?;
+            for Found { offset, header } in walk.found {
                 if header.kind == RecordKind::Blob {
                     continue;
                 }
-                let Ok(payload) = pack::read_payload(&file, offset, &header) else {
-                    continue;
-                };
                 let end = offset + header.record_len();
-                if let Some(event) = HistoryEvent::parse(header.kind, &payload, id, end) {
-                    events.push(event);
-                }
+                let event = pack::read_payload(&file, offset, &header).and_then(|payload| {
+                    HistoryEvent::parse(header.kind, &payload, id, end)
+                        .ok_or_else(|| "the record cannot be decoded".to_string())
+                });
+                events.push(event.unwrap_or_else(|why| {
+                    HistoryEvent::damaged(id, offset, end, Some(header.kind), why)
+                }));
+            }
+            // A stretch whose header cannot be read may have held a manifest or a tombstone.
+            for d in walk.damaged.iter().chain(&walk.torn) {
+                events.push(HistoryEvent::damaged(
+                    id,
+                    d.offset,
+                    d.offset + d.len,
+                    None,
+                    d.why.clone(),
+                ));
             }
         }
         events.sort_by_key(|e| (e.stamp, e.pack, e.end));

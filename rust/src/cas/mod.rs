@@ -26,7 +26,7 @@ use early_sync::EarlySync;
 pub use gc::{GcEvent, GcReport};
 pub use history::{annotations, utc_timestamp, HistoryEvent, HistoryKind};
 pub use ingest::{Ingested, InstanceWriter};
-pub use recovery::VerifyReport;
+pub use recovery::{DamageReport, RebuildReport, VerifyReport};
 
 use crate::manifest::Hash;
 use crate::pack::{self, Codec, RecordHeader, RecordKind, PACK_HEADER_LEN, RECORD_HEADER_LEN};
@@ -224,6 +224,11 @@ struct Inner {
     env: Env,
     blobs: Database<Bytes, Bytes>,
     packs: Database<Bytes, Bytes>,
+    /// Records whose header is intact but whose payload is not (hash -> place): never found
+    /// by `contains` (so a re-sent copy is stored again), read only to salvage what is left.
+    damaged: Database<Bytes, Bytes>,
+    /// Where bytes that opening or gc must take out of a pack are moved, never deleted.
+    quarantine_dir: PathBuf,
     appender: Mutex<Appender>,
     readers: RwLock<HashMap<u32, Arc<File>>>,
     /// Packs this process has appended to (and holds locked).
@@ -292,6 +297,9 @@ impl Store {
         let packs = env
             .create_database(&mut wtxn, Some("packs"))
             .map_err(heed_error)?;
+        let damaged = env
+            .create_database(&mut wtxn, Some("damaged"))
+            .map_err(heed_error)?;
         wtxn.commit().map_err(heed_error)?;
         let early_sync = match config.sync {
             SyncMode::Always => Some(EarlySync::start()?),
@@ -303,6 +311,8 @@ impl Store {
             env,
             blobs,
             packs,
+            damaged,
+            quarantine_dir: root.join("quarantine"),
             appender: Mutex::new(Appender::default()),
             readers: RwLock::new(HashMap::new()),
             own: Mutex::new(HashSet::new()),
@@ -323,7 +333,8 @@ impl Store {
         })
     }
 
-    /// What opening the store repaired (cut torn pack tails), one message per repair.
+    /// What opening the store found and repaired (damaged records skipped, torn tails moved
+    /// to the quarantine), one message each.
     pub fn recovery_messages(&self) -> &[String] {
         &self.inner.recovery
     }

@@ -1,7 +1,7 @@
 //! Reading blobs, frames and whole instances back out of the packs, each record checked.
 
-use super::{hex, invalid, Location, Store};
-use crate::manifest::{Hash, Manifest};
+use super::{heed_error, hex, invalid, Location, Store};
+use crate::manifest::{BlobRef, Hash, Manifest};
 use crate::pack;
 use std::fs::{self, File};
 use std::io;
@@ -10,7 +10,12 @@ use std::path::Path;
 
 impl Store {
     /// Reads and checks one record: header, checksum, hash and (for blobs) decoded length.
-    fn read_record(&self, hash: &Hash, loc: &Location, verify_hash: bool) -> io::Result<Vec<u8>> {
+    pub(super) fn read_record(
+        &self,
+        hash: &Hash,
+        loc: &Location,
+        verify_hash: bool,
+    ) -> io::Result<Vec<u8>> {
         let file = self.pack_file(loc.pack)?;
         let header = pack::read_record_header(&file, loc.offset, file.metadata()?.len())
             .map_err(|why| invalid(format!("blob {}: {why}", hex(hash))))?;
@@ -36,14 +41,85 @@ impl Store {
         Ok(raw)
     }
 
+    /// A blob's bytes, its record's checksum and length checked. NotFound when the store does
+    /// not hold it; InvalidData when its record is damaged.
     pub fn read_blob(&self, hash: &Hash) -> io::Result<Vec<u8>> {
-        let loc = self.location(hash)?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("blob {} is not in the store", hex(hash)),
-            )
+        match self.location(hash)? {
+            Some(loc) => self.read_found(hash, loc, false),
+            None => Err(match self.damaged_location(hash)? {
+                Some(at) => invalid(format!(
+                    "blob {} is damaged (pack {} at byte {}): its record fails its checks",
+                    hex(hash),
+                    at.pack,
+                    at.offset
+                )),
+                None => io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("blob {} is not in the store", hex(hash)),
+                ),
+            }),
+        }
+    }
+
+    /// One of the blobs an instance is made of, checked against the manifest's length. A blob
+    /// the store does not hold is damage here too (InvalidData).
+    pub fn read_part(&self, blob: &BlobRef) -> io::Result<Vec<u8>> {
+        let data = self.read_blob(&blob.hash).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => invalid(format!("{e}: the instance is damaged")),
+            _ => e,
         })?;
-        self.read_found(hash, loc, false)
+        if data.len() as u64 != blob.length {
+            return Err(invalid(format!(
+                "blob {} has {} bytes, the manifest says {}",
+                hex(&blob.hash),
+                data.len(),
+                blob.length
+            )));
+        }
+        Ok(data)
+    }
+
+    /// Reads every blob of an instance and checks it, keeping nothing: so that a response can
+    /// fail before its first byte rather than in the middle.
+    pub fn check_instance(&self, manifest: &Manifest) -> io::Result<()> {
+        manifest
+            .blobs
+            .iter()
+            .try_for_each(|b| self.read_part(b).map(drop))
+    }
+
+    /// A blob's bytes even when its record fails its checksum: what is left of it, to index a
+    /// damaged instance by its header, never to serve. The flag says they were salvaged.
+    pub fn salvage_blob(&self, hash: &Hash) -> io::Result<(Vec<u8>, bool)> {
+        match self.read_blob(hash) {
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
+            read => return read.map(|data| (data, false)),
+        }
+        let loc = match self.location(hash)? {
+            Some(loc) => loc,
+            None => self
+                .damaged_location(hash)?
+                .ok_or_else(|| invalid(format!("blob {} cannot be salvaged", hex(hash))))?,
+        };
+        let file = self.pack_file(loc.pack)?;
+        let header = pack::read_record_header(&file, loc.offset, file.metadata()?.len())
+            .map_err(|why| invalid(format!("blob {}: {why}", hex(hash))))?;
+        let mut stored = vec![0u8; header.stored_len as usize];
+        file.read_exact_at(&mut stored, loc.offset + pack::RECORD_HEADER_LEN)?;
+        let raw = pack::decode_payload(&header, stored)
+            .map_err(|why| invalid(format!("blob {}: {why}", hex(hash))))?;
+        Ok((raw, true))
+    }
+
+    /// Where a record known to be damaged lies.
+    pub(super) fn damaged_location(&self, hash: &Hash) -> io::Result<Option<Location>> {
+        let rtxn = self.inner.env.read_txn().map_err(heed_error)?;
+        self.inner
+            .damaged
+            .get(&rtxn, hash)
+            .map_err(heed_error)?
+            .map(Location::decode)
+            .transpose()
     }
 
     /// [`Store::read_record`] at `loc`, or where the record went: a gc that moved it and
@@ -76,15 +152,7 @@ impl Store {
         for blob in &manifest.blobs {
             let end = at + blob.length;
             if end > start {
-                let data = self.read_blob(&blob.hash)?;
-                if data.len() as u64 != blob.length {
-                    return Err(invalid(format!(
-                        "blob {} has {} bytes, the manifest says {}",
-                        hex(&blob.hash),
-                        data.len(),
-                        blob.length
-                    )));
-                }
+                let data = self.read_part(blob)?;
                 let skip = start.saturating_sub(at) as usize;
                 f(&data[skip..])?;
             }
@@ -123,7 +191,10 @@ impl Store {
     /// concatenated (item headers removed).
     pub fn read_frame(&self, manifest: &Manifest, index: u32) -> io::Result<Vec<u8>> {
         if !manifest.frames_resolved {
-            return Err(invalid("the frames of this instance cannot be told apart (no offset table, no frame markers)"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the frames of this instance cannot be told apart (no offset table, no frame markers)",
+            ));
         }
         let blobs = manifest.frame_blobs(index).ok_or_else(|| {
             io::Error::new(
@@ -136,7 +207,7 @@ impl Store {
         })?;
         let mut data = Vec::new();
         for b in blobs {
-            data.extend_from_slice(&self.read_blob(&b.hash)?);
+            data.extend_from_slice(&self.read_part(b)?);
         }
         if !manifest.encapsulated {
             return Ok(data);

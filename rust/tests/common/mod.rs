@@ -1,6 +1,11 @@
-//! Builds small DICOM byte streams for the scanner and store tests.
+//! Builds small DICOM byte streams for the scanner and store tests, and stores them.
 
 #![allow(dead_code)]
+
+use dicomvault_native::cas::{Store, StoreConfig};
+use dicomvault_native::manifest::Manifest;
+use std::fs;
+use std::path::Path;
 
 pub struct Builder {
     pub bytes: Vec<u8>,
@@ -150,4 +155,39 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| ((i * 31 + seed as usize * 7) % 251) as u8)
         .collect()
+}
+
+/// A Part 10 instance with `frames` native 16x16 frames of a seeded pattern.
+pub fn instance(sop: &str, name: &str, frames: u32, seed: u8) -> Vec<u8> {
+    let mut b = Builder::part10("1.2.840.10008.1.2.1");
+    b.text(0x0008_0018, b"UI", sop)
+        .text(0x0010_0010, b"PN", name)
+        .image_header(16, 16, frames)
+        .native_pixels(&pattern(16 * 16 * 2 * frames as usize, seed));
+    b.bytes
+}
+
+pub fn open(root: &Path, config: StoreConfig) -> Store {
+    Store::open(root, config).unwrap()
+}
+
+pub fn store_bytes(store: &Store, data: &[u8], chunk: usize) -> (Manifest, u64) {
+    let mut w = store.writer(store.file_options());
+    for piece in data.chunks(chunk) {
+        w.write(piece).unwrap();
+    }
+    let ingested = w.finish().unwrap();
+    store
+        .persist(&[(ingested.manifest.encode(), b"note".to_vec())])
+        .unwrap();
+    (ingested.manifest, ingested.new_bytes)
+}
+
+pub fn pack_files(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(root.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
 }
