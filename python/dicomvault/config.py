@@ -35,6 +35,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # process loses nothing, a power loss that window); "never": leave it to the OS.
         "sync": "always",
         "sync_interval_ms": 1000,
+        # Instances are refused (C-STORE 0xA700, HTTP 507) before they are acknowledged once
+        # the archive's filesystem has less free space than this, so that what was
+        # acknowledged can always be indexed. 0 turns the check off.
+        "min_free_space_mb": 100,
+        # An instance received again with other bytes: "keep" the first, or "replace" it
+        # (the replaced version is kept for `show --history` until gc).
+        "on_duplicate": "keep",
     },
     "index": {
         # Virtual size of the LMDB map; the file grows only as data is written.

@@ -11,6 +11,11 @@
 //! is the backlog's order), the index's applier (`take`, then `applied`), and readers
 //! (`barrier`: what was acknowledged before a read is visible to it). `begin_exclusive` holds
 //! writers off with an empty backlog, for callers that append and apply in one step.
+//!
+//! An acknowledgement promises that the instance is found. So while the applier cannot apply
+//! what it took (`stalled`: a failing disk; it retries) writers are refused and readers that
+//! would not see what was acknowledged are told so instead of answering without it; and while
+//! the index has no room left for more (`refuse`), writers are refused before acknowledging.
 
 use std::io;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -31,6 +36,10 @@ struct State<T> {
     appended: u64,
     applied: u64,
     pending: Vec<(Position, T)>,
+    /// Why the applier cannot apply what it took (it retries until it can).
+    stalled: Option<String>,
+    /// Why the index cannot take more: appends are refused, nothing is acknowledged.
+    refusing: Option<String>,
 }
 
 impl<T> Default for Backlog<T> {
@@ -42,6 +51,8 @@ impl<T> Default for Backlog<T> {
                 appended: 0,
                 applied: 0,
                 pending: Vec::new(),
+                stalled: None,
+                refusing: None,
             }),
             changed: Condvar::new(),
         }
@@ -77,6 +88,12 @@ impl<T> Backlog<T> {
         if state.closed {
             return Err(io::Error::other("the archive is closing"));
         }
+        if let Some(why) = state.stalled.as_ref().or(state.refusing.as_ref()) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("the index cannot take more instances now: {why}"),
+            ));
+        }
         state.busy = true;
         drop(state);
         let persisted = persist(&items);
@@ -107,30 +124,55 @@ impl<T> Backlog<T> {
         Some((state.appended, std::mem::take(&mut state.pending)))
     }
 
-    /// The applier is done with what `take` returned (applied, or failed and left to replay).
+    /// The applier is done with what `take` returned (applied, or given up and left to be
+    /// replayed at the next open); it is not stalled any more.
     pub fn applied(&self, through: u64) {
         let mut state = self.lock();
         state.applied = state.applied.max(through);
+        state.stalled = None;
         self.changed.notify_all();
     }
 
-    /// Returns once everything appended before the call has been applied.
-    pub fn barrier(&self) {
+    /// The applier failed to apply what it took, for `why`, and will try again.
+    pub fn stalled(&self, why: String) {
+        self.lock().stalled = Some(why);
+        self.changed.notify_all();
+    }
+
+    /// Refuses appends for `why` (the index has no room left), or accepts them again (None).
+    pub fn refuse(&self, why: Option<String>) {
+        self.lock().refusing = why;
+    }
+
+    /// Returns once everything appended before the call has been applied; Err(why) if the
+    /// applier is stalled before it is.
+    pub fn barrier(&self) -> Result<(), String> {
         let mut state = self.lock();
         let target = state.appended;
         while state.applied < target {
+            if let Some(why) = &state.stalled {
+                return Err(why.clone());
+            }
             state = self.wait(state);
         }
+        Ok(())
     }
 
     /// Waits for the writer in progress, holds the next ones off, and waits for the applier
-    /// to finish the backlog: until `end_exclusive`, the log and the index agree.
-    pub fn begin_exclusive(&self) {
+    /// to finish the backlog: until `end_exclusive`, the log and the index agree. Err(why),
+    /// holding nothing off, if the applier is stalled meanwhile.
+    pub fn begin_exclusive(&self) -> Result<(), String> {
         let mut state = self.wait_idle();
         state.busy = true;
         while state.applied < state.appended {
+            if let Some(why) = state.stalled.clone() {
+                state.busy = false;
+                self.changed.notify_all();
+                return Err(why);
+            }
             state = self.wait(state);
         }
+        Ok(())
     }
 
     pub fn end_exclusive(&self) {

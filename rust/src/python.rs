@@ -324,7 +324,7 @@ struct Store {
 #[pymethods]
 impl Store {
     #[new]
-    #[pyo3(signature = (root, *, pack_size = 1 << 30, compression = "none", level = 3, sync = "always", sync_interval_ms = 1000, wanted = Vec::new(), exclusive = false))]
+    #[pyo3(signature = (root, *, pack_size = 1 << 30, compression = "none", level = 3, sync = "always", sync_interval_ms = 1000, wanted = Vec::new(), exclusive = false, min_free_space = 0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -336,6 +336,7 @@ impl Store {
         sync_interval_ms: u64,
         wanted: Vec<(u32, String)>,
         exclusive: bool,
+        min_free_space: u64,
     ) -> PyResult<Self> {
         let codec = codec(compression)?;
         let sync = match sync {
@@ -356,6 +357,7 @@ impl Store {
             sync_interval: Duration::from_millis(sync_interval_ms),
             wanted: parse_wanted(wanted)?,
             exclusive,
+            min_free_space,
         };
         let core = py.detach(|| CoreStore::open(&root, config))?;
         Ok(Store {
@@ -488,20 +490,36 @@ impl Store {
         Ok(Some((through, items)))
     }
 
-    /// The applier is done with what `take_received` returned up to `through`.
+    /// The applier is done with what `take_received` returned up to `through` (and no longer
+    /// stalled).
     fn received_applied(&self, through: u64) {
         self.received.applied(through);
     }
 
-    /// Returns once every instance the listener acknowledged before the call is indexed.
-    fn received_barrier(&self, py: Python<'_>) {
-        py.detach(|| self.received.barrier());
+    /// The applier failed to index what it took, for `why`, and will retry: until it has,
+    /// the listener refuses C-STOREs and `received_barrier` answers `why`.
+    fn received_stalled(&self, why: String) {
+        self.received.stalled(why);
+    }
+
+    /// Refuses the listener's C-STOREs before they are acknowledged, for `why` (the index has
+    /// no room left); None accepts them again.
+    #[pyo3(signature = (why))]
+    fn refuse_received(&self, why: Option<String>) {
+        self.received.refuse(why);
+    }
+
+    /// Returns None once every instance the listener acknowledged before the call is indexed;
+    /// or why it cannot be yet (the applier is stalled).
+    fn received_barrier(&self, py: Python<'_>) -> Option<String> {
+        py.detach(|| self.received.barrier()).err()
     }
 
     /// Holds the listener's commits off, once the index has applied all it acknowledged,
     /// until `end_exclusive`: for writers that append to the log and apply in one step.
-    fn begin_exclusive(&self, py: Python<'_>) {
-        py.detach(|| self.received.begin_exclusive());
+    /// Returns why it could not (the applier is stalled; nothing is held off), else None.
+    fn begin_exclusive(&self, py: Python<'_>) -> Option<String> {
+        py.detach(|| self.received.begin_exclusive()).err()
     }
 
     fn end_exclusive(&self) {
@@ -557,6 +575,14 @@ impl Store {
             position: 0,
             start,
         })
+    }
+
+    /// Whether two stored instances hold the same data set, whatever their File Meta
+    /// (DamagedError when one cannot be read).
+    fn same_data_set(&self, py: Python<'_>, a: &[u8], b: &[u8]) -> PyResult<bool> {
+        let (a, b) = (decode_manifest(a)?, decode_manifest(b)?);
+        py.detach(|| self.core.same_data_set(&a, &b))
+            .map_err(read_error)
     }
 
     /// Reads every blob of the instance and checks it (DamagedError if one fails), keeping
@@ -960,6 +986,7 @@ impl DicomListener {
         check_modality_host, known, storage_classes, find_classes, move_classes, retrieve_classes,
         transfer_syntaxes, max_pdu, max_associations, timeout_s, implementation_class_uid,
         implementation_version_name, log, select, transcode, find, move_to,
+        replace_duplicates = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -988,6 +1015,7 @@ impl DicomListener {
         transcode: Py<PyAny>,
         find: Py<PyAny>,
         move_to: Py<PyAny>,
+        replace_duplicates: bool,
     ) -> PyResult<Self> {
         let address: std::net::SocketAddr =
             std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
@@ -1022,6 +1050,7 @@ impl DicomListener {
                 class_uid: implementation_class_uid,
                 version_name: implementation_version_name,
             },
+            replace_duplicates,
         };
         let host = std::sync::Arc::new(PyHost {
             log,
@@ -1059,8 +1088,21 @@ impl DicomListener {
 
 /// A manifest record's annotations (MessagePack): one encoding for every writer.
 #[pyfunction]
-fn annotations<'py>(py: Python<'py>, received_at: &str, source: &str) -> Bound<'py, PyBytes> {
-    PyBytes::new(py, &cas::annotations(received_at, source))
+#[pyo3(signature = (received_at, source, replace = false))]
+fn annotations<'py>(
+    py: Python<'py>,
+    received_at: &str,
+    source: &str,
+    replace: bool,
+) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &cas::annotations(received_at, source, replace))
+}
+
+/// A manifest's identity in the log (what a tombstone names and duplicates are logged by):
+/// the hex BLAKE3 hash of its bytes.
+#[pyfunction]
+fn manifest_hash(manifest: &[u8]) -> String {
+    cas::hex(blake3::hash(manifest).as_bytes())
 }
 
 /// Preamble and File Meta for a data set received on the network, as the listener writes
@@ -1174,6 +1216,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(annotations, m)?)?;
     m.add_function(wrap_pyfunction!(file_meta, m)?)?;
     m.add_function(wrap_pyfunction!(manifest_info, m)?)?;
+    m.add_function(wrap_pyfunction!(manifest_hash, m)?)?;
     m.add("ScanError", m.py().get_type::<ScanError>())?;
     m.add("ManifestError", m.py().get_type::<ManifestError>())?;
     m.add("DamagedError", m.py().get_type::<DamagedError>())?;

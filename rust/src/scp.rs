@@ -17,6 +17,7 @@
 use crate::backlog::Backlog;
 use crate::cas::{Ingested, InstanceWriter, Store};
 use crate::dimse::{self, Command, Implementation, SubOperations};
+use crate::identity;
 use crate::manifest::Manifest;
 use crate::pdu::{self, AssociateRq, ContextResult, PdvWriter, RoleSelection};
 use crate::scan::{FeedError, ScanOptions};
@@ -32,7 +33,12 @@ use std::time::{Duration, Instant};
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 pub const SUCCESS: u16 = 0x0000;
 pub const NOT_AUTHORIZED: u16 = 0x0124;
+/// The request's SOP class is not what its presentation context was negotiated for (PS3.7 C).
+pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
 pub const OUT_OF_RESOURCES: u16 = 0xA700;
+/// C-STORE: the data set is not the instance the request names, or lacks its identifiers
+/// (PS3.4 B.2.3).
+pub const DATA_SET_DOES_NOT_MATCH: u16 = 0xA900;
 pub const CANNOT_UNDERSTAND: u16 = 0xC000;
 /// C-GET: every sub-operation failed; one or more failed or warned (PS3.4 C.4.3.1.4).
 pub const SUB_OPERATIONS_FAILED: u16 = 0xA702;
@@ -107,6 +113,9 @@ pub struct ListenerConfig {
     pub max_associations: usize,
     pub timeout: Duration,
     pub implementation: Implementation,
+    /// An instance received again with other bytes replaces the one stored (`[storage]
+    /// on_duplicate = "replace"`), else the first is kept; recorded in its manifest record.
+    pub replace_duplicates: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +277,11 @@ impl Shared {
             let records: Vec<(Vec<u8>, Vec<u8>)> = batch
                 .iter()
                 .map(|r| {
-                    let notes = crate::cas::annotations(&r.received_at, &r.source());
+                    let notes = crate::cas::annotations(
+                        &r.received_at,
+                        &r.source(),
+                        self.config.replace_duplicates,
+                    );
                     (r.ingested.manifest.encode(), notes)
                 })
                 .collect();
@@ -639,7 +652,10 @@ impl Association<'_> {
 
     fn negotiate(&mut self) -> bool {
         let config = &self.shared.config;
-        let reject = if self.shared.active.load(Ordering::SeqCst) > config.max_associations {
+        let reject = if self.rq.contexts.is_empty() {
+            // PS3.8 9.3.2: a request proposes one or more presentation contexts.
+            Some((1, 1, 1, "no presentation context proposed"))
+        } else if self.shared.active.load(Ordering::SeqCst) > config.max_associations {
             Some((2, 3, 2, "local limit of associations exceeded"))
         } else if config.policy.check_called_aet && self.rq.called_ae != config.policy.ae_title {
             Some((1, 1, 7, "called AE title not recognised"))
@@ -848,6 +864,7 @@ impl Association<'_> {
                     &self.peer.ip().to_string(),
                     Service::Store,
                 );
+                let context = &self.contexts[&context_id].0;
                 let mut next = IncomingStore {
                     command,
                     context_id,
@@ -855,7 +872,34 @@ impl Association<'_> {
                     status: None,
                     started,
                 };
-                if allowed {
+                let refused = if !allowed {
+                    Some((NOT_AUTHORIZED, "not allowed for this AE".to_string()))
+                } else if !self.shared.config.storage_classes.contains(context)
+                    || *context != next.command.affected_sop_class_uid
+                {
+                    Some((
+                        SOP_CLASS_NOT_SUPPORTED,
+                        format!(
+                            "{} sent on a context negotiated for {context}",
+                            next.command.affected_sop_class_uid
+                        ),
+                    ))
+                } else if let Err(e) = self.shared.store.check_space() {
+                    Some((OUT_OF_RESOURCES, e.to_string()))
+                } else {
+                    None
+                };
+                if let Some((status, why)) = refused {
+                    self.log(
+                        LogLevel::Warning,
+                        format!(
+                            "C-STORE from {} of {} refused: {why}",
+                            self.who(),
+                            next.command.affected_sop_instance_uid
+                        ),
+                    );
+                    next.status = Some(status);
+                } else {
                     let mut writer = self.shared.store.writer(ScanOptions {
                         wanted: self.shared.store.config().wanted.clone(),
                         transfer_syntax: None,
@@ -872,12 +916,6 @@ impl Association<'_> {
                         Ok(()) => next.writer = Some(writer),
                         Err(e) => next.status = Some(self.failure(&next.command, &e)),
                     }
-                } else {
-                    self.log(
-                        LogLevel::Warning,
-                        format!("STORE from {} refused: not allowed for this AE", self.who()),
-                    );
-                    next.status = Some(NOT_AUTHORIZED);
                 }
                 *incoming = Some(Incoming::Store(Box::new(next)));
                 Ok(Flow::Continue)
@@ -1057,11 +1095,32 @@ impl Association<'_> {
     }
 
     fn stored(&mut self, current: IncomingStore) -> io::Result<Flow> {
+        let command = &current.command;
         let status = match (current.status, current.writer) {
             (Some(status), _) => status,
             (None, Some(writer)) => match writer.finish() {
-                Ok(ingested) => self.commit(ingested),
-                Err(e) => self.failure(&current.command, &e),
+                Ok(ingested) => {
+                    let requested = (
+                        command.affected_sop_class_uid.as_str(),
+                        command.affected_sop_instance_uid.as_str(),
+                    );
+                    match identity::identity(&ingested.summary, Some(requested)) {
+                        Ok(_) => self.commit(ingested),
+                        Err(e) => {
+                            // Its blobs are in the packs, referenced by nothing: gc reclaims them.
+                            self.log(
+                                LogLevel::Warning,
+                                format!(
+                                    "C-STORE from {} of {} refused: {e}",
+                                    self.who(),
+                                    command.affected_sop_instance_uid
+                                ),
+                            );
+                            DATA_SET_DOES_NOT_MATCH
+                        }
+                    }
+                }
+                Err(e) => self.failure(command, &e),
             },
             (None, None) => OUT_OF_RESOURCES,
         };
@@ -1219,7 +1278,7 @@ impl Association<'_> {
         {
             return None;
         }
-        // A read error surfaces when the instance is streamed instead.
+        // A read error surfaces when the instance is checked before it is sent.
         self.shared
             .store
             .read_instance(&instance.manifest, instance.dataset_offset)
@@ -1277,13 +1336,28 @@ impl Association<'_> {
                 }
             }
         };
+        let data = decoded.or(stored);
+        if data.is_none() {
+            // Not read ahead (too large, or the read failed): checked whole before its first
+            // byte goes out, so that damage fails this sub-operation, not the association.
+            if let Err(e) = self.shared.store.check_instance(&instance.manifest) {
+                self.log(
+                    LogLevel::Error,
+                    format!(
+                        "C-GET from {}: sub-operation for {uid} failed: {e}",
+                        self.who()
+                    ),
+                );
+                return Ok((SubOperation::NotSent, next.and_then(|n| self.prefetch(n))));
+            }
+        }
         let request = dimse::store_request(&instance.sop_class_uid, uid, message_id);
         unsent.extend(self.message(context_id, true, &request));
         let mut writer = PdvWriter::new(context_id, false, self.rq.max_pdu);
         writer.after(unsent);
         unsent.clear();
         let stream = &mut self.stream;
-        match decoded.or(stored) {
+        match data {
             Some(data) => writer.write(&data, stream)?,
             None => self.shared.store.for_each_chunk(
                 &instance.manifest,

@@ -1,5 +1,6 @@
 //! The backlog keeps the log's order for the applier, makes readers wait for what was
-//! acknowledged before them, and holds writers off during an exclusive section.
+//! acknowledged before them, holds writers off during an exclusive section, and refuses
+//! writers while the index cannot apply what they would acknowledge.
 
 use dicomvault_native::backlog::{Backlog, Position};
 use std::io;
@@ -63,7 +64,7 @@ fn a_barrier_waits_for_what_was_appended_before_it_only() {
     let reader = {
         let backlog = backlog.clone();
         blocked("returned before the append was applied", move || {
-            backlog.barrier()
+            backlog.barrier().unwrap()
         })
     };
     let (through, _) = backlog.take().unwrap();
@@ -80,7 +81,7 @@ fn an_exclusive_section_waits_for_the_applier_and_holds_writers_off() {
     let exclusive = {
         let backlog = backlog.clone();
         blocked("began with the backlog not applied", move || {
-            backlog.begin_exclusive()
+            backlog.begin_exclusive().unwrap()
         })
     };
     let (through, _) = backlog.take().unwrap();
@@ -102,9 +103,50 @@ fn a_failed_persist_queues_nothing_and_a_closed_backlog_refuses_appends() {
     let backlog = Backlog::<u32>::default();
     let failed = backlog.append(vec![1], |_| Err(io::Error::other("disk full")));
     assert!(failed.is_err());
-    backlog.barrier(); // nothing was acknowledged: nothing to wait for
+    backlog.barrier().unwrap(); // nothing was acknowledged: nothing to wait for
     backlog.close();
     assert!(backlog.take().is_none());
     let offsets = AtomicU64::new(0);
     assert!(backlog.append(vec![2], persist(&offsets)).is_err());
+}
+
+#[test]
+fn a_stalled_applier_refuses_writers_and_tells_readers_until_it_applies() {
+    let backlog = Arc::new(Backlog::<u32>::default());
+    let offsets = Arc::new(AtomicU64::new(0));
+    backlog.append(vec![1], persist(&offsets)).unwrap();
+    let reader = {
+        let backlog = backlog.clone();
+        blocked("returned before the append was applied", move || {
+            assert_eq!(backlog.barrier(), Err("disk failed".to_string()));
+        })
+    };
+    let (through, _) = backlog.take().unwrap();
+    backlog.stalled("disk failed".into());
+    reader.join().unwrap();
+    let refused = backlog.append(vec![2], persist(&offsets)).unwrap_err();
+    assert_eq!(refused.kind(), io::ErrorKind::StorageFull);
+    assert!(refused.to_string().contains("disk failed"), "{refused}");
+    assert_eq!(backlog.begin_exclusive(), Err("disk failed".to_string()));
+    // The retry succeeds: writers and readers go on.
+    backlog.applied(through);
+    backlog.barrier().unwrap();
+    backlog.append(vec![3], persist(&offsets)).unwrap();
+    assert_eq!(backlog.take().unwrap().1, vec![((1, 2), 3)]);
+}
+
+#[test]
+fn an_index_without_room_refuses_writers_before_they_acknowledge() {
+    let backlog = Backlog::<u32>::default();
+    let offsets = AtomicU64::new(0);
+    backlog.refuse(Some("the index map is nearly full".into()));
+    let persisted = std::cell::Cell::new(false);
+    let refused = backlog.append(vec![1], |items| {
+        persisted.set(true);
+        persist(&offsets)(items)
+    });
+    assert!(refused.is_err());
+    assert!(!persisted.get(), "nothing was written to the log");
+    backlog.refuse(None);
+    backlog.append(vec![2], persist(&offsets)).unwrap();
 }

@@ -99,7 +99,7 @@ def test_threads_ingest_in_parallel_and_share_commits(store, tmp_path):
         t.join()
     assert errors == []
     assert len(store.history({})) == len(corpus)
-    assert store.verify()["bad"] == []
+    assert store.verify()["damaged"] == []
 
 
 def test_scanner_errors_name_the_offset(tmp_path):

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dicomvault._native import manifest_hash
 from dicomvault.cli.common import ConfigOption, RootOption, fail, open_archive
 from dicomvault.cli.output import human_bytes, print_json, print_table
 from dicomvault.dicom.keys import parse_keys
@@ -123,14 +124,30 @@ def import_(
         typer.echo(f"skipped (not DICOM): {path}", err=True)
     for path, reason in summary.rejected:
         typer.echo(f"rejected: {path}: {reason}", err=True)
+    for path, reason in summary.failed:
+        typer.echo(f"failed: {path}: {reason}", err=True)
+    if summary.not_tried:
+        typer.echo(
+            f"stopped: the archive could not store more; {summary.not_tried} files not tried",
+            err=True,
+        )
     seconds = max(summary.seconds, 1e-9)
+    others = "".join(
+        f", {name} {count}"
+        for name, count in (
+            ("different (first kept)", summary.different),
+            ("replaced", summary.replaced),
+            ("failed", len(summary.failed)),
+        )
+        if count
+    )
     typer.echo(
-        f"stored {summary.stored}, duplicate {summary.duplicate}, "
+        f"stored {summary.stored}, duplicate {summary.duplicate}{others}, "
         f"rejected {len(summary.rejected)}, not DICOM {len(summary.not_dicom)}: "
         f"{summary.files} files, {human_bytes(summary.bytes)} in {summary.seconds:.2f} s "
         f"({summary.files / seconds:.0f} files/s, {summary.bytes / seconds / 1e6:.1f} MB/s)"
     )
-    if summary.rejected:
+    if summary.rejected or summary.failed:
         raise typer.Exit(1)
 
 
@@ -196,13 +213,45 @@ def ls(
 @app.command()
 def show(
     uid: Annotated[str, typer.Argument(help="A UID or PatientID.")],
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history",
+            help="An instance's versions: the stored one and those it replaced (until gc).",
+        ),
+    ] = False,
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
     """Show a record: an instance's full data set (like dcmdump), or a level's tags."""
     with open_archive(config, root) as archive:
         for record in _resolve(archive, [uid]):
-            if record.level is Level.IMAGE:
+            if record.level is not Level.IMAGE:
+                print_json(record.to_json())
+            elif history:
+                versions = [
+                    {
+                        "manifest": record.manifest,
+                        "size": record.size,
+                        "received_at": record.received_at,
+                        "source": record.source,
+                    },
+                    *(record.history or []),
+                ]
+                print_table(
+                    ["version", "manifest", "size", "received_at", "source"],
+                    (
+                        [
+                            "stored" if i == 0 else f"replaced {i}",
+                            manifest_hash(v["manifest"]),
+                            human_bytes(v["size"]),
+                            v["received_at"],
+                            v["source"] or "",
+                        ]
+                        for i, v in enumerate(versions)
+                    ),
+                )
+            else:
                 ds = archive.dataset(record)
                 typer.echo(
                     f"# {record.key}  ({human_bytes(record.size)}, from {record.source}, "
@@ -211,8 +260,6 @@ def show(
                 if ds.file_meta:
                     typer.echo(str(ds.file_meta))
                 typer.echo(str(ds))
-            else:
-                print_json(record.to_json())
 
 
 @app.command()
@@ -277,7 +324,10 @@ def delete(
 def gc(config: ConfigOption = None, root: RootOption = None) -> None:
     """Reclaim the space of deleted instances by rewriting the packs (archive must be idle)."""
     with open_archive(config, root, exclusive=True) as archive:
-        report = archive.gc(report_pack)
+        try:
+            report = archive.gc(report_pack)
+        except RuntimeError as e:
+            fail(str(e))
     report_rewrite(report)
 
 
@@ -297,6 +347,8 @@ def report_rewrite(report: dict) -> None:
         f"all packs: {human_bytes(report['pack_bytes_before'])} -> "
         f"{human_bytes(report['pack_bytes_after'])}"
     )
+    for line in report["damaged"]:
+        typer.echo(f"DAMAGED, moved to the quarantine: {line}", err=True)
     if report["missing"]:
         fail(f"{len(report['missing'])} referenced blobs were not found: run verify")
 
@@ -310,9 +362,9 @@ def verify(config: ConfigOption = None, root: RootOption = None) -> None:
         typer.echo(f"DEFECT {defect.key}: {defect.reason}")
     typer.echo(
         f"checked {report['records']} records ({human_bytes(report['bytes'])}): "
-        f"{len(report['bad'])} bad records, {len(defects)} defective instances or records"
+        f"{len(report['damaged'])} damaged records, {len(defects)} defects"
     )
-    if defects or report["bad"]:
+    if defects or report["damaged"]:
         raise typer.Exit(1)
 
 
@@ -320,5 +372,17 @@ def verify(config: ConfigOption = None, root: RootOption = None) -> None:
 def reindex(config: ConfigOption = None, root: RootOption = None) -> None:
     """Rebuild the index from the packs alone (archive must be idle)."""
     with open_archive(config, root, exclusive=True) as archive:
-        count = archive.reindex()
-    typer.echo(f"reindexed {count} instances")
+        count, damaged = archive.reindex()
+        unindexed = archive.index.unindexed()
+    for damage in damaged:
+        typer.echo(f"DAMAGED {damage.message}", err=True)
+    for manifest, place in unindexed.items():
+        typer.echo(
+            f"NOT INDEXED: the instance of manifest {manifest} (pack {place['pack']}): "
+            f"{place['why']}",
+            err=True,
+        )
+    typer.echo(
+        f"reindexed {count} instances; {len(damaged)} damaged records, "
+        f"{len(unindexed)} instances that could not be indexed (see verify)"
+    )

@@ -242,10 +242,11 @@ def repack(
             except ValueError as e:
                 fail(str(e))
     report_rewrite(report)
-    if report["defects"] or report["bad"]:
+    if report["defects"]:
+        for key, reason in report["defects"]:
+            typer.echo(f"DEFECT {key}: {reason}", err=True)
         fail(
-            f"verify found {len(report['bad'])} bad records and {len(report['defects'])} "
-            "defective instances after repacking: run dicomvault verify"
+            f"verify found {len(report['defects'])} defects after repacking: run dicomvault verify"
         )
     typer.echo(f"verified {report['verified']} records")
 

@@ -17,12 +17,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dicomvault import _native
 from dicomvault.config import Settings
 from dicomvault.http.dicomweb import DicomWeb
 from dicomvault.http.metrics import Metrics
 from dicomvault.http.openapi import OpenApi
 from dicomvault.http.rest import Rest
 from dicomvault.store import Archive
+from dicomvault.store.archive import IndexUnavailable
 
 log = logging.getLogger("dicomvault.http")
 
@@ -59,6 +61,25 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _damaged(request: Request, exc: Exception) -> Response:
+    log.error(
+        "%s %s: an instance is damaged in the archive: %s", request.method, request.url.path, exc
+    )
+    return JSONResponse(
+        {"error": f"the instance is damaged in the archive (run dicomvault verify): {exc}"},
+        status_code=500,
+    )
+
+
+async def _index_unavailable(request: Request, exc: Exception) -> Response:
+    # An answer without what was acknowledged would be wrong: ask the client to come back.
+    return JSONResponse(
+        {"error": f"the index is not available: {exc}"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
     # Whatever a request raised is logged and answered; the server and the archive go on.
     log.exception("%s %s failed", request.method, request.url.path)
@@ -78,5 +99,10 @@ def application(archive: Archive, settings: Settings) -> Starlette:
             Mount("/ui", StaticFiles(directory=UI, html=True), name="ui"),
         ],
         middleware=[metrics.middleware(), Middleware(SameOrigin)],
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            _native.DamagedError: _damaged,
+            IndexUnavailable: _index_unavailable,
+            Exception: _server_error,
+        },
     )

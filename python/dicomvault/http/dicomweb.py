@@ -21,7 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from dicomvault import _native
 from dicomvault.http import render
+from dicomvault.http.stored import check, checked_chunks
 from dicomvault.index import Level, Record
 from dicomvault.net.outbound import NATIVE_SYNTAXES, outbound, selected
 from dicomvault.net.query import response_identifier
@@ -388,8 +390,9 @@ class DicomWeb:
             records = await asyncio.to_thread(self._records, level, _filters(request))
             if not records:
                 return JSONResponse({"error": "not found"}, status_code=404)
+            await check(self.archive, records[0].manifest)  # the common case of one: a 500
             boundary = uuid.uuid4().hex
-            parts = (self.archive.store.chunks(r.manifest, 0) for r in records)
+            parts = (checked_chunks(self.archive, r.manifest, r.key) for r in records)
             return StreamingResponse(
                 iterate_in_thread(_multipart(parts, boundary)),
                 media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
@@ -472,6 +475,8 @@ class DicomWeb:
             frames = await asyncio.to_thread(parts.frames, numbers)
         except FileNotFoundError as e:
             return _error(404, str(e))
+        except _native.DamagedError:
+            raise  # a 500, logged
         except OSError as e:
             return _error(406, str(e))
         media = OCTET_STREAM
@@ -578,6 +583,7 @@ class DicomWeb:
         instance = outbound(self.archive, selected(record))
         syntax = query.get("transferSyntax", "*")
         if syntax in ("*", instance.transfer_syntax):
+            await check(self.archive, record.manifest)
             chunks = self.archive.store.chunks(record.manifest, 0)
             return StreamingResponse(iterate_in_thread(chunks), media_type=DICOM)
         if syntax not in NATIVE_SYNTAXES:
@@ -615,8 +621,8 @@ class DicomWeb:
         except BadRequest as e:
             return JSONResponse({"error": str(e)}, status_code=400)
         source = f"STOW-RS@{request.client.host if request.client else ''}"
-        stored, failed = await asyncio.to_thread(self._store, parts, source)
-        status = 200 if not failed else (409 if not stored else 202)
+        stored, failed, no_room = await asyncio.to_thread(self._store, parts, source)
+        status = 200 if not failed else (202 if stored else 507 if no_room else 409)
         body: dict[str, Any] = {}
         if stored:
             body["00081199"] = {"vr": "SQ", "Value": stored}
@@ -624,18 +630,20 @@ class DicomWeb:
             body["00081198"] = {"vr": "SQ", "Value": failed}
         return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
 
-    def _store(self, parts: list[bytes], source: str) -> tuple[list[dict], list[dict]]:
+    def _store(self, parts: list[bytes], source: str) -> tuple[list[dict], list[dict], bool]:
+        """(ReferencedSOPSequence items, FailedSOPSequence items, whether a failure was for
+        want of storage)."""
         named = [(f"part {i + 1}", part) for i, part in enumerate(parts)]
-        try:
-            outcomes = self.archive.ingest_all(named, source)
-        except Exception as e:  # the index or the disk: nothing of the request is stored
-            log.error("STOW-RS: commit failed: %s", e)
-            return [], [{"00081197": {"vr": "US", "Value": [0xA700]}} for _ in parts]
+        outcomes = self.archive.ingest_all(named, source)
         stored, failed = [], []
+        no_room = False
         for (name, _), outcome in zip(named, outcomes, strict=True):
             if outcome.key is None:
                 log.warning("STOW-RS %s refused: %s", name, outcome.reason)
-                failed.append({"00081197": {"vr": "US", "Value": [0xC000]}})
+                # Out of Resources when the archive could not store it, else Cannot Understand.
+                reason = 0xA700 if outcome.status == "failed" else 0xC000
+                no_room |= outcome.status == "failed"
+                failed.append({"00081197": {"vr": "US", "Value": [reason]}})
                 continue
             record = self.archive.index.get(Level.IMAGE, outcome.key)
             tags = record.tags if record else {}
@@ -645,4 +653,4 @@ class DicomWeb:
                     "00081155": {"vr": "UI", "Value": [outcome.key]},
                 }
             )
-        return stored, failed
+        return stored, failed, no_room

@@ -28,6 +28,7 @@ from dicomvault.config import Settings
 from dicomvault.dicom.keys import keyword_named
 from dicomvault.http import render
 from dicomvault.http.dicomweb import iterate_in_thread
+from dicomvault.http.stored import check, checked_chunks
 from dicomvault.index import Level, Record
 from dicomvault.index.levels import PLURALS, UNIQUE
 from dicomvault.index.records import patient_key
@@ -172,7 +173,7 @@ def zip_stream(archive: Archive, instances: Iterable[Record]) -> Iterator[bytes]
             info = zipfile.ZipInfo(str(archive.export_path(instance)), _zip_time(instance))
             info.file_size = instance.size
             with zf.open(info, "w") as member:
-                for chunk in archive.store.chunks(instance.manifest, 0):
+                for chunk in checked_chunks(archive, instance.manifest, instance.key):
                     member.write(chunk)
                     yield sink.take()
             yield sink.take()
@@ -360,6 +361,8 @@ class Rest:
         """
         record = self._record(request, level)
         found = await asyncio.to_thread(lambda: list(self.archive.instances([record])))
+        if found and found[0].manifest is not None:
+            await check(self.archive, found[0].manifest)  # the common case of one: a 500
         name = _filename(record.tags.get(UNIQUE[level]) or record.key)
         return StreamingResponse(
             iterate_in_thread(zip_stream(self.archive, found)),
@@ -380,6 +383,7 @@ class Rest:
         """
         record = self._record(request, Level.IMAGE)
         assert record.manifest is not None
+        await check(self.archive, record.manifest)
         return StreamingResponse(
             iterate_in_thread(iter(self.archive.store.chunks(record.manifest, 0))),
             media_type="application/dicom",
@@ -445,9 +449,10 @@ class Rest:
                 type: object
                 properties: {files: {type: array, items: {type: string, format: binary}}}
         responses:
-          200: {description: "results: [{name, status (stored, duplicate, rejected,
-            not-dicom), SOPInstanceUID, size, reason}]"}
+          200: {description: "results: [{name, status (stored, duplicate, different,
+            replaced, rejected, not-dicom, failed), SOPInstanceUID, size, reason}]"}
           400: {description: "Nothing was stored: error says why, results per file"}
+          507: {description: "Nothing was stored: the archive has no room left"}
         """
         parts: list[tuple[str, bytes]] = []
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -468,10 +473,12 @@ class Rest:
         source = f"REST@{request.client.host if request.client else ''}"
         outcomes = await asyncio.to_thread(self.archive.ingest_all, parts, source)
         results = [_outcome(name, o) for (name, _), o in zip(parts, outcomes, strict=True)]
-        if not any(o.status in ("stored", "duplicate") for o in outcomes):
+        if all(o.key is None for o in outcomes):
             reason = outcomes[0].reason or outcomes[0].status
+            # 507 when the archive could not store them, 400 when they were not instances.
+            status = 507 if any(o.status == "failed" for o in outcomes) else 400
             return JSONResponse(
-                {"error": f"{parts[0][0]}: {reason}", "results": results}, status_code=400
+                {"error": f"{parts[0][0]}: {reason}", "results": results}, status_code=status
             )
         return JSONResponse({"results": results})
 

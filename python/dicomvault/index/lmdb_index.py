@@ -15,14 +15,17 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import lmdb
 import msgpack
 
+from dicomvault import _native
 from dicomvault.index.levels import COMPUTED, LEVEL_OF, TAGS, Level
 from dicomvault.index.matching import Matcher, literal_prefix, matcher
 from dicomvault.index.records import (
     CommitOutcome,
+    CommitStatus,
     InstanceEntry,
     Record,
     level_tags,
@@ -62,6 +65,9 @@ _COUNT_NAMES = {
 _CHILD_COUNT = {Level.PATIENT: "studies", Level.STUDY: "series", Level.SERIES: "instances"}
 
 
+manifest_hash = _native.manifest_hash
+
+
 def _cut(value: str) -> bytes:
     raw = value.encode("utf-8")[:_MAX_VALUE]
     return raw.decode("utf-8", "ignore").encode("utf-8").replace(_SEP, b" ")
@@ -91,6 +97,7 @@ def _encode(record: Record) -> bytes:
             "src": record.source,
             "m": record.manifest,
             "pc": record.patient_conflict,
+            "h": record.history,
         }
     )
 
@@ -98,8 +105,28 @@ def _encode(record: Record) -> bytes:
 def _decode(level: Level, key: str, raw: bytes) -> Record:
     d = msgpack.unpackb(raw)
     return Record(
-        level, key, d["p"], d["t"], d["c"], d["s"], d["r"], d.get("src"), d.get("m"), d.get("pc")
+        level,
+        key,
+        d["p"],
+        d["t"],
+        d["c"],
+        d["s"],
+        d["r"],
+        d.get("src"),
+        d.get("m"),
+        d.get("pc"),
+        d.get("h"),
     )
+
+
+def _version(record: Record) -> dict[str, Any]:
+    """An instance's stored version, as its history keeps it once replaced."""
+    return {
+        "manifest": record.manifest,
+        "size": record.size,
+        "received_at": record.received_at,
+        "source": record.source,
+    }
 
 
 class _Batch:
@@ -141,9 +168,12 @@ class Index:
         sync: bool = True,
         readonly: bool = False,
         barrier: Callable[[], None] | None = None,
+        same_data_set: Callable[[bytes, bytes], bool] | None = None,
     ) -> None:
         """``barrier``, when given, is called before every read: it returns once what was
-        acknowledged before it was called is in the index (see ``Archive``)."""
+        acknowledged before it was called is in the index (see ``Archive``).
+        ``same_data_set(a, b)`` says whether two manifests hold the same data set whatever
+        their File Meta (the store reads them); without it, only equal manifests are."""
         path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
             str(path),
@@ -159,14 +189,31 @@ class Index:
         self._ix = self.env.open_db(b"ix")
         self._meta = self.env.open_db(b"meta")
         self._barrier = barrier
+        self._same_data_set = same_data_set
         self.marks_frozen = False
         # Counts records decoded: lets tests prove that indexed keys use key ranges.
         self.records_read = 0
 
-    def _snapshot(self) -> lmdb.Transaction:
-        """A read transaction that sees every instance acknowledged before it began."""
+    def barrier(self) -> None:
+        """Returns once every instance acknowledged before the call is indexed (the barrier
+        may raise instead: see ``Archive``)."""
         if self._barrier is not None:
             self._barrier()
+
+    def _same(self, indexed: bytes, received: bytes) -> bool:
+        """Whether a received instance is the one indexed under its key, byte for byte in
+        its data set; an indexed one that cannot be read counts as different."""
+        if indexed == received or self._same_data_set is None:
+            return indexed == received
+        try:
+            return self._same_data_set(indexed, received)
+        except OSError as e:
+            log.error("comparing two versions of an instance failed: %s", e)
+            return False
+
+    def _snapshot(self) -> lmdb.Transaction:
+        """A read transaction that sees every instance acknowledged before it began."""
+        self.barrier()
         return self.env.begin()
 
     def close(self) -> None:
@@ -174,6 +221,12 @@ class Index:
 
     def sync(self) -> None:
         self.env.sync(True)
+
+    def headroom(self) -> int:
+        """Bytes of the map beyond the highest page ever used: what the index can still grow
+        by (pages freed inside it are reused first, so this is the least it has)."""
+        info = self.env.info()
+        return int(info["map_size"]) - (int(info["last_pgno"]) + 1) * int(self.env.stat()["psize"])
 
     def __enter__(self) -> Index:
         return self
@@ -267,6 +320,45 @@ class Index:
         with self.env.begin() as txn:
             return self._applied(txn)
 
+    def record_unindexed(self, manifest: bytes, pack: int, end: int, why: str) -> None:
+        """Remembers a manifest record of the log that could not be indexed (its instance's
+        header cannot be read), until an instance with that manifest is committed."""
+        with self.env.begin(write=True) as txn:
+            unindexed = self._unindexed(txn)
+            unindexed[manifest_hash(manifest)] = {"pack": pack, "end": end, "why": why}
+            txn.put(b"unindexed", msgpack.packb(unindexed), db=self._meta)
+
+    def unindexed(self) -> dict[str, dict[str, Any]]:
+        """Manifest records that could not be indexed: manifest hash -> {pack, end, why}."""
+        with self.env.begin() as txn:
+            return self._unindexed(txn)
+
+    def _unindexed(self, txn: lmdb.Transaction) -> dict[str, dict[str, Any]]:
+        raw = txn.get(b"unindexed", db=self._meta)
+        return msgpack.unpackb(raw) if raw else {}
+
+    def _forget_unindexed(self, txn: lmdb.Transaction, manifests: Iterable[bytes]) -> None:
+        unindexed = self._unindexed(txn)
+        if not unindexed:
+            return
+        for manifest in manifests:
+            unindexed.pop(manifest_hash(manifest), None)
+        txn.put(b"unindexed", msgpack.packb(unindexed), db=self._meta)
+
+    def forget_history(self) -> int:
+        """Drops every instance's replaced versions (gc has reclaimed their blobs); returns
+        how many instances had some."""
+        with self.env.begin(write=True) as txn:
+            changed = []
+            for k, v in txn.cursor(db=self._dbs[Level.IMAGE]):
+                record = _decode(Level.IMAGE, k.decode("utf-8"), v)
+                if record.history:
+                    record.history = None
+                    changed.append((k, _encode(record)))
+            for k, v in changed:
+                txn.put(k, v, db=self._dbs[Level.IMAGE])
+        return len(changed)
+
     def _totals(self, txn: lmdb.Transaction) -> dict[str, int]:
         raw = txn.get(b"totals", db=self._meta)
         return msgpack.unpackb(raw) if raw else {"instances": 0, "size": 0, "patient_conflicts": 0}
@@ -278,46 +370,71 @@ class Index:
         entries: Sequence[InstanceEntry],
         before_commit: Callable[[list[InstanceEntry]], Positions | None] | None = None,
     ) -> list[CommitOutcome]:
-        """Indexes a batch in one transaction; duplicates (by instance key) keep the first.
-        ``before_commit`` runs inside the transaction with the new entries (none, when all are
-        duplicates); the log positions it returns (pack, offset) are recorded as applied, in
-        the same transaction."""
+        """Indexes a batch in one transaction. An instance whose key is indexed already is a
+        duplicate when its manifest is the same; with other bytes it replaces the indexed one
+        if its ``replace`` says so (the replaced version goes into its history), else the
+        first is kept; both are logged with the two manifests' hashes. ``before_commit`` runs
+        inside the transaction with the entries that change the index (none, when nothing
+        does); the log positions it returns (pack, offset) are recorded as applied, in the
+        same transaction."""
         with self.env.begin(write=True) as txn:
             batch = _Batch(self, txn)
             outcomes: list[CommitOutcome] = []
-            new: list[tuple[InstanceEntry, tuple[str, str, str, str]]] = []
-            seen: set[str] = set()
+            new: list[tuple[InstanceEntry, tuple[str, str, str, str], CommitStatus]] = []
+            ahead: dict[str, InstanceEntry] = {}  # this batch's changes, by instance key
             for entry in entries:
                 keys = record_keys(entry)
                 instance = keys[3]
-                if instance in seen or batch.get(Level.IMAGE, instance) is not None:
-                    outcomes.append(CommitOutcome("duplicate", instance))
-                    continue
-                seen.add(instance)
-                new.append((entry, keys))
-                outcomes.append(CommitOutcome("stored", instance))
+                earlier = ahead.get(instance)
+                record = batch.get(Level.IMAGE, instance) if earlier is None else None
+                indexed = earlier.manifest if earlier is not None else record and record.manifest
+                status: CommitStatus
+                if indexed is None:
+                    status = "stored"
+                elif self._same(indexed, entry.manifest):
+                    status = "duplicate"
+                else:
+                    status = "replaced" if entry.replace else "different"
+                    log.warning(
+                        "instance %s received again with other bytes (manifest %s; indexed %s): %s",
+                        instance,
+                        manifest_hash(entry.manifest),
+                        manifest_hash(indexed),
+                        "replaced, the earlier version kept for `show --history` until gc"
+                        if entry.replace
+                        else 'the first kept ([storage] on_duplicate = "keep")',
+                    )
+                outcomes.append(CommitOutcome(status, instance))
+                if status in ("stored", "replaced"):
+                    new.append((entry, keys, status))
+                    ahead[instance] = entry
             if before_commit is not None:
-                self._advance(txn, before_commit([e for e, _ in new]))
+                self._advance(txn, before_commit([e for e, _, _ in new]))
             if not new:
                 return outcomes
             totals = self._totals(txn)
             modalities_changed: set[str] = set()
-            for entry, keys in new:
-                conflict = self._insert(batch, entry, keys, modalities_changed)
+            for entry, keys, status in new:
+                history = None
+                if status == "replaced":
+                    old = batch.get(Level.IMAGE, keys[3])
+                    assert old is not None and old.manifest is not None
+                    history = [_version(old), *(old.history or [])]
+                    self._unlink(batch, old, totals)
+                conflict = self._insert(batch, entry, keys, modalities_changed, history)
                 totals["instances"] += 1
                 totals["size"] += entry.size
                 totals["patient_conflicts"] += conflict
+            self._forget_unindexed(txn, [e.manifest for e, _, _ in new])
             for study_key in modalities_changed:
-                study = batch.get(Level.STUDY, study_key)
-                assert study is not None
-                old = txn.get(study_key.encode("utf-8"), db=self._dbs[Level.STUDY])
-                if old is not None:
-                    self._index_record(txn, _decode(Level.STUDY, study_key, old), add=False)
+                old_study = txn.get(study_key.encode("utf-8"), db=self._dbs[Level.STUDY])
+                if old_study is not None:
+                    self._index_record(txn, _decode(Level.STUDY, study_key, old_study), add=False)
             batch.flush()
             for study_key in modalities_changed:
                 study = batch.get(Level.STUDY, study_key)
-                assert study is not None
-                self._index_record(txn, study, add=True)
+                if study is not None:
+                    self._index_record(txn, study, add=True)
             txn.put(b"totals", msgpack.packb(totals), db=self._meta)
         return outcomes
 
@@ -327,6 +444,7 @@ class Index:
         entry: InstanceEntry,
         keys: tuple[str, str, str, str],
         modalities_changed: set[str],
+        history: list[dict[str, Any]] | None = None,
     ) -> bool:
         txn = batch.txn
         pkey, skey, ekey, ikey = keys
@@ -412,6 +530,7 @@ class Index:
             entry.source,
             entry.manifest,
             conflict,
+            history,
         )
         txn.put(
             self._child_prefix(Level.IMAGE, ekey) + ikey.encode("utf-8"), b"", db=self._children
@@ -438,7 +557,6 @@ class Index:
             top = batch.get(level, key)
             if top is None:
                 return []
-            removed: list[Record] = []
             subtree: list[Record] = []
             stack = [top]
             while stack:
@@ -446,31 +564,44 @@ class Index:
                 subtree.append(record)
                 child_level = record.level.child
                 if child_level is None:
-                    removed.append(record)
                     continue
                 for child_key in self._child_keys(txn, child_level, record.key):
                     child = batch.get(child_level, child_key)
                     if child is not None:
                         stack.append(child)
+            removed = [r for r in subtree if r.level is Level.IMAGE]
             if before_commit is not None:
                 self._advance(txn, before_commit(removed))
             totals = self._totals(txn)
-            totals["instances"] -= len(removed)
-            totals["size"] -= sum(r.size for r in removed)
-            totals["patient_conflicts"] -= sum(r.patient_conflict is not None for r in removed)
-            for record in subtree:
-                self._index_record(txn, record, add=False)
-                if record.parent is not None:
-                    txn.delete(
-                        self._child_prefix(record.level, record.parent)
-                        + record.key.encode("utf-8"),
-                        db=self._children,
-                    )
-                batch.drop(record.level, record.key)
-            self._detach(batch, top)
+            self._unlink(batch, top, totals, subtree)
             batch.flush()
             txn.put(b"totals", msgpack.packb(totals), db=self._meta)
             return removed
+
+    def _unlink(
+        self,
+        batch: _Batch,
+        top: Record,
+        totals: dict[str, int],
+        subtree: list[Record] | None = None,
+    ) -> None:
+        """Removes ``top`` and ``subtree`` (the records below it and itself; ``top`` alone for
+        an instance) from the index and from its ancestors' counts and the totals."""
+        txn = batch.txn
+        subtree = subtree if subtree is not None else [top]
+        instances = [r for r in subtree if r.level is Level.IMAGE]
+        totals["instances"] -= len(instances)
+        totals["size"] -= sum(r.size for r in instances)
+        totals["patient_conflicts"] -= sum(r.patient_conflict is not None for r in instances)
+        for record in subtree:
+            self._index_record(txn, record, add=False)
+            if record.parent is not None:
+                txn.delete(
+                    self._child_prefix(record.level, record.parent) + record.key.encode("utf-8"),
+                    db=self._children,
+                )
+            batch.drop(record.level, record.key)
+        self._detach(batch, top)
 
     def _detach(self, batch: _Batch, top: Record) -> None:
         """Subtracts a removed subtree from its ancestors, removing those it empties."""

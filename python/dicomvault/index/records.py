@@ -14,13 +14,15 @@ from dicomvault.index.levels import TAGS, Level
 class InstanceEntry:
     """An instance handed to the index: its tags (keyword -> text, DICOM formatting kept,
     multiple values joined by '\\', absent tags absent), its storage manifest, size, receive
-    time (ISO 8601 UTC) and source."""
+    time (ISO 8601 UTC) and source; ``replace``: whether it replaces an instance stored before
+    under its key with other bytes (``[storage] on_duplicate``), else the first is kept."""
 
     tags: dict[str, str]
     manifest: bytes
     size: int
     received_at: str
     source: str
+    replace: bool = False
 
 
 @dataclass
@@ -37,6 +39,9 @@ class Record:
     source: str | None = None
     manifest: bytes | None = None
     patient_conflict: str | None = None
+    # Versions this instance replaced (``on_duplicate = "replace"``), newest first, each
+    # {"manifest", "size", "received_at", "source"}: kept until gc reclaims their blobs.
+    history: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -55,8 +60,13 @@ class Record:
         return out
 
 
+# What committing an instance did: stored anew; "duplicate" (the same bytes were stored
+# already); "different" (other bytes are stored under its key, and were kept); "replaced".
+CommitStatus = Literal["stored", "duplicate", "different", "replaced"]
+
+
 class CommitOutcome(NamedTuple):
-    status: Literal["stored", "duplicate"]
+    status: CommitStatus
     key: str
 
 

@@ -40,10 +40,12 @@ from dicomvault.net.status import (
     MOVE_DESTINATION_UNKNOWN,
     NOT_AUTHORIZED,
     OUT_OF_RESOURCES,
+    OUT_OF_RESOURCES_MATCHES,
     SUCCESS,
     UNABLE_TO_PROCESS,
 )
 from dicomvault.store import Archive
+from dicomvault.store.archive import IndexUnavailable
 
 log = logging.getLogger("dicomvault.net")
 
@@ -71,8 +73,10 @@ def _sub_operations(assoc: Association, instances: list[StoredInstance]) -> Iter
         for instance in instances:
             try:
                 response = assoc.send_c_store(instance)
-            except ValueError as e:  # cannot be sent in any syntax the peer accepted
-                log.error("C-MOVE: %s", e)
+            except (ValueError, _native.DamagedError) as e:
+                # Not sendable in any syntax the peer accepted, or damaged in the archive: read
+                # whole before anything is sent, so only this sub-operation fails.
+                log.error("C-MOVE: sub-operation for %s failed: %s", instance.SOPInstanceUID, e)
                 yield OUT_OF_RESOURCES
                 continue
             yield int(getattr(response, "Status", OUT_OF_RESOURCES))
@@ -123,6 +127,7 @@ class DicomServer:
             timeout_s=float(NETWORK_TIMEOUT),
             implementation_class_uid=contexts.IMPLEMENTATION_CLASS_UID,
             implementation_version_name=contexts.IMPLEMENTATION_VERSION_NAME,
+            replace_duplicates=self.archive.replace_duplicates,
             log=log.log,
             select=self._select_for_get,
             transcode=self._transcode,
@@ -162,6 +167,11 @@ class DicomServer:
         except IdentifierError as e:
             log.error("C-FIND: %s", e)
             return e.status, iter(())
+        try:
+            self.archive.index.barrier()
+        except IndexUnavailable as e:
+            log.error("C-FIND refused: %s", e)
+            return OUT_OF_RESOURCES, iter(())
         matches = self.archive.index.find(
             level, filters, requested, case_insensitive_pn=self.case_insensitive_pn
         )
@@ -197,9 +207,13 @@ class DicomServer:
         except IdentifierError as e:
             log.error("%s: %s", name, e)
             return e.status, []
-        keys = [m["_key"] for m in self.archive.index.find(level, filters)]
-        records = [r for k in keys if (r := self.archive.index.get(level, k))]
-        return SUCCESS, [selected(record) for record in self.archive.instances(records)]
+        try:
+            keys = [m["_key"] for m in self.archive.index.find(level, filters)]
+            records = [r for k in keys if (r := self.archive.index.get(level, k))]
+            return SUCCESS, [selected(record) for record in self.archive.instances(records)]
+        except IndexUnavailable as e:
+            log.error("%s refused: %s", name, e)
+            return OUT_OF_RESOURCES_MATCHES, []
 
     def _move(
         self,

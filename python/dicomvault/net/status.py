@@ -15,6 +15,9 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 NOT_AUTHORIZED = 0x0124
 OUT_OF_RESOURCES = 0xA700
+# C-GET and C-MOVE refused before any sub-operation: "Out of resources: unable to calculate
+# number of matches" (PS3.4 C.4.2.1.5, C.4.3.1.4).
+OUT_OF_RESOURCES_MATCHES = 0xA701
 CANNOT_UNDERSTAND = 0xC000
 MOVE_DESTINATION_UNKNOWN = 0xA801
 # A query or retrieve whose identifier cannot be read ("Unable to process": Cxxx, PS3.4 C.4).

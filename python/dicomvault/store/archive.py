@@ -45,7 +45,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dicomvault.archive")
 
-IngestStatus = Literal["stored", "duplicate", "rejected", "not-dicom"]
+# What became of an instance handed to the archive: what the index did with it (see
+# ``CommitStatus``), "rejected" (not a readable data set), "not-dicom", or "failed": the
+# archive could not store it (a full disk, an I/O error, an index that cannot take it).
+IngestStatus = Literal[
+    "stored", "duplicate", "different", "replaced", "rejected", "not-dicom", "failed"
+]
 
 # The scanner says this when a file does not even start like DICOM.
 _NOT_DICOM = "not DICOM"
@@ -76,17 +81,31 @@ _WHOLE_PACK = 2**64 - 1
 
 @dataclass(frozen=True, slots=True)
 class Defect:
-    """An instance that failed verification, and why."""
+    """An instance (or a place in the packs) that failed verification, and why."""
 
     key: str
     reason: str
 
 
+class IndexUnavailable(RuntimeError):
+    """The index cannot apply what was acknowledged, or take more, right now (a full map or
+    disk, a failing disk): a read would miss acknowledged instances, a write is refused."""
+
+
+# The applier refuses instances before they are acknowledged once the index map has less room
+# than this left: what was acknowledged must always fit.
+INDEX_HEADROOM = 16 << 20
+
+
 def final(outcome: IngestOutcome, commit: Future[CommitOutcome] | None) -> IngestOutcome:
-    """The outcome once the commit (if any) is durable: stored or duplicate, with its key."""
+    """The outcome once the commit (if any) is durable, with its key; "failed" when the
+    commit could not be made (its reason says why)."""
     if commit is None:
         return outcome
-    result = commit.result()
+    try:
+        result = commit.result()
+    except (OSError, IndexUnavailable) as e:
+        return IngestOutcome("failed", size=outcome.size, reason=str(e))
     return IngestOutcome(result.status, key=result.key, size=outcome.size)
 
 
@@ -95,7 +114,7 @@ def utc_now() -> str:
 
 
 def _annotations(entry: InstanceEntry) -> bytes:
-    return _native.annotations(entry.received_at, entry.source)
+    return _native.annotations(entry.received_at, entry.source, entry.replace)
 
 
 class Archive:
@@ -106,6 +125,11 @@ class Archive:
         self.settings = settings
         self.root = settings.root
         self.root.mkdir(parents=True, exist_ok=True)
+        if storage["on_duplicate"] not in ("keep", "replace"):
+            raise ValueError(
+                f"[storage] on_duplicate must be keep or replace, not {storage['on_duplicate']!r}"
+            )
+        self.replace_duplicates = storage["on_duplicate"] == "replace"
         self.store = _native.Store(
             str(self.root),
             pack_size=int(storage["pack_size"]),
@@ -115,6 +139,7 @@ class Archive:
             sync_interval_ms=int(storage["sync_interval_ms"]),
             wanted=wanted(INDEXED_KEYWORDS),
             exclusive=exclusive,
+            min_free_space=int(storage["min_free_space_mb"]) << 20,
         )
         for message in self.store.recovery:
             log.warning("store recovery: %s", message)
@@ -122,8 +147,11 @@ class Archive:
             self.root / "index",
             map_size=int(settings["index"]["map_size"]),
             sync=False,
-            barrier=self.store.received_barrier,
+            barrier=self._barrier,
+            same_data_set=self.store.same_data_set,
         )
+        # Why instances are refused before they are acknowledged (see ``_check_headroom``).
+        self._refusal: str | None = None
         self._settle_marks()
         replayed = self.replay(self.index.applied())
         if replayed:
@@ -150,11 +178,12 @@ class Archive:
             "dicomvault_commit_seconds",
             "Duration of group commits: fsync of the packs and the index transaction.",
         )
+        self._closing = threading.Event()
+        self._check_headroom()
         self._applier = threading.Thread(
             target=self._apply_received, name="index-applier", daemon=True
         )
         self._applier.start()
-        self._closing = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop,
             args=(int(storage["sync_interval_ms"]) / 1000,),
@@ -178,8 +207,8 @@ class Archive:
     def close(self) -> None:
         self._committer.close()
         self.store.close_received()
+        self._closing.set()  # an applier retrying a failed batch gives up: replayed at open
         self._applier.join()
-        self._closing.set()
         self._checkpointer.join()
         self.checkpoint()
         self.index.close()
@@ -197,8 +226,16 @@ class Archive:
 
     # Ingest -------------------------------------------------------------------------------
 
-    def entry(self, ingested: dict, source: str, received_at: str | None = None) -> InstanceEntry:
-        """The index entry for what the store's writer returned."""
+    def entry(
+        self,
+        ingested: dict,
+        source: str,
+        received_at: str | None = None,
+        *,
+        replace: bool | None = None,
+    ) -> InstanceEntry:
+        """The index entry for what the store's writer returned; ``replace`` as
+        ``[storage] on_duplicate`` says unless given (a replay gives what the log says)."""
         tags = decode_elements(ingested["elements"])
         meta = decode_elements(ingested["meta"])
         if "MediaStorageSOPInstanceUID" in meta:
@@ -210,6 +247,7 @@ class Archive:
             size=ingested["size"],
             received_at=received_at or utc_now(),
             source=source,
+            replace=self.replace_duplicates if replace is None else replace,
         )
 
     def commit(self, entries: Sequence[InstanceEntry]) -> list[CommitOutcome]:
@@ -238,32 +276,82 @@ class Archive:
     @contextmanager
     def _log_order(self) -> Iterator[None]:
         """Appending to the log and applying it in one step, with the listener held off and
-        everything it acknowledged applied: the index's marks advance in log order."""
-        self.store.begin_exclusive()
+        everything it acknowledged applied: the index's marks advance in log order.
+        IndexUnavailable when the index cannot take more."""
+        if self._refusal is not None:
+            raise IndexUnavailable(self._refusal)
+        stalled = self.store.begin_exclusive()
+        if stalled is not None:
+            raise IndexUnavailable(stalled)
         try:
             yield
         finally:
             self.store.end_exclusive()
 
+    def _barrier(self) -> None:
+        """Before a read: returns once what was acknowledged before it is indexed;
+        IndexUnavailable (rather than an answer without it) while the applier cannot."""
+        stalled = self.store.received_barrier()
+        if stalled is not None:
+            raise IndexUnavailable(stalled)
+
     def _apply_received(self) -> None:
         """The applier: indexes what the listener acknowledged, in log order, until close.
-        A batch that fails stays in the packs beyond the index's marks, which stop advancing,
-        and is replayed at the next open."""
+        A batch the index cannot apply is retried until it can; meanwhile the listener
+        refuses C-STOREs and reads raise IndexUnavailable. Given up only at close, with the
+        marks frozen before it: it is replayed at the next open."""
         while (taken := self.store.take_received()) is not None:
             through, received = taken
+            positions = [(pack, end) for pack, end, _ in received]
             try:
-                entries = [self.entry(i, i["source"], i["received_at"]) for _, _, i in received]
-                positions = [(pack, end) for pack, end, _ in received]
-                self._index(entries, lambda _new, positions=positions: positions)
-            except Exception as e:  # the index (a full map, a failing disk)
+                entries = [
+                    self.entry(i, i["source"], i["received_at"], replace=self.replace_duplicates)
+                    for _, _, i in received
+                ]
+            except Exception as e:  # a retry cannot help: left for the replay at the next open
                 self.index.freeze_marks()
-                log.error(
-                    "indexing %d received instances failed (replayed at the next open): %s",
-                    len(received),
-                    e,
-                )
-            finally:
+                log.error("%d received instances cannot be indexed: %s", len(received), e)
                 self.store.received_applied(through)
+                continue
+            delay = 0.05
+            while True:
+                try:
+                    self._index(entries, lambda _new, positions=positions: positions)
+                except Exception as e:  # the index: a full map or disk, a failing disk
+                    why = f"indexing {len(entries)} acknowledged instances failed: {e}"
+                    self.store.received_stalled(why)
+                    log.error("%s; refusing C-STOREs until a retry succeeds", why)
+                    if self._closing.wait(delay):
+                        self.index.freeze_marks()
+                        log.error("closing: those instances are replayed at the next open")
+                        self.store.received_applied(through)
+                        break
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if delay > 0.05:
+                    log.warning("indexing succeeded again: C-STOREs are accepted")
+                self.store.received_applied(through)
+                break
+            self._check_headroom()
+
+    def _check_headroom(self) -> None:
+        """Refuses instances before they are acknowledged while the index map has less than
+        ``INDEX_HEADROOM`` left (what was acknowledged must always fit); accepts them again
+        once it has."""
+        left = self.index.headroom()
+        refusal = None
+        if left < INDEX_HEADROOM:
+            refusal = (
+                f"the index map has {left >> 10} KiB left, less than the "
+                f"{INDEX_HEADROOM >> 20} MiB kept in reserve: raise [index] map_size"
+            )
+        if refusal != self._refusal:
+            if refusal is not None:
+                log.error("refusing instances: %s", refusal)
+            else:
+                log.warning("the index map has room again: instances are accepted")
+        self._refusal = refusal
+        self.store.refuse_received(refusal)
 
     def submit(self, entry: InstanceEntry) -> Future[CommitOutcome]:
         """Queues an instance for the next group commit."""
@@ -305,6 +393,9 @@ class Archive:
             status: IngestStatus = "not-dicom" if _NOT_DICOM in str(e) else "rejected"
             self.refused.inc(status)
             return IngestOutcome(status, reason=str(e)), None
+        except OSError as e:  # the archive's disk, not the instance
+            self.refused.inc("failed")
+            return IngestOutcome("failed", reason=f"{name}: {e}"), None
         entry = self.entry(ingested, source)
         if ingested["truncated_at"] is not None:
             log.warning(
@@ -400,13 +491,19 @@ class Archive:
             return self.index.delete(record.level, record.key, before_commit=tombstone)
 
     def verify(self) -> tuple[dict, list[Defect]]:
-        """Re-hashes every blob, then checks every instance's manifest and index record.
-        Returns the store's report and the defective instances."""
+        """Re-reads and re-hashes every record of the packs, then checks every instance's
+        manifest and index record. Returns the store's report ({"records", "bytes",
+        "damaged": [Damage]}) and the defects: each damaged instance (naming its damaged
+        blob), each damaged record no indexed instance accounts for (a manifest or tombstone
+        record, a record superseded by a valid copy, an unreadable stretch), each record of
+        the log that could not be indexed."""
         report = self.store.verify()
-        bad_blobs = {h: why for h, why in report["bad"]}
+        damaged: list[_native.Damage] = report["damaged"]
+        by_blob = {d.hash: d for d in damaged if d.hash is not None and not d.superseded}
         defects: list[Defect] = []
+        named: set[str] = set()
         for instance in self.index.iter_level(Level.IMAGE):
-            reason = self._instance_defect(instance, bad_blobs)
+            reason = self._instance_defect(instance, by_blob, named)
             if reason:
                 defects.append(Defect(instance.key, reason))
         for level in (Level.SERIES, Level.STUDY):
@@ -414,9 +511,22 @@ class Archive:
             for record in self.index.iter_level(level):
                 if record.parent is None or self.index.get(parent_level, record.parent) is None:
                     defects.append(Defect(record.key, f"{level.value} record has no parent"))
+        for d in damaged:
+            if d.hash not in named:
+                defects.append(Defect(f"pack {d.pack} at byte {d.offset}", d.message))
+        for manifest_hash, place in self.index.unindexed().items():
+            defects.append(
+                Defect(
+                    f"pack {place['pack']} before byte {place['end']}",
+                    f"the instance of manifest {manifest_hash} cannot be indexed: "
+                    f"{place['why']} (storing it again repairs it)",
+                )
+            )
         return report, defects
 
-    def _instance_defect(self, instance: Record, bad_blobs: dict[str, str]) -> str | None:
+    def _instance_defect(
+        self, instance: Record, damaged: Mapping[str, _native.Damage], named: set[str]
+    ) -> str | None:
         if instance.manifest is None:
             return "index record has no manifest"
         try:
@@ -426,8 +536,9 @@ class Archive:
         if info["size"] != instance.size:
             return f"index says {instance.size} bytes, manifest {info['size']}"
         for blob, _ in info["blobs"]:
-            if blob in bad_blobs:
-                return f"blob {blob}: {bad_blobs[blob]}"
+            if blob in damaged:
+                named.add(blob)
+                return f"damaged blob: {damaged[blob].message}"
         missing = self.store.missing_blobs(instance.manifest)
         if missing:
             return f"blob {missing[0]} is missing from the store"
@@ -437,7 +548,11 @@ class Archive:
 
     def replay(self, applied: dict[int, int], batch: int = 1000) -> int:
         """Applies the pack log's manifest and tombstone records beyond ``applied`` to the
-        index, in the order they were written; returns how many were applied."""
+        index, in the order they were written; returns how many records it went through. A
+        damaged record is logged (what it recorded is lost to the index; ``verify`` lists
+        it); an instance whose header cannot be read even from a damaged blob is remembered
+        as unindexed (``verify`` lists it; storing it again repairs it); one indexed from a
+        damaged header blob is logged (``verify`` names its damaged blob)."""
         events = self.store.history(applied)
         entries: list[InstanceEntry] = []
         positions: list[tuple[int, int]] = []
@@ -452,30 +567,54 @@ class Archive:
 
         for kind, _stamp, pack, end, notes_raw, manifest, key in events:
             positions.append((pack, end))
+            if kind == "damaged":
+                log.error(
+                    "pack %d: %s: what it recorded, if a manifest or a tombstone, cannot be "
+                    "replayed (run verify)",
+                    pack,
+                    key,
+                )
+                continue
             if kind == "tombstone":
                 flush()
                 self.index.delete(Level.IMAGE, key)
                 continue
             notes = msgpack.unpackb(notes_raw) if notes_raw else {}
-            scanned = self.store.rescan(manifest)
-            info = _native.manifest_info(manifest)
+            try:
+                info = _native.manifest_info(manifest)
+                scanned = self.store.rescan(manifest)
+            except (_native.ScanError, _native.ManifestError, OSError) as e:
+                log.error("pack %d: the instance recorded before byte %d: %s", pack, end, e)
+                self.index.record_unindexed(manifest, pack, end, str(e))
+                continue
             scanned.update(
                 manifest=manifest, size=info["size"], transfer_syntax=info["transfer_syntax"]
             )
-            entries.append(
-                self.entry(scanned, notes.get("source", "replay"), notes.get("received_at"))
+            entry = self.entry(
+                scanned,
+                notes.get("source", "replay"),
+                notes.get("received_at"),
+                replace=bool(notes.get("replace")),
             )
+            if scanned["salvaged"]:
+                log.error(
+                    "instance %s indexed from a damaged header blob: its tags may be wrong; "
+                    "storing it again repairs it",
+                    entry.tags.get("SOPInstanceUID", "?"),
+                )
+            entries.append(entry)
             if len(entries) >= batch:
                 flush()
         flush()
         return len(events)
 
-    def reindex(self) -> int:
-        """Rebuilds the blob index and the instance index from the packs alone."""
-        self.store.rebuild_blob_index()
+    def reindex(self) -> tuple[int, list[_native.Damage]]:
+        """Rebuilds the blob index and the instance index from the packs alone: every intact
+        record indexed, every damaged one returned (torn tails moved to quarantine/)."""
+        rebuilt = self.store.rebuild_blob_index()
         self.index.clear()
         self.replay({})
-        return self.index.stats()["instances"]
+        return self.index.stats()["instances"], rebuilt["damaged"]
 
     def _settle_marks(self) -> None:
         """Brings the index's marks that lie past their pack's end back to it: a pack gc
@@ -491,10 +630,21 @@ class Archive:
             self.index.set_applied(past)
 
     def gc(self, progress: Callable[[PackRewritten], None] | None = None) -> dict:
-        """Rewrites the packs keeping only what indexed instances reference. The archive must
-        be open exclusively: an instance still arriving references blobs no indexed one does."""
-        live = [r.manifest for r in self.index.iter_level(Level.IMAGE) if r.manifest is not None]
-        return self._rewrite(live, None, 3, progress)
+        """Rewrites the packs keeping only what indexed instances reference (the versions
+        replaced instances kept go: their history is dropped). The archive must be open
+        exclusively: an instance still arriving references blobs no indexed one does."""
+        live = []
+        for record in self.index.iter_level(Level.IMAGE):
+            try:
+                _native.manifest_info(record.manifest or b"")
+            except _native.ManifestError as e:  # its blobs are unknown: gc would drop them
+                raise RuntimeError(
+                    f"gc refused: instance {record.key}'s manifest cannot be decoded ({e})"
+                ) from e
+            live.append(record.manifest or b"")
+        report = self._rewrite(live, None, 3, progress)
+        self.index.forget_history()
+        return report
 
     def repack(
         self, compression: str, level: int, progress: Callable[[PackRewritten], None] | None = None
@@ -502,14 +652,13 @@ class Archive:
         """Rewrites every pack with every blob stored anew with ``compression`` ("none", or
         "zstd" at ``level``), keeping every record, while the archive goes on being read and
         written; then verifies every blob. The report is JSON-ready (a running server sends
-        it to ``migrate repack``): the gc's figures, ``verified`` (records re-hashed), ``bad``
-        (records that failed) and ``defects`` (instances that did)."""
+        it to ``migrate repack``): the gc's figures, ``verified`` (records re-hashed) and
+        ``defects`` (what verify found: damaged instances and records)."""
         report = self._rewrite(None, compression, level, progress)
         checked, defects = self.verify()
         return {
             **report,
             "verified": checked["records"],
-            "bad": [list(b) for b in checked["bad"]],
             "defects": [[d.key, d.reason] for d in defects],
         }
 
@@ -542,6 +691,7 @@ class Archive:
         report = self.store.gc(live, compression, level, on_event=on_event)
         return {
             **report,
+            "damaged": [d.message for d in report["damaged"]],
             "pack_bytes_before": before,
             "pack_bytes_after": self.store.stats()["pack_bytes"],
         }

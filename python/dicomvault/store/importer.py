@@ -23,21 +23,29 @@ from dicomvault.store.archive import Archive, IngestOutcome, final
 class ImportSummary:
     files: int = 0
     stored: int = 0
+    # The same bytes were stored already.
     duplicate: int = 0
+    # Other bytes were stored under its key: kept (on_duplicate = "keep"), or replaced.
+    different: int = 0
+    replaced: int = 0
     bytes: int = 0
     rejected: list[tuple[Path, str]] = field(default_factory=list)
     not_dicom: list[Path] = field(default_factory=list)
+    # The archive could not store them (a full disk, an I/O error): import stops at the first.
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    # Files not tried because the archive could not store more.
+    not_tried: int = 0
     seconds: float = 0.0
 
     def count(self, path: Path, outcome: IngestOutcome) -> None:
         self.files += 1
         self.bytes += outcome.size
-        if outcome.status == "stored":
-            self.stored += 1
-        elif outcome.status == "duplicate":
-            self.duplicate += 1
+        if outcome.status in ("stored", "duplicate", "different", "replaced"):
+            setattr(self, outcome.status, getattr(self, outcome.status) + 1)
         elif outcome.status == "not-dicom":
             self.not_dicom.append(path)
+        elif outcome.status == "failed":
+            self.failed.append((path, outcome.reason or "failed"))
         else:
             self.rejected.append((path, outcome.reason or "rejected"))
 
@@ -63,7 +71,9 @@ def import_paths(
     workers: int = 0,
     on_file: Callable[[Path, IngestOutcome], None] | None = None,
 ) -> ImportSummary:
-    """Imports every file under ``paths``; ``on_file`` hears about each once it is final."""
+    """Imports every file under ``paths``; ``on_file`` hears about each once it is final.
+    Stops taking new files once one failed for want of storage (the files in flight are still
+    reported); the rest are counted as not tried."""
     workers = workers or os.cpu_count() or 1
     summary = ImportSummary()
     started = time.perf_counter()
@@ -90,7 +100,11 @@ def import_paths(
                 on_file(path, outcome)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
-        for path in iter_files(paths):
+        files = iter_files(paths)
+        for path in files:
+            if summary.failed:
+                summary.not_tried = 1 + sum(1 for _ in files)
+                break
             pending.append((path, pool.submit(archive.ingest_file, path)))
             settle(window)
         settle(0)

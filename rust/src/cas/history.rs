@@ -94,8 +94,10 @@ impl HistoryEvent {
 }
 
 /// A manifest record's annotations: a MessagePack map of the instance's `received_at` and
-/// `source`, which the index records and a replay restores.
-pub fn annotations(received_at: &str, source: &str) -> Vec<u8> {
+/// `source`, which the index records and a replay restores, and `replace: true` when the
+/// instance replaces one stored before with other bytes (`[storage] on_duplicate`), so that a
+/// replay decides as the writer did.
+pub fn annotations(received_at: &str, source: &str, replace: bool) -> Vec<u8> {
     fn str(out: &mut Vec<u8>, s: &str) {
         match s.len() {
             n @ 0..=31 => out.push(0xa0 | n as u8),
@@ -111,11 +113,15 @@ pub fn annotations(received_at: &str, source: &str) -> Vec<u8> {
         }
         out.extend_from_slice(s.as_bytes());
     }
-    let mut out = vec![0x82];
+    let mut out = vec![if replace { 0x83 } else { 0x82 }];
     str(&mut out, "received_at");
     str(&mut out, received_at);
     str(&mut out, "source");
     str(&mut out, source);
+    if replace {
+        str(&mut out, "replace");
+        out.push(0xc3);
+    }
     out
 }
 

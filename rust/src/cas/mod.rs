@@ -74,6 +74,9 @@ pub struct StoreConfig {
     pub wanted: Vec<(u32, [u8; 2])>,
     /// Open for maintenance that rewrites packs (gc, reindex): no other process may use it.
     pub exclusive: bool,
+    /// Instances are refused (before they are acknowledged) once the archive's filesystem has
+    /// less than this many bytes free, so that what was acknowledged can still be indexed.
+    pub min_free_space: u64,
 }
 
 impl Default for StoreConfig {
@@ -86,6 +89,7 @@ impl Default for StoreConfig {
             sync_interval: Duration::from_secs(1),
             wanted: Vec::new(),
             exclusive: false,
+            min_free_space: 0,
         }
     }
 }
@@ -256,7 +260,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Store {
-    pub fn open(root: &Path, config: StoreConfig) -> io::Result<Store> {
+    pub fn open(root: &Path, mut config: StoreConfig) -> io::Result<Store> {
+        // Whatever else is collected, an instance's identifiers are: the listener checks them.
+        for (tag, vr) in crate::identity::TAGS {
+            if !config.wanted.iter().any(|(t, _)| *t == tag) {
+                config.wanted.push((tag, vr));
+            }
+        }
         let packs_dir = root.join("packs");
         let index_dir = root.join("blobs");
         fs::create_dir_all(&packs_dir)?;
@@ -445,6 +455,7 @@ impl Store {
     /// receive time, source) and makes them and their blobs durable. Returns where each record
     /// ends (pack, offset): the index remembers how far it has taken the packs into account.
     pub fn persist(&self, items: &[(Vec<u8>, Vec<u8>)]) -> io::Result<Vec<(u32, u64)>> {
+        self.check_space()?;
         let mut ends = Vec::with_capacity(items.len());
         for (manifest, annotations) in items {
             let mut payload = Vec::with_capacity(12 + annotations.len() + manifest.len());
@@ -456,6 +467,28 @@ impl Store {
         }
         self.commit()?;
         Ok(ends)
+    }
+
+    /// StorageFull when the archive's filesystem has less free space than the configured
+    /// minimum: checked before an instance is taken in and again before it is acknowledged.
+    pub fn check_space(&self) -> io::Result<()> {
+        let minimum = self.inner.config.min_free_space;
+        if minimum == 0 {
+            return Ok(());
+        }
+        let free = free_space(&self.inner.packs_dir)?;
+        if free < minimum {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{} MiB free on the archive's filesystem, less than the {} MiB kept in \
+                     reserve ([storage] min_free_space_mb)",
+                    free >> 20,
+                    minimum >> 20
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Records that instances (manifest, index key) were deleted, so that rebuilding or
@@ -648,6 +681,19 @@ impl Store {
         let records = self.inner.blobs.len(&rtxn).map_err(heed_error)?;
         Ok((packs, bytes, records))
     }
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `path`.
+fn free_space(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| invalid("a path with a NUL byte"))?;
+    // SAFETY: statvfs writes into the zeroed struct we own and reads a NUL-terminated path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 impl Inner {
