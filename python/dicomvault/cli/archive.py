@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dicomvault._native import manifest_hash
+from dicomvault._native import DamagedError, manifest_hash
 from dicomvault.cli.common import ConfigOption, RootOption, fail, open_archive
 from dicomvault.cli.output import human_bytes, print_json, print_table
 from dicomvault.dicom.keys import parse_keys
@@ -168,17 +168,25 @@ def export(
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
-    """Export instances as the exact Part 10 files that were received."""
+    """Export instances as the exact Part 10 files that were received (a damaged instance is
+    reported and left out; the exit code is then 1)."""
     with open_archive(config, root) as archive:
         records = None
         if uids:
             records = _resolve(archive, uids)
-        count = size = 0
+        count = size = damaged = 0
         for instance in archive.instances(records):
-            archive.export(instance, out)
+            try:
+                archive.export(instance, out)
+            except DamagedError as e:
+                typer.echo(f"damaged: {instance.key}: {e}", err=True)
+                damaged += 1
+                continue
             count += 1
             size += instance.size
     typer.echo(f"exported {count} instances ({human_bytes(size)}) to {out}")
+    if damaged:
+        fail(f"{damaged} damaged instances were not exported: run dicomvault verify")
 
 
 @app.command("ls")
