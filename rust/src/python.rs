@@ -372,6 +372,11 @@ impl Store {
         self.core.recovery_messages().to_vec()
     }
 
+    /// OSError when the archive's filesystem has less free space than `min_free_space`.
+    fn check_space(&self) -> PyResult<()> {
+        Ok(self.core.check_space()?)
+    }
+
     /// Starts streaming an instance: a file (transfer_syntax None) or a bare data set.
     #[pyo3(signature = (transfer_syntax = None, allow_truncated = None))]
     fn writer(

@@ -59,11 +59,12 @@ class Server:
         modalities: dict[str, dict],
         aet: str = "DICOMVAULT",
         sections: dict[str, dict] | None = None,
+        root: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.aet = aet
         self.port = free_port()
-        self.root = workdir / "archive"
+        self.root = root or workdir / "archive"
         self.config = workdir / "dicomvault.toml"
         self.log_path = workdir / "serve.log"
         lines = [

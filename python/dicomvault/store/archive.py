@@ -210,7 +210,19 @@ class Archive:
         self._closing.set()  # an applier retrying a failed batch gives up: replayed at open
         self._applier.join()
         self._checkpointer.join()
-        self.checkpoint()
+        try:
+            self.checkpoint()
+        except OSError as e:  # a full or failing disk: the packs hold what was committed
+            sync = self.settings["storage"]["sync"]
+            log.error(
+                "the last checkpoint failed (%s): the index replays the pack log at the next "
+                "open%s",
+                e,
+                ""
+                if sync == "always"
+                else f"; with sync = {sync}, what was stored since the "
+                "last fsync may be lost on a power cut",
+            )
         self.index.close()
 
     def __enter__(self) -> Archive:
@@ -388,6 +400,7 @@ class Archive:
         self, ingest: Callable[[], dict], source: str, name: str
     ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
         try:
+            self.store.check_space()
             ingested = ingest()
         except _native.ScanError as e:
             status: IngestStatus = "not-dicom" if _NOT_DICOM in str(e) else "rejected"
