@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dicomvault import config
+from dicomvault.security.logsafe import EscapingFormatter
 from dicomvault.store import Archive
 
 ConfigOption = Annotated[
@@ -51,7 +52,8 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """One sink for every logger (the Rust listener's and uvicorn's too), escaping control
+    characters in messages: what a peer sends cannot forge a log line."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 import msgpack
 
 from dicomvault import _native
+from dicomvault.audit import AuditTrail
 from dicomvault.config import Settings
 from dicomvault.dicom.values import decode_elements, wanted
 from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, Record
@@ -118,6 +119,8 @@ class Archive:
         )
         for message in self.store.recovery:
             log.warning("store recovery: %s", message)
+        # Before the replay: instances it applies get their audit records then.
+        self.audit = AuditTrail(self.root, settings["audit"])
         self.index = Index(
             self.root / "index",
             map_size=int(settings["index"]["map_size"]),
@@ -183,6 +186,7 @@ class Archive:
         self._checkpointer.join()
         self.checkpoint()
         self.index.close()
+        self.audit.close()
 
     def __enter__(self) -> Archive:
         return self
@@ -216,7 +220,11 @@ class Archive:
         """Makes a batch durable: manifests and blobs first, then one index transaction."""
 
         def persist(new: list[InstanceEntry]) -> list[tuple[int, int]]:
-            return self.store.persist([(e.manifest, _annotations(e)) for e in new]) if new else []
+            positions = (
+                self.store.persist([(e.manifest, _annotations(e)) for e in new]) if new else []
+            )
+            self.audit.stored(new, positions)
+            return positions
 
         with self._log_order():
             return self._index(entries, persist)
@@ -254,6 +262,7 @@ class Archive:
             try:
                 entries = [self.entry(i, i["source"], i["received_at"]) for _, _, i in received]
                 positions = [(pack, end) for pack, end, _ in received]
+                self.audit.stored(entries, positions)
                 self._index(entries, lambda _new, positions=positions: positions)
             except Exception as e:  # the index (a full map, a failing disk)
                 self.index.freeze_marks()
@@ -435,20 +444,25 @@ class Archive:
             return "instance record has no series"
         return None
 
-    def replay(self, applied: dict[int, int], batch: int = 1000) -> int:
+    def replay(self, applied: dict[int, int], batch: int = 1000, *, audit: bool = True) -> int:
         """Applies the pack log's manifest and tombstone records beyond ``applied`` to the
-        index, in the order they were written; returns how many were applied."""
+        index, in the order they were written; returns how many were applied. ``audit``:
+        the instances' store records are written (again: readers keep one per id)."""
         events = self.store.history(applied)
         entries: list[InstanceEntry] = []
         positions: list[tuple[int, int]] = []
+        logged: list[tuple[int, int]] = []
 
         def flush() -> None:
             if entries:
+                if audit:
+                    self.audit.stored(entries, logged)
                 self.index.commit(entries)
             if positions:
                 self.index.mark_applied(positions)
             entries.clear()
             positions.clear()
+            logged.clear()
 
         for kind, _stamp, pack, end, notes_raw, manifest, key in events:
             positions.append((pack, end))
@@ -465,6 +479,7 @@ class Archive:
             entries.append(
                 self.entry(scanned, notes.get("source", "replay"), notes.get("received_at"))
             )
+            logged.append((pack, end))
             if len(entries) >= batch:
                 flush()
         flush()
@@ -474,7 +489,7 @@ class Archive:
         """Rebuilds the blob index and the instance index from the packs alone."""
         self.store.rebuild_blob_index()
         self.index.clear()
-        self.replay({})
+        self.replay({}, audit=False)
         return self.index.stats()["instances"]
 
     def _settle_marks(self) -> None:
