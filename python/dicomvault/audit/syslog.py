@@ -43,9 +43,17 @@ EVENTS = {
     "repack": ("110100", "Application Activity", "E"),
     "login": ("110114", "User Authentication", "E"),
     "logout": ("110114", "User Authentication", "E"),
+    "access": ("110113", "Security Alert", "E"),
+    "account": ("110113", "Security Alert", "E"),
 }
-# EventTypeCode of User Authentication (A.5.3.11): Login, Logout.
-EVENT_TYPES = {"login": ("110122", "Login"), "logout": ("110123", "Logout")}
+# EventTypeCode: of User Authentication (A.5.3.11), Login and Logout; of a Security Alert, an
+# access refused and a user or token changed.
+EVENT_TYPES = {
+    "login": ("110122", "Login"),
+    "logout": ("110123", "Logout"),
+    "access": ("110132", "Use of a restricted function"),
+    "account": ("110137", "User security Attributes Changed"),
+}
 # EventOutcomeIndicator: 0 success, 4 minor failure (refused), 8 serious failure.
 OUTCOMES = {"success": "0", "denied": "4", "failure": "8"}
 # Whether the peer (rather than this archive) is where the instances went from.

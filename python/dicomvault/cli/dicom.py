@@ -19,7 +19,7 @@ from dicomvault.cli.common import (
     settings,
 )
 from dicomvault.cli.output import print_json, print_table
-from dicomvault.config import Settings
+from dicomvault.config import ConfigError, Settings
 from dicomvault.dicom.keys import parse_keys
 from dicomvault.index import Level
 from dicomvault.net.policy import AccessPolicy, Modality, PolicyError
@@ -61,6 +61,13 @@ def serve(
     for key, value in (("aet", aet), ("port", port), ("host", host)):
         if value is not None:
             conf["dicom"][key] = value
+    if conf["http"]["enabled"]:
+        from dicomvault.http.auth import check_settings
+
+        try:
+            check_settings(conf)
+        except ConfigError as e:
+            fail(str(e), 2)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -76,9 +83,10 @@ def serve(
 
                 http = HttpServer(archive, conf)
                 http_host, http_port = http.start()
+                scheme = "https" if http.tls else "http"
                 typer.echo(
-                    f"HTTP on http://{http_host}:{http_port}: web UI /ui/, REST /, DICOMweb "
-                    "/dicom-web, /metrics, /openapi.json",
+                    f"HTTP on {scheme}://{http_host}:{http_port} (auth {conf['http']['auth']}): "
+                    "web UI /ui/, REST /, DICOMweb /dicom-web, /metrics, /openapi.json",
                     err=True,
                 )
             server = DicomServer(archive, conf)

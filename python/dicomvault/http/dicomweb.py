@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dicomvault.http import render
+from dicomvault.http.auth import request_source
 from dicomvault.index import Level, Record
 from dicomvault.net.outbound import NATIVE_SYNTAXES, outbound, selected
 from dicomvault.net.query import response_identifier
@@ -614,7 +615,7 @@ class DicomWeb:
             parts = _split_multipart(await request.body(), content_type)
         except BadRequest as e:
             return JSONResponse({"error": str(e)}, status_code=400)
-        source = f"STOW-RS@{request.client.host if request.client else ''}"
+        source = request_source(request, "STOW-RS")
         stored, failed = await asyncio.to_thread(self._store, parts, source)
         status = 200 if not failed else (409 if not stored else 202)
         body: dict[str, Any] = {}

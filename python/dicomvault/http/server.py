@@ -1,5 +1,6 @@
 """The HTTP server of ``dicomvault serve`` ([http] enabled): uvicorn in a thread beside the
-DICOM listener, started and stopped with it, serving ``app.application``."""
+DICOM listener, started and stopped with it, serving ``app.application`` (HTTPS when [http]
+tls_certificate and tls_private_key are set)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,27 @@ from dicomvault.config import Settings
 from dicomvault.http.app import application
 from dicomvault.store import Archive
 
+# TLS 1.2's forward-secret AEAD suites (BCP 195); TLS 1.3's are OpenSSL's own.
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM"
+
 
 class HttpServer:
     def __init__(self, archive: Archive, settings: Settings) -> None:
         http = settings["http"]
         self.host, self.port = str(http["host"]), int(http["port"])
+        self.tls = bool(http["tls_certificate"])
         app = application(archive, settings)
         config = uvicorn.Config(
-            app, host=self.host, port=self.port, log_level="warning", lifespan="off"
+            app,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            # uvicorn's loggers go to the process's sink, which escapes what peers send.
+            log_config=None,
+            ssl_certfile=str(http["tls_certificate"]) or None,
+            ssl_keyfile=str(http["tls_private_key"]) or None,
+            ssl_ciphers=TLS_CIPHERS,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
