@@ -28,9 +28,11 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dicomvault.index import Level
+
 if TYPE_CHECKING:
     from dicomvault.audit.syslog import SyslogForwarder
-    from dicomvault.index import InstanceEntry
+    from dicomvault.index import Index, InstanceEntry, Record
 
 SUFFIX = ".jsonl"
 # Seconds between fsyncs of the day's file, while records are being written.
@@ -83,6 +85,25 @@ def patient_of(tags: Mapping[str, Any]) -> Patient:
         "name": str(tags.get("PatientName", "") or ""),
     }
     return {k: v for k, v in found.items() if v or k == "id"}
+
+
+def about(index: Index, records: Iterable[Record]) -> tuple[list[Patient], list[str]]:
+    """The patients and the studies that index records belong to (a patient's record names
+    no study)."""
+    patients: list[Patient] = []
+    studies: list[str] = []
+    for record in records:
+        chain = {record.level: record}
+        while record.level.parent is not None and record.parent is not None:
+            parent = index.get(record.level.parent, record.parent)
+            if parent is None:
+                break
+            chain[parent.level] = record = parent
+        if Level.PATIENT in chain:
+            patients.append(patient_of(chain[Level.PATIENT].tags))
+        if Level.STUDY in chain:
+            studies.append(chain[Level.STUDY].key)
+    return unique_patients(patients), list(dict.fromkeys(studies))
 
 
 def unique_patients(patients: Iterable[Patient]) -> list[Patient]:

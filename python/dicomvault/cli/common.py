@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from dicomvault import config
+from dicomvault.audit import AuditTrail, Who
+from dicomvault.audit.trail import about
+from dicomvault.index import Record
 from dicomvault.security.logsafe import EscapingFormatter
 from dicomvault.store import Archive
 
@@ -57,3 +61,27 @@ def setup_logging(verbose: bool = False) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+def audited(archive: Archive, event: str, records: Sequence[Record] | None, what: str) -> None:
+    """A command's audit record: the local user, and the patients and studies of ``records``
+    (None: every one, which the record says rather than lists)."""
+    patients, studies = about(archive.index, records or [])
+    archive.audit.record(
+        event,
+        Who.local(),
+        patients=patients,
+        studies=studies,
+        what=what,
+        detail={"all": True} if records is None else None,
+    )
+
+
+def recorded(conf: config.Settings, event: str, what: str, **detail: str) -> None:
+    """A command's audit record, written without opening the archive (which a server may
+    hold): the local user, about no patient."""
+    trail = AuditTrail(conf.root, conf["audit"])
+    try:
+        trail.record(event, Who.local(), what=what, detail=detail)
+    finally:
+        trail.close()

@@ -14,6 +14,7 @@ from dicomvault.cli.common import (
     ConfigOption,
     RootOption,
     archive_for,
+    audited,
     fail,
     open_archive,
     settings,
@@ -96,7 +97,10 @@ def serve(
                 f"archive {conf.root}",
                 err=True,
             )
-            stop.wait()
+            # A signal that another thread received runs its handler only once the main thread
+            # runs Python code again: wake up every second to let it.
+            while not stop.wait(1):
+                pass
             log.info("stopping: no new associations; committing what was received")
         except (OSError, PolicyError) as e:
             fail(str(e))
@@ -169,6 +173,8 @@ def send(
             records = archive.resolve_all(uids)
         except LookupError as e:
             fail(f"{e.args[0]!r} is neither a file nor in the archive")
+        if records:
+            audited(archive, "send", records, f"send to {to}")
         outgoing = [
             *iter_files(paths),
             *(stored_instance(archive, r) for r in archive.instances(records)),

@@ -10,8 +10,7 @@ from typing import Annotated
 
 import typer
 
-from dicomvault.audit import AuditTrail, Who
-from dicomvault.cli.common import ConfigOption, RootOption, fail, settings
+from dicomvault.cli.common import ConfigOption, RootOption, fail, recorded, settings
 from dicomvault.cli.output import print_json, print_table
 from dicomvault.config import Settings
 from dicomvault.security.accounts import AccountError, Accounts, Role, parse_duration
@@ -39,20 +38,12 @@ def _password(from_stdin: bool) -> str:
     return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
 
 
-def _recorded(conf: Settings, what: str, **detail: str) -> None:
-    trail = AuditTrail(conf.root, conf["audit"])
-    try:
-        trail.record("account", Who.local(), what=what, detail=detail)
-    finally:
-        trail.close()
-
-
 def _change(conf: Settings, change: Callable[[], None], what: str, **detail: str) -> None:
     try:
         change()
     except AccountError as e:
         fail(str(e))
-    _recorded(conf, what, **detail)
+    recorded(conf, "account", what, **detail)
 
 
 @users.command("add")
@@ -140,7 +131,7 @@ def token_create(
         fail(str(e))
     token = Accounts(conf.root).create_token(level, lifetime, name)
     token_id = token.split("_")[1]
-    _recorded(conf, "token create", token=token_id, role=level.label, expires=expires)
+    recorded(conf, "account", "token create", token=token_id, role=level.label, expires=expires)
     typer.echo(token)
 
 

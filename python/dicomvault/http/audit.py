@@ -18,7 +18,7 @@ from typing import Any
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dicomvault.audit.trail import Patient, patient_of
+from dicomvault.audit.trail import Patient, about
 from dicomvault.http.auth import ANONYMOUS, who_for
 from dicomvault.index import Level, Record
 from dicomvault.store import Archive
@@ -36,10 +36,9 @@ UNAUDITED = frozenset(
         "/auth/login",
         "/auth/logout",
         "/auth/whoami",
-        "/instances",  # POST: each stored instance has its record
-        "/dicom-web/studies",  # POST: as above (GET is a query, below)
     }
 )
+# The POSTs that are recorded here (uploads and STOW-RS are, per instance, by the archive).
 POSTS = {
     "/modalities/{name}/store": "send",
     "/modalities/{name}/move": "retrieve",
@@ -158,14 +157,8 @@ class RequestAudit:
             keys = _json(body).get("Query", {}) if isinstance(_json(body), dict) else {}
             if isinstance(keys, Mapping) and keys.get("PatientID"):
                 patients.append({"id": str(keys["PatientID"])})
-        studies: list[str] = []
-        for record in records:
-            patient, study = self._patient_and_study(record)
-            if patient is not None:
-                patients.append(patient_of(patient.tags))
-            if study is not None:
-                studies.append(study.key)
-        return patients, studies
+        found, studies = about(self.archive.index, records)
+        return [*patients, *found], studies
 
     def _resources(self, body: bytes) -> list[Record]:
         found = _json(body)
@@ -176,16 +169,6 @@ class RequestAudit:
         return [
             r for value in resources if isinstance(value, str) for r in self.archive.resolve(value)
         ]
-
-    def _patient_and_study(self, record: Record) -> tuple[Record | None, Record | None]:
-        """A record's patient and study (None above the record's own level)."""
-        chain: dict[Level, Record] = {record.level: record}
-        while record.level.parent is not None and record.parent is not None:
-            parent = self.archive.index.get(record.level.parent, record.parent)
-            if parent is None:
-                break
-            chain[parent.level] = record = parent
-        return chain.get(Level.PATIENT), chain.get(Level.STUDY)
 
 
 def _json(body: bytes) -> Any:
