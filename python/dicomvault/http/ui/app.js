@@ -441,7 +441,7 @@ function instanceViewer(viewer, instance, afterDelete) {
     h("details", { class: "tagbox", open: true }, h("summary", {}, "Tags"), tags),
   );
   show(1);
-  loadTags(tags, instance.key);
+  loadTags(tags, instance.key).catch((error) => tags.replaceChildren(h("p", { class: "error" }, error.message)));
 }
 
 async function loadTags(box, uid) {
