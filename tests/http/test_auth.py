@@ -21,7 +21,7 @@ from dicomvault.audit import read_records
 from dicomvault.bench.corpus import clinical_corpus
 from dicomvault.bench.peers import free_port
 from dicomvault.security.accounts import Accounts, Role
-from tests.security.helpers import PASSWORDS, Secured, certificate
+from tests.security.helpers import PASSWORDS, Secured, certificates
 
 # Routes anyone may use: the login page and what it loads.
 PUBLIC = {("get", "/auth/login"), ("post", "/auth/login")}
@@ -224,7 +224,8 @@ def test_web_ui_session_cookie_and_csrf(secured):
 
 
 def test_https_and_secure_cookies(tmp_path):
-    ca, cert, key = certificate(tmp_path)
+    ca, issued = certificates(tmp_path, "server")
+    cert, key = issued["server"]
     srv = Secured(
         tmp_path, http={"tls_certificate": str(cert), "tls_private_key": str(key)}
     ).start()

@@ -11,10 +11,8 @@ import uvicorn
 
 from dicomvault.config import Settings
 from dicomvault.http.app import application
+from dicomvault.security.tls import CIPHERS
 from dicomvault.store import Archive
-
-# TLS 1.2's forward-secret AEAD suites (BCP 195); TLS 1.3's are OpenSSL's own.
-TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM"
 
 
 class HttpServer:
@@ -33,7 +31,7 @@ class HttpServer:
             log_config=None,
             ssl_certfile=str(http["tls_certificate"]) or None,
             ssl_keyfile=str(http["tls_private_key"]) or None,
-            ssl_ciphers=TLS_CIPHERS,
+            ssl_ciphers=CIPHERS,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)

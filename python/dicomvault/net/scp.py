@@ -37,7 +37,7 @@ from dicomvault.net.query import (
     encode_identifier,
     read_identifier,
 )
-from dicomvault.net.scu import set_nodelay
+from dicomvault.net.scu import set_nodelay, tls_arguments
 from dicomvault.net.status import (
     MOVE_DESTINATION_UNKNOWN,
     NOT_AUTHORIZED,
@@ -284,6 +284,7 @@ class DicomServer:
             contexts.for_instances(instances),
             ae_title=destination.aet,
             evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+            tls_args=tls_arguments(destination, self.dicom),
         )
         if not assoc.is_established:
             log.error(
