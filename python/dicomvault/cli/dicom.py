@@ -62,6 +62,9 @@ def serve(
     for key, value in (("aet", aet), ("port", port), ("host", host)):
         if value is not None:
             conf["dicom"][key] = value
+    if conf["dicom"]["tls_port"]:
+        # Never a security setting silently ignored.
+        fail("[dicom] tls_port: this version has no DICOM TLS listener yet (set it to 0)", 2)
     if conf["http"]["enabled"]:
         from dicomvault.http.auth import check_settings
 
