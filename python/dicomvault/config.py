@@ -63,8 +63,48 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "always_allow_store": True,
         "check_called_aet": False,
         "check_modality_host": False,
+        # DICOM TLS (PS3.15 Annex B): a second listener on tls_port (0: none). The SCU verbs
+        # and C-MOVE sub-associations to a [modalities] entry with tls = true use the same
+        # certificate, key and trusted CAs.
+        "tls_port": 0,
+        "tls_certificate": "",
+        "tls_private_key": "",
+        "tls_ca": "",
+        "tls_require_client_certificate": True,
     },
-    "http": {"enabled": False, "host": "127.0.0.1", "port": 8042},
+    "http": {
+        "enabled": False,
+        "host": "127.0.0.1",
+        "port": 8042,
+        # HTTPS when both are set (PEM files).
+        "tls_certificate": "",
+        "tls_private_key": "",
+        # "none" (only when host is a loopback address), "users" (the archive's users and
+        # tokens) or "oidc" (bearer JWTs of oidc_issuer, and the archive's users and tokens).
+        "auth": "none",
+        "oidc_issuer": "",
+        "oidc_audience": "dicomvault",
+        # Where the roles are in a token's claims; a dotted path reaches into objects
+        # ("realm_access.roles" for Keycloak's realm roles).
+        "oidc_roles_claim": "roles",
+        # Host names the server answers to besides IP addresses, localhost and this
+        # machine's names (a name not listed is a DNS rebinding attempt).
+        "allowed_hosts": [],
+        # A web UI session ends after this long without a request.
+        "session_idle_minutes": 30,
+        # Failed logins a client address (or a user name) may make per window.
+        "max_failed_logins": 10,
+        "failed_login_window_s": 300,
+    },
+    "audit": {
+        # JSON lines, one file a day (UTC), relative to the archive root unless absolute.
+        "path": "audit",
+        # "" (none), "tcp://host:port", "tcp+tls://host:port" or "udp://host:port": RFC 5424
+        # messages carrying DICOM Audit Messages (PS3.15 A.5).
+        "syslog": "",
+        # CA certificates that tcp+tls trusts ("": the system's).
+        "syslog_ca": "",
+    },
     "modalities": {},
 }
 

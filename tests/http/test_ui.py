@@ -62,8 +62,9 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    # A laptop's screen.
-    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    # A laptop's screen. The UI's Content Security Policy forbids eval, which Playwright's
+    # wait_for_function uses: the test's own scripts bypass it (the UI's do not need to).
+    page = browser.new_page(viewport={"width": 1366, "height": 768}, bypass_csp=True)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     yield page

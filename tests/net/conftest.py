@@ -67,11 +67,12 @@ class Server:
         self.root = root or workdir / "archive"
         self.config = workdir / "dicomvault.toml"
         self.log_path = workdir / "serve.log"
-        lines = [
-            f'[archive]\nroot = "{self.root}"\n',
-            f'[dicom]\naet = "{aet}"\nhost = "127.0.0.1"\nport = {self.port}\n',
-        ]
-        for section, table in (sections or {}).items():
+        # [dicom] keys given in ``sections`` join the listener's own.
+        sections = {"dicom": {}, **(sections or {})}
+        dicom = {"aet": aet, "host": "127.0.0.1", "port": self.port, **sections["dicom"]}
+        sections["dicom"] = dicom
+        lines = [f'[archive]\nroot = "{self.root}"\n']
+        for section, table in sections.items():
             lines.append(f"[{section}]\n")
             lines += [f"{k} = {json.dumps(v)}\n" for k, v in table.items()]
         for name, table in modalities.items():

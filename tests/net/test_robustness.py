@@ -60,8 +60,9 @@ def find_all(server, tmp_path):
     return {pydicom.dcmread(p).SOPInstanceUID for p in out.glob("rsp*.dcm")}
 
 
-def associate_rq(called: str = "DICOMVAULT") -> bytes:
-    """A valid A-ASSOCIATE-RQ proposing Verification (PS3.8 9.3.2), built byte by byte."""
+def associate_rq(called: str = "DICOMVAULT", calling: bytes = b"RAW") -> bytes:
+    """A valid A-ASSOCIATE-RQ proposing Verification (PS3.8 9.3.2), built byte by byte; the
+    calling AE title as given (any bytes, up to 16)."""
 
     def item(kind: int, body: bytes) -> bytes:
         return struct.pack(">BBH", kind, 0, len(body)) + body
@@ -74,7 +75,7 @@ def associate_rq(called: str = "DICOMVAULT") -> bytes:
     body = (
         struct.pack(">HH", 1, 0)
         + called.ljust(16).encode()
-        + b"RAW".ljust(16)
+        + calling.ljust(16)
         + bytes(32)
         + item(0x10, b"1.2.840.10008.3.1.1.1")
         + context

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dicomvault._native import DamagedError, manifest_hash
-from dicomvault.cli.common import ConfigOption, RootOption, fail, open_archive
+from dicomvault.cli.common import ConfigOption, RootOption, audited, fail, open_archive
 from dicomvault.cli.output import human_bytes, print_json, print_table
 from dicomvault.dicom.keys import parse_keys
 from dicomvault.index import Level, Record
@@ -174,6 +174,7 @@ def export(
         records = None
         if uids:
             records = _resolve(archive, uids)
+        audited(archive, "export", records, f"export to {out}")
         count = size = damaged = 0
         for instance in archive.instances(records):
             try:
@@ -233,7 +234,9 @@ def show(
 ) -> None:
     """Show a record: an instance's full data set (like dcmdump), or a level's tags."""
     with open_archive(config, root) as archive:
-        for record in _resolve(archive, [uid]):
+        records = _resolve(archive, [uid])
+        audited(archive, "read", records, f"show {uid}")
+        for record in records:
             if record.level is not Level.IMAGE:
                 print_json(record.to_json())
             elif history:
@@ -325,6 +328,7 @@ def delete(
                 f"delete {record.level.value} {record.key} ({count} instances)?", abort=True
             )
         removed = archive.delete(record)
+        audited(archive, "delete", [record], f"delete {record.level.value} {record.key}")
     typer.echo(f"deleted {len(removed)} instances ({human_bytes(sum(r.size for r in removed))})")
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from dicomvault import config
+from dicomvault.audit import AuditTrail, Who
+from dicomvault.audit.trail import about
+from dicomvault.index import Record
+from dicomvault.security.logsafe import EscapingFormatter
 from dicomvault.store import Archive
 
 ConfigOption = Annotated[
@@ -51,7 +56,32 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    """One sink for every logger (the Rust listener's and uvicorn's too), escaping control
+    characters in messages: what a peer sends cannot forge a log line."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+def audited(archive: Archive, event: str, records: Sequence[Record] | None, what: str) -> None:
+    """A command's audit record: the local user, and the patients and studies of ``records``
+    (None: every one, which the record says rather than lists)."""
+    patients, studies = about(archive.index, records or [])
+    archive.audit.record(
+        event,
+        Who.local(),
+        patients=patients,
+        studies=studies,
+        what=what,
+        detail={"all": True} if records is None else None,
     )
+
+
+def recorded(conf: config.Settings, event: str, what: str, **detail: str) -> None:
+    """A command's audit record, written without opening the archive (which a server may
+    hold): the local user, about no patient."""
+    trail = AuditTrail(conf.root, conf["audit"])
+    try:
+        trail.record(event, Who.local(), what=what, detail=detail)
+    finally:
+        trail.close()

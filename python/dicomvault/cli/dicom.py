@@ -14,12 +14,13 @@ from dicomvault.cli.common import (
     ConfigOption,
     RootOption,
     archive_for,
+    audited,
     fail,
     open_archive,
     settings,
 )
 from dicomvault.cli.output import print_json, print_table
-from dicomvault.config import Settings
+from dicomvault.config import ConfigError, Settings
 from dicomvault.dicom.keys import parse_keys
 from dicomvault.index import Level
 from dicomvault.net.policy import AccessPolicy, Modality, PolicyError
@@ -61,6 +62,16 @@ def serve(
     for key, value in (("aet", aet), ("port", port), ("host", host)):
         if value is not None:
             conf["dicom"][key] = value
+    if conf["dicom"]["tls_port"]:
+        # Never a security setting silently ignored.
+        fail("[dicom] tls_port: this version has no DICOM TLS listener yet (set it to 0)", 2)
+    if conf["http"]["enabled"]:
+        from dicomvault.http.auth import check_settings
+
+        try:
+            check_settings(conf)
+        except ConfigError as e:
+            fail(str(e), 2)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -76,9 +87,10 @@ def serve(
 
                 http = HttpServer(archive, conf)
                 http_host, http_port = http.start()
+                scheme = "https" if http.tls else "http"
                 typer.echo(
-                    f"HTTP on http://{http_host}:{http_port}: web UI /ui/, REST /, DICOMweb "
-                    "/dicom-web, /metrics, /openapi.json",
+                    f"HTTP on {scheme}://{http_host}:{http_port} (auth {conf['http']['auth']}): "
+                    "web UI /ui/, REST /, DICOMweb /dicom-web, /metrics, /openapi.json",
                     err=True,
                 )
             server = DicomServer(archive, conf)
@@ -88,7 +100,10 @@ def serve(
                 f"archive {conf.root}",
                 err=True,
             )
-            stop.wait()
+            # A signal that another thread received runs its handler only once the main thread
+            # runs Python code again: wake up every second to let it.
+            while not stop.wait(1):
+                pass
             log.info("stopping: no new associations; committing what was received")
         except (OSError, PolicyError) as e:
             fail(str(e))
@@ -161,6 +176,8 @@ def send(
             records = archive.resolve_all(uids)
         except LookupError as e:
             fail(f"{e.args[0]!r} is neither a file nor in the archive")
+        if records:
+            audited(archive, "send", records, f"send to {to}")
         outgoing = [
             *iter_files(paths),
             *(stored_instance(archive, r) for r in archive.instances(records)),

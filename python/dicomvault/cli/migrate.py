@@ -15,8 +15,10 @@ from dicomvault.cli.common import (
     ConfigOption,
     RootOption,
     archive_for,
+    audited,
     fail,
     open_archive,
+    recorded,
     settings,
 )
 from dicomvault.cli.dicom import KeysOption, TargetArgument, _keys, _scu, _target
@@ -122,6 +124,7 @@ def pacs(
         rate_limit=rate_limit,
     )
     with open_archive(config, root) as archive, Journal(archive.root) as journal:
+        audited(archive, "migrate", [], f"migrate pacs from {target.aet} ({method})")
         scu = _scu(conf, reuse=True)
         migration = PacsMigration(
             archive, scu, target, journal, str(conf["dicom"]["aet"]), report=typer.echo
@@ -199,6 +202,7 @@ def orthanc_storage(
     if not index.is_file():
         fail(f"no Orthanc index at {index}: name it with --index")
     with open_archive(config, root) as archive, Journal(archive.root) as journal:
+        audited(archive, "migrate", [], f"migrate orthanc-storage from {directory}")
         migration = OrthancStorageMigration(archive, journal, directory, index, report=typer.echo)
         left = migration.run()
         rows = list(journal.rows(migration.source))
@@ -225,6 +229,7 @@ def repack(
     from dicomvault.control import ControlError, request
 
     conf = settings(config, root)
+    recorded(conf, "repack", f"repack {compression} {level}")
     try:
         report = request(
             conf.root,

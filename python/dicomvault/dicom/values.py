@@ -9,6 +9,7 @@ go through pydicom's decoder, imported only when a data set needs it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 
@@ -134,3 +135,12 @@ def decode_elements(elements: Mapping[int, tuple[str, bytes]]) -> dict[str, str]
         if keyword:
             decoded[keyword] = decode_value(vr, raw, encodings)
     return decoded
+
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def is_uid(value: str) -> bool:
+    """Whether ``value`` is a UID as PS3.5 9.1 has it: at most 64 characters, digits in
+    components separated by dots (leading zeros, which some equipment writes, are let be)."""
+    return len(value) <= 64 and _UID.fullmatch(value) is not None

@@ -1,6 +1,8 @@
 """The HTTP application: the REST API under /, DICOMweb under /dicom-web, /metrics,
-/openapi.json and the web UI under /ui/, with errors answered as JSON ``{"error": ...}`` and
-requests that would change something refused when a browser sends them from another site."""
+/openapi.json, the web UI under /ui/ and its login under /auth/, with errors answered as JSON
+``{"error": ...}``; every request passes the ``auth.Guard`` (host, credentials, role, CSRF),
+is audited (``audit.RequestAudit``), and is refused when it would change something and a
+browser sends it from another site."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomvault import _native
 from dicomvault.config import Settings
+from dicomvault.http.audit import RequestAudit
+from dicomvault.http.auth import Authenticator, Guard, SecurityHeaders, security_headers
 from dicomvault.http.dicomweb import DicomWeb
 from dicomvault.http.metrics import Metrics
 from dicomvault.http.openapi import OpenApi
@@ -89,16 +93,26 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 def application(archive: Archive, settings: Settings) -> Starlette:
     metrics = Metrics(archive)
     dicomweb = DicomWeb(archive, bool(settings["index"]["case_insensitive_pn"]))
+    authenticator = Authenticator(settings, archive.audit)
+    routes = [
+        *Rest(archive, settings).routes(),
+        *dicomweb.routes(),
+        *authenticator.routes(),
+        Route("/metrics", metrics.endpoint),
+        Route("/openapi.json", OpenApi().endpoint),
+        Route("/", _to_ui),
+        Mount("/ui", StaticFiles(directory=UI, html=True), name="ui"),
+    ]
+    tls = bool(settings["http"]["tls_certificate"])
     return Starlette(
-        routes=[
-            *Rest(archive, settings).routes(),
-            *dicomweb.routes(),
-            Route("/metrics", metrics.endpoint),
-            Route("/openapi.json", OpenApi().endpoint),
-            Route("/", _to_ui),
-            Mount("/ui", StaticFiles(directory=UI, html=True), name="ui"),
+        routes=routes,
+        middleware=[
+            metrics.middleware(),
+            Middleware(SecurityHeaders, headers=security_headers(tls)),
+            Middleware(Guard, authenticator=authenticator, routes=routes),
+            Middleware(SameOrigin),
+            Middleware(RequestAudit, archive=archive),
         ],
-        middleware=[metrics.middleware(), Middleware(SameOrigin)],
         exception_handlers={
             HTTPException: _http_error,
             _native.DamagedError: _damaged,

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from dicomvault import _native
 from dicomvault.http import render
+from dicomvault.http.auth import request_source
 from dicomvault.http.stored import check, checked_chunks
 from dicomvault.index import Level, Record
 from dicomvault.net.outbound import NATIVE_SYNTAXES, outbound, selected
@@ -620,7 +621,7 @@ class DicomWeb:
             parts = _split_multipart(await request.body(), content_type)
         except BadRequest as e:
             return JSONResponse({"error": str(e)}, status_code=400)
-        source = f"STOW-RS@{request.client.host if request.client else ''}"
+        source = request_source(request, "STOW-RS")
         stored, failed, no_room = await asyncio.to_thread(self._store, parts, source)
         status = 200 if not failed else (202 if stored else 507 if no_room else 409)
         body: dict[str, Any] = {}

@@ -16,6 +16,9 @@ from dicomvault.metrics import Counter, Histogram, family, sample
 from dicomvault.store import Archive
 
 EXPOSITION = "text/plain; version=0.0.4; charset=utf-8"
+# Label values come from closed sets, whatever a client sends: any other method is "other",
+# a path no route matched is "unmatched", a status is one of the server's own.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 # The archive's figures (``Archive.stats``) as gauges: name, help.
 GAUGES = {
@@ -104,6 +107,6 @@ class RequestMetrics:
         finally:
             # The router records the route it matched in the (shared) scope.
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in METHODS else "other"
             self.metrics.requests.inc(method, route, str(status))
             self.metrics.seconds.observe(time.perf_counter() - started, method, route)

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from dicomvault.config import Settings
 from dicomvault.dicom.keys import keyword_named
 from dicomvault.http import render
+from dicomvault.http.auth import request_source, require
 from dicomvault.http.dicomweb import iterate_in_thread
 from dicomvault.http.stored import check, checked_chunks
 from dicomvault.index import Level, Record
@@ -36,6 +37,7 @@ from dicomvault.net.outbound import stored_instance
 from dicomvault.net.policy import AccessPolicy, Modality
 from dicomvault.net.scu import RetrieveResult, Scu, ScuError
 from dicomvault.net.status import SUCCESS, describe
+from dicomvault.security.accounts import Role
 from dicomvault.store import Archive, IngestOutcome
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -224,6 +226,7 @@ class Rest:
             Route("/instances/{SOPInstanceUID}/tags", self.tags),
             Route("/instances/{SOPInstanceUID}/preview", self.preview),
             Route("/tools/lookup", self.lookup, methods=["GET", "POST"]),
+            Route("/tools/repack", self.repack, methods=["POST"]),
             Route("/statistics", self.statistics),
             Route("/modalities", self.modalities),
             Route("/modalities/{name}/echo", self.echo, methods=["POST"]),
@@ -470,7 +473,7 @@ class Rest:
         parts = [(name, data) for name, data in parts if data]
         if not parts:
             raise HTTPException(400, "no file in the request")
-        source = f"REST@{request.client.host if request.client else ''}"
+        source = request_source(request, "REST")
         outcomes = await asyncio.to_thread(self.archive.ingest_all, parts, source)
         results = [_outcome(name, o) for (name, _), o in zip(parts, outcomes, strict=True)]
         if all(o.key is None for o in outcomes):
@@ -504,6 +507,31 @@ class Rest:
             raise HTTPException(400, "give the value to look up")
         found = await asyncio.to_thread(self.archive.resolve, value)
         return JSONResponse([r.to_json() for r in found])
+
+    async def repack(self, request: Request) -> Response:
+        """Rewrites every pack with its blobs stored anew, then verifies them, as `dicomvault
+        migrate repack` (which asks the running server the same).
+        ---
+        requestBody:
+          content:
+            application/json:
+              schema:
+                type: object
+                properties:
+                  compression: {type: string, enum: [none, zstd], default: zstd}
+                  level: {type: integer, default: 3}
+        responses:
+          200: {description: "The repack's report: packs, bytes before and after, verified"}
+          400: {description: A bad compression or level}
+        """
+        body = await self._body(request)
+        body = body if isinstance(body, dict) else {}
+        try:
+            compression, level = str(body.get("compression", "zstd")), int(body.get("level", 3))
+            report = await asyncio.to_thread(self.archive.repack, compression, level)
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from e
+        return JSONResponse(report)
 
     async def statistics(self, request: Request) -> Response:
         """Counts, sizes and storage use, as `dicomvault stats --json`.
@@ -647,6 +675,8 @@ class Rest:
         """
         modality, level, keys, body = await self._query(request)
         destination = str(body.get("TargetAet") or self.settings["dicom"]["aet"])
+        if destination != self.settings["dicom"]["aet"]:
+            require(request, Role.ADMIN)  # a move elsewhere sends data away
         result = await self._scu(
             lambda: Scu(self.settings).move(modality, destination, level, keys)
         )

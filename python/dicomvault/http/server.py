@@ -1,5 +1,6 @@
 """The HTTP server of ``dicomvault serve`` ([http] enabled): uvicorn in a thread beside the
-DICOM listener, started and stopped with it, serving ``app.application``."""
+DICOM listener, started and stopped with it, serving ``app.application`` (HTTPS when [http]
+tls_certificate and tls_private_key are set)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uvicorn
 
 from dicomvault.config import Settings
 from dicomvault.http.app import application
+from dicomvault.security.tls import CIPHERS
 from dicomvault.store import Archive
 
 
@@ -17,9 +19,19 @@ class HttpServer:
     def __init__(self, archive: Archive, settings: Settings) -> None:
         http = settings["http"]
         self.host, self.port = str(http["host"]), int(http["port"])
+        self.tls = bool(http["tls_certificate"])
         app = application(archive, settings)
         config = uvicorn.Config(
-            app, host=self.host, port=self.port, log_level="warning", lifespan="off"
+            app,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            # uvicorn's loggers go to the process's sink, which escapes what peers send.
+            log_config=None,
+            ssl_certfile=str(http["tls_certificate"]) or None,
+            ssl_keyfile=str(http["tls_private_key"]) or None,
+            ssl_ciphers=CIPHERS,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)

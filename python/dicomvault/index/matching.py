@@ -83,10 +83,42 @@ def _point(vr: str, value: str) -> tuple[str, str]:
     return _normalize_datetime(value, "0"), _normalize_datetime(value, "9")
 
 
-@cache
-def _wildcard_regex(pattern: str, fold: bool) -> re.Pattern[str]:
-    parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern]
-    return re.compile("".join(parts), re.DOTALL | (re.IGNORECASE if fold else 0))
+def _equal_at(piece: str, value: str, at: int) -> bool:
+    """Whether ``piece`` (``?`` matching any one character) matches ``value`` from ``at``."""
+    return all(p in ("?", value[at + i]) for i, p in enumerate(piece))
+
+
+def _find(piece: str, value: str, start: int, end: int) -> int:
+    """The first place in ``value[start:end]`` that ``piece`` matches, or -1."""
+    if "?" not in piece:
+        return value.find(piece, start, end)
+    for at in range(start, end - len(piece) + 1):
+        if _equal_at(piece, value, at):
+            return at
+    return -1
+
+
+def wildcard_match(pattern: str, value: str) -> bool:
+    """Whether ``value`` matches ``pattern`` whole, ``*`` matching any run of characters and
+    ``?`` any one. No backtracking: the pieces between stars are matched left to right, each
+    at its first place after the previous one (a later place never leaves more room), so the
+    cost is at most the pattern's length times the value's, whatever the pattern; a value
+    found by ``str.find`` (pieces without ``?``) costs time linear in the value's length."""
+    first, *middle = pattern.split("*")
+    if not middle:
+        return len(first) == len(value) and _equal_at(first, value, 0)
+    last = middle.pop()
+    end = len(value) - len(last)
+    if end < len(first) or not (_equal_at(first, value, 0) and _equal_at(last, value, end)):
+        return False
+    at = len(first)
+    for piece in middle:
+        if piece:
+            found = _find(piece, value, at, end)
+            if found < 0:
+                return False
+            at = found + len(piece)
+    return True
 
 
 @dataclass(frozen=True)
@@ -132,8 +164,9 @@ class Matcher:
         if vr == "PN" and "=" in value:
             candidates += [g for g in value.split("=") if g]
         if ("*" in query or "?" in query) and vr not in _NO_WILDCARD:
-            regex = _wildcard_regex(query, fold)
-            return any(regex.fullmatch(c) for c in candidates)
+            if fold:
+                query, candidates = query.casefold(), [c.casefold() for c in candidates]
+            return any(wildcard_match(query, c) for c in candidates)
         if fold:
             q = query.casefold()
             return any(c.casefold() == q for c in candidates)

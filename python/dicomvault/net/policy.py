@@ -29,6 +29,8 @@ class Modality:
     host: str
     port: int
     allow: frozenset[str] = frozenset(SERVICES)
+    # Associations to it use DICOM TLS.
+    tls: bool = False
 
 
 class PolicyError(ValueError):
@@ -55,8 +57,11 @@ class AccessPolicy:
                 unknown = allow - set(SERVICES)
                 if unknown:
                     raise PolicyError(f"[modalities.{name}] allow: unknown {sorted(unknown)}")
+                tls = table.get("tls", False)
+                if not isinstance(tls, bool):
+                    raise PolicyError(f"[modalities.{name}] tls must be true or false")
                 self.modalities[name] = Modality(
-                    name, str(table["aet"]), str(table["host"]), int(table["port"]), allow
+                    name, str(table["aet"]), str(table["host"]), int(table["port"]), allow, tls
                 )
             except KeyError as e:
                 raise PolicyError(f"[modalities.{name}] needs {e.args[0]}") from e

@@ -23,6 +23,8 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import decode
 
 from dicomvault import _native
+from dicomvault.audit import Who
+from dicomvault.audit.trail import patient_of
 from dicomvault.config import Settings
 from dicomvault.net import contexts
 from dicomvault.net.outbound import Selected, StoredInstance, install, outbound, selected
@@ -35,7 +37,7 @@ from dicomvault.net.query import (
     encode_identifier,
     read_identifier,
 )
-from dicomvault.net.scu import set_nodelay
+from dicomvault.net.scu import set_nodelay, tls_arguments
 from dicomvault.net.status import (
     MOVE_DESTINATION_UNKNOWN,
     NOT_AUTHORIZED,
@@ -51,6 +53,8 @@ log = logging.getLogger("dicomvault.net")
 
 # The largest PDU we accept (storescu sends at most 128 KiB whatever we allow).
 MAX_PDU = 4 << 20
+# What the index is asked for besides a query's keys: who the audit trail names.
+AUDITED = ("PatientID", "IssuerOfPatientID", "PatientName", "StudyInstanceUID")
 # Seconds a peer may stay silent mid-association.
 NETWORK_TIMEOUT = 60
 
@@ -145,10 +149,18 @@ class DicomServer:
             self._listener = None
         self.ae.shutdown()
 
-    def _allowed(self, aet: str, host: str, service: str) -> bool:
+    def _allowed(self, aet: str, host: str, service: str, model: str) -> bool:
         if self.policy.allows(aet, host, service):
             return True
         log.warning("%s from %s@%s refused: not allowed for this AE", service.upper(), aet, host)
+        event = "query" if service == "find" else "retrieve"
+        self.archive.audit.record(
+            event,
+            Who(ae=aet, address=host, via="dicom"),
+            outcome="denied",
+            what=f"C-{service.upper()}",
+            detail={"model": model},
+        )
         return False
 
     def _find(
@@ -156,7 +168,7 @@ class DicomServer:
     ) -> tuple[int, Iterator[bytes]]:
         """C-FIND: the status refusing it, or Success and the response identifiers encoded in
         ``transfer_syntax``, produced as the listener sends them."""
-        if not self._allowed(calling_ae, address, "find"):
+        if not self._allowed(calling_ae, address, "find", model):
             return NOT_AUTHORIZED, iter(())
         syntax = UID(transfer_syntax)
         dataset = _decoded_identifier("C-FIND", identifier, syntax)
@@ -173,18 +185,41 @@ class DicomServer:
             log.error("C-FIND refused: %s", e)
             return OUT_OF_RESOURCES, iter(())
         matches = self.archive.index.find(
-            level, filters, requested, case_insensitive_pn=self.case_insensitive_pn
+            level, filters, [*requested, *AUDITED], case_insensitive_pn=self.case_insensitive_pn
         )
-        return SUCCESS, (
-            encode_identifier(m, level, requested, self.aet, syntax.is_implicit_VR) for m in matches
-        )
+
+        def answers() -> Iterator[bytes]:
+            # Recorded once every answer is sent (or the peer cancelled), before the final
+            # response.
+            patients, studies = [], []
+            try:
+                for m in matches:
+                    patients.append(patient_of(m))
+                    studies.append(m.get("StudyInstanceUID", ""))
+                    yield encode_identifier(m, level, requested, self.aet, syntax.is_implicit_VR)
+            finally:
+                self.archive.audit.record(
+                    "query",
+                    Who(ae=calling_ae, address=address, via="dicom"),
+                    patients=patients,
+                    studies=studies,
+                    what=f"C-FIND {level.value}",
+                    detail={"model": model, "keys": filters, "answers": len(patients)},
+                )
+
+        return SUCCESS, answers()
 
     def _select_for_get(
         self, calling_ae: str, address: str, model: str, transfer_syntax: str, identifier: bytes
     ) -> tuple[int, list[Selected]]:
         """C-GET: a status and, when it is Success, each instance to send as (SOP Class UID,
         SOP Instance UID, stored syntax, data set offset, manifest)."""
-        return self._select("get", calling_ae, address, model, transfer_syntax, identifier)
+        status, chosen, matches = self._select(
+            "get", calling_ae, address, model, transfer_syntax, identifier
+        )
+        if status == SUCCESS:
+            self._audit_retrieve("C-GET", calling_ae, address, model, chosen, matches)
+        return status, chosen
 
     def _select(
         self,
@@ -194,26 +229,48 @@ class DicomServer:
         model: str,
         transfer_syntax: str,
         identifier: bytes,
-    ) -> tuple[int, list[Selected]]:
-        """A retrieve's access check, identifier and query: a status and what it selects."""
-        if not self._allowed(calling_ae, address, service):
-            return NOT_AUTHORIZED, []
+    ) -> tuple[int, list[Selected], list[dict[str, str]]]:
+        """A retrieve's access check, identifier and query: a status, what it selects and the
+        index's matches (which patients and studies)."""
+        if not self._allowed(calling_ae, address, service, model):
+            return NOT_AUTHORIZED, [], []
         name = f"C-{service.upper()}"
         dataset = _decoded_identifier(name, identifier, UID(transfer_syntax))
         if dataset is None:
-            return UNABLE_TO_PROCESS, []
+            return UNABLE_TO_PROCESS, [], []
         try:
             level, filters, _ = read_identifier(dataset, model)
         except IdentifierError as e:
             log.error("%s: %s", name, e)
-            return e.status, []
+            return e.status, [], []
         try:
-            keys = [m["_key"] for m in self.archive.index.find(level, filters)]
-            records = [r for k in keys if (r := self.archive.index.get(level, k))]
-            return SUCCESS, [selected(record) for record in self.archive.instances(records)]
+            matches = list(self.archive.index.find(level, filters, AUDITED))
+            records = [r for m in matches if (r := self.archive.index.get(level, m["_key"]))]
+            chosen = [selected(record) for record in self.archive.instances(records)]
         except IndexUnavailable as e:
             log.error("%s refused: %s", name, e)
-            return OUT_OF_RESOURCES_MATCHES, []
+            return OUT_OF_RESOURCES_MATCHES, [], []
+        return SUCCESS, chosen, matches
+
+    def _audit_retrieve(
+        self,
+        what: str,
+        calling_ae: str,
+        address: str,
+        model: str,
+        chosen: list[Selected],
+        matches: list[dict[str, str]],
+        **detail: str,
+    ) -> None:
+        """A retrieve's record, written before the first instance leaves."""
+        self.archive.audit.record(
+            "retrieve",
+            Who(ae=calling_ae, address=address, via="dicom"),
+            patients=[patient_of(m) for m in matches],
+            studies=[m.get("StudyInstanceUID", "") for m in matches],
+            what=what,
+            detail={"model": model, "instances": len(chosen), **detail},
+        )
 
     def _move(
         self,
@@ -226,7 +283,7 @@ class DicomServer:
     ) -> tuple[int, list[str], Iterator[int]]:
         """C-MOVE: a status and, when it is Success, the SOP Instance UIDs to send and their
         C-STORE statuses as they are sent, over an association to the destination."""
-        status, chosen = self._select(
+        status, chosen, matches = self._select(
             "move", calling_ae, address, model, transfer_syntax, identifier
         )
         destination = self.policy.by_aet(destination_aet)
@@ -242,6 +299,7 @@ class DicomServer:
             contexts.for_instances(instances),
             ae_title=destination.aet,
             evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+            tls_args=tls_arguments(destination, self.dicom),
         )
         if not assoc.is_established:
             log.error(
@@ -251,6 +309,15 @@ class DicomServer:
                 destination.port,
             )
             return MOVE_DESTINATION_UNKNOWN, [], iter(())
+        self._audit_retrieve(
+            "C-MOVE",
+            calling_ae,
+            address,
+            model,
+            chosen,
+            matches,
+            destination=f"{destination.aet}@{destination.host}:{destination.port}",
+        )
         return SUCCESS, [i.SOPInstanceUID for i in instances], _sub_operations(assoc, instances)
 
     def _transcode(

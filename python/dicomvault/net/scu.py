@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from dicomvault.net.status import (
     SUCCESS,
     describe,
 )
+from dicomvault.security.tls import client_context
 from dicomvault.store import Archive
 
 log = logging.getLogger("dicomvault.net")
@@ -112,6 +114,11 @@ GET_SYNTAXES = [
 ]
 
 
+def tls_arguments(target: Modality, dicom: Mapping[str, Any]) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args`` for an association to ``target``: None unless it uses TLS."""
+    return (client_context(dicom), target.host) if target.tls else None
+
+
 class ScuError(RuntimeError):
     """The peer could not be reached or refused; the message says why."""
 
@@ -156,6 +163,7 @@ class Scu:
         self.ae.acse_timeout = 30
         self.ae.dimse_timeout = 600
         self.ae.maximum_pdu_size = 0
+        self.dicom = settings["dicom"]
 
     def associate(
         self,
@@ -172,6 +180,7 @@ class Scu:
             ae_title=target.aet,
             ext_neg=ext_neg,
             evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *(handlers or [])],
+            tls_args=tls_arguments(target, self.dicom),
         )
         if not assoc.is_established:
             why = "rejected the association" if assoc.is_rejected else "could not be reached"

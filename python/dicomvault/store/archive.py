@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 import msgpack
 
 from dicomvault import _native
+from dicomvault.audit import AuditTrail
 from dicomvault.config import Settings
 from dicomvault.dicom.values import decode_elements, wanted
 from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, Record
@@ -143,6 +144,8 @@ class Archive:
         )
         for message in self.store.recovery:
             log.warning("store recovery: %s", message)
+        # Before the replay: instances it applies get their audit records then.
+        self.audit = AuditTrail(self.root, settings["audit"])
         self.index = Index(
             self.root / "index",
             map_size=int(settings["index"]["map_size"]),
@@ -224,6 +227,7 @@ class Archive:
                 "last fsync may be lost on a power cut",
             )
         self.index.close()
+        self.audit.close()
 
     def __enter__(self) -> Archive:
         return self
@@ -266,7 +270,11 @@ class Archive:
         """Makes a batch durable: manifests and blobs first, then one index transaction."""
 
         def persist(new: list[InstanceEntry]) -> list[tuple[int, int]]:
-            return self.store.persist([(e.manifest, _annotations(e)) for e in new]) if new else []
+            positions = (
+                self.store.persist([(e.manifest, _annotations(e)) for e in new]) if new else []
+            )
+            self.audit.stored(new, positions)
+            return positions
 
         with self._log_order():
             return self._index(entries, persist)
@@ -320,6 +328,7 @@ class Archive:
                     self.entry(i, i["source"], i["received_at"], replace=self.replace_duplicates)
                     for _, _, i in received
                 ]
+                self.audit.stored(entries, positions)
             except Exception as e:  # a retry cannot help: left for the replay at the next open
                 self.index.freeze_marks()
                 log.error("%d received instances cannot be indexed: %s", len(received), e)
@@ -559,24 +568,29 @@ class Archive:
             return "instance record has no series"
         return None
 
-    def replay(self, applied: dict[int, int], batch: int = 1000) -> int:
+    def replay(self, applied: dict[int, int], batch: int = 1000, *, audit: bool = True) -> int:
         """Applies the pack log's manifest and tombstone records beyond ``applied`` to the
         index, in the order they were written; returns how many records it went through. A
         damaged record is logged (what it recorded is lost to the index; ``verify`` lists
         it); an instance whose header cannot be read even from a damaged blob is remembered
         as unindexed (``verify`` lists it; storing it again repairs it); one indexed from a
-        damaged header blob is logged (``verify`` names its damaged blob)."""
+        damaged header blob is logged (``verify`` names its damaged blob). ``audit``: the
+        instances' store records are written (again: readers keep one per id)."""
         events = self.store.history(applied)
         entries: list[InstanceEntry] = []
         positions: list[tuple[int, int]] = []
+        logged: list[tuple[int, int]] = []
 
         def flush() -> None:
             if entries:
+                if audit:
+                    self.audit.stored(entries, logged)
                 self.index.commit(entries)
             if positions:
                 self.index.mark_applied(positions)
             entries.clear()
             positions.clear()
+            logged.clear()
 
         for kind, _stamp, pack, end, notes_raw, manifest, key in events:
             positions.append((pack, end))
@@ -616,6 +630,7 @@ class Archive:
                     entry.tags.get("SOPInstanceUID", "?"),
                 )
             entries.append(entry)
+            logged.append((pack, end))
             if len(entries) >= batch:
                 flush()
         flush()
@@ -626,7 +641,7 @@ class Archive:
         record indexed, every damaged one returned (torn tails moved to quarantine/)."""
         rebuilt = self.store.rebuild_blob_index()
         self.index.clear()
-        self.replay({})
+        self.replay({}, audit=False)
         return self.index.stats()["instances"], rebuilt["damaged"]
 
     def _settle_marks(self) -> None:

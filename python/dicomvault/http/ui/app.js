@@ -22,8 +22,31 @@ function h(tag, attrs = {}, ...children) {
   return element;
 }
 
+// A URL whose interpolated values are each one path segment, encoded: a UID cannot climb out
+// of its place ("../studies/X" stays one segment).
+function url(strings, ...values) {
+  return strings.reduce((out, s, i) => out + s + (i < values.length ? encodeURIComponent(values[i]) : ""), "");
+}
+
+function cookie(name) {
+  const found = document.cookie.split("; ").find((c) => c.startsWith(`${name}=`));
+  return found ? decodeURIComponent(found.slice(name.length + 1)) : "";
+}
+
+function toLogin() {
+  location.assign(`/auth/login?next=${encodeURIComponent(location.pathname + location.hash)}`);
+}
+
+// Every request says it comes from the UI (no Basic prompt on a 401) and, when it changes
+// something, carries the session's CSRF token.
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const headers = { "X-Requested-With": "dicomvault", ...(options.headers || {}) };
+  if (options.method && options.method !== "GET") headers["X-CSRF-Token"] = cookie("dicomvault_csrf");
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) {
+    toLogin();
+    throw Object.assign(new Error("Your session has ended: log in again."), { status: 401 });
+  }
   const text = await response.text();
   let body = text;
   try {
@@ -165,7 +188,7 @@ async function studiesView(params) {
   const studies = await api(`/studies${query(filters)}`);
   results.replaceChildren(
     h("p", { class: "count" }, `${studies.length} ${studies.length === 1 ? "study" : "studies"}`),
-    table(STUDY_COLUMNS, studies, (s) => (location.hash = `#/study/${s.key}`)),
+    table(STUDY_COLUMNS, studies, (s) => (location.hash = url`#/study/${s.key}`)),
   );
 }
 
@@ -236,7 +259,7 @@ async function patientView(id, params) {
       ["Instances", patient.counts.instances],
       ["Size", bytes(patient.size)],
     ]),
-    table(STUDY_COLUMNS.slice(2), studies, (s) => (location.hash = `#/study/${s.key}`)),
+    table(STUDY_COLUMNS.slice(2), studies, (s) => (location.hash = url`#/study/${s.key}`)),
   );
 }
 
@@ -282,8 +305,8 @@ async function sendControl(resource) {
 // --- a study: series, instances, viewer --------------------------------------------------------
 
 async function studyView(uid, selected = {}) {
-  const study = await api(`/studies/${uid}`);
-  const series = await api(`/studies/${uid}/series`);
+  const study = await api(url`/studies/${uid}`);
+  const series = await api(url`/studies/${uid}/series`);
   const patient = study.patient;
   const seriesList = h("ul", { class: "picker", "aria-label": "Series" });
   const instanceList = h("ul", { class: "picker", "aria-label": "Instances" });
@@ -291,7 +314,7 @@ async function studyView(uid, selected = {}) {
 
   async function openSeries(s, instanceUid) {
     for (const item of seriesList.children) item.classList.toggle("active", item.dataset.key === s.key);
-    const instances = await api(`/series/${s.key}/instances`);
+    const instances = await api(url`/series/${s.key}/instances`);
     instances.sort((a, b) => Number(a.tags.InstanceNumber || 0) - Number(b.tags.InstanceNumber || 0));
     instanceList.replaceChildren(
       ...instances.map((i) =>
@@ -334,9 +357,9 @@ async function studyView(uid, selected = {}) {
       h(
         "div",
         { class: "actions" },
-        h("a", { class: "button", href: `/studies/${uid}/archive`, download: "" }, "Download ZIP"),
+        h("a", { class: "button", href: url`/studies/${uid}/archive`, download: "" }, "Download ZIP"),
         await sendControl(uid),
-        h("button", { class: "danger", onclick: () => remove(`/studies/${uid}`, "this study", "#/studies") }, "Delete study"),
+        h("button", { class: "danger", onclick: () => remove(url`/studies/${uid}`, "this study", "#/studies") }, "Delete study"),
       ),
     ),
     facts([
@@ -372,7 +395,7 @@ function instanceViewer(viewer, instance, afterDelete) {
     frame = Math.min(frames, Math.max(1, n));
     slider.value = frame;
     status.textContent = frames > 1 ? `Frame ${frame} / ${frames}` : "";
-    image.src = `/instances/${instance.key}/preview?frame=${frame}`;
+    image.src = url`/instances/${instance.key}/preview?frame=${frame}`;
   }
   image.addEventListener("error", async () => {
     // The status and message say why (not an image, a codec missing...).
@@ -403,11 +426,11 @@ function instanceViewer(viewer, instance, afterDelete) {
     h(
       "div",
       { class: "actions" },
-      h("a", { class: "button", href: `/instances/${instance.key}/file`, download: "" }, "Download file"),
+      h("a", { class: "button", href: url`/instances/${instance.key}/file`, download: "" }, "Download file"),
       h("button", { class: "danger", onclick: async () => {
         if (!confirm("Delete this instance? It cannot be undone.")) return;
         try {
-          await api(`/instances/${instance.key}`, { method: "DELETE" });
+          await api(url`/instances/${instance.key}`, { method: "DELETE" });
           toast("Deleted 1 instance.");
           afterDelete().catch(() => (location.hash = "#/studies"));
         } catch (error) {
@@ -418,11 +441,11 @@ function instanceViewer(viewer, instance, afterDelete) {
     h("details", { class: "tagbox", open: true }, h("summary", {}, "Tags"), tags),
   );
   show(1);
-  loadTags(tags, instance.key);
+  loadTags(tags, instance.key).catch((error) => tags.replaceChildren(h("p", { class: "error" }, error.message)));
 }
 
 async function loadTags(box, uid) {
-  const elements = await api(`/instances/${uid}/tags`);
+  const elements = await api(url`/instances/${uid}/tags`);
   const filter = h("input", { type: "search", placeholder: "Filter tags", "aria-label": "Filter tags" });
   const rows = [];
   (function walk(list, depth) {
@@ -450,8 +473,8 @@ async function loadTags(box, uid) {
 
 // #/instance/UID: the instance within its study.
 async function instanceView(uid) {
-  const instance = await api(`/instances/${uid}`);
-  const series = await api(`/series/${instance.parent}`);
+  const instance = await api(url`/instances/${uid}`);
+  const series = await api(url`/series/${instance.parent}`);
   await studyView(series.parent, { series: series.key, instance: uid });
 }
 
@@ -474,7 +497,7 @@ function uploadView() {
       }
       row.children[1].replaceChildren(h("span", { class: `badge ${outcome.status}` }, outcome.status));
       row.children[2].replaceChildren(
-        outcome.SOPInstanceUID ? h("a", { href: `#/instance/${outcome.SOPInstanceUID}` }, "open") : outcome.reason || "",
+        outcome.SOPInstanceUID ? h("a", { href: url`#/instance/${outcome.SOPInstanceUID}` }, "open") : outcome.reason || "",
       );
     }
   }
@@ -655,8 +678,8 @@ async function route() {
     studies: () => studiesView(params),
     patients: () => patientsView(params),
     patient: () => patientView(decodeURIComponent(id), params),
-    study: () => studyView(id),
-    instance: () => instanceView(id),
+    study: () => studyView(decodeURIComponent(id)),
+    instance: () => instanceView(decodeURIComponent(id)),
     upload: () => uploadView(),
     remote: () => remoteView(),
     statistics: () => statisticsView(),
@@ -668,5 +691,17 @@ async function route() {
   }
 }
 
+// The user and a way out, when the server has users.
+async function who() {
+  const me = await api("/auth/whoami");
+  if (me.auth === "none") return;
+  const logout = h("button", { type: "button", onclick: async () => {
+    await api("/auth/logout", { method: "POST" }).catch(() => null);
+    toLogin();
+  } }, "Log out");
+  document.querySelector(".bar").append(h("span", { class: "who" }, h("span", { class: "user" }, `${me.user} (${me.role})`), logout));
+}
+
 window.addEventListener("hashchange", route);
+who().catch(() => null);
 route();
