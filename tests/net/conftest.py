@@ -82,14 +82,18 @@ class Server:
         self.cli = Cli(self.root, workdir)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, preexec_fn: Callable[[], None] | None = None) -> Server:
+    def start(
+        self,
+        preexec_fn: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Server:
         self.log_file = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dicomvault", "serve", "--config", str(self.config)],
             cwd=self.workdir,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             preexec_fn=preexec_fn,
         )
         wait_for_port(self.port, self.proc, "dicomvault serve")

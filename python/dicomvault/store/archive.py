@@ -341,7 +341,9 @@ class Archive:
                 except Exception as e:  # the index: a full map or disk, a failing disk
                     why = f"indexing {len(entries)} acknowledged instances failed: {e}"
                     self.store.received_stalled(why)
-                    log.error("%s; refusing C-STOREs until a retry succeeds", why)
+                    # LMDB refuses every transaction after a fatal error until it is reopened.
+                    hint = "restart the server" if "MDB_PANIC" in str(e) else "retrying"
+                    log.error("%s; refusing C-STOREs until it succeeds (%s)", why, hint)
                     if self._closing.wait(delay):
                         self.index.freeze_marks()
                         log.error("closing: those instances are replayed at the next open")

@@ -1,9 +1,37 @@
-//! The background fdatasync of packs that large records were just appended to.
+//! Making packs durable: the background fdatasync of packs that large records were just
+//! appended to, and the sticky record of an fsync that failed.
 
 use super::lock;
 use std::fs::File;
 use std::io;
 use std::sync::{mpsc, Arc, Mutex};
+
+/// The first fsync of a pack that failed, sticky for the process's lifetime: Linux reports a
+/// writeback error to one fsync only (and may drop the pages it could not write), so no later
+/// fsync's success may be taken for the durability of what was written before it. A restart
+/// walks the packs again and keeps what is really there.
+#[derive(Clone, Default)]
+pub(super) struct FsyncFailure(Arc<Mutex<Option<String>>>);
+
+impl FsyncFailure {
+    /// Runs an fsync, remembering its failure.
+    pub(super) fn sync(&self, file: &File) -> io::Result<()> {
+        file.sync_data().inspect_err(|e| {
+            lock(&self.0).get_or_insert_with(|| e.to_string());
+        })
+    }
+
+    /// Err once any fsync has failed.
+    pub(super) fn check(&self) -> io::Result<()> {
+        match &*lock(&self.0) {
+            None => Ok(()),
+            Some(e) => Err(io::Error::other(format!(
+                "an fsync of the packs failed ({e}): nothing more is acknowledged until a \
+                 restart recovers what the packs really hold"
+            ))),
+        }
+    }
+}
 
 /// A thread that fdatasyncs the packs a large record was just appended to, while the rest of
 /// the instance arrives. A virtual disk's flush costs time in proportion to what it flushes,
@@ -11,16 +39,11 @@ use std::sync::{mpsc, Arc, Mutex};
 /// for, takes a fraction of what flushing the whole instance at once would.
 pub(super) struct EarlySync {
     files: mpsc::Sender<Arc<File>>,
-    /// The first failure, sticky: Linux reports a writeback error to one fsync only, so a
-    /// commit must not take the next fsync's success for durability.
-    failed: Arc<Mutex<Option<String>>>,
 }
 
 impl EarlySync {
-    pub(super) fn start() -> io::Result<EarlySync> {
+    pub(super) fn start(failure: FsyncFailure) -> io::Result<EarlySync> {
         let (sender, files) = mpsc::channel::<Arc<File>>();
-        let failed: Arc<Mutex<Option<String>>> = Arc::default();
-        let failure = failed.clone();
         std::thread::Builder::new()
             .name("pack-early-sync".into())
             .spawn(move || {
@@ -32,29 +55,16 @@ impl EarlySync {
                         }
                     }
                     for file in batch {
-                        if let Err(e) = file.sync_data() {
-                            lock(&failure).get_or_insert_with(|| e.to_string());
-                        }
+                        // A failure is the commit's to report: it checks before answering.
+                        let _ = failure.sync(&file);
                     }
                 }
             })?;
-        Ok(EarlySync {
-            files: sender,
-            failed,
-        })
+        Ok(EarlySync { files: sender })
     }
 
     pub(super) fn request(&self, file: &Arc<File>) {
         // The thread is gone only if it panicked: the commit's fsync then does all the work.
         let _ = self.files.send(file.clone());
-    }
-
-    pub(super) fn check(&self) -> io::Result<()> {
-        match &*lock(&self.failed) {
-            None => Ok(()),
-            Some(e) => Err(io::Error::other(format!(
-                "an fsync of the packs failed ({e}); restart to recover what was acknowledged"
-            ))),
-        }
     }
 }

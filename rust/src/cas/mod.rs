@@ -22,7 +22,7 @@ mod ingest;
 mod read;
 mod recovery;
 
-use early_sync::EarlySync;
+use early_sync::{EarlySync, FsyncFailure};
 pub use gc::{GcEvent, GcReport};
 pub use history::{annotations, utc_timestamp, HistoryEvent, HistoryKind};
 pub use ingest::{Ingested, InstanceWriter};
@@ -244,6 +244,8 @@ struct Inner {
     recovery: Vec<String>,
     /// Makes packs durable in the background as records are appended (sync = always only).
     early_sync: Option<EarlySync>,
+    /// An fsync of a pack failed: every later commit fails until a restart.
+    fsync_failure: FsyncFailure,
     _archive_lock: File,
 }
 
@@ -311,8 +313,9 @@ impl Store {
             .create_database(&mut wtxn, Some("damaged"))
             .map_err(heed_error)?;
         wtxn.commit().map_err(heed_error)?;
+        let fsync_failure = FsyncFailure::default();
         let early_sync = match config.sync {
-            SyncMode::Always => Some(EarlySync::start()?),
+            SyncMode::Always => Some(EarlySync::start(fsync_failure.clone())?),
             SyncMode::Batch | SyncMode::Never => None,
         };
         let mut inner = Inner {
@@ -335,6 +338,7 @@ impl Store {
             stamp: AtomicU64::new(0),
             recovery: Vec::new(),
             early_sync,
+            fsync_failure,
             _archive_lock: archive_lock,
         };
         inner.recover()?;
@@ -529,6 +533,7 @@ impl Store {
         if c.committed >= target {
             return Ok(());
         }
+        inner.fsync_failure.check()?;
         let (entries, written, seq) = {
             let a = lock(&inner.appender);
             (a.unindexed.clone(), a.written.clone(), a.seq)
@@ -543,11 +548,10 @@ impl Store {
         }
         if sync_now {
             for file in c.unsynced.values() {
-                file.sync_data()?;
+                inner.fsync_failure.sync(file)?;
             }
-            if let Some(early) = &inner.early_sync {
-                early.check()?;
-            }
+            // The background fsyncs of these packs succeeded too.
+            inner.fsync_failure.check()?;
             c.unsynced.clear();
             c.last_sync = Instant::now();
         }
@@ -585,7 +589,7 @@ impl Store {
         let inner = &*self.inner;
         let mut c = lock(&inner.commit);
         for file in c.unsynced.values() {
-            file.sync_data()?;
+            inner.fsync_failure.sync(file)?;
         }
         c.unsynced.clear();
         inner.env.force_sync().map_err(heed_error)?;
