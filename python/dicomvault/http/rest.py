@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import re
+import threading
 import zipfile
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +33,7 @@ from dicomvault.http import render
 from dicomvault.http.auth import request_source, require
 from dicomvault.http.dicomweb import iterate_in_thread
 from dicomvault.http.stored import check, checked_chunks
-from dicomvault.index import Level, Record
+from dicomvault.index import CommitOutcome, Level, Record
 from dicomvault.index.levels import PLURALS, UNIQUE
 from dicomvault.index.records import patient_key
 from dicomvault.net.outbound import stored_instance
@@ -39,6 +42,7 @@ from dicomvault.net.scu import RetrieveResult, Scu, ScuError
 from dicomvault.net.status import SUCCESS, describe
 from dicomvault.security.accounts import Role
 from dicomvault.store import Archive, IngestOutcome
+from dicomvault.store.archive import final
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 LevelEndpoint = Callable[[Request, Level], Awaitable[Response]]
@@ -163,6 +167,51 @@ class _Sink:
         data = b"".join(self._parts)
         self._parts.clear()
         return data
+
+
+# Pieces of an uploaded file handed to the store at a time: what an upload holds in memory.
+_PIECE = 1 << 20
+
+
+async def _ingest_body(
+    archive: Archive, request: Request, source: str
+) -> tuple[IngestOutcome, Future[CommitOutcome] | None] | None:
+    """The request body ingested as it arrives, never held whole: its pieces go through a
+    small queue to a worker thread writing them into the store. None for an empty body."""
+    pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+    ended = threading.Event()  # the end of the body (or the end of the sending) was taken
+
+    def drain() -> Iterator[bytes]:
+        while not ended.is_set():
+            piece = pieces.get()
+            if piece is None or isinstance(piece, BaseException):
+                ended.set()
+                if piece is not None:  # the body was cut short: store nothing
+                    raise OSError(f"the upload ended early: {piece!r}")
+                return
+            yield piece
+
+    def ingest() -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
+        try:
+            return archive.ingest_chunks(drain(), source, "body")
+        finally:
+            for _ in drain():  # what a refusal left unread: the sender is not kept waiting
+                pass
+
+    ingesting = asyncio.ensure_future(asyncio.to_thread(ingest))
+    received = 0
+    try:
+        async for piece in request.stream():
+            if piece:
+                received += len(piece)
+                await asyncio.to_thread(pieces.put, piece)
+    except BaseException as e:
+        await asyncio.to_thread(pieces.put, e)
+        await ingesting
+        raise
+    await asyncio.to_thread(pieces.put, None)
+    outcome = await ingesting
+    return outcome if received else None
 
 
 def zip_stream(archive: Archive, instances: Iterable[Record]) -> Iterator[bytes]:
@@ -457,31 +506,40 @@ class Rest:
           400: {description: "Nothing was stored: error says why, results per file"}
           507: {description: "Nothing was stored: the archive has no room left"}
         """
-        parts: list[tuple[str, bytes]] = []
+        source = request_source(request, "REST")
+        queued: list[tuple[str, tuple[IngestOutcome, Future[CommitOutcome] | None]]] = []
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             try:
+                # Files are spooled to disk by the parser, then read a piece at a time.
                 async with request.form(max_files=10000) as form:
                     for field, value in form.multi_items():
-                        if isinstance(value, UploadFile):
-                            parts.append((value.filename or field, await value.read()))
+                        if isinstance(value, UploadFile) and value.size:
+                            name = value.filename or field
+                            pieces = iter(lambda f=value.file: f.read(_PIECE), b"")
+                            queued.append(
+                                (
+                                    name,
+                                    await asyncio.to_thread(
+                                        self.archive.ingest_chunks, pieces, source, name
+                                    ),
+                                )
+                            )
             except HTTPException:
                 raise
             except Exception as e:  # python-multipart's parse errors
                 raise HTTPException(400, f"unreadable multipart/form-data: {e}") from e
-        else:
-            parts.append(("body", await request.body()))
-        parts = [(name, data) for name, data in parts if data]
-        if not parts:
+        elif (body := await _ingest_body(self.archive, request, source)) is not None:
+            queued.append(("body", body))
+        if not queued:
             raise HTTPException(400, "no file in the request")
-        source = request_source(request, "REST")
-        outcomes = await asyncio.to_thread(self.archive.ingest_all, parts, source)
-        results = [_outcome(name, o) for (name, _), o in zip(parts, outcomes, strict=True)]
+        outcomes = await asyncio.to_thread(lambda: [final(*q) for _, q in queued])
+        results = [_outcome(name, o) for (name, _), o in zip(queued, outcomes, strict=True)]
         if all(o.key is None for o in outcomes):
             reason = outcomes[0].reason or outcomes[0].status
             # 507 when the archive could not store them, 400 when they were not instances.
             status = 507 if any(o.status == "failed" for o in outcomes) else 400
             return JSONResponse(
-                {"error": f"{parts[0][0]}: {reason}", "results": results}, status_code=status
+                {"error": f"{queued[0][0]}: {reason}", "results": results}, status_code=status
             )
         return JSONResponse({"results": results})
 

@@ -389,17 +389,26 @@ class Archive:
             lambda: self.store.ingest_file(str(path)), source or f"import:{path}", str(path)
         )
 
-    def ingest_bytes(
-        self, data: bytes, source: str, name: str
+    def ingest_chunks(
+        self, chunks: Iterable[bytes], source: str, name: str
     ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
-        """``ingest_file`` for an instance held in memory (``name`` says what it was)."""
+        """``ingest_file`` for an instance arriving in pieces (an HTTP body): each piece goes
+        into the store as it comes, so that nothing holds the instance whole (``name`` says
+        what it was)."""
 
         def ingest() -> dict:
             writer = self.store.writer(allow_truncated=True)
-            writer.write(data)
+            for chunk in chunks:
+                writer.write(chunk)
             return writer.finish()
 
         return self._ingest(ingest, source, name)
+
+    def ingest_bytes(
+        self, data: bytes, source: str, name: str
+    ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
+        """``ingest_file`` for an instance held in memory."""
+        return self.ingest_chunks((data,), source, name)
 
     def ingest_all(self, parts: Sequence[tuple[str, bytes]], source: str) -> list[IngestOutcome]:
         """Ingests (name, bytes) instances held in memory; every one is queued before any is
