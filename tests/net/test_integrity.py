@@ -23,6 +23,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicomvault.bench.corpus import GeneratedInstance, small_corpus
 from dicomvault.bench.peers import free_port
+from tests.conftest import Cli
 from tests.net.conftest import Server, StoreSCP, dcmtk, movescu, storescu
 from tests.net.test_dcmtk_peers import QR
 
@@ -356,5 +357,37 @@ def test_a_nearly_full_disk_refuses_c_store_and_import_and_recovers(tmp_path):
             assert server.run("verify").returncode == 0
         finally:
             assert server.stop() == 0
+    finally:
+        subprocess.run(["umount", mount], check=True)
+
+
+@pytest.mark.parametrize("command", [["gc"], ["migrate", "repack", "--compression", "zstd"]])
+def test_gc_and_repack_on_a_full_disk_leave_the_archive_intact(tmp_path, command):
+    if os.geteuid() != 0:
+        pytest.fail("mounting the small filesystem this test needs takes root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", mount], check=True)
+    try:
+        corpus = small_corpus(tmp_path / "corpus", 400)  # ~4 MB
+        (tmp_path / "dicomvault.toml").write_text(
+            f'[archive]\nroot = "{mount / "archive"}"\n[storage]\nmin_free_space_mb = 0\n'
+        )
+        cli = Cli(mount / "archive", tmp_path)
+        cli.run("import", tmp_path / "corpus", "--quiet", with_root=False)
+        cli.run("delete", corpus[0].study_instance_uid, "--yes", with_root=False)
+        kept = {g.sop_instance_uid: g.path.read_bytes() for g in corpus[100:]}
+        free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+        subprocess.run(["fallocate", "-l", str(free - 64 * 1024), mount / "filler"], check=True)
+        full = cli.run(*command, check=False, with_root=False)
+        assert full.returncode != 0 and "Traceback" not in full.stderr, full.stderr
+        assert "No space left" in full.stderr + full.stdout
+        (mount / "filler").unlink()
+        for attempt in (cli.run("verify", with_root=False), cli.run(*command, with_root=False)):
+            assert attempt.returncode == 0
+        assert cli.run("verify", with_root=False).returncode == 0
+        out = tmp_path / "out"
+        cli.run("export", "--out", out, with_root=False)
+        assert {p.stem: p.read_bytes() for p in out.rglob("*.dcm")} == kept
     finally:
         subprocess.run(["umount", mount], check=True)

@@ -340,6 +340,8 @@ def gc(config: ConfigOption = None, root: RootOption = None) -> None:
             report = archive.gc(report_pack)
         except RuntimeError as e:
             fail(str(e))
+        except OSError as e:  # a pack it could not write: the old ones are still in place
+            fail(f"gc stopped: {e}; the archive is intact (run it again once there is room)")
     report_rewrite(report)
 
 

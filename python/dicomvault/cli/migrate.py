@@ -246,6 +246,10 @@ def repack(
                 report = archive.repack(compression, level, report_pack)
             except ValueError as e:
                 fail(str(e))
+            except OSError as e:  # a pack it could not write: the old ones are still in place
+                fail(
+                    f"repack stopped: {e}; the archive is intact (run it again once there is room)"
+                )
     report_rewrite(report)
     if report["defects"]:
         for key, reason in report["defects"]:
