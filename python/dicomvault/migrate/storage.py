@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
-from dicomvault.index.lmdb_index import CommitOutcome
+from dicomvault.index import CommitOutcome
 from dicomvault.migrate.journal import SETTLED, Journal, JournalRow
 from dicomvault.store import Archive
 

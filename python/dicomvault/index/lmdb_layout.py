@@ -1,0 +1,153 @@
+"""How the index lies in LMDB: its sub-databases, key encodings and record codec, and the
+reads and secondary-index upkeep that the tree, the query planner and the marks share.
+
+Sub-databases: one per level (record key -> msgpack record), ``children`` (parent/child key
+pairs, so a level's children are a key range), ``ix`` (secondary indexes: field, value and
+record key in one key, so exact and prefix matches and date ranges are key ranges) and
+``meta`` (totals, replay marks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import lmdb
+import msgpack
+
+from dicomvault.index.levels import Level
+from dicomvault.index.records import Record
+
+DB_NAMES = {
+    Level.PATIENT: b"patients",
+    Level.STUDY: b"studies",
+    Level.SERIES: b"series",
+    Level.IMAGE: b"instances",
+}
+SEP = b"\x00"
+# LMDB keys are at most 511 bytes: long values are cut in index keys and re-checked.
+_MAX_VALUE = 160
+
+# Secondary indexes: field code -> (level, keyword, case-folded).
+FIELDS: dict[bytes, tuple[Level, str, bool]] = {
+    b"pid": (Level.PATIENT, "PatientID", False),
+    b"pn": (Level.PATIENT, "PatientName", False),
+    b"pnf": (Level.PATIENT, "PatientName", True),
+    b"acc": (Level.STUDY, "AccessionNumber", False),
+    b"sd": (Level.STUDY, "StudyDate", False),
+    b"mod": (Level.SERIES, "Modality", False),
+}
+# Positions in the pack log: (pack id, offset just past a record).
+Positions = Iterable[tuple[int, int]]
+
+
+def cut(value: str) -> bytes:
+    raw = value.encode("utf-8")[:_MAX_VALUE]
+    return raw.decode("utf-8", "ignore").encode("utf-8").replace(SEP, b" ")
+
+
+def ix_values(code: bytes, level: Level, tags: Mapping[str, str]) -> list[str]:
+    _, keyword, fold = FIELDS[code]
+    value = tags.get(keyword, "")
+    if code == b"sd":
+        value = value.replace(".", "")
+    if keyword == "PatientName":
+        # The whole name and each component group, since a query may match either.
+        values = list(dict.fromkeys([value, *(g for g in value.split("=") if g)]))
+    else:
+        values = value.split("\\")
+    return [v.casefold() if fold else v for v in values if v]
+
+
+def encode(record: Record) -> bytes:
+    return msgpack.packb(
+        {
+            "p": record.parent,
+            "t": record.tags,
+            "c": record.counts,
+            "s": record.size,
+            "r": record.received_at,
+            "src": record.source,
+            "m": record.manifest,
+            "pc": record.patient_conflict,
+            "h": record.history,
+        }
+    )
+
+
+def decode(level: Level, key: str, raw: bytes) -> Record:
+    d = msgpack.unpackb(raw)
+    return Record(
+        level,
+        key,
+        d["p"],
+        d["t"],
+        d["c"],
+        d["s"],
+        d["r"],
+        d.get("src"),
+        d.get("m"),
+        d.get("pc"),
+        d.get("h"),
+    )
+
+
+class Layout:
+    """The open sub-databases, and the reads and index-key upkeep over them."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self.env = env
+        self.dbs = {lvl: env.open_db(name) for lvl, name in DB_NAMES.items()}
+        self.children = env.open_db(b"children")
+        self.ix = env.open_db(b"ix")
+        self.meta = env.open_db(b"meta")
+        # Counts records decoded: lets tests prove that indexed keys use key ranges.
+        self.records_read = 0
+
+    def get(self, txn: lmdb.Transaction, level: Level, key: str) -> Record | None:
+        raw = txn.get(key.encode("utf-8"), db=self.dbs[level])
+        if raw is None:
+            return None
+        self.records_read += 1
+        return decode(level, key, raw)
+
+    def child_prefix(self, level: Level, parent: str) -> bytes:
+        return level.value[:2].encode() + SEP + parent.encode("utf-8") + SEP
+
+    def child_keys(self, txn: lmdb.Transaction, level: Level, parent: str) -> list[str]:
+        prefix = self.child_prefix(level, parent)
+        cursor = txn.cursor(db=self.children)
+        keys = []
+        if cursor.set_range(prefix):
+            for k in cursor.iternext(values=False):
+                if not k.startswith(prefix):
+                    break
+                keys.append(k[len(prefix) :].decode("utf-8"))
+        return keys
+
+    def ix_key(self, code: bytes, value: str, key: str) -> bytes:
+        return code + SEP + cut(value) + SEP + key.encode("utf-8")
+
+    def index_record(self, txn: lmdb.Transaction, record: Record, add: bool) -> None:
+        for code, (level, _, _) in FIELDS.items():
+            if level is not record.level:
+                continue
+            for value in ix_values(code, level, record.tags):
+                k = self.ix_key(code, value, record.key)
+                if add:
+                    txn.put(k, b"", db=self.ix)
+                else:
+                    txn.delete(k, db=self.ix)
+        if record.level is Level.STUDY:
+            for modality in record.tags.get("ModalitiesInStudy", "").split("\\"):
+                if modality:
+                    k = self.ix_key(b"mis", modality, record.key)
+                    txn.put(k, b"", db=self.ix) if add else txn.delete(k, db=self.ix)
+
+    def meta_get(self, txn: lmdb.Transaction, key: bytes, default: Any) -> Any:
+        """A msgpack value of ``meta``, or ``default``."""
+        raw = txn.get(key, db=self.meta)
+        return msgpack.unpackb(raw, strict_map_key=False) if raw else default
+
+    def meta_put(self, txn: lmdb.Transaction, key: bytes, value: Mapping[Any, Any]) -> None:
+        txn.put(key, msgpack.packb(value), db=self.meta)
