@@ -64,6 +64,9 @@ const LOG_INTERVAL: Duration = Duration::from_millis(50);
 /// `ACCEPT_BACKOFF_MAX`, rather than spin on the connection it cannot take.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Running out of descriptors again within this is not logged again: at the limit, each
+/// connection that closes lets one in and the next fails.
+const ACCEPT_RELOG: Duration = Duration::from_secs(60);
 
 /// A configured remote AE and what it may do here.
 #[derive(Debug, Clone)]
@@ -514,8 +517,9 @@ fn out_of_resources(e: &io::Error) -> bool {
 }
 
 fn accept_loop(shared: &Arc<Shared>, socket: &TcpListener, tls: Option<Arc<ServerConfig>>) {
-    // While out of descriptors: the current wait, and the connections left waiting.
-    let mut backoff: Option<(Duration, u64)> = None;
+    // While out of descriptors: the current wait, the failed tries, whether that was logged.
+    let mut backoff: Option<(Duration, u64, bool)> = None;
+    let mut last_logged: Option<Instant> = None;
     loop {
         let accepted = socket.accept();
         if shared.stopping.load(Ordering::SeqCst) {
@@ -524,28 +528,34 @@ fn accept_loop(shared: &Arc<Shared>, socket: &TcpListener, tls: Option<Arc<Serve
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) if out_of_resources(&e) => {
-                let (wait, refused) = match backoff {
+                let (wait, tries, logged) = match backoff {
                     None => {
                         // Logged once, not once per try: the condition lasts.
-                        shared.log(
-                            LogLevel::Error,
-                            format!(
-                                "cannot accept connections on {}: {e}; waiting for \
-                                 connections to close",
-                                socket.local_addr().map_or("?".into(), |a| a.to_string())
-                            ),
-                        );
-                        (ACCEPT_BACKOFF, 1)
+                        let log = last_logged.is_none_or(|at| at.elapsed() >= ACCEPT_RELOG);
+                        if log {
+                            last_logged = Some(Instant::now());
+                            shared.log(
+                                LogLevel::Error,
+                                format!(
+                                    "cannot accept connections on {}: {e}; waiting for \
+                                     connections to close",
+                                    socket.local_addr().map_or("?".into(), |a| a.to_string())
+                                ),
+                            );
+                        }
+                        (ACCEPT_BACKOFF, 1, log)
                     }
-                    Some((wait, refused)) => ((wait * 2).min(ACCEPT_BACKOFF_MAX), refused + 1),
+                    Some((wait, tries, logged)) => {
+                        ((wait * 2).min(ACCEPT_BACKOFF_MAX), tries + 1, logged)
+                    }
                 };
-                backoff = Some((wait, refused));
+                backoff = Some((wait, tries, logged));
                 std::thread::sleep(wait);
                 continue;
             }
             Err(_) => continue,
         };
-        if let Some((_, tries)) = backoff.take() {
+        if let Some((_, tries, true)) = backoff.take() {
             shared.log(
                 LogLevel::Warning,
                 format!("accepting connections again after {tries} failed tries"),
