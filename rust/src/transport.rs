@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 /// A read may end this much after the deadline: setting the socket's timeout again before
 /// every read would cost a system call per read.
 const DEADLINE_SLACK: Duration = Duration::from_millis(250);
+/// Reads smaller than this are served from a buffer filled by one system call: PDU headers,
+/// and rustls, which reads at most 4 KiB at a time.
+const READ_BUFFER: usize = 64 << 10;
 
 /// A TCP connection whose reads fail with `TimedOut` once its deadline has passed, however
 /// the bytes trickle in (one byte a second keeps no read alive past it).
@@ -26,6 +29,10 @@ pub struct Socket {
     deadline: Option<Instant>,
     /// The read timeout the socket has now.
     timeout: Option<Duration>,
+    /// Bytes received and not yet read: `buffer[start..end]`.
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
 }
 
 impl Socket {
@@ -34,6 +41,9 @@ impl Socket {
             tcp,
             deadline: None,
             timeout: None,
+            buffer: vec![0; READ_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
         }
     }
 
@@ -77,6 +87,9 @@ impl Socket {
 
     /// Whether bytes have arrived that nothing has read yet, without waiting for any.
     fn bytes_waiting(&self) -> bool {
+        if self.start < self.end {
+            return true;
+        }
         let mut byte = 0u8;
         // SAFETY: a one-byte peek into a local, on the socket this owns.
         let waiting = unsafe {
@@ -89,10 +102,9 @@ impl Socket {
         };
         waiting > 0
     }
-}
 
-impl Read for Socket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Reads from the socket itself, by the deadline.
+    fn receive(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             self.arm()?;
             match self.tcp.read(buf) {
@@ -105,6 +117,50 @@ impl Read for Socket {
                 result => return result,
             }
         }
+    }
+
+    /// Bytes already buffered, copied into `buf`.
+    fn buffered(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.end - self.start);
+        buf[..n].copy_from_slice(&self.buffer[self.start..self.start + n]);
+        self.start += n;
+        n
+    }
+
+    /// What has arrived, never waiting: `WouldBlock` when nothing has.
+    fn read_arrived(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.start < self.end {
+            return Ok(self.buffered(buf));
+        }
+        // SAFETY: `buf` is writable for its length, on the socket this owns.
+        let read = unsafe {
+            libc::recv(
+                self.tcp.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if read < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(read as usize)
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.end {
+            if buf.len() >= READ_BUFFER {
+                return self.receive(buf);
+            }
+            let mut buffer = std::mem::take(&mut self.buffer);
+            let received = self.receive(&mut buffer);
+            self.buffer = buffer;
+            self.start = 0;
+            self.end = received?;
+        }
+        Ok(self.buffered(buf))
     }
 }
 
@@ -119,23 +175,11 @@ impl Write for Socket {
 }
 
 /// Reads whatever has arrived, never waiting: `WouldBlock` when nothing has.
-struct Arrived<'a>(&'a TcpStream);
+struct Arrived<'a>(&'a mut Socket);
 
 impl Read for Arrived<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is writable for its length, the socket is owned by the caller.
-        let read = unsafe {
-            libc::recv(
-                self.0.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if read < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(read as usize)
+        self.0.read_arrived(buf)
     }
 }
 
@@ -173,7 +217,7 @@ impl Channel for TlsStream {
         if !self.sock.bytes_waiting() {
             return Ok(false);
         }
-        match self.conn.read_tls(&mut Arrived(&self.sock.tcp)) {
+        match self.conn.read_tls(&mut Arrived(&mut self.sock)) {
             // The peer closed: the next read says so.
             Ok(0) => return Ok(true),
             Ok(_) => {}
