@@ -13,6 +13,11 @@
 //!   instance read ahead), the `Host` decoding what the peer cannot take as stored;
 //! - C-MOVE: the `Host` selects and sends over its own association to the destination, each
 //!   sub-operation's status reported here as a pending response.
+//!
+//! It listens on a plain port and, when configured, a TLS port (`transport`): the same
+//! association code runs over either stream. Limits: a deadline for the whole A-ASSOCIATE-RQ
+//! (ARTIM), one for each PDU, associations in all and per calling AE, the PDU size, the
+//! instance size; the accept loop backs off when out of file descriptors.
 
 use crate::backlog::Backlog;
 use crate::cas::{Ingested, InstanceWriter, Store};
