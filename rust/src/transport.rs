@@ -384,3 +384,40 @@ pub fn accept(config: Arc<ServerConfig>, mut socket: Socket) -> Result<TlsStream
     }
     Ok(StreamOwned::new(conn, socket))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_trickle_of_bytes_does_not_outlive_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let trickle = std::thread::spawn(move || {
+            let mut peer = TcpStream::connect(address).unwrap();
+            for _ in 0..20 {
+                if peer.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let mut socket = Socket::new(listener.accept().unwrap().0);
+        let started = Instant::now();
+        let deadline = Duration::from_millis(500);
+        socket.set_deadline(Some(started + deadline));
+        let error = socket.read_exact(&mut [0u8; 64]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        let took = started.elapsed();
+        assert!(
+            took >= deadline && took < deadline + DEADLINE_SLACK * 2,
+            "{took:?}"
+        );
+        // What arrived and was not read is still seen as waiting.
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(socket.input_waiting().unwrap());
+        drop(socket);
+        trickle.join().unwrap();
+    }
+}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -243,3 +244,26 @@ def test_orthanc_with_dicom_tls_both_ways(tmp_path, tls):
     finally:
         assert server.stop() == 0
         orthanc.stop()
+
+
+def test_serve_refuses_tls_it_cannot_use(tmp_path, tls):
+    """Never a TLS port silently without TLS: serve exits 2 saying what is wrong."""
+    cases = (
+        ({"tls_port": free_port()}, "tls_port needs tls_certificate and tls_private_key"),
+        ({"tls_ca": ""}, "tls_require_client_certificate needs tls_ca"),
+        ({"tls_certificate": str(tmp_path / "missing.pem")}, "missing.pem"),
+        ({"tls_private_key": str(tls.ca)}, "TLS: "),
+    )
+    for i, (change, message) in enumerate(cases):
+        workdir = tmp_path / str(i)
+        workdir.mkdir()
+        dicom = change if "tls_port" in change else {**tls.dicom_section(free_port()), **change}
+        server = Server(workdir, {}, sections={"dicom": dicom})
+        result = subprocess.run(
+            [sys.executable, "-m", "dicomvault", "serve", "--config", str(server.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr

@@ -109,7 +109,21 @@ class DicomServer:
 
     def limits(self) -> dict[str, int | float]:
         """The listener's [dicom] limits, or a ConfigError naming one that makes no sense."""
-        limits = {
+        keys = (
+            "max_pdu",
+            "max_associations",
+            "max_associations_per_ae",
+            "association_timeout_s",
+            "dimse_timeout_s",
+            "max_instance_size_mb",
+        )
+        for key in keys:
+            if self.dicom[key] <= 0:
+                raise ConfigError(f"[dicom] {key} must be positive, not {self.dicom[key]}")
+        # Smaller PDUs than DCMTK's and pynetdicom's defaults would only slow every peer down.
+        if self.dicom["max_pdu"] < 16384:
+            raise ConfigError("[dicom] max_pdu must be at least 16384")
+        return {
             "max_pdu": int(self.dicom["max_pdu"]),
             "max_associations": int(self.dicom["max_associations"]),
             "max_associations_per_ae": int(self.dicom["max_associations_per_ae"]),
@@ -117,13 +131,6 @@ class DicomServer:
             "dimse_timeout_s": float(self.dicom["dimse_timeout_s"]),
             "max_instance_size": int(self.dicom["max_instance_size_mb"]) << 20,
         }
-        for key, value in limits.items():
-            if value <= 0:
-                raise ConfigError(f"[dicom] {key} must be positive, not {value}")
-        # Smaller PDUs than DCMTK's and pynetdicom's defaults would only slow every peer down.
-        if limits["max_pdu"] < 16384:
-            raise ConfigError("[dicom] max_pdu must be at least 16384")
-        return limits
 
     def start(self) -> tuple[str, int]:
         """Starts listening; ConfigError (a limit, or TLS files that cannot be used) or
