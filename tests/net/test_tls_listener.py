@@ -6,6 +6,7 @@ listener keeps serving; Orthanc with DICOM TLS as a peer both ways."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import pytest
 
 from dicomvault.bench.corpus import ct_corpus
 from dicomvault.bench.peers import free_port, wait_for_port
+from dicomvault.bench.synthetic import commit_all
+from dicomvault.index import Index
 from tests.net.conftest import DCMTK, PEER_ENV, Orthanc, Server, dcmtk, movescu
 from tests.net.test_robustness import associate_rq
 from tests.security.helpers import certificates
@@ -267,3 +270,28 @@ def test_serve_refuses_tls_it_cannot_use(tmp_path, tls):
         )
         assert result.returncode == 2, result.stderr
         assert message in result.stderr
+
+
+def test_c_cancel_stops_a_c_find_over_tls(tmp_path, tls):
+    """The C-CANCEL-RQ arrives encrypted while the responses go out (PS3.7 9.3.2.3): it is
+    seen in what rustls has decrypted or what waits on the socket, and the responses stop
+    with status Cancel, as on the plain port (test_robustness)."""
+    port = free_port()
+    workstation = {"WORKSTATION": {"aet": QR, "host": "127.0.0.1", "port": 1}}
+    server = Server(tmp_path, workstation, sections={"dicom": tls.dicom_section(port)})
+    with Index(server.root / "index", sync=False) as index:
+        commit_all(index, 0, 20_000, batch=5_000)
+    server.tls_port = port
+    server.start()
+    try:
+        result = dcmtk(
+            "findscu", "-v", "--cancel", "2", "-aet", QR, "-aec", server.aet,
+            *tls.client(tls.modality), "-S", "-k", "QueryRetrieveLevel=IMAGE",
+            "-k", "SOPInstanceUID", "127.0.0.1", server.tls_port,
+        )  # fmt: skip
+        assert "Received Final Find Response (Cancel" in result.stderr
+        pending = len(re.findall(r"Find Response: \d+ \(Pending\)", result.stderr))
+        assert 2 <= pending < 20_000
+        assert server.logged(f"C-FIND from {QR}@127.0.0.1: status 0xFE00")
+    finally:
+        assert server.stop() == 0
