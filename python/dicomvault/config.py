@@ -59,6 +59,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "host": "0.0.0.0",
         "port": 11112,
         "max_associations": 32,
+        # Listener limits: associations from one calling AE title at once; seconds from a
+        # connection to its whole A-ASSOCIATE-RQ (TLS handshake included: ARTIM, PS3.8 9.1.5);
+        # seconds each PDU of an association may take to arrive (idle included); the largest
+        # PDU accepted (advertised); the largest C-STORE data set (MiB), refused beyond it.
+        "max_associations_per_ae": 16,
+        "association_timeout_s": 30,
+        "dimse_timeout_s": 60,
+        "max_pdu": 4194304,
+        "max_instance_size_mb": 4096,
         "always_allow_echo": True,
         "always_allow_store": True,
         "check_called_aet": False,

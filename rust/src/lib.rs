@@ -12,6 +12,7 @@ pub mod pack;
 pub mod pdu;
 pub mod scan;
 pub mod scp;
+pub mod transport;
 
 #[cfg(feature = "python")]
 mod python;

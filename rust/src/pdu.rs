@@ -218,20 +218,78 @@ pub fn encode_associate_ac(
     pdu(A_ASSOCIATE_AC, &body)
 }
 
-/// A-ASSOCIATE-RJ: result 1 permanent / 2 transient; source 1 service user, 3 provider
-/// (presentation); reason per source (PS3.8 Table 9-21).
-pub fn encode_associate_rj(result: u8, source: u8, reason: u8) -> Vec<u8> {
-    pdu(A_ASSOCIATE_RJ, &[0, result, source, reason])
+/// Whether an A-ASSOCIATE-RJ is for good or worth retrying (PS3.8 Table 9-21, Result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RejectResult {
+    Permanent = 1,
+    Transient = 2,
+}
+
+/// Why an association is rejected: each reason belongs to one source (PS3.8 Table 9-21,
+/// Source and Reason/Diag.).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Source 1, DICOM UL service-user.
+    NoReasonGiven,
+    ApplicationContextNotSupported,
+    CallingAeNotRecognized,
+    CalledAeNotRecognized,
+    /// Source 3, DICOM UL service-provider (presentation related function).
+    TemporaryCongestion,
+    LocalLimitExceeded,
+}
+
+impl RejectReason {
+    /// (source, reason) as sent.
+    pub fn code(self) -> (u8, u8) {
+        match self {
+            RejectReason::NoReasonGiven => (1, 1),
+            RejectReason::ApplicationContextNotSupported => (1, 2),
+            RejectReason::CallingAeNotRecognized => (1, 3),
+            RejectReason::CalledAeNotRecognized => (1, 7),
+            RejectReason::TemporaryCongestion => (3, 1),
+            RejectReason::LocalLimitExceeded => (3, 2),
+        }
+    }
+}
+
+pub fn encode_associate_rj(result: RejectResult, reason: RejectReason) -> Vec<u8> {
+    let (source, reason) = reason.code();
+    pdu(A_ASSOCIATE_RJ, &[0, result as u8, source, reason])
 }
 
 pub fn encode_release_rp() -> Vec<u8> {
     pdu(A_RELEASE_RP, &[0, 0, 0, 0])
 }
 
-/// A-ABORT from the service provider (source 2), with a reason (0: not specified,
-/// 1: unrecognised PDU, 2: unexpected PDU, 6: invalid PDU parameter value).
-pub fn encode_abort(reason: u8) -> Vec<u8> {
-    pdu(A_ABORT, &[0, 0, 2, reason])
+/// Why the service provider aborts an association (PS3.8 Table 9-26, source 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AbortReason {
+    NotSpecified = 0,
+    UnrecognizedPdu = 1,
+    UnexpectedPdu = 2,
+    UnrecognizedPduParameter = 4,
+    UnexpectedPduParameter = 5,
+    InvalidPduParameterValue = 6,
+}
+
+impl AbortReason {
+    /// The reason for a PDU of type `kind` arriving where it may not: a type PS3.8 9.3.1
+    /// does not define is unrecognised, a defined one unexpected.
+    pub fn for_pdu(kind: u8) -> AbortReason {
+        if (A_ASSOCIATE_RQ..=A_ABORT).contains(&kind) {
+            AbortReason::UnexpectedPdu
+        } else {
+            AbortReason::UnrecognizedPdu
+        }
+    }
+}
+
+/// A-ABORT from the service provider (source 2).
+pub fn encode_abort(reason: AbortReason) -> Vec<u8> {
+    pdu(A_ABORT, &[0, 0, 2, reason as u8])
 }
 
 /// One presentation data value.

@@ -6,7 +6,7 @@ use crate::cas::{self, GcEvent, Ingested, Store as CoreStore, StoreConfig, SyncM
 use crate::manifest::Manifest;
 use crate::pack::{Codec, RecordKind};
 use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
-use crate::{dimse, scp};
+use crate::{dimse, scp, transport};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::intern;
@@ -989,9 +989,12 @@ impl DicomListener {
     #[pyo3(signature = (
         store, host, port, *, ae_title, check_called_aet, always_allow_echo, always_allow_store,
         check_modality_host, known, storage_classes, find_classes, move_classes, retrieve_classes,
-        transfer_syntaxes, max_pdu, max_associations, timeout_s, implementation_class_uid,
+        transfer_syntaxes, max_pdu, max_associations, max_associations_per_ae,
+        association_timeout_s, dimse_timeout_s, max_instance_size, implementation_class_uid,
         implementation_version_name, log, select, transcode, find, move_to,
-        replace_duplicates = false,
+        replace_duplicates = false, tls_port = None, tls_certificate = String::new(),
+        tls_private_key = String::new(), tls_ca = String::new(),
+        tls_require_client_certificate = true,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -1012,7 +1015,10 @@ impl DicomListener {
         transfer_syntaxes: Vec<String>,
         max_pdu: u32,
         max_associations: usize,
-        timeout_s: f64,
+        max_associations_per_ae: usize,
+        association_timeout_s: f64,
+        dimse_timeout_s: f64,
+        max_instance_size: u64,
         implementation_class_uid: String,
         implementation_version_name: String,
         log: Py<PyAny>,
@@ -1021,11 +1027,35 @@ impl DicomListener {
         find: Py<PyAny>,
         move_to: Py<PyAny>,
         replace_duplicates: bool,
+        tls_port: Option<u16>,
+        tls_certificate: String,
+        tls_private_key: String,
+        tls_ca: String,
+        tls_require_client_certificate: bool,
     ) -> PyResult<Self> {
-        let address: std::net::SocketAddr =
+        let resolve = |port: u16| -> PyResult<std::net::SocketAddr> {
             std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
                 .next()
-                .ok_or_else(|| PyValueError::new_err(format!("cannot resolve {host}")))?;
+                .ok_or_else(|| PyValueError::new_err(format!("cannot resolve {host}")))
+        };
+        let tls = match tls_port {
+            None => None,
+            Some(tls_port) => {
+                let files = transport::TlsFiles {
+                    certificate: tls_certificate.into(),
+                    private_key: tls_private_key.into(),
+                    ca: (!tls_ca.is_empty()).then(|| tls_ca.into()),
+                    require_client_certificate: tls_require_client_certificate,
+                };
+                let config = transport::server_config(&files)
+                    .map_err(|e| PyValueError::new_err(format!("TLS: {e}")))?;
+                Some((resolve(tls_port)?, config))
+            }
+        };
+        let endpoints = scp::Endpoints {
+            plain: resolve(port)?,
+            tls,
+        };
         let config = scp::ListenerConfig {
             policy: scp::Policy {
                 ae_title,
@@ -1050,7 +1080,10 @@ impl DicomListener {
             transfer_syntaxes,
             max_pdu,
             max_associations,
-            timeout: Duration::from_secs_f64(timeout_s),
+            max_associations_per_ae,
+            association_timeout: Duration::from_secs_f64(association_timeout_s),
+            dimse_timeout: Duration::from_secs_f64(dimse_timeout_s),
+            max_instance_size,
             implementation: dimse::Implementation {
                 class_uid: implementation_class_uid,
                 version_name: implementation_version_name,
@@ -1066,7 +1099,8 @@ impl DicomListener {
         });
         let core = store.core.clone();
         let received = store.received.clone();
-        let listener = py.detach(|| scp::Listener::start(address, config, core, received, host))?;
+        let listener =
+            py.detach(|| scp::Listener::start(endpoints, config, core, received, host))?;
         Ok(DicomListener {
             listener: Some(listener),
         })
@@ -1081,6 +1115,18 @@ impl DicomListener {
             .ok_or_else(|| PyRuntimeError::new_err("stopped"))?;
         let a = listener.address();
         Ok((a.ip().to_string(), a.port()))
+    }
+
+    /// The (host, port) of the TLS listener, or None.
+    #[getter]
+    fn tls_address(&self) -> PyResult<Option<(String, u16)>> {
+        let listener = self
+            .listener
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("stopped"))?;
+        Ok(listener
+            .tls_address()
+            .map(|a| (a.ip().to_string(), a.port())))
     }
 
     /// Stops accepting, ends the associations in progress and drains the commits.

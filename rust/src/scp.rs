@@ -13,19 +13,29 @@
 //!   instance read ahead), the `Host` decoding what the peer cannot take as stored;
 //! - C-MOVE: the `Host` selects and sends over its own association to the destination, each
 //!   sub-operation's status reported here as a pending response.
+//!
+//! It listens on a plain port and, when configured, a TLS port (`transport`): the same
+//! association code runs over either stream. Limits: a deadline for the whole A-ASSOCIATE-RQ
+//! (ARTIM), one for each PDU, associations in all and per calling AE, the PDU size, the
+//! instance size; the accept loop backs off when out of file descriptors.
 
 use crate::backlog::Backlog;
 use crate::cas::{Ingested, InstanceWriter, Store};
 use crate::dimse::{self, Command, Implementation, SubOperations};
 use crate::identity;
 use crate::manifest::Manifest;
-use crate::pdu::{self, AssociateRq, ContextResult, PdvWriter, RoleSelection};
+use crate::pdu::{
+    self, AbortReason, AssociateRq, ContextResult, PdvWriter, RejectReason, RejectResult,
+    RoleSelection,
+};
 use crate::scan::{FeedError, ScanOptions};
+use crate::transport::{self, Channel, Socket};
+use rustls::ServerConfig;
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -55,6 +65,13 @@ const GATHER: usize = 64 << 10;
 /// A C-GET reads the next instance ahead while the peer stores one, up to this size.
 const PREFETCH_MAX: u64 = 16 << 20;
 const LOG_INTERVAL: Duration = Duration::from_millis(50);
+/// Out of file descriptors, the accept loop waits this long at first, doubling up to
+/// `ACCEPT_BACKOFF_MAX`, rather than spin on the connection it cannot take.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Running out of descriptors again within this is not logged again: at the limit, each
+/// connection that closes lets one in and the next fails.
+const ACCEPT_RELOG: Duration = Duration::from_secs(60);
 
 /// A configured remote AE and what it may do here.
 #[derive(Debug, Clone)]
@@ -109,9 +126,20 @@ pub struct ListenerConfig {
     pub retrieve_classes: HashSet<String>,
     /// In order of preference when a context offers several.
     pub transfer_syntaxes: Vec<String>,
+    /// The largest P-DATA-TF variable field we accept (advertised; a larger PDU aborts).
     pub max_pdu: u32,
+    /// Associations at once, and from one calling AE title; more are rejected (transient,
+    /// local limit exceeded).
     pub max_associations: usize,
-    pub timeout: Duration,
+    pub max_associations_per_ae: usize,
+    /// From the connection to its A-ASSOCIATE-RQ received whole, TLS handshake included: the
+    /// ARTIM timer of PS3.8 9.1.5, a deadline however the bytes trickle in.
+    pub association_timeout: Duration,
+    /// Each PDU of an established association must arrive whole within this of our waiting for
+    /// it (an idle association ends then).
+    pub dimse_timeout: Duration,
+    /// A C-STORE data set larger than this is refused (Out of Resources), nothing stored.
+    pub max_instance_size: u64,
     pub implementation: Implementation,
     /// An instance received again with other bytes replaces the one stored (`[storage]
     /// on_duplicate = "replace"`), else the first is kept; recorded in its manifest record.
@@ -257,17 +285,63 @@ struct Shared {
     backlog: Arc<Backlog<Received>>,
     host: Arc<dyn Host>,
     stopping: AtomicBool,
-    active: AtomicUsize,
     next_id: AtomicU64,
     connections: Mutex<HashMap<u64, TcpStream>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    associations: Mutex<Associations>,
     commits: Commits,
     logs: Logs,
+}
+
+/// The associations established now: in all, and by calling AE title.
+#[derive(Default)]
+struct Associations {
+    total: usize,
+    by_ae: HashMap<String, usize>,
+}
+
+/// An association's place within the limits, given back when it ends.
+struct Slot<'a> {
+    shared: &'a Shared,
+    calling_ae: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut associations = lock(&self.shared.associations);
+        associations.total -= 1;
+        if let Some(count) = associations.by_ae.get_mut(&self.calling_ae) {
+            *count -= 1;
+            if *count == 0 {
+                associations.by_ae.remove(&self.calling_ae);
+            }
+        }
+    }
 }
 
 impl Shared {
     fn log(&self, level: LogLevel, message: String) {
         lock(&self.logs.lines).push((level, message));
+    }
+
+    /// A slot for an association from `calling_ae`, or which limit it would exceed.
+    fn slot(&self, calling_ae: &str) -> Result<Slot<'_>, &'static str> {
+        let mut associations = lock(&self.associations);
+        let from_ae = associations.by_ae.get(calling_ae).copied().unwrap_or(0);
+        if associations.total >= self.config.max_associations {
+            return Err("max_associations");
+        }
+        if from_ae >= self.config.max_associations_per_ae {
+            return Err("max_associations_per_ae");
+        }
+        associations.total += 1;
+        associations
+            .by_ae
+            .insert(calling_ae.to_string(), from_ae + 1);
+        Ok(Slot {
+            shared: self,
+            calling_ae: calling_ae.to_string(),
+        })
     }
 
     /// Appends the manifest records of `batch` to the pack log, durably, and leaves the batch
@@ -297,35 +371,58 @@ impl Shared {
     }
 }
 
+/// Where the listener listens: the plain port, and the TLS port with its configuration.
+pub struct Endpoints {
+    pub plain: SocketAddr,
+    pub tls: Option<(SocketAddr, Arc<ServerConfig>)>,
+}
+
+/// A bound listening socket; TLS is spoken on it when it has a configuration.
+struct Port {
+    socket: TcpListener,
+    address: SocketAddr,
+    tls: Option<Arc<ServerConfig>>,
+}
+
 /// A running listener; `stop` it to finish.
 pub struct Listener {
     shared: Arc<Shared>,
-    socket: TcpListener,
-    address: SocketAddr,
-    acceptor: Option<JoinHandle<()>>,
+    ports: Vec<Port>,
+    acceptors: Vec<JoinHandle<()>>,
     logger: Option<JoinHandle<()>>,
 }
 
 impl Listener {
     pub fn start(
-        address: SocketAddr,
+        endpoints: Endpoints,
         config: ListenerConfig,
         store: Store,
         backlog: Arc<Backlog<Received>>,
         host: Arc<dyn Host>,
     ) -> io::Result<Listener> {
-        let socket = TcpListener::bind(address)?;
-        let address = socket.local_addr()?;
+        let mut ports = Vec::new();
+        let tls = endpoints
+            .tls
+            .map(|(address, config)| (address, Some(config)));
+        for (address, tls) in std::iter::once((endpoints.plain, None)).chain(tls) {
+            let socket = TcpListener::bind(address)?;
+            let address = socket.local_addr()?;
+            ports.push(Port {
+                socket,
+                address,
+                tls,
+            });
+        }
         let shared = Arc::new(Shared {
             config,
             store,
             backlog,
             host,
             stopping: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             connections: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
+            associations: Mutex::new(Associations::default()),
             commits: Commits::default(),
             logs: Logs::default(),
         });
@@ -340,35 +437,54 @@ impl Listener {
                     }
                 })?
         };
-        let acceptor = {
+        let mut acceptors = Vec::new();
+        for port in &ports {
             let shared = shared.clone();
-            let socket = socket.try_clone()?;
-            std::thread::Builder::new()
-                .name("dicom-accept".into())
-                .spawn(move || accept_loop(&shared, &socket))?
-        };
+            let socket = port.socket.try_clone()?;
+            let tls = port.tls.clone();
+            let name = if tls.is_some() {
+                "dicom-accept-tls"
+            } else {
+                "dicom-accept"
+            };
+            acceptors.push(
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || accept_loop(&shared, &socket, tls))?,
+            );
+        }
         Ok(Listener {
             shared,
-            socket,
-            address,
-            acceptor: Some(acceptor),
+            ports,
+            acceptors,
             logger: Some(logger),
         })
     }
 
+    /// The plain port's address.
     pub fn address(&self) -> SocketAddr {
-        self.address
+        self.ports[0].address
+    }
+
+    /// The TLS port's address, when there is one.
+    pub fn tls_address(&self) -> Option<SocketAddr> {
+        self.ports
+            .iter()
+            .find(|p| p.tls.is_some())
+            .map(|p| p.address)
     }
 
     /// Stops accepting, ends the associations in progress (what they had acknowledged is
     /// durable; an instance not yet answered is dropped whole) and drains the commits.
     pub fn stop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // SAFETY: shutting down a listening socket we own only wakes its blocked accept().
-        unsafe {
-            libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
+        for port in &self.ports {
+            // SAFETY: shutting down a listening socket we own only wakes its blocked accept().
+            unsafe {
+                libc::shutdown(port.socket.as_raw_fd(), libc::SHUT_RDWR);
+            }
         }
-        if let Some(acceptor) = self.acceptor.take() {
+        for acceptor in self.acceptors.drain(..) {
             let _ = acceptor.join();
         }
         for stream in lock(&self.shared.connections).values() {
@@ -387,7 +503,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if self.acceptor.is_some() {
+        if self.logger.is_some() {
             self.stop();
         }
     }
@@ -397,47 +513,123 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn accept_loop(shared: &Arc<Shared>, socket: &TcpListener) {
-    for incoming in socket.incoming() {
+/// Failures of accept() that free file descriptors or memory, not another try, will cure.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+fn accept_loop(shared: &Arc<Shared>, socket: &TcpListener, tls: Option<Arc<ServerConfig>>) {
+    // While out of descriptors: the current wait, the failed tries, whether that was logged.
+    let mut backoff: Option<(Duration, u64, bool)> = None;
+    let mut last_logged: Option<Instant> = None;
+    loop {
+        let accepted = socket.accept();
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        let Ok(stream) = incoming else { continue };
-        let Ok(peer) = stream.peer_addr() else {
-            continue;
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) if out_of_resources(&e) => {
+                let (wait, tries, logged) = match backoff {
+                    None => {
+                        // Logged once, not once per try: the condition lasts.
+                        let log = last_logged.is_none_or(|at| at.elapsed() >= ACCEPT_RELOG);
+                        if log {
+                            last_logged = Some(Instant::now());
+                            shared.log(
+                                LogLevel::Error,
+                                format!(
+                                    "cannot accept connections on {}: {e}; waiting for \
+                                     connections to close",
+                                    socket.local_addr().map_or("?".into(), |a| a.to_string())
+                                ),
+                            );
+                        }
+                        (ACCEPT_BACKOFF, 1, log)
+                    }
+                    Some((wait, tries, logged)) => {
+                        ((wait * 2).min(ACCEPT_BACKOFF_MAX), tries + 1, logged)
+                    }
+                };
+                backoff = Some((wait, tries, logged));
+                std::thread::sleep(wait);
+                continue;
+            }
+            Err(_) => continue,
         };
+        if let Some((_, tries, true)) = backoff.take() {
+            shared.log(
+                LogLevel::Warning,
+                format!("accepting connections again after {tries} failed tries"),
+            );
+        }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(copy) = stream.try_clone() {
             lock(&shared.connections).insert(id, copy);
         }
         let worker = shared.clone();
+        let tls = tls.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("dicom-assoc-{id}"))
             .spawn(move || {
-                worker.active.fetch_add(1, Ordering::SeqCst);
-                connection(&worker, stream, peer);
-                worker.active.fetch_sub(1, Ordering::SeqCst);
+                connection(&worker, stream, peer, tls);
                 lock(&worker.connections).remove(&id);
             });
         let mut threads = lock(&shared.threads);
         threads.retain(|t| !t.is_finished());
-        if let Ok(handle) = spawned {
-            threads.push(handle);
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(e) => {
+                lock(&shared.connections).remove(&id);
+                shared.log(
+                    LogLevel::Error,
+                    format!("connection from {peer} dropped: no thread for it: {e}"),
+                );
+            }
         }
     }
 }
 
-/// Reads the first PDU: Some(body) for an A-ASSOCIATE-RQ of a sane size.
-fn read_associate_rq(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+/// How the first PDU went: an A-ASSOCIATE-RQ's body, or why the connection ends.
+enum Opening {
+    Request(Vec<u8>),
+    /// Something else arrived: aborted (PS3.8 9.2, state Sta2) and logged.
+    Abort(AbortReason, String),
+    /// Closed, or silent past the deadline: nothing to answer.
+    Gone(io::Error),
+}
+
+/// Reads the first PDU, within the deadline already set on the stream's socket.
+fn read_associate_rq(stream: &mut impl Channel) -> Opening {
     let mut header = [0u8; 6];
-    stream.read_exact(&mut header)?;
+    if let Err(e) = stream.read_exact(&mut header) {
+        return Opening::Gone(e);
+    }
     let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
-    if header[0] != pdu::A_ASSOCIATE_RQ || length > MAX_ASSOCIATE_RQ {
-        return Ok(None);
+    if header[0] != pdu::A_ASSOCIATE_RQ {
+        let reason = AbortReason::for_pdu(header[0]);
+        return Opening::Abort(
+            reason,
+            format!(
+                "a PDU of type 0x{:02X} before any A-ASSOCIATE-RQ",
+                header[0]
+            ),
+        );
+    }
+    if length > MAX_ASSOCIATE_RQ {
+        return Opening::Abort(
+            AbortReason::InvalidPduParameterValue,
+            format!("an A-ASSOCIATE-RQ of {length} bytes (at most {MAX_ASSOCIATE_RQ})"),
+        );
     }
     let mut body = vec![0u8; length];
-    stream.read_exact(&mut body)?;
-    Ok(Some(body))
+    match stream.read_exact(&mut body) {
+        Ok(()) => Opening::Request(body),
+        Err(e) => Opening::Gone(e),
+    }
 }
 
 impl ListenerConfig {
@@ -454,20 +646,55 @@ impl ListenerConfig {
     }
 }
 
-fn connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) {
+fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr, tls: Option<Arc<ServerConfig>>) {
     let config = &shared.config;
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(config.timeout));
-    let _ = stream.set_write_timeout(Some(config.timeout));
+    let _ = tcp.set_nodelay(true);
+    let _ = tcp.set_write_timeout(Some(config.dimse_timeout));
+    let mut socket = Socket::new(tcp);
+    // ARTIM (PS3.8 9.1.5): the TLS handshake and the whole A-ASSOCIATE-RQ by this deadline.
+    socket.set_deadline(Some(Instant::now() + config.association_timeout));
+    match tls {
+        None => associate(shared, socket, peer),
+        Some(tls) => match transport::accept(tls, socket) {
+            Ok(stream) => associate(shared, stream, peer),
+            Err(e) => shared.log(
+                LogLevel::Warning,
+                format!("TLS handshake with {peer} failed: {e}"),
+            ),
+        },
+    }
+}
+
+fn associate<S: Channel>(shared: &Shared, mut stream: S, peer: SocketAddr) {
     let request = match read_associate_rq(&mut stream) {
-        Ok(Some(body)) => body,
-        // Not an association request, cut short, or silent: nothing to talk about.
-        Ok(None) | Err(_) => return,
+        Opening::Request(body) => body,
+        Opening::Abort(reason, why) => {
+            let _ = stream.write_all(&pdu::encode_abort(reason));
+            shared.log(
+                LogLevel::Warning,
+                format!("connection from {peer} aborted: {why}"),
+            );
+            return;
+        }
+        Opening::Gone(e) => {
+            // A connection closed before a byte (a port probe) is not worth a line.
+            if e.kind() == io::ErrorKind::TimedOut {
+                shared.log(
+                    LogLevel::Warning,
+                    format!(
+                        "connection from {peer} dropped: no A-ASSOCIATE-RQ within the \
+                         association timeout ({:.0} s)",
+                        shared.config.association_timeout.as_secs_f64()
+                    ),
+                );
+            }
+            return;
+        }
     };
     let rq = match pdu::parse_associate_rq(&request) {
         Ok(rq) => rq,
         Err(e) => {
-            let _ = stream.write_all(&pdu::encode_abort(6));
+            let _ = stream.write_all(&pdu::encode_abort(AbortReason::InvalidPduParameterValue));
             shared.log(
                 LogLevel::Warning,
                 format!("association from {peer} aborted: {e}"),
@@ -489,9 +716,9 @@ fn connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) {
     .run();
 }
 
-struct Association<'a> {
+struct Association<'a, S: Channel> {
     shared: &'a Shared,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     rq: AssociateRq,
     /// Accepted contexts: id -> (abstract syntax, transfer syntax).
@@ -523,6 +750,8 @@ struct IncomingStore {
     writer: Option<InstanceWriter>,
     /// Set when the data set is refused or failed: it is still read to its end.
     status: Option<u16>,
+    /// Data set bytes received so far.
+    received: u64,
     started: Instant,
 }
 
@@ -568,7 +797,12 @@ impl Progress {
     }
 
     /// Counts one sub-operation; returns the pending response saying so.
-    fn record(&mut self, association: &Association<'_>, status: u16, uid: &str) -> Vec<u8> {
+    fn record<S: Channel>(
+        &mut self,
+        association: &Association<'_, S>,
+        status: u16,
+        uid: &str,
+    ) -> Vec<u8> {
         self.counts.remaining = self.counts.remaining.saturating_sub(1);
         match status {
             SUCCESS => self.counts.completed += 1,
@@ -584,7 +818,7 @@ impl Progress {
 
     /// The final response (PS3.4 C.4.2.1.5, C.4.3.1.4): with the failed instances' UIDs
     /// unless every sub-operation succeeded.
-    fn finish(&mut self, association: &Association<'_>) -> Vec<u8> {
+    fn finish<S: Channel>(&mut self, association: &Association<'_, S>) -> Vec<u8> {
         let done = self.counts.completed + self.counts.failed + self.counts.warning;
         self.status = if association.cancelled {
             dimse::CANCEL
@@ -615,7 +849,7 @@ enum SubOperation {
     Ended(&'static str),
 }
 
-impl Association<'_> {
+impl<'a, S: Channel> Association<'a, S> {
     fn who(&self) -> String {
         format!("{}@{}", self.rq.calling_ae, self.peer.ip())
     }
@@ -625,17 +859,19 @@ impl Association<'_> {
     }
 
     fn run(mut self) {
-        if !self.negotiate() {
+        let Some(_slot) = self.negotiate() else {
             return;
-        }
+        };
         let how = match self.serve() {
             Ok(how) => how,
             Err(e) => {
-                let _ = self.stream.write_all(&pdu::encode_abort(0));
+                let _ = self
+                    .stream
+                    .write_all(&pdu::encode_abort(AbortReason::NotSpecified));
                 if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
-                    "aborted (peer silent)"
+                    "aborted (peer silent past the DIMSE timeout)".to_string()
                 } else {
-                    "aborted"
+                    format!("aborted ({e})")
                 }
             }
         };
@@ -650,28 +886,46 @@ impl Association<'_> {
         );
     }
 
-    fn negotiate(&mut self) -> bool {
-        let config = &self.shared.config;
-        let reject = if self.rq.contexts.is_empty() {
+    /// Accepts or rejects the association; its slot within the limits while it lasts.
+    fn negotiate(&mut self) -> Option<Slot<'a>> {
+        let shared = self.shared;
+        let config = &shared.config;
+        let slot = if self.rq.contexts.is_empty() {
             // PS3.8 9.3.2: a request proposes one or more presentation contexts.
-            Some((1, 1, 1, "no presentation context proposed"))
-        } else if self.shared.active.load(Ordering::SeqCst) > config.max_associations {
-            Some((2, 3, 2, "local limit of associations exceeded"))
+            Err((
+                RejectResult::Permanent,
+                RejectReason::NoReasonGiven,
+                "no presentation context proposed".to_string(),
+            ))
         } else if config.policy.check_called_aet && self.rq.called_ae != config.policy.ae_title {
-            Some((1, 1, 7, "called AE title not recognised"))
+            Err((
+                RejectResult::Permanent,
+                RejectReason::CalledAeNotRecognized,
+                "called AE title not recognised".to_string(),
+            ))
         } else {
-            None
+            // PS3.8 9.3.4: transient, service provider (presentation), local limit exceeded.
+            shared.slot(&self.rq.calling_ae).map_err(|limit| {
+                (
+                    RejectResult::Transient,
+                    RejectReason::LocalLimitExceeded,
+                    format!("local limit exceeded ({limit})"),
+                )
+            })
         };
-        if let Some((result, source, reason, why)) = reject {
-            let _ = self
-                .stream
-                .write_all(&pdu::encode_associate_rj(result, source, reason));
-            self.log(
-                LogLevel::Warning,
-                format!("association from {} rejected: {why}", self.who()),
-            );
-            return false;
-        }
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err((result, reason, why)) => {
+                let _ = self
+                    .stream
+                    .write_all(&pdu::encode_associate_rj(result, reason));
+                self.log(
+                    LogLevel::Warning,
+                    format!("association from {} rejected: {why}", self.who()),
+                );
+                return None;
+            }
+        };
         let mut results = Vec::with_capacity(self.rq.contexts.len());
         let identifier_syntaxes = [EXPLICIT_VR_LE.to_string(), IMPLICIT_VR_LE.to_string()];
         for proposed in &self.rq.contexts {
@@ -742,13 +996,13 @@ impl Association<'_> {
             &implementation.version_name,
         );
         if self.stream.write_all(&ac).is_err() {
-            return false;
+            return None;
         }
         self.log(
             LogLevel::Info,
             format!("association from {} accepted", self.who()),
         );
-        true
+        Some(slot)
     }
 
     fn send(&mut self, context_id: u8, command: &[u8]) -> io::Result<()> {
@@ -761,14 +1015,20 @@ impl Association<'_> {
         pdu::encode_message(context_id, command, data, self.rq.max_pdu)
     }
 
-    /// Reads one PDU into `body`; its type, or None when it exceeds what we negotiated.
+    /// Reads one PDU into `body`, whole within the DIMSE timeout; its type, or None when it
+    /// exceeds what we negotiated.
     fn read_pdu(&mut self, body: &mut Vec<u8>) -> io::Result<Option<u8>> {
-        let limit = self.shared.config.max_pdu as usize + 6;
+        let config = &self.shared.config;
+        self.stream
+            .socket()
+            .set_deadline(Some(Instant::now() + config.dimse_timeout));
         let mut header = [0u8; 6];
         self.stream.read_exact(&mut header)?;
         let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
-        if length > limit {
-            self.stream.write_all(&pdu::encode_abort(6))?;
+        // The maximum length negotiated bounds a P-DATA-TF's variable field (PS3.8 D.1).
+        if length > config.max_pdu as usize {
+            self.stream
+                .write_all(&pdu::encode_abort(AbortReason::InvalidPduParameterValue))?;
             return Ok(None);
         }
         body.resize(length, 0);
@@ -776,29 +1036,39 @@ impl Association<'_> {
         Ok(Some(header[0]))
     }
 
-    fn serve(&mut self) -> io::Result<&'static str> {
+    fn serve(&mut self) -> io::Result<String> {
         let mut body = Vec::new();
         let mut command = Vec::new();
         let mut incoming: Option<Incoming> = None;
+        let invalid = pdu::encode_abort(AbortReason::InvalidPduParameterValue);
         loop {
             let Some(kind) = self.read_pdu(&mut body)? else {
-                return Ok("aborted (PDU larger than negotiated)");
+                return Ok(format!(
+                    "aborted (PDU larger than the {} bytes negotiated)",
+                    self.shared.config.max_pdu
+                ));
             };
             match kind {
                 pdu::P_DATA_TF => {
-                    let Ok(pdvs) = pdu::parse_pdvs(&body) else {
-                        self.stream.write_all(&pdu::encode_abort(6))?;
-                        return Ok("aborted (malformed P-DATA-TF)");
+                    let pdvs = match pdu::parse_pdvs(&body) {
+                        Ok(pdvs) => pdvs,
+                        Err(e) => {
+                            self.stream.write_all(&invalid)?;
+                            return Ok(format!("aborted ({e})"));
+                        }
                     };
                     for pdv in pdvs {
                         if !self.contexts.contains_key(&pdv.context_id) {
-                            self.stream.write_all(&pdu::encode_abort(6))?;
-                            return Ok("aborted (PDV on a context not accepted)");
+                            self.stream.write_all(&invalid)?;
+                            return Ok(format!(
+                                "aborted (PDV on presentation context {}, not accepted)",
+                                pdv.context_id
+                            ));
                         }
                         let flow = if pdv.command {
                             if command.len() + pdv.data.len() > MAX_COMMAND {
-                                self.stream.write_all(&pdu::encode_abort(6))?;
-                                return Ok("aborted (oversized command)");
+                                self.stream.write_all(&invalid)?;
+                                return Ok("aborted (oversized command)".into());
                             }
                             command.extend_from_slice(pdv.data);
                             if !pdv.last {
@@ -811,19 +1081,28 @@ impl Association<'_> {
                             self.data(pdv.data, pdv.last, &mut incoming)?
                         };
                         if let Flow::Done(how) = flow {
-                            self.stream.write_all(&pdu::encode_abort(2))?;
-                            return Ok(how);
+                            self.stream
+                                .write_all(&pdu::encode_abort(AbortReason::UnexpectedPdu))?;
+                            return Ok(how.into());
                         }
                     }
                 }
                 pdu::A_RELEASE_RQ => {
                     self.stream.write_all(&pdu::encode_release_rp())?;
-                    return Ok("released");
+                    return Ok(match incoming {
+                        // Released mid-message: what had arrived of it is dropped.
+                        Some(_) => "released with a data set unfinished (dropped)".into(),
+                        None if !command.is_empty() => {
+                            "released with a command unfinished (dropped)".into()
+                        }
+                        None => "released".into(),
+                    });
                 }
-                pdu::A_ABORT => return Ok("aborted by the peer"),
+                pdu::A_ABORT => return Ok("aborted by the peer".into()),
                 _ => {
-                    self.stream.write_all(&pdu::encode_abort(2))?;
-                    return Ok("aborted (unexpected PDU)");
+                    self.stream
+                        .write_all(&pdu::encode_abort(AbortReason::for_pdu(kind)))?;
+                    return Ok(format!("aborted (unexpected PDU of type 0x{kind:02X})"));
                 }
             }
         }
@@ -870,6 +1149,7 @@ impl Association<'_> {
                     context_id,
                     writer: None,
                     status: None,
+                    received: 0,
                     started,
                 };
                 let refused = if !allowed {
@@ -956,6 +1236,22 @@ impl Association<'_> {
         match incoming.as_mut() {
             None => Ok(Flow::Done("aborted (data set without a command)")),
             Some(Incoming::Store(current)) => {
+                current.received += bytes.len() as u64;
+                let limit = self.shared.config.max_instance_size;
+                if current.received > limit && current.status.is_none() {
+                    // Its blobs written so far are referenced by nothing: gc reclaims them.
+                    current.writer = None;
+                    current.status = Some(OUT_OF_RESOURCES);
+                    self.log(
+                        LogLevel::Warning,
+                        format!(
+                            "C-STORE from {} of {} refused: data set larger than \
+                             max_instance_size ({limit} bytes)",
+                            self.who(),
+                            current.command.affected_sop_instance_uid
+                        ),
+                    );
+                }
                 if let Some(writer) = current.writer.as_mut() {
                     if let Err(e) = writer.write(bytes) {
                         current.writer = None;
@@ -1063,17 +1359,7 @@ impl Association<'_> {
     /// Whether a C-CANCEL-RQ has arrived, without waiting for one: the only message a peer
     /// may send while its C-FIND is answered.
     fn cancel_arrived(&mut self) -> io::Result<bool> {
-        let mut byte = 0u8;
-        // SAFETY: a one-byte peek into a local of the socket we own.
-        let waiting = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if waiting <= 0 {
+        if !self.stream.input_waiting()? {
             return Ok(false);
         }
         let mut body = Vec::new();

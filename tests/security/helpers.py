@@ -65,9 +65,12 @@ class Secured:
         return httpx.Client(base_url=self.url, auth=(user, PASSWORDS[user]), timeout=120)
 
 
-def certificates(directory: Path, *names: str) -> tuple[Path, dict[str, tuple[Path, Path]]]:
-    """A CA, and for each name a certificate it signed for 127.0.0.1 and localhost: the CA's
-    PEM and each name's (certificate, key) PEMs."""
+def certificates(
+    directory: Path, *names: str, expired: tuple[str, ...] = ()
+) -> tuple[Path, dict[str, tuple[Path, Path]]]:
+    """A CA, and for each name a certificate it signed for 127.0.0.1 and localhost (those in
+    ``expired`` valid only until yesterday): the CA's PEM and each name's (certificate, key)
+    PEMs."""
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dicomvault test CA")])
@@ -87,14 +90,15 @@ def certificates(directory: Path, *names: str) -> tuple[Path, dict[str, tuple[Pa
     issued = {}
     for name in names:
         key = ec.generate_private_key(ec.SECP256R1())
+        ends = now - dt.timedelta(days=1) if name in expired else now + dt.timedelta(days=1)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
             .issuer_name(ca_name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
+            .not_valid_before(now - dt.timedelta(days=2))
+            .not_valid_after(ends)
             .add_extension(
                 x509.SubjectAlternativeName(
                     [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]

@@ -66,8 +66,15 @@ class Row:
         return self.megabytes / self.median("seconds")
 
 
-def store(peer: Peer, files: list[Path], associations: int) -> float:
-    """Sends ``files`` over ``associations`` concurrent storescu runs; returns wall seconds."""
+def store(
+    peer: Peer,
+    files: list[Path],
+    associations: int,
+    port: int = 0,
+    options: tuple[str, ...] = (),
+) -> float:
+    """Sends ``files`` over ``associations`` concurrent storescu runs (to ``port``, else the
+    peer's, with storescu's ``options``); returns wall seconds."""
     groups = [files[i::associations] for i in range(associations)]
     errors: list[str] = []
 
@@ -78,8 +85,9 @@ def store(peer: Peer, files: list[Path], associations: int) -> float:
             "BENCH",
             "-aec",
             peer.aet,
+            *options,
             "127.0.0.1",
-            str(peer.port),
+            str(port or peer.port),
             *map(str, group),
         ]
         result = subprocess.run(argv, env=PEER_ENV, capture_output=True, text=True)

@@ -62,9 +62,6 @@ def serve(
     for key, value in (("aet", aet), ("port", port), ("host", host)):
         if value is not None:
             conf["dicom"][key] = value
-    if conf["dicom"]["tls_port"]:
-        # Never a security setting silently ignored.
-        fail("[dicom] tls_port: this version has no DICOM TLS listener yet (set it to 0)", 2)
     if conf["http"]["enabled"]:
         from dicomvault.http.auth import check_settings
 
@@ -94,9 +91,13 @@ def serve(
                     err=True,
                 )
             server = DicomServer(archive, conf)
-            bound_host, bound_port = server.start()
+            try:
+                bound_host, bound_port = server.start()
+            except ConfigError as e:
+                fail(str(e), 2)
+            tls = f", TLS on port {server.tls_address[1]}" if server.tls_address else ""
             typer.echo(
-                f"dicomvault serving {conf['dicom']['aet']} on {bound_host}:{bound_port}, "
+                f"dicomvault serving {conf['dicom']['aet']} on {bound_host}:{bound_port}{tls}, "
                 f"archive {conf.root}",
                 err=True,
             )

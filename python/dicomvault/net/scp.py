@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -25,7 +26,7 @@ from pynetdicom.dsutils import decode
 from dicomvault import _native
 from dicomvault.audit import Who
 from dicomvault.audit.trail import patient_of
-from dicomvault.config import Settings
+from dicomvault.config import ConfigError, Settings
 from dicomvault.net import contexts
 from dicomvault.net.outbound import Selected, StoredInstance, install, outbound, selected
 from dicomvault.net.policy import AccessPolicy
@@ -46,18 +47,14 @@ from dicomvault.net.status import (
     SUCCESS,
     UNABLE_TO_PROCESS,
 )
+from dicomvault.security.tls import listener_arguments
 from dicomvault.store import Archive
 from dicomvault.store.archive import IndexUnavailable
 
 log = logging.getLogger("dicomvault.net")
 
-# The largest PDU we accept (storescu sends at most 128 KiB whatever we allow).
-MAX_PDU = 4 << 20
 # What the index is asked for besides a query's keys: who the audit trail names.
 AUDITED = ("PatientID", "IssuerOfPatientID", "PatientName", "StudyInstanceUID")
-# Seconds a peer may stay silent mid-association.
-NETWORK_TIMEOUT = 60
-
 # pynetdicom logs every PDU at INFO; keep its own chatter to warnings.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
@@ -105,13 +102,57 @@ class DicomServer:
         self.ae = AE(ae_title=self.aet)
         self.ae.implementation_class_uid = contexts.IMPLEMENTATION_CLASS_UID
         self.ae.implementation_version_name = contexts.IMPLEMENTATION_VERSION_NAME
-        self.ae.maximum_pdu_size = MAX_PDU
-        self.ae.network_timeout = NETWORK_TIMEOUT
+        self.ae.maximum_pdu_size = int(self.dicom["max_pdu"])
+        self.ae.network_timeout = float(self.dicom["dimse_timeout_s"])
         self.ae.dimse_timeout = 600
         self._listener: _native.DicomListener | None = None
 
+    def limits(self) -> dict[str, int | float]:
+        """The listener's [dicom] limits, or a ConfigError naming one that makes no sense."""
+        keys = (
+            "max_pdu",
+            "max_associations",
+            "max_associations_per_ae",
+            "association_timeout_s",
+            "dimse_timeout_s",
+            "max_instance_size_mb",
+        )
+        for key in keys:
+            if self.dicom[key] <= 0:
+                raise ConfigError(f"[dicom] {key} must be positive, not {self.dicom[key]}")
+        # Smaller PDUs than DCMTK's and pynetdicom's defaults would only slow every peer down.
+        if self.dicom["max_pdu"] < 16384:
+            raise ConfigError("[dicom] max_pdu must be at least 16384")
+        return {
+            "max_pdu": int(self.dicom["max_pdu"]),
+            "max_associations": int(self.dicom["max_associations"]),
+            "max_associations_per_ae": int(self.dicom["max_associations_per_ae"]),
+            "association_timeout_s": float(self.dicom["association_timeout_s"]),
+            "dimse_timeout_s": float(self.dicom["dimse_timeout_s"]),
+            "max_instance_size": int(self.dicom["max_instance_size_mb"]) << 20,
+        }
+
     def start(self) -> tuple[str, int]:
-        self._listener = _native.DicomListener(
+        """Starts listening; ConfigError (a limit, or TLS files that cannot be used) or
+        OSError (a port) when it cannot."""
+        limits, tls = self.limits(), listener_arguments(self.dicom)
+        try:
+            self._listener = self._start(limits, tls)
+        except ValueError as e:  # the TLS files as rustls reads them, or the host
+            raise ConfigError(f"[dicom] {e}") from e
+        host, port = self._listener.address
+        log.info("DICOM listener %s on %s:%d", self.aet, host, port)
+        if self._listener.tls_address is not None:
+            tls_host, tls_port = self._listener.tls_address
+            log.info("DICOM TLS listener %s on %s:%d", self.aet, tls_host, tls_port)
+        return host, port
+
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        return None if self._listener is None else self._listener.tls_address
+
+    def _start(self, limits: dict[str, int | float], tls: dict[str, Any]) -> _native.DicomListener:
+        return _native.DicomListener(
             self.archive.store,
             str(self.dicom["host"]),
             int(self.dicom["port"]),
@@ -126,9 +167,8 @@ class DicomServer:
             move_classes=list(MOVE_MODELS),
             retrieve_classes=list(GET_MODELS),
             transfer_syntaxes=contexts.accepted_syntaxes(),
-            max_pdu=MAX_PDU,
-            max_associations=int(self.dicom["max_associations"]),
-            timeout_s=float(NETWORK_TIMEOUT),
+            **limits,
+            **tls,
             implementation_class_uid=contexts.IMPLEMENTATION_CLASS_UID,
             implementation_version_name=contexts.IMPLEMENTATION_VERSION_NAME,
             replace_duplicates=self.archive.replace_duplicates,
@@ -138,9 +178,6 @@ class DicomServer:
             find=self._find,
             move_to=self._move,
         )
-        host, port = self._listener.address
-        log.info("DICOM listener %s on %s:%d", self.aet, host, port)
-        return host, port
 
     def stop(self) -> None:
         """Stops accepting; associations in progress end, what they acknowledged is durable."""

@@ -1,13 +1,17 @@
-"""DICOM TLS for the associations this archive opens (PS3.15 B.9, BCP 195): the SCU verbs and
-C-MOVE's sub-associations to a [modalities] entry with ``tls = true`` use a client context
-with the [dicom] certificate and key (when set: a peer may require one) and verify the peer's
-certificate against ``tls_ca`` (else the system's CAs), TLS 1.2 at least."""
+"""DICOM TLS (PS3.15 B.9, BCP 195) from the [dicom] tls_* keys: the associations this archive
+opens — the SCU verbs and C-MOVE's sub-associations to a [modalities] entry with ``tls =
+true`` — use a client context with the certificate and key (when set: a peer may require one)
+and verify the peer's certificate against ``tls_ca`` (else the system's CAs), TLS 1.2 at
+least; the listener's TLS port (rustls, in ``rust/src/transport.rs``) serves with the same
+certificate and key and verifies client certificates against ``tls_ca``."""
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
 from typing import Any
+
+from dicomvault.config import ConfigError
 
 # TLS 1.2's forward-secret AEAD suites (BCP 195); TLS 1.3's are OpenSSL's own.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM"
@@ -22,3 +26,24 @@ def client_context(dicom: Mapping[str, Any]) -> ssl.SSLContext:
     if dicom["tls_certificate"]:
         context.load_cert_chain(str(dicom["tls_certificate"]), str(dicom["tls_private_key"]))
     return context
+
+
+def listener_arguments(dicom: Mapping[str, Any]) -> dict[str, Any]:
+    """The TLS port's keyword arguments for the listener (none when ``tls_port`` is 0), or a
+    ConfigError saying what is missing."""
+    if not dicom["tls_port"]:
+        return {}
+    if not dicom["tls_certificate"] or not dicom["tls_private_key"]:
+        raise ConfigError("[dicom] tls_port needs tls_certificate and tls_private_key")
+    if dicom["tls_require_client_certificate"] and not dicom["tls_ca"]:
+        raise ConfigError(
+            "[dicom] tls_require_client_certificate needs tls_ca, the CAs that client "
+            "certificates are verified against"
+        )
+    return {
+        "tls_port": int(dicom["tls_port"]),
+        "tls_certificate": str(dicom["tls_certificate"]),
+        "tls_private_key": str(dicom["tls_private_key"]),
+        "tls_ca": str(dicom["tls_ca"]),
+        "tls_require_client_certificate": bool(dicom["tls_require_client_certificate"]),
+    }

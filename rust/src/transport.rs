@@ -1,0 +1,423 @@
+//! What an association runs over: a TCP socket whose reads keep a deadline, used as it is or
+//! under TLS (rustls with the BCP 195 suites of PS3.15 B.9), and the TLS server configuration
+//! read from PEM files.
+
+use rustls::crypto::{ring, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A read may end this much after the deadline: setting the socket's timeout again before
+/// every read would cost a system call per read.
+const DEADLINE_SLACK: Duration = Duration::from_millis(250);
+/// Reads smaller than this are served from a buffer filled by one system call: PDU headers,
+/// and rustls, which reads at most 4 KiB at a time.
+const READ_BUFFER: usize = 64 << 10;
+
+/// A TCP connection whose reads fail with `TimedOut` once its deadline has passed, however
+/// the bytes trickle in (one byte a second keeps no read alive past it).
+pub struct Socket {
+    tcp: TcpStream,
+    deadline: Option<Instant>,
+    /// The read timeout the socket has now.
+    timeout: Option<Duration>,
+    /// Bytes received and not yet read: `buffer[start..end]`.
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Socket {
+    pub fn new(tcp: TcpStream) -> Socket {
+        Socket {
+            tcp,
+            deadline: None,
+            timeout: None,
+            buffer: vec![0; READ_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Reads from now on must be done by `at` (None: they may wait forever).
+    pub fn set_deadline(&mut self, at: Option<Instant>) {
+        self.deadline = at;
+    }
+
+    /// Sets the socket's read timeout so that a read started now ends by the deadline (within
+    /// `DEADLINE_SLACK`), or fails if it has passed.
+    fn arm(&mut self) -> io::Result<()> {
+        let wanted = match self.deadline {
+            None => None,
+            Some(deadline) => {
+                let now = Instant::now();
+                let remaining = deadline.saturating_duration_since(now);
+                if remaining.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the peer took too long",
+                    ));
+                }
+                // The timeout set runs from each read's start: keep it while a read started now
+                // would end neither before the deadline nor much after it.
+                let keep = self.timeout.is_some_and(|t| {
+                    let ends = now + t;
+                    ends >= deadline && ends <= deadline + DEADLINE_SLACK
+                });
+                if keep {
+                    return Ok(());
+                }
+                Some(remaining)
+            }
+        };
+        if wanted != self.timeout {
+            self.tcp.set_read_timeout(wanted)?;
+            self.timeout = wanted;
+        }
+        Ok(())
+    }
+
+    /// Whether bytes have arrived that nothing has read yet, without waiting for any.
+    fn bytes_waiting(&self) -> bool {
+        if self.start < self.end {
+            return true;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local, on the socket this owns.
+        let waiting = unsafe {
+            libc::recv(
+                self.tcp.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        waiting > 0
+    }
+
+    /// Reads from the socket itself, by the deadline.
+    fn receive(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            self.arm()?;
+            match self.tcp.read(buf) {
+                // The timeout ran out: `arm` says whether the deadline did too.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                result => return result,
+            }
+        }
+    }
+
+    /// Bytes already buffered, copied into `buf`.
+    fn buffered(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.end - self.start);
+        buf[..n].copy_from_slice(&self.buffer[self.start..self.start + n]);
+        self.start += n;
+        n
+    }
+
+    /// What has arrived, never waiting: `WouldBlock` when nothing has.
+    fn read_arrived(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.start < self.end {
+            return Ok(self.buffered(buf));
+        }
+        // SAFETY: `buf` is writable for its length, on the socket this owns.
+        let read = unsafe {
+            libc::recv(
+                self.tcp.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if read < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(read as usize)
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.end {
+            if buf.len() >= READ_BUFFER {
+                return self.receive(buf);
+            }
+            let mut buffer = std::mem::take(&mut self.buffer);
+            let received = self.receive(&mut buffer);
+            self.buffer = buffer;
+            self.start = 0;
+            self.end = received?;
+        }
+        Ok(self.buffered(buf))
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads whatever has arrived, never waiting: `WouldBlock` when nothing has.
+struct Arrived<'a>(&'a mut Socket);
+
+impl Read for Arrived<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_arrived(buf)
+    }
+}
+
+/// A byte stream an association runs over.
+pub trait Channel: Read + Write + Send {
+    fn socket(&mut self) -> &mut Socket;
+    /// Whether the peer has sent something not yet read, without waiting for it.
+    fn input_waiting(&mut self) -> io::Result<bool>;
+}
+
+impl Channel for Socket {
+    fn socket(&mut self) -> &mut Socket {
+        self
+    }
+
+    fn input_waiting(&mut self) -> io::Result<bool> {
+        Ok(self.bytes_waiting())
+    }
+}
+
+pub type TlsStream = StreamOwned<ServerConnection, Socket>;
+
+impl Channel for TlsStream {
+    fn socket(&mut self) -> &mut Socket {
+        &mut self.sock
+    }
+
+    /// Plaintext rustls has decrypted already, or records waiting on the socket that decrypt
+    /// to some: a peeked byte may be only part of a record, or no application data at all.
+    fn input_waiting(&mut self) -> io::Result<bool> {
+        let state = self.conn.process_new_packets().map_err(invalid_data)?;
+        if state.plaintext_bytes_to_read() > 0 {
+            return Ok(true);
+        }
+        if !self.sock.bytes_waiting() {
+            return Ok(false);
+        }
+        match self.conn.read_tls(&mut Arrived(&mut self.sock)) {
+            // The peer closed: the next read says so.
+            Ok(0) => return Ok(true),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let state = self.conn.process_new_packets().map_err(invalid_data)?;
+        Ok(state.plaintext_bytes_to_read() > 0 || state.peer_has_closed())
+    }
+}
+
+fn invalid_data(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Why TLS could not be configured, or a handshake failed.
+#[derive(Debug)]
+pub enum TlsError {
+    /// A PEM file that cannot be read or holds nothing usable.
+    Pem {
+        path: PathBuf,
+        reason: String,
+    },
+    /// A client certificate is required but no CA is configured to verify it against.
+    NoTrustedCa,
+    Config(rustls::Error),
+    Verifier(String),
+    Handshake(rustls::Error),
+    Io(io::Error),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::Pem { path, reason } => write!(f, "{}: {reason}", path.display()),
+            TlsError::NoTrustedCa => write!(
+                f,
+                "a client certificate is required (tls_require_client_certificate) \
+                 but no tls_ca is set to verify it against"
+            ),
+            TlsError::Config(e) => write!(f, "TLS configuration: {e}"),
+            TlsError::Verifier(e) => write!(f, "client certificate verifier: {e}"),
+            TlsError::Handshake(e) => write!(f, "{e}"),
+            TlsError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+                write!(f, "not done within the association timeout")
+            }
+            TlsError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+impl From<io::Error> for TlsError {
+    fn from(e: io::Error) -> TlsError {
+        TlsError::Io(e)
+    }
+}
+
+/// The PEM files of a TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// CAs that client certificates must chain to.
+    pub ca: Option<PathBuf>,
+    pub require_client_certificate: bool,
+}
+
+/// TLS 1.3's suites, and TLS 1.2's forward-secret AEAD suites of BCP 195 (RFC 9325 4.2;
+/// PS3.15 B.9): no CBC, no RSA key exchange (rustls has no DHE).
+fn bcp195_provider() -> CryptoProvider {
+    use ring::cipher_suite as suite;
+    CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ],
+        ..ring::default_provider()
+    }
+}
+
+fn pem_error(path: &Path, reason: impl fmt::Display) -> TlsError {
+    TlsError::Pem {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if certificates.is_empty() {
+        return Err(pem_error(path, "no certificate in it"));
+    }
+    Ok(certificates)
+}
+
+/// The listener's TLS configuration: TLS 1.2 and 1.3, its certificate and key, and client
+/// certificates verified against the CAs (required, or optional, as configured).
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(bcp195_provider());
+    let chain = certificates(&files.certificate)?;
+    let key = PrivateKeyDer::from_pem_file(&files.private_key)
+        .map_err(|e| pem_error(&files.private_key, e))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?;
+    let builder = match &files.ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in certificates(ca)? {
+                roots.add(certificate).map_err(|e| pem_error(ca, e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if files.require_client_certificate {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None if files.require_client_certificate => return Err(TlsError::NoTrustedCa),
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .map_err(TlsError::Config)?;
+    Ok(Arc::new(config))
+}
+
+/// The server side of a TLS handshake on `socket`, whose deadline bounds it.
+pub fn accept(config: Arc<ServerConfig>, mut socket: Socket) -> Result<TlsStream, TlsError> {
+    let mut conn = ServerConnection::new(config).map_err(TlsError::Config)?;
+    while conn.is_handshaking() {
+        if conn.wants_write() {
+            conn.write_tls(&mut socket)?;
+            continue;
+        }
+        if conn.read_tls(&mut socket)? == 0 {
+            return Err(TlsError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection",
+            )));
+        }
+        if let Err(e) = conn.process_new_packets() {
+            // The alert saying why, if the peer still listens.
+            let _ = conn.write_tls(&mut socket);
+            return Err(TlsError::Handshake(e));
+        }
+    }
+    while conn.wants_write() {
+        conn.write_tls(&mut socket)?;
+    }
+    Ok(StreamOwned::new(conn, socket))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_trickle_of_bytes_does_not_outlive_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let trickle = std::thread::spawn(move || {
+            let mut peer = TcpStream::connect(address).unwrap();
+            for _ in 0..20 {
+                if peer.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let mut socket = Socket::new(listener.accept().unwrap().0);
+        let started = Instant::now();
+        let deadline = Duration::from_millis(500);
+        socket.set_deadline(Some(started + deadline));
+        let error = socket.read_exact(&mut [0u8; 64]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        let took = started.elapsed();
+        assert!(
+            took >= deadline && took < deadline + DEADLINE_SLACK * 2,
+            "{took:?}"
+        );
+        // What arrived and was not read is still seen as waiting.
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(socket.input_waiting().unwrap());
+        drop(socket);
+        trickle.join().unwrap();
+    }
+}
