@@ -198,26 +198,25 @@ class Tree:
     ) -> None:
         """Removes ``top`` and ``subtree`` (the records below it and itself; ``top`` alone for
         an instance) from the index and from its ancestors' counts and the totals."""
-        txn = batch.txn
         subtree = subtree if subtree is not None else [top]
         instances = [r for r in subtree if r.level is Level.IMAGE]
         totals["instances"] -= len(instances)
         totals["size"] -= sum(r.size for r in instances)
         totals["patient_conflicts"] -= sum(r.patient_conflict is not None for r in instances)
         for record in subtree:
-            self.layout.index_record(txn, record, add=False)
-            if record.parent is not None:
-                txn.delete(
-                    self.layout.child_prefix(record.level, record.parent)
-                    + record.key.encode("utf-8"),
-                    db=self.layout.children,
-                )
-            batch.drop(record.level, record.key)
+            self.remove(batch, record)
         self.detach(batch, top)
+
+    def remove(self, batch: Batch, record: Record) -> None:
+        """Takes one record out: its index keys, its link from its parent, itself."""
+        self.layout.index_record(batch.txn, record, add=False)
+        if record.parent is not None:
+            link = self.layout.child_prefix(record.level, record.parent) + record.key.encode()
+            batch.txn.delete(link, db=self.layout.children)
+        batch.drop(record.level, record.key)
 
     def detach(self, batch: Batch, top: Record) -> None:
         """Subtracts a removed subtree from its ancestors, removing those it empties."""
-        txn = batch.txn
         removed = {
             "instances": top.counts.get("instances", 0) + (top.level is Level.IMAGE),
             "series": top.counts.get("series", 0) + (top.level is Level.SERIES),
@@ -236,14 +235,7 @@ class Tree:
             if parent.counts[CHILD_COUNT[parent.level]] > 0:
                 batch.put(parent)
             else:
-                self.layout.index_record(txn, parent, add=False)
-                if parent.parent is not None:
-                    txn.delete(
-                        self.layout.child_prefix(parent.level, parent.parent)
-                        + parent.key.encode("utf-8"),
-                        db=self.layout.children,
-                    )
-                batch.drop(parent.level, parent.key)
+                self.remove(batch, parent)
                 if parent.level is Level.SERIES:
                     removed["series"] += 1
                 elif parent.level is Level.STUDY:
