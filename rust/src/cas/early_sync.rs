@@ -38,13 +38,14 @@ impl FsyncFailure {
 /// so a commit that follows finds little left to flush: its fsync, which a C-STORE-RSP waits
 /// for, takes a fraction of what flushing the whole instance at once would.
 pub(super) struct EarlySync {
-    files: mpsc::Sender<Arc<File>>,
+    files: Option<mpsc::Sender<Arc<File>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EarlySync {
     pub(super) fn start(failure: FsyncFailure) -> io::Result<EarlySync> {
         let (sender, files) = mpsc::channel::<Arc<File>>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("pack-early-sync".into())
             .spawn(move || {
                 while let Ok(first) = files.recv() {
@@ -60,11 +61,27 @@ impl EarlySync {
                     }
                 }
             })?;
-        Ok(EarlySync { files: sender })
+        Ok(EarlySync {
+            files: Some(sender),
+            thread: Some(thread),
+        })
     }
 
     pub(super) fn request(&self, file: &Arc<File>) {
         // The thread is gone only if it panicked: the commit's fsync then does all the work.
-        let _ = self.files.send(file.clone());
+        if let Some(files) = &self.files {
+            let _ = files.send(file.clone());
+        }
+    }
+}
+
+impl Drop for EarlySync {
+    /// Ends the thread and waits for it: the packs it holds are closed (and their locks
+    /// released) when the store is, so that the archive can be opened again at once.
+    fn drop(&mut self) {
+        drop(self.files.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
