@@ -1144,7 +1144,11 @@ impl Parser {
             .inflated
             .as_mut()
             .expect("deflated state has an inflater");
-        while !input.is_empty() {
+        // Not `while !input.is_empty()`: when the output buffer fills just as the input runs
+        // out, the rest of that output is still inside the inflater, and at the end of the
+        // stream nothing would take it out (found by fuzzing: a valid file's tail went
+        // unscanned, depending on where the pieces it arrived in ended).
+        loop {
             let before_in = inflated.inflater.total_in();
             let before_out = inflated.inflater.total_out();
             let status = inflated
@@ -1164,7 +1168,8 @@ impl Parser {
             inflated
                 .parser
                 .feed(&inflated.out[..produced], &mut NullSink)?;
-            if status == Status::StreamEnd || (used == 0 && produced == 0) {
+            let drained = input.is_empty() && produced < inflated.out.len();
+            if status == Status::StreamEnd || (used == 0 && produced == 0) || drained {
                 break;
             }
         }
