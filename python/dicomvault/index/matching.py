@@ -100,7 +100,7 @@ class Matcher:
 
     @property
     def universal(self) -> bool:
-        q = self.query.strip()
+        q = self.query.strip(" ")
         return q == "" or (q == "*" and self.vr not in _NO_WILDCARD)
 
     def _values(self, text: str) -> list[str]:
@@ -143,7 +143,9 @@ class Matcher:
         if self.universal:
             return True
         record_values = self._values(record_value or "")
-        for query in self._values(self.query.strip()):
+        # Only DICOM's padding: str.strip() would also take a no-break space or a tab off the
+        # query that the record value keeps, and the value would not find itself.
+        for query in self._values(self.query.strip(" ")):
             query = query.strip(" ") if self.vr != "PN" else query.rstrip(" ")
             if any(self._one(query, v) for v in record_values):
                 return True
