@@ -14,6 +14,7 @@ seed is named by its SHA-1, as libFuzzer names corpus entries; run `python bench
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import socket
@@ -23,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import pydicom
@@ -38,6 +38,8 @@ from pynetdicom.sop_class import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+# Debian's DCMTK (pynetdicom installs apps of the same names on PATH).
+DCMTK = Path("/usr/bin")
 CORPUS = ROOT / "rust" / "fuzz" / "corpus"
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 # Small files of every kind: native and encapsulated pixel data, the three native syntaxes,
@@ -45,7 +47,7 @@ TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 NETWORK_FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm"]
 SYNTAX_CONTROL = {"1.2.840.10008.1.2": 1, "1.2.840.10008.1.2.1": 2, "1.2.840.10008.1.2.2": 3}
 HEAD = 4096  # larger files are kept as their first bytes (scanned as truncated)
-MAX_PDU_SEED = 8192
+MAX_SEED = 8192
 
 
 def save(target: str, data: bytes) -> None:
@@ -90,10 +92,8 @@ class Recorder:
         except OSError:
             pass
         for s in (sink, source):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def pdus(stream: bytes) -> list[tuple[int, bytes]]:
@@ -132,7 +132,7 @@ def split_stream(stream: bytes, syntaxes: dict[int, str]) -> None:
             save("associate", body)
         if kind != 0x04:
             continue
-        if len(body) <= MAX_PDU_SEED:
+        if len(body) <= MAX_SEED:
             save("pdata", bytes([len(body) % 256]) + body)
         at = 0
         while at + 6 <= len(body):
@@ -163,8 +163,8 @@ def drive_peers(port: int, files: list[Path], study_uid: str, out: Path) -> None
         ["getscu", "-S", *aec, "-k", "QueryRetrieveLevel=STUDY", "-k",
          f"StudyInstanceUID={study_uid}", "-od", str(out), *host],
     ]  # fmt: skip
-    for argv in commands:
-        subprocess.run(argv, env=env, capture_output=True, timeout=60, check=False)
+    for tool, *argv in commands:
+        subprocess.run([str(DCMTK / tool), *argv], env=env, capture_output=True, timeout=60)
     ae = AE(ae_title="PYNETDICOM")
     ae.add_requested_context(Verification)
     ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1.99")
@@ -233,7 +233,8 @@ def file_seeds() -> None:
         syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         if syntax == "1.2.840.10008.1.2.1.99":
             # The deflate stream as stored, bare and in the file the target wraps it in.
-            stream = data[data.index(b"\x08\x00", 132 + ds.file_meta.get("FileMetaInformationGroupLength", 0)) :]  # noqa: E501
+            # The data set starts after the 12-byte group length element and its group.
+            stream = data[132 + 12 + ds.file_meta.FileMetaInformationGroupLength :]
             save("deflate", b"\x00" + stream[:HEAD])
             save("deflate", b"\x02" + stream[:HEAD])
         if syntax in SYNTAX_CONTROL and len(data) <= HEAD:
@@ -288,16 +289,17 @@ def store_seeds(work: Path) -> None:
             payload = pack[at + 64 : at + 64 + stored]
             if kind == 1 and codec == 0:  # manifests are small: zstd rarely saves space
                 save("manifest", payload)
-        # Images of a few records each: a blob or two, a manifest, a torn tail.
+        # Images of a few records each (up to 4 KiB of them, or one larger record), whole and
+        # with a torn tail.
         start = 0
         while start < len(records):
-            end = start
-            while end < len(records) and records[end][0] + 64 + records[end][3] - records[start][0] < 4096:  # noqa: E501
+            first = records[start][0]
+            end = start + 1
+            while end < len(records) and records[end][0] + 64 + records[end][3] - first < 4096:
                 end += 1
-            end = max(end, start + 1)
             last = records[end - 1]
-            image = pack[:16] + pack[records[start][0] : last[0] + 64 + last[3]]
-            save("pack", image[:MAX_PDU_SEED])
+            image = pack[:16] + pack[first : last[0] + 64 + last[3]]
+            save("pack", image[:MAX_SEED])
             torn = bytearray(image[: len(image) - 7])
             if len(torn) > 22:
                 torn[22] |= 1  # the target recomputes checksums

@@ -448,9 +448,9 @@ fn follow_records(image: &mut [u8], seal: bool) -> bool {
 
 /// Target `pack`: a pack image (its 16-byte header included), written to `scratch` (a
 /// caller's temporary file) and walked; with the first record header's reserved byte 6 odd
-/// the image's checksums are recomputed first. Every record the walk returns is whole,
-/// in order, and its header decodes and re-encodes as read; each one's payload is read and
-/// decoded.
+/// the image's checksums are recomputed first. A record header that decodes encodes back to
+/// itself; every record the walk returns is whole, in order, and its header is the one at its
+/// offset; each one's payload is read and decoded.
 pub fn pack(data: &[u8], scratch: &File) {
     let mut image = data.to_vec();
     let seal = image
