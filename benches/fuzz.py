@@ -9,7 +9,7 @@ crashes found (kept in rust/fuzz/artifacts/<target>/).
 
 New inputs go to rust/fuzz/work/<target>/; after the run, `--merge` adds those that bring new
 coverage to the committed corpus, and `--minimize` shrinks the committed corpus to the inputs
-that keep its coverage. Needs `cargo install cargo-fuzz` and the nightly toolchain.
+that reach all its edges. Needs `cargo install cargo-fuzz` and the nightly toolchain.
 """
 
 from __future__ import annotations
@@ -85,16 +85,20 @@ def run(target: str, runs: int | None, seconds: int | None) -> Result:
     return parse(target, log, time.monotonic() - started)
 
 
-def merge(target: str, into: Path, *sources: Path) -> None:
-    """libFuzzer's merge: adds to `into` the inputs of `sources` that bring new coverage."""
+def merge(target: str, into: Path, *sources: Path, edges_only: bool = False) -> None:
+    """libFuzzer's merge: adds to `into` the inputs of `sources` that bring new coverage (new
+    features, or with `edges_only` new edges)."""
     argv = [str(BINARIES / target), "-merge=1", str(into), *map(str, sources), *OPTIONS]
+    argv += ["-use_counters=0"] if edges_only else []
     subprocess.run(["nice", "-n", "10", *argv], capture_output=True, check=True)
 
 
 def minimize(target: str) -> None:
+    """Keeps the fewest inputs that reach every edge the corpus reaches (a small corpus to
+    commit; the fuzzer finds the features between them again quickly)."""
     corpus = FUZZ / "corpus" / target
     with tempfile.TemporaryDirectory() as kept:
-        merge(target, Path(kept), corpus)
+        merge(target, Path(kept), corpus, edges_only=True)
         shutil.rmtree(corpus)
         shutil.copytree(kept, corpus)
 
