@@ -123,8 +123,9 @@ def decode_value(vr: str, raw: bytes, encodings: tuple[str, ...]) -> str:
     text = text.rstrip(" \x00")
     if vr == "PN":
         # Empty trailing component groups carry nothing (PS3.5 6.2.1.1); drop them so that
-        # "Wang^XiaoDong=王^小東=" and "Wang^XiaoDong=王^小東" index alike.
-        text = "\\".join(v.rstrip("=") for v in text.split("\\"))
+        # "Wang^XiaoDong=王^小東=" and "Wang^XiaoDong=王^小東" index alike; what they leave is
+        # padding too ("Doe =").
+        text = "\\".join(v.rstrip("=").rstrip(" \x00") for v in text.split("\\"))
     if vr in _TRIM_BOTH:
         text = "\\".join(v.strip(" \x00") for v in text.split("\\"))
     return text

@@ -143,9 +143,10 @@ class Matcher:
         if self.universal:
             return True
         record_values = self._values(record_value or "")
-        # Only DICOM's padding: str.strip() would also take a no-break space or a tab off the
-        # query that the record value keeps, and the value would not find itself.
-        for query in self._values(self.query.strip(" ")):
+        # Each value loses its padding below, as the VR says (str.strip() here took a no-break
+        # space or a tab, and a Person Name's leading spaces, off the query that the record
+        # value keeps, and the value did not find itself).
+        for query in self._values(self.query):
             query = query.strip(" ") if self.vr != "PN" else query.rstrip(" ")
             if any(self._one(query, v) for v in record_values):
                 return True
