@@ -6,6 +6,7 @@
 pub mod backlog;
 pub mod cas;
 pub mod dimse;
+pub mod fuzzing;
 pub mod identity;
 pub mod manifest;
 pub mod pack;

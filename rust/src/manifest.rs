@@ -162,7 +162,14 @@ impl Manifest {
         if r.at != bytes.len() {
             return Err(ManifestError("trailing bytes".into()));
         }
-        let sum: u64 = blobs.iter().map(|b| b.length).sum();
+        // Lengths read from the record can add up past u64::MAX (found by fuzzing): such a
+        // manifest is invalid, not one whose wrapped sum happens to equal its total.
+        let Some(sum) = blobs
+            .iter()
+            .try_fold(0u64, |sum, b| sum.checked_add(b.length))
+        else {
+            return Err(ManifestError("blob lengths overflow".into()));
+        };
         if sum != total_length {
             return Err(ManifestError(format!(
                 "blobs hold {sum} bytes, the instance {total_length}"

@@ -97,8 +97,10 @@ impl RecordHeader {
         })
     }
 
+    /// Saturating: a header that declares a length no file can hold is found to run past
+    /// the end of its pack, never wraps around to a small one.
     pub fn record_len(&self) -> u64 {
-        RECORD_HEADER_LEN + self.stored_len
+        RECORD_HEADER_LEN.saturating_add(self.stored_len)
     }
 }
 

@@ -69,7 +69,7 @@ impl RoleSelection {
         let length = usize::from(u16::from_be_bytes([*value.first()?, *value.get(1)?]));
         let uid = value.get(2..2 + length)?;
         Some(RoleSelection {
-            sop_class_uid: text(uid),
+            sop_class_uid: uid_text(uid)?,
             scu: *value.get(2 + length)? == 1,
             scp: *value.get(3 + length)? == 1,
         })
@@ -87,6 +87,16 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .trim_matches(|c: char| c == ' ' || c == '\0')
         .to_string()
+}
+
+/// The longest a UID can be (PS3.5 9.1).
+const MAX_UID: usize = 64;
+
+/// A UID the reply may echo, or None when it is longer than a UID can be: the reply's items
+/// have 16-bit lengths, and a long value (three times longer once its invalid UTF-8 is
+/// replaced) overflowed them (found with the `associate` fuzz target).
+fn uid_text(bytes: &[u8]) -> Option<String> {
+    Some(text(bytes)).filter(|uid| uid.len() <= MAX_UID)
 }
 
 /// Splits variable items: (type, body).
@@ -137,7 +147,8 @@ pub fn parse_associate_rq(body: &[u8]) -> Result<AssociateRq, PduError> {
                 for (sub, value) in items(&item[4..])? {
                     match sub {
                         0x30 => context.abstract_syntax = text(value),
-                        0x40 => context.transfer_syntaxes.push(text(value)),
+                        // One longer than a UID is none we support, and is not echoed.
+                        0x40 => context.transfer_syntaxes.extend(uid_text(value)),
                         _ => {}
                     }
                 }
@@ -210,10 +221,18 @@ pub fn encode_associate_ac(
     }
     let mut user = item(0x51, &max_pdu.to_be_bytes());
     user.extend_from_slice(&item(0x52, implementation_class_uid.as_bytes()));
+    let version = item(0x55, implementation_version_name.as_bytes());
     for role in roles {
-        user.extend_from_slice(&role.encode());
+        // The user information item's length is 16-bit: the replies to proposals that do not
+        // fit (hostile ones: a peer needs a few) are left out, which means the default roles
+        // (PS3.7 D.3.3.4).
+        let reply = role.encode();
+        if user.len() + reply.len() + version.len() > usize::from(u16::MAX) {
+            break;
+        }
+        user.extend_from_slice(&reply);
     }
-    user.extend_from_slice(&item(0x55, implementation_version_name.as_bytes()));
+    user.extend_from_slice(&version);
     body.extend_from_slice(&item(0x50, &user));
     pdu(A_ASSOCIATE_AC, &body)
 }

@@ -396,6 +396,10 @@ pub struct Parser {
     offset_table: Vec<u64>,
     next_offset: usize,
     inflated: Option<Inflated>,
+    /// Where a native Pixel Data value ends. The bytes after its last whole frame are read as
+    /// the trailer, but a stream that ends before this offset is still truncated (found by
+    /// fuzzing: fed in pieces, such a stream was taken as whole; skipped over, as truncated).
+    pixel_value_end: u64,
 }
 
 enum Step {
@@ -432,6 +436,7 @@ impl Parser {
             offset_table: Vec::new(),
             next_offset: 0,
             inflated: None,
+            pixel_value_end: 0,
         }
     }
 
@@ -473,7 +478,9 @@ impl Parser {
             {
                 SegmentKind::Header
             }
-            State::Trailer if rest.is_empty() => SegmentKind::Trailer,
+            State::Trailer if rest.is_empty() && self.pos >= self.pixel_value_end => {
+                SegmentKind::Trailer
+            }
             State::Deflated if rest.is_empty() => {
                 self.finish_inflated()?;
                 SegmentKind::Opaque
@@ -551,6 +558,10 @@ impl Parser {
             State::FragmentItem | State::FragmentValue { .. } => {
                 "encapsulated Pixel Data (no sequence delimiter)".into()
             }
+            State::Trailer if self.pos < self.pixel_value_end => format!(
+                "Pixel Data ({} bytes missing)",
+                self.pixel_value_end - self.pos
+            ),
             State::Trailer => "trailing data".into(),
             State::Deflated => "the deflated data set".into(),
         }
@@ -898,6 +909,7 @@ impl Parser {
         }
         let length = u64::from(length);
         pixel.value_length = Some(length);
+        self.pixel_value_end = value_offset + length;
         let bits = match tag {
             FLOAT_PIXEL_DATA => 32,
             DOUBLE_FLOAT_PIXEL_DATA => 64,
@@ -1144,7 +1156,11 @@ impl Parser {
             .inflated
             .as_mut()
             .expect("deflated state has an inflater");
-        while !input.is_empty() {
+        // Not `while !input.is_empty()`: when the output buffer fills just as the input runs
+        // out, the rest of that output is still inside the inflater, and at the end of the
+        // stream nothing would take it out (found by fuzzing: a valid file's tail went
+        // unscanned, depending on where the pieces it arrived in ended).
+        loop {
             let before_in = inflated.inflater.total_in();
             let before_out = inflated.inflater.total_out();
             let status = inflated
@@ -1164,7 +1180,8 @@ impl Parser {
             inflated
                 .parser
                 .feed(&inflated.out[..produced], &mut NullSink)?;
-            if status == Status::StreamEnd || (used == 0 && produced == 0) {
+            let drained = input.is_empty() && produced < inflated.out.len();
+            if status == Status::StreamEnd || (used == 0 && produced == 0) || drained {
                 break;
             }
         }

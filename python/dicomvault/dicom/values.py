@@ -67,7 +67,8 @@ def tag_and_vr(keyword: str) -> tuple[int, str]:
         return DICTIONARY[keyword]
     from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-    tag = tag_for_keyword(keyword)
+    # pydicom's dictionary has entries without a keyword: "" would name one of them.
+    tag = tag_for_keyword(keyword) if keyword else None
     if tag is None:
         raise ValueError(f"unknown DICOM keyword {keyword!r}")
     vr = dictionary_VR(tag).split(" or ")[0]
@@ -92,12 +93,18 @@ def wanted(keywords: Iterable[str]) -> list[tuple[int, str]]:
 def character_sets(raw: bytes | None) -> tuple[str, ...]:
     """The codecs for a raw SpecificCharacterSet value: one Python codec for a single-byte
     set or UTF-8; pydicom's encodings when code extensions (ISO 2022) are in use."""
-    terms = [t.strip() for t in (raw or b"").decode("ascii", "replace").split("\\")]
+    # Some writers pad CS values with NULs rather than spaces.
+    terms = [t.strip(" \0") for t in (raw or b"").decode("ascii", "replace").split("\\")]
     if len(terms) == 1 and terms[0] in _SINGLE_BYTE:
         return (_CODEC_ALIASES.get(_SINGLE_BYTE[terms[0]], _SINGLE_BYTE[terms[0]]),)
     from pydicom import charset
 
-    return tuple(charset.convert_encodings(terms))
+    try:
+        return tuple(charset.convert_encodings(terms))
+    except ValueError:
+        # pydicom warns about an unknown term and uses the default repertoire, but raises
+        # for some (one with a NUL inside, found by the property tests): do as for unknown.
+        return (_CODEC_ALIASES[_SINGLE_BYTE[""]],)
 
 
 def decode_value(vr: str, raw: bytes, encodings: tuple[str, ...]) -> str:
@@ -117,8 +124,9 @@ def decode_value(vr: str, raw: bytes, encodings: tuple[str, ...]) -> str:
     text = text.rstrip(" \x00")
     if vr == "PN":
         # Empty trailing component groups carry nothing (PS3.5 6.2.1.1); drop them so that
-        # "Wang^XiaoDong=王^小東=" and "Wang^XiaoDong=王^小東" index alike.
-        text = "\\".join(v.rstrip("=") for v in text.split("\\"))
+        # "Wang^XiaoDong=王^小東=" and "Wang^XiaoDong=王^小東" index alike; what they leave is
+        # padding too ("Doe =").
+        text = "\\".join(v.rstrip("=").rstrip(" \x00") for v in text.split("\\"))
     if vr in _TRIM_BOTH:
         text = "\\".join(v.strip(" \x00") for v in text.split("\\"))
     return text

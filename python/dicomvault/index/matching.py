@@ -132,7 +132,7 @@ class Matcher:
 
     @property
     def universal(self) -> bool:
-        q = self.query.strip()
+        q = self.query.strip(" ")
         return q == "" or (q == "*" and self.vr not in _NO_WILDCARD)
 
     def _values(self, text: str) -> list[str]:
@@ -176,7 +176,10 @@ class Matcher:
         if self.universal:
             return True
         record_values = self._values(record_value or "")
-        for query in self._values(self.query.strip()):
+        # Each value loses its padding below, as the VR says (str.strip() here took a no-break
+        # space or a tab, and a Person Name's leading spaces, off the query that the record
+        # value keeps, and the value did not find itself).
+        for query in self._values(self.query):
             query = query.strip(" ") if self.vr != "PN" else query.rstrip(" ")
             if any(self._one(query, v) for v in record_values):
                 return True

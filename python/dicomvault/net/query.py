@@ -14,6 +14,7 @@ from pydicom.multival import MultiValue
 from pynetdicom.dsutils import decode
 
 from dicomvault.index import Level
+from dicomvault.net.status import UNABLE_TO_PROCESS
 
 # Information models by the SOP classes of their three services (PS3.4 C.6).
 PATIENT_ROOT = (
@@ -93,9 +94,15 @@ def read_identifier(identifier: Dataset, model: str) -> tuple[Level, dict[str, s
         raise IdentifierError(f"invalid QueryRetrieveLevel {raw_level!r}") from e
     if level not in LEVELS_OF_MODEL.get(model, frozenset(Level)):
         raise IdentifierError(f"level {level.value} is not part of information model {model}")
+    try:
+        # A received identifier's values are converted as they are read: one that pydicom
+        # cannot convert (a US of 3 bytes, found by the property tests) raises here.
+        elements = list(identifier)
+    except Exception as e:  # pydicom's conversion errors have many types
+        raise IdentifierError(f"unreadable identifier value: {e}", UNABLE_TO_PROCESS) from e
     filters: dict[str, str] = {}
     requested: list[str] = []
-    for element in identifier:
+    for element in elements:
         keyword = element.keyword
         if not keyword or keyword in _CONTROL or element.tag.group == 0x0002:
             continue
