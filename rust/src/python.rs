@@ -2,13 +2,15 @@
 //! Every call that hashes, compresses or does I/O releases the GIL.
 
 use crate::backlog::Backlog;
-use crate::cas::{self, GcEvent, Ingested, Store as CoreStore, StoreConfig, SyncMode};
+use crate::cas::{self, GcEvent, Ingested, Store as CoreStore, StoreConfig, StoreError, SyncMode};
 use crate::manifest::Manifest;
 use crate::pack::{Codec, RecordKind};
 use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
 use crate::{dimse, scp, transport};
 use pyo3::create_exception;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyBlockingIOError, PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError,
+};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -39,11 +41,20 @@ create_exception!(
      hash): the instance cannot be read as it was stored."
 );
 
-/// A read's error: damage (InvalidData from the store) as DamagedError, the rest as OSError.
-fn read_error(e: std::io::Error) -> PyErr {
-    match e.kind() {
-        std::io::ErrorKind::InvalidData => DamagedError::new_err(e.to_string()),
-        _ => e.into(),
+/// Each kind of store failure as the Python exception that says it: damage as DamagedError,
+/// what the store does not hold as FileNotFoundError, a busy archive as BlockingIOError, a
+/// full disk and a failed fsync as OSError with ENOSPC and EIO.
+impl From<StoreError> for PyErr {
+    fn from(e: StoreError) -> PyErr {
+        match e {
+            StoreError::Damaged(why) => DamagedError::new_err(why),
+            StoreError::NotFound(why) => PyFileNotFoundError::new_err(why),
+            StoreError::Busy(why) => PyBlockingIOError::new_err(why),
+            StoreError::NoRoom(why) => PyOSError::new_err((libc::ENOSPC, why)),
+            StoreError::FsyncFailed(why) => PyOSError::new_err((libc::EIO, why)),
+            StoreError::Io(io) => io.into(),
+            other => PyOSError::new_err(other.to_string()),
+        }
     }
 }
 
@@ -549,9 +560,7 @@ impl Store {
         start: u64,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let m = decode_manifest(manifest)?;
-        let data = py
-            .detach(|| self.core.read_instance(&m, start))
-            .map_err(read_error)?;
+        let data = py.detach(|| self.core.read_instance(&m, start))?;
         Ok(PyBytes::new(py, &data))
     }
 
@@ -563,9 +572,7 @@ impl Store {
         index: u32,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let m = decode_manifest(manifest)?;
-        let data = py
-            .detach(|| self.core.read_frame(&m, index))
-            .map_err(read_error)?;
+        let data = py.detach(|| self.core.read_frame(&m, index))?;
         Ok(PyBytes::new(py, &data))
     }
 
@@ -586,23 +593,20 @@ impl Store {
     /// (DamagedError when one cannot be read).
     fn same_data_set(&self, py: Python<'_>, a: &[u8], b: &[u8]) -> PyResult<bool> {
         let (a, b) = (decode_manifest(a)?, decode_manifest(b)?);
-        py.detach(|| self.core.same_data_set(&a, &b))
-            .map_err(read_error)
+        Ok(py.detach(|| self.core.same_data_set(&a, &b))?)
     }
 
     /// Reads every blob of the instance and checks it (DamagedError if one fails), keeping
     /// nothing: a response checks before its first byte.
     fn check(&self, py: Python<'_>, manifest: &[u8]) -> PyResult<()> {
         let m = decode_manifest(manifest)?;
-        py.detach(|| self.core.check_instance(&m))
-            .map_err(read_error)
+        Ok(py.detach(|| self.core.check_instance(&m))?)
     }
 
     /// Writes the instance to a file, byte-identical to what was stored.
     fn export(&self, py: Python<'_>, manifest: &[u8], path: PathBuf) -> PyResult<()> {
         let m = decode_manifest(manifest)?;
-        py.detach(|| self.core.export(&m, &path))
-            .map_err(read_error)
+        Ok(py.detach(|| self.core.export(&m, &path))?)
     }
 
     /// Re-reads every record of every pack and checks it; returns {"records", "bytes",
@@ -653,7 +657,10 @@ impl Store {
                     let blobs =
                         &m.blobs[s.first_blob as usize..(s.first_blob + s.blob_count) as usize];
                     for b in blobs {
-                        let (data, damaged) = self.core.salvage_blob(&b.hash)?;
+                        let (data, damaged) = self
+                            .core
+                            .salvage_blob(&b.hash)
+                            .map_err(std::io::Error::from)?;
                         salvaged |= damaged;
                         parser.feed(&data, &mut sink)?;
                     }
@@ -712,7 +719,7 @@ impl Store {
                     } => ("rewritten", pack, bytes_before, bytes_after),
                 };
                 Python::attach(|py| callback.call1(py, args).map(drop))
-                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
             })
         })?;
         let d = PyDict::new(py);
@@ -1246,9 +1253,7 @@ impl ChunkReader {
             if self.position <= self.start {
                 continue;
             }
-            let data = py
-                .detach(|| self.store.read_part(&blob))
-                .map_err(read_error)?;
+            let data = py.detach(|| self.store.read_part(&blob))?;
             let skip = self.start.saturating_sub(begin) as usize;
             return Ok(Some(PyBytes::new(py, &data[skip..])));
         }

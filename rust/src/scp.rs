@@ -359,7 +359,7 @@ impl Shared {
                     (r.ingested.manifest.encode(), notes)
                 })
                 .collect();
-            self.store.persist(&records)
+            Ok(self.store.persist(&records)?)
         })
     }
 

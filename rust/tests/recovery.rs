@@ -5,12 +5,11 @@
 mod common;
 
 use common::{instance, open, pack_files, pattern, store_bytes};
-use dicomvault_native::cas::{HistoryKind, Store, StoreConfig};
+use dicomvault_native::cas::{HistoryKind, Store, StoreConfig, StoreError};
 use dicomvault_native::manifest::Manifest;
 use dicomvault_native::pack::{self, RecordKind, PACK_HEADER_LEN};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io;
 use std::path::Path;
 
 fn exclusive() -> StoreConfig {
@@ -61,7 +60,7 @@ fn frame_of(i: u8) -> Vec<u8> {
 
 fn assert_damaged(store: &Store, manifest: &Manifest) {
     let err = store.read_instance(manifest, 0).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(matches!(err, StoreError::Damaged(_)), "{err}");
 }
 
 #[test]

@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import subprocess
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -340,6 +341,12 @@ def test_a_nearly_full_disk_refuses_c_store_and_import_and_recovers(tmp_path):
         server = Server(tmp_path, {}, sections=sections, root=mount / "archive").start()
         try:
             storescu(server, [corpus[0].path])
+            # Indexed before the disk fills (another process sees what the server's applier
+            # has committed, a moment after the acknowledgement).
+            deadline = time.monotonic() + 30
+            while not server.cli.ls("instances"):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
             filler = mount / "filler"
             free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
             subprocess.run(["fallocate", "-l", str(free - 4096), filler], check=True)

@@ -1,9 +1,8 @@
 //! Making packs durable: the background fdatasync of packs that large records were just
 //! appended to, and the sticky record of an fsync that failed.
 
-use super::lock;
+use super::{lock, Result, StoreError};
 use std::fs::File;
-use std::io;
 use std::sync::{mpsc, Arc, Mutex};
 
 /// The first fsync of a pack that failed, sticky for the process's lifetime: Linux reports a
@@ -15,17 +14,18 @@ pub(super) struct FsyncFailure(Arc<Mutex<Option<String>>>);
 
 impl FsyncFailure {
     /// Runs an fsync, remembering its failure.
-    pub(super) fn sync(&self, file: &File) -> io::Result<()> {
-        file.sync_data().inspect_err(|e| {
+    pub(super) fn sync(&self, file: &File) -> Result<()> {
+        file.sync_data().map_err(|e| {
             lock(&self.0).get_or_insert_with(|| e.to_string());
+            StoreError::FsyncFailed(format!("an fsync of a pack failed: {e}"))
         })
     }
 
     /// Err once any fsync has failed.
-    pub(super) fn check(&self) -> io::Result<()> {
+    pub(super) fn check(&self) -> Result<()> {
         match &*lock(&self.0) {
             None => Ok(()),
-            Some(e) => Err(io::Error::other(format!(
+            Some(e) => Err(StoreError::FsyncFailed(format!(
                 "an fsync of the packs failed ({e}): nothing more is acknowledged until a \
                  restart recovers what the packs really hold"
             ))),
@@ -43,7 +43,7 @@ pub(super) struct EarlySync {
 }
 
 impl EarlySync {
-    pub(super) fn start(failure: FsyncFailure) -> io::Result<EarlySync> {
+    pub(super) fn start(failure: FsyncFailure) -> Result<EarlySync> {
         let (sender, files) = mpsc::channel::<Arc<File>>();
         let thread = std::thread::Builder::new()
             .name("pack-early-sync".into())

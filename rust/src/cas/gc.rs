@@ -1,14 +1,13 @@
 //! Garbage collection and repacking: rewriting packs one at a time while the store is in use.
 
 use super::recovery::{found_location, DamageReport};
-use super::{blob_record, heed_error, lock, Active, HistoryEvent, Location, Store};
+use super::{blob_record, lock, Active, HistoryEvent, Location, Result, Store, StoreError};
 use crate::manifest::{Hash, Manifest};
 use crate::pack::{
     self, Codec, Damage, RecordHeader, RecordKind, PACK_HEADER_LEN, RECORD_HEADER_LEN,
 };
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -87,7 +86,7 @@ impl Keep {
 }
 
 /// One run of [`Store::gc`]: the pack its copies go to and what it did so far.
-struct Rewrite<'a, F: FnMut(GcEvent) -> io::Result<()>> {
+struct Rewrite<'a, F: FnMut(GcEvent) -> Result<()>> {
     store: &'a Store,
     keep: &'a Keep,
     recode: Option<(Codec, i32)>,
@@ -96,9 +95,9 @@ struct Rewrite<'a, F: FnMut(GcEvent) -> io::Result<()>> {
     on_event: &'a mut F,
 }
 
-impl<F: FnMut(GcEvent) -> io::Result<()>> Rewrite<'_, F> {
+impl<F: FnMut(GcEvent) -> Result<()>> Rewrite<'_, F> {
     /// Copies what pack `id` keeps, points the blob index at the copies, removes the pack.
-    fn pack(&mut self, id: u32) -> io::Result<()> {
+    fn pack(&mut self, id: u32) -> Result<()> {
         let store = self.store;
         let inner = &*store.inner;
         let Some(file) = store.closed_pack(id)? else {
@@ -117,16 +116,16 @@ impl<F: FnMut(GcEvent) -> io::Result<()>> Rewrite<'_, F> {
         // Only the record the blob index points at is a hash's copy: any other is a duplicate,
         // or a record known to be damaged.
         let state: Vec<(bool, bool)> = {
-            let rtxn = inner.env.read_txn().map_err(heed_error)?;
+            let rtxn = inner.env.read_txn()?;
             let at = |db: heed::Database<heed::types::Bytes, heed::types::Bytes>, f| {
                 let here = found_location(id, f);
-                let at = db.get(&rtxn, &f.header.hash).map_err(heed_error)?;
-                Ok::<_, io::Error>(at.map(Location::decode).transpose()? == Some(here))
+                let at = db.get(&rtxn, &f.header.hash)?;
+                Ok::<_, StoreError>(at.map(Location::decode).transpose()? == Some(here))
             };
             walk.found
                 .iter()
                 .map(|f| Ok((at(inner.blobs, f)?, at(inner.damaged, f)?)))
-                .collect::<io::Result<_>>()?
+                .collect::<Result<_>>()?
         };
         let mut moved: Vec<(Hash, Location, Location)> = Vec::new();
         let mut dropped: Vec<(Hash, Location)> = Vec::new();
@@ -199,52 +198,42 @@ impl<F: FnMut(GcEvent) -> io::Result<()>> Rewrite<'_, F> {
         }
         // The copies' directory entries are durable before the old pack's removal can be.
         File::open(&inner.packs_dir)?.sync_all()?;
-        let mut wtxn = inner.env.write_txn().map_err(heed_error)?;
-        let is_at = |wtxn: &heed::RwTxn, hash: &Hash, loc: &Location| -> io::Result<bool> {
-            let at = inner.blobs.get(wtxn, hash).map_err(heed_error)?;
+        let mut wtxn = inner.env.write_txn()?;
+        let is_at = |wtxn: &heed::RwTxn, hash: &Hash, loc: &Location| -> Result<bool> {
+            let at = inner.blobs.get(wtxn, hash)?;
             Ok(at.map(Location::decode).transpose()? == Some(*loc))
         };
         for (hash, from, to) in &moved {
             if is_at(&wtxn, hash, from)? {
-                inner
-                    .blobs
-                    .put(&mut wtxn, hash, &to.encode())
-                    .map_err(heed_error)?;
+                inner.blobs.put(&mut wtxn, hash, &to.encode())?;
             }
         }
         for (hash, from) in &dropped {
             if is_at(&wtxn, hash, from)? {
-                inner.blobs.delete(&mut wtxn, hash).map_err(heed_error)?;
+                inner.blobs.delete(&mut wtxn, hash)?;
             }
         }
         // What was known to be damaged in this pack is in the quarantine now.
         for d in &damage {
             if let Some(header) = &d.header {
-                let at = inner.damaged.get(&wtxn, &header.hash).map_err(heed_error)?;
+                let at = inner.damaged.get(&wtxn, &header.hash)?;
                 if at
                     .map(Location::decode)
                     .transpose()?
                     .is_some_and(|at| at.pack == id)
                 {
-                    inner
-                        .damaged
-                        .delete(&mut wtxn, &header.hash)
-                        .map_err(heed_error)?;
+                    inner.damaged.delete(&mut wtxn, &header.hash)?;
                 }
             }
         }
         for (out, end) in &ends {
             inner
                 .packs
-                .put(&mut wtxn, &out.to_be_bytes(), &end.to_le_bytes())
-                .map_err(heed_error)?;
+                .put(&mut wtxn, &out.to_be_bytes(), &end.to_le_bytes())?;
         }
-        inner
-            .packs
-            .delete(&mut wtxn, &id.to_be_bytes())
-            .map_err(heed_error)?;
-        wtxn.commit().map_err(heed_error)?;
-        inner.env.force_sync().map_err(heed_error)?;
+        inner.packs.delete(&mut wtxn, &id.to_be_bytes())?;
+        wtxn.commit()?;
+        inner.env.force_sync()?;
         store.remove_pack(id)?;
         self.report.packs_rewritten += 1;
         self.report.bytes_before += bytes_before;
@@ -262,7 +251,7 @@ impl<F: FnMut(GcEvent) -> io::Result<()>> Rewrite<'_, F> {
         header: &RecordHeader,
         stored: &[u8],
         outputs: &mut Vec<u32>,
-    ) -> io::Result<Location> {
+    ) -> Result<Location> {
         let record_len = header.record_len();
         let limit = self.store.inner.config.pack_size;
         if self
@@ -315,8 +304,8 @@ impl Store {
         &self,
         live: Option<&[Manifest]>,
         recode: Option<(Codec, i32)>,
-        mut on_event: impl FnMut(GcEvent) -> io::Result<()>,
-    ) -> io::Result<GcReport> {
+        mut on_event: impl FnMut(GcEvent) -> Result<()>,
+    ) -> Result<GcReport> {
         if live.is_some() {
             self.require_exclusive("gc")?;
         }
@@ -325,7 +314,7 @@ impl Store {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
-                return Err(io::Error::other("a gc or repack is already running"))
+                return Err(StoreError::Busy("a gc or repack is already running".into()))
             }
         };
         let keep = Keep::new(live);
@@ -368,7 +357,7 @@ impl Store {
 
     /// Pack `id`, with its lock held so that no other process adopts it for appending while it
     /// is rewritten; None when another process appends to it.
-    fn closed_pack(&self, id: u32) -> io::Result<Option<Arc<File>>> {
+    fn closed_pack(&self, id: u32) -> Result<Option<Arc<File>>> {
         if lock(&self.inner.own).contains(&id) {
             // Locked since this process created or adopted it, and closed by `gc`.
             return self.pack_file(id).map(Some);
@@ -379,7 +368,7 @@ impl Store {
 
     /// Forgets pack `id` and removes its file. The readers' lock is held across the unlink so
     /// that no reader opens the file after its entry is gone and keeps it in the map.
-    fn remove_pack(&self, id: u32) -> io::Result<()> {
+    fn remove_pack(&self, id: u32) -> Result<()> {
         let mut readers = self
             .inner
             .readers
@@ -387,6 +376,6 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner());
         readers.remove(&id);
         lock(&self.inner.own).remove(&id);
-        fs::remove_file(pack::pack_path(&self.inner.packs_dir, id))
+        Ok(fs::remove_file(pack::pack_path(&self.inner.packs_dir, id))?)
     }
 }

@@ -1,10 +1,9 @@
 //! The log of manifest and tombstone records that the index is rebuilt and replayed from.
 
-use super::Store;
+use super::{Result, Store};
 use crate::manifest::Hash;
 use crate::pack::{self, Found, RecordKind, PACK_HEADER_LEN};
 use std::collections::HashMap;
-use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What a manifest or tombstone record says (see [`Store::history`]).
@@ -158,7 +157,7 @@ impl Store {
         &self,
         after: &HashMap<u32, u64>,
         settled_only: bool,
-    ) -> io::Result<Vec<HistoryEvent>> {
+    ) -> Result<Vec<HistoryEvent>> {
         self.commit()?;
         let mut events = Vec::new();
         for id in pack::list_packs(&self.inner.packs_dir)? {

@@ -1,6 +1,6 @@
 //! Streaming one instance into the store: blobs cut at the scanner's segment boundaries.
 
-use super::{lock, Active, Store, EARLY_SYNC, MAX_BLOB, STREAM_BLOB};
+use super::{lock, Active, Result, Store, EARLY_SYNC, MAX_BLOB, STREAM_BLOB};
 use crate::manifest::{BlobRef, Hash, Manifest, Segment};
 use crate::pack::{Codec, RecordHeader, RecordKind, RECORD_HEADER_LEN};
 use crate::scan::{FeedError, Parser, ScanOptions, SegmentKind, Sink, Summary};
@@ -25,7 +25,7 @@ struct StreamingBlob {
 }
 
 impl StreamingBlob {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
         let act = self.pack.as_ref().expect("a streaming blob holds its pack");
         let end = self.offset + RECORD_HEADER_LEN + self.len;
         act.file.write_all_at(bytes, end)?;
@@ -43,7 +43,7 @@ impl StreamingBlob {
 
     /// Writes the record header; returns the blob's hash and whether it was new (a blob the
     /// store already has is taken back out of the pack).
-    fn finish(mut self) -> io::Result<(Hash, bool)> {
+    fn finish(mut self) -> Result<(Hash, bool)> {
         let hash = *self.hasher.finalize().as_bytes();
         let mut act = self.pack.take().expect("a streaming blob holds its pack");
         let store = self.store.clone();
@@ -65,7 +65,7 @@ impl StreamingBlob {
         if let Err(e) = act.file.write_all_at(&header.encode(), self.offset) {
             let _ = act.file.set_len(self.offset);
             a.idle.push(act);
-            return Err(e);
+            return Err(e.into());
         }
         act.len = self.offset + header.record_len();
         store.inner.sync_early(&act.file);
@@ -113,7 +113,7 @@ impl BlobSink {
             .map_or(self.buf.len(), |s| s.len as usize)
     }
 
-    fn flush_blob(&mut self) -> io::Result<()> {
+    fn flush_blob(&mut self) -> Result<()> {
         let (hash, length, new) = match self.stream.take() {
             Some(stream) => {
                 let length = stream.len;
@@ -184,11 +184,11 @@ pub struct InstanceWriter {
 }
 
 impl InstanceWriter {
-    pub fn write(&mut self, bytes: &[u8]) -> Result<(), FeedError> {
+    pub fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), FeedError> {
         self.parser.feed(bytes, &mut self.sink)
     }
 
-    pub fn finish(mut self) -> Result<Ingested, FeedError> {
+    pub fn finish(mut self) -> std::result::Result<Ingested, FeedError> {
         let summary = self.parser.finish(&mut self.sink)?;
         let pixel = summary.pixel_data.as_ref();
         let manifest = Manifest {
@@ -238,7 +238,7 @@ impl Store {
     }
 
     /// Streams a file into the store (not yet durable: see [`Store::persist`]).
-    pub fn ingest_file(&self, path: &Path) -> Result<Ingested, FeedError> {
+    pub fn ingest_file(&self, path: &Path) -> std::result::Result<Ingested, FeedError> {
         let file = File::open(path)?;
         let size = file.metadata()?.len();
         let mut writer = self.writer(self.file_options());
@@ -258,7 +258,7 @@ impl Store {
 
     /// Starts a blob whose bytes are written into a pack as they arrive; the pack is held by
     /// the blob (no other record interleaves) until it is finished or dropped.
-    fn stream_blob(&self) -> io::Result<StreamingBlob> {
+    fn stream_blob(&self) -> Result<StreamingBlob> {
         let act = self.take_pack(
             &mut lock(&self.inner.appender),
             RECORD_HEADER_LEN + MAX_BLOB as u64,

@@ -16,6 +16,7 @@
 //! `recovery` (what opening, reindex and verify find in the packs), `early_sync`.
 
 mod early_sync;
+mod error;
 mod gc;
 mod history;
 mod ingest;
@@ -23,6 +24,8 @@ mod read;
 mod recovery;
 
 use early_sync::{EarlySync, FsyncFailure};
+use error::Result;
+pub use error::StoreError;
 pub use gc::{GcEvent, GcReport};
 pub use history::{annotations, utc_timestamp, HistoryEvent, HistoryKind};
 pub use ingest::{Ingested, InstanceWriter};
@@ -113,7 +116,7 @@ impl Location {
         b
     }
 
-    fn decode(b: &[u8]) -> io::Result<Location> {
+    fn decode(b: &[u8]) -> Result<Location> {
         if b.len() != 28 {
             return Err(invalid("blob index entry has the wrong size"));
         }
@@ -127,15 +130,9 @@ impl Location {
     }
 }
 
-fn invalid(message: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message.into())
-}
-
-fn heed_error(e: heed::Error) -> io::Error {
-    match e {
-        heed::Error::Io(io) => io,
-        other => io::Error::other(format!("blob index: {other}")),
-    }
+/// A record (or an index entry) found not to be what it must be.
+fn invalid(message: impl Into<String>) -> StoreError {
+    StoreError::Damaged(message.into())
 }
 
 /// A blob's record: compressed with `codec` where that saves space, stored as is otherwise.
@@ -144,7 +141,7 @@ fn blob_record(
     raw: &[u8],
     codec: Codec,
     level: i32,
-) -> io::Result<(RecordHeader, Cow<'_, [u8]>)> {
+) -> Result<(RecordHeader, Cow<'_, [u8]>)> {
     let (codec, stored): (Codec, Cow<[u8]>) = match codec {
         Codec::Zstd => {
             let packed = zstd::bulk::compress(raw, level)?;
@@ -262,7 +259,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Store {
-    pub fn open(root: &Path, mut config: StoreConfig) -> io::Result<Store> {
+    pub fn open(root: &Path, mut config: StoreConfig) -> Result<Store> {
         // Whatever else is collected, an instance's identifiers are: the listener checks them.
         for (tag, vr) in crate::identity::TAGS {
             if !config.wanted.iter().any(|(t, _)| *t == tag) {
@@ -279,13 +276,13 @@ impl Store {
             .write(true)
             .open(root.join("LOCK"))?;
         if !pack::flock(&archive_lock, config.exclusive, false)? {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
+            return Err(StoreError::Busy(
                 if config.exclusive {
                     "the archive is in use by another process (stop it before gc or reindex)"
                 } else {
                     "the archive is locked by a running gc or reindex"
-                },
+                }
+                .into(),
             ));
         }
         // The blob index is a cache of the packs: what it lost in a crash is walked again at
@@ -300,19 +297,12 @@ impl Store {
         let env = unsafe {
             options.flags(flags);
             options.open(&index_dir)
-        }
-        .map_err(heed_error)?;
-        let mut wtxn = env.write_txn().map_err(heed_error)?;
-        let blobs = env
-            .create_database(&mut wtxn, Some("blobs"))
-            .map_err(heed_error)?;
-        let packs = env
-            .create_database(&mut wtxn, Some("packs"))
-            .map_err(heed_error)?;
-        let damaged = env
-            .create_database(&mut wtxn, Some("damaged"))
-            .map_err(heed_error)?;
-        wtxn.commit().map_err(heed_error)?;
+        }?;
+        let mut wtxn = env.write_txn()?;
+        let blobs = env.create_database(&mut wtxn, Some("blobs"))?;
+        let packs = env.create_database(&mut wtxn, Some("packs"))?;
+        let damaged = env.create_database(&mut wtxn, Some("damaged"))?;
+        wtxn.commit()?;
         let fsync_failure = FsyncFailure::default();
         let early_sync = match config.sync {
             SyncMode::Always => Some(EarlySync::start(fsync_failure.clone())?),
@@ -357,23 +347,23 @@ impl Store {
         &self.inner.config
     }
 
-    pub fn contains(&self, hash: &Hash) -> io::Result<bool> {
+    pub fn contains(&self, hash: &Hash) -> Result<bool> {
         Ok(self.location(hash)?.is_some())
     }
 
-    fn location(&self, hash: &Hash) -> io::Result<Option<Location>> {
+    fn location(&self, hash: &Hash) -> Result<Option<Location>> {
         if let Some(loc) = lock(&self.inner.appender).lookup.get(hash) {
             return Ok(Some(*loc));
         }
-        let rtxn = self.inner.env.read_txn().map_err(heed_error)?;
-        match self.inner.blobs.get(&rtxn, hash).map_err(heed_error)? {
+        let rtxn = self.inner.env.read_txn()?;
+        match self.inner.blobs.get(&rtxn, hash)? {
             Some(b) => Ok(Some(Location::decode(b)?)),
             None => Ok(None),
         }
     }
 
     /// Appends a blob unless the store already has it; returns whether it was written.
-    pub fn put_blob(&self, hash: Hash, raw: &[u8]) -> io::Result<bool> {
+    pub fn put_blob(&self, hash: Hash, raw: &[u8]) -> Result<bool> {
         if self.contains(&hash)? {
             return Ok(false);
         }
@@ -384,12 +374,7 @@ impl Store {
 
     /// Appends a record and returns where it went; with `dedup`, nothing (None) when a record
     /// with its hash was appended meanwhile.
-    fn append(
-        &self,
-        header: RecordHeader,
-        stored: &[u8],
-        dedup: bool,
-    ) -> io::Result<Option<Location>> {
+    fn append(&self, header: RecordHeader, stored: &[u8], dedup: bool) -> Result<Option<Location>> {
         let inner = &*self.inner;
         let mut a = lock(&inner.appender);
         if dedup && a.lookup.contains_key(&header.hash) {
@@ -406,7 +391,7 @@ impl Store {
             // Leave no partial record behind (a full disk, say): the pack ends where it did.
             let _ = act.file.set_len(offset);
             a.idle.push(act);
-            return Err(e);
+            return Err(e.into());
         }
         if record_len >= EARLY_SYNC {
             inner.sync_early(&act.file);
@@ -419,7 +404,7 @@ impl Store {
 
     /// An open pack with room for `record_len` more bytes, taken out of the idle ones (a new
     /// pack when none has room; a full one is retired).
-    fn take_pack(&self, a: &mut Appender, record_len: u64) -> io::Result<Active> {
+    fn take_pack(&self, a: &mut Appender, record_len: u64) -> Result<Active> {
         let limit = self.inner.config.pack_size;
         while let Some(act) = a.idle.pop() {
             if act.len == PACK_HEADER_LEN || act.len + record_len <= limit {
@@ -458,7 +443,7 @@ impl Store {
     /// Appends the manifest records of accepted instances (with the caller's annotations:
     /// receive time, source) and makes them and their blobs durable. Returns where each record
     /// ends (pack, offset): the index remembers how far it has taken the packs into account.
-    pub fn persist(&self, items: &[(Vec<u8>, Vec<u8>)]) -> io::Result<Vec<(u32, u64)>> {
+    pub fn persist(&self, items: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(u32, u64)>> {
         self.check_space()?;
         let mut ends = Vec::with_capacity(items.len());
         for (manifest, annotations) in items {
@@ -475,29 +460,26 @@ impl Store {
 
     /// StorageFull when the archive's filesystem has less free space than the configured
     /// minimum: checked before an instance is taken in and again before it is acknowledged.
-    pub fn check_space(&self) -> io::Result<()> {
+    pub fn check_space(&self) -> Result<()> {
         let minimum = self.inner.config.min_free_space;
         if minimum == 0 {
             return Ok(());
         }
         let free = free_space(&self.inner.packs_dir)?;
         if free < minimum {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!(
-                    "{} MiB free on the archive's filesystem, less than the {} MiB kept in \
+            return Err(StoreError::NoRoom(format!(
+                "{} MiB free on the archive's filesystem, less than the {} MiB kept in \
                      reserve ([storage] min_free_space_mb)",
-                    free >> 20,
-                    minimum >> 20
-                ),
-            ));
+                free >> 20,
+                minimum >> 20
+            )));
         }
         Ok(())
     }
 
     /// Records that instances (manifest, index key) were deleted, so that rebuilding or
     /// replaying the index from the packs does not bring them back, and makes that durable.
-    pub fn tombstone(&self, items: &[(Vec<u8>, String)]) -> io::Result<Vec<(u32, u64)>> {
+    pub fn tombstone(&self, items: &[(Vec<u8>, String)]) -> Result<Vec<(u32, u64)>> {
         let mut ends = Vec::with_capacity(items.len());
         for (manifest, key) in items {
             let mut payload = Vec::with_capacity(40 + key.len());
@@ -510,7 +492,7 @@ impl Store {
         Ok(ends)
     }
 
-    fn append_small(&self, kind: RecordKind, payload: &[u8]) -> io::Result<(u32, u64)> {
+    fn append_small(&self, kind: RecordKind, payload: &[u8]) -> Result<(u32, u64)> {
         let header = RecordHeader {
             kind,
             codec: Codec::Raw,
@@ -526,7 +508,7 @@ impl Store {
     }
 
     /// Makes every record appended so far durable (per the sync mode) and indexed.
-    pub fn commit(&self) -> io::Result<()> {
+    pub fn commit(&self) -> Result<()> {
         let inner = &*self.inner;
         let target = lock(&inner.appender).seq;
         let mut c = lock(&inner.commit);
@@ -555,20 +537,16 @@ impl Store {
             c.unsynced.clear();
             c.last_sync = Instant::now();
         }
-        let mut wtxn = inner.env.write_txn().map_err(heed_error)?;
+        let mut wtxn = inner.env.write_txn()?;
         for (hash, loc) in &entries {
-            inner
-                .blobs
-                .put(&mut wtxn, hash, &loc.encode())
-                .map_err(heed_error)?;
+            inner.blobs.put(&mut wtxn, hash, &loc.encode())?;
         }
         for (id, (_, len)) in &written {
             inner
                 .packs
-                .put(&mut wtxn, &id.to_be_bytes(), &len.to_le_bytes())
-                .map_err(heed_error)?;
+                .put(&mut wtxn, &id.to_be_bytes(), &len.to_le_bytes())?;
         }
-        wtxn.commit().map_err(heed_error)?;
+        wtxn.commit()?;
         let mut a = lock(&inner.appender);
         a.unindexed.drain(..entries.len());
         for (hash, loc) in &entries {
@@ -584,7 +562,7 @@ impl Store {
 
     /// Forces everything committed to disk, blob index included: a checkpoint (the end of a
     /// batch window, or shutdown).
-    pub fn sync(&self) -> io::Result<()> {
+    pub fn sync(&self) -> Result<()> {
         self.commit()?;
         let inner = &*self.inner;
         let mut c = lock(&inner.commit);
@@ -592,12 +570,12 @@ impl Store {
             inner.fsync_failure.sync(file)?;
         }
         c.unsynced.clear();
-        inner.env.force_sync().map_err(heed_error)?;
+        inner.env.force_sync()?;
         c.last_sync = Instant::now();
         Ok(())
     }
 
-    fn pack_file(&self, id: u32) -> io::Result<Arc<File>> {
+    fn pack_file(&self, id: u32) -> Result<Arc<File>> {
         if let Some(f) = self
             .inner
             .readers
@@ -622,42 +600,42 @@ impl Store {
         Ok(file)
     }
 
-    fn require_exclusive(&self, what: &str) -> io::Result<()> {
+    fn require_exclusive(&self, what: &str) -> Result<()> {
         if self.inner.config.exclusive {
             Ok(())
         } else {
-            Err(io::Error::other(format!(
+            Err(StoreError::Busy(format!(
                 "{what} needs the store opened exclusively"
             )))
         }
     }
 
     /// Whether no other process is appending to pack `id`.
-    fn settled(&self, id: u32) -> io::Result<bool> {
+    fn settled(&self, id: u32) -> Result<bool> {
         if lock(&self.inner.own).contains(&id) {
             return Ok(true);
         }
         let probe = File::open(pack::pack_path(&self.inner.packs_dir, id))?;
-        pack::flock(&probe, true, false)
+        Ok(pack::flock(&probe, true, false)?)
     }
 
     /// Pack `id`, unless `settled_only` and another process is appending to it, or a gc
     /// removed it since it was listed.
-    fn listed_pack(&self, id: u32, settled_only: bool) -> io::Result<Option<Arc<File>>> {
-        let open = || -> io::Result<Option<Arc<File>>> {
+    fn listed_pack(&self, id: u32, settled_only: bool) -> Result<Option<Arc<File>>> {
+        let open = || -> Result<Option<Arc<File>>> {
             if settled_only && !self.settled(id)? {
                 return Ok(None);
             }
             self.pack_file(id).map(Some)
         };
         match open() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.is_missing_file() => Ok(None),
             found => found,
         }
     }
 
     /// The length of each pack no other process is appending to.
-    pub fn settled_pack_lengths(&self) -> io::Result<HashMap<u32, u64>> {
+    pub fn settled_pack_lengths(&self) -> Result<HashMap<u32, u64>> {
         let mut lengths = HashMap::new();
         for id in pack::list_packs(&self.inner.packs_dir)? {
             if let Some(file) = self.listed_pack(id, true)? {
@@ -668,7 +646,7 @@ impl Store {
     }
 
     /// Pack count, bytes in packs, and indexed records.
-    pub fn stats(&self) -> io::Result<(u64, u64, u64)> {
+    pub fn stats(&self) -> Result<(u64, u64, u64)> {
         let (mut packs, mut bytes) = (0, 0);
         for id in pack::list_packs(&self.inner.packs_dir)? {
             match fs::metadata(pack::pack_path(&self.inner.packs_dir, id)) {
@@ -678,36 +656,35 @@ impl Store {
                 }
                 // Removed by a gc since it was listed.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
-        let rtxn = self.inner.env.read_txn().map_err(heed_error)?;
-        let records = self.inner.blobs.len(&rtxn).map_err(heed_error)?;
+        let rtxn = self.inner.env.read_txn()?;
+        let records = self.inner.blobs.len(&rtxn)?;
         Ok((packs, bytes, records))
     }
 }
 
 /// Bytes available to unprivileged writers on the filesystem holding `path`.
-fn free_space(path: &Path) -> io::Result<u64> {
+fn free_space(path: &Path) -> Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| invalid("a path with a NUL byte"))?;
     // SAFETY: statvfs writes into the zeroed struct we own and reads a NUL-terminated path.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return Err(io::Error::last_os_error());
+        return Err(io::Error::last_os_error().into());
     }
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 impl Inner {
     /// How far the blob index has taken pack `id` into account.
-    fn indexed_end(&self, id: u32) -> io::Result<u64> {
-        let rtxn = self.env.read_txn().map_err(heed_error)?;
+    fn indexed_end(&self, id: u32) -> Result<u64> {
+        let rtxn = self.env.read_txn()?;
         Ok(self
             .packs
-            .get(&rtxn, &id.to_be_bytes())
-            .map_err(heed_error)?
+            .get(&rtxn, &id.to_be_bytes())?
             .map_or(PACK_HEADER_LEN, |b| {
                 u64::from_le_bytes(b.try_into().unwrap_or([0; 8])).max(PACK_HEADER_LEN)
             }))
@@ -720,7 +697,7 @@ impl Inner {
         }
     }
 
-    fn create_next_pack(&self) -> io::Result<(u32, Arc<File>)> {
+    fn create_next_pack(&self) -> Result<(u32, Arc<File>)> {
         let mut id = pack::list_packs(&self.packs_dir)?
             .last()
             .map_or(1, |last| last + 1);
@@ -728,7 +705,9 @@ impl Inner {
             match pack::create_pack(&self.packs_dir, id) {
                 Ok(file) => {
                     if !pack::flock(&file, true, false)? {
-                        return Err(io::Error::other("a new pack is locked by another process"));
+                        return Err(StoreError::Busy(
+                            "a new pack is locked by another process".into(),
+                        ));
                     }
                     let file = Arc::new(file);
                     self.readers
@@ -739,7 +718,7 @@ impl Inner {
                     return Ok((id, file));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => id += 1,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Reading blobs, frames and whole instances back out of the packs, each record checked.
 
-use super::{heed_error, hex, invalid, Location, Store};
+use super::{hex, invalid, Location, Result, Store, StoreError};
 use crate::manifest::{BlobRef, Hash, Manifest};
 use crate::pack;
 use crate::scan::SegmentKind;
@@ -16,7 +16,7 @@ impl Store {
         hash: &Hash,
         loc: &Location,
         verify_hash: bool,
-    ) -> io::Result<Vec<u8>> {
+    ) -> Result<Vec<u8>> {
         let file = self.pack_file(loc.pack)?;
         let header = pack::read_record_header(&file, loc.offset, file.metadata()?.len())
             .map_err(|why| invalid(format!("blob {}: {why}", hex(hash))))?;
@@ -43,8 +43,8 @@ impl Store {
     }
 
     /// A blob's bytes, its record's checksum and length checked. NotFound when the store does
-    /// not hold it; InvalidData when its record is damaged.
-    pub fn read_blob(&self, hash: &Hash) -> io::Result<Vec<u8>> {
+    /// not hold it; Damaged when its record is.
+    pub fn read_blob(&self, hash: &Hash) -> Result<Vec<u8>> {
         match self.location(hash)? {
             Some(loc) => self.read_found(hash, loc, false),
             None => Err(match self.damaged_location(hash)? {
@@ -54,20 +54,17 @@ impl Store {
                     at.pack,
                     at.offset
                 )),
-                None => io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("blob {} is not in the store", hex(hash)),
-                ),
+                None => StoreError::NotFound(format!("blob {} is not in the store", hex(hash))),
             }),
         }
     }
 
     /// One of the blobs an instance is made of, checked against the manifest's length. A blob
-    /// the store does not hold is damage here too (InvalidData).
-    pub fn read_part(&self, blob: &BlobRef) -> io::Result<Vec<u8>> {
-        let data = self.read_blob(&blob.hash).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => invalid(format!("{e}: the instance is damaged")),
-            _ => e,
+    /// the store does not hold is damage here too.
+    pub fn read_part(&self, blob: &BlobRef) -> Result<Vec<u8>> {
+        let data = self.read_blob(&blob.hash).map_err(|e| match e {
+            StoreError::NotFound(why) => invalid(format!("{why}: the instance is damaged")),
+            e => e,
         })?;
         if data.len() as u64 != blob.length {
             return Err(invalid(format!(
@@ -84,7 +81,7 @@ impl Store {
     /// Meta (a C-STORE's is made by the receiver: the same data set sent by two AEs, or
     /// imported once and sent once, differs only there). The blobs after the header segment
     /// are compared by hash; the header blobs are read. InvalidData if one cannot be read.
-    pub fn same_data_set(&self, a: &Manifest, b: &Manifest) -> io::Result<bool> {
+    pub fn same_data_set(&self, a: &Manifest, b: &Manifest) -> Result<bool> {
         if a == b {
             return Ok(true);
         }
@@ -96,7 +93,7 @@ impl Store {
             _ => m.blobs.len(),
         };
         let (ha, hb) = (header_blobs(a), header_blobs(b));
-        let data_set = |m: &Manifest, blobs: usize| -> io::Result<Vec<u8>> {
+        let data_set = |m: &Manifest, blobs: usize| -> Result<Vec<u8>> {
             let mut bytes = Vec::new();
             for blob in &m.blobs[..blobs] {
                 bytes.extend_from_slice(&self.read_part(blob)?);
@@ -112,7 +109,7 @@ impl Store {
 
     /// Reads every blob of an instance and checks it, keeping nothing: so that a response can
     /// fail before its first byte rather than in the middle.
-    pub fn check_instance(&self, manifest: &Manifest) -> io::Result<()> {
+    pub fn check_instance(&self, manifest: &Manifest) -> Result<()> {
         manifest
             .blobs
             .iter()
@@ -121,9 +118,9 @@ impl Store {
 
     /// A blob's bytes even when its record fails its checksum: what is left of it, to index a
     /// damaged instance by its header, never to serve. The flag says they were salvaged.
-    pub fn salvage_blob(&self, hash: &Hash) -> io::Result<(Vec<u8>, bool)> {
+    pub fn salvage_blob(&self, hash: &Hash) -> Result<(Vec<u8>, bool)> {
         match self.read_blob(hash) {
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
+            Err(StoreError::Damaged(_)) => {}
             read => return read.map(|data| (data, false)),
         }
         let loc = match self.location(hash)? {
@@ -143,12 +140,11 @@ impl Store {
     }
 
     /// Where a record known to be damaged lies.
-    pub(super) fn damaged_location(&self, hash: &Hash) -> io::Result<Option<Location>> {
-        let rtxn = self.inner.env.read_txn().map_err(heed_error)?;
+    pub(super) fn damaged_location(&self, hash: &Hash) -> Result<Option<Location>> {
+        let rtxn = self.inner.env.read_txn()?;
         self.inner
             .damaged
-            .get(&rtxn, hash)
-            .map_err(heed_error)?
+            .get(&rtxn, hash)?
             .map(Location::decode)
             .transpose()
     }
@@ -160,10 +156,10 @@ impl Store {
         hash: &Hash,
         mut loc: Location,
         verify_hash: bool,
-    ) -> io::Result<Vec<u8>> {
+    ) -> Result<Vec<u8>> {
         loop {
             match self.read_record(hash, &loc, verify_hash) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match self.location(hash)? {
+                Err(e) if e.is_missing_file() => match self.location(hash)? {
                     Some(moved) if moved != loc => loc = moved,
                     _ => return Err(e),
                 },
@@ -178,7 +174,7 @@ impl Store {
         manifest: &Manifest,
         start: u64,
         mut f: impl FnMut(&[u8]) -> io::Result<()>,
-    ) -> io::Result<()> {
+    ) -> Result<()> {
         let mut at = 0u64;
         for blob in &manifest.blobs {
             let end = at + blob.length;
@@ -192,7 +188,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn read_instance(&self, manifest: &Manifest, start: u64) -> io::Result<Vec<u8>> {
+    pub fn read_instance(&self, manifest: &Manifest, start: u64) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(manifest.total_length.saturating_sub(start) as usize);
         self.for_each_chunk(manifest, start, |chunk| {
             out.extend_from_slice(chunk);
@@ -202,7 +198,7 @@ impl Store {
     }
 
     /// Writes the instance to `path` (through a temporary file, so a reader never sees half).
-    pub fn export(&self, manifest: &Manifest, path: &Path) -> io::Result<()> {
+    pub fn export(&self, manifest: &Manifest, path: &Path) -> Result<()> {
         let tmp = path.with_extension("dvtmp");
         let file = File::create(&tmp)?;
         let mut offset = 0u64;
@@ -215,26 +211,23 @@ impl Store {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        fs::rename(&tmp, path)
+        Ok(fs::rename(&tmp, path)?)
     }
 
     /// The pixel bytes of one frame: native values, or the encapsulated frame's fragments
     /// concatenated (item headers removed).
-    pub fn read_frame(&self, manifest: &Manifest, index: u32) -> io::Result<Vec<u8>> {
+    pub fn read_frame(&self, manifest: &Manifest, index: u32) -> Result<Vec<u8>> {
         if !manifest.frames_resolved {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "the frames of this instance cannot be told apart (no offset table, no frame markers)",
+            return Err(StoreError::Unsupported(
+                "the frames of this instance cannot be told apart (no offset table, no frame markers)"
+                    .into(),
             ));
         }
         let blobs = manifest.frame_blobs(index).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "frame {index} is not in the instance ({} frames)",
-                    manifest.frame_count()
-                ),
-            )
+            StoreError::NotFound(format!(
+                "frame {index} is not in the instance ({} frames)",
+                manifest.frame_count()
+            ))
         })?;
         let mut data = Vec::new();
         for b in blobs {

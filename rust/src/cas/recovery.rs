@@ -8,7 +8,7 @@
 //! moved to `<root>/quarantine/` before the pack is cut, so that appending resumes at a
 //! verified record boundary.
 
-use super::{heed_error, Active, Inner, Location, Store};
+use super::{Active, Inner, Location, Result, Store};
 use crate::manifest::Hash;
 use crate::pack::{self, Damage, Found, RecordKind, Walk, PACK_HEADER_LEN};
 use heed::RwTxn;
@@ -94,7 +94,7 @@ impl Store {
     /// checksum, decoded length and BLAKE3 hash. A record found damaged is reported and known
     /// as damaged from now on (a re-sent copy is then stored again, not de-duplicated against
     /// it); a blob index entry that points at no valid record is reported and dropped.
-    pub fn verify(&self) -> io::Result<VerifyReport> {
+    pub fn verify(&self) -> Result<VerifyReport> {
         self.commit()?;
         let inner = &*self.inner;
         let mut report = VerifyReport::default();
@@ -127,17 +127,17 @@ impl Store {
             walk.damaged.extend(walk.torn.take());
             walk.damaged.sort_by_key(|d| d.offset);
             if !walk.damaged.is_empty() {
-                let mut wtxn = inner.env.write_txn().map_err(heed_error)?;
+                let mut wtxn = inner.env.write_txn()?;
                 inner.mark_damaged(&mut wtxn, id, &walk.damaged, &mut report.damaged)?;
-                wtxn.commit().map_err(heed_error)?;
+                wtxn.commit()?;
             }
             walked.insert(id, (to, good));
         }
         let pointing_nowhere = {
-            let rtxn = inner.env.read_txn().map_err(heed_error)?;
+            let rtxn = inner.env.read_txn()?;
             let mut out = Vec::new();
-            for item in inner.blobs.iter(&rtxn).map_err(heed_error)? {
-                let (key, value) = item.map_err(heed_error)?;
+            for item in inner.blobs.iter(&rtxn)? {
+                let (key, value) = item?;
                 let loc = Location::decode(value)?;
                 let Some((to, good)) = walked.get(&loc.pack) else {
                     continue; // a pack created since the walk
@@ -149,13 +149,13 @@ impl Store {
             out
         };
         if !pointing_nowhere.is_empty() {
-            let mut wtxn = inner.env.write_txn().map_err(heed_error)?;
+            let mut wtxn = inner.env.write_txn()?;
             for (key, loc) in pointing_nowhere {
-                let still = inner.blobs.get(&wtxn, &key).map_err(heed_error)?;
+                let still = inner.blobs.get(&wtxn, &key)?;
                 if still.map(Location::decode).transpose()? != Some(loc) {
                     continue;
                 }
-                inner.blobs.delete(&mut wtxn, &key).map_err(heed_error)?;
+                inner.blobs.delete(&mut wtxn, &key)?;
                 report.damaged.push(DamageReport {
                     pack: loc.pack,
                     offset: loc.offset,
@@ -167,22 +167,22 @@ impl Store {
                     quarantined: None,
                 });
             }
-            wtxn.commit().map_err(heed_error)?;
+            wtxn.commit()?;
         }
         Ok(report)
     }
 
     /// Rebuilds the blob index from the packs alone: every valid record indexed, every
     /// damaged one reported (and known as damaged), torn tails moved to the quarantine.
-    pub fn rebuild_blob_index(&self) -> io::Result<RebuildReport> {
+    pub fn rebuild_blob_index(&self) -> Result<RebuildReport> {
         self.require_exclusive("reindex")?;
         self.commit()?;
         let inner = &*self.inner;
         let mut report = RebuildReport::default();
-        let mut wtxn = inner.env.write_txn().map_err(heed_error)?;
-        inner.blobs.clear(&mut wtxn).map_err(heed_error)?;
-        inner.packs.clear(&mut wtxn).map_err(heed_error)?;
-        inner.damaged.clear(&mut wtxn).map_err(heed_error)?;
+        let mut wtxn = inner.env.write_txn()?;
+        inner.blobs.clear(&mut wtxn)?;
+        inner.packs.clear(&mut wtxn)?;
+        inner.damaged.clear(&mut wtxn)?;
         for id in pack::list_packs(&inner.packs_dir)? {
             let file = OpenOptions::new()
                 .read(true)
@@ -192,8 +192,8 @@ impl Store {
             let walk = pack::walk(&file, PACK_HEADER_LEN, len, true)?;
             report.records += inner.index_walk(&mut wtxn, id, &file, &walk, &mut report.damaged)?;
         }
-        wtxn.commit().map_err(heed_error)?;
-        inner.env.force_sync().map_err(heed_error)?;
+        wtxn.commit()?;
+        inner.env.force_sync()?;
         Ok(report)
     }
 }
@@ -202,7 +202,7 @@ impl Inner {
     /// Indexes what lies beyond each unlocked pack's indexed length (the whole pack again when
     /// it is shorter than the blob index says), sets torn tails aside, and adopts the newest
     /// pack with room as the active one.
-    pub(super) fn recover(&mut self) -> io::Result<()> {
+    pub(super) fn recover(&mut self) -> Result<()> {
         let mut candidate: Option<Active> = None;
         for id in pack::list_packs(&self.packs_dir)? {
             let path = pack::pack_path(&self.packs_dir, id);
@@ -234,7 +234,7 @@ impl Inner {
                     len,
                     true,
                 )?;
-                let mut wtxn = self.env.write_txn().map_err(heed_error)?;
+                let mut wtxn = self.env.write_txn()?;
                 if shrunk {
                     self.recovery.push(format!(
                         "pack {id} is shorter ({len} bytes) than the blob index says ({indexed}): walked again"
@@ -243,8 +243,8 @@ impl Inner {
                 }
                 let mut damaged = Vec::new();
                 self.index_walk(&mut wtxn, id, &file, &walk, &mut damaged)?;
-                wtxn.commit().map_err(heed_error)?;
-                self.env.force_sync().map_err(heed_error)?;
+                wtxn.commit()?;
+                self.env.force_sync()?;
                 self.recovery
                     .extend(damaged.iter().map(DamageReport::message));
                 end = walk.end;
@@ -283,14 +283,11 @@ impl Inner {
         file: &File,
         walk: &Walk,
         reports: &mut Vec<DamageReport>,
-    ) -> io::Result<u64> {
+    ) -> Result<u64> {
         for f in &walk.found {
             self.blobs
-                .put(wtxn, &f.header.hash, &found_location(id, f).encode())
-                .map_err(heed_error)?;
-            self.damaged
-                .delete(wtxn, &f.header.hash)
-                .map_err(heed_error)?;
+                .put(wtxn, &f.header.hash, &found_location(id, f).encode())?;
+            self.damaged.delete(wtxn, &f.header.hash)?;
         }
         self.mark_damaged(wtxn, id, &walk.damaged, reports)?;
         if let Some(torn) = &walk.torn {
@@ -302,8 +299,7 @@ impl Inner {
             reports.push(report);
         }
         self.packs
-            .put(wtxn, &id.to_be_bytes(), &walk.end.to_le_bytes())
-            .map_err(heed_error)?;
+            .put(wtxn, &id.to_be_bytes(), &walk.end.to_le_bytes())?;
         Ok(walk.found.len() as u64)
     }
 
@@ -316,7 +312,7 @@ impl Inner {
         id: u32,
         damaged: &[Damage],
         reports: &mut Vec<DamageReport>,
-    ) -> io::Result<()> {
+    ) -> Result<()> {
         for damage in damaged {
             let mut report = DamageReport::new(id, damage);
             if let Some(header) = &damage.header {
@@ -326,14 +322,12 @@ impl Inner {
                     stored_len: header.stored_len,
                     raw_len: header.raw_len,
                 };
-                let indexed = self.blobs.get(wtxn, &header.hash).map_err(heed_error)?;
+                let indexed = self.blobs.get(wtxn, &header.hash)?;
                 match indexed.map(Location::decode).transpose()? {
                     Some(at) if at != here => report.superseded = true,
                     _ => {
-                        self.blobs.delete(wtxn, &header.hash).map_err(heed_error)?;
-                        self.damaged
-                            .put(wtxn, &header.hash, &here.encode())
-                            .map_err(heed_error)?;
+                        self.blobs.delete(wtxn, &header.hash)?;
+                        self.damaged.put(wtxn, &header.hash, &here.encode())?;
                     }
                 }
             }
@@ -343,17 +337,17 @@ impl Inner {
     }
 
     /// Drops every blob index entry that points into pack `id` (before walking it again).
-    fn forget_pack(&self, wtxn: &mut RwTxn, id: u32) -> io::Result<()> {
+    fn forget_pack(&self, wtxn: &mut RwTxn, id: u32) -> Result<()> {
         for db in [self.blobs, self.damaged] {
             let mut keys = Vec::new();
-            for item in db.iter(wtxn).map_err(heed_error)? {
-                let (key, value) = item.map_err(heed_error)?;
+            for item in db.iter(wtxn)? {
+                let (key, value) = item?;
                 if Location::decode(value)?.pack == id {
                     keys.push(key.to_vec());
                 }
             }
             for key in keys {
-                db.delete(wtxn, &key).map_err(heed_error)?;
+                db.delete(wtxn, &key)?;
             }
         }
         Ok(())
@@ -367,7 +361,7 @@ impl Inner {
         id: u32,
         offset: u64,
         len: u64,
-    ) -> io::Result<PathBuf> {
+    ) -> Result<PathBuf> {
         fs::create_dir_all(&self.quarantine_dir)?;
         let base = format!("pack-{id:08}.dvp@{offset}");
         let (path, mut out) = (0..)
