@@ -216,6 +216,12 @@ fn ingested_dict<'py>(py: Python<'py>, i: &Ingested) -> PyResult<Bound<'py, PyDi
     )?;
     d.set_item(intern!(py, "new_bytes"), i.new_bytes)?;
     d.set_item(intern!(py, "frames"), i.manifest.frame_count())?;
+    // Why the instance cannot be stored as it is (no SOP Class, SOP Instance, Study or Series
+    // UID): the listener's own check, for every other way in (STOW-RS, import).
+    let refused = crate::identity::identity(&i.summary, None)
+        .err()
+        .map(|e| e.to_string());
+    d.set_item(intern!(py, "identity_error"), refused)?;
     Ok(d)
 }
 

@@ -10,7 +10,8 @@
 //! - C-FIND: the `Host` matches (access policy and the query engine live in Python) and
 //!   encodes each response identifier, sent as it comes; a C-CANCEL-RQ is honoured;
 //! - C-GET: the `Host` selects, sub-operations stream from the store to the socket (the next
-//!   instance read ahead), the `Host` decoding what the peer cannot take as stored;
+//!   instance read ahead), the `Host` transcoding what the peer cannot take as stored; the
+//!   storage contexts the requestor takes the SCP role for get the syntax it prefers;
 //! - C-MOVE: the `Host` selects and sends over its own association to the destination, each
 //!   sub-operation's status reported here as a pending response.
 
@@ -180,8 +181,9 @@ pub trait Host: Send + Sync + 'static {
         request: QueryRequest,
         destination: &str,
     ) -> Result<(Vec<String>, SubOperationStatuses), u16>;
-    /// The data set of `instance` decoded into one of `accepted` (native syntaxes the peer
-    /// took for its SOP class): (transfer syntax, data set), or why it cannot be.
+    /// The data set of `instance` in the first of `accepted` (the syntaxes the peer took its
+    /// SOP class in, its preferred first) the host can make it in without changing a pixel:
+    /// (transfer syntax, data set), or why it cannot be.
     fn transcode(
         &self,
         instance: &Selected,
@@ -425,6 +427,11 @@ fn accept_loop(shared: &Arc<Shared>, socket: &TcpListener) {
             threads.push(handle);
         }
     }
+}
+
+/// The first of `ours` (in our order of preference) that the peer proposed.
+fn first_in<'a>(ours: &'a [String], proposed: &[String]) -> Option<&'a String> {
+    ours.iter().find(|ts| proposed.contains(ts))
 }
 
 /// Reads the first PDU: Some(body) for an A-ASSOCIATE-RQ of a sane size.
@@ -672,18 +679,39 @@ impl Association<'_> {
             );
             return false;
         }
+        // The requestor may act as SCP for storage SOP classes (C-GET sends them back); the
+        // roles it proposes for anything else are declined.
+        let roles: Vec<RoleSelection> = self
+            .rq
+            .roles
+            .iter()
+            .map(|r| RoleSelection {
+                sop_class_uid: r.sop_class_uid.clone(),
+                scu: r.scu,
+                scp: r.scp && config.storage_classes.contains(&r.sop_class_uid),
+            })
+            .collect();
+        self.sendable = roles
+            .iter()
+            .filter(|r| r.scp)
+            .map(|r| r.sop_class_uid.clone())
+            .collect();
         let mut results = Vec::with_capacity(self.rq.contexts.len());
         let identifier_syntaxes = [EXPLICIT_VR_LE.to_string(), IMPLICIT_VR_LE.to_string()];
         for proposed in &self.rq.contexts {
-            // Identifiers are read in the uncompressed little endian syntaxes only.
-            let ours = if config.is_query(&proposed.abstract_syntax) {
-                &identifier_syntaxes[..]
+            let chosen = if config.is_query(&proposed.abstract_syntax) {
+                // Identifiers are read in the uncompressed little endian syntaxes only.
+                first_in(&identifier_syntaxes, &proposed.transfer_syntaxes)
+            } else if self.sendable.contains(&proposed.abstract_syntax) {
+                // What C-GET sends back: the requestor's order decides (its first syntax the
+                // archive knows; the host makes each instance in it, or sends it as stored).
+                proposed
+                    .transfer_syntaxes
+                    .iter()
+                    .find(|ts| config.transfer_syntaxes.contains(ts))
             } else {
-                &config.transfer_syntaxes[..]
+                first_in(&config.transfer_syntaxes, &proposed.transfer_syntaxes)
             };
-            let chosen = ours
-                .iter()
-                .find(|ts| proposed.transfer_syntaxes.contains(ts));
             let result = match chosen {
                 _ if !config.serves_class(&proposed.abstract_syntax) => ContextResult {
                     id: proposed.id,
@@ -715,23 +743,6 @@ impl Association<'_> {
             };
             results.push(result);
         }
-        // The requestor may act as SCP for storage SOP classes (C-GET sends them back); the
-        // roles it proposes for anything else are declined.
-        let roles: Vec<RoleSelection> = self
-            .rq
-            .roles
-            .iter()
-            .map(|r| RoleSelection {
-                sop_class_uid: r.sop_class_uid.clone(),
-                scu: r.scu,
-                scp: r.scp && config.storage_classes.contains(&r.sop_class_uid),
-            })
-            .collect();
-        self.sendable = roles
-            .iter()
-            .filter(|r| r.scp)
-            .map(|r| r.sop_class_uid.clone())
-            .collect();
         let implementation = &config.implementation;
         let ac = pdu::encode_associate_ac(
             &self.rq,
@@ -1265,6 +1276,28 @@ impl Association<'_> {
             .min()
     }
 
+    /// The syntaxes the peer took `sop_class` in with us as SCU, in the order it proposed
+    /// their contexts (its order of preference).
+    fn accepted_for(&self, sop_class: &str) -> Vec<String> {
+        if !self.sendable.contains(sop_class) {
+            return Vec::new();
+        }
+        let mut contexts: Vec<(u8, &String)> = self
+            .contexts
+            .iter()
+            .filter(|(_, (abstract_syntax, _))| abstract_syntax == sop_class)
+            .map(|(id, (_, ts))| (*id, ts))
+            .collect();
+        contexts.sort();
+        let mut syntaxes: Vec<String> = Vec::new();
+        for (_, ts) in contexts {
+            if !syntaxes.contains(ts) {
+                syntaxes.push(ts.clone());
+            }
+        }
+        syntaxes
+    }
+
     /// The data set of `instance` read ahead, when it is sent as stored and small enough.
     fn prefetch(&self, instance: &Selected) -> Option<Vec<u8>> {
         let size = instance
@@ -1297,45 +1330,35 @@ impl Association<'_> {
         next: Option<&Selected>,
     ) -> io::Result<(SubOperation, Option<Vec<u8>>)> {
         let uid = &instance.sop_instance_uid;
-        let (context_id, decoded) = match self
-            .sending_context(&instance.sop_class_uid, &instance.transfer_syntax)
-        {
-            Some(id) => (id, None),
-            None => {
-                let accepted: Vec<String> = if self.sendable.contains(&instance.sop_class_uid) {
-                    let mut syntaxes: Vec<String> = self
-                        .contexts
-                        .values()
-                        .filter(|(abstract_syntax, _)| *abstract_syntax == instance.sop_class_uid)
-                        .map(|(_, ts)| ts.clone())
-                        .collect();
-                    syntaxes.sort();
-                    syntaxes.dedup();
-                    syntaxes
-                } else {
-                    Vec::new()
-                };
-                let transcoded =
-                    self.shared
-                        .host
-                        .transcode(instance, &accepted)
-                        .and_then(|(ts, data)| {
-                            self.sending_context(&instance.sop_class_uid, &ts)
-                                .map(|id| (id, data))
-                                .ok_or_else(|| format!("{uid}: no context for {ts}"))
-                        });
-                match transcoded {
-                    Ok((id, data)) => (id, Some(data)),
-                    Err(why) => {
-                        self.log(
-                            LogLevel::Error,
-                            format!("C-GET from {}: sub-operation failed: {why}", self.who()),
-                        );
-                        return Ok((SubOperation::NotSent, None));
+        let (context_id, decoded) =
+            match self.sending_context(&instance.sop_class_uid, &instance.transfer_syntax) {
+                Some(id) => (id, None),
+                None => {
+                    let accepted = self.accepted_for(&instance.sop_class_uid);
+                    let transcoded =
+                        self.shared
+                            .host
+                            .transcode(instance, &accepted)
+                            .and_then(|(ts, data)| {
+                                self.sending_context(&instance.sop_class_uid, &ts)
+                                    .map(|id| (id, data))
+                                    .ok_or_else(|| format!("{uid}: no context for {ts}"))
+                            });
+                    match transcoded {
+                        Ok((id, data)) => (id, Some(data)),
+                        Err(why) => {
+                            self.log(
+                                LogLevel::Error,
+                                format!(
+                                    "C-GET from {}: sub-operation for {uid} failed: {why}",
+                                    self.who()
+                                ),
+                            );
+                            return Ok((SubOperation::NotSent, None));
+                        }
                     }
                 }
-            }
-        };
+            };
         let data = decoded.or(stored);
         if data.is_none() {
             // Not read ahead (too large, or the read failed): checked whole before its first

@@ -5,9 +5,10 @@ negotiation, PDUs, DIMSE, C-STORE data sets streamed into the pack store (durabl
 log before any C-STORE-RSP, indexed by the archive's applier) and C-GET instances streamed out
 of it. This module is its host, where the decisions live: access policy, identifiers and the
 index's query engine answer C-FIND (``_find``) and select what C-GET and C-MOVE retrieve
-(``_select``); pydicom decodes what a peer cannot take as stored (``_transcode``); C-MOVE's
+(``_select``); the transcoder gives what a peer cannot take as stored (``_transcode``); C-MOVE's
 sub-operations go to the destination over an association made here with pynetdicom as SCU
-(``_move``). The listener logs every association and request on a line.
+(``_move``). C-FIND and the retrieves select through one ``Finder`` (what the index does not
+keep is read from the stored headers). The listener logs every association and request on a line.
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ from dicomvault.net.status import (
     NOT_AUTHORIZED,
     OUT_OF_RESOURCES,
     OUT_OF_RESOURCES_MATCHES,
+    SUB_OPERATION_FAILED,
     SUCCESS,
     UNABLE_TO_PROCESS,
 )
 from dicomvault.store import Archive
 from dicomvault.store.archive import IndexUnavailable
+from dicomvault.store.finder import Finder
 
 log = logging.getLogger("dicomvault.net")
 
@@ -81,9 +84,9 @@ def _sub_operations(assoc: Association, instances: list[StoredInstance]) -> Iter
                 # Not sendable in any syntax the peer accepted, or damaged in the archive: read
                 # whole before anything is sent, so only this sub-operation fails.
                 log.error("C-MOVE: sub-operation for %s failed: %s", instance.SOPInstanceUID, e)
-                yield OUT_OF_RESOURCES
+                yield SUB_OPERATION_FAILED
                 continue
-            yield int(getattr(response, "Status", OUT_OF_RESOURCES))
+            yield int(getattr(response, "Status", SUB_OPERATION_FAILED))
     finally:
         assoc.release()
 
@@ -99,7 +102,8 @@ class DicomServer:
         self.archive = archive
         self.dicom = settings["dicom"]
         self.policy = AccessPolicy(self.dicom, settings["modalities"])
-        self.case_insensitive_pn = bool(settings["index"]["case_insensitive_pn"])
+        # C-FIND and the retrieves select alike, with the index's person name matching.
+        self.finder = Finder(archive, bool(settings["index"]["case_insensitive_pn"]))
         self.aet = str(self.dicom["aet"])
         # The SCU of C-MOVE's sub-operations.
         self.ae = AE(ae_title=self.aet)
@@ -184,9 +188,7 @@ class DicomServer:
         except IndexUnavailable as e:
             log.error("C-FIND refused: %s", e)
             return OUT_OF_RESOURCES, iter(())
-        matches = self.archive.index.find(
-            level, filters, [*requested, *AUDITED], case_insensitive_pn=self.case_insensitive_pn
-        )
+        matches = self.finder.find(level, filters, [*requested, *AUDITED])
 
         def answers() -> Iterator[bytes]:
             # Recorded once every answer is sent (or the peer cancelled), before the final
@@ -244,7 +246,7 @@ class DicomServer:
             log.error("%s: %s", name, e)
             return e.status, [], []
         try:
-            matches = list(self.archive.index.find(level, filters, AUDITED))
+            matches = list(self.finder.find(level, filters, AUDITED))
             records = [r for m in matches if (r := self.archive.index.get(level, m["_key"]))]
             chosen = [selected(record) for record in self.archive.instances(records)]
         except IndexUnavailable as e:
@@ -293,22 +295,7 @@ class DicomServer:
         if status != SUCCESS or destination is None or not chosen:
             return status, [], iter(())
         instances = [outbound(self.archive, s) for s in chosen]
-        assoc = self.ae.associate(
-            destination.host,
-            destination.port,
-            contexts.for_instances(instances),
-            ae_title=destination.aet,
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
-            tls_args=tls_arguments(destination, self.dicom),
-        )
-        if not assoc.is_established:
-            log.error(
-                "C-MOVE: no association with %s@%s:%d",
-                destination.aet,
-                destination.host,
-                destination.port,
-            )
-            return MOVE_DESTINATION_UNKNOWN, [], iter(())
+        uids = [i.SOPInstanceUID for i in instances]
         self._audit_retrieve(
             "C-MOVE",
             calling_ae,
@@ -318,7 +305,26 @@ class DicomServer:
             matches,
             destination=f"{destination.aet}@{destination.host}:{destination.port}",
         )
-        return SUCCESS, [i.SOPInstanceUID for i in instances], _sub_operations(assoc, instances)
+        assoc = self.ae.associate(
+            destination.host,
+            destination.port,
+            contexts.for_instances(instances),
+            ae_title=destination.aet,
+            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+            tls_args=tls_arguments(destination, self.dicom),
+        )
+        if not assoc.is_established:
+            # A known destination that cannot be reached: every sub-operation fails (PS3.4
+            # C.4.2.1.5), which the final response reports as 0xA702 with the counts.
+            log.error(
+                "C-MOVE: no association with %s@%s:%d: %d sub-operations failed",
+                destination.aet,
+                destination.host,
+                destination.port,
+                len(uids),
+            )
+            return SUCCESS, uids, iter([SUB_OPERATION_FAILED] * len(uids))
+        return SUCCESS, uids, _sub_operations(assoc, instances)
 
     def _transcode(
         self,
@@ -329,7 +335,8 @@ class DicomServer:
         manifest: bytes,
         accepted: list[str],
     ) -> tuple[str, bytes]:
-        """C-GET: an instance's data set decoded into a native syntax the peer took."""
+        """C-GET: an instance's data set in the first of ``accepted`` (the peer's order) the
+        transcoder can give it in."""
         instance = Selected(
             sop_class_uid, sop_instance_uid, transfer_syntax, dataset_offset, manifest
         )
