@@ -16,32 +16,13 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
 
-from dicomvault.bench.corpus import clinical_corpus
-from dicomvault.bench.peers import free_port
 from dicomvault.testdata import readable_pydicom_test_files
-from tests.net.conftest import Server, store_corpus
 from tests.net.test_dcmtk_peers import findscu, getscu
 
 QR = "WORKSTATION"
 # What asks WADO-RS for instances as stored, byte for byte (PS3.18 8.7.3.5.2).
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAMES_AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dicomweb")
-    http_port = free_port()
-    server = Server(
-        tmp,
-        {"WORKSTATION": {"aet": QR, "host": "127.0.0.1", "port": 1}},
-        sections={"http": {"enabled": True, "host": "127.0.0.1", "port": http_port}},
-    ).start()
-    corpus = clinical_corpus(tmp / "corpus")
-    store_corpus(server, corpus)
-    url = f"http://127.0.0.1:{http_port}/dicom-web"
-    yield server, corpus, url
-    assert server.stop() == 0
 
 
 def multipart_parts(response: httpx.Response) -> list[bytes]:

@@ -37,12 +37,11 @@ def element_text(element: DataElement) -> str:
 
 
 def _header_value(header: Dataset, keyword: str) -> Any:
-    element = header.get(keyword)
-    if element is None:
+    """A sequence as its element, any other value as text ("" when absent)."""
+    if keyword not in header:
         return ""
-    if element.VR == "SQ":
-        return header[keyword]
-    return element_text(header[keyword])
+    element = header[keyword]
+    return element if element.VR == "SQ" else element_text(element)
 
 
 class Finder:
