@@ -829,13 +829,14 @@ impl<T> Drop for PyItems<T> {
 }
 
 impl PyHost {
-    /// `callable(calling_ae, address, model, transfer_syntax, identifier[, destination])`.
+    /// `callable(calling_ae, address, model, transfer_syntax, identifier[, destination,
+    /// requestor_fd])`.
     fn query<'py>(
         &self,
         py: Python<'py>,
         callable: &Py<PyAny>,
         request: &scp::QueryRequest,
-        destination: Option<&str>,
+        destination: Option<(&str, std::os::fd::RawFd)>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut args = vec![
             PyString::new(py, &request.calling_ae).into_any(),
@@ -844,7 +845,10 @@ impl PyHost {
             PyString::new(py, &request.transfer_syntax).into_any(),
             PyBytes::new(py, &request.identifier).into_any(),
         ];
-        args.extend(destination.map(|d| PyString::new(py, d).into_any()));
+        if let Some((destination, requestor)) = destination {
+            args.push(PyString::new(py, destination).into_any());
+            args.push(requestor.into_pyobject(py)?.into_any());
+        }
         callable
             .bind(py)
             .call1(pyo3::types::PyTuple::new(py, args)?)
@@ -925,11 +929,12 @@ impl scp::Host for PyHost {
         &self,
         request: scp::QueryRequest,
         destination: &str,
+        requestor: std::os::fd::RawFd,
     ) -> Result<(Vec<String>, scp::SubOperationStatuses), u16> {
         Python::attach(|py| {
             let run = || -> PyResult<Result<(Vec<String>, scp::SubOperationStatuses), u16>> {
                 let (status, uids, statuses): (u16, Vec<String>, Bound<'_, PyAny>) = self
-                    .query(py, &self.move_to, &request, Some(destination))?
+                    .query(py, &self.move_to, &request, Some((destination, requestor)))?
                     .extract()?;
                 if status != scp::SUCCESS {
                     return Ok(Err(status));
@@ -982,8 +987,8 @@ const UNABLE_TO_PROCESS: u16 = 0xC000;
 /// sop_instance, transfer_syntax, dataset_offset, manifest, accepted) -> (syntax, data set)`,
 /// answers C-FIND through `find(calling_ae, address, model, transfer_syntax, identifier) ->
 /// (status, iterator of encoded response identifiers)` and carries out C-MOVE through
-/// `move_to(calling_ae, address, model, transfer_syntax, identifier, destination) -> (status,
-/// [SOP Instance UID], iterator of sub-operation statuses)`.
+/// `move_to(calling_ae, address, model, transfer_syntax, identifier, destination,
+/// requestor_fd) -> (status, [SOP Instance UID], iterator of sub-operation statuses)`.
 #[pyclass(module = "dicomvault._native")]
 struct DicomListener {
     listener: Option<scp::Listener>,

@@ -25,7 +25,7 @@ use crate::scan::{FeedError, ScanOptions};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -175,11 +175,15 @@ pub trait Host: Send + Sync + 'static {
     /// as they are sent (an error ends the responses), or the status refusing it.
     fn find(&self, request: QueryRequest) -> Result<Matches, u16>;
     /// A C-MOVE to `destination` (an AE title): the SOP Instance UIDs it sends and their
-    /// sub-operations' statuses as the host sends them, or the status refusing it.
+    /// sub-operations' statuses as the host sends them, or the status refusing it. The host
+    /// watches `requestor` (the socket, which the listener does not read meanwhile): whatever
+    /// arrives on it (a C-CANCEL, an A-ABORT, the end of the connection) stops the sending at
+    /// once, rather than after a slow destination's next answer.
     fn move_to(
         &self,
         request: QueryRequest,
         destination: &str,
+        requestor: RawFd,
     ) -> Result<(Vec<String>, SubOperationStatuses), u16>;
     /// The data set of `instance` in the first of `accepted` (the syntaxes the peer took its
     /// SOP class in, its preferred first) the host can make it in without changing a pixel:
@@ -1214,10 +1218,12 @@ impl Association<'_> {
         let (request, mut progress) = self.begin_retrieve(command, context_id, identifier);
         let destination = command.move_destination.clone();
         let detail = format!("to {destination}");
-        let (uids, sub_operations) = match self.shared.host.move_to(request, &destination) {
-            Ok(moving) => moving,
-            Err(status) => return self.refused(&progress, "C-MOVE", started, status, &detail),
-        };
+        let requestor = self.stream.as_raw_fd();
+        let (uids, sub_operations) =
+            match self.shared.host.move_to(request, &destination, requestor) {
+                Ok(moving) => moving,
+                Err(status) => return self.refused(&progress, "C-MOVE", started, status, &detail),
+            };
         progress.begin(uids.len());
         self.cancelled = false;
         for (uid, status) in uids.iter().zip(sub_operations) {

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import io
 import logging
+import select
+import threading
 from collections.abc import Iterator
 
 from pydicom.dataset import Dataset
@@ -60,6 +62,8 @@ MAX_PDU = 4 << 20
 AUDITED = ("PatientID", "IssuerOfPatientID", "PatientName", "StudyInstanceUID")
 # Seconds a peer may stay silent mid-association.
 NETWORK_TIMEOUT = 60
+# How often a C-MOVE's watch of its requestor checks whether to stop watching.
+WATCH_INTERVAL_MS = 200
 
 # pynetdicom logs every PDU at INFO; keep its own chatter to warnings.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -73,11 +77,52 @@ def _decoded_identifier(service: str, identifier: bytes, syntax: UID) -> Dataset
         return None
 
 
-def _sub_operations(assoc: Association, instances: list[StoredInstance]) -> Iterator[int]:
-    """Sends each instance over ``assoc``, yielding its C-STORE status; releases ``assoc``
-    when done or closed early (a C-CANCEL)."""
+def abort_now(assoc: Association) -> None:
+    """Aborts an association we requested and wakes whatever waits on it for a response:
+    pynetdicom wakes such a wait when the peer aborts (with its (None, None) message) but
+    not when we do, and it would wait out the DIMSE timeout."""
+    assoc.abort()
+    assoc.dimse.msg_queue.put((None, None))
+
+
+class RequestorWatch:
+    """Watches a C-MOVE requestor's socket while its sub-operations go to the destination:
+    anything it sends (a C-CANCEL, an A-ABORT) or the end of its connection aborts the
+    association with the destination at once, so that a slow or silent destination does not
+    keep the work going; the listener reads what arrived once the host returns."""
+
+    def __init__(self, fd: int, assoc: Association) -> None:
+        self.spoke = threading.Event()
+        self._done = threading.Event()
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLRDHUP)
+        self._assoc = assoc
+        self._thread = threading.Thread(target=self._watch, name="c-move-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            if self._poll.poll(WATCH_INTERVAL_MS):
+                self.spoke.set()
+                log.warning("C-MOVE: the requestor spoke or left: its sub-operations end")
+                abort_now(self._assoc)
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _sub_operations(
+    assoc: Association, instances: list[StoredInstance], requestor_fd: int
+) -> Iterator[int]:
+    """Sends each instance over ``assoc``, yielding its C-STORE status, until the requestor
+    speaks or leaves; releases ``assoc`` when done or closed early (a C-CANCEL)."""
+    watch = RequestorWatch(requestor_fd, assoc)
     try:
         for instance in instances:
+            if watch.spoke.is_set():
+                return
             try:
                 response = assoc.send_c_store(instance)
             except (ValueError, _native.DamagedError) as e:
@@ -86,9 +131,15 @@ def _sub_operations(assoc: Association, instances: list[StoredInstance]) -> Iter
                 log.error("C-MOVE: sub-operation for %s failed: %s", instance.SOPInstanceUID, e)
                 yield SUB_OPERATION_FAILED
                 continue
+            except RuntimeError:  # the association was aborted under it
+                if watch.spoke.is_set():
+                    return
+                raise
             yield int(getattr(response, "Status", SUB_OPERATION_FAILED))
     finally:
-        assoc.release()
+        watch.stop()
+        if assoc.is_established:
+            assoc.release()
 
 
 class DicomServer:
@@ -147,7 +198,12 @@ class DicomServer:
         return host, port
 
     def stop(self) -> None:
-        """Stops accepting; associations in progress end, what they acknowledged is durable."""
+        """Stops accepting; associations in progress end, what they acknowledged is durable.
+        C-MOVE sub-associations are aborted first: a destination that is slow to answer
+        would otherwise hold their association threads (and the exit) for the DIMSE
+        timeout."""
+        for assoc in self.ae.active_associations:
+            abort_now(assoc)
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
@@ -282,6 +338,7 @@ class DicomServer:
         transfer_syntax: str,
         identifier: bytes,
         destination_aet: str,
+        requestor_fd: int,
     ) -> tuple[int, list[str], Iterator[int]]:
         """C-MOVE: a status and, when it is Success, the SOP Instance UIDs to send and their
         C-STORE statuses as they are sent, over an association to the destination."""
@@ -324,7 +381,7 @@ class DicomServer:
                 len(uids),
             )
             return SUCCESS, uids, iter([SUB_OPERATION_FAILED] * len(uids))
-        return SUCCESS, uids, _sub_operations(assoc, instances)
+        return SUCCESS, uids, _sub_operations(assoc, instances, requestor_fd)
 
     def _transcode(
         self,
