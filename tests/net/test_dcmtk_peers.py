@@ -402,5 +402,11 @@ def test_person_name_matching_can_be_made_case_sensitive(tmp_path, corpus):
         store_corpus(srv, corpus)
         assert findscu(srv, "STUDY", {"PatientName": "smith*"}, tmp_path) == []
         assert len(findscu(srv, "STUDY", {"PatientName": "Smith*"}, tmp_path)) == 3
+        # A retrieve selects as the query matches (it once used the index's default).
+        smiths = {g.sop_instance_uid for g in corpus if g.patient_id == "12345"}
+        keys = {"QueryRetrieveLevel": "STUDY", "PatientName": "smith*"}
+        assert getscu(srv, tmp_path / "lower", **keys) == {}
+        keys["PatientName"] = "Smith*"
+        assert set(getscu(srv, tmp_path / "upper", **keys)) == smiths
     finally:
         assert srv.stop() == 0
