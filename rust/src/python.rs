@@ -760,6 +760,7 @@ struct PyHost {
     transcode: Py<PyAny>,
     find: Py<PyAny>,
     move_to: Py<PyAny>,
+    commit: Py<PyAny>,
 }
 
 /// Items pulled from a Python iterator as the listener sends them, a few at a time (taking
@@ -950,6 +951,17 @@ impl scp::Host for PyHost {
         })
     }
 
+    fn commit(&self, request: scp::QueryRequest) -> u16 {
+        Python::attach(|py| {
+            self.query(py, &self.commit, &request, None)
+                .and_then(|status| status.extract::<u16>())
+                .unwrap_or_else(|e| {
+                    e.print(py);
+                    PROCESSING_FAILURE
+                })
+        })
+    }
+
     fn transcode(
         &self,
         instance: &scp::Selected,
@@ -977,6 +989,8 @@ impl scp::Host for PyHost {
 
 /// A query refused for a failure of the host itself (PS3.4 C.4: Unable to process).
 const UNABLE_TO_PROCESS: u16 = 0xC000;
+/// An N-ACTION the host failed on (PS3.7 C: Processing failure).
+const PROCESSING_FAILURE: u16 = 0x0110;
 
 /// The DICOM listener (see `rust/src/scp.rs`): serves every association with `store`, appends
 /// what it receives to the pack log and leaves it in the store's backlog for the index
@@ -988,7 +1002,9 @@ const UNABLE_TO_PROCESS: u16 = 0xC000;
 /// answers C-FIND through `find(calling_ae, address, model, transfer_syntax, identifier) ->
 /// (status, iterator of encoded response identifiers)` and carries out C-MOVE through
 /// `move_to(calling_ae, address, model, transfer_syntax, identifier, destination,
-/// requestor_fd) -> (status, [SOP Instance UID], iterator of sub-operation statuses)`.
+/// requestor_fd) -> (status, [SOP Instance UID], iterator of sub-operation statuses)`; takes
+/// Storage Commitment requests through `commit(calling_ae, address, sop_class, transfer_syntax,
+/// action_information) -> N-ACTION status`.
 #[pyclass(module = "dicomvault._native")]
 struct DicomListener {
     listener: Option<scp::Listener>,
@@ -1001,7 +1017,7 @@ impl DicomListener {
         store, host, port, *, ae_title, check_called_aet, always_allow_echo, always_allow_store,
         check_modality_host, known, storage_classes, find_classes, move_classes, retrieve_classes,
         transfer_syntaxes, max_pdu, max_associations, timeout_s, implementation_class_uid,
-        implementation_version_name, log, select, transcode, find, move_to,
+        implementation_version_name, log, select, transcode, find, move_to, commit,
         replace_duplicates = false,
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -1031,6 +1047,7 @@ impl DicomListener {
         transcode: Py<PyAny>,
         find: Py<PyAny>,
         move_to: Py<PyAny>,
+        commit: Py<PyAny>,
         replace_duplicates: bool,
     ) -> PyResult<Self> {
         let address: std::net::SocketAddr =
@@ -1074,6 +1091,7 @@ impl DicomListener {
             transcode,
             find,
             move_to,
+            commit,
         });
         let core = store.core.clone();
         let received = store.received.clone();

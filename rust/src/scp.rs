@@ -32,6 +32,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+/// Storage Commitment Push Model (PS3.4 J): N-ACTION requests served, the host reporting.
+pub const STORAGE_COMMITMENT: &str = "1.2.840.10008.1.20.1";
 pub const SUCCESS: u16 = 0x0000;
 pub const NOT_AUTHORIZED: u16 = 0x0124;
 /// The request's SOP class is not what its presentation context was negotiated for (PS3.7 C).
@@ -193,6 +195,9 @@ pub trait Host: Send + Sync + 'static {
         instance: &Selected,
         accepted: &[String],
     ) -> Result<(String, Vec<u8>), String>;
+    /// A Storage Commitment request (its Action Information in `request.identifier`): the
+    /// N-ACTION status; the host verifies and sends the N-EVENT-REPORT itself.
+    fn commit(&self, request: QueryRequest) -> u16;
 }
 
 /// Group commit without a committer thread: the first association thread to arrive appends
@@ -459,7 +464,8 @@ impl ListenerConfig {
     }
 
     fn is_query(&self, abstract_syntax: &str) -> bool {
-        self.find_classes.contains(abstract_syntax)
+        abstract_syntax == STORAGE_COMMITMENT
+            || self.find_classes.contains(abstract_syntax)
             || self.move_classes.contains(abstract_syntax)
             || self.retrieve_classes.contains(abstract_syntax)
     }
@@ -935,13 +941,14 @@ impl Association<'_> {
                 *incoming = Some(Incoming::Store(Box::new(next)));
                 Ok(Flow::Continue)
             }
-            dimse::C_GET_RQ | dimse::C_FIND_RQ | dimse::C_MOVE_RQ
+            dimse::C_GET_RQ | dimse::C_FIND_RQ | dimse::C_MOVE_RQ | dimse::N_ACTION_RQ
                 if command.has_data_set && {
                     let config = &self.shared.config;
                     let model = &self.contexts[&context_id].0;
                     match command.field {
                         dimse::C_GET_RQ => config.retrieve_classes.contains(model),
                         dimse::C_MOVE_RQ => config.move_classes.contains(model),
+                        dimse::N_ACTION_RQ => model == STORAGE_COMMITMENT,
                         _ => config.find_classes.contains(model),
                     }
                 } =>
@@ -1005,6 +1012,7 @@ impl Association<'_> {
                 match command.field {
                     dimse::C_FIND_RQ => self.find(&command, context_id, identifier, started),
                     dimse::C_MOVE_RQ => self.move_to(&command, context_id, identifier, started),
+                    dimse::N_ACTION_RQ => self.commit_request(&command, context_id, identifier),
                     _ => self.retrieve(&command, context_id, identifier, started),
                 }
             }
@@ -1249,6 +1257,23 @@ impl Association<'_> {
             progress.status,
             &progress.detail(&detail),
         );
+        Ok(Flow::Continue)
+    }
+
+    /// Storage Commitment (PS3.4 J.3.2): the host takes the request (and reports on it later,
+    /// over an association of its own); the N-ACTION-RSP says whether it did.
+    fn commit_request(
+        &mut self,
+        command: &Command,
+        context_id: u8,
+        identifier: Vec<u8>,
+    ) -> io::Result<Flow> {
+        let started = Instant::now();
+        let mut request = self.query_request(command, context_id, identifier);
+        request.sop_class_uid = command.requested_sop_class_uid.clone();
+        let status = self.shared.host.commit(request);
+        self.send(context_id, &dimse::action_response(command, status))?;
+        self.log_request("N-ACTION (storage commitment)", started, status, "");
         Ok(Flow::Continue)
     }
 

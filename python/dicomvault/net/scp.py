@@ -30,6 +30,7 @@ from dicomvault.audit import Who
 from dicomvault.audit.trail import patient_of
 from dicomvault.config import Settings
 from dicomvault.net import contexts
+from dicomvault.net.commitment import CommitmentScp
 from dicomvault.net.outbound import Selected, StoredInstance, install, outbound, selected
 from dicomvault.net.policy import AccessPolicy
 from dicomvault.net.query import (
@@ -164,6 +165,7 @@ class DicomServer:
         self.ae.network_timeout = NETWORK_TIMEOUT
         self.ae.dimse_timeout = 600
         self._listener: _native.DicomListener | None = None
+        self.commitment = CommitmentScp(archive, self.policy, self.ae)
 
     def start(self) -> tuple[str, int]:
         self._listener = _native.DicomListener(
@@ -192,6 +194,7 @@ class DicomServer:
             transcode=self._transcode,
             find=self._find,
             move_to=self._move,
+            commit=self.commitment.request,
         )
         host, port = self._listener.address
         log.info("DICOM listener %s on %s:%d", self.aet, host, port)
@@ -207,6 +210,7 @@ class DicomServer:
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
+        self.commitment.join(timeout=2)
         self.ae.shutdown()
 
     def _allowed(self, aet: str, host: str, service: str, model: str) -> bool:

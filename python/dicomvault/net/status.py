@@ -25,6 +25,10 @@ CANNOT_UNDERSTAND = 0xC000
 DATA_SET_DOES_NOT_MATCH = 0xA900
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 PROCESSING_FAILURE = 0x0110
+# DIMSE-N statuses (PS3.7 C) and Storage Commitment Failure Reasons (PS3.4 J.3.3.1.1).
+MISSING_ATTRIBUTE = 0x0120
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+CLASS_INSTANCE_CONFLICT = 0x0119
 MOVE_DESTINATION_UNKNOWN = 0xA801
 # What a C-MOVE sub-operation that could not be carried out counts as: a failure, whatever
 # the cause (no association with the destination, nothing it accepts, damage here).
