@@ -248,8 +248,10 @@ def transcode(dataset: bytes, stored: str, target: str) -> bytes:
         )
         if target in NATIVE:
             return recode(explicit, ExplicitVRLittleEndian, target)
-        if target not in LOSSLESS_ENCODINGS:
-            raise CannotTranscode(f"no lossless encoder makes {UID(target).name}")
-        return _encoded(explicit, target)
+        if target in LOSSLESS_ENCODINGS:
+            return _encoded(explicit, target)
+        if not has_pixel_data(explicit, ExplicitVRLittleEndian):
+            return explicit  # the encapsulated syntaxes encode the rest as this one (PS3.5 A.4)
+        raise CannotTranscode(f"no lossless encoder makes {UID(target).name}")
     except RecodeError as e:
         raise CannotTranscode(str(e)) from e
