@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -54,6 +55,12 @@ WIDTH = {
 # Text, OB, UN and SQ: their bytes never change with the byte order.
 _UNSWAPPED = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "OB", "PN", "SH", "SQ", "ST")
 _KNOWN_VRS = frozenset(WIDTH) | frozenset(_UNSWAPPED) | {"TM", "UC", "UI", "UN", "UR", "UT"}
+
+
+# An element put in a data set: its VR, its value in Explicit VR Little Endian, whether it is
+# of undefined length (encapsulated Pixel Data: its items, the delimiter written after them).
+Replacement = tuple[str, bytes, bool]
+Replacements = Mapping[int, Replacement | None] | None
 
 
 class RecodeError(ValueError):
@@ -157,10 +164,21 @@ class _Recoder:
         else:
             out += vr.encode() + struct.pack(order + "H", length)
 
-    def data_set(self, at: int, end: int, out: bytearray, in_item: bool) -> int:
+    def data_set(
+        self, at: int, end: int, out: bytearray, in_item: bool, replace: Replacements = None
+    ) -> int:
         """Re-encodes elements from ``at`` up to ``end`` (or the item's end delimiter when
-        ``end`` is None); returns where it stopped."""
+        ``in_item``); returns where it stopped. ``replace`` (top level only) puts elements
+        in place of those of its tags (or inserts them; None removes one)."""
+        pending = sorted((replace or {}).items())
         group_length: tuple[int, int] | None = None  # (group, place of its value in out)
+
+        def flush(below: int) -> None:
+            while pending and pending[0][0] < below:
+                tag, element = pending.pop(0)
+                if element is not None:
+                    self._write_replacement(out, tag, element)
+
         while at < end:
             tag, written, length, value_at = self._header(at)
             if tag == ITEM_END and in_item:
@@ -170,8 +188,16 @@ class _Recoder:
             if tag in (ITEM, ITEM_END, SEQUENCE_END):
                 raise RecodeError(f"unexpected delimiter at byte {at}")
             if group_length is not None and tag >> 16 != group_length[0]:
+                flush((group_length[0] + 1) << 16)
                 self._patch_group_length(out, group_length[1])
                 group_length = None
+            flush(tag)
+            if pending and pending[0][0] == tag:
+                element = pending.pop(0)[1]
+                if element is not None:
+                    self._write_replacement(out, tag, element)
+                at = self._skip(tag, value_at, length)
+                continue
             vr = self._vr(tag, written, length)
             if vr == "SQ" or (vr == "UN" and length == UNDEFINED):
                 at = self._sequence(tag, vr, length, value_at, out)
@@ -196,10 +222,41 @@ class _Recoder:
             self._write_header(out, tag, vr, length)
             out += value
         if group_length is not None:
+            flush((group_length[0] + 1) << 16)
             self._patch_group_length(out, group_length[1])
+        flush(1 << 32)
         if in_item:
             raise RecodeError("an item without its end delimiter")
         return at
+
+    def _skip(self, tag: int, at: int, length: int) -> int:
+        """Where the value of ``tag`` starting at ``at`` ends: after its fragments or items
+        and their delimiter when of undefined length."""
+        if length != UNDEFINED:
+            self._need(at, length)
+            return at + length
+        if tag != PIXEL_DATA:  # a sequence: walked in its own encoding, nothing written
+            return _Recoder(self.data, self.source, self.source)._sequence(
+                tag, "SQ", UNDEFINED, at, bytearray()
+            )
+        while True:  # fragments: items of defined length, then the delimiter
+            item, _, item_length, value_at = self._header(at)
+            if item == SEQUENCE_END:
+                return value_at
+            if item != ITEM or item_length == UNDEFINED:
+                raise RecodeError(f"a malformed fragment at byte {at}")
+            self._need(value_at, item_length)
+            at = value_at + item_length
+
+    def _write_replacement(self, out: bytearray, tag: int, element: Replacement) -> None:
+        """An element given in Explicit VR Little Endian, in the target encoding."""
+        vr, value, undefined = element
+        if not self.target.little and vr in WIDTH:
+            value = _swap(value, WIDTH[vr])
+        self._write_header(out, tag, vr, UNDEFINED if undefined else len(value))
+        out += value
+        if undefined:
+            self._write_header(out, SEQUENCE_END, None, 0)
 
     def _patch_group_length(self, out: bytearray, value_at: int) -> None:
         struct.pack_into(self.target.order + "I", out, value_at, len(out) - value_at - 4)
@@ -243,10 +300,13 @@ class _Recoder:
         return at
 
 
-def recode(data: bytes, source: str, target: str) -> bytes:
+def recode(data: bytes, source: str, target: str, replace: Replacements = None) -> bytes:
     """The data set ``data`` (no File Meta) encoded in ``source``, re-encoded in ``target``;
-    both native. RecodeError when it cannot be read as such."""
-    if source == target:
+    both native, except that a source's encapsulated Pixel Data may be replaced. ``replace``
+    puts top-level elements (VR, Explicit VR Little Endian value, undefined length) in place
+    of those of the same tags, or inserts them, or (None) removes them. RecodeError when the
+    data set cannot be read as such."""
+    if source == target and not replace:
         return data
     if source == DeflatedExplicitVRLittleEndian:
         try:
@@ -260,7 +320,7 @@ def recode(data: bytes, source: str, target: str) -> bytes:
     recoder = _Recoder(data, Encoding.of(source), Encoding.of(target))
     out = bytearray()
     try:
-        recoder.data_set(0, len(data), out, in_item=False)
+        recoder.data_set(0, len(data), out, in_item=False, replace=replace)
     except struct.error as e:
         raise RecodeError(f"the data set ends inside an element: {e}") from e
     if deflate:

@@ -15,15 +15,15 @@ an archived instance in a transfer syntax a peer can take, never with other pixe
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 
 import numpy
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -36,7 +36,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicomvault.dicom.recode import NATIVE, RecodeError, recode
+from dicomvault.dicom.recode import NATIVE, PIXEL_DATA, RecodeError, Replacement, recode
 
 # Syntaxes produced by a lossless encoder: (the syntax pydicom encodes, its options). The
 # lossy-capable JPEG 2000 and JPEG-LS syntaxes carry a lossless code stream as well.
@@ -46,6 +46,15 @@ LOSSLESS_ENCODINGS: dict[str, tuple[UID, dict[str, object]]] = {
     JPEG2000: (JPEG2000Lossless, {"use_mct": False}),
     JPEGLSLossless: (JPEGLSLossless, {}),
     JPEGLSNearLossless: (JPEGLSLossless, {}),
+}
+# What pydicom's decoders and encoders may change besides Pixel Data, with their tags and VRs.
+_PIXEL_MODULE = {
+    "PhotometricInterpretation": (0x00280004, "CS"),
+    "PlanarConfiguration": (0x00280006, "US"),
+    "NumberOfFrames": (0x00280008, "IS"),
+    "LossyImageCompression": (0x00282110, "CS"),
+    "LossyImageCompressionRatio": (0x00282112, "DS"),
+    "LossyImageCompressionMethod": (0x00282114, "CS"),
 }
 # Pillow decodes JPEG baseline with libjpeg-turbo, whose output is DCMTK's (IJG libjpeg) to
 # the bit; pydicom's first choice, pylibjpeg-libjpeg, differs from it by one here and there.
@@ -113,12 +122,30 @@ def has_pixel_data(dataset: bytes, syntax: str) -> bool:
         return True
 
 
-def _explicit_le(ds: Dataset) -> bytes:
-    """``ds`` written in Explicit VR Little Endian, its data set only (no File Meta)."""
-    out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, False
-    write_dataset(out, ds)
-    return out.getvalue()
+def _pixel_module(ds: Dataset) -> dict[str, object]:
+    return {k: ds[k].value for k in _PIXEL_MODULE if k in ds}
+
+
+def _value(vr: str, value: object) -> bytes:
+    """A value of ``_PIXEL_MODULE`` in Explicit VR Little Endian."""
+    if vr == "US":
+        return struct.pack("<H", int(value))  # type: ignore[call-overload]
+    values = value if isinstance(value, list | tuple | MultiValue) else [value]
+    text = "\\".join(str(v) for v in values).encode("ascii")
+    return text + b" " * (len(text) % 2)
+
+
+def _spliced(
+    dataset: bytes, before: dict[str, object], after: Dataset, pixels: Replacement
+) -> bytes:
+    """The data set as stored (Explicit VR Little Endian, encapsulated or not) with only what
+    a codec changed put in: Pixel Data and the pixel module attributes whose values changed.
+    Nothing else is rewritten, so nothing else can change."""
+    replace: dict[int, Replacement | None] = {PIXEL_DATA: pixels}
+    for keyword, (tag, vr) in _PIXEL_MODULE.items():
+        if keyword in after and after[keyword].value != before.get(keyword):
+            replace[tag] = (vr, _value(vr, after[keyword].value), False)
+    return recode(dataset, ExplicitVRLittleEndian, ExplicitVRLittleEndian, replace)
 
 
 def _first_frame(ds: Dataset) -> bytes:
@@ -169,6 +196,7 @@ def _decoded(dataset: bytes, syntax: str) -> bytes:
     ds = _read(dataset, syntax)
     if "PixelData" not in ds:
         return dataset  # encoded as Explicit VR Little Endian already (PS3.5 A.4)
+    before = _pixel_module(ds)
     lossy = _was_lossy(ds, syntax)
     compressed_size = len(ds.PixelData)
     try:
@@ -183,8 +211,7 @@ def _decoded(dataset: bytes, syntax: str) -> bytes:
         _mark_lossy(ds, syntax, compressed_size, len(ds.PixelData))
     # Decoded pixels are OW whatever their depth, as DCMTK's decoders write them: a big
     # endian target then swaps 8-bit samples in pairs exactly as dcmdjpeg +tb does.
-    ds["PixelData"].VR = "OW"
-    return _explicit_le(ds)
+    return _spliced(dataset, before, ds, ("OW", ds.PixelData, False))
 
 
 def _encoded(dataset: bytes, target: str) -> bytes:
@@ -195,6 +222,7 @@ def _encoded(dataset: bytes, target: str) -> bytes:
     ds = _read(dataset, ExplicitVRLittleEndian)
     if "PixelData" not in ds:
         return dataset  # the encapsulated syntaxes encode the rest as this one (PS3.5 A.4)
+    before = _pixel_module(ds)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -203,7 +231,7 @@ def _encoded(dataset: bytes, target: str) -> bytes:
                 # pydicom's encoders take color by pixel: the same pixels, rearranged.
                 ds.PixelData, ds.PlanarConfiguration = pixels.tobytes(), 0
             ds.compress(encoding, generate_instance_uid=False, **options)
-            encoded = _explicit_le(ds)
+            encoded = _spliced(dataset, before, ds, ("OB", ds.PixelData, True))
             again = _read(encoded, encoding).pixel_array
     except Exception as e:  # the encoders raise many types
         raise CannotTranscode(f"cannot encode as {UID(target).name}: {e}") from e
