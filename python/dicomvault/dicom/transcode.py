@@ -18,7 +18,7 @@ import io
 import struct
 import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -91,12 +91,6 @@ def producible(stored: str, target: str, has_pixels: bool) -> bool:
     return target in LOSSLESS_ENCODINGS
 
 
-def choose(stored: str, candidates: Iterable[str], has_pixels: bool) -> str | None:
-    """The first of ``candidates`` (in the peer's order of preference) the instance can be
-    given in, or None."""
-    return next((ts for ts in candidates if producible(stored, ts, has_pixels)), None)
-
-
 def _read(dataset: bytes, syntax: str, **options: object) -> Dataset:
     """A data set (no File Meta) in ``syntax`` (not deflated) read by pydicom."""
     meta = FileMetaDataset()
@@ -114,11 +108,11 @@ def _read(dataset: bytes, syntax: str, **options: object) -> Dataset:
 
 def has_pixel_data(dataset: bytes, syntax: str) -> bool:
     """Whether the data set holds Pixel Data (its values over 1 KiB are not read)."""
-    if syntax == DeflatedExplicitVRLittleEndian:
-        dataset, syntax = zlib.decompress(dataset, -zlib.MAX_WBITS), ExplicitVRLittleEndian
     try:
+        if syntax == DeflatedExplicitVRLittleEndian:
+            dataset, syntax = zlib.decompress(dataset, -zlib.MAX_WBITS), ExplicitVRLittleEndian
         return "PixelData" in _read(dataset, syntax, defer_size=1024)
-    except Exception:  # pydicom's reading errors have many types; decoding says why later
+    except Exception:  # zlib's and pydicom's errors have many types; transcoding says why
         return True
 
 

@@ -35,13 +35,10 @@ def storage_sop_classes() -> list[str]:
 
 
 def accepted_syntaxes() -> list[str]:
-    """Every transfer syntax, in the order the SCP takes them when one presentation context
-    offers several (pynetdicom picks the first of ours that the peer proposed).
-
-    Explicit VR Little Endian comes first because the archive can always produce it (it
-    decompresses, it cannot compress): a C-GET context covers every instance of its SOP class,
-    whatever syntax each is stored in. A peer that wants an instance as stored offers that
-    syntax in a context of its own, as DCMTK's storescu does and dicomvault's C-MOVE does."""
+    """Every transfer syntax, in the order the SCP takes them when a presentation context of
+    a C-STORE to the archive offers several (the first of ours that the peer proposed):
+    Explicit VR Little Endian first, then the encapsulated ones. For the storage contexts a
+    C-GET requestor takes the SCP role for, the requestor's order decides instead."""
     first, rest = (
         [ExplicitVRLittleEndian],
         [DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian],
