@@ -951,10 +951,19 @@ impl scp::Host for PyHost {
         })
     }
 
-    fn commit(&self, request: scp::QueryRequest) -> u16 {
+    fn commit(&self, request: scp::QueryRequest, report: Option<u16>) -> u16 {
         Python::attach(|py| {
-            self.query(py, &self.commit, &request, None)
-                .and_then(|status| status.extract::<u16>())
+            let args = (
+                &request.calling_ae,
+                &request.address,
+                &request.sop_class_uid,
+                &request.transfer_syntax,
+                PyBytes::new(py, &request.identifier),
+                report,
+            );
+            self.commit
+                .call1(py, args)
+                .and_then(|status| status.extract::<u16>(py))
                 .unwrap_or_else(|e| {
                     e.print(py);
                     PROCESSING_FAILURE
@@ -1003,8 +1012,8 @@ const PROCESSING_FAILURE: u16 = 0x0110;
 /// (status, iterator of encoded response identifiers)` and carries out C-MOVE through
 /// `move_to(calling_ae, address, model, transfer_syntax, identifier, destination,
 /// requestor_fd) -> (status, [SOP Instance UID], iterator of sub-operation statuses)`; takes
-/// Storage Commitment requests through `commit(calling_ae, address, sop_class, transfer_syntax,
-/// action_information) -> N-ACTION status`.
+/// Storage Commitment requests and reports through `commit(calling_ae, address, sop_class,
+/// transfer_syntax, information, event_type or None) -> N-ACTION or N-EVENT-REPORT status`.
 #[pyclass(module = "dicomvault._native")]
 struct DicomListener {
     listener: Option<scp::Listener>,

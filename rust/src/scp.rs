@@ -195,9 +195,11 @@ pub trait Host: Send + Sync + 'static {
         instance: &Selected,
         accepted: &[String],
     ) -> Result<(String, Vec<u8>), String>;
-    /// A Storage Commitment request (its Action Information in `request.identifier`): the
-    /// N-ACTION status; the host verifies and sends the N-EVENT-REPORT itself.
-    fn commit(&self, request: QueryRequest) -> u16;
+    /// Storage Commitment: a request (`report` None; its Action Information in
+    /// `request.identifier`), whose N-ACTION status this is and on which the host reports
+    /// later itself; or a peer's report on a request of ours (`report`: its Event Type ID;
+    /// the Event Information in `request.identifier`), whose N-EVENT-REPORT status this is.
+    fn commit(&self, request: QueryRequest, report: Option<u16>) -> u16;
 }
 
 /// Group commit without a committer thread: the first association thread to arrive appends
@@ -689,8 +691,9 @@ impl Association<'_> {
             );
             return false;
         }
-        // The requestor may act as SCP for storage SOP classes (C-GET sends them back); the
-        // roles it proposes for anything else are declined.
+        // The requestor may act as SCP for storage SOP classes (C-GET sends them back) and
+        // Storage Commitment (it reports); the roles it proposes for anything else are
+        // declined.
         let roles: Vec<RoleSelection> = self
             .rq
             .roles
@@ -698,12 +701,15 @@ impl Association<'_> {
             .map(|r| RoleSelection {
                 sop_class_uid: r.sop_class_uid.clone(),
                 scu: r.scu,
-                scp: r.scp && config.storage_classes.contains(&r.sop_class_uid),
+                // A Storage Commitment SCP reporting on a new association takes the SCP role.
+                scp: r.scp
+                    && (config.storage_classes.contains(&r.sop_class_uid)
+                        || r.sop_class_uid == STORAGE_COMMITMENT),
             })
             .collect();
         self.sendable = roles
             .iter()
-            .filter(|r| r.scp)
+            .filter(|r| r.scp && config.storage_classes.contains(&r.sop_class_uid))
             .map(|r| r.sop_class_uid.clone())
             .collect();
         let mut results = Vec::with_capacity(self.rq.contexts.len());
@@ -941,14 +947,20 @@ impl Association<'_> {
                 *incoming = Some(Incoming::Store(Box::new(next)));
                 Ok(Flow::Continue)
             }
-            dimse::C_GET_RQ | dimse::C_FIND_RQ | dimse::C_MOVE_RQ | dimse::N_ACTION_RQ
+            dimse::C_GET_RQ
+            | dimse::C_FIND_RQ
+            | dimse::C_MOVE_RQ
+            | dimse::N_ACTION_RQ
+            | dimse::N_EVENT_REPORT_RQ
                 if command.has_data_set && {
                     let config = &self.shared.config;
                     let model = &self.contexts[&context_id].0;
                     match command.field {
                         dimse::C_GET_RQ => config.retrieve_classes.contains(model),
                         dimse::C_MOVE_RQ => config.move_classes.contains(model),
-                        dimse::N_ACTION_RQ => model == STORAGE_COMMITMENT,
+                        dimse::N_ACTION_RQ | dimse::N_EVENT_REPORT_RQ => {
+                            model == STORAGE_COMMITMENT
+                        }
                         _ => config.find_classes.contains(model),
                     }
                 } =>
@@ -1012,7 +1024,9 @@ impl Association<'_> {
                 match command.field {
                     dimse::C_FIND_RQ => self.find(&command, context_id, identifier, started),
                     dimse::C_MOVE_RQ => self.move_to(&command, context_id, identifier, started),
-                    dimse::N_ACTION_RQ => self.commit_request(&command, context_id, identifier),
+                    dimse::N_ACTION_RQ | dimse::N_EVENT_REPORT_RQ => {
+                        self.commitment(&command, context_id, identifier)
+                    }
                     _ => self.retrieve(&command, context_id, identifier, started),
                 }
             }
@@ -1260,9 +1274,10 @@ impl Association<'_> {
         Ok(Flow::Continue)
     }
 
-    /// Storage Commitment (PS3.4 J.3.2): the host takes the request (and reports on it later,
-    /// over an association of its own); the N-ACTION-RSP says whether it did.
-    fn commit_request(
+    /// Storage Commitment (PS3.4 J.3.2, J.3.3): the host takes a request (and reports on it
+    /// later, over an association of its own), or a peer's report on one of ours; the
+    /// N-ACTION-RSP or N-EVENT-REPORT-RSP says whether it did.
+    fn commitment(
         &mut self,
         command: &Command,
         context_id: u8,
@@ -1270,10 +1285,18 @@ impl Association<'_> {
     ) -> io::Result<Flow> {
         let started = Instant::now();
         let mut request = self.query_request(command, context_id, identifier);
-        request.sop_class_uid = command.requested_sop_class_uid.clone();
-        let status = self.shared.host.commit(request);
-        self.send(context_id, &dimse::action_response(command, status))?;
-        self.log_request("N-ACTION (storage commitment)", started, status, "");
+        let (status, response, what) = if command.field == dimse::N_ACTION_RQ {
+            request.sop_class_uid = command.requested_sop_class_uid.clone();
+            let status = self.shared.host.commit(request, None);
+            let response = dimse::action_response(command, status);
+            (status, response, "N-ACTION (storage commitment)")
+        } else {
+            let status = self.shared.host.commit(request, Some(command.event_type));
+            let response = dimse::event_report_response(command, status);
+            (status, response, "N-EVENT-REPORT (storage commitment)")
+        };
+        self.send(context_id, &response)?;
+        self.log_request(what, started, status, "");
         Ok(Flow::Continue)
     }
 

@@ -76,8 +76,8 @@ def test_orthanc_asks_dicomvault_to_commit(tmp_path, corpus):
 
 
 def test_dicomvault_commit_asks_orthanc(tmp_path, corpus):
-    """The verb listens on [dicom] port for the report (no ``serve`` here): Orthanc knows the
-    archive's AE there."""
+    """The verb listens on [dicom] port for the report, where Orthanc knows the archive's AE;
+    then ``serve`` does, and keeps the report for the verb."""
     server = Server(tmp_path, {})
     orthanc = Orthanc(tmp_path, {"dicomvault": ["DICOMVAULT", "127.0.0.1", server.port]})
     table = f'aet = "ORTHANC"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
@@ -96,5 +96,12 @@ def test_dicomvault_commit_asks_orthanc(tmp_path, corpus):
         orthanc.rest("/instances", in_study[0].path.read_bytes(), method="POST")
         whole = server.run("commit", "ORTHANC", "-k", f"StudyInstanceUID={study}")
         assert f"committed {len(in_study)} of {len(in_study)} instances" in whole.stdout
+        # With `serve` on the port, the report reaches it and it keeps it for the verb.
+        server.start()
+        served = server.run("commit", "ORTHANC", "-k", f"StudyInstanceUID={study}")
+        assert f"committed {len(in_study)} of {len(in_study)} instances" in served.stdout
+        assert server.logged("N-EVENT-REPORT (storage commitment) from ORTHANC@127.0.0.1")
     finally:
         orthanc.stop()
+        if server.alive:
+            assert server.stop() == 0

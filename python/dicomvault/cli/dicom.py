@@ -302,7 +302,7 @@ def commit(
         typer.Option(
             "--port",
             help="Where the report may come (the peer's address for us); [dicom] port by "
-            "default, which `serve` holds while it runs.",
+            "default, where `serve`, when it runs, takes the report for this command.",
         ),
     ] = None,
     config: ConfigOption = None,
@@ -330,7 +330,9 @@ def commit(
     ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = 30, timeout, timeout
     listen = (str(conf["dicom"]["host"]), port or int(conf["dicom"]["port"]))
     try:
-        report = request_commitment(ae, _target(conf, target), instances, listen, timeout)
+        report = request_commitment(
+            ae, _target(conf, target), instances, listen, timeout, conf.root
+        )
     except (CommitmentError, OSError) as e:
         fail(f"storage commitment: {e}")
     typer.echo(f"committed {len(report.committed)} of {len(instances)} instances")

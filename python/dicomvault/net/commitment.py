@@ -9,16 +9,21 @@ a requestor should keep its association waiting.
 
 As SCU (``request_commitment``, the ``dicomvault commit`` verb): asks a peer to commit the
 archive's instances a query selects (a migration's source or target) and waits for the report
-on the same association or on one the peer opens to our [dicom] port.
+on the same association or on one the peer opens to our [dicom] port: the verb's own, or
+``serve``'s, which keeps it under ``<root>/commitments/`` for the verb.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
@@ -48,6 +53,8 @@ WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"
 REQUEST_COMMITMENT = 1  # the Action Type ID (PS3.4 J.3.2)
 # Event Type IDs of the report (PS3.4 J.3.3): all committed, or some failed.
 ALL_COMMITTED, SOME_FAILED = 1, 2
+# Where `serve` keeps the reports peers send it on `dicomvault commit`'s requests.
+REPORTS = "commitments"
 
 
 @dataclass
@@ -110,10 +117,20 @@ class CommitmentScp:
         self._workers: list[threading.Thread] = []
 
     def request(
-        self, calling_ae: str, address: str, sop_class: str, syntax: str, information: bytes
+        self,
+        calling_ae: str,
+        address: str,
+        sop_class: str,
+        syntax: str,
+        information: bytes,
+        event_type: int | None = None,
     ) -> int:
-        """The N-ACTION status; on Success a report follows."""
+        """A request (``event_type`` None): the N-ACTION status, a report following on
+        Success. A peer's report on a request of ours (``dicomvault commit`` while ``serve``
+        holds the port): kept for the verb, the N-EVENT-REPORT status."""
         requestor = self.policy.known(calling_ae, address)
+        if event_type is not None and requestor is not None:
+            return self._received(calling_ae, syntax, information)
         if requestor is None:
             log.warning("storage commitment from %s@%s refused: unknown AE", calling_ae, address)
             return NOT_AUTHORIZED
@@ -133,6 +150,18 @@ class CommitmentScp:
         )
         self._workers = [w for w in self._workers if w.is_alive()] + [worker]
         worker.start()
+        return SUCCESS
+
+    def _received(self, calling_ae: str, syntax: str, information: bytes) -> int:
+        uid = UID(syntax)
+        try:
+            ds = decode(io.BytesIO(information), uid.is_implicit_VR, uid.is_little_endian)
+            report = Report.of(ds)
+            keep(self.archive.root, report)
+        except Exception as e:  # pydicom's and the file system's errors have many types
+            log.error("storage commitment report from %s not taken: %s", calling_ae, e)
+            return PROCESSING_FAILURE
+        log.info("storage commitment report %s from %s kept", report.transaction, calling_ae)
         return SUCCESS
 
     def _commit(self, requestor: Modality, report: Report, wanted: list[tuple[str, str]]) -> None:
@@ -202,6 +231,33 @@ class CommitmentScp:
             worker.join(timeout)
 
 
+def _kept(root: Path, transaction: str) -> Path:
+    return root / REPORTS / f"{transaction}.json"
+
+
+def keep(root: Path, report: Report) -> None:
+    """Writes a report a peer sent to ``serve`` where ``dicomvault commit`` looks for it."""
+    path = _kept(root, report.transaction)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(dataclasses.asdict(report)))
+    partial.replace(path)
+
+
+def _taken(root: Path, transaction: str) -> Report | None:
+    """The report ``serve`` kept for ``transaction`` (removed once read), or None."""
+    path = _kept(root, transaction)
+    if not path.exists():
+        return None
+    fields = json.loads(path.read_text())
+    path.unlink()
+    return Report(
+        fields["transaction"],
+        [tuple(c) for c in fields["committed"]],  # type: ignore[misc]
+        [tuple(f) for f in fields["failed"]],  # type: ignore[misc]
+    )
+
+
 class CommitmentError(RuntimeError):
     """A commitment that could not be asked, or whose report did not come."""
 
@@ -212,9 +268,11 @@ def request_commitment(
     instances: Iterable[tuple[str, str]],
     listen: tuple[str, int],
     timeout: float,
+    root: Path,
 ) -> Report:
     """Asks ``target`` to commit ``instances`` (SOP Class, SOP Instance UIDs) and waits up to
-    ``timeout`` seconds for its report, on our association or on one it opens to ``listen``."""
+    ``timeout`` seconds for its report: on our association, on one it opens to ``listen``,
+    or, when ``serve`` holds that port, as ``serve`` keeps it under ``root``."""
     transaction = generate_uid()
     reports: dict[str, Report] = {}
     arrived = threading.Event()
@@ -228,7 +286,10 @@ def request_commitment(
 
     handlers = [(evt.EVT_N_EVENT_REPORT, on_report)]
     ae.add_supported_context(STORAGE_COMMITMENT, scu_role=True, scp_role=True)
-    server = ae.start_server(listen, block=False, evt_handlers=handlers)
+    try:
+        server = ae.start_server(listen, block=False, evt_handlers=handlers)
+    except OSError:
+        server = None  # `serve` listens there: it keeps the report for us
     try:
         assoc = ae.associate(
             target.host,
@@ -250,7 +311,12 @@ def request_commitment(
             if answered != SUCCESS:
                 raise CommitmentError(f"{target.aet} refused the request: 0x{answered:04X}")
             # A peer may report on this association: keep it while waiting.
-            arrived.wait(timeout)
+            deadline = time.monotonic() + timeout
+            while not arrived.wait(0.2) and time.monotonic() < deadline:
+                kept = _taken(root, transaction)
+                if kept is not None:
+                    reports[transaction] = kept
+                    arrived.set()
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -258,4 +324,5 @@ def request_commitment(
             raise CommitmentError(f"no report from {target.aet} within {timeout:.0f} s")
         return reports[transaction]
     finally:
-        server.shutdown()
+        if server is not None:
+            server.shutdown()
