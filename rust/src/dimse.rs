@@ -11,6 +11,10 @@ pub const C_MOVE_RQ: u16 = 0x0021;
 pub const C_ECHO_RQ: u16 = 0x0030;
 pub const C_ECHO_RSP: u16 = 0x8030;
 pub const C_CANCEL_RQ: u16 = 0x0FFF;
+pub const N_EVENT_REPORT_RQ: u16 = 0x0100;
+pub const N_EVENT_REPORT_RSP: u16 = 0x8100;
+pub const N_ACTION_RQ: u16 = 0x0130;
+pub const N_ACTION_RSP: u16 = 0x8130;
 const NO_DATA_SET: u16 = 0x0101;
 const DATA_SET: u16 = 0x0000;
 
@@ -24,6 +28,12 @@ pub struct Command {
     pub has_data_set: bool,
     /// C-MOVE's destination AE title.
     pub move_destination: String,
+    /// N-ACTION's Requested SOP Class and Instance UIDs and Action Type ID.
+    pub requested_sop_class_uid: String,
+    pub requested_sop_instance_uid: String,
+    pub action_type: u16,
+    /// N-EVENT-REPORT's Event Type ID.
+    pub event_type: u16,
     /// In responses.
     pub responding_to: u16,
     pub status: u16,
@@ -63,6 +73,10 @@ pub fn parse_command(mut bytes: &[u8]) -> Result<Command, String> {
             .ok_or_else(|| format!("command element (0000,{element:04X}) runs past the command"))?;
         match element {
             0x0002 => command.affected_sop_class_uid = uid(value),
+            0x0003 => command.requested_sop_class_uid = uid(value),
+            0x1001 => command.requested_sop_instance_uid = uid(value),
+            0x1008 => command.action_type = us(value).ok_or("short ActionTypeID")?,
+            0x1002 => command.event_type = us(value).ok_or("short EventTypeID")?,
             0x0100 => {
                 command.field = us(value).ok_or("short CommandField")?;
                 seen_field = true;
@@ -128,6 +142,40 @@ pub fn response(request: &Command, status: u16) -> Vec<u8> {
                 &padded_uid(&request.affected_sop_instance_uid),
             );
         }
+    })
+}
+
+/// An N-ACTION-RSP (PS3.7 10.1.4.1.2): the request's SOP class, instance and action type.
+pub fn action_response(request: &Command, status: u16) -> Vec<u8> {
+    command_set(|body| {
+        element(body, 0x0002, &padded_uid(&request.requested_sop_class_uid));
+        element(body, 0x0100, &N_ACTION_RSP.to_le_bytes());
+        element(body, 0x0120, &request.message_id.to_le_bytes());
+        element(body, 0x0800, &NO_DATA_SET.to_le_bytes());
+        element(body, 0x0900, &status.to_le_bytes());
+        element(
+            body,
+            0x1000,
+            &padded_uid(&request.requested_sop_instance_uid),
+        );
+        element(body, 0x1008, &request.action_type.to_le_bytes());
+    })
+}
+
+/// An N-EVENT-REPORT-RSP (PS3.7 10.1.1.1.2): the request's SOP class, instance and event type.
+pub fn event_report_response(request: &Command, status: u16) -> Vec<u8> {
+    command_set(|body| {
+        element(body, 0x0002, &padded_uid(&request.affected_sop_class_uid));
+        element(body, 0x0100, &N_EVENT_REPORT_RSP.to_le_bytes());
+        element(body, 0x0120, &request.message_id.to_le_bytes());
+        element(body, 0x0800, &NO_DATA_SET.to_le_bytes());
+        element(body, 0x0900, &status.to_le_bytes());
+        element(
+            body,
+            0x1000,
+            &padded_uid(&request.affected_sop_instance_uid),
+        );
+        element(body, 0x1002, &request.event_type.to_le_bytes());
     })
 }
 

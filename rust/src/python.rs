@@ -227,6 +227,12 @@ fn ingested_dict<'py>(py: Python<'py>, i: &Ingested) -> PyResult<Bound<'py, PyDi
     )?;
     d.set_item(intern!(py, "new_bytes"), i.new_bytes)?;
     d.set_item(intern!(py, "frames"), i.manifest.frame_count())?;
+    // Why the instance cannot be stored as it is (no SOP Class, SOP Instance, Study or Series
+    // UID): the listener's own check, for every other way in (STOW-RS, import).
+    let refused = crate::identity::identity(&i.summary, None)
+        .err()
+        .map(|e| e.to_string());
+    d.set_item(intern!(py, "identity_error"), refused)?;
     Ok(d)
 }
 
@@ -761,6 +767,7 @@ struct PyHost {
     transcode: Py<PyAny>,
     find: Py<PyAny>,
     move_to: Py<PyAny>,
+    commit: Py<PyAny>,
 }
 
 /// Items pulled from a Python iterator as the listener sends them, a few at a time (taking
@@ -830,13 +837,14 @@ impl<T> Drop for PyItems<T> {
 }
 
 impl PyHost {
-    /// `callable(calling_ae, address, model, transfer_syntax, identifier[, destination])`.
+    /// `callable(calling_ae, address, model, transfer_syntax, identifier[, destination,
+    /// requestor_fd])`.
     fn query<'py>(
         &self,
         py: Python<'py>,
         callable: &Py<PyAny>,
         request: &scp::QueryRequest,
-        destination: Option<&str>,
+        destination: Option<(&str, std::os::fd::RawFd)>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut args = vec![
             PyString::new(py, &request.calling_ae).into_any(),
@@ -845,7 +853,10 @@ impl PyHost {
             PyString::new(py, &request.transfer_syntax).into_any(),
             PyBytes::new(py, &request.identifier).into_any(),
         ];
-        args.extend(destination.map(|d| PyString::new(py, d).into_any()));
+        if let Some((destination, requestor)) = destination {
+            args.push(PyString::new(py, destination).into_any());
+            args.push(requestor.into_pyobject(py)?.into_any());
+        }
         callable
             .bind(py)
             .call1(pyo3::types::PyTuple::new(py, args)?)
@@ -926,11 +937,12 @@ impl scp::Host for PyHost {
         &self,
         request: scp::QueryRequest,
         destination: &str,
+        requestor: std::os::fd::RawFd,
     ) -> Result<(Vec<String>, scp::SubOperationStatuses), u16> {
         Python::attach(|py| {
             let run = || -> PyResult<Result<(Vec<String>, scp::SubOperationStatuses), u16>> {
                 let (status, uids, statuses): (u16, Vec<String>, Bound<'_, PyAny>) = self
-                    .query(py, &self.move_to, &request, Some(destination))?
+                    .query(py, &self.move_to, &request, Some((destination, requestor)))?
                     .extract()?;
                 if status != scp::SUCCESS {
                     return Ok(Err(status));
@@ -943,6 +955,26 @@ impl scp::Host for PyHost {
                 e.print(py);
                 Err(UNABLE_TO_PROCESS)
             })
+        })
+    }
+
+    fn commit(&self, request: scp::QueryRequest, report: Option<u16>) -> u16 {
+        Python::attach(|py| {
+            let args = (
+                &request.calling_ae,
+                &request.address,
+                &request.sop_class_uid,
+                &request.transfer_syntax,
+                PyBytes::new(py, &request.identifier),
+                report,
+            );
+            self.commit
+                .call1(py, args)
+                .and_then(|status| status.extract::<u16>(py))
+                .unwrap_or_else(|e| {
+                    e.print(py);
+                    PROCESSING_FAILURE
+                })
         })
     }
 
@@ -973,6 +1005,8 @@ impl scp::Host for PyHost {
 
 /// A query refused for a failure of the host itself (PS3.4 C.4: Unable to process).
 const UNABLE_TO_PROCESS: u16 = 0xC000;
+/// An N-ACTION the host failed on (PS3.7 C: Processing failure).
+const PROCESSING_FAILURE: u16 = 0x0110;
 
 /// The DICOM listener (see `rust/src/scp.rs`): serves every association with `store`, appends
 /// what it receives to the pack log and leaves it in the store's backlog for the index
@@ -983,8 +1017,10 @@ const UNABLE_TO_PROCESS: u16 = 0xC000;
 /// sop_instance, transfer_syntax, dataset_offset, manifest, accepted) -> (syntax, data set)`,
 /// answers C-FIND through `find(calling_ae, address, model, transfer_syntax, identifier) ->
 /// (status, iterator of encoded response identifiers)` and carries out C-MOVE through
-/// `move_to(calling_ae, address, model, transfer_syntax, identifier, destination) -> (status,
-/// [SOP Instance UID], iterator of sub-operation statuses)`.
+/// `move_to(calling_ae, address, model, transfer_syntax, identifier, destination,
+/// requestor_fd) -> (status, [SOP Instance UID], iterator of sub-operation statuses)`; takes
+/// Storage Commitment requests and reports through `commit(calling_ae, address, sop_class,
+/// transfer_syntax, information, event_type or None) -> N-ACTION or N-EVENT-REPORT status`.
 #[pyclass(module = "dicomvault._native")]
 struct DicomListener {
     listener: Option<scp::Listener>,
@@ -998,7 +1034,7 @@ impl DicomListener {
         check_modality_host, known, storage_classes, find_classes, move_classes, retrieve_classes,
         transfer_syntaxes, max_pdu, max_associations, max_associations_per_ae,
         association_timeout_s, dimse_timeout_s, max_instance_size, implementation_class_uid,
-        implementation_version_name, log, select, transcode, find, move_to,
+        implementation_version_name, log, select, transcode, find, move_to, commit,
         replace_duplicates = false, tls_port = None, tls_certificate = String::new(),
         tls_private_key = String::new(), tls_ca = String::new(),
         tls_require_client_certificate = true,
@@ -1033,6 +1069,7 @@ impl DicomListener {
         transcode: Py<PyAny>,
         find: Py<PyAny>,
         move_to: Py<PyAny>,
+        commit: Py<PyAny>,
         replace_duplicates: bool,
         tls_port: Option<u16>,
         tls_certificate: String,
@@ -1103,6 +1140,7 @@ impl DicomListener {
             transcode,
             find,
             move_to,
+            commit,
         });
         let core = store.core.clone();
         let received = store.received.clone();

@@ -10,7 +10,8 @@
 //! - C-FIND: the `Host` matches (access policy and the query engine live in Python) and
 //!   encodes each response identifier, sent as it comes; a C-CANCEL-RQ is honoured;
 //! - C-GET: the `Host` selects, sub-operations stream from the store to the socket (the next
-//!   instance read ahead), the `Host` decoding what the peer cannot take as stored;
+//!   instance read ahead), the `Host` transcoding what the peer cannot take as stored; the
+//!   storage contexts the requestor takes the SCP role for get the syntax it prefers;
 //! - C-MOVE: the `Host` selects and sends over its own association to the destination, each
 //!   sub-operation's status reported here as a pending response.
 //!
@@ -34,13 +35,15 @@ use rustls::ServerConfig;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+/// Storage Commitment Push Model (PS3.4 J): N-ACTION requests served, the host reporting.
+pub const STORAGE_COMMITMENT: &str = "1.2.840.10008.1.20.1";
 pub const SUCCESS: u16 = 0x0000;
 pub const NOT_AUTHORIZED: u16 = 0x0124;
 /// The request's SOP class is not what its presentation context was negotiated for (PS3.7 C).
@@ -202,19 +205,29 @@ pub trait Host: Send + Sync + 'static {
     /// as they are sent (an error ends the responses), or the status refusing it.
     fn find(&self, request: QueryRequest) -> Result<Matches, u16>;
     /// A C-MOVE to `destination` (an AE title): the SOP Instance UIDs it sends and their
-    /// sub-operations' statuses as the host sends them, or the status refusing it.
+    /// sub-operations' statuses as the host sends them, or the status refusing it. The host
+    /// watches `requestor` (the socket, which the listener does not read meanwhile): whatever
+    /// arrives on it (a C-CANCEL, an A-ABORT, the end of the connection) stops the sending at
+    /// once, rather than after a slow destination's next answer.
     fn move_to(
         &self,
         request: QueryRequest,
         destination: &str,
+        requestor: RawFd,
     ) -> Result<(Vec<String>, SubOperationStatuses), u16>;
-    /// The data set of `instance` decoded into one of `accepted` (native syntaxes the peer
-    /// took for its SOP class): (transfer syntax, data set), or why it cannot be.
+    /// The data set of `instance` in the first of `accepted` (the syntaxes the peer took its
+    /// SOP class in, its preferred first) the host can make it in without changing a pixel:
+    /// (transfer syntax, data set), or why it cannot be.
     fn transcode(
         &self,
         instance: &Selected,
         accepted: &[String],
     ) -> Result<(String, Vec<u8>), String>;
+    /// Storage Commitment: a request (`report` None; its Action Information in
+    /// `request.identifier`), whose N-ACTION status this is and on which the host reports
+    /// later itself; or a peer's report on a request of ours (`report`: its Event Type ID;
+    /// the Event Information in `request.identifier`), whose N-EVENT-REPORT status this is.
+    fn commit(&self, request: QueryRequest, report: Option<u16>) -> u16;
 }
 
 /// Group commit without a committer thread: the first association thread to arrive appends
@@ -593,6 +606,11 @@ fn accept_loop(shared: &Arc<Shared>, socket: &TcpListener, tls: Option<Arc<Serve
     }
 }
 
+/// The first of `ours` (in our order of preference) that the peer proposed.
+fn first_in<'a>(ours: &'a [String], proposed: &[String]) -> Option<&'a String> {
+    ours.iter().find(|ts| proposed.contains(ts))
+}
+
 /// How the first PDU went: an A-ASSOCIATE-RQ's body, or why the connection ends.
 enum Opening {
     Request(Vec<u8>),
@@ -640,7 +658,8 @@ impl ListenerConfig {
     }
 
     fn is_query(&self, abstract_syntax: &str) -> bool {
-        self.find_classes.contains(abstract_syntax)
+        abstract_syntax == STORAGE_COMMITMENT
+            || self.find_classes.contains(abstract_syntax)
             || self.move_classes.contains(abstract_syntax)
             || self.retrieve_classes.contains(abstract_syntax)
     }
@@ -926,18 +945,43 @@ impl<'a, S: Channel> Association<'a, S> {
                 return None;
             }
         };
+        // The requestor may act as SCP for storage SOP classes (C-GET sends them back) and
+        // Storage Commitment (it reports); the roles it proposes for anything else are
+        // declined.
+        let roles: Vec<RoleSelection> = self
+            .rq
+            .roles
+            .iter()
+            .map(|r| RoleSelection {
+                sop_class_uid: r.sop_class_uid.clone(),
+                scu: r.scu,
+                // A Storage Commitment SCP reporting on a new association takes the SCP role.
+                scp: r.scp
+                    && (config.storage_classes.contains(&r.sop_class_uid)
+                        || r.sop_class_uid == STORAGE_COMMITMENT),
+            })
+            .collect();
+        self.sendable = roles
+            .iter()
+            .filter(|r| r.scp && config.storage_classes.contains(&r.sop_class_uid))
+            .map(|r| r.sop_class_uid.clone())
+            .collect();
         let mut results = Vec::with_capacity(self.rq.contexts.len());
         let identifier_syntaxes = [EXPLICIT_VR_LE.to_string(), IMPLICIT_VR_LE.to_string()];
         for proposed in &self.rq.contexts {
-            // Identifiers are read in the uncompressed little endian syntaxes only.
-            let ours = if config.is_query(&proposed.abstract_syntax) {
-                &identifier_syntaxes[..]
+            let chosen = if config.is_query(&proposed.abstract_syntax) {
+                // Identifiers are read in the uncompressed little endian syntaxes only.
+                first_in(&identifier_syntaxes, &proposed.transfer_syntaxes)
+            } else if self.sendable.contains(&proposed.abstract_syntax) {
+                // What C-GET sends back: the requestor's order decides (its first syntax the
+                // archive knows; the host makes each instance in it, or sends it as stored).
+                proposed
+                    .transfer_syntaxes
+                    .iter()
+                    .find(|ts| config.transfer_syntaxes.contains(ts))
             } else {
-                &config.transfer_syntaxes[..]
+                first_in(&config.transfer_syntaxes, &proposed.transfer_syntaxes)
             };
-            let chosen = ours
-                .iter()
-                .find(|ts| proposed.transfer_syntaxes.contains(ts));
             let result = match chosen {
                 _ if !config.serves_class(&proposed.abstract_syntax) => ContextResult {
                     id: proposed.id,
@@ -969,23 +1013,6 @@ impl<'a, S: Channel> Association<'a, S> {
             };
             results.push(result);
         }
-        // The requestor may act as SCP for storage SOP classes (C-GET sends them back); the
-        // roles it proposes for anything else are declined.
-        let roles: Vec<RoleSelection> = self
-            .rq
-            .roles
-            .iter()
-            .map(|r| RoleSelection {
-                sop_class_uid: r.sop_class_uid.clone(),
-                scu: r.scu,
-                scp: r.scp && config.storage_classes.contains(&r.sop_class_uid),
-            })
-            .collect();
-        self.sendable = roles
-            .iter()
-            .filter(|r| r.scp)
-            .map(|r| r.sop_class_uid.clone())
-            .collect();
         let implementation = &config.implementation;
         let ac = pdu::encode_associate_ac(
             &self.rq,
@@ -1200,13 +1227,20 @@ impl<'a, S: Channel> Association<'a, S> {
                 *incoming = Some(Incoming::Store(Box::new(next)));
                 Ok(Flow::Continue)
             }
-            dimse::C_GET_RQ | dimse::C_FIND_RQ | dimse::C_MOVE_RQ
+            dimse::C_GET_RQ
+            | dimse::C_FIND_RQ
+            | dimse::C_MOVE_RQ
+            | dimse::N_ACTION_RQ
+            | dimse::N_EVENT_REPORT_RQ
                 if command.has_data_set && {
                     let config = &self.shared.config;
                     let model = &self.contexts[&context_id].0;
                     match command.field {
                         dimse::C_GET_RQ => config.retrieve_classes.contains(model),
                         dimse::C_MOVE_RQ => config.move_classes.contains(model),
+                        dimse::N_ACTION_RQ | dimse::N_EVENT_REPORT_RQ => {
+                            model == STORAGE_COMMITMENT
+                        }
                         _ => config.find_classes.contains(model),
                     }
                 } =>
@@ -1286,6 +1320,9 @@ impl<'a, S: Channel> Association<'a, S> {
                 match command.field {
                     dimse::C_FIND_RQ => self.find(&command, context_id, identifier, started),
                     dimse::C_MOVE_RQ => self.move_to(&command, context_id, identifier, started),
+                    dimse::N_ACTION_RQ | dimse::N_EVENT_REPORT_RQ => {
+                        self.commitment(&command, context_id, identifier)
+                    }
                     _ => self.retrieve(&command, context_id, identifier, started),
                 }
             }
@@ -1489,10 +1526,13 @@ impl<'a, S: Channel> Association<'a, S> {
         let (request, mut progress) = self.begin_retrieve(command, context_id, identifier);
         let destination = command.move_destination.clone();
         let detail = format!("to {destination}");
-        let (uids, sub_operations) = match self.shared.host.move_to(request, &destination) {
-            Ok(moving) => moving,
-            Err(status) => return self.refused(&progress, "C-MOVE", started, status, &detail),
-        };
+        // Over TLS too: what the host watches for is the requestor sending anything at all.
+        let requestor = self.stream.socket().as_raw_fd();
+        let (uids, sub_operations) =
+            match self.shared.host.move_to(request, &destination, requestor) {
+                Ok(moving) => moving,
+                Err(status) => return self.refused(&progress, "C-MOVE", started, status, &detail),
+            };
         progress.begin(uids.len());
         self.cancelled = false;
         for (uid, status) in uids.iter().zip(sub_operations) {
@@ -1518,6 +1558,32 @@ impl<'a, S: Channel> Association<'a, S> {
             progress.status,
             &progress.detail(&detail),
         );
+        Ok(Flow::Continue)
+    }
+
+    /// Storage Commitment (PS3.4 J.3.2, J.3.3): the host takes a request (and reports on it
+    /// later, over an association of its own), or a peer's report on one of ours; the
+    /// N-ACTION-RSP or N-EVENT-REPORT-RSP says whether it did.
+    fn commitment(
+        &mut self,
+        command: &Command,
+        context_id: u8,
+        identifier: Vec<u8>,
+    ) -> io::Result<Flow> {
+        let started = Instant::now();
+        let mut request = self.query_request(command, context_id, identifier);
+        let (status, response, what) = if command.field == dimse::N_ACTION_RQ {
+            request.sop_class_uid = command.requested_sop_class_uid.clone();
+            let status = self.shared.host.commit(request, None);
+            let response = dimse::action_response(command, status);
+            (status, response, "N-ACTION (storage commitment)")
+        } else {
+            let status = self.shared.host.commit(request, Some(command.event_type));
+            let response = dimse::event_report_response(command, status);
+            (status, response, "N-EVENT-REPORT (storage commitment)")
+        };
+        self.send(context_id, &response)?;
+        self.log_request(what, started, status, "");
         Ok(Flow::Continue)
     }
 
@@ -1549,6 +1615,28 @@ impl<'a, S: Channel> Association<'a, S> {
             })
             .map(|(id, _)| *id)
             .min()
+    }
+
+    /// The syntaxes the peer took `sop_class` in with us as SCU, in the order it proposed
+    /// their contexts (its order of preference).
+    fn accepted_for(&self, sop_class: &str) -> Vec<String> {
+        if !self.sendable.contains(sop_class) {
+            return Vec::new();
+        }
+        let mut contexts: Vec<(u8, &String)> = self
+            .contexts
+            .iter()
+            .filter(|(_, (abstract_syntax, _))| abstract_syntax == sop_class)
+            .map(|(id, (_, ts))| (*id, ts))
+            .collect();
+        contexts.sort();
+        let mut syntaxes: Vec<String> = Vec::new();
+        for (_, ts) in contexts {
+            if !syntaxes.contains(ts) {
+                syntaxes.push(ts.clone());
+            }
+        }
+        syntaxes
     }
 
     /// The data set of `instance` read ahead, when it is sent as stored and small enough.
@@ -1583,45 +1671,35 @@ impl<'a, S: Channel> Association<'a, S> {
         next: Option<&Selected>,
     ) -> io::Result<(SubOperation, Option<Vec<u8>>)> {
         let uid = &instance.sop_instance_uid;
-        let (context_id, decoded) = match self
-            .sending_context(&instance.sop_class_uid, &instance.transfer_syntax)
-        {
-            Some(id) => (id, None),
-            None => {
-                let accepted: Vec<String> = if self.sendable.contains(&instance.sop_class_uid) {
-                    let mut syntaxes: Vec<String> = self
-                        .contexts
-                        .values()
-                        .filter(|(abstract_syntax, _)| *abstract_syntax == instance.sop_class_uid)
-                        .map(|(_, ts)| ts.clone())
-                        .collect();
-                    syntaxes.sort();
-                    syntaxes.dedup();
-                    syntaxes
-                } else {
-                    Vec::new()
-                };
-                let transcoded =
-                    self.shared
-                        .host
-                        .transcode(instance, &accepted)
-                        .and_then(|(ts, data)| {
-                            self.sending_context(&instance.sop_class_uid, &ts)
-                                .map(|id| (id, data))
-                                .ok_or_else(|| format!("{uid}: no context for {ts}"))
-                        });
-                match transcoded {
-                    Ok((id, data)) => (id, Some(data)),
-                    Err(why) => {
-                        self.log(
-                            LogLevel::Error,
-                            format!("C-GET from {}: sub-operation failed: {why}", self.who()),
-                        );
-                        return Ok((SubOperation::NotSent, None));
+        let (context_id, decoded) =
+            match self.sending_context(&instance.sop_class_uid, &instance.transfer_syntax) {
+                Some(id) => (id, None),
+                None => {
+                    let accepted = self.accepted_for(&instance.sop_class_uid);
+                    let transcoded =
+                        self.shared
+                            .host
+                            .transcode(instance, &accepted)
+                            .and_then(|(ts, data)| {
+                                self.sending_context(&instance.sop_class_uid, &ts)
+                                    .map(|id| (id, data))
+                                    .ok_or_else(|| format!("{uid}: no context for {ts}"))
+                            });
+                    match transcoded {
+                        Ok((id, data)) => (id, Some(data)),
+                        Err(why) => {
+                            self.log(
+                                LogLevel::Error,
+                                format!(
+                                    "C-GET from {}: sub-operation for {uid} failed: {why}",
+                                    self.who()
+                                ),
+                            );
+                            return Ok((SubOperation::NotSent, None));
+                        }
                     }
                 }
-            }
-        };
+            };
         let data = decoded.or(stored);
         if data.is_none() {
             // Not read ahead (too large, or the read failed): checked whole before its first

@@ -200,6 +200,14 @@ impl Channel for Socket {
     }
 }
 
+/// The connection's descriptor, for whoever must notice the peer speaking or leaving while
+/// this thread is busy elsewhere (a C-MOVE's host watching its requestor).
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.tcp.as_raw_fd()
+    }
+}
+
 pub type TlsStream = StreamOwned<ServerConnection, Socket>;
 
 impl Channel for TlsStream {

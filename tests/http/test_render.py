@@ -16,7 +16,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import JPEG2000, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import JPEG2000, ImplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from dicomvault.bench.peers import free_port
 from tests.http.test_dicomweb import stow
@@ -333,19 +333,25 @@ def test_wado_uri(served, tmp_path):
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/dicom"
         assert response.content == exported[stored[name].dataset.SOPInstanceUID]
-    # Transcoded to a native syntax: pydicom's own decompression of the same instance.
+    # Transcoded to a native syntax: the JPEG decoded as DCMTK's dcmdjpeg (IJG libjpeg) does,
+    # which libjpeg-turbo (pydicom's Pillow plugin) matches to the bit.
     implicit = wado(
         url, stored["ybr"], contentType="application/dicom", transferSyntax=ImplicitVRLittleEndian
     )
     ds = pydicom.dcmread(io.BytesIO(implicit.content))
     assert ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
-    assert np.array_equal(ds.pixel_array, stored["ybr"].dataset.pixel_array)
-    assert (
-        wado(
-            url, stored["mr"], contentType="application/dicom", transferSyntax=JPEG2000
-        ).status_code
-        == 406
+    reference = pydicom.dcmread(stored["ybr"].path)
+    reference.pixel_array_options(decoding_plugin="pillow")
+    assert np.array_equal(ds.pixel_array, reference.pixel_array)
+    # JPEG 2000 made losslessly from native pixels; JPEG baseline would be lossy: 406.
+    j2k = wado(url, stored["mr"], contentType="application/dicom", transferSyntax=JPEG2000)
+    assert j2k.status_code == 200
+    made = pydicom.dcmread(io.BytesIO(j2k.content))
+    assert np.array_equal(made.pixel_array, stored["mr"].dataset.pixel_array)
+    lossy = wado(
+        url, stored["mr"], contentType="application/dicom", transferSyntax=JPEGBaseline8Bit
     )
+    assert lossy.status_code == 406
     # Rendered: the same images as WADO-RS renders.
     mr = stored["mr"]
     assert image(wado(url, mr), "image/jpeg").shape == (64, 64)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -13,6 +14,7 @@ from pynetdicom.dsutils import split_dataset
 
 from dicomvault.bench.corpus import clinical_corpus
 from tests.net.conftest import Orthanc, Server, free_port
+from tests.net.test_dcmtk_peers import findscu
 
 
 def dataset_bytes(data: bytes, path: Path) -> bytes:
@@ -165,3 +167,27 @@ def test_orthanc_queries_and_retrieves_from_dicomvault(peers, corpus):
         g.sop_instance_uid for g in corpus if g.patient_id == "12345"
     }
     assert server.logged("C-MOVE from ORTHANC@127.0.0.1: status 0x0000")
+
+
+def _answers(found: list[pydicom.Dataset], keys: list[str]) -> set[tuple[str, ...]]:
+    """Each answer as its SOP Instance UID and the values of ``keys`` (text)."""
+    return {(str(ds.SOPInstanceUID), *(str(ds.get(k, "")) for k in keys)) for ds in found}
+
+
+def test_c_find_on_attributes_the_index_does_not_keep_equals_orthanc(peers, corpus, tmp_path):
+    """What Orthanc answers from its files, dicomvault answers from its headers: matching on
+    KVP (not indexed) and returning Manufacturer, PatientPosition and ImageType (nor these)."""
+    server, orthanc = peers
+    server.run("import", corpus[0].path.parent.parent.parent, "--quiet")
+    for g in corpus:
+        orthanc.rest("/instances", g.path.read_bytes(), method="POST")
+    returned = ["Manufacturer", "PatientPosition", "ImageType", "KVP"]
+    keys = {"KVP": "120.0", **dict.fromkeys(returned[:-1], ""), "SOPInstanceUID": ""}
+    ours = findscu(server, "IMAGE", keys, tmp_path, aet="DICOMVAULT")
+    # findscu needs the called AE's title and port; Orthanc knows the caller as "dicomvault".
+    at_orthanc = SimpleNamespace(aet=orthanc.aet, port=orthanc.dicom_port)
+    theirs = findscu(at_orthanc, "IMAGE", keys, tmp_path, aet="DICOMVAULT")  # type: ignore[arg-type]
+    ct = {g.sop_instance_uid for g in corpus if g.modality == "CT" and g.number_of_frames == 1}
+    assert {str(ds.SOPInstanceUID) for ds in ours} == ct
+    assert _answers(ours, returned) == _answers(theirs, returned)
+    assert all(ds.Manufacturer == "dicomvault" for ds in ours)

@@ -289,3 +289,55 @@ def move(
     except ScuError as e:
         fail(str(e))
     _report("C-MOVE", result)
+
+
+@app.command()
+def commit(
+    target: TargetArgument,
+    key: KeysOption = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the report.")
+    ] = 60.0,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            help="Where the report may come (the peer's address for us); [dicom] port by "
+            "default, where `serve`, when it runs, takes the report for this command.",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Storage Commitment: ask a remote AE to commit the archive's instances the keys select
+    (a migration's source or target); exit 1 unless it committed every one."""
+    from pynetdicom import AE
+
+    from dicomvault.net.commitment import CommitmentError, request_commitment
+    from dicomvault.net.status import describe
+    from dicomvault.store.finder import Finder
+
+    conf = settings(config, root)
+    keys = _keys(key)
+    with open_archive(config, root) as archive:
+        finder = Finder(archive, bool(conf["index"]["case_insensitive_pn"]))
+        instances = [
+            (m["SOPClassUID"], m["SOPInstanceUID"])
+            for m in finder.find(Level.IMAGE, keys, ["SOPClassUID"])
+        ]
+    if not instances:
+        fail("no instance of the archive matches the keys")
+    ae = AE(ae_title=str(conf["dicom"]["aet"]))
+    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = 30, timeout, timeout
+    listen = (str(conf["dicom"]["host"]), port or int(conf["dicom"]["port"]))
+    try:
+        report = request_commitment(
+            ae, _target(conf, target), instances, listen, timeout, conf.root
+        )
+    except (CommitmentError, OSError) as e:
+        fail(f"storage commitment: {e}")
+    typer.echo(f"committed {len(report.committed)} of {len(instances)} instances")
+    for sop_class, sop_instance, reason in report.failed:
+        typer.echo(f"not committed: {sop_instance} ({sop_class}): {describe(reason)}", err=True)
+    if report.failed or len(report.committed) != len(instances):
+        raise typer.Exit(1)

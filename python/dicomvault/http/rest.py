@@ -31,7 +31,7 @@ from dicomvault.config import Settings
 from dicomvault.dicom.keys import keyword_named
 from dicomvault.http import render
 from dicomvault.http.auth import request_source, require
-from dicomvault.http.dicomweb import iterate_in_thread
+from dicomvault.http.resources import BINARY_VRS, iterate_in_thread
 from dicomvault.http.stored import check, checked_chunks
 from dicomvault.index import CommitOutcome, Level, Record
 from dicomvault.index.levels import PLURALS, UNIQUE
@@ -50,7 +50,6 @@ LevelEndpoint = Callable[[Request, Level], Awaitable[Response]]
 # Query parameters of the list endpoints that page rather than match.
 _PAGING = ("limit", "offset")
 # Values too long to be worth showing: bulk data is summarised by its length.
-_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _PLURAL_OF = {level: plural for plural, level in PLURALS.items()}
 
 
@@ -141,7 +140,7 @@ def _text(element: DataElement) -> str:
         value = element.value
         if value is None:
             return ""
-        if element.VR in _BINARY_VRS or isinstance(value, bytes):
+        if element.VR in BINARY_VRS or isinstance(value, bytes):
             return f"<{len(value)} bytes>"
         if element.VM > 1:
             return "\\".join(str(v) for v in value)

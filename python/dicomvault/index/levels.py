@@ -80,6 +80,7 @@ TAGS: dict[Level, tuple[str, ...]] = {
         "AcquisitionNumber",
         "Rows",
         "Columns",
+        "BitsAllocated",
         "MediaStorageSOPInstanceUID",
     ),
 }
@@ -134,6 +135,7 @@ DICTIONARY: dict[str, tuple[int, str]] = {
     "AcquisitionNumber": (0x00200012, "IS"),
     "Rows": (0x00280010, "US"),
     "Columns": (0x00280011, "US"),
+    "BitsAllocated": (0x00280100, "US"),
     "MediaStorageSOPInstanceUID": (0x00020003, "UI"),
     "NumberOfPatientRelatedStudies": (0x00201200, "IS"),
     "NumberOfPatientRelatedSeries": (0x00201202, "IS"),

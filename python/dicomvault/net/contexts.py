@@ -35,13 +35,10 @@ def storage_sop_classes() -> list[str]:
 
 
 def accepted_syntaxes() -> list[str]:
-    """Every transfer syntax, in the order the SCP takes them when one presentation context
-    offers several (pynetdicom picks the first of ours that the peer proposed).
-
-    Explicit VR Little Endian comes first because the archive can always produce it (it
-    decompresses, it cannot compress): a C-GET context covers every instance of its SOP class,
-    whatever syntax each is stored in. A peer that wants an instance as stored offers that
-    syntax in a context of its own, as DCMTK's storescu does and dicomvault's C-MOVE does."""
+    """Every transfer syntax, in the order the SCP takes them when a presentation context of
+    a C-STORE to the archive offers several (the first of ours that the peer proposed):
+    Explicit VR Little Endian first, then the encapsulated ones. For the storage contexts a
+    C-GET requestor takes the SCP role for, the requestor's order decides instead."""
     first, rest = (
         [ExplicitVRLittleEndian],
         [DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian],
@@ -52,20 +49,21 @@ def accepted_syntaxes() -> list[str]:
 
 def for_instances(instances: Iterable[StoredInstance]) -> list[PresentationContext]:
     """Contexts a C-STORE of these instances needs: each SOP class in each stored transfer
-    syntax (so that they go byte for byte), plus a native fallback per SOP class."""
-    wanted: dict[tuple[str, str], None] = {}
-    classes: dict[str, None] = {}
+    syntax (so that they go byte for byte), then each SOP class in Explicit and in Implicit VR
+    Little Endian, a context each, for a destination that takes none of the stored syntaxes
+    (the transcoder makes any instance in them). Past the limit of 128, the fallbacks go
+    first."""
+    stored: dict[tuple[str, str], None] = {}
     for instance in instances:
-        wanted[(str(instance.SOPClassUID), str(instance.transfer_syntax))] = None
-        classes[str(instance.SOPClassUID)] = None
-    proposed = [build_context(sop, [ts]) for sop, ts in wanted]
-    proposed += [
-        build_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for sop in classes
-    ]
-    if len(proposed) > MAX_PROPOSED:
+        stored[(str(instance.SOPClassUID), str(instance.transfer_syntax))] = None
+    classes = list(dict.fromkeys(sop for sop, _ in stored))
+    wanted = list(stored)
+    for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        wanted += [(sop, fallback) for sop in classes if (sop, fallback) not in stored]
+    if len(wanted) > MAX_PROPOSED:
         log.warning(
             "%d presentation contexts needed, proposing the first %d: instances outside them fail",
-            len(proposed),
+            len(wanted),
             MAX_PROPOSED,
         )
-    return proposed[:MAX_PROPOSED]
+    return [build_context(sop, [ts]) for sop, ts in wanted[:MAX_PROPOSED]]

@@ -8,8 +8,8 @@ used, a ``StoredInstance`` is sent
 
 * byte for byte (pynetdicom's chunked sending from a Part 10 file) when the peer accepted its
   SOP class in the stored transfer syntax;
-* otherwise decoded with pydicom (decompressed by its pixel handlers when encapsulated) and
-  sent in a native syntax the peer accepted, which is logged;
+* otherwise transcoded (``dicomvault.dicom.transcode``, never changing a pixel) into the
+  first syntax the peer accepted that it can be given in, which is logged;
 * or not at all, failing that one sub-operation with a clear error, when neither is possible.
 """
 
@@ -20,33 +20,38 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import dcmwrite, write_file_meta_info
-from pydicom.uid import (
-    UID,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
 from pynetdicom import _config
 from pynetdicom.association import Association
 
 from dicomvault import _native
+from dicomvault.dicom.transcode import transcode_to_any
 
 if TYPE_CHECKING:
     from dicomvault.store import Archive
 
 log = logging.getLogger("dicomvault.net")
 
-NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
-
 _installed = threading.Lock()
 _original_send_c_store: Callable[..., Dataset] | None = None
+
+
+def part10_header(sop_class_uid: str, sop_instance_uid: str, syntax: str) -> bytes:
+    """Preamble, prefix and File Meta of an instance sent in ``syntax``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
 
 
 class StoredInstance(Dataset):
@@ -77,79 +82,39 @@ class StoredInstance(Dataset):
     def part10_file(self, syntax: UID | None = None, dataset: bytes | None = None) -> Path:
         """A Part 10 file: File Meta made for ``syntax`` (the stored one by default), then
         ``dataset`` or else the stored data set as is."""
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = self.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = self.SOPInstanceUID
-        meta.TransferSyntaxUID = syntax or self.transfer_syntax
-        buffer = io.BytesIO()
-        buffer.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(buffer, meta, enforce_standard=True)
         self._scratch.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self._scratch, suffix=".dcm")
         with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
+            f.write(
+                part10_header(self.SOPClassUID, self.SOPInstanceUID, syntax or self.transfer_syntax)
+            )
             for chunk in [dataset] if dataset is not None else self._chunks(self.dataset_offset):
                 f.write(chunk)
         return Path(name)
 
-    def transcoded(self, accepted: Collection[str]) -> tuple[UID, bytes]:
-        """The data set decoded by pydicom (decompressed by its pixel handlers if
-        encapsulated) and written in the first native syntax of ``accepted``, which is
-        logged; ValueError saying why when there is none or the data cannot be decoded."""
-        native = next((ts for ts in NATIVE_SYNTAXES if ts in accepted), None)
-        if native is None:
-            raise ValueError(
-                f"{self.SOPInstanceUID}: the peer accepted {self.SOPClassUID} in none of "
-                f"{self.transfer_syntax.name} or a native syntax"
-            )
+    def transcoded(self, accepted: Sequence[str]) -> tuple[UID, bytes]:
+        """The data set in the first of ``accepted`` (the peer's order of preference) the
+        transcoder can give it in without changing a pixel, which is logged; ValueError
+        (CannotTranscode) saying why when there is none."""
+        data = b"".join(self._chunks(self.dataset_offset))
+        syntax, dataset = transcode_to_any(data, self.transfer_syntax, accepted)
         log.info(
-            "%s: peer did not accept %s, sending it decoded as %s",
+            "%s: peer did not accept %s, sending it as %s",
             self.SOPInstanceUID,
             self.transfer_syntax.name,
-            native.name,
+            UID(syntax).name,
         )
-        try:
-            return native, self._decoded(native)
-        except Exception as e:  # pixel handlers raise many types; the sub-operation fails
-            raise ValueError(
-                f"{self.SOPInstanceUID}: cannot decode {self.transfer_syntax.name}: {e}"
-            ) from e
-
-    def _decoded(self, syntax: UID) -> bytes:
-        ds = pydicom.dcmread(io.BytesIO(b"".join(self._chunks(0))), force=True)
-        if not ds.file_meta or "TransferSyntaxUID" not in ds.file_meta:
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = self.transfer_syntax
-        if self.transfer_syntax.is_compressed:
-            ds.decompress(generate_instance_uid=False)
-        elif not self.transfer_syntax.is_little_endian and "PixelData" in ds:
-            # pydicom re-encodes the numbers, but OW pixel bytes must be swapped here.
-            pixels = ds.pixel_array
-            ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
-        ds.file_meta.TransferSyntaxUID = syntax
-        ds.file_meta.MediaStorageSOPClassUID = self.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = self.SOPInstanceUID
-        ds.preamble = b"\x00" * 128
-        out = io.BytesIO()
-        dcmwrite(
-            out,
-            ds,
-            implicit_vr=syntax.is_implicit_VR,
-            little_endian=syntax.is_little_endian,
-            force_encoding=True,
-        )
-        part10 = out.getvalue()
-        # The data set follows the File Meta group, whose length (0002,0000) is at byte 140.
-        return part10[144 + int.from_bytes(part10[140:144], "little") :]
+        return UID(syntax), dataset
 
     def send(
         self, assoc: Association, send: Callable[..., Dataset], *args: Any, **kwargs: Any
     ) -> Dataset:
-        accepted = {
+        # In the order of their contexts: the order the syntaxes were proposed in.
+        accepted = [
             cx.transfer_syntax[0]
-            for cx in assoc.accepted_contexts
+            for cx in sorted(assoc.accepted_contexts, key=lambda cx: cx.context_id or 0)
             if cx.abstract_syntax == self.SOPClassUID and cx.as_scu
-        }
+        ]
         if self.transfer_syntax in accepted:
             path = self.part10_file()
         else:

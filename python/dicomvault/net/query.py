@@ -7,9 +7,13 @@ import functools
 import io
 import struct
 from collections.abc import Mapping
+from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pynetdicom.dsutils import decode
 
@@ -141,8 +145,17 @@ def _value_bytes(vr: str, text: str, encoding: str) -> bytes:
     return value
 
 
+def _encoded_element(element: DataElement, implicit_vr: bool) -> bytes:
+    """A whole element (a sequence read from a stored header) encoded by pydicom."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = implicit_vr
+    write_data_element(fp, element)
+    return fp.getvalue()
+
+
 def encode_identifier(
-    match: Mapping[str, str],
+    match: Mapping[str, Any],
     level: Level,
     requested: list[str],
     retrieve_aet: str,
@@ -150,23 +163,30 @@ def encode_identifier(
 ) -> bytes:
     """A C-FIND response identifier, encoded (Little Endian, implicit or explicit VR): the
     requested keys (empty when not held) and the unique keys of the level and above, in UTF-8
-    when any value needs more than ASCII. Written directly: pydicom's Dataset and writer cost
-    more than the query."""
+    when any value needs more than ASCII; a sequence comes as its element. Written directly:
+    pydicom's Dataset and writer cost more than the query."""
     keys = [k for k in requested if k not in UNIQUE_KEYS[level]] + list(UNIQUE_KEYS[level])
     values = {k: match.get(k, "") for k in keys}
     values |= {"QueryRetrieveLevel": level.value, "RetrieveAETitle": retrieve_aet}
     encoding = "ascii"
-    if any(not v.isascii() for v in values.values()):
+    if any(isinstance(v, str) and not v.isascii() for v in values.values()):
         values["SpecificCharacterSet"] = "ISO_IR 192"
         encoding = "utf-8"
-    elements = []
-    for keyword, text in values.items():
+    elements: list[tuple[int, str | None, bytes]] = []
+    for keyword, value in values.items():
         found = _tag_and_vr(keyword)
-        if found is not None:
-            tag, vr = found
-            elements.append((tag, vr, _value_bytes(vr, text, encoding)))
+        if found is None:
+            continue
+        tag, vr = found
+        if isinstance(value, DataElement):
+            elements.append((tag, None, _encoded_element(value, implicit_vr)))
+        else:
+            elements.append((tag, vr, _value_bytes(vr, value, encoding)))
     out = bytearray()
-    for tag, vr, value in sorted(elements):
+    for tag, vr, value in sorted(elements, key=lambda e: e[0]):
+        if vr is None:
+            out += value
+            continue
         out += struct.pack("<HH", tag >> 16, tag & 0xFFFF)
         if implicit_vr:
             out += struct.pack("<I", len(value))
@@ -179,7 +199,7 @@ def encode_identifier(
 
 
 def response_identifier(
-    match: Mapping[str, str], level: Level, requested: list[str], retrieve_aet: str
+    match: Mapping[str, Any], level: Level, requested: list[str], retrieve_aet: str
 ) -> Dataset:
     """``encode_identifier``'s identifier as a pydicom Dataset."""
     encoded = encode_identifier(match, level, requested, retrieve_aet)

@@ -5,15 +5,18 @@ negotiation, PDUs, DIMSE, C-STORE data sets streamed into the pack store (durabl
 log before any C-STORE-RSP, indexed by the archive's applier) and C-GET instances streamed out
 of it. This module is its host, where the decisions live: access policy, identifiers and the
 index's query engine answer C-FIND (``_find``) and select what C-GET and C-MOVE retrieve
-(``_select``); pydicom decodes what a peer cannot take as stored (``_transcode``); C-MOVE's
+(``_select``); the transcoder gives what a peer cannot take as stored (``_transcode``); C-MOVE's
 sub-operations go to the destination over an association made here with pynetdicom as SCU
-(``_move``). The listener logs every association and request on a line.
+(``_move``). C-FIND and the retrieves select through one ``Finder`` (what the index does not
+keep is read from the stored headers). The listener logs every association and request on a line.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import select
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +31,7 @@ from dicomvault.audit import Who
 from dicomvault.audit.trail import patient_of
 from dicomvault.config import ConfigError, Settings
 from dicomvault.net import contexts
+from dicomvault.net.commitment import CommitmentScp
 from dicomvault.net.outbound import Selected, StoredInstance, install, outbound, selected
 from dicomvault.net.policy import AccessPolicy
 from dicomvault.net.query import (
@@ -44,17 +48,22 @@ from dicomvault.net.status import (
     NOT_AUTHORIZED,
     OUT_OF_RESOURCES,
     OUT_OF_RESOURCES_MATCHES,
+    SUB_OPERATION_FAILED,
     SUCCESS,
     UNABLE_TO_PROCESS,
 )
 from dicomvault.security.tls import listener_arguments
 from dicomvault.store import Archive
 from dicomvault.store.archive import IndexUnavailable
+from dicomvault.store.finder import Finder
 
 log = logging.getLogger("dicomvault.net")
 
 # What the index is asked for besides a query's keys: who the audit trail names.
 AUDITED = ("PatientID", "IssuerOfPatientID", "PatientName", "StudyInstanceUID")
+# How often a C-MOVE's watch of its requestor checks whether to stop watching.
+WATCH_INTERVAL_MS = 200
+
 # pynetdicom logs every PDU at INFO; keep its own chatter to warnings.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
@@ -67,22 +76,69 @@ def _decoded_identifier(service: str, identifier: bytes, syntax: UID) -> Dataset
         return None
 
 
-def _sub_operations(assoc: Association, instances: list[StoredInstance]) -> Iterator[int]:
-    """Sends each instance over ``assoc``, yielding its C-STORE status; releases ``assoc``
-    when done or closed early (a C-CANCEL)."""
+def abort_now(assoc: Association) -> None:
+    """Aborts an association we requested and wakes whatever waits on it for a response:
+    pynetdicom wakes such a wait when the peer aborts (with its (None, None) message) but
+    not when we do, and it would wait out the DIMSE timeout."""
+    assoc.abort()
+    assoc.dimse.msg_queue.put((None, None))
+
+
+class RequestorWatch:
+    """Watches a C-MOVE requestor's socket while its sub-operations go to the destination:
+    anything it sends (a C-CANCEL, an A-ABORT) or the end of its connection aborts the
+    association with the destination at once, so that a slow or silent destination does not
+    keep the work going; the listener reads what arrived once the host returns."""
+
+    def __init__(self, fd: int, assoc: Association) -> None:
+        self.spoke = threading.Event()
+        self._done = threading.Event()
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLRDHUP)
+        self._assoc = assoc
+        self._thread = threading.Thread(target=self._watch, name="c-move-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            if self._poll.poll(WATCH_INTERVAL_MS):
+                self.spoke.set()
+                log.warning("C-MOVE: the requestor spoke or left: its sub-operations end")
+                abort_now(self._assoc)
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _sub_operations(
+    assoc: Association, instances: list[StoredInstance], requestor_fd: int
+) -> Iterator[int]:
+    """Sends each instance over ``assoc``, yielding its C-STORE status, until the requestor
+    speaks or leaves; releases ``assoc`` when done or closed early (a C-CANCEL)."""
+    watch = RequestorWatch(requestor_fd, assoc)
     try:
         for instance in instances:
+            if watch.spoke.is_set():
+                return
             try:
                 response = assoc.send_c_store(instance)
             except (ValueError, _native.DamagedError) as e:
                 # Not sendable in any syntax the peer accepted, or damaged in the archive: read
                 # whole before anything is sent, so only this sub-operation fails.
                 log.error("C-MOVE: sub-operation for %s failed: %s", instance.SOPInstanceUID, e)
-                yield OUT_OF_RESOURCES
+                yield SUB_OPERATION_FAILED
                 continue
-            yield int(getattr(response, "Status", OUT_OF_RESOURCES))
+            except RuntimeError:  # the association was aborted under it
+                if watch.spoke.is_set():
+                    return
+                raise
+            yield int(getattr(response, "Status", SUB_OPERATION_FAILED))
     finally:
-        assoc.release()
+        watch.stop()
+        if assoc.is_established:
+            assoc.release()
 
 
 class DicomServer:
@@ -96,7 +152,8 @@ class DicomServer:
         self.archive = archive
         self.dicom = settings["dicom"]
         self.policy = AccessPolicy(self.dicom, settings["modalities"])
-        self.case_insensitive_pn = bool(settings["index"]["case_insensitive_pn"])
+        # C-FIND and the retrieves select alike, with the index's person name matching.
+        self.finder = Finder(archive, bool(settings["index"]["case_insensitive_pn"]))
         self.aet = str(self.dicom["aet"])
         # The SCU of C-MOVE's sub-operations.
         self.ae = AE(ae_title=self.aet)
@@ -106,6 +163,7 @@ class DicomServer:
         self.ae.network_timeout = float(self.dicom["dimse_timeout_s"])
         self.ae.dimse_timeout = 600
         self._listener: _native.DicomListener | None = None
+        self.commitment = CommitmentScp(archive, self.policy, self.ae)
 
     def limits(self) -> dict[str, int | float]:
         """The listener's [dicom] limits, or a ConfigError naming one that makes no sense."""
@@ -177,13 +235,20 @@ class DicomServer:
             transcode=self._transcode,
             find=self._find,
             move_to=self._move,
+            commit=self.commitment.request,
         )
 
     def stop(self) -> None:
-        """Stops accepting; associations in progress end, what they acknowledged is durable."""
+        """Stops accepting; associations in progress end, what they acknowledged is durable.
+        C-MOVE sub-associations are aborted first: a destination that is slow to answer
+        would otherwise hold their association threads (and the exit) for the DIMSE
+        timeout."""
+        for assoc in self.ae.active_associations:
+            abort_now(assoc)
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
+        self.commitment.join(timeout=2)
         self.ae.shutdown()
 
     def _allowed(self, aet: str, host: str, service: str, model: str) -> bool:
@@ -221,9 +286,7 @@ class DicomServer:
         except IndexUnavailable as e:
             log.error("C-FIND refused: %s", e)
             return OUT_OF_RESOURCES, iter(())
-        matches = self.archive.index.find(
-            level, filters, [*requested, *AUDITED], case_insensitive_pn=self.case_insensitive_pn
-        )
+        matches = self.finder.find(level, filters, [*requested, *AUDITED])
 
         def answers() -> Iterator[bytes]:
             # Recorded once every answer is sent (or the peer cancelled), before the final
@@ -281,7 +344,7 @@ class DicomServer:
             log.error("%s: %s", name, e)
             return e.status, [], []
         try:
-            matches = list(self.archive.index.find(level, filters, AUDITED))
+            matches = list(self.finder.find(level, filters, AUDITED))
             records = [r for m in matches if (r := self.archive.index.get(level, m["_key"]))]
             chosen = [selected(record) for record in self.archive.instances(records)]
         except IndexUnavailable as e:
@@ -317,6 +380,7 @@ class DicomServer:
         transfer_syntax: str,
         identifier: bytes,
         destination_aet: str,
+        requestor_fd: int,
     ) -> tuple[int, list[str], Iterator[int]]:
         """C-MOVE: a status and, when it is Success, the SOP Instance UIDs to send and their
         C-STORE statuses as they are sent, over an association to the destination."""
@@ -330,22 +394,7 @@ class DicomServer:
         if status != SUCCESS or destination is None or not chosen:
             return status, [], iter(())
         instances = [outbound(self.archive, s) for s in chosen]
-        assoc = self.ae.associate(
-            destination.host,
-            destination.port,
-            contexts.for_instances(instances),
-            ae_title=destination.aet,
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
-            tls_args=tls_arguments(destination, self.dicom),
-        )
-        if not assoc.is_established:
-            log.error(
-                "C-MOVE: no association with %s@%s:%d",
-                destination.aet,
-                destination.host,
-                destination.port,
-            )
-            return MOVE_DESTINATION_UNKNOWN, [], iter(())
+        uids = [i.SOPInstanceUID for i in instances]
         self._audit_retrieve(
             "C-MOVE",
             calling_ae,
@@ -355,7 +404,26 @@ class DicomServer:
             matches,
             destination=f"{destination.aet}@{destination.host}:{destination.port}",
         )
-        return SUCCESS, [i.SOPInstanceUID for i in instances], _sub_operations(assoc, instances)
+        assoc = self.ae.associate(
+            destination.host,
+            destination.port,
+            contexts.for_instances(instances),
+            ae_title=destination.aet,
+            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+            tls_args=tls_arguments(destination, self.dicom),
+        )
+        if not assoc.is_established:
+            # A known destination that cannot be reached: every sub-operation fails (PS3.4
+            # C.4.2.1.5), which the final response reports as 0xA702 with the counts.
+            log.error(
+                "C-MOVE: no association with %s@%s:%d: %d sub-operations failed",
+                destination.aet,
+                destination.host,
+                destination.port,
+                len(uids),
+            )
+            return SUCCESS, uids, iter([SUB_OPERATION_FAILED] * len(uids))
+        return SUCCESS, uids, _sub_operations(assoc, instances, requestor_fd)
 
     def _transcode(
         self,
@@ -366,7 +434,8 @@ class DicomServer:
         manifest: bytes,
         accepted: list[str],
     ) -> tuple[str, bytes]:
-        """C-GET: an instance's data set decoded into a native syntax the peer took."""
+        """C-GET: an instance's data set in the first of ``accepted`` (the peer's order) the
+        transcoder can give it in."""
         instance = Selected(
             sop_class_uid, sop_instance_uid, transfer_syntax, dataset_offset, manifest
         )

@@ -28,17 +28,25 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgpack
 
 from dicomvault import _native
 from dicomvault.audit import AuditTrail
 from dicomvault.config import Settings
+from dicomvault.dicom.acceptance import (
+    SOP_CLASS_UID,
+    SOP_INSTANCE_UID,
+    Refusal,
+    refusal,
+    uid_of,
+)
 from dicomvault.dicom.values import decode_elements, wanted
 from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, Record
 from dicomvault.index.levels import INDEXED_KEYWORDS
 from dicomvault.metrics import Counter, Histogram
+from dicomvault.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 from dicomvault.store.committer import GroupCommitter
 
 if TYPE_CHECKING:
@@ -56,6 +64,9 @@ IngestStatus = Literal[
 # The scanner says this when a file does not even start like DICOM.
 _NOT_DICOM = "not DICOM"
 
+# A check of what the writer ingested beyond ``acceptance.refusal`` (a STOW-RS to one study).
+Check = Callable[[Mapping[str, Any]], Refusal | None]
+
 
 @dataclass(frozen=True, slots=True)
 class IngestOutcome:
@@ -65,6 +76,10 @@ class IngestOutcome:
     key: str | None = None
     size: int = 0
     reason: str | None = None
+    # Why it was refused or failed, as a C-STORE status (STOW-RS's Failure Reason).
+    code: int | None = None
+    # Its SOP Class and Instance UIDs, when it could be read.
+    uids: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +121,10 @@ def final(outcome: IngestOutcome, commit: Future[CommitOutcome] | None) -> Inges
     try:
         result = commit.result()
     except (OSError, IndexUnavailable) as e:
-        return IngestOutcome("failed", size=outcome.size, reason=str(e))
-    return IngestOutcome(result.status, key=result.key, size=outcome.size)
+        return IngestOutcome(
+            "failed", size=outcome.size, reason=str(e), code=OUT_OF_RESOURCES, uids=outcome.uids
+        )
+    return IngestOutcome(result.status, key=result.key, size=outcome.size, uids=outcome.uids)
 
 
 def utc_now() -> str:
@@ -390,11 +407,11 @@ class Archive:
         )
 
     def ingest_chunks(
-        self, chunks: Iterable[bytes], source: str, name: str
+        self, chunks: Iterable[bytes], source: str, name: str, check: Check | None = None
     ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
         """``ingest_file`` for an instance arriving in pieces (an HTTP body): each piece goes
         into the store as it comes, so that nothing holds the instance whole (``name`` says
-        what it was)."""
+        what it was); an instance cut short is refused, as ``check`` refuses what it refuses."""
 
         def ingest() -> dict:
             writer = self.store.writer(allow_truncated=True)
@@ -402,22 +419,24 @@ class Archive:
                 writer.write(chunk)
             return writer.finish()
 
-        return self._ingest(ingest, source, name)
+        return self._ingest(ingest, source, name, check)
 
     def ingest_bytes(
-        self, data: bytes, source: str, name: str
+        self, data: bytes, source: str, name: str, check: Check | None = None
     ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
         """``ingest_file`` for an instance held in memory."""
-        return self.ingest_chunks((data,), source, name)
+        return self.ingest_chunks((data,), source, name, check)
 
-    def ingest_all(self, parts: Sequence[tuple[str, bytes]], source: str) -> list[IngestOutcome]:
+    def ingest_all(
+        self, parts: Sequence[tuple[str, bytes]], source: str, check: Check | None = None
+    ) -> list[IngestOutcome]:
         """Ingests (name, bytes) instances held in memory; every one is queued before any is
         waited for, so that they share group commits. The outcomes are final (durable)."""
-        queued = [self.ingest_bytes(data, source, name) for name, data in parts]
+        queued = [self.ingest_bytes(data, source, name, check) for name, data in parts]
         return [final(*q) for q in queued]
 
     def _ingest(
-        self, ingest: Callable[[], dict], source: str, name: str
+        self, ingest: Callable[[], dict], source: str, name: str, check: Check | None = None
     ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
         try:
             self.store.check_space()
@@ -425,16 +444,21 @@ class Archive:
         except _native.ScanError as e:
             status: IngestStatus = "not-dicom" if _NOT_DICOM in str(e) else "rejected"
             self.refused.inc(status)
-            return IngestOutcome(status, reason=str(e)), None
+            return IngestOutcome(status, reason=str(e), code=CANNOT_UNDERSTAND), None
         except OSError as e:  # the archive's disk, not the instance
             self.refused.inc("failed")
-            return IngestOutcome("failed", reason=f"{name}: {e}"), None
+            return IngestOutcome("failed", reason=f"{name}: {e}", code=OUT_OF_RESOURCES), None
+        uids = (uid_of(ingested, SOP_CLASS_UID), uid_of(ingested, SOP_INSTANCE_UID))
+        refused = refusal(ingested) or (check(ingested) if check is not None else None)
+        if refused is not None:
+            # Its blobs are in the packs, referenced by nothing: gc reclaims them.
+            log.warning("%s refused: %s", name, refused.reason)
+            self.refused.inc("rejected")
+            return IngestOutcome(
+                "rejected", reason=refused.reason, code=refused.status, uids=uids
+            ), None
         entry = self.entry(ingested, source)
-        if ingested["truncated_at"] is not None:
-            log.warning(
-                "%s is truncated at byte %d: stored as it is", name, ingested["truncated_at"]
-            )
-        return IngestOutcome("stored", size=ingested["size"]), self.submit(entry)
+        return IngestOutcome("stored", size=ingested["size"], uids=uids), self.submit(entry)
 
     # Reading ------------------------------------------------------------------------------
 

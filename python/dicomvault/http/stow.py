@@ -1,0 +1,141 @@
+"""STOW-RS (PS3.18 10.5): ``POST /studies`` and ``POST /studies/{study}`` of a multipart/related
+body of application/dicom parts, each stored through the archive's ingest path with the checks
+C-STORE makes (complete, its UIDs present, a storage SOP class; to one study, of that study)
+before anything of it is indexed. The response is the Store Instances Response Module (PS3.18
+Annex I) in DICOM JSON: RetrieveURL, a ReferencedSOPSequence item per instance stored (with its
+RetrieveURL) and a FailedSOPSequence item per instance refused, with its UIDs and Failure
+Reason; 200 when all were stored, 202 when some, 409 when none (507 when for want of room)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from dicomvault.dicom.acceptance import STUDY_INSTANCE_UID, Refusal, uid_of
+from dicomvault.http.auth import request_source
+from dicomvault.http.resources import DICOM_JSON, DICOM_WEB, BadRequest, error
+from dicomvault.index import Level
+from dicomvault.net.status import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH, OUT_OF_RESOURCES
+from dicomvault.store import Archive
+from dicomvault.store.archive import IngestOutcome
+
+log = logging.getLogger("dicomvault.http")
+
+DICOM = "application/dicom"
+RETRIEVE_URL = "00081190"
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_SEQUENCE = "00081199"
+REFERENCED_SOP_CLASS = "00081150"
+REFERENCED_SOP_INSTANCE = "00081155"
+FAILURE_REASON = "00081197"
+
+
+def split_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
+    """(media type, payload) of each part of a multipart/related body."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not match:
+        raise BadRequest("multipart/related without a boundary")
+    delimiter = b"--" + match[1].encode()
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, payload = chunk.partition(b"\r\n\r\n")
+        found = re.search(rb"(?im)^content-type:\s*([^;\r\n]+)", head)
+        media = found[1].decode("latin-1").strip().lower() if found else "application/dicom"
+        parts.append((media, payload[:-2] if payload.endswith(b"\r\n") else payload))
+    return parts
+
+
+def _uid(value: str) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+class Stow:
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    async def endpoint(self, request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/related"):
+            return error(415, "STOW-RS takes multipart/related application/dicom parts")
+        try:
+            parts = split_multipart(await request.body(), content_type)
+        except BadRequest as e:
+            return error(400, str(e))
+        if not parts:
+            return error(400, "the multipart/related body has no part")
+        root = str(request.base_url).rstrip("/") + DICOM_WEB
+        study = request.path_params.get("study")
+        source = request_source(request, "STOW-RS")
+        outcomes = await asyncio.to_thread(self._store, parts, source, study)
+        return self._response(outcomes, root, study)
+
+    def _store(
+        self, parts: list[tuple[str, bytes]], source: str, study: str | None
+    ) -> list[IngestOutcome]:
+        def same_study(ingested: Mapping[str, Any]) -> Refusal | None:
+            found = uid_of(ingested, STUDY_INSTANCE_UID)
+            if study is None or found == study:
+                return None
+            return Refusal(
+                DATA_SET_DOES_NOT_MATCH,
+                f"the instance is of study {found or '(none)'}, not of {study} the request names",
+            )
+
+        named = [(f"part {i + 1}", data) for i, (media, data) in enumerate(parts) if media == DICOM]
+        done = iter(self.archive.ingest_all(named, source, same_study))
+        return [
+            next(done)
+            if media == DICOM
+            else IngestOutcome(
+                "rejected", reason=f"{media} parts are not stored here", code=CANNOT_UNDERSTAND
+            )
+            for media, _ in parts
+        ]
+
+    def _response(self, outcomes: list[IngestOutcome], root: str, study: str | None) -> Response:
+        stored, failed = [], []
+        studies: set[str] = set()
+        for i, outcome in enumerate(outcomes):
+            sop_class, sop_instance = outcome.uids or ("", "")
+            if outcome.key is None:
+                log.warning("STOW-RS part %d refused: %s", i + 1, outcome.reason)
+                failed.append(
+                    {
+                        REFERENCED_SOP_CLASS: _uid(sop_class),
+                        REFERENCED_SOP_INSTANCE: _uid(sop_instance),
+                        FAILURE_REASON: {"vr": "US", "Value": [outcome.code or CANNOT_UNDERSTAND]},
+                    }
+                )
+                continue
+            record = self.archive.index.get(Level.IMAGE, outcome.key)
+            series = self.archive.index.get(Level.SERIES, record.parent or "") if record else None
+            study_url = f"{root}/studies/{series.parent if series else ''}"
+            studies.add(study_url)
+            url = f"{study_url}/series/{record.parent if record else ''}/instances/{outcome.key}"
+            stored.append(
+                {
+                    REFERENCED_SOP_CLASS: _uid(sop_class),
+                    REFERENCED_SOP_INSTANCE: _uid(outcome.key),
+                    RETRIEVE_URL: {"vr": "UR", "Value": [url]},
+                }
+            )
+        body: dict[str, Any] = {}
+        if study is not None:
+            studies = {f"{root}/studies/{study}"}
+        if len(studies) == 1:  # the study's URL, when they are of one (PS3.18 Table I.1-1)
+            body[RETRIEVE_URL] = {"vr": "UR", "Value": list(studies)}
+        if failed:
+            body[FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": failed}
+        if stored:
+            body[REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": stored}
+        no_room = any(o.code == OUT_OF_RESOURCES for o in outcomes)
+        status = 200 if not failed else 202 if stored else 507 if no_room else 409
+        return JSONResponse(dict(sorted(body.items())), status_code=status, media_type=DICOM_JSON)

@@ -1,0 +1,345 @@
+"""DICOMweb as PS3.18 has it, status codes included: WADO-RS content negotiation (8.7.3),
+STOW-RS checks and response (10.5, Annex I), QIDO-RS parameters and results (8.3, 10.6)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import httpx
+import jpeg_ls
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from dicomvault.bench.corpus import GeneratedInstance
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+RLE = "1.2.840.10008.1.2.5"
+DICOM = 'multipart/related; type="application/dicom"'
+# PS3.18 Table I.2-2 Failure Reasons (the C-STORE statuses).
+CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH, SOP_CLASS_NOT_SUPPORTED = 0xC000, 0xA900, 0x0122
+RETRIEVE_URL, FAILED_SOP, REFERENCED_SOP, FAILURE_REASON = (
+    "00081190",
+    "00081198",
+    "00081199",
+    "00081197",
+)
+
+
+def instance_url(url: str, g: GeneratedInstance) -> str:
+    return (
+        f"{url}/studies/{g.study_instance_uid}/series/{g.series_instance_uid}"
+        f"/instances/{g.sop_instance_uid}"
+    )
+
+
+def parts_with_types(response: httpx.Response) -> list[tuple[str, bytes]]:
+    """(Content-Type as sent, payload) of each part of a multipart/related response."""
+    boundary = response.headers["content-type"].split("boundary=")[1].strip('"')
+    parts = []
+    for chunk in response.content.split(f"--{boundary}".encode())[1:-1]:
+        head, _, payload = chunk.partition(b"\r\n\r\n")
+        media = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-type:")
+        )
+        parts.append((media, payload.removesuffix(b"\r\n")))
+    return parts
+
+
+def pick(corpus: list[GeneratedInstance], syntax: str, frames: int = 1) -> GeneratedInstance:
+    return next(g for g in corpus if g.transfer_syntax == syntax and g.number_of_frames >= frames)
+
+
+def pixels(data: bytes) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(data))
+        if ds.file_meta.TransferSyntaxUID == JPEG_BASELINE:
+            ds.pixel_array_options(decoding_plugin="pillow")
+        return ds.pixel_array
+
+
+# WADO-RS ------------------------------------------------------------------------------------
+
+
+def test_wado_rs_instances_default_to_explicit_vr_little_endian_and_star_is_as_stored(served):
+    _, corpus, url = served
+    jpeg = pick(corpus, JPEG_BASELINE)
+    # No transfer-syntax: Explicit VR Little Endian (PS3.18 Table 8.7.3-2), decoded.
+    response = httpx.get(instance_url(url, jpeg), headers={"Accept": DICOM})
+    assert response.status_code == 200
+    [(media, part)] = parts_with_types(response)
+    assert media == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+    decoded = pydicom.dcmread(io.BytesIO(part))
+    assert decoded.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert decoded.LossyImageCompression == "01"  # PS3.3 C.7.6.1.1.5: once lossy, always
+    assert decoded.LossyImageCompressionMethod == "ISO_10918_1"
+    assert (pixels(part) == pixels(jpeg.path.read_bytes())).all()
+    # transfer-syntax=*: as stored, byte for byte.
+    response = httpx.get(instance_url(url, jpeg), headers={"Accept": f"{DICOM}; transfer-syntax=*"})
+    [(media, part)] = parts_with_types(response)
+    assert media == f"application/dicom; transfer-syntax={JPEG_BASELINE}"
+    assert pydicom.dcmread(io.BytesIO(part)).PixelData == pydicom.dcmread(jpeg.path).PixelData
+
+
+def test_wado_rs_makes_lossless_syntaxes_and_refuses_lossy_ones_with_406(served):
+    _, corpus, url = served
+    native = pick(corpus, EXPLICIT_LE)
+    accept = f"{DICOM}; transfer-syntax={JPEG_LS}"
+    response = httpx.get(instance_url(url, native), headers={"Accept": accept})
+    assert response.status_code == 200
+    [(media, part)] = parts_with_types(response)
+    assert media == f"application/dicom; transfer-syntax={JPEG_LS}"
+    assert (pixels(part) == pixels(native.path.read_bytes())).all()
+    # A lossy syntax from native pixels: only a lossy encoder could make it (8.7.3.5: 406).
+    lossy = f"{DICOM}; transfer-syntax={JPEG_BASELINE}"
+    assert httpx.get(instance_url(url, native), headers={"Accept": lossy}).status_code == 406
+    study = f"{url}/studies/{native.study_instance_uid}"
+    assert httpx.get(study, headers={"Accept": lossy}).status_code == 406
+    assert httpx.get(study, headers={"Accept": "text/html"}).status_code == 406
+    # The second choice is taken when the first cannot be made.
+    either = f"{lossy}; q=0.9, {DICOM}; transfer-syntax=1.2.840.10008.1.2; q=0.5"
+    response = httpx.get(instance_url(url, native), headers={"Accept": either})
+    assert response.status_code == 200
+    [(media, _)] = parts_with_types(response)
+    assert media.endswith("transfer-syntax=1.2.840.10008.1.2")
+    bad = f"{DICOM}; transfer-syntax=JPEG"
+    assert httpx.get(instance_url(url, native), headers={"Accept": bad}).status_code == 400
+
+
+def test_wado_rs_frames_have_their_real_media_types_and_are_made_when_asked(served):
+    _, corpus, url = served
+    rle = pick(corpus, RLE, frames=50)
+    original = pixels(rle.path.read_bytes())
+    # Default: uncompressed (application/octet-stream, Explicit VR Little Endian).
+    response = httpx.get(f"{instance_url(url, rle)}/frames/1,50")
+    assert response.status_code == 200
+    frames = parts_with_types(response)
+    assert [m for m, _ in frames] == [
+        f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+    ] * 2
+    assert frames[1][1] == original[49].astype("<u2").tobytes()
+    # As stored: the RLE frames, labelled as such (PS3.18 Table 8.7.3-5).
+    star = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    [(media, frame)] = parts_with_types(
+        httpx.get(f"{instance_url(url, rle)}/frames/2", headers={"Accept": star})
+    )
+    assert media == f"image/dicom-rle; transfer-syntax={RLE}"
+    jpeg = pick(corpus, JPEG_BASELINE)
+    [(media, frame)] = parts_with_types(
+        httpx.get(f"{instance_url(url, jpeg)}/frames/1", headers={"Accept": star})
+    )
+    assert media == f"image/jpeg; transfer-syntax={JPEG_BASELINE}" and frame[:2] == b"\xff\xd8"
+    # image/jls asked of native frames: JPEG-LS made losslessly.
+    native = pick(corpus, EXPLICIT_LE, frames=50)
+    jls = 'multipart/related; type="image/jls"'
+    response = httpx.get(f"{instance_url(url, native)}/frames/3", headers={"Accept": jls})
+    assert response.status_code == 200
+    [(media, frame)] = parts_with_types(response)
+    assert media == f"image/jls; transfer-syntax={JPEG_LS}"
+    assert (
+        jpeg_ls.decode(np.frombuffer(frame, np.uint8)) == pixels(native.path.read_bytes())[2]
+    ).all()
+    # image/jpeg of native frames would be lossy: 406.
+    lossy = 'multipart/related; type="image/jpeg"'
+    assert (
+        httpx.get(f"{instance_url(url, native)}/frames/1", headers={"Accept": lossy}).status_code
+        == 406
+    )
+
+
+# STOW-RS ------------------------------------------------------------------------------------
+
+
+def stow(url: str, parts: list[bytes], study: str | None = None) -> httpx.Response:
+    boundary = "dicomvault-standard"
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
+        for p in parts
+    )
+    body += f"--{boundary}--\r\n".encode()
+    target = f"{url}/studies" + (f"/{study}" if study else "")
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return httpx.post(target, content=body, headers={"Content-Type": content_type}, timeout=60)
+
+
+def variant(g: GeneratedInstance, tmp_path: Path, **changes: object) -> tuple[bytes, str]:
+    """A copy of ``g`` as a new instance, with attributes changed (None deletes); its UID."""
+    ds = pydicom.dcmread(g.path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid = generate_uid()
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    out = tmp_path / f"{uid}.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    return out.read_bytes(), uid
+
+
+def failures(response: httpx.Response) -> list[tuple[str, str, int]]:
+    return [
+        (
+            item["00081150"].get("Value", [""])[0],
+            item["00081155"].get("Value", [""])[0],
+            item[FAILURE_REASON]["Value"][0],
+        )
+        for item in response.json().get(FAILED_SOP, {}).get("Value", [])
+    ]
+
+
+def found(url: str, uid: str) -> bool:
+    return bool(httpx.get(f"{url}/instances", params={"SOPInstanceUID": uid}).json())
+
+
+def test_stow_rs_refuses_each_instance_the_archive_cannot_store_and_stores_nothing_of_it(
+    served, tmp_path
+):
+    _, corpus, url = served
+    multiframe = pick(corpus, EXPLICIT_LE, frames=50)
+    whole, cut_uid = variant(multiframe, tmp_path)
+    truncated = stow(url, [whole[:-5000]])
+    assert truncated.status_code == 409  # PS3.18 Table 10.5.3-1: none stored
+    [(sop_class, sop_instance, reason)] = failures(truncated)
+    assert (sop_class, sop_instance, reason) == (
+        multiframe_class(multiframe),
+        cut_uid,
+        CANNOT_UNDERSTAND,
+    )
+    g = pick(corpus, EXPLICIT_LE)
+    no_sop_uid, _ = variant(g, tmp_path, SOPInstanceUID=None)
+    no_series, no_series_uid = variant(g, tmp_path, SeriesInstanceUID=None)
+    not_storage, not_storage_uid = variant(g, tmp_path, SOPClassUID="1.2.840.10008.5.1.4.31")
+    good, good_uid = variant(g, tmp_path)
+    mixed = stow(url, [no_sop_uid, no_series, not_storage, good])
+    assert mixed.status_code == 202  # some stored, some failed
+    reasons = {uid: reason for _, uid, reason in failures(mixed)}
+    assert reasons == {
+        "": DATA_SET_DOES_NOT_MATCH,
+        no_series_uid: DATA_SET_DOES_NOT_MATCH,
+        not_storage_uid: SOP_CLASS_NOT_SUPPORTED,
+    }
+    [stored] = mixed.json()[REFERENCED_SOP]["Value"]
+    assert stored["00081155"]["Value"] == [good_uid]
+    assert stored[RETRIEVE_URL]["Value"][0].endswith(
+        f"/studies/{g.study_instance_uid}/series/{g.series_instance_uid}/instances/{good_uid}"
+    )
+    assert mixed.json()[RETRIEVE_URL]["Value"] == [f"{url}/studies/{g.study_instance_uid}"]
+    assert found(url, good_uid)
+    for uid in (cut_uid, no_series_uid, not_storage_uid):
+        assert not found(url, uid)
+
+
+def multiframe_class(g: GeneratedInstance) -> str:
+    return str(pydicom.dcmread(g.path, stop_before_pixels=True).SOPClassUID)
+
+
+def test_stow_rs_to_a_study_refuses_instances_of_another(served, tmp_path):
+    _, corpus, url = served
+    g = corpus[0]
+    other = next(c for c in corpus if c.study_instance_uid != g.study_instance_uid)
+    data, uid = variant(g, tmp_path)
+    refused = stow(url, [data], study=other.study_instance_uid)
+    assert refused.status_code == 409
+    assert failures(refused)[0][1:] == (uid, DATA_SET_DOES_NOT_MATCH)
+    assert refused.json()[RETRIEVE_URL]["Value"] == [f"{url}/studies/{other.study_instance_uid}"]
+    assert not found(url, uid)
+    accepted = stow(url, [data], study=g.study_instance_uid)
+    assert accepted.status_code == 200
+    assert accepted.json()[RETRIEVE_URL]["Value"] == [f"{url}/studies/{g.study_instance_uid}"]
+    assert found(url, uid)
+
+
+def test_import_refuses_what_stow_rs_refuses(cli, tmp_path):
+    from dicomvault.bench.corpus import clinical_corpus
+
+    g = next(c for c in clinical_corpus(tmp_path / "corpus") if c.number_of_frames > 1)
+    files = tmp_path / "in"
+    files.mkdir()
+    whole, cut_uid = variant(g, files)
+    (files / f"{cut_uid}.dcm").write_bytes(whole[:-5000])
+    variant(g, files, StudyInstanceUID=None)
+    result = cli.run("import", files, check=False)
+    assert result.returncode != 0
+    assert "cut short" in result.stdout + result.stderr
+    assert "StudyInstanceUID" in result.stdout + result.stderr
+    assert cli.ls("instances") == []
+
+
+# QIDO-RS ------------------------------------------------------------------------------------
+
+
+def test_qido_rs_bad_parameters_are_400_with_the_reason(served):
+    _, _, url = served
+    unknown = httpx.get(f"{url}/studies", params={"NoSuchAttribute": "1"})
+    assert unknown.status_code == 400 and "NoSuchAttribute" in unknown.json()["error"]
+    assert httpx.get(f"{url}/studies", params={"limit": "-1"}).status_code == 400
+    assert httpx.get(f"{url}/studies", params={"includefield": "Nonsense"}).status_code == 400
+    assert httpx.get(f"{url}/studies", params={"fuzzymatching": "perhaps"}).status_code == 400
+
+
+def test_qido_rs_fuzzymatching_searches_literally_with_a_warning(served):
+    _, _, url = served
+    response = httpx.get(
+        f"{url}/studies", params={"fuzzymatching": "true", "PatientName": "Smith*"}
+    )
+    assert response.status_code == 200 and response.json()
+    assert response.headers["Warning"].startswith("299 ")  # PS3.18 8.3.4.2
+
+
+def test_qido_rs_results_have_what_each_level_requires(served):
+    _, corpus, url = served
+    [study] = httpx.get(f"{url}/studies", params={"AccessionNumber": "ACC1001"}).json()
+    uid = study["0020000D"]["Value"][0]
+    assert study[RETRIEVE_URL]["Value"] == [f"{url}/studies/{uid}"]
+    assert "00080052" not in study  # QueryRetrieveLevel is C-FIND's, not QIDO-RS's
+    assert {"00080020", "00080050", "00080061", "00100010", "00201206"} <= set(study)
+    # /series without a study: the study's attributes too (PS3.18 Table 10.6.3-4).
+    series = httpx.get(f"{url}/series", params={"StudyInstanceUID": uid}).json()
+    assert all(
+        {"00100010", "00080020", "00080060", "00201209", RETRIEVE_URL} <= set(s) for s in series
+    )
+    # Instances: Rows, Columns, Bits Allocated, Number of Frames (Table 10.6.3-5).
+    multiframe = pick(corpus, EXPLICIT_LE, frames=50)
+    [instance] = httpx.get(
+        f"{url}/studies/{multiframe.study_instance_uid}/instances",
+        params={"SOPInstanceUID": multiframe.sop_instance_uid},
+    ).json()
+    assert instance["00280010"]["Value"] == [32] and instance["00280100"]["Value"] == [16]
+    assert instance["00280008"]["Value"] == ["50"] or instance["00280008"]["Value"] == [50]
+    assert instance[RETRIEVE_URL]["Value"][0].endswith(f"/instances/{multiframe.sop_instance_uid}")
+
+
+def test_qido_rs_matches_and_returns_attributes_the_index_does_not_keep(served):
+    _, corpus, url = served
+    ct = {g.sop_instance_uid for g in corpus if g.modality == "CT" and g.number_of_frames == 1}
+    matched = httpx.get(
+        f"{url}/instances", params={"KVP": "120.0", "includefield": "Manufacturer,PatientPosition"}
+    ).json()
+    corpus_uids = {g.sop_instance_uid for g in corpus}  # not what other tests stored
+    assert {i["00080018"]["Value"][0] for i in matched} & corpus_uids == ct
+    assert all(i["00080070"]["Value"] == ["dicomvault"] for i in matched)
+    assert all(i["00185100"]["Value"] == ["HFS"] for i in matched)
+    everything = httpx.get(f"{url}/studies", params={"includefield": "all", "limit": "1"}).json()
+    assert {"00081030", "00080080"} <= set(everything[0])  # StudyDescription, InstitutionName
+    [one] = httpx.get(
+        f"{url}/instances",
+        params={"SOPInstanceUID": corpus[0].sop_instance_uid, "includefield": "all"},
+    ).json()
+    assert one["00080008"]["Value"] == ["ORIGINAL", "PRIMARY", "AXIAL"]  # from the header
+
+
+@pytest.mark.parametrize("level", ["studies", "series", "instances"])
+def test_qido_rs_levels_answer_json_arrays(served, level):
+    _, _, url = served
+    response = httpx.get(f"{url}/{level}", params={"limit": "2"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/dicom+json")
+    assert len(response.json()) == 2

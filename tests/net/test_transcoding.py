@@ -1,0 +1,211 @@
+"""Retrieves never alter an image: every pydicom test file the archive accepts, fetched by
+DCMTK's getscu once with each transfer syntax preference, and by WADO-RS in each native
+syntax, is byte-identical whenever the syntax negotiated is the stored one, and otherwise has
+the pixel data DCMTK's own converters (dcmconv, dcmdjpeg, dcmdrle, dcmdjpls) produce; what
+cannot be made without changing pixels is not sent at all (PS3.4 C.4.3.3.1: the sub-operation
+fails)."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from functools import cache
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.uid import UID
+
+from dicomvault.bench.peers import free_port
+from dicomvault.testdata import readable_pydicom_test_files
+from tests.http.test_dicomweb import multipart_parts, uids
+from tests.net.conftest import Server, dcmtk
+from tests.net.test_dcmtk_peers import dataset_bytes
+
+QR = "WORKSTATION"
+EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+DEFLATED, EXPLICIT_BE = "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
+NATIVE = (EXPLICIT_LE, IMPLICIT_LE, DEFLATED, EXPLICIT_BE)
+JPEG_BASELINE, JPEG_EXTENDED = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"
+# What getscu's preference options make it propose first in every storage context (the
+# archive takes the requestor's first choice). +xi proposes Explicit VR Little Endian only in
+# DCMTK 3.6.7.
+GETSCU_FIRST = {
+    "+xe": EXPLICIT_LE,
+    "+xi": EXPLICIT_LE,
+    "+xb": EXPLICIT_BE,
+    "+xd": DEFLATED,
+    "+xy": "1.2.840.10008.1.2.4.50",
+    "+xx": "1.2.840.10008.1.2.4.51",
+    "+xs": "1.2.840.10008.1.2.4.70",
+    "+xv": "1.2.840.10008.1.2.4.90",
+    "+xw": "1.2.840.10008.1.2.4.91",
+    "+xt": "1.2.840.10008.1.2.4.80",
+    "+xu": "1.2.840.10008.1.2.4.81",
+    "+xr": "1.2.840.10008.1.2.5",
+}
+# Syntaxes the archive can make from any other without changing a pixel.
+LOSSLESS_MADE = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
+LOSSLESS_MADE |= {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.5"}
+# DCMTK's decoder for each encapsulated syntax (none for JPEG 2000: pydicom's is compared).
+DECODER = {"1.2.840.10008.1.2.5": "dcmdrle", "1.2.840.10008.1.2.4.80": "dcmdjpls"}
+DECODER |= {"1.2.840.10008.1.2.4.81": "dcmdjpls"}
+OUTPUT_OPTION = {EXPLICIT_LE: "+te", IMPLICIT_LE: "+ti", EXPLICIT_BE: "+tb", DEFLATED: "+td"}
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A server holding every pydicom test file it accepts, with HTTP; the files as stored."""
+    tmp = tmp_path_factory.mktemp("transcoding")
+    files = tmp / "files"
+    files.mkdir()
+    # image_dfl.dcm's deflated stream ends with 8 bytes of a gzip trailer: sent as stored
+    # (byte for byte), getscu +xd refuses it (0xC000) and ends its C-GET there.
+    chosen = [p for p in readable_pydicom_test_files() if uids(p) and p.name != "image_dfl.dcm"]
+    for i, path in enumerate(chosen):
+        shutil.copy(path, files / f"{i:03}-{path.name}")
+    http_port = free_port()
+    server = Server(
+        tmp,
+        {QR: {"aet": QR, "host": "127.0.0.1", "port": 1}},
+        sections={"http": {"enabled": True, "host": "127.0.0.1", "port": http_port}},
+    )
+    server.cli.run("import", files, check=False)  # the truncated ones are refused
+    out = tmp / "stored"
+    server.cli.run("export", "--out", out)
+    stored = {
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in out.rglob("*.dcm")
+    }
+    server.start()
+    yield server, stored, f"http://127.0.0.1:{http_port}/dicom-web"
+    assert server.stop() == 0
+
+
+def syntax_of(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+
+
+def has_pixels(path: Path) -> bool:
+    return "PixelData" in pydicom.dcmread(path, defer_size=64)
+
+
+@cache
+def dcmtk_native(path: Path, syntax: str, work: Path) -> pydicom.Dataset | None:
+    """What DCMTK makes of the stored file in a native ``syntax``; None when DCMTK cannot
+    read the file (some of pydicom's test files are malformed on purpose)."""
+    stored = syntax_of(path)
+    tool = "dcmconv" if stored in NATIVE else DECODER.get(stored, "dcmdjpeg")
+    out = work / f"{tool}-{path.stem}-{syntax}.dcm"
+    if dcmtk(tool, OUTPUT_OPTION[syntax], path, out, check=False).returncode != 0:
+        return None
+    return pydicom.dcmread(out)
+
+
+def values(ds: pydicom.Dataset) -> dict[str, str]:
+    """Every element's value, nested ones included, as text; not group lengths (retired,
+    and some of pydicom's files have wrong ones, which DCMTK recomputes)."""
+    return {
+        f"{e.tag}@{i}": str(e.value)
+        for i, e in enumerate(ds.iterall())
+        if e.VR != "SQ" and e.tag.element != 0
+    }
+
+
+def assert_same_pixels(received: Path, stored: Path, work: Path) -> None:
+    """The received file's pixels are those of the stored one: as DCMTK converts or decodes
+    them; for an encapsulated file, as DCMTK (or for JPEG 2000, pydicom) decodes it; where
+    DCMTK cannot read the stored file, as pydicom decodes both."""
+    syntax = syntax_of(received)
+    original = syntax_of(stored)
+    if not has_pixels(stored):
+        # An SR, a presentation state, a waveform: every value as DCMTK converts them; under
+        # an encapsulated syntax encoded as Explicit VR Little Endian (PS3.5 A.4).
+        native = syntax if syntax in NATIVE else EXPLICIT_LE
+        expected = dcmtk_native(stored, native, work) or pydicom.dcmread(stored)
+        got = pydicom.dcmread(received)
+        assert values(got) == values(expected), (received.name, UID(syntax).name)
+        return
+    if syntax in NATIVE and original not in ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"):
+        expected = dcmtk_native(stored, syntax, work)
+        if expected is not None:
+            got = pydicom.dcmread(received)
+            if original == JPEG_EXTENDED:
+                # No decoder here is IJG's 12-bit one: pylibjpeg's differs from DCMTK's by at
+                # most one (both within the IDCT accuracy ISO 10918-2 asks of a decoder).
+                ours, theirs = got.pixel_array.astype(int), expected.pixel_array.astype(int)
+                assert abs(ours - theirs).max() <= 1, received.name
+            else:
+                assert got.PixelData == expected.PixelData, (received.name, UID(syntax).name)
+            return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if syntax in DECODER:
+            decoded = work / f"decoded-{received.name}"
+            dcmtk(DECODER[syntax], received, decoded)
+            got = pydicom.dcmread(decoded).pixel_array
+        else:
+            got = pydicom.dcmread(received).pixel_array
+        reference = pydicom.dcmread(stored)
+        if original == JPEG_BASELINE:
+            # IJG libjpeg's output, as DCMTK's: libjpeg-turbo (Pillow) gives it to the bit.
+            reference.pixel_array_options(decoding_plugin="pillow")
+        expected = reference.pixel_array
+    assert (got == expected).all(), (received.name, UID(syntax).name)
+
+
+def test_getscu_with_every_preference_gets_the_stored_bytes_or_the_same_pixels(archive, tmp_path):
+    server, stored, _ = archive
+    syntaxes = {uid: syntax_of(p) for uid, p in stored.items()}
+    for option, first in GETSCU_FIRST.items():
+        out = tmp_path / option
+        out.mkdir()
+        # One association per preference: every patient, hence every instance.
+        dcmtk(
+            "getscu", "-aet", QR, "-aec", server.aet, "-P", option, "+B", "-od", out,
+            "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=", "127.0.0.1", server.port,
+            check=False,
+        )  # fmt: skip
+        received = {
+            pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in out.iterdir()
+        }
+        for uid, path in stored.items():
+            syntax = syntaxes[uid]
+            if syntax == first:
+                assert dataset_bytes(received[uid]) == dataset_bytes(path), (option, uid)
+            elif uid in received:
+                assert syntax_of(received[uid]) == first, (option, uid)
+                assert_same_pixels(received[uid], path, tmp_path)
+            else:
+                # Not made: only a lossy encoder could, or DICOM has no context for its
+                # class in getscu's list, or pydicom cannot decode it.
+                can = first in NATIVE or first in LOSSLESS_MADE or not has_pixels(path)
+                assert not can or server.logged(uid), (option, uid, UID(syntax).name)
+    assert "peer did not accept" in server.log
+
+
+@pytest.mark.parametrize("syntax", NATIVE)
+def test_wado_rs_in_each_native_syntax_gets_the_stored_bytes_or_the_same_pixels(
+    archive, tmp_path, syntax
+):
+    _, stored, url = archive
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={syntax}'
+    for uid, path in stored.items():
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        response = httpx.get(
+            f"{url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{uid}",
+            headers={"Accept": accept},
+            timeout=60,
+        )
+        if response.status_code == 406:
+            assert has_pixels(path) and syntax_of(path) not in NATIVE, uid
+            continue
+        assert response.status_code == 200, (uid, response.text)
+        [part] = multipart_parts(response)
+        received = tmp_path / f"{uid}.dcm"
+        received.write_bytes(part)
+        if syntax_of(path) == syntax:
+            assert part == path.read_bytes()
+        else:
+            assert syntax_of(received) == syntax
+            assert_same_pixels(received, path, tmp_path)
