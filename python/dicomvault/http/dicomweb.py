@@ -340,6 +340,8 @@ class DicomWeb:
             return error(406, str(e))
         try:
             frames = await asyncio.to_thread(self._frames, record, numbers, syntax)
+            # The first frame before the response starts: what fails, fails as a status.
+            first = await asyncio.to_thread(next, frames)
         except FileNotFoundError as e:
             return error(404, str(e))
         except CannotTranscode as e:
@@ -348,23 +350,36 @@ class DicomWeb:
             raise  # a 500, logged
         except OSError as e:
             return error(406, str(e))
+        every = chain([first], frames)
+        labelled = _labelled(media, syntax)
+        parts: Iterator[tuple[str, Iterator[bytes]]]
         if numbers is None and media == OCTET_STREAM:
-            frames = [b"".join(frames)]  # native Pixel Data: its whole value
-        return _parts(frames, _labelled(media, syntax))
+            parts = iter([(labelled, every)])  # native Pixel Data: its whole value, one part
+        else:
+            parts = ((labelled, iter([frame])) for frame in every)
+        boundary = uuid.uuid4().hex
+        return StreamingResponse(
+            iterate_in_thread(multipart(parts, boundary)),
+            media_type=f'multipart/related; type="{media}"; boundary={boundary}',
+        )
 
-    def _frames(self, record: Record, numbers: list[int] | None, syntax: str) -> list[bytes]:
+    def _frames(self, record: Record, numbers: list[int] | None, syntax: str) -> Iterator[bytes]:
+        """The frames asked for (all when None), read one at a time as stored; made in
+        ``syntax`` from the whole instance otherwise."""
         parts = InstanceParts(self.archive, record)
         if syntax != stored_syntax(record):
             count = parts.number_of_frames() if numbers is None else 0
             if numbers is None and count == 0:
                 raise FileNotFoundError("the instance has no Pixel Data")
-            return frames_in(self.archive, record, numbers or list(range(1, count + 1)), syntax)
+            return iter(
+                frames_in(self.archive, record, numbers or list(range(1, count + 1)), syntax)
+            )
         if numbers is None:
             count = parts.number_of_frames()
             if count == 0:
                 raise FileNotFoundError("the instance has no Pixel Data")
             numbers = list(range(1, count + 1))
-        return parts.frames(numbers)
+        return parts.iter_frames(numbers)
 
     # Rendered -----------------------------------------------------------------------------
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import re
-import threading
 import zipfile
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -31,6 +29,7 @@ from dicomvault.config import Settings
 from dicomvault.dicom.keys import keyword_named
 from dicomvault.http import render
 from dicomvault.http.auth import request_source, require
+from dicomvault.http.body import consume
 from dicomvault.http.resources import BINARY_VRS, iterate_in_thread
 from dicomvault.http.stored import check, checked_chunks
 from dicomvault.index import CommitOutcome, Level, Record
@@ -170,47 +169,6 @@ class _Sink:
 
 # Pieces of an uploaded file handed to the store at a time: what an upload holds in memory.
 _PIECE = 1 << 20
-
-
-async def _ingest_body(
-    archive: Archive, request: Request, source: str
-) -> tuple[IngestOutcome, Future[CommitOutcome] | None] | None:
-    """The request body ingested as it arrives, never held whole: its pieces go through a
-    small queue to a worker thread writing them into the store. None for an empty body."""
-    pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
-    ended = threading.Event()  # the end of the body (or the end of the sending) was taken
-
-    def drain() -> Iterator[bytes]:
-        while not ended.is_set():
-            piece = pieces.get()
-            if piece is None or isinstance(piece, BaseException):
-                ended.set()
-                if piece is not None:  # the body was cut short: store nothing
-                    raise OSError(f"the upload ended early: {piece!r}")
-                return
-            yield piece
-
-    def ingest() -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
-        try:
-            return archive.ingest_chunks(drain(), source, "body")
-        finally:
-            for _ in drain():  # what a refusal left unread: the sender is not kept waiting
-                pass
-
-    ingesting = asyncio.ensure_future(asyncio.to_thread(ingest))
-    received = 0
-    try:
-        async for piece in request.stream():
-            if piece:
-                received += len(piece)
-                await asyncio.to_thread(pieces.put, piece)
-    except BaseException as e:
-        await asyncio.to_thread(pieces.put, e)
-        await ingesting
-        raise
-    await asyncio.to_thread(pieces.put, None)
-    outcome = await ingesting
-    return outcome if received else None
 
 
 def zip_stream(archive: Archive, instances: Iterable[Record]) -> Iterator[bytes]:
@@ -527,8 +485,12 @@ class Rest:
                 raise
             except Exception as e:  # python-multipart's parse errors
                 raise HTTPException(400, f"unreadable multipart/form-data: {e}") from e
-        elif (body := await _ingest_body(self.archive, request, source)) is not None:
-            queued.append(("body", body))
+        else:
+            body, received = await consume(
+                request, lambda pieces: self.archive.ingest_chunks(pieces, source, "body")
+            )
+            if received:
+                queued.append(("body", body))
         if not queued:
             raise HTTPException(400, "no file in the request")
         outcomes = await asyncio.to_thread(lambda: [final(*q) for _, q in queued])

@@ -8,10 +8,9 @@ Reason; 200 when all were stored, 202 when some, 409 when none (507 when for wan
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 from starlette.requests import Request
@@ -19,11 +18,12 @@ from starlette.responses import JSONResponse, Response
 
 from dicomvault.dicom.acceptance import STUDY_INSTANCE_UID, Refusal, uid_of
 from dicomvault.http.auth import request_source
+from dicomvault.http.body import boundary_of, consume, parts
 from dicomvault.http.resources import DICOM_JSON, DICOM_WEB, BadRequest, error
-from dicomvault.index import Level
+from dicomvault.index import CommitOutcome, Level
 from dicomvault.net.status import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH, OUT_OF_RESOURCES
 from dicomvault.store import Archive
-from dicomvault.store.archive import IngestOutcome
+from dicomvault.store.archive import IngestOutcome, final
 
 log = logging.getLogger("dicomvault.http")
 
@@ -34,23 +34,6 @@ REFERENCED_SOP_SEQUENCE = "00081199"
 REFERENCED_SOP_CLASS = "00081150"
 REFERENCED_SOP_INSTANCE = "00081155"
 FAILURE_REASON = "00081197"
-
-
-def split_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
-    """(media type, payload) of each part of a multipart/related body."""
-    match = re.search(r'boundary="?([^";]+)"?', content_type)
-    if not match:
-        raise BadRequest("multipart/related without a boundary")
-    delimiter = b"--" + match[1].encode()
-    parts = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, _, payload = chunk.partition(b"\r\n\r\n")
-        found = re.search(rb"(?im)^content-type:\s*([^;\r\n]+)", head)
-        media = found[1].decode("latin-1").strip().lower() if found else "application/dicom"
-        parts.append((media, payload[:-2] if payload.endswith(b"\r\n") else payload))
-    return parts
 
 
 def _uid(value: str) -> dict[str, Any]:
@@ -65,21 +48,27 @@ class Stow:
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/related"):
             return error(415, "STOW-RS takes multipart/related application/dicom parts")
-        try:
-            parts = split_multipart(await request.body(), content_type)
-        except BadRequest as e:
-            return error(400, str(e))
-        if not parts:
-            return error(400, "the multipart/related body has no part")
         root = str(request.base_url).rstrip("/") + DICOM_WEB
         study = request.path_params.get("study")
         source = request_source(request, "STOW-RS")
-        outcomes = await asyncio.to_thread(self._store, parts, source, study)
+        try:
+            boundary = boundary_of(content_type)
+            outcomes, _ = await consume(
+                request, lambda pieces: self._store(parts(pieces, boundary), source, study)
+            )
+        except BadRequest as e:
+            return error(400, str(e))
+        if not outcomes:
+            return error(400, "the multipart/related body has no part")
         return self._response(outcomes, root, study)
 
     def _store(
-        self, parts: list[tuple[str, bytes]], source: str, study: str | None
+        self, parts: Iterator[tuple[str, Iterator[bytes]]], source: str, study: str | None
     ) -> list[IngestOutcome]:
+        """Each part stored as it arrives (queued for the group commit, the next part read
+        meanwhile), then every outcome once durable. A part cut short is refused; a body
+        cut short before its first part is a BadRequest."""
+
         def same_study(ingested: Mapping[str, Any]) -> Refusal | None:
             found = uid_of(ingested, STUDY_INSTANCE_UID)
             if study is None or found == study:
@@ -89,16 +78,23 @@ class Stow:
                 f"the instance is of study {found or '(none)'}, not of {study} the request names",
             )
 
-        named = [(f"part {i + 1}", data) for i, (media, data) in enumerate(parts) if media == DICOM]
-        done = iter(self.archive.ingest_all(named, source, same_study))
-        return [
-            next(done)
-            if media == DICOM
-            else IngestOutcome(
-                "rejected", reason=f"{media} parts are not stored here", code=CANNOT_UNDERSTAND
-            )
-            for media, _ in parts
-        ]
+        queued: list[tuple[IngestOutcome, Future[CommitOutcome] | None]] = []
+        try:
+            for i, (media, payload) in enumerate(parts):
+                if media != DICOM:
+                    reason = f"{media} parts are not stored here"
+                    queued.append(
+                        (IngestOutcome("rejected", reason=reason, code=CANNOT_UNDERSTAND), None)
+                    )
+                    continue
+                queued.append(
+                    self.archive.ingest_chunks(payload, source, f"part {i + 1}", same_study)
+                )
+        except BadRequest as e:
+            if not queued:
+                raise
+            queued.append((IngestOutcome("rejected", reason=str(e), code=CANNOT_UNDERSTAND), None))
+        return [final(*q) for q in queued]
 
     def _response(self, outcomes: list[IngestOutcome], root: str, study: str | None) -> Response:
         stored, failed = [], []

@@ -4,6 +4,7 @@ so that a frame is served or rendered without reading the whole instance."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from functools import cached_property
 
 import pydicom
@@ -80,20 +81,25 @@ class InstanceParts:
     def frames(self, numbers: list[int]) -> list[bytes]:
         """The frames (numbered from 1): native values, or each encapsulated frame's
         fragments joined. FileNotFoundError for a frame the instance does not have."""
+        return list(self.iter_frames(numbers))
+
+    def iter_frames(self, numbers: list[int]) -> Iterator[bytes]:
+        """``frames``, each read (from its own blobs) when it is asked for: a response of a
+        thousand frames never holds more than one. The frame numbers are checked at once."""
         count = self.number_of_frames()
         if count == 0:
             raise FileNotFoundError("the instance has no Pixel Data")
         if max(numbers) > count:
             raise FileNotFoundError(f"frame {max(numbers)} is not in the instance ({count} frames)")
         if self.frames_in_blobs:
-            return [self.store.read_frame(self.manifest, n - 1) for n in numbers]
+            return (self.store.read_frame(self.manifest, n - 1) for n in numbers)
         ds = self.whole
         if self.encapsulated:
             every = list(generate_frames(ds.PixelData, number_of_frames=count))
         else:
             size = len(ds.PixelData) // count
             every = [ds.PixelData[i * size : (i + 1) * size] for i in range(count)]
-        return [every[n - 1] for n in numbers]
+        return iter([every[n - 1] for n in numbers])
 
     def frame_dataset(self, number: int) -> tuple[Dataset, int]:
         """A data set holding frame ``number`` and the frame's index in it: the header with

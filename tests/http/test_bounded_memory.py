@@ -1,6 +1,7 @@
-"""Uploads are never held whole in memory (issue 13): a few hundred MB POSTed to /instances,
-as a raw body or as multipart/form-data, raise the server's peak resident memory by a small
-fraction of their size; a body cut short stores nothing."""
+"""No HTTP path holds an instance whole in memory (issue 13): a few hundred MB POSTed to
+/instances (raw or as a form), stored by STOW-RS, or read back as all its frames or its Pixel
+Data bulk data, raise the server's peak resident memory by a small fraction of their size. A
+body cut short stores nothing; a STOW-RS body whose boundary never comes is a 400."""
 
 from __future__ import annotations
 
@@ -70,6 +71,43 @@ def test_uploads_stream_into_the_store(tmp_path):
                 s.sendall(head.encode() + next(pieces(instance.path)))
             stats = client.get("/statistics").json()
             assert stats["instances"] == 1
+
+            # STOW-RS of the same instance, its multipart body split as it arrives.
+            boundary = "dicomvault-test-boundary"
+
+            def stow_body() -> Iterator[bytes]:
+                yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                yield from pieces(instance.path)
+                yield f"\r\n--{boundary}--\r\n".encode()
+
+            related = f'multipart/related; type="application/dicom"; boundary={boundary}'
+            stow = client.post(
+                "/dicom-web/studies", content=stow_body(), headers={"Content-Type": related}
+            )
+            assert stow.status_code == 200, stow.text
+            assert peak_rss_mb(server) - before < BUDGET_MB
+            # PS3.18 10.5: a body that is not multipart/related as it says is a 400.
+            for broken in (b"no boundary anywhere", f"--{boundary}\r\n\r\nDICM".encode()):
+                refused = client.post(
+                    "/dicom-web/studies", content=broken, headers={"Content-Type": related}
+                )
+                assert refused.status_code == 400, refused.text
+
+            # Every frame, and Pixel Data as bulk data, read back one frame at a time.
+            frames = instance.number_of_frames
+            url = (
+                f"/dicom-web/studies/{instance.study_instance_uid}/series/"
+                f"{instance.series_instance_uid}/instances/{instance.sop_instance_uid}"
+            )
+            numbers = ",".join(str(n) for n in range(1, frames + 1))
+            for path in (f"{url}/frames/{numbers}", f"{url}/bulkdata/7FE00010"):
+                received = 0
+                with client.stream("GET", path) as response:
+                    assert response.status_code == 200, path
+                    for chunk in response.iter_bytes():
+                        received += len(chunk)
+                assert received > SIZE_MB * 900_000
+                assert peak_rss_mb(server) - before < BUDGET_MB, path
         file = httpx.get(f"{base}/instances/{instance.sop_instance_uid}/file", timeout=600)
         assert file.content == instance.path.read_bytes()
     finally:
