@@ -85,6 +85,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "enabled": False,
         "host": "127.0.0.1",
         "port": 8042,
+        # A request body larger than this is refused (413): uploads and STOW-RS included.
+        "max_body_mb": 4096,
+        # The request line and headers together at most (larger: 431, from uvicorn's parser).
+        "max_header_kb": 64,
         # HTTPS when both are set (PEM files).
         "tls_certificate": "",
         "tls_private_key": "",

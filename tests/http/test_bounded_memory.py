@@ -112,3 +112,23 @@ def test_uploads_stream_into_the_store(tmp_path):
         assert file.content == instance.path.read_bytes()
     finally:
         assert server.stop() == 0
+
+
+def test_bodies_and_headers_over_their_limits_are_refused(tmp_path):
+    http_port = free_port()
+    section = {"enabled": True, "host": "127.0.0.1", "port": http_port, "max_body_mb": 1}
+    server = Server(tmp_path, {}, sections={"http": section}).start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as client:
+            big = b"\0" * (2 << 20)
+            dicom = {"Content-Type": "application/dicom"}
+            declared = client.post("/instances", content=big, headers=dicom)
+            assert declared.status_code == 413, declared.text  # by its Content-Length
+            chunked = client.post("/instances", content=iter([big]), headers=dicom)
+            assert chunked.status_code == 413, chunked.text  # once past the limit
+            # Headers past [http] max_header_kb are never buffered whole: the request fails.
+            huge_header = client.get("/statistics", headers={"X-Padding": "a" * (4 << 20)})
+            assert huge_header.status_code in (400, 431)
+            assert client.get("/statistics").json()["instances"] == 0
+    finally:
+        assert server.stop() == 0

@@ -23,6 +23,7 @@ from dicomvault import _native
 from dicomvault.config import Settings
 from dicomvault.http.audit import RequestAudit
 from dicomvault.http.auth import Authenticator, Guard, SecurityHeaders, security_headers
+from dicomvault.http.body import BodyLimit
 from dicomvault.http.dicomweb import DicomWeb
 from dicomvault.http.metrics import Metrics
 from dicomvault.http.openapi import OpenApi
@@ -111,6 +112,7 @@ def application(archive: Archive, settings: Settings) -> Starlette:
             Middleware(SecurityHeaders, headers=security_headers(tls)),
             Middleware(Guard, authenticator=authenticator, routes=routes),
             Middleware(SameOrigin),
+            Middleware(BodyLimit, limit=int(settings["http"]["max_body_mb"]) << 20),
             Middleware(RequestAudit, archive=archive),
         ],
         exception_handlers={

@@ -12,7 +12,10 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomvault.http.resources import BadRequest
 
@@ -75,6 +78,53 @@ async def consume(request: Request, work: Callable[[Iterator[bytes]], T]) -> tup
         raise
     await asyncio.to_thread(pieces.queue.put, None)
     return await working, pieces.received
+
+
+class BodyLimit:
+    """ASGI middleware refusing request bodies larger than ``limit`` bytes ([http]
+    max_body_mb) with 413: by their Content-Length before a byte is read, or, sent without
+    one, once they pass it (the application sees the client go away: nothing is stored)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = f"{self.limit >> 20} MiB ([http] max_body_mb)"
+        too_large = JSONResponse(
+            {"error": f"the request body is larger than {limit}"}, status_code=413
+        )
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await too_large(scope, receive, send)
+            return
+        received, over, started = 0, False, False
+
+        async def counted() -> Message:
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except (ClientDisconnect, BodyCutShort):
+            if not over:
+                raise
+        if over and not started:
+            await too_large(scope, receive, send)
 
 
 def boundary_of(content_type: str) -> bytes:

@@ -32,6 +32,7 @@ class HttpServer:
             ssl_certfile=str(http["tls_certificate"]) or None,
             ssl_keyfile=str(http["tls_private_key"]) or None,
             ssl_ciphers=CIPHERS,
+            h11_max_incomplete_event_size=int(http["max_header_kb"]) << 10,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
