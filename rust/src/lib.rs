@@ -10,8 +10,12 @@ pub mod identity;
 pub mod manifest;
 pub mod pack;
 pub mod pdu;
+pub mod receive;
 pub mod scan;
 pub mod scp;
+pub mod scu;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod python_scu;
