@@ -1,8 +1,9 @@
 """Migration throughput, from an Orthanc holding generated CT studies: `dicomvault migrate
 pacs` (C-MOVE, then C-GET; 1 and 4 retrieve associations) against the shell loops a site
 would otherwise run — DCMTK's movescu per study into `dicomvault serve`, getscu per study
-into a directory — and against a second Orthanc pulling the same studies (its REST
-`/modalities/{source}/move`, one study per request). Every figure is measured in the same run,
+into a directory (and then `dicomvault import` of it) — and against a second Orthanc pulling
+the same studies (its REST `/modalities/{source}/move`, one study per request). Every figure
+is measured in the same run,
 each into a fresh archive (or directory, or Orthanc); instances/s, and ratios. A migration is
 timed twice: whole (the command's wall time, Python's start-up and the archive's opening and
 closing included), and from its start to its last study verified, as its live figures
@@ -41,6 +42,7 @@ MIGRATIONS = [
 ]
 MOVESCU = "movescu loop into dicomvault serve"
 GETSCU = "getscu loop into a directory"
+GETSCU_IMPORT = "getscu loop, then dicomvault import"
 ORTHANC_PULL = "Orthanc pulling, REST move per study"
 
 
@@ -183,6 +185,14 @@ def measure_set(
         figures[GETSCU] = timed(
             lambda fresh: study_loop("getscu", studies, source.port, "-od", str(fresh))
         )
+
+        def getscu_import(fresh: Path) -> None:
+            # What the loop leaves is files: into an archive (fsynced, indexed) as migrate does.
+            (fresh / "files").mkdir()
+            study_loop("getscu", studies, source.port, "-od", str(fresh / "files"))
+            dicomvault("import", fresh / "files", config=config, root=fresh / "archive")
+
+        figures[GETSCU_IMPORT] = timed(getscu_import)
 
         def pull(fresh: Path) -> None:
             for study in studies:

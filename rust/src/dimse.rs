@@ -57,8 +57,8 @@ pub fn parse_peer_command(bytes: &[u8]) -> Result<Command, String> {
     parse(bytes, true)
 }
 
-/// (0008,0058) Failed SOP Instance UID List.
-const FAILED_SOP_INSTANCE_UID_LIST: (u16, u16) = (0x0008, 0x0058);
+/// (0008,0058) Failed SOP Instance UID List: a retrieve's final response identifier.
+pub const FAILED_SOP_INSTANCE_UID_LIST: u32 = 0x0008_0058;
 
 fn parse(mut bytes: &[u8], lenient: bool) -> Result<Command, String> {
     let mut command = Command {
@@ -82,7 +82,7 @@ fn parse(mut bytes: &[u8], lenient: bool) -> Result<Command, String> {
             .get(8..8usize.saturating_add(length))
             .ok_or_else(|| format!("command element (0000,{element:04X}) runs past the command"))?;
         if group != 0x0000 {
-            if (group, element) == FAILED_SOP_INSTANCE_UID_LIST {
+            if (u32::from(group) << 16 | u32::from(element)) == FAILED_SOP_INSTANCE_UID_LIST {
                 command.failed_sop_instance_uids = uid(value);
             }
             bytes = &bytes[8 + length..];

@@ -6,14 +6,11 @@ use super::association::{Association, Pdv};
 use super::identifier::{self, Key};
 use super::ScuError;
 use crate::cas::InstanceWriter;
-use crate::dimse::{self, Command, SubOperations, PENDING};
+use crate::dimse::{self, Command, SubOperations, FAILED_SOP_INSTANCE_UID_LIST, PENDING};
 use crate::identity::Identity;
 use crate::receive::{Receiver, Refused, Sender};
 use crate::scp::{SOP_CLASS_NOT_SUPPORTED, SUCCESS};
 use std::collections::HashMap;
-
-/// (0008,0058) Failed SOP Instance UID List, in a retrieve's final response.
-const FAILED_SOP_INSTANCE_UID_LIST: u32 = 0x0008_0058;
 
 /// How a retrieve went: the final status, its sub-operation counts and the UIDs it failed;
 /// for a C-GET, also what this side refused of what arrived (SOP Instance UID, why).
