@@ -3,11 +3,11 @@ pacs` (C-MOVE, then C-GET; 1 and 4 retrieve associations) against the shell loop
 would otherwise run — DCMTK's movescu per study into `dicomvault serve`, getscu per study
 into a directory (and then `dicomvault import` of it) — and against a second Orthanc pulling
 the same studies (its REST `/modalities/{source}/move`, one study per request). Every figure
-is measured in the same run,
-each into a fresh archive (or directory, or Orthanc); instances/s, and ratios. A migration is
-timed twice: whole (the command's wall time, Python's start-up and the archive's opening and
-closing included), and from its start to its last study verified, as its live figures
-(`migrate status`) say: the running Orthanc's start-up is not counted either.
+is measured in the same run, each into a fresh archive (or directory, or Orthanc);
+instances/s, and ratios. A migration is timed twice: whole (the command's wall time, Python's
+start-up and the archive's opening and closing included), and from its start to its last
+study verified, as its live figures (`migrate status`) say: the running Orthanc's start-up is
+not counted either.
 
     python benches/migrate_vs_movescu.py                      # 50 x 4 and 10 x 200
     python benches/migrate_vs_movescu.py --sets 50x4 --repeat 3   # the best of 3 of each
