@@ -130,8 +130,8 @@ class Batcher:
                     self._changed.wait()
                 if not self._waiting:
                     return
-            time.sleep(self.interval)
-            with self._changed:
+                # Gathers what arrives meanwhile; closing commits at once.
+                self._changed.wait_for(lambda: self._closing, timeout=self.interval)
                 rows, self._waiting = list(self._waiting.values()), {}
             self.journal.put_many(rows)
 
