@@ -210,13 +210,14 @@ def _run(migration: Migration, plan: Plan) -> list[JournalRow]:
     """Runs a migration, its progress shown here and published for `migrate status`; the
     studies left unverified."""
     from dicomvault.migrate.pipeline import MigrationError, SourceError
+    from dicomvault.store.archive import IndexUnavailable
 
     progress = Progress(migration.name, path=live_path(migration.archive.root, migration.name))
     with _shown(progress) as on_study:
         migration.on_study = on_study
         try:
             return migration.run(plan, progress)
-        except (MigrationError, SourceError) as e:
+        except (MigrationError, SourceError, IndexUnavailable) as e:
             fail(str(e))
 
 
