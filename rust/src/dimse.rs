@@ -7,7 +7,9 @@ pub const C_STORE_RSP: u16 = 0x8001;
 pub const C_GET_RQ: u16 = 0x0010;
 pub const C_GET_RSP: u16 = 0x8010;
 pub const C_FIND_RQ: u16 = 0x0020;
+pub const C_FIND_RSP: u16 = 0x8020;
 pub const C_MOVE_RQ: u16 = 0x0021;
+pub const C_MOVE_RSP: u16 = 0x8021;
 pub const C_ECHO_RQ: u16 = 0x0030;
 pub const C_ECHO_RSP: u16 = 0x8030;
 pub const C_CANCEL_RQ: u16 = 0x0FFF;
@@ -37,6 +39,10 @@ pub struct Command {
     /// In responses.
     pub responding_to: u16,
     pub status: u16,
+    /// In C-GET and C-MOVE responses: the sub-operation counts, and the failed instances'
+    /// UIDs ('\\'-separated) when the SCP put them in the command set.
+    pub sub_operations: SubOperations,
+    pub failed_sop_instance_uids: String,
 }
 
 fn uid(value: &[u8]) -> String {
@@ -50,7 +56,21 @@ fn us(value: &[u8]) -> Option<u16> {
 }
 
 /// Parses a command set (always Implicit VR Little Endian).
-pub fn parse_command(mut bytes: &[u8]) -> Result<Command, String> {
+pub fn parse_command(bytes: &[u8]) -> Result<Command, String> {
+    parse(bytes, false)
+}
+
+/// Parses a command set an SCP sent us: as `parse_command`, but elements outside group 0000
+/// are passed over, the Failed SOP Instance UID List kept — DCMTK-based SCPs (Orthanc among
+/// them) put a retrieve's list in its final response's command set.
+pub fn parse_peer_command(bytes: &[u8]) -> Result<Command, String> {
+    parse(bytes, true)
+}
+
+/// (0008,0058) Failed SOP Instance UID List: a retrieve's final response identifier.
+pub const FAILED_SOP_INSTANCE_UID_LIST: u32 = 0x0008_0058;
+
+fn parse(mut bytes: &[u8], lenient: bool) -> Result<Command, String> {
     let mut command = Command {
         has_data_set: true,
         ..Command::default()
@@ -63,7 +83,7 @@ pub fn parse_command(mut bytes: &[u8]) -> Result<Command, String> {
         let group = u16::from_le_bytes([bytes[0], bytes[1]]);
         let element = u16::from_le_bytes([bytes[2], bytes[3]]);
         let length = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-        if group != 0x0000 {
+        if group != 0x0000 && !lenient {
             return Err(format!(
                 "element ({group:04X},{element:04X}) in a command set"
             ));
@@ -71,6 +91,13 @@ pub fn parse_command(mut bytes: &[u8]) -> Result<Command, String> {
         let value = bytes
             .get(8..8usize.saturating_add(length))
             .ok_or_else(|| format!("command element (0000,{element:04X}) runs past the command"))?;
+        if group != 0x0000 {
+            if (u32::from(group) << 16 | u32::from(element)) == FAILED_SOP_INSTANCE_UID_LIST {
+                command.failed_sop_instance_uids = uid(value);
+            }
+            bytes = &bytes[8 + length..];
+            continue;
+        }
         match element {
             0x0002 => command.affected_sop_class_uid = uid(value),
             0x0003 => command.requested_sop_class_uid = uid(value),
@@ -84,6 +111,16 @@ pub fn parse_command(mut bytes: &[u8]) -> Result<Command, String> {
             0x0110 => command.message_id = us(value).ok_or("short MessageID")?,
             0x0120 => command.responding_to = us(value).ok_or("short MessageIDBeingRespondedTo")?,
             0x0900 => command.status = us(value).ok_or("short Status")?,
+            0x1020..=0x1023 => {
+                let count = u32::from(us(value).ok_or("short sub-operation count")?);
+                let counts = &mut command.sub_operations;
+                match element {
+                    0x1020 => counts.remaining = count,
+                    0x1021 => counts.completed = count,
+                    0x1022 => counts.failed = count,
+                    _ => counts.warning = count,
+                }
+            }
             0x0600 => command.move_destination = uid(value),
             0x0800 => command.has_data_set = us(value) != Some(NO_DATA_SET),
             0x1000 => command.affected_sop_instance_uid = uid(value),
@@ -282,6 +319,39 @@ pub fn failed_instances_identifier(uids: &[String], explicit_vr: bool) -> Vec<u8
     out
 }
 
+/// A C-FIND-RQ, C-GET-RQ or C-MOVE-RQ (`field`, medium priority) of the information model
+/// `sop_class_uid`; its identifier follows. C-MOVE names its destination.
+pub fn query_request(
+    field: u16,
+    sop_class_uid: &str,
+    message_id: u16,
+    move_destination: Option<&str>,
+) -> Vec<u8> {
+    command_set(|body| {
+        element(body, 0x0002, &padded_uid(sop_class_uid));
+        element(body, 0x0100, &field.to_le_bytes());
+        element(body, 0x0110, &message_id.to_le_bytes());
+        if let Some(destination) = move_destination {
+            let mut ae = destination.as_bytes().to_vec();
+            if ae.len() % 2 == 1 {
+                ae.push(b' ');
+            }
+            element(body, 0x0600, &ae);
+        }
+        element(body, 0x0700, &0u16.to_le_bytes());
+        element(body, 0x0800, &DATA_SET.to_le_bytes());
+    })
+}
+
+/// A C-CANCEL-RQ of the request `message_id`.
+pub fn cancel_request(message_id: u16) -> Vec<u8> {
+    command_set(|body| {
+        element(body, 0x0100, &C_CANCEL_RQ.to_le_bytes());
+        element(body, 0x0120, &message_id.to_le_bytes());
+        element(body, 0x0800, &NO_DATA_SET.to_le_bytes());
+    })
+}
+
 fn meta_element(out: &mut Vec<u8>, element: u16, vr: &[u8; 2], value: &[u8]) {
     out.extend_from_slice(&2u16.to_le_bytes());
     out.extend_from_slice(&element.to_le_bytes());
@@ -405,6 +475,51 @@ mod tests {
         assert_eq!(
             &failed_instances_identifier(&uids, true)[4..8],
             b"UI\x0c\x00"
+        );
+    }
+
+    #[test]
+    fn query_requests_and_retrieve_counts_parse_back() {
+        let rq = query_request(
+            C_MOVE_RQ,
+            "1.2.840.10008.5.1.4.1.2.2.2",
+            5,
+            Some("DICOMVAULT"),
+        );
+        let parsed = parse_command(&rq).unwrap();
+        assert_eq!((parsed.field, parsed.message_id), (C_MOVE_RQ, 5));
+        assert_eq!(parsed.move_destination.trim_end(), "DICOMVAULT");
+        assert!(parsed.has_data_set);
+        let cancel = parse_command(&cancel_request(5)).unwrap();
+        assert_eq!((cancel.field, cancel.responding_to), (C_CANCEL_RQ, 5));
+        let counts = SubOperations {
+            remaining: 3,
+            completed: 4,
+            failed: 1,
+            warning: 2,
+        };
+        let rsp = retrieve_response(&parsed, PENDING, counts, false);
+        let rsp = parse_command(&rsp).unwrap();
+        assert_eq!((rsp.field, rsp.sub_operations), (C_MOVE_RSP, counts));
+    }
+
+    #[test]
+    fn a_peers_command_may_carry_the_failed_list() {
+        let request = Command {
+            field: C_GET_RQ,
+            message_id: 2,
+            ..Command::default()
+        };
+        let mut rsp = retrieve_response(&request, 0xA702, SubOperations::default(), false);
+        rsp.extend_from_slice(&failed_instances_identifier(
+            &["1.2.3".into(), "1.4".into()],
+            false,
+        ));
+        assert!(parse_command(&rsp).is_err());
+        let parsed = parse_peer_command(&rsp).unwrap();
+        assert_eq!(
+            (parsed.status, parsed.failed_sop_instance_uids.as_str()),
+            (0xA702, "1.2.3\\1.4")
         );
     }
 }

@@ -11,9 +11,13 @@ pub mod identity;
 pub mod manifest;
 pub mod pack;
 pub mod pdu;
+pub mod receive;
 pub mod scan;
 pub mod scp;
+pub mod scu;
 pub mod transport;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod python_scu;

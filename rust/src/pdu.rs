@@ -432,6 +432,118 @@ pub fn encode_message(context_id: u8, command: bool, data: &[u8], max_pdu: u32) 
     out
 }
 
+// The requestor's side (the SCU's associations) ------------------------------------------
+
+/// A-ASSOCIATE-RQ proposing `contexts` (and SCP/SCU roles) from `calling_ae` to `called_ae`;
+/// `max_pdu` is the largest P-DATA-TF we accept.
+pub fn encode_associate_rq(
+    called_ae: &str,
+    calling_ae: &str,
+    contexts: &[ProposedContext],
+    roles: &[RoleSelection],
+    max_pdu: u32,
+    implementation_class_uid: &str,
+    implementation_version_name: &str,
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(1024);
+    body.extend_from_slice(&1u16.to_be_bytes());
+    body.extend_from_slice(&[0, 0]);
+    for ae in [called_ae, calling_ae] {
+        let mut field = [b' '; 16];
+        let ae = &ae.as_bytes()[..ae.len().min(16)];
+        field[..ae.len()].copy_from_slice(ae);
+        body.extend_from_slice(&field);
+    }
+    body.extend_from_slice(&[0; 32]);
+    body.extend_from_slice(&item(0x10, APPLICATION_CONTEXT.as_bytes()));
+    for context in contexts {
+        let mut value = vec![context.id, 0, 0, 0];
+        value.extend_from_slice(&item(0x30, context.abstract_syntax.as_bytes()));
+        for ts in &context.transfer_syntaxes {
+            value.extend_from_slice(&item(0x40, ts.as_bytes()));
+        }
+        body.extend_from_slice(&item(0x20, &value));
+    }
+    let mut user = item(0x51, &max_pdu.to_be_bytes());
+    user.extend_from_slice(&item(0x52, implementation_class_uid.as_bytes()));
+    for role in roles {
+        user.extend_from_slice(&role.encode());
+    }
+    user.extend_from_slice(&item(0x55, implementation_version_name.as_bytes()));
+    body.extend_from_slice(&item(0x50, &user));
+    pdu(A_ASSOCIATE_RQ, &body)
+}
+
+/// What an acceptor answered to our A-ASSOCIATE-RQ.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AssociateAc {
+    /// Every context's result (accepted ones with their transfer syntax).
+    pub contexts: Vec<ContextResult>,
+    /// The largest P-DATA-TF the acceptor takes (0: no limit).
+    pub max_pdu: u32,
+    /// The roles it agreed to.
+    pub roles: Vec<RoleSelection>,
+}
+
+/// Parses the body (after the 6-byte header) of an A-ASSOCIATE-AC.
+pub fn parse_associate_ac(body: &[u8]) -> Result<AssociateAc, PduError> {
+    if body.len() < 68 {
+        return err("A-ASSOCIATE-AC shorter than its fixed fields");
+    }
+    let mut ac = AssociateAc::default();
+    for (kind, value) in items(&body[68..])? {
+        match kind {
+            0x21 => {
+                if value.len() < 4 {
+                    return err("presentation context item cut short");
+                }
+                let mut result = ContextResult {
+                    id: value[0],
+                    result: value[2],
+                    transfer_syntax: String::new(),
+                };
+                for (sub, ts) in items(&value[4..])? {
+                    if sub == 0x40 {
+                        result.transfer_syntax = text(ts);
+                    }
+                }
+                ac.contexts.push(result);
+            }
+            0x50 => {
+                for (sub, value) in items(value)? {
+                    match sub {
+                        0x51 if value.len() == 4 => {
+                            ac.max_pdu =
+                                u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+                        }
+                        0x54 => ac.roles.extend(RoleSelection::parse(value)),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(ac)
+}
+
+/// An A-ASSOCIATE-RJ's (result, source, reason) as sent (PS3.8 Table 9-21).
+pub fn parse_associate_rj(body: &[u8]) -> Result<(u8, u8, u8), PduError> {
+    match body {
+        [_, result, source, reason, ..] => Ok((*result, *source, *reason)),
+        _ => err("A-ASSOCIATE-RJ cut short"),
+    }
+}
+
+pub fn encode_release_rq() -> Vec<u8> {
+    pdu(A_RELEASE_RQ, &[0, 0, 0, 0])
+}
+
+/// A-ABORT from the service user (source 0): the requestor gives up on the association.
+pub fn encode_user_abort() -> Vec<u8> {
+    pdu(A_ABORT, &[0, 0, 0, 0])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,5 +655,50 @@ mod tests {
         assert_eq!(encoded[0], 0x54);
         assert_eq!(RoleSelection::parse(&encoded[4..]), Some(role));
         assert_eq!(RoleSelection::parse(&encoded[4..10]), None);
+    }
+
+    #[test]
+    fn requestor_rq_parses_as_the_acceptor_reads_it_and_ac_round_trips() {
+        let contexts = [ProposedContext {
+            id: 3,
+            abstract_syntax: "1.2.840.10008.5.1.4.1.2.2.3".into(),
+            transfer_syntaxes: vec!["1.2.840.10008.1.2.1".into(), "1.2.840.10008.1.2".into()],
+        }];
+        let roles = [RoleSelection {
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            scu: false,
+            scp: true,
+        }];
+        let wire = encode_associate_rq(
+            "ORTHANC",
+            "DICOMVAULT",
+            &contexts,
+            &roles,
+            1 << 20,
+            "1.2.3",
+            "V1",
+        );
+        assert_eq!(wire[0], A_ASSOCIATE_RQ);
+        let rq = parse_associate_rq(&wire[6..]).unwrap();
+        assert_eq!(
+            (rq.called_ae.as_str(), rq.calling_ae.as_str()),
+            ("ORTHANC", "DICOMVAULT")
+        );
+        assert_eq!(rq.contexts, contexts.to_vec());
+        assert_eq!(rq.roles, roles.to_vec());
+        assert_eq!(rq.max_pdu, 1 << 20);
+        let results = [ContextResult {
+            id: 3,
+            result: ACCEPTANCE,
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+        }];
+        let ac = encode_associate_ac(&rq, &results, &roles, 16384, "1.2.3.4", "X");
+        let parsed = parse_associate_ac(&ac[6..]).unwrap();
+        assert_eq!(parsed.contexts, results.to_vec());
+        assert_eq!((parsed.max_pdu, parsed.roles), (16384, roles.to_vec()));
+        for cut in 0..ac.len() - 6 {
+            let _ = parse_associate_ac(&ac[6..6 + cut]); // never panics
+        }
+        assert_eq!(parse_associate_rj(&[0, 1, 1, 7]), Ok((1, 1, 7)));
     }
 }

@@ -332,10 +332,10 @@ type HistoryTuple<'py> = (
 
 /// An archive's content-addressed store (see `rust/src/cas.rs`).
 #[pyclass(frozen, module = "dicomvault._native")]
-struct Store {
-    core: CoreStore,
+pub(crate) struct Store {
+    pub(crate) core: CoreStore,
     /// What the listener appended to the pack log and the index has yet to apply.
-    received: std::sync::Arc<Backlog<scp::Received>>,
+    pub(crate) received: std::sync::Arc<Backlog<scp::Received>>,
 }
 
 #[pymethods]
@@ -1307,6 +1307,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ChunkReader>()?;
     m.add_class::<Scanner>()?;
     m.add_class::<DicomListener>()?;
+    crate::python_scu::register(m)?;
     m.add_function(wrap_pyfunction!(annotations, m)?)?;
     m.add_function(wrap_pyfunction!(file_meta, m)?)?;
     m.add_function(wrap_pyfunction!(manifest_info, m)?)?;

@@ -21,15 +21,16 @@
 //! instance size; the accept loop backs off when out of file descriptors.
 
 use crate::backlog::Backlog;
-use crate::cas::{Ingested, InstanceWriter, Store};
+use crate::cas::{InstanceWriter, Store};
 use crate::dimse::{self, Command, Implementation, SubOperations};
-use crate::identity;
 use crate::manifest::Manifest;
 use crate::pdu::{
     self, AbortReason, AssociateRq, ContextResult, PdvWriter, RejectReason, RejectResult,
     RoleSelection,
 };
-use crate::scan::{FeedError, ScanOptions};
+pub use crate::receive::Received;
+use crate::receive::{Receiver, Refused, Sender};
+use crate::scan::FeedError;
 use crate::transport::{self, Channel, Socket};
 use rustls::ServerConfig;
 use std::collections::{HashMap, HashSet};
@@ -37,7 +38,7 @@ use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,6 @@ const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 /// An A-ASSOCIATE-RQ larger than this is not read.
 const MAX_ASSOCIATE_RQ: usize = 256 << 10;
 const MAX_COMMAND: usize = 64 << 10;
-const MAX_BATCH: usize = 256;
 /// Responses are gathered into writes of about this size.
 const GATHER: usize = 64 << 10;
 /// A C-GET reads the next instance ahead while the peer stores one, up to this size.
@@ -156,22 +156,6 @@ pub enum LogLevel {
     Error,
 }
 
-/// An instance received in full, to be made durable and indexed.
-pub struct Received {
-    pub ingested: Ingested,
-    pub calling_ae: String,
-    pub address: String,
-    /// When it was received, UTC, as the index records it (`2026-11-29T19:14:34.123456Z`).
-    pub received_at: String,
-}
-
-impl Received {
-    /// Who sent it: `AE@address`.
-    pub fn source(&self) -> String {
-        format!("{}@{}", self.calling_ae, self.address)
-    }
-}
-
 /// A C-FIND or C-GET request, for the host to match.
 pub struct QueryRequest {
     pub calling_ae: String,
@@ -230,61 +214,6 @@ pub trait Host: Send + Sync + 'static {
     fn commit(&self, request: QueryRequest, report: Option<u16>) -> u16;
 }
 
-/// Group commit without a committer thread: the first association thread to arrive appends
-/// everything waiting (its own instance among them) to the pack log, one fsync for all, while
-/// the others wait for their status; arrivals during a commit form the next group.
-#[derive(Default)]
-struct Commits {
-    queue: Mutex<CommitQueue>,
-    done: Condvar,
-}
-
-#[derive(Default)]
-struct CommitQueue {
-    waiting: Vec<(u64, Received)>,
-    results: HashMap<u64, u16>,
-    leading: bool,
-    next_ticket: u64,
-}
-
-impl Commits {
-    fn commit(&self, shared: &Shared, received: Received) -> u16 {
-        let mut queue = lock(&self.queue);
-        let ticket = queue.next_ticket;
-        queue.next_ticket += 1;
-        queue.waiting.push((ticket, received));
-        loop {
-            if let Some(status) = queue.results.remove(&ticket) {
-                return status;
-            }
-            if queue.leading {
-                queue = self.done.wait(queue).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            queue.leading = true;
-            let take = queue.waiting.len().min(MAX_BATCH);
-            let (tickets, batch): (Vec<u64>, Vec<Received>) = queue.waiting.drain(..take).unzip();
-            drop(queue);
-            let status = match shared.persist(batch) {
-                Ok(()) => SUCCESS,
-                Err(e) => {
-                    shared.log(
-                        LogLevel::Error,
-                        format!("commit of {} received instances failed: {e}", tickets.len()),
-                    );
-                    OUT_OF_RESOURCES
-                }
-            };
-            queue = lock(&self.queue);
-            queue
-                .results
-                .extend(tickets.into_iter().map(|t| (t, status)));
-            queue.leading = false;
-            self.done.notify_all();
-        }
-    }
-}
-
 /// Log lines wait here for the logging thread, so that a request does not take Python's lock
 /// to log itself.
 #[derive(Default)]
@@ -295,14 +224,14 @@ struct Logs {
 struct Shared {
     config: ListenerConfig,
     store: Store,
-    backlog: Arc<Backlog<Received>>,
+    /// Where C-STOREs' data sets go (the receive path C-GET's sub-operations share).
+    receiver: Receiver,
     host: Arc<dyn Host>,
     stopping: AtomicBool,
     next_id: AtomicU64,
     connections: Mutex<HashMap<u64, TcpStream>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     associations: Mutex<Associations>,
-    commits: Commits,
     logs: Logs,
 }
 
@@ -357,25 +286,6 @@ impl Shared {
         })
     }
 
-    /// Appends the manifest records of `batch` to the pack log, durably, and leaves the batch
-    /// for the host's index to apply.
-    fn persist(&self, batch: Vec<Received>) -> io::Result<()> {
-        self.backlog.append(batch, |batch| {
-            let records: Vec<(Vec<u8>, Vec<u8>)> = batch
-                .iter()
-                .map(|r| {
-                    let notes = crate::cas::annotations(
-                        &r.received_at,
-                        &r.source(),
-                        self.config.replace_duplicates,
-                    );
-                    (r.ingested.manifest.encode(), notes)
-                })
-                .collect();
-            Ok(self.store.persist(&records)?)
-        })
-    }
-
     fn flush_logs(&self) {
         let lines = std::mem::take(&mut *lock(&self.logs.lines));
         if !lines.is_empty() {
@@ -426,17 +336,22 @@ impl Listener {
                 tls,
             });
         }
+        let receiver = Receiver::new(
+            store.clone(),
+            backlog,
+            config.implementation.clone(),
+            config.replace_duplicates,
+        );
         let shared = Arc::new(Shared {
             config,
             store,
-            backlog,
+            receiver,
             host,
             stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             connections: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
             associations: Mutex::new(Associations::default()),
-            commits: Commits::default(),
             logs: Logs::default(),
         });
         let logger = {
@@ -753,9 +668,9 @@ struct Association<'a, S: Channel> {
 /// A request whose data set is arriving.
 enum Incoming {
     Store(Box<IncomingStore>),
-    /// A C-FIND or C-GET.
+    /// A C-FIND, C-GET, C-MOVE or N-ACTION (boxed: the variants stay small).
     Query {
-        command: Command,
+        command: Box<Command>,
         context_id: u8,
         identifier: Vec<u8>,
         started: Instant,
@@ -1191,10 +1106,20 @@ impl<'a, S: Channel> Association<'a, S> {
                             next.command.affected_sop_class_uid
                         ),
                     ))
-                } else if let Err(e) = self.shared.store.check_space() {
-                    Some((OUT_OF_RESOURCES, e.to_string()))
                 } else {
-                    None
+                    let started = self.shared.receiver.begin(
+                        &next.command.affected_sop_class_uid,
+                        &next.command.affected_sop_instance_uid,
+                        &self.contexts[&context_id].1,
+                        &self.rq.calling_ae,
+                    );
+                    match started {
+                        Ok(writer) => {
+                            next.writer = Some(writer);
+                            None
+                        }
+                        Err(refused) => Some((refused.status, refused.why)),
+                    }
                 };
                 if let Some((status, why)) = refused {
                     self.log(
@@ -1206,23 +1131,6 @@ impl<'a, S: Channel> Association<'a, S> {
                         ),
                     );
                     next.status = Some(status);
-                } else {
-                    let mut writer = self.shared.store.writer(ScanOptions {
-                        wanted: self.shared.store.config().wanted.clone(),
-                        transfer_syntax: None,
-                        allow_truncated: false,
-                    });
-                    let meta = dimse::file_meta(
-                        &next.command.affected_sop_class_uid,
-                        &next.command.affected_sop_instance_uid,
-                        &self.contexts[&context_id].1,
-                        &self.rq.calling_ae,
-                        &self.shared.config.implementation,
-                    );
-                    match writer.write(&meta) {
-                        Ok(()) => next.writer = Some(writer),
-                        Err(e) => next.status = Some(self.failure(&next.command, &e)),
-                    }
                 }
                 *incoming = Some(Incoming::Store(Box::new(next)));
                 Ok(Flow::Continue)
@@ -1246,7 +1154,7 @@ impl<'a, S: Channel> Association<'a, S> {
                 } =>
             {
                 *incoming = Some(Incoming::Query {
-                    command,
+                    command: Box::new(command),
                     context_id,
                     identifier: Vec::new(),
                     started,
@@ -1421,30 +1329,39 @@ impl<'a, S: Channel> Association<'a, S> {
         let command = &current.command;
         let status = match (current.status, current.writer) {
             (Some(status), _) => status,
-            (None, Some(writer)) => match writer.finish() {
-                Ok(ingested) => {
-                    let requested = (
-                        command.affected_sop_class_uid.as_str(),
-                        command.affected_sop_instance_uid.as_str(),
-                    );
-                    match identity::identity(&ingested.summary, Some(requested)) {
-                        Ok(_) => self.commit(ingested),
-                        Err(e) => {
-                            // Its blobs are in the packs, referenced by nothing: gc reclaims them.
-                            self.log(
-                                LogLevel::Warning,
-                                format!(
-                                    "C-STORE from {} of {} refused: {e}",
-                                    self.who(),
-                                    command.affected_sop_instance_uid
-                                ),
-                            );
-                            DATA_SET_DOES_NOT_MATCH
-                        }
+            (None, Some(writer)) => {
+                let requested = (
+                    command.affected_sop_class_uid.as_str(),
+                    command.affected_sop_instance_uid.as_str(),
+                );
+                let sender = Sender {
+                    ae: self.rq.calling_ae.clone(),
+                    address: self.peer.ip().to_string(),
+                };
+                match self
+                    .shared
+                    .receiver
+                    .finish(writer, requested, |_| Ok(()), &sender)
+                {
+                    Ok(()) => SUCCESS,
+                    Err(refused) => {
+                        let level = if refused.is_the_senders() {
+                            LogLevel::Warning
+                        } else {
+                            LogLevel::Error
+                        };
+                        self.log(
+                            level,
+                            format!(
+                                "C-STORE from {} of {} refused: {refused}",
+                                self.who(),
+                                command.affected_sop_instance_uid
+                            ),
+                        );
+                        refused.status
                     }
                 }
-                Err(e) => self.failure(command, &e),
-            },
+            }
             (None, None) => OUT_OF_RESOURCES,
         };
         self.send(
@@ -1779,30 +1696,17 @@ impl<'a, S: Channel> Association<'a, S> {
         }
     }
 
-    fn commit(&self, ingested: Ingested) -> u16 {
-        let received = Received {
-            ingested,
-            calling_ae: self.rq.calling_ae.clone(),
-            address: self.peer.ip().to_string(),
-            received_at: crate::cas::utc_timestamp(std::time::SystemTime::now()),
-        };
-        self.shared.commits.commit(self.shared, received)
-    }
-
     fn failure(&self, command: &Command, error: &FeedError) -> u16 {
-        let (status, what) = match error {
-            FeedError::Scan(_) => (CANNOT_UNDERSTAND, "cannot understand the data set"),
-            FeedError::Io(_) => (OUT_OF_RESOURCES, "storage failed"),
-        };
+        let refused = Refused::from_feed(error);
         self.log(
             LogLevel::Error,
             format!(
-                "C-STORE from {} of {}: {what}: {error}",
+                "C-STORE from {} of {}: {refused}",
                 self.who(),
                 command.affected_sop_instance_uid
             ),
         );
-        status
+        refused.status
     }
 
     fn log_request(&self, what: &str, started: Instant, status: u16, detail: &str) {

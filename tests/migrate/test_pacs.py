@@ -13,6 +13,7 @@ import pytest
 
 from dicomvault.bench.corpus import ct_corpus
 from dicomvault.migrate.journal import Journal
+from dicomvault.migrate.pacs import MIN_PART, parts_of
 from tests.conftest import Cli
 from tests.net.conftest import Orthanc, dcmtk, free_port
 
@@ -102,11 +103,15 @@ def test_a_full_migration_splits_capped_windows_and_verifies_every_study(setup, 
 
 
 def test_a_killed_migration_resumes_without_fetching_verified_studies_again(setup, corpus):
+    # 600 studies a minute at most: killed half-way, not after the last (the whole migration
+    # takes less than the journal's polling otherwise).
     proc = subprocess.Popen(
         setup.cli.command(
             "migrate",
             "pacs",
             "pacs",
+            "--rate-limit",
+            "600",
             "--find-limit",
             str(LIMIT),
             "--config",
@@ -161,9 +166,43 @@ def test_a_source_refusing_our_move_destination_is_reported_and_get_works(tmp_pa
         assert f"ORTHANC refused to move to {OUR_AET}" in refused.stderr
         assert "--method get" in refused.stderr
         started = time.monotonic()
-        setup.migrate("pacs", "--method", "get", "--rate-limit", "300")
-        # 300 a minute: a study started every 0.2 s at most.
-        assert time.monotonic() - started >= 0.2 * (len(setup.rows()) - 1)
+        running = subprocess.Popen(
+            setup.cli.command(
+                *("migrate", "pacs", "pacs", "--method", "get", "--rate-limit", "120"),
+                *("--find-limit", str(LIMIT), "--config", setup.config, "--root", setup.root),
+            ),
+            cwd=setup.cli.cwd,
+            env=setup.cli.env,
+            stdout=subprocess.DEVNULL,
+        )
+        # `migrate status` from another process shows the running migration's figures.
+        live = setup.root / "migrate" / "live-pacs.json"
+        while not (live.exists() and json.loads(live.read_text())["done"] >= 2):
+            assert running.poll() is None
+            time.sleep(0.05)
+        status = setup.cli.run("migrate", "status", "pacs", "--config", setup.config).stdout
+        assert running.wait(timeout=120) == 0
+        assert "migration running: [" in status and "/5 studies, " in status, status
+        assert " MB/s, ETA " in status
+        # 120 a minute: a study started every 0.5 s at most.
+        assert time.monotonic() - started >= 0.5 * (len(setup.rows()) - 1)
         assert {r.state for r in setup.rows().values()} == {"verified"}
+    finally:
+        setup.orthanc.stop()
+
+
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_a_large_study_is_retrieved_in_parts_at_once(tmp_path, method):
+    big = ct_corpus(tmp_path / "big", 3 * MIN_PART, rows=16, columns=16, studies=1)
+    setup = Setup(tmp_path, big)
+    try:
+        [study] = {g.study_instance_uid for g in big}
+        listed = {g.sop_instance_uid: g.series_instance_uid for g in big}
+        assert len(parts_of(study, listed, 3)) >= 3
+        setup.migrate("pacs", "--method", method, "--parallel", "3")
+        [row] = setup.rows().values()
+        assert (row.state, row.attempts, row.received) == ("verified", 1, len(big))
+        held = {i["key"] for i in setup.cli.ls("instances")}
+        assert held == set(listed)
     finally:
         setup.orthanc.stop()

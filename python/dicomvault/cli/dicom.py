@@ -259,13 +259,25 @@ def get(
     from dicomvault.net.scu import ScuError
 
     conf = settings(config, root)
-    scu = _scu(conf)
+    source = _target(conf, target)
     try:
         if out is not None:
-            result = scu.get(_target(conf, target), _level(level), _keys(key), out=out)
-        else:
+            result = _scu(conf).get(source, _level(level), _keys(key), out=out)
+        elif source.tls:
             with open_archive(config, root) as archive:
-                result = scu.get(_target(conf, target), _level(level), _keys(key), archive=archive)
+                result = _scu(conf).get(source, _level(level), _keys(key), archive=archive)
+        else:
+            from dicomvault.net.bulk import BulkScu
+
+            # Into the archive over the Rust SCU: the listener's receive path.
+            with open_archive(config, root) as archive:
+                scu = BulkScu(conf, source, archive)
+                try:
+                    result = scu.get(_level(level), _keys(key))
+                finally:
+                    scu.close()
+            for uid, why in result.refused:
+                typer.echo(f"refused: {uid}: {why}", err=True)
     except ScuError as e:
         fail(str(e))
     _report("C-GET", result)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,18 +23,19 @@ from dicomvault.cli.common import (
     recorded,
     settings,
 )
-from dicomvault.cli.dicom import KeysOption, TargetArgument, _keys, _scu, _target
+from dicomvault.cli.dicom import KeysOption, TargetArgument, _keys, _target
 from dicomvault.cli.output import print_json, print_table
 from dicomvault.config import Settings
 from dicomvault.migrate.journal import STATES, Journal, JournalRow
+from dicomvault.migrate.live import Progress, live_path
 from dicomvault.store.archive import PackRewritten
 
 if TYPE_CHECKING:
-    from dicomvault.migrate.pacs import Plan
+    from dicomvault.migrate.pipeline import Migration, Plan
 
 app = typer.Typer(
-    help="Migrate into the archive, resumably: from a PACS (C-FIND + C-GET/C-MOVE) or from "
-    "Orthanc's storage.",
+    help="Migrate into the archive, resumably: from a PACS (C-FIND + C-GET/C-MOVE), a DICOMweb "
+    "server (QIDO-RS + WADO-RS) or Orthanc's storage.",
     no_args_is_help=True,
 )
 
@@ -58,7 +61,7 @@ def _plan(
     find_limit: int,
     **more: object,
 ) -> Plan:
-    from dicomvault.migrate.pacs import FIRST_DAY, Plan
+    from dicomvault.migrate.pipeline import FIRST_DAY, Plan
 
     return Plan(
         since=_date(since, FIRST_DAY),
@@ -95,22 +98,28 @@ def pacs(
     method: Annotated[str, typer.Option(help="get (C-GET) or move (C-MOVE to us).")] = "get",
     find_limit: FindLimitOption = 500,
     retries: Annotated[int, typer.Option(help="Retries of a study that failed.")] = 2,
-    parallel: Annotated[int, typer.Option(help="Studies retrieved at once.")] = 1,
+    parallel: Annotated[
+        int, typer.Option(help="Retrieve associations at once (studies in flight).")
+    ] = 4,
     rate_limit: Annotated[
         float, typer.Option(help="Studies started per minute at most (0: no limit).")
     ] = 0,
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
-    """Enumerate SOURCE's studies, retrieve each into the archive and verify it; a second run
-    resumes (verified studies are never fetched again). Exits 1 if any study is left
-    unverified (see `migrate report`)."""
-    from dicomvault.migrate.pacs import MigrationError, PacsMigration
-    from dicomvault.net.scp import DicomServer
-    from dicomvault.net.scu import ScuError
+    """Enumerate SOURCE's studies, retrieve each into the archive and verify it, as a
+    pipeline (listing ahead of retrieval, --parallel associations retrieving); a second run
+    resumes (verified studies are never fetched again). `migrate status SOURCE` shows its
+    progress from another terminal. Exits 1 if any study is left unverified (see `migrate
+    report`)."""
+    from dicomvault.migrate.pacs import PacsMigration
+    from dicomvault.net.bulk import BulkScu
+    from dicomvault.net.vocabulary import ScuError
 
     if method not in ("get", "move"):
         fail("--method must be get or move")
+    if parallel < 1:
+        fail("--parallel must be 1 or more")
     conf = settings(config, root)
     target = _target(conf, source)
     plan = _plan(
@@ -125,28 +134,133 @@ def pacs(
     )
     with open_archive(config, root) as archive, Journal(archive.root) as journal:
         audited(archive, "migrate", [], f"migrate pacs from {target.aet} ({method})")
-        scu = _scu(conf, reuse=True)
+        try:
+            scu = BulkScu(conf, target, archive)
+        except ScuError as e:
+            fail(str(e))
         migration = PacsMigration(
             archive, scu, target, journal, str(conf["dicom"]["aet"]), report=typer.echo
         )
         # C-MOVE needs us listening as the destination the source knows.
-        server = DicomServer(archive, conf) if method == "move" else None
+        server = None
+        if method == "move":
+            from dicomvault.net.scp import DicomServer
+
+            server = DicomServer(archive, conf)
         try:
             if server is not None:
                 server.start()
-            listed = migration.enumerate(plan)
-            typer.echo(f"{target.aet} lists {listed} studies")
-            left = migration.run(plan)
-        except (MigrationError, ScuError) as e:
-            fail(str(e))
+            left = _run(migration, plan)
         finally:
             scu.close()
             if server is not None:
                 server.stop()
-    rows = list(Journal.rows_of(archive.root, target.name))
+    _summary(archive.root, target.name, left)
+
+
+@app.command()
+def dicomweb(
+    url: Annotated[str, typer.Argument(help="The DICOMweb root, e.g. https://pacs/dicom-web.")],
+    since: DateOption = None,
+    until: DateOption = None,
+    key: KeysOption = None,
+    token: Annotated[str | None, typer.Option(help="A bearer token for the source.")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="A user for the source (HTTP Basic; asks the password).")
+    ] = None,
+    find_limit: FindLimitOption = 500,
+    retries: Annotated[int, typer.Option(help="Retries of a study that failed.")] = 2,
+    parallel: Annotated[int, typer.Option(help="WADO-RS requests at once (studies).")] = 4,
+    rate_limit: Annotated[
+        float, typer.Option(help="Studies started per minute at most (0: no limit).")
+    ] = 0,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Migrate the studies of the DICOMweb server at URL: QIDO-RS to list (paged; date
+    windows split where the source caps its answers), WADO-RS to fetch (streamed into the
+    archive byte for byte), verified against the source's instance list; journaled and
+    resumable like `migrate pacs` (`migrate status URL`, `migrate report URL`)."""
+    from dicomvault.migrate.dicomweb import DicomwebMigration, authorization
+
+    if token and user:
+        fail("--token or --user, not both")
+    if parallel < 1:
+        fail("--parallel must be 1 or more")
+    password = typer.prompt("password", hide_input=True) if user is not None else None
+    plan = _plan(
+        since,
+        until,
+        key,
+        find_limit,
+        retries=retries,
+        parallel=parallel,
+        rate_limit=rate_limit,
+    )
+    with open_archive(config, root) as archive, Journal(archive.root) as journal:
+        migration = DicomwebMigration(
+            archive, journal, url, authorization(token, user, password), report=typer.echo
+        )
+        audited(archive, "migrate", [], f"migrate dicomweb from {migration.url}")
+        left = _run(migration, plan)
+    _summary(archive.root, migration.name, left)
+
+
+def _run(migration: Migration, plan: Plan) -> list[JournalRow]:
+    """Runs a migration, its progress shown here and published for `migrate status`; the
+    studies left unverified."""
+    from dicomvault.migrate.pipeline import MigrationError, SourceError
+    from dicomvault.store.archive import IndexUnavailable
+
+    progress = Progress(migration.name, path=live_path(migration.archive.root, migration.name))
+    with _shown(progress) as on_study:
+        migration.on_study = on_study
+        try:
+            return migration.run(plan, progress)
+        except (MigrationError, SourceError, IndexUnavailable) as e:
+            fail(str(e))
+
+
+def _summary(root: Path, name: str, left: list[JournalRow]) -> None:
+    """How many studies are verified; exits 1, listing them, if any is not."""
+    rows = list(Journal.rows_of(root, name))
     verified = sum(r.state == "verified" for r in rows)
     typer.echo(f"{verified} of {len(rows)} studies verified")
     _exit_unless_settled(left)
+
+
+@contextmanager
+def _shown(progress: Progress) -> Iterator[Callable[[Progress, JournalRow], None]]:
+    """How each finished study is shown: a line on a pipe or file, a progress bar (rich) on
+    a terminal, both with the figures `migrate status` shows."""
+    progress.publish(force=True)
+    if not sys.stdout.isatty():
+
+        def line(progress: Progress, row: JournalRow) -> None:
+            outcome = row.state if row.state == "verified" else f"{row.state}: {row.error}"
+            typer.echo(f"{progress.line()} {row.item}: {outcome}")
+
+        yield line
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+    from rich.progress import Progress as Bar
+
+    with Bar(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[figures]}"),
+    ) as bar:
+        task = bar.add_task(progress.source, total=None, figures="")
+
+        def update(progress: Progress, row: JournalRow) -> None:
+            if row.state != "verified":
+                bar.console.print(f"{row.item}: {row.state}: {row.error}")
+            figures = progress.line().split(" studies, ", 1)[1].rstrip("]")
+            total = progress.total if progress.enumerated else None
+            bar.update(task, completed=progress.done, total=total, figures=figures)
+
+        yield update
 
 
 @app.command()
@@ -162,18 +276,22 @@ def compare(
     """Check only: SOURCE's studies (enumerated as `migrate pacs` does) against the archive,
     instance by instance, nothing retrieved. Exits 1 if any is not complete here."""
     from dicomvault.migrate.pacs import PacsMigration
-    from dicomvault.net.scu import ScuError
+    from dicomvault.migrate.pipeline import SourceError
+    from dicomvault.net.bulk import BulkScu
+    from dicomvault.net.vocabulary import ScuError
 
     conf = settings(config, root)
     target = _target(conf, source)
     plan = _plan(since, until, key, find_limit)
     with open_archive(config, root) as archive, Journal(archive.root) as journal:
-        scu = _scu(conf, reuse=True)
+        try:
+            scu = BulkScu(conf, target)
+        except ScuError as e:
+            fail(str(e))
         migration = PacsMigration(archive, scu, target, journal, str(conf["dicom"]["aet"]))
         try:
-            migration.enumerate(plan)
-            left = migration.compare()
-        except ScuError as e:
+            left = migration.compare(plan)
+        except SourceError as e:
             fail(str(e))
         finally:
             scu.close()
@@ -261,19 +379,30 @@ def repack(
 
 
 def _source(conf: Settings, source: str) -> str:
-    """The journal's name for SOURCE: a storage directory, or a [modalities] target."""
+    """The journal's name for SOURCE: a storage directory, a DICOMweb URL, or a
+    [modalities] target."""
     from dicomvault.migrate.storage import source_name
 
     if Path(source).is_dir():
         return source_name(Path(source))
+    if source.startswith(("http://", "https://")):
+        return source.rstrip("/")
     return _target(conf, source).name
 
 
 @app.command()
 def status(source: TargetArgument, config: ConfigOption = None, root: RootOption = None) -> None:
-    """Items per state for SOURCE (a PACS, or a storage directory)."""
+    """Items per state for SOURCE (a PACS, a DICOMweb URL, or a storage directory); for a
+    migration running
+    now (or the last one), its studies done, instances, MB, rates and ETA."""
     conf = settings(config, root)
-    rows = Journal.rows_of(conf.root, _source(conf, source))
+    name = _source(conf, source)
+    rows = Journal.rows_of(conf.root, name)
+    live = Progress.load(conf.root, name)
+    if live is not None:
+        how = "running" if live.running else "finished" if live.finished else "stopped"
+        enumerating = "" if live.enumerated or not live.running else " (still enumerating)"
+        typer.echo(f"migration {how}{enumerating}: {live.line()}")
     print_table(["state", "items"], [(s, sum(r.state == s for r in rows)) for s in STATES])
 
 
@@ -285,11 +414,10 @@ def report(
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
-    """Every item of SOURCE (a PACS, or a storage directory) not migrated, and why."""
+    """Every item of SOURCE (a PACS, a DICOMweb URL, or a storage directory) not migrated,
+    and why."""
     conf = settings(config, root)
-    rows = [
-        r for r in Journal.rows_of(conf.root, _target(conf, source).name) if r.state != "verified"
-    ]
+    rows = [r for r in Journal.rows_of(conf.root, _source(conf, source)) if r.state != "verified"]
     if as_json:
         print_json([asdict(r) for r in rows])
     elif as_csv:

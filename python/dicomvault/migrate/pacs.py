@@ -1,192 +1,161 @@
-"""Migration from a PACS over query/retrieve.
-
-The source's studies are enumerated with STUDY-level C-FIND in StudyDate windows; a window
-that returns as many studies as the source's result limit, or that the source cuts short
-with status Cancel (as Orthanc does past its limit), is split in two until it is not (or is a
-single day, which is reported). Each study goes into the
-journal, then is retrieved (C-GET into the archive, or C-MOVE to our own listener) and
-verified: the SOP Instance UIDs the source lists at IMAGE level must all be in the archive.
-Failures are retried with back-off; a study that is verified is never fetched again, so a
-migration killed at any point resumes where it stopped.
+"""Migration from a PACS over query/retrieve (``migrate pacs``): the shared pipeline
+(``migrate/pipeline.py``) with the source enumerated by STUDY-level C-FIND, each study listed
+by one IMAGE-level C-FIND naming only the study (or, from a source that answers no such query,
+a SERIES-level query and an IMAGE-level one per series), and retrieved by C-GET into the
+archive or C-MOVE to our own listener — all over associations the Rust SCU
+(``net/bulk.py``) requests and serves.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-
-from pydicom.dataset import Dataset
+from collections.abc import Callable, Iterator
 
 from dicomvault.index import Level
 from dicomvault.migrate.journal import Journal, JournalRow
+from dicomvault.migrate.live import Progress
+from dicomvault.migrate.pipeline import (
+    Migration,
+    MigrationError,
+    Part,
+    Plan,
+    SourceError,
+    Study,
+    dicom_date,
+    log,
+    windowed,
+)
+from dicomvault.net.bulk import BulkScu, Found
 from dicomvault.net.policy import Modality
-from dicomvault.net.scu import MatchingCancelled, RetrieveResult, Scu, ScuError
 from dicomvault.net.status import MOVE_DESTINATION_UNKNOWN, describe
+from dicomvault.net.vocabulary import RetrieveResult, ScuError
 from dicomvault.store import Archive
 
-log = logging.getLogger("dicomvault.migrate")
-
-FIRST_DAY = dt.date(1900, 1, 1)
-
-
-class MigrationError(RuntimeError):
-    """The migration cannot go on (the source refuses what every study needs)."""
-
-
-@dataclass
-class Plan:
-    method: str = "get"
-    since: dt.date = FIRST_DAY
-    until: dt.date = field(default_factory=dt.date.today)
-    keys: dict[str, str] = field(default_factory=dict)
-    find_limit: int = 500
-    retries: int = 2
-    backoff_s: float = 1.0
-    parallel: int = 1
-    # Studies started per minute at most (0: no limit), to spare the source.
-    rate_limit: float = 0
+# A study is retrieved in parts of this many instances at least, at most in as many parts as
+# there are associations.
+MIN_PART = 32
+# UIDs in one list (a UI value holds 64 KiB: 1000 UIDs of 64 characters fit).
+MAX_LIST = 500
+_IMAGES = "SOPInstanceUID"
 
 
-def _dicom_date(day: dt.date) -> str:
-    return day.strftime("%Y%m%d")
-
-
-class PacsMigration:
-    """Moves ``source``'s studies into ``archive``, keeping ``journal`` up to date."""
+class PacsMigration(Migration):
+    """Moves ``source``'s studies into ``archive`` over ``scu``; C-MOVE sends them to
+    ``our_aet``."""
 
     def __init__(
         self,
         archive: Archive,
-        scu: Scu,
+        scu: BulkScu,
         source: Modality,
         journal: Journal,
         our_aet: str,
         report: Callable[[str], None] = log.info,
+        on_study: Callable[[Progress, JournalRow], None] | None = None,
     ) -> None:
-        self.archive, self.scu, self.source = archive, scu, source
-        self.journal, self.our_aet, self.report = journal, our_aet, report
+        super().__init__(archive, journal, source.name, report, on_study)
+        self.scu, self.source, self.our_aet = scu, source, our_aet
+        self.title = source.aet
+        # Whether the source answers an IMAGE-level query naming only the study (None: not
+        # tried yet).
+        self._study_wide_listing: bool | None = None
 
-    # Enumeration --------------------------------------------------------------------------
+    def _find(self, level: Level, keys: dict[str, str]) -> Found:
+        try:
+            return self.scu.find(level, keys)
+        except ScuError as e:
+            raise SourceError(str(e)) from e
 
-    def enumerate(self, plan: Plan) -> int:
-        """Puts every study of the source in the plan's date range into the journal."""
-        found = 0
-        windows = [(plan.since, plan.until)]
-        while windows:
-            low, high = windows.pop()
+    def studies(self, plan: Plan) -> Iterator[tuple[str, str, int]]:
+        def query(low: object, high: object) -> tuple[list[dict[str, str]], bool]:
             keys = {
                 **plan.keys,
-                "StudyDate": f"{_dicom_date(low)}-{_dicom_date(high)}",
+                "StudyDate": f"{dicom_date(low)}-{dicom_date(high)}",  # type: ignore[arg-type]
                 "StudyInstanceUID": "",
                 "NumberOfStudyRelatedInstances": "",
             }
-            studies: list[Dataset] = []
-            capped = False
+            found = self._find(Level.STUDY, keys)
+            return found.matches, found.cancelled
+
+        for study in windowed(plan, query, self.report):
+            uid = study.get("StudyInstanceUID", "")
+            if uid:
+                expected = study.get("NumberOfStudyRelatedInstances", "")
+                count = int(expected) if expected.isdigit() else 0
+                yield uid, study.get("StudyDate", ""), count
+
+    def source_instances(self, study: str) -> dict[str, str]:
+        keys = {"StudyInstanceUID": study, "SOPInstanceUID": ""}
+        if self._study_wide_listing is not False:
             try:
-                studies.extend(self.scu.find(self.source, Level.STUDY, keys))
-            except MatchingCancelled:
-                capped = True
-            capped = capped or len(studies) >= plan.find_limit
-            if capped and low < high:
-                middle = low + dt.timedelta(days=(high - low).days // 2)
-                windows += [(middle + dt.timedelta(days=1), high), (low, middle)]
-                continue
-            if capped:
-                self.report(
-                    f"{_dicom_date(low)}: {len(studies)} studies, the source's limit: "
-                    "some may be missing from this day"
+                found: Found | None = self._find(Level.IMAGE, {**keys, "SeriesInstanceUID": ""})
+            except SourceError:
+                if self._study_wide_listing:
+                    raise
+                found = None  # a hierarchical source refuses it: one query per series
+            if found is not None and not found.cancelled and found.matches:
+                self._study_wide_listing = True
+                return _instances(found)
+            if found is None:
+                self._study_wide_listing = False
+        series = self._find(Level.SERIES, {"StudyInstanceUID": study, "SeriesInstanceUID": ""})
+        listed: dict[str, str] = {}
+        for s in series.matches:
+            uid = s.get("SeriesInstanceUID", "")
+            found = self._find(Level.IMAGE, {**keys, "SeriesInstanceUID": uid})
+            if found.cancelled:
+                raise SourceError(
+                    f"the source caps its answers below the size of series {uid}: its "
+                    "instances cannot be listed"
                 )
-            for study in studies:
-                uid = str(study.get("StudyInstanceUID", "")).strip()
-                if not uid:
-                    continue
-                expected = int(study.get("NumberOfStudyRelatedInstances", 0) or 0)
-                date = str(study.get("StudyDate", ""))
-                self.journal.enumerated(self.source.name, uid, date, expected)
-                found += 1
-        return found
+            listed |= _instances(found)
+        return listed
 
-    # Retrieval and verification ------------------------------------------------------------
+    def list_many(self, studies: list[str]) -> dict[str, dict[str, str] | SourceError]:
+        """One IMAGE-level C-FIND for all ``studies`` (a list of Study Instance UIDs) where
+        the source answers it whole; the studies it says nothing of, one by one."""
+        together: dict[str, dict[str, str]] = {}
+        if len(studies) > 1 and self._study_wide_listing is not False:
+            keys = {
+                "StudyInstanceUID": "\\".join(studies),
+                "SeriesInstanceUID": "",
+                "SOPInstanceUID": "",
+            }
+            try:
+                found: Found | None = self._find(Level.IMAGE, keys)
+            except SourceError:
+                found = None
+            if found is not None and not found.cancelled:
+                for m in found.matches:
+                    if m.get("SOPInstanceUID"):
+                        instances = together.setdefault(m.get("StudyInstanceUID", ""), {})
+                        instances[m["SOPInstanceUID"]] = m.get("SeriesInstanceUID", "")
+        listed = super().list_many([s for s in studies if not together.get(s)])
+        return {s: together.get(s) or listed[s] for s in studies}
 
-    def run(self, plan: Plan) -> list[JournalRow]:
-        """Migrates every study of the journal not yet verified; returns those still not."""
-        rows = self.journal.unsettled(self.source.name)
-        started = time.monotonic()
-        lock = threading.Lock()
-        progress = {"done": 0, "next_start": started, "instances": 0, "bytes": 0}
+    def parts(self, study: Study, plan: Plan) -> list[Part]:
+        """A study of many instances in as many parts as there are associations (a list of
+        series, or some of one large series' instances, each): the source sends them at once,
+        and their instances share group commits."""
+        listed = study.listed or {}
+        count = min(plan.parallel, len(listed) // MIN_PART)
+        if count < 2 or not all(listed.values()):
+            return []
+        return parts_of(study.row.item, listed, count)
 
-        def one(row: JournalRow) -> None:
-            if plan.rate_limit:
-                with lock:
-                    wait = progress["next_start"] - time.monotonic()
-                    progress["next_start"] = max(progress["next_start"], time.monotonic())
-                    progress["next_start"] += 60 / plan.rate_limit
-                time.sleep(max(0.0, wait))
-            self.migrate(row, plan)
-            study = self.archive.index.get(Level.STUDY, row.item)
-            with lock:
-                progress["done"] += 1
-                progress["instances"] += row.received
-                progress["bytes"] += study.size if study else 0
-                done, instances, size = progress["done"], progress["instances"], progress["bytes"]
-            elapsed = max(time.monotonic() - started, 1e-6)
-            eta = (len(rows) - done) * elapsed / done
-            outcome = row.state if row.state == "verified" else f"{row.state}: {row.error}"
-            self.report(
-                f"[{done}/{len(rows)} studies, {instances} instances, {size / 1e6:.1f} MB, "
-                f"{done / elapsed:.1f} studies/s, {size / 1e6 / elapsed:.1f} MB/s, "
-                f"ETA {eta:.0f} s] {row.item}: {outcome}"
-            )
-
-        with ThreadPoolExecutor(max_workers=max(1, plan.parallel)) as pool:
-            for finished in [pool.submit(one, row) for row in rows]:
-                finished.result()
-        return self.journal.unsettled(self.source.name)
-
-    def migrate(self, row: JournalRow, plan: Plan) -> None:
-        for attempt in range(plan.retries + 1):
-            if attempt:
-                time.sleep(plan.backoff_s * 2 ** (attempt - 1))
-            if row.state != "done":
-                row.state, row.attempts = "running", row.attempts + 1
-                self.journal.put(row)
-                error = self._retrieve(row.item, plan)
-                if error:
-                    # A study gone from the source fails its retrieve too: say so, once.
-                    if self.verify(row):
-                        return
-                    row.state = "failed"
-                    if not row.error.startswith("no longer"):
-                        row.error = error
-                    self.journal.put(row)
-                    if row.error.startswith("no longer"):
-                        return
-                    continue
-                row.state = "done"
-                self.journal.put(row)
-            if self.verify(row):
-                return
-            row.state = "failed"
-            self.journal.put(row)
-            if row.error.startswith("no longer"):
-                return
-
-    def _retrieve(self, study: str, plan: Plan) -> str:
-        """Retrieves a study into the archive; an error message, or "" when it went well."""
-        keys = {"StudyInstanceUID": study}
+    def retrieve(self, study: Study, plan: Plan, part: Part | None = None) -> str:
+        uid = study.row.item
+        keys = part or {"StudyInstanceUID": uid}
+        level = Level.STUDY if part is None else Level.IMAGE if _IMAGES in part else Level.SERIES
         try:
             result: RetrieveResult
             if plan.method == "move":
-                result = self.scu.move(self.source, self.our_aet, Level.STUDY, keys)
+                result = self.scu.move(self.our_aet, level, keys)
             else:
-                result = self.scu.get(self.source, Level.STUDY, keys, archive=self.archive)
+                result = self.scu.get(level, keys, study=uid)
         except ScuError as e:
             return str(e)
+        for instance, why in result.refused:
+            log.warning("C-GET of %s: %s refused: %s", uid, instance, why)
         if result.status == MOVE_DESTINATION_UNKNOWN or (
             plan.method == "move" and result.status >= 0xC000 and not result.completed
         ):
@@ -199,50 +168,41 @@ class PacsMigration:
             return f"retrieve: {describe(result.status)}, {result.failed} sub-operations failed"
         return ""
 
-    def verify(self, row: JournalRow) -> bool:
-        """Compares the archive with the source's instance list; records the outcome."""
-        try:
-            listed = self.source_instances(row.item)
-        except ScuError as e:
-            row.error = f"verify: {e}"
-            return False
-        held = self.archive_instances(row.item)
-        row.received = len(listed & held)
-        if not listed:
-            row.error = "no longer on the source (it lists no instance)"
-            return False
-        missing = listed - held
-        if missing:
-            row.error = f"{len(missing)} of {len(listed)} instances missing"
-            return False
-        row.state, row.error = "verified", ""
-        self.journal.put(row)
-        return True
+    def release(self) -> None:
+        self.scu.release_mine()
 
-    def source_instances(self, study: str) -> set[str]:
-        series = self.scu.find(
-            self.source, Level.SERIES, {"StudyInstanceUID": study, "SeriesInstanceUID": ""}
-        )
-        found: set[str] = set()
-        for s in list(series):
-            keys = {
-                "StudyInstanceUID": study,
-                "SeriesInstanceUID": str(s.SeriesInstanceUID),
-                "SOPInstanceUID": "",
-            }
-            found |= {str(i.SOPInstanceUID) for i in self.scu.find(self.source, Level.IMAGE, keys)}
-        return found
 
-    def archive_instances(self, study: str) -> set[str]:
-        matches = self.archive.index.find(
-            Level.IMAGE, {"StudyInstanceUID": study}, ["SOPInstanceUID"]
-        )
-        return {m["SOPInstanceUID"] for m in matches}
+def _instances(found: Found) -> dict[str, str]:
+    return {
+        m["SOPInstanceUID"]: m.get("SeriesInstanceUID", "")
+        for m in found.matches
+        if m.get("SOPInstanceUID")
+    }
 
-    def compare(self) -> list[JournalRow]:
-        """Verification only: every journal study against the source, nothing retrieved."""
-        for row in list(self.journal.rows(self.source.name)):
-            if row.state != "verified" and not self.verify(row):
-                row.state = "failed" if row.error.startswith("no longer") else "pending"
-                self.journal.put(row)
-        return self.journal.unsettled(self.source.name)
+
+def parts_of(study: str, listed: dict[str, str], count: int) -> list[Part]:
+    """``count`` parts of about as many instances each: series whole (a SERIES-level list of
+    UIDs), a series larger than a part in pieces (an IMAGE-level list of its instances')."""
+    size = min(-(-len(listed) // count), MAX_LIST)
+    by_series: dict[str, list[str]] = {}
+    for instance, series in sorted(listed.items()):
+        by_series.setdefault(series, []).append(instance)
+    parts: list[Part] = []
+    group: list[str] = []
+    held = 0
+    for series, instances in sorted(by_series.items(), key=lambda s: -len(s[1])):
+        if len(instances) >= size:
+            for i in range(0, len(instances), size):
+                pieces = "\\".join(instances[i : i + size])
+                parts.append(
+                    {"StudyInstanceUID": study, "SeriesInstanceUID": series, _IMAGES: pieces}
+                )
+            continue
+        group.append(series)
+        held += len(instances)
+        if held >= size or len(group) == MAX_LIST:
+            parts.append({"StudyInstanceUID": study, "SeriesInstanceUID": "\\".join(group)})
+            group, held = [], 0
+    if group:
+        parts.append({"StudyInstanceUID": study, "SeriesInstanceUID": "\\".join(group)})
+    return parts

@@ -18,6 +18,7 @@ from pynetdicom.presentation import (
     build_context,
 )
 
+from dicomvault.net import vocabulary
 from dicomvault.net.outbound import StoredInstance
 
 log = logging.getLogger("dicomvault.net")
@@ -25,9 +26,9 @@ log = logging.getLogger("dicomvault.net")
 # DICOM allows at most 128 presentation contexts in one association request.
 MAX_PROPOSED = 128
 
-# Who wrote a received instance's File Meta, and who speaks on the network.
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.10.1"
-IMPLEMENTATION_VERSION_NAME = "DICOMVAULT_010"
+# Who we are on the network (re-exported: the listener and pynetdicom's AEs read them here).
+IMPLEMENTATION_CLASS_UID = vocabulary.IMPLEMENTATION_CLASS_UID
+IMPLEMENTATION_VERSION_NAME = vocabulary.IMPLEMENTATION_VERSION_NAME
 
 
 def storage_sop_classes() -> list[str]:

@@ -19,23 +19,8 @@ from pynetdicom.dsutils import decode
 
 from dicomvault.index import Level
 from dicomvault.net.status import UNABLE_TO_PROCESS
+from dicomvault.net.vocabulary import PATIENT_ROOT, PATIENT_STUDY_ONLY, STUDY_ROOT
 
-# Information models by the SOP classes of their three services (PS3.4 C.6).
-PATIENT_ROOT = (
-    "1.2.840.10008.5.1.4.1.2.1.1",
-    "1.2.840.10008.5.1.4.1.2.1.2",
-    "1.2.840.10008.5.1.4.1.2.1.3",
-)
-STUDY_ROOT = (
-    "1.2.840.10008.5.1.4.1.2.2.1",
-    "1.2.840.10008.5.1.4.1.2.2.2",
-    "1.2.840.10008.5.1.4.1.2.2.3",
-)
-PATIENT_STUDY_ONLY = (
-    "1.2.840.10008.5.1.4.1.2.3.1",
-    "1.2.840.10008.5.1.4.1.2.3.2",
-    "1.2.840.10008.5.1.4.1.2.3.3",
-)
 # The C-FIND, C-MOVE and C-GET SOP classes of each model.
 FIND_MODELS = (PATIENT_ROOT[0], STUDY_ROOT[0], PATIENT_STUDY_ONLY[0])
 MOVE_MODELS = (PATIENT_ROOT[1], STUDY_ROOT[1], PATIENT_STUDY_ONLY[1])

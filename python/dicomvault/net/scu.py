@@ -8,31 +8,17 @@ import ssl
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.presentation import (
     PresentationContext,
-    StoragePresentationContexts,
     build_context,
     build_role,
 )
@@ -52,6 +38,13 @@ from dicomvault.net.status import (
     PENDING,
     SUCCESS,
     describe,
+)
+from dicomvault.net.vocabulary import (
+    GET_SYNTAXES,
+    STORAGE_SOP_CLASSES,
+    MatchingCancelled,
+    RetrieveResult,
+    ScuError,
 )
 from dicomvault.security.tls import client_context
 from dicomvault.store import Archive
@@ -98,47 +91,9 @@ def store_received(archive: Archive, event: Event, source: str) -> int:
     return SUCCESS
 
 
-# What a C-GET requestor offers to receive in: native first, then the usual compressions.
-GET_SYNTAXES = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
-]
-
-
 def tls_arguments(target: Modality, dicom: Mapping[str, Any]) -> tuple[ssl.SSLContext, str] | None:
     """pynetdicom's ``tls_args`` for an association to ``target``: None unless it uses TLS."""
     return (client_context(dicom), target.host) if target.tls else None
-
-
-class ScuError(RuntimeError):
-    """The peer could not be reached or refused; the message says why."""
-
-
-class MatchingCancelled(ScuError):
-    """The peer ended a C-FIND early with status Cancel: some PACS (Orthanc among them) say so
-    when the matches exceed their result limit."""
-
-
-@dataclass
-class RetrieveResult:
-    status: int = SUCCESS
-    completed: int = 0
-    failed: int = 0
-    warning: int = 0
-    failed_uids: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == SUCCESS and self.failed == 0
 
 
 def query_identifier(level: Level, keys: dict[str, str]) -> Dataset:
@@ -318,7 +273,7 @@ class Scu:
     ) -> RetrieveResult:
         """C-GET: the instances come back on this association, into the archive or ``out``."""
         model = PATIENT_ROOT[2] if level is Level.PATIENT else STUDY_ROOT[2]
-        storage = [cx.abstract_syntax for cx in StoragePresentationContexts][:126]
+        storage = STORAGE_SOP_CLASSES
         contexts = [build_context(PATIENT_ROOT[2]), build_context(STUDY_ROOT[2])]
         contexts += [build_context(uid, GET_SYNTAXES) for uid in storage]
         roles = [build_role(uid, scp_role=True) for uid in storage]

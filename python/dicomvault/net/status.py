@@ -2,14 +2,6 @@
 
 from __future__ import annotations
 
-from pynetdicom.status import (
-    GENERAL_STATUS,
-    QR_FIND_SERVICE_CLASS_STATUS,
-    QR_GET_SERVICE_CLASS_STATUS,
-    QR_MOVE_SERVICE_CLASS_STATUS,
-    STORAGE_SERVICE_CLASS_STATUS,
-)
-
 SUCCESS = 0x0000
 PENDING = 0xFF00
 CANCEL = 0xFE00
@@ -36,20 +28,28 @@ SUB_OPERATION_FAILED = OUT_OF_RESOURCES
 # A query or retrieve whose identifier cannot be read ("Unable to process": Cxxx, PS3.4 C.4).
 UNABLE_TO_PROCESS = 0xC000
 
-_TABLES = (
-    QR_MOVE_SERVICE_CLASS_STATUS,
-    QR_GET_SERVICE_CLASS_STATUS,
-    QR_FIND_SERVICE_CLASS_STATUS,
-    STORAGE_SERVICE_CLASS_STATUS,
-    GENERAL_STATUS,
-)
-
 
 def describe(status: int) -> str:
     """``0xA801 Move Destination Unknown``-style text for a status code."""
     if status == SUCCESS:
         return "0x0000 Success"
-    for table in _TABLES:
+    # pynetdicom's tables, imported only for a message: a migration need not load it.
+    from pynetdicom.status import (
+        GENERAL_STATUS,
+        QR_FIND_SERVICE_CLASS_STATUS,
+        QR_GET_SERVICE_CLASS_STATUS,
+        QR_MOVE_SERVICE_CLASS_STATUS,
+        STORAGE_SERVICE_CLASS_STATUS,
+    )
+
+    tables = (
+        QR_MOVE_SERVICE_CLASS_STATUS,
+        QR_GET_SERVICE_CLASS_STATUS,
+        QR_FIND_SERVICE_CLASS_STATUS,
+        STORAGE_SERVICE_CLASS_STATUS,
+        GENERAL_STATUS,
+    )
+    for table in tables:
         if status in table:
             return f"0x{status:04X} {table[status][1].title()}"
     if 0xC000 <= status <= 0xCFFF:

@@ -1,0 +1,199 @@
+"""The SCU for bulk work (migrations): associations requested and served in Rust
+(``_native.ScuAssociation``, see ``rust/src/scu/``), one per thread and service, kept open
+across requests. C-FIND identifiers are encoded and decoded there; a C-GET's sub-operations
+stream from the socket into the store through the listener's own receive path
+(``_native.Receiver``), durable before each C-STORE-RSP and indexed by the archive's applier;
+a C-MOVE's arrive at the archive's own listener. Every wait is a blocking read: nothing polls.
+
+The CLI's one-off verbs keep pynetdicom (``net/scu.py``), as does anything over TLS, which
+this SCU does not speak yet.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dicomvault import _native
+from dicomvault.config import Settings
+from dicomvault.dicom.values import tag_and_vr
+from dicomvault.index import Level
+from dicomvault.net.policy import Modality
+from dicomvault.net.status import CANCEL, SUCCESS, describe
+from dicomvault.net.vocabulary import (
+    GET_SYNTAXES,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    PATIENT_ROOT,
+    STORAGE_SOP_CLASSES,
+    STUDY_ROOT,
+    RetrieveResult,
+    ScuError,
+)
+from dicomvault.store import Archive
+
+# The largest PDU we take, as the listener does.
+MAX_PDU = 4 << 20
+# How long a peer may stay silent: a C-MOVE's source may take long between sub-operations.
+TIMEOUT_S = 600.0
+IDENTIFIER_SYNTAXES = GET_SYNTAXES[:2]
+
+
+def _element(keyword: str) -> tuple[int, str]:
+    try:
+        return tag_and_vr(keyword)
+    except ValueError as e:
+        raise ScuError(str(e)) from None
+
+
+def request_keys(keys: Mapping[str, str]) -> list[tuple[int, str, str]]:
+    """``-k`` style keys (keyword -> value, "" to have it returned) as (tag, VR, value)."""
+    return [(*_element(keyword), value) for keyword, value in keys.items()]
+
+
+@dataclass
+class Found:
+    """A C-FIND's matches (keyword -> value of each key asked for); ``cancelled`` when the
+    source ended it early with status Cancel, as Orthanc does past its result limit."""
+
+    matches: list[dict[str, str]] = field(default_factory=list)
+    cancelled: bool = False
+
+
+def _model(level: Level, service: int) -> str:
+    return (PATIENT_ROOT if level is Level.PATIENT else STUDY_ROOT)[service]
+
+
+class BulkScu:
+    """Associations to ``target`` as our AE title; with ``archive``, C-GET stores into it."""
+
+    def __init__(
+        self, settings: Settings, target: Modality, archive: Archive | None = None
+    ) -> None:
+        if target.tls:
+            raise ScuError(
+                f"{target.aet}: migrating over DICOM TLS is not supported yet (the Rust SCU "
+                "speaks plain DICOM only)"
+            )
+        self.target = target
+        self.aet = str(settings["dicom"]["aet"])
+        self.receiver = (
+            _native.Receiver(
+                archive.store,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+                replace_duplicates=archive.replace_duplicates,
+            )
+            if archive is not None
+            else None
+        )
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[_native.ScuAssociation] = []
+
+    def _association(self, service: str) -> _native.ScuAssociation:
+        """This thread's association for ``service`` (find, get, move), opened if need be."""
+        kept: dict[str, _native.ScuAssociation] = self._local.__dict__.setdefault("kept", {})
+        association = kept.get(service)
+        if association is not None and association.is_open:
+            return association
+        index = {"find": 0, "move": 1, "get": 2}[service]
+        proposed = [
+            (PATIENT_ROOT[index], IDENTIFIER_SYNTAXES),
+            (STUDY_ROOT[index], IDENTIFIER_SYNTAXES),
+        ]
+        roles: list[str] = []
+        if service == "get":
+            proposed += [(uid, GET_SYNTAXES) for uid in STORAGE_SOP_CLASSES]
+            roles = list(STORAGE_SOP_CLASSES)
+        t = self.target
+        try:
+            association = _native.ScuAssociation(
+                t.host,
+                t.port,
+                t.aet,
+                self.aet,
+                proposed,
+                roles,
+                max_pdu=MAX_PDU,
+                timeout_s=TIMEOUT_S,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            )
+        except _native.AssociationError as e:
+            raise ScuError(f"{t.aet}@{t.host}:{t.port}: {e}") from e
+        kept[service] = association
+        with self._lock:
+            self._open.append(association)
+        return association
+
+    def _call(self, service: str, call: str, *args: object) -> object:
+        association = self._association(service)
+        try:
+            return getattr(association, call)(*args)
+        except _native.AssociationError as e:
+            t = self.target
+            raise ScuError(f"C-{service.upper()} with {t.aet}@{t.host}:{t.port}: {e}") from e
+
+    def find(self, level: Level, keys: Mapping[str, str]) -> Found:
+        """C-FIND in the Study Root model (Patient Root at PATIENT level)."""
+        wanted = [(keyword, *_element(keyword)) for keyword in keys]
+        status, matches = self._call(  # type: ignore[misc]
+            "find", "find", _model(level, 0), level.value, request_keys(keys), wanted
+        )
+        if status not in (SUCCESS, CANCEL):
+            raise ScuError(f"C-FIND failed: {describe(status)}")
+        return Found(matches, cancelled=status == CANCEL)
+
+    def get(
+        self, level: Level, keys: Mapping[str, str], study: str | None = None
+    ) -> RetrieveResult:
+        """C-GET into the archive; sub-operations of another study than ``study`` are
+        refused."""
+        if self.receiver is None:
+            raise ValueError("a C-GET needs the archive to store into")
+        model, identifier = _model(level, 2), request_keys(keys)
+        result = self._call("get", "get", self.receiver, model, level.value, identifier, study)
+        return _result(result)  # type: ignore[arg-type]
+
+    def move(self, destination: str, level: Level, keys: Mapping[str, str]) -> RetrieveResult:
+        result = self._call(
+            "move", "move", _model(level, 1), level.value, request_keys(keys), destination
+        )
+        return _result(result)  # type: ignore[arg-type]
+
+    def release_mine(self) -> None:
+        """Releases this thread's associations: a source serves so many at once (Orthanc's
+        DicomThreadsCount, 4 by default) that one held while idle can stall the others."""
+        kept: dict[str, _native.ScuAssociation] = self._local.__dict__.setdefault("kept", {})
+        with self._lock:
+            self._open = [a for a in self._open if all(a is not k for k in kept.values())]
+        for association in kept.values():
+            _release(association)
+        kept.clear()
+
+    def close(self) -> None:
+        """Releases every association opened (by any thread)."""
+        with self._lock:
+            kept, self._open = self._open, []
+        for association in kept:
+            _release(association)
+
+
+def _release(association: _native.ScuAssociation) -> None:
+    try:
+        association.release()
+    except _native.AssociationError:
+        association.abort()
+
+
+def _result(native: dict) -> RetrieveResult:
+    return RetrieveResult(
+        status=native["status"],
+        completed=native["completed"],
+        failed=native["failed"],
+        warning=native["warning"],
+        failed_uids=native["failed_uids"],
+        refused=native["refused"],
+    )

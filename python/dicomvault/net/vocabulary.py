@@ -1,0 +1,197 @@
+"""The DICOM network vocabulary the SCU and SCP modules share, importable without pydicom or
+pynetdicom (a migration's start-up would pay a second for them): the Query/Retrieve
+information models, who we are on the network, what a C-GET offers to receive in, and what
+an SCU request can end in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dicomvault.net.status import SUCCESS
+
+# Information models by the SOP classes of their three services (PS3.4 C.6).
+PATIENT_ROOT = (
+    "1.2.840.10008.5.1.4.1.2.1.1",
+    "1.2.840.10008.5.1.4.1.2.1.2",
+    "1.2.840.10008.5.1.4.1.2.1.3",
+)
+STUDY_ROOT = (
+    "1.2.840.10008.5.1.4.1.2.2.1",
+    "1.2.840.10008.5.1.4.1.2.2.2",
+    "1.2.840.10008.5.1.4.1.2.2.3",
+)
+PATIENT_STUDY_ONLY = (
+    "1.2.840.10008.5.1.4.1.2.3.1",
+    "1.2.840.10008.5.1.4.1.2.3.2",
+    "1.2.840.10008.5.1.4.1.2.3.3",
+)
+
+# Who wrote a received instance's File Meta, and who speaks on the network.
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.10.1"
+IMPLEMENTATION_VERSION_NAME = "DICOMVAULT_010"
+
+# What a C-GET requestor offers to receive in: native first, then the usual compressions.
+GET_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+
+
+# The storage SOP classes a C-GET proposes to receive (pynetdicom's StoragePresentationContexts,
+# the usual ones: 120 fit beside the Get models), written out so that a migration need not
+# import pynetdicom; a test checks it against pynetdicom.
+STORAGE_SOP_CLASSES = (
+    "1.2.840.10008.5.1.1.27",  # Stored Print Storage SOP Class
+    "1.2.840.10008.5.1.1.29",  # Hardcopy Grayscale Image Storage SOP Class
+    "1.2.840.10008.5.1.1.30",  # Hardcopy Color Image Storage SOP Class
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+    "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography X-Ray Image Storage - For Processing
+    "1.2.840.10008.5.1.4.1.1.1.3",  # Digital Intra-Oral X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.3.1",  # Digital Intra-Oral X-Ray Image Storage - For Processing
+    "1.2.840.10008.5.1.4.1.1.10",  # Standalone Modality LUT Storage
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF Storage
+    "1.2.840.10008.5.1.4.1.1.104.2",  # Encapsulated CDA Storage
+    "1.2.840.10008.5.1.4.1.1.11",  # Standalone VOI LUT Storage
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.2",  # Color Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.3",  # Pseudo-Color Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.4",  # Blending Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.5",  # XA/XRF Grayscale Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image Storage
+    "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF Image Storage
+    "1.2.840.10008.5.1.4.1.1.12.3",  # X-Ray Angiographic Bi-Plane Image Storage
+    "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image Storage
+    "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET Image Storage
+    "1.2.840.10008.5.1.4.1.1.129",  # Standalone PET Curve Storage
+    "1.2.840.10008.5.1.4.1.1.13.1.1",  # X-Ray 3D Angiographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.13.1.2",  # X-Ray 3D Craniofacial Image Storage
+    "1.2.840.10008.5.1.4.1.1.13.1.3",  # Breast Tomosynthesis Image Storage
+    "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image Storage
+    "1.2.840.10008.5.1.4.1.1.131",  # Basic Structured Display Storage
+    "1.2.840.10008.5.1.4.1.1.14.1",  # Intravascular Optical Coherence Tomography Image Storage - F
+    "1.2.840.10008.5.1.4.1.1.14.2",  # Intravascular Optical Coherence Tomography Image Storage - F
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image Storage
+    "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image Storage
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image Storage
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.2",  # MR Spectroscopy Storage
+    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.481.1",  # RT Image Storage
+    "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose Storage
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set Storage
+    "1.2.840.10008.5.1.4.1.1.481.4",  # RT Beams Treatment Record Storage
+    "1.2.840.10008.5.1.4.1.1.481.5",  # RT Plan Storage
+    "1.2.840.10008.5.1.4.1.1.481.6",  # RT Brachy Treatment Record Storage
+    "1.2.840.10008.5.1.4.1.1.481.7",  # RT Treatment Summary Record Storage
+    "1.2.840.10008.5.1.4.1.1.481.8",  # RT Ion Plan Storage
+    "1.2.840.10008.5.1.4.1.1.481.9",  # RT Ion Beams Treatment Record Storage
+    "1.2.840.10008.5.1.4.1.1.5",  # Nuclear Medicine Image Storage
+    "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image Storage
+    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image Storage
+    "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume Storage
+    "1.2.840.10008.5.1.4.1.1.66",  # Raw Data Storage
+    "1.2.840.10008.5.1.4.1.1.66.1",  # Spatial Registration Storage
+    "1.2.840.10008.5.1.4.1.1.66.2",  # Spatial Fiducials Storage
+    "1.2.840.10008.5.1.4.1.1.66.3",  # Deformable Spatial Registration Storage
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.66.5",  # Surface Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.67",  # Real World Value Mapping Storage
+    "1.2.840.10008.5.1.4.1.1.68.1",  # Surface Scan Mesh Storage
+    "1.2.840.10008.5.1.4.1.1.68.2",  # Surface Scan Point Cloud Storage
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1",  # VL Image Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.77.1.1",  # VL Endoscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.1.1",  # Video Endoscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.2",  # VL Microscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.2.1",  # Video Microscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.3",  # VL Slide-Coordinates Microscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL Photographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.4.1",  # Video Photographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.5.1",  # Ophthalmic Photography 8 Bit Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.5.2",  # Ophthalmic Photography 16 Bit Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.5.3",  # Stereometric Relationship Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.5.4",  # Ophthalmic Tomography Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.6",  # VL Whole Slide Microscopy Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.2",  # VL Multi-frame Image Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.78.1",  # Lensometry Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.2",  # Autorefraction Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.3",  # Keratometry Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.4",  # Subjective Refraction Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.5",  # Visual Acuity Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.6",  # Spectacle Prescription Report Storage
+    "1.2.840.10008.5.1.4.1.1.78.7",  # Ophthalmic Axial Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.8",  # Intraocular Lens Calculations Storage
+    "1.2.840.10008.5.1.4.1.1.79.1",  # Macular Grid Thickness and Volume Report Storage
+    "1.2.840.10008.5.1.4.1.1.8",  # Standalone Overlay Storage
+    "1.2.840.10008.5.1.4.1.1.80.1",  # Ophthalmic Visual Field Static Perimetry Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.81.1",  # Ophthalmic Thickness Map Storage
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.40",  # Procedure Log Storage
+    "1.2.840.10008.5.1.4.1.1.88.50",  # Mammography CAD SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document Storage
+    "1.2.840.10008.5.1.4.1.1.88.65",  # Chest CAD SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.69",  # Colon CAD SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.70",  # Implantation Plan SR Storage
+    "1.2.840.10008.5.1.4.1.1.9",  # Standalone Curve Storage
+    "1.2.840.10008.5.1.4.1.1.9.1.1",  # 12-lead ECG Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.1.2",  # General ECG Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.1.3",  # Ambulatory ECG Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.2.1",  # Hemodynamic Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.3.1",  # Cardiac Electrophysiology Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.4.1",  # Basic Voice Audio Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.4.2",  # General Audio Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.5.1",  # Arterial Pulse Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.6.1",  # Respiratory Waveform Storage
+    "1.2.840.10008.5.1.4.34.7",  # RT Beams Delivery Instruction Storage
+)
+
+
+class ScuError(RuntimeError):
+    """The peer could not be reached or refused; the message says why."""
+
+
+class MatchingCancelled(ScuError):
+    """The peer ended a C-FIND early with status Cancel: some PACS (Orthanc among them) say so
+    when the matches exceed their result limit."""
+
+
+@dataclass
+class RetrieveResult:
+    status: int = SUCCESS
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    # What this side refused of what a C-GET sent (SOP Instance UID, why).
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS and self.failed == 0

@@ -1,0 +1,283 @@
+//! The SCU's Python binding: `ScuAssociation`, an association we requested and keep open for
+//! C-FIND, C-GET and C-MOVE requests, and `Receiver`, where a C-GET's sub-operations go (the
+//! listener's receive path, into the store the archive's applier indexes). Every network wait
+//! releases the GIL.
+
+use crate::dimse::Implementation;
+use crate::pdu::ProposedContext;
+use crate::python::Store;
+use crate::receive;
+use crate::scu::{self, Association, Key, Peer, Retrieved, ScuError};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::sync::Arc;
+use std::time::Duration;
+
+create_exception!(
+    _native,
+    AssociationError,
+    PyOSError,
+    "The peer could not be reached, refused or broke the association; the message says how."
+);
+
+fn association_error(e: ScuError) -> PyErr {
+    AssociationError::new_err(e.to_string())
+}
+
+fn vr(text: &str) -> PyResult<[u8; 2]> {
+    match text.as_bytes() {
+        [a, b] => Ok([*a, *b]),
+        _ => Err(PyValueError::new_err(format!("invalid VR {text:?}"))),
+    }
+}
+
+/// Request keys as (tag, VR, value).
+fn keys(keys: Vec<(u32, String, String)>) -> PyResult<Vec<Key>> {
+    keys.into_iter()
+        .map(|(tag, v, value)| {
+            Ok(Key {
+                tag,
+                vr: vr(&v)?,
+                value,
+            })
+        })
+        .collect()
+}
+
+/// Where a C-GET's sub-operations are stored: the store's writer, the checks and group commit
+/// of the listener, its backlog for the index.
+#[pyclass(frozen, module = "dicomvault._native", name = "Receiver")]
+struct PyReceiver {
+    inner: Arc<receive::Receiver>,
+}
+
+#[pymethods]
+impl PyReceiver {
+    #[new]
+    #[pyo3(signature = (store, *, implementation_class_uid, implementation_version_name, replace_duplicates = false))]
+    fn new(
+        store: PyRef<'_, Store>,
+        implementation_class_uid: String,
+        implementation_version_name: String,
+        replace_duplicates: bool,
+    ) -> Self {
+        let implementation = Implementation {
+            class_uid: implementation_class_uid,
+            version_name: implementation_version_name,
+        };
+        PyReceiver {
+            inner: Arc::new(receive::Receiver::new(
+                store.core.clone(),
+                store.received.clone(),
+                implementation,
+                replace_duplicates,
+            )),
+        }
+    }
+}
+
+/// An association we requested: `find`, `get` and `move` on it until `release`.
+#[pyclass(module = "dicomvault._native")]
+struct ScuAssociation {
+    inner: Option<Association>,
+}
+
+impl ScuAssociation {
+    fn open(&mut self) -> PyResult<&mut Association> {
+        self.inner
+            .as_mut()
+            .filter(|a| a.is_open())
+            .ok_or_else(|| PyRuntimeError::new_err("the association is closed"))
+    }
+}
+
+fn retrieved<'py>(py: Python<'py>, r: &Retrieved) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item(intern!(py, "status"), r.status)?;
+    d.set_item(intern!(py, "remaining"), r.counts.remaining)?;
+    d.set_item(intern!(py, "completed"), r.counts.completed)?;
+    d.set_item(intern!(py, "failed"), r.counts.failed)?;
+    d.set_item(intern!(py, "warning"), r.counts.warning)?;
+    d.set_item(intern!(py, "failed_uids"), &r.failed_uids)?;
+    d.set_item(intern!(py, "stored"), r.stored)?;
+    d.set_item(intern!(py, "refused"), &r.refused)?;
+    Ok(d)
+}
+
+#[pymethods]
+impl ScuAssociation {
+    /// Connects to `called_ae` at `host:port` as `calling_ae`, proposing `contexts` (abstract
+    /// syntax, [transfer syntaxes]) and taking the SCP role for `scp_roles` (what a C-GET
+    /// sends back). AssociationError if it cannot be made.
+    #[new]
+    #[pyo3(signature = (
+        host, port, called_ae, calling_ae, contexts, scp_roles = Vec::new(), *, max_pdu,
+        timeout_s, implementation_class_uid, implementation_version_name,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        host: String,
+        port: u16,
+        called_ae: String,
+        calling_ae: String,
+        contexts: Vec<(String, Vec<String>)>,
+        scp_roles: Vec<String>,
+        max_pdu: u32,
+        timeout_s: f64,
+        implementation_class_uid: String,
+        implementation_version_name: String,
+    ) -> PyResult<Self> {
+        if contexts.len() > 128 {
+            return Err(PyValueError::new_err(format!(
+                "{} presentation contexts: at most 128 fit an association",
+                contexts.len()
+            )));
+        }
+        let peer = Peer {
+            host,
+            port,
+            called_ae,
+            calling_ae,
+            timeout: Duration::from_secs_f64(timeout_s.max(0.001)),
+            max_pdu,
+            implementation: Implementation {
+                class_uid: implementation_class_uid,
+                version_name: implementation_version_name,
+            },
+        };
+        let proposed: Vec<ProposedContext> = contexts
+            .into_iter()
+            .enumerate()
+            .map(
+                |(n, (abstract_syntax, transfer_syntaxes))| ProposedContext {
+                    id: (2 * n + 1) as u8,
+                    abstract_syntax,
+                    transfer_syntaxes,
+                },
+            )
+            .collect();
+        let association = py
+            .detach(|| Association::open(&peer, &proposed, &scp_roles))
+            .map_err(association_error)?;
+        Ok(ScuAssociation {
+            inner: Some(association),
+        })
+    }
+
+    /// Whether it can take another request (it is closed after a failure).
+    #[getter]
+    fn is_open(&self) -> bool {
+        self.inner.as_ref().is_some_and(Association::is_open)
+    }
+
+    /// C-FIND in `model` at `level` with `keys` [(tag, VR, value)]: (final status, a dict per
+    /// match of the `wanted` [(name, tag, VR)] values it holds).
+    fn find<'py>(
+        &mut self,
+        py: Python<'py>,
+        model: &str,
+        level: &str,
+        keys: Vec<(u32, String, String)>,
+        wanted: Vec<(Bound<'py, pyo3::types::PyString>, u32, String)>,
+    ) -> PyResult<(u16, Vec<Bound<'py, PyDict>>)> {
+        let keys = self::keys(keys)?;
+        let tags = wanted
+            .iter()
+            .map(|(_, tag, v)| Ok((*tag, vr(v)?)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let association = self.open()?;
+        let found = py
+            .detach(|| scu::find(association, model, level, &keys, &tags))
+            .map_err(association_error)?;
+        let matches = found
+            .matches
+            .iter()
+            .map(|values| {
+                let d = PyDict::new(py);
+                for (tag, value) in values {
+                    if let Some((name, _, _)) = wanted.iter().find(|(_, t, _)| t == tag) {
+                        d.set_item(name, value)?;
+                    }
+                }
+                Ok(d)
+            })
+            .collect::<PyResult<_>>()?;
+        Ok((found.status, matches))
+    }
+
+    /// C-GET in `model` at `level` with `keys`, the instances stored through `receiver`
+    /// (refused unless of `study`, when given): {status, completed, failed, warning,
+    /// failed_uids, stored, refused: [(SOP Instance UID, why)]}.
+    #[pyo3(signature = (receiver, model, level, keys, study = None))]
+    fn get<'py>(
+        &mut self,
+        py: Python<'py>,
+        receiver: PyRef<'_, PyReceiver>,
+        model: &str,
+        level: &str,
+        keys: Vec<(u32, String, String)>,
+        study: Option<String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let keys = self::keys(keys)?;
+        let receiver = receiver.inner.clone();
+        let association = self.open()?;
+        let result = py
+            .detach(|| {
+                scu::get(
+                    association,
+                    model,
+                    level,
+                    &keys,
+                    &receiver,
+                    study.as_deref(),
+                )
+            })
+            .map_err(association_error)?;
+        retrieved(py, &result)
+    }
+
+    /// C-MOVE in `model` at `level` with `keys` to `destination`: {status, completed, failed,
+    /// warning, failed_uids}.
+    fn r#move<'py>(
+        &mut self,
+        py: Python<'py>,
+        model: &str,
+        level: &str,
+        keys: Vec<(u32, String, String)>,
+        destination: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let keys = self::keys(keys)?;
+        let association = self.open()?;
+        let result = py
+            .detach(|| scu::move_to(association, model, level, &keys, destination))
+            .map_err(association_error)?;
+        retrieved(py, &result)
+    }
+
+    /// Releases the association (a closed one is left as it is).
+    fn release(&mut self, py: Python<'_>) -> PyResult<()> {
+        if let Some(mut association) = self.inner.take() {
+            py.detach(|| association.release())
+                .map_err(association_error)?;
+        }
+        Ok(())
+    }
+
+    /// Aborts the association.
+    fn abort(&mut self) {
+        if let Some(mut association) = self.inner.take() {
+            association.abort();
+        }
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ScuAssociation>()?;
+    m.add_class::<PyReceiver>()?;
+    m.add("AssociationError", m.py().get_type::<AssociationError>())?;
+    Ok(())
+}
