@@ -2,6 +2,8 @@
 //! sub-operations, writing responses and C-STORE-RQ, and the File Meta a received data set is
 //! stored with (PS3.10 7.1).
 
+use crate::status::{CANCEL, PENDING};
+
 pub const C_STORE_RQ: u16 = 0x0001;
 pub const C_STORE_RSP: u16 = 0x8001;
 pub const C_GET_RQ: u16 = 0x0010;
@@ -269,9 +271,6 @@ pub fn retrieve_response(
         element(body, 0x1023, &(counts.warning as u16).to_le_bytes());
     })
 }
-
-pub const PENDING: u16 = 0xFF00;
-pub const CANCEL: u16 = 0xFE00;
 
 /// A C-STORE-RQ of a retrieve's sub-operation (medium priority).
 pub fn store_request(sop_class_uid: &str, sop_instance_uid: &str, message_id: u16) -> Vec<u8> {

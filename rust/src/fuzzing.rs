@@ -377,7 +377,7 @@ pub fn dimse(data: &[u8]) {
     }
     let find = dimse::parse_command(&dimse::find_response(&command, status)).expect("C-FIND-RSP");
     assert_eq!(find.field, command.field | 0x8000);
-    assert_eq!(find.has_data_set, status == dimse::PENDING);
+    assert_eq!(find.has_data_set, status == crate::status::PENDING);
     let counts = dimse::SubOperations {
         remaining: u32::from(command.message_id),
         completed: 1,

@@ -15,6 +15,7 @@ pub mod receive;
 pub mod scan;
 pub mod scp;
 pub mod scu;
+pub mod status;
 pub mod transport;
 
 #[cfg(feature = "python")]

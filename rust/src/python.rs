@@ -6,7 +6,7 @@ use crate::cas::{self, GcEvent, Ingested, Store as CoreStore, StoreConfig, Store
 use crate::manifest::Manifest;
 use crate::pack::{Codec, RecordKind};
 use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
-use crate::{dimse, scp, transport};
+use crate::{dimse, scp, status, transport};
 use pyo3::create_exception;
 use pyo3::exceptions::{
     PyBlockingIOError, PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError,
@@ -887,7 +887,7 @@ impl scp::Host for PyHost {
             let run = || -> PyResult<Result<Vec<scp::Selected>, u16>> {
                 let (status, found): (u16, Vec<PySelected>) =
                     self.query(py, &self.select, &request, None)?.extract()?;
-                if status != scp::SUCCESS {
+                if status != status::SUCCESS {
                     return Ok(Err(status));
                 }
                 let selected = found
@@ -908,7 +908,7 @@ impl scp::Host for PyHost {
             };
             run().unwrap_or_else(|e| {
                 e.print(py);
-                Err(UNABLE_TO_PROCESS)
+                Err(status::CANNOT_UNDERSTAND)
             })
         })
     }
@@ -918,7 +918,7 @@ impl scp::Host for PyHost {
             let run = || -> PyResult<Result<scp::Matches, u16>> {
                 let (status, matches): (u16, Bound<'_, PyAny>) =
                     self.query(py, &self.find, &request, None)?.extract()?;
-                if status != scp::SUCCESS {
+                if status != status::SUCCESS {
                     return Ok(Err(status));
                 }
                 let items = PyItems::new(&matches, |item: &Bound<'_, PyAny>| {
@@ -928,7 +928,7 @@ impl scp::Host for PyHost {
             };
             run().unwrap_or_else(|e| {
                 e.print(py);
-                Err(UNABLE_TO_PROCESS)
+                Err(status::CANNOT_UNDERSTAND)
             })
         })
     }
@@ -944,7 +944,7 @@ impl scp::Host for PyHost {
                 let (status, uids, statuses): (u16, Vec<String>, Bound<'_, PyAny>) = self
                     .query(py, &self.move_to, &request, Some((destination, requestor)))?
                     .extract()?;
-                if status != scp::SUCCESS {
+                if status != status::SUCCESS {
                     return Ok(Err(status));
                 }
                 let items =
@@ -953,7 +953,7 @@ impl scp::Host for PyHost {
             };
             run().unwrap_or_else(|e| {
                 e.print(py);
-                Err(UNABLE_TO_PROCESS)
+                Err(status::CANNOT_UNDERSTAND)
             })
         })
     }
@@ -973,7 +973,7 @@ impl scp::Host for PyHost {
                 .and_then(|status| status.extract::<u16>(py))
                 .unwrap_or_else(|e| {
                     e.print(py);
-                    PROCESSING_FAILURE
+                    status::PROCESSING_FAILURE
                 })
         })
     }
@@ -1002,11 +1002,6 @@ impl scp::Host for PyHost {
         })
     }
 }
-
-/// A query refused for a failure of the host itself (PS3.4 C.4: Unable to process).
-const UNABLE_TO_PROCESS: u16 = 0xC000;
-/// An N-ACTION the host failed on (PS3.7 C: Processing failure).
-const PROCESSING_FAILURE: u16 = 0x0110;
 
 /// The DICOM listener (see `rust/src/scp.rs`): serves every association with `store`, appends
 /// what it receives to the pack log and leaves it in the store's backlog for the index
@@ -1316,5 +1311,12 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ManifestError", m.py().get_type::<ManifestError>())?;
     m.add("DamagedError", m.py().get_type::<DamagedError>())?;
     m.add_class::<Damage>()?;
+    m.add(
+        "STATUS",
+        crate::status::ALL
+            .iter()
+            .copied()
+            .collect::<HashMap<_, _>>(),
+    )?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use crate::cas::{self, Ingested, InstanceWriter, Store};
 use crate::dimse::{self, Implementation};
 use crate::identity::{self, Identity};
 use crate::scan::{FeedError, ScanOptions};
-use crate::scp::{CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH, OUT_OF_RESOURCES};
+use crate::status::{CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH, OUT_OF_RESOURCES};
 use std::collections::HashMap;
 use std::fmt;
 use std::io;

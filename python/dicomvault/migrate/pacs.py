@@ -26,7 +26,7 @@ from dicomvault.migrate.pipeline import (
 )
 from dicomvault.net.bulk import BulkScu, Found
 from dicomvault.net.policy import Modality
-from dicomvault.net.status import MOVE_DESTINATION_UNKNOWN, describe
+from dicomvault.net.status import CANNOT_UNDERSTAND, MOVE_DESTINATION_UNKNOWN, describe
 from dicomvault.net.vocabulary import RetrieveResult, ScuError
 from dicomvault.store import Archive
 
@@ -157,7 +157,7 @@ class PacsMigration(Migration):
         for instance, why in result.refused:
             log.warning("C-GET of %s: %s refused: %s", uid, instance, why)
         if result.status == MOVE_DESTINATION_UNKNOWN or (
-            plan.method == "move" and result.status >= 0xC000 and not result.completed
+            plan.method == "move" and result.status >= CANNOT_UNDERSTAND and not result.completed
         ):
             raise MigrationError(
                 f"{self.source.aet} refused to move to {self.our_aet}: "

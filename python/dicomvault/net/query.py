@@ -18,7 +18,7 @@ from pydicom.multival import MultiValue
 from pynetdicom.dsutils import decode
 
 from dicomvault.index import Level
-from dicomvault.net.status import UNABLE_TO_PROCESS
+from dicomvault.net.status import DATA_SET_DOES_NOT_MATCH, UNABLE_TO_PROCESS
 from dicomvault.net.vocabulary import PATIENT_ROOT, PATIENT_STUDY_ONLY, STUDY_ROOT
 
 # The C-FIND, C-MOVE and C-GET SOP classes of each model.
@@ -58,7 +58,8 @@ _CONTROL = frozenset(
 class IdentifierError(ValueError):
     """An identifier the SCP cannot act on; ``status`` is the DIMSE status to answer."""
 
-    def __init__(self, message: str, status: int = 0xA900) -> None:
+    # A900 in a query is "Identifier does not match SOP Class" (PS3.4 C.4.1.1.4).
+    def __init__(self, message: str, status: int = DATA_SET_DOES_NOT_MATCH) -> None:
         super().__init__(message)
         self.status = status
 

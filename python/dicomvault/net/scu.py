@@ -36,6 +36,7 @@ from dicomvault.net.status import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
     PENDING,
+    PENDING_WARNING,
     SUCCESS,
     describe,
 )
@@ -173,7 +174,7 @@ class Scu:
         assoc = self.associate(target, [build_context(Verification)])
         try:
             rsp = assoc.send_c_echo()
-            return int(rsp.Status) if "Status" in rsp else 0xC000
+            return int(rsp.Status) if "Status" in rsp else CANNOT_UNDERSTAND
         finally:
             assoc.release()
 
@@ -220,10 +221,10 @@ class Scu:
             for item, _, uid, _ in prepared:
                 try:
                     rsp = assoc.send_c_store(item)
-                    status = int(rsp.Status) if "Status" in rsp else 0xC000
+                    status = int(rsp.Status) if "Status" in rsp else CANNOT_UNDERSTAND
                 except (ValueError, AttributeError) as e:
                     log.error("C-STORE of %s: %s", uid, e)
-                    status = 0xC000
+                    status = CANNOT_UNDERSTAND
                 results.append((uid, status))
         finally:
             assoc.release()
@@ -235,8 +236,12 @@ class Scu:
         contexts = [build_context(PATIENT_ROOT[0]), build_context(STUDY_ROOT[0])]
         with self._using(target, "find", contexts) as assoc:
             for status, identifier in assoc.send_c_find(query_identifier(level, keys), model):
-                code = int(status.Status) if status is not None and "Status" in status else 0xC000
-                if code in (PENDING, 0xFF01):
+                code = (
+                    int(status.Status)
+                    if status is not None and "Status" in status
+                    else CANNOT_UNDERSTAND
+                )
+                if code in (PENDING, PENDING_WARNING):
                     yield identifier
                 elif code == CANCEL:
                     raise MatchingCancelled(f"C-FIND ended early: {describe(code)}")
@@ -247,7 +252,7 @@ class Scu:
         result = RetrieveResult()
         for status, identifier in responses:
             if status is None or "Status" not in status:
-                result.status = 0xC000
+                result.status = CANNOT_UNDERSTAND
                 break
             code = int(status.Status)
             result.completed = int(
@@ -255,7 +260,7 @@ class Scu:
             )
             result.failed = int(status.get("NumberOfFailedSuboperations", result.failed) or 0)
             result.warning = int(status.get("NumberOfWarningSuboperations", result.warning) or 0)
-            if code not in (PENDING, 0xFF01):
+            if code not in (PENDING, PENDING_WARNING):
                 result.status = code
                 if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
                     failed = identifier.FailedSOPInstanceUIDList

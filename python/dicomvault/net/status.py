@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
-SUCCESS = 0x0000
-PENDING = 0xFF00
-CANCEL = 0xFE00
-NOT_AUTHORIZED = 0x0124
-OUT_OF_RESOURCES = 0xA700
-# C-GET and C-MOVE refused before any sub-operation: "Out of resources: unable to calculate
-# number of matches" (PS3.4 C.4.2.1.5, C.4.3.1.4).
-OUT_OF_RESOURCES_MATCHES = 0xA701
-CANNOT_UNDERSTAND = 0xC000
-# C-STORE (PS3.4 B.2.3) and STOW-RS Failure Reasons (PS3.18 Table I.2-2): the data set is not
-# the instance it says, or lacks its identifiers; a SOP class not stored here; a failure of
-# the archive itself.
-DATA_SET_DOES_NOT_MATCH = 0xA900
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-PROCESSING_FAILURE = 0x0110
-# DIMSE-N statuses (PS3.7 C) and Storage Commitment Failure Reasons (PS3.4 J.3.3.1.1).
-MISSING_ATTRIBUTE = 0x0120
-NO_SUCH_OBJECT_INSTANCE = 0x0112
-CLASS_INSTANCE_CONFLICT = 0x0119
-MOVE_DESTINATION_UNKNOWN = 0xA801
+from typing import Final
+
+from dicomvault._native import STATUS
+
+# The codes live in Rust (rust/src/status.rs, where each is documented with its section of
+# the standard); these names are the Python side's view of the same table.
+SUCCESS: Final[int] = STATUS["SUCCESS"]
+PENDING: Final[int] = STATUS["PENDING"]
+PENDING_WARNING: Final[int] = STATUS["PENDING_WARNING"]
+CANCEL: Final[int] = STATUS["CANCEL"]
+NOT_AUTHORIZED: Final[int] = STATUS["NOT_AUTHORIZED"]
+OUT_OF_RESOURCES: Final[int] = STATUS["OUT_OF_RESOURCES"]
+OUT_OF_RESOURCES_MATCHES: Final[int] = STATUS["OUT_OF_RESOURCES_MATCHES"]
+SUB_OPERATIONS_FAILED: Final[int] = STATUS["SUB_OPERATIONS_FAILED"]
+SUB_OPERATIONS_WARNING: Final[int] = STATUS["SUB_OPERATIONS_WARNING"]
+CANNOT_UNDERSTAND: Final[int] = STATUS["CANNOT_UNDERSTAND"]
+# A query or retrieve whose identifier cannot be read ("Unable to process": Cxxx, PS3.4 C.4).
+UNABLE_TO_PROCESS: Final[int] = CANNOT_UNDERSTAND
+DATA_SET_DOES_NOT_MATCH: Final[int] = STATUS["DATA_SET_DOES_NOT_MATCH"]
+SOP_CLASS_NOT_SUPPORTED: Final[int] = STATUS["SOP_CLASS_NOT_SUPPORTED"]
+PROCESSING_FAILURE: Final[int] = STATUS["PROCESSING_FAILURE"]
+MISSING_ATTRIBUTE: Final[int] = STATUS["MISSING_ATTRIBUTE"]
+NO_SUCH_OBJECT_INSTANCE: Final[int] = STATUS["NO_SUCH_OBJECT_INSTANCE"]
+CLASS_INSTANCE_CONFLICT: Final[int] = STATUS["CLASS_INSTANCE_CONFLICT"]
+MOVE_DESTINATION_UNKNOWN: Final[int] = STATUS["MOVE_DESTINATION_UNKNOWN"]
 # What a C-MOVE sub-operation that could not be carried out counts as: a failure, whatever
 # the cause (no association with the destination, nothing it accepts, damage here).
-SUB_OPERATION_FAILED = OUT_OF_RESOURCES
-# A query or retrieve whose identifier cannot be read ("Unable to process": Cxxx, PS3.4 C.4).
-UNABLE_TO_PROCESS = 0xC000
+SUB_OPERATION_FAILED: Final[int] = OUT_OF_RESOURCES
 
 
 def describe(status: int) -> str:
@@ -52,6 +55,6 @@ def describe(status: int) -> str:
     for table in tables:
         if status in table:
             return f"0x{status:04X} {table[status][1].title()}"
-    if 0xC000 <= status <= 0xCFFF:
+    if status & 0xF000 == CANNOT_UNDERSTAND:
         return f"0x{status:04X} Unable To Process"
     return f"0x{status:04X}"

@@ -3,11 +3,8 @@
 use super::association::{Association, Pdv};
 use super::identifier::{self, Key};
 use super::ScuError;
-use crate::dimse::{self, PENDING};
-
-/// A pending response whose identifier has optional keys the SCP did not support (PS3.4
-/// C.4.1.1.4): a match all the same.
-pub const PENDING_WARNING: u16 = 0xFF01;
+use crate::dimse;
+use crate::status::{PENDING, PENDING_WARNING};
 
 /// What a C-FIND returned: its final status and every match's values of the wanted keys.
 #[derive(Debug, Clone, Default)]

@@ -5,7 +5,7 @@ use crate::scan::{self, ScanError, ScanOptions};
 
 /// (0008,0052) Query/Retrieve Level.
 pub const QUERY_RETRIEVE_LEVEL: u32 = 0x0008_0052;
-const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+use crate::scan::EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_VR_LE;
 
 /// One key of a request: a value to match, or "" to have it returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +108,7 @@ pub fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scan::IMPLICIT_VR_LITTLE_ENDIAN;
 
     const STUDY_UID: u32 = 0x0020_000D;
     const COUNT: u32 = 0x0020_1208;
@@ -131,7 +132,7 @@ mod tests {
                 value: String::new(),
             },
         ];
-        for ts in [EXPLICIT_VR_LE, "1.2.840.10008.1.2"] {
+        for ts in [EXPLICIT_VR_LE, IMPLICIT_VR_LITTLE_ENDIAN] {
             let encoded = encode("STUDY", &keys, ts);
             assert_eq!(encoded.len() % 2, 0);
             let wanted = [

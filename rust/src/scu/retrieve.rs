@@ -6,10 +6,10 @@ use super::association::{Association, Pdv};
 use super::identifier::{self, Key};
 use super::ScuError;
 use crate::cas::InstanceWriter;
-use crate::dimse::{self, Command, SubOperations, FAILED_SOP_INSTANCE_UID_LIST, PENDING};
+use crate::dimse::{self, Command, SubOperations, FAILED_SOP_INSTANCE_UID_LIST};
 use crate::identity::Identity;
 use crate::receive::{Receiver, Refused, Sender};
-use crate::scp::{SOP_CLASS_NOT_SUPPORTED, SUCCESS};
+use crate::status::{PENDING, SOP_CLASS_NOT_SUPPORTED, SUCCESS};
 use std::collections::HashMap;
 
 /// How a retrieve went: the final status, its sub-operation counts and the UIDs it failed;
