@@ -51,8 +51,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "import": {
         # 0: one worker per CPU.
         "workers": 0,
-        # Instances per group commit at most.
-        "batch": 256,
     },
     "dicom": {
         "aet": "DICOMVAULT",

@@ -7,10 +7,10 @@
 //! only ever advance over records it holds. A crash in between loses nothing: whatever lies
 //! beyond the marks is replayed from the packs when the archive opens.
 //!
-//! Three kinds of callers meet here: writers (`append`: one at a time, so that the log order
-//! is the backlog's order), the index's applier (`take`, then `applied`), and readers
-//! (`barrier`: what was acknowledged before a read is visible to it). `begin_exclusive` holds
-//! writers off with an empty backlog, for callers that append and apply in one step.
+//! Three kinds of callers meet here: the writer (`append`, from the one commit path,
+//! `commit::Journal`; appends take turns, so that the log order is the backlog's order), the
+//! index's applier (`take`, then `applied`), and readers (`barrier`: what was acknowledged
+//! before a read is visible to it).
 //!
 //! An acknowledgement promises that the instance is found. So while the applier cannot apply
 //! what it took (`stalled`: a failing disk; it retries) writers are refused and readers that
@@ -29,7 +29,7 @@ pub struct Backlog<T> {
 }
 
 struct State<T> {
-    /// A writer is appending, or an exclusive section is open.
+    /// A writer is appending.
     busy: bool,
     closed: bool,
     /// Batches appended, and batches the applier has finished with.
@@ -156,28 +156,6 @@ impl<T> Backlog<T> {
             state = self.wait(state);
         }
         Ok(())
-    }
-
-    /// Waits for the writer in progress, holds the next ones off, and waits for the applier
-    /// to finish the backlog: until `end_exclusive`, the log and the index agree. Err(why),
-    /// holding nothing off, if the applier is stalled meanwhile.
-    pub fn begin_exclusive(&self) -> Result<(), String> {
-        let mut state = self.wait_idle();
-        state.busy = true;
-        while state.applied < state.appended {
-            if let Some(why) = state.stalled.clone() {
-                state.busy = false;
-                self.changed.notify_all();
-                return Err(why);
-            }
-            state = self.wait(state);
-        }
-        Ok(())
-    }
-
-    pub fn end_exclusive(&self) {
-        self.lock().busy = false;
-        self.changed.notify_all();
     }
 
     /// No more appends; `take` returns None once the applier has taken the rest.

@@ -5,6 +5,7 @@
 
 pub mod backlog;
 pub mod cas;
+pub mod commit;
 pub mod dimse;
 pub mod fuzzing;
 pub mod identity;

@@ -1,8 +1,8 @@
 //! The `dicomvault._native` Python module: a thin binding over the scanner and the store.
 //! Every call that hashes, compresses or does I/O releases the GIL.
 
-use crate::backlog::Backlog;
 use crate::cas::{self, GcEvent, Ingested, Store as CoreStore, StoreConfig, StoreError, SyncMode};
+use crate::commit::{Journal, Write};
 use crate::manifest::Manifest;
 use crate::pack::{Codec, RecordKind};
 use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
@@ -334,8 +334,8 @@ type HistoryTuple<'py> = (
 #[pyclass(frozen, module = "dicomvault._native")]
 pub(crate) struct Store {
     pub(crate) core: CoreStore,
-    /// What the listener appended to the pack log and the index has yet to apply.
-    pub(crate) received: std::sync::Arc<Backlog<scp::Received>>,
+    /// The one commit path into the pack log, and what the index has yet to apply of it.
+    pub(crate) journal: std::sync::Arc<Journal>,
 }
 
 #[pymethods]
@@ -378,8 +378,8 @@ impl Store {
         };
         let core = py.detach(|| CoreStore::open(&root, config))?;
         Ok(Store {
+            journal: std::sync::Arc::new(Journal::new(core.clone())),
             core,
-            received: Default::default(),
         })
     }
 
@@ -488,69 +488,93 @@ impl Store {
         Ok(py.detach(|| self.core.commit())?)
     }
 
-    /// For the index's applier: the instances the listener made durable since the last call,
-    /// oldest first, as (count to pass to `received_applied`, [(pack, end, ingested)]) where
-    /// each ingested dict also has source (`AE@address`) and received_at; None once
-    /// `close_received` was called and all were taken. Blocks until there is something.
+    /// Queues an instance prepared in Python — its manifest and annotations (see
+    /// `annotations`) — for the next group commit of the pack log; returns the ticket to
+    /// `wait_committed` on. The index's applier gets it back from `take_logged` with that
+    /// ticket, in log order.
+    fn submit_instance(&self, manifest: Vec<u8>, annotations: Vec<u8>) -> u64 {
+        self.journal.submit(Write::Prepared {
+            manifest,
+            annotations,
+        })
+    }
+
+    /// Queues the deletion of the instance indexed under `key` (whose manifest this is) for
+    /// the next group commit, so that rebuilding or replaying the index from the packs does
+    /// not bring it back; returns its ticket.
+    fn submit_tombstone(&self, manifest: Vec<u8>, key: String) -> u64 {
+        self.journal.submit(Write::Tombstone { manifest, key })
+    }
+
+    /// Returns once the write of `ticket` is durable in the pack log (committing what waits
+    /// when no other writer is); OSError if it could not be made durable.
+    fn wait_committed(&self, py: Python<'_>, ticket: u64) -> PyResult<()> {
+        py.detach(|| self.journal.wait(ticket))
+            .map_err(PyOSError::new_err)
+    }
+
+    /// For the index's applier: what the writers made durable since the last call, oldest
+    /// first, as (count to pass to `log_applied`, [(pack, end, ticket, write)]). `write` is
+    /// an ingested dict for an instance received on an association (with source, `AE@address`,
+    /// and received_at), None for an instance submitted with `submit_instance` (its writer
+    /// holds its entry) or the key of a tombstone. None once `close_log` was called and all
+    /// were taken. Blocks until there is something.
     #[allow(clippy::type_complexity)]
-    fn take_received<'py>(
+    fn take_logged<'py>(
         &self,
         py: Python<'py>,
-    ) -> PyResult<Option<(u64, Vec<(u32, u64, Bound<'py, PyDict>)>)>> {
-        let Some((through, taken)) = py.detach(|| self.received.take()) else {
+    ) -> PyResult<Option<(u64, Vec<(u32, u64, u64, Bound<'py, PyAny>)>)>> {
+        let Some((through, taken)) = py.detach(|| self.journal.backlog().take()) else {
             return Ok(None);
         };
         let items = taken
             .into_iter()
-            .map(|((pack, end), r)| {
-                let d = ingested_dict(py, &r.ingested)?;
-                d.set_item(intern!(py, "source"), r.source())?;
-                d.set_item(intern!(py, "received_at"), &r.received_at)?;
-                Ok((pack, end, d))
+            .map(|((pack, end), logged)| {
+                let write = match &logged.write {
+                    Write::Received(r) => {
+                        let d = ingested_dict(py, &r.ingested)?;
+                        d.set_item(intern!(py, "source"), &r.source)?;
+                        d.set_item(intern!(py, "received_at"), &r.received_at)?;
+                        d.into_any()
+                    }
+                    Write::Prepared { .. } => py.None().into_bound(py),
+                    Write::Tombstone { key, .. } => PyString::new(py, key).into_any(),
+                };
+                Ok((pack, end, logged.ticket, write))
             })
             .collect::<PyResult<_>>()?;
         Ok(Some((through, items)))
     }
 
-    /// The applier is done with what `take_received` returned up to `through` (and no longer
+    /// The applier is done with what `take_logged` returned up to `through` (and no longer
     /// stalled).
-    fn received_applied(&self, through: u64) {
-        self.received.applied(through);
+    fn log_applied(&self, through: u64) {
+        self.journal.backlog().applied(through);
     }
 
     /// The applier failed to index what it took, for `why`, and will retry: until it has,
-    /// the listener refuses C-STOREs and `received_barrier` answers `why`.
-    fn received_stalled(&self, why: String) {
-        self.received.stalled(why);
+    /// writes are refused and `log_barrier` answers `why`.
+    fn log_stalled(&self, why: String) {
+        self.journal.backlog().stalled(why);
     }
 
-    /// Refuses the listener's C-STOREs before they are acknowledged, for `why` (the index has
-    /// no room left); None accepts them again.
+    /// Refuses writes before they are acknowledged, for `why` (the index has no room left);
+    /// None accepts them again.
     #[pyo3(signature = (why))]
-    fn refuse_received(&self, why: Option<String>) {
-        self.received.refuse(why);
+    fn refuse_writes(&self, why: Option<String>) {
+        self.journal.backlog().refuse(why);
     }
 
-    /// Returns None once every instance the listener acknowledged before the call is indexed;
-    /// or why it cannot be yet (the applier is stalled).
-    fn received_barrier(&self, py: Python<'_>) -> Option<String> {
-        py.detach(|| self.received.barrier()).err()
+    /// Returns None once everything written before the call is indexed; or why it cannot
+    /// be yet (the applier is stalled).
+    fn log_barrier(&self, py: Python<'_>) -> Option<String> {
+        py.detach(|| self.journal.backlog().barrier()).err()
     }
 
-    /// Holds the listener's commits off, once the index has applied all it acknowledged,
-    /// until `end_exclusive`: for writers that append to the log and apply in one step.
-    /// Returns why it could not (the applier is stalled; nothing is held off), else None.
-    fn begin_exclusive(&self, py: Python<'_>) -> Option<String> {
-        py.detach(|| self.received.begin_exclusive()).err()
-    }
-
-    fn end_exclusive(&self) {
-        self.received.end_exclusive();
-    }
-
-    /// The listener appends no more; `take_received` returns None once the rest is taken.
-    fn close_received(&self) {
-        self.received.close();
+    /// Commits what is still queued, then takes no more writes; `take_logged` returns None
+    /// once the rest is taken.
+    fn close_log(&self, py: Python<'_>) {
+        py.detach(|| self.journal.close());
     }
 
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
@@ -1003,9 +1027,9 @@ impl scp::Host for PyHost {
     }
 }
 
-/// The DICOM listener (see `rust/src/scp.rs`): serves every association with `store`, appends
-/// what it receives to the pack log and leaves it in the store's backlog for the index
-/// (`Store.take_received`), logs through `log(level, message)`, selects what a C-GET
+/// The DICOM listener (see `rust/src/scp/`): serves every association with `store`, appends
+/// what it receives to the pack log through the store's journal, which leaves it for the
+/// index (`Store.take_logged`), logs through `log(level, message)`, selects what a C-GET
 /// retrieves through `select(calling_ae, address, model, transfer_syntax, identifier) ->
 /// (status, [(sop_class, sop_instance, transfer_syntax, dataset_offset, manifest)])` and
 /// decodes an instance the peer cannot take as stored through `transcode(sop_class,
@@ -1137,10 +1161,8 @@ impl DicomListener {
             move_to,
             commit,
         });
-        let core = store.core.clone();
-        let received = store.received.clone();
-        let listener =
-            py.detach(|| scp::Listener::start(endpoints, config, core, received, host))?;
+        let journal = store.journal.clone();
+        let listener = py.detach(|| scp::Listener::start(endpoints, config, journal, host))?;
         Ok(DicomListener {
             listener: Some(listener),
         })

@@ -47,8 +47,8 @@ fn keys(keys: Vec<(u32, String, String)>) -> PyResult<Vec<Key>> {
         .collect()
 }
 
-/// Where a C-GET's sub-operations are stored: the store's writer, the checks and group commit
-/// of the listener, its backlog for the index.
+/// Where a C-GET's sub-operations are stored: the store's writer, the listener's checks, the
+/// archive's one commit path.
 #[pyclass(frozen, module = "dicomvault._native", name = "Receiver")]
 struct PyReceiver {
     inner: Arc<receive::Receiver>,
@@ -70,8 +70,7 @@ impl PyReceiver {
         };
         PyReceiver {
             inner: Arc::new(receive::Receiver::new(
-                store.core.clone(),
-                store.received.clone(),
+                store.journal.clone(),
                 implementation,
                 replace_duplicates,
             )),

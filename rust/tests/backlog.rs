@@ -1,6 +1,6 @@
 //! The backlog keeps the log's order for the applier, makes readers wait for what was
-//! acknowledged before them, holds writers off during an exclusive section, and refuses
-//! writers while the index cannot apply what they would acknowledge.
+//! acknowledged before them, and refuses writers while the index cannot apply what they
+//! would acknowledge.
 
 use dicomvault_native::backlog::{Backlog, Position};
 use std::io;
@@ -74,31 +74,6 @@ fn a_barrier_waits_for_what_was_appended_before_it_only() {
 }
 
 #[test]
-fn an_exclusive_section_waits_for_the_applier_and_holds_writers_off() {
-    let backlog = Arc::new(Backlog::<u32>::default());
-    let offsets = Arc::new(AtomicU64::new(0));
-    backlog.append(vec![1], persist(&offsets)).unwrap();
-    let exclusive = {
-        let backlog = backlog.clone();
-        blocked("began with the backlog not applied", move || {
-            backlog.begin_exclusive().unwrap()
-        })
-    };
-    let (through, _) = backlog.take().unwrap();
-    backlog.applied(through);
-    exclusive.join().unwrap();
-    let writer = {
-        let (backlog, offsets) = (backlog.clone(), offsets.clone());
-        blocked("appended during the exclusive section", move || {
-            backlog.append(vec![2], persist(&offsets)).unwrap()
-        })
-    };
-    backlog.end_exclusive();
-    writer.join().unwrap();
-    assert_eq!(backlog.take().unwrap().1, vec![((1, 2), 2)]);
-}
-
-#[test]
 fn a_failed_persist_queues_nothing_and_a_closed_backlog_refuses_appends() {
     let backlog = Backlog::<u32>::default();
     let failed = backlog.append(vec![1], |_| Err(io::Error::other("disk full")));
@@ -127,7 +102,6 @@ fn a_stalled_applier_refuses_writers_and_tells_readers_until_it_applies() {
     let refused = backlog.append(vec![2], persist(&offsets)).unwrap_err();
     assert_eq!(refused.kind(), io::ErrorKind::StorageFull);
     assert!(refused.to_string().contains("disk failed"), "{refused}");
-    assert_eq!(backlog.begin_exclusive(), Err("disk failed".to_string()));
     // The retry succeeds: writers and readers go on.
     backlog.applied(through);
     backlog.barrier().unwrap();

@@ -7,12 +7,12 @@
 mod common;
 
 use common::{open, pattern, Builder};
-use dicomvault_native::backlog::Backlog;
 use dicomvault_native::cas::{Store, StoreConfig};
+use dicomvault_native::commit::{Journal, Write};
 use dicomvault_native::dimse::Implementation;
 use dicomvault_native::manifest::Manifest;
 use dicomvault_native::pdu::ProposedContext;
-use dicomvault_native::receive::{Received, Receiver};
+use dicomvault_native::receive::Receiver;
 use dicomvault_native::scp::{
     self, Host, KnownAe, ListenerConfig, LogLevel, Matches, Policy, QueryRequest, Selected,
     SubOperationStatuses,
@@ -162,16 +162,15 @@ fn find_and_get_from_the_listener_through_the_receive_path() {
             tls: None,
         },
         config,
-        source_store.clone(),
-        Arc::new(Backlog::default()),
+        Arc::new(Journal::new(source_store.clone())),
         Arc::new(Source { instances }),
     )
     .unwrap();
 
     let archive_dir = tempfile::tempdir().unwrap();
     let archive = open(archive_dir.path(), StoreConfig::default());
-    let backlog: Arc<Backlog<Received>> = Arc::new(Backlog::default());
-    let receiver = Receiver::new(archive.clone(), backlog.clone(), implementation(), false);
+    let journal = Arc::new(Journal::new(archive.clone()));
+    let receiver = Receiver::new(journal.clone(), implementation(), false);
     let peer = Peer {
         host: "127.0.0.1".into(),
         port: listener.address().port(),
@@ -235,14 +234,17 @@ fn find_and_get_from_the_listener_through_the_receive_path() {
     listener.stop();
 
     // Acknowledged means in the backlog, in order, each data set as the source stored it.
-    let (_, received) = backlog.take().unwrap();
+    let (_, received) = journal.backlog().take().unwrap();
     assert_eq!(received.len(), 5);
-    for (((_, r), (sop, original)), offset) in received.iter().zip(&originals).zip(offsets) {
+    for (((_, logged), (sop, original)), offset) in received.iter().zip(&originals).zip(offsets) {
+        let Write::Received(r) = &logged.write else {
+            panic!("{sop}: not a received instance");
+        };
         let manifest = &r.ingested.manifest;
         let data = archive
             .read_instance(manifest, manifest.dataset_offset)
             .unwrap();
         assert_eq!(&data[..], &original[offset as usize..], "{sop}");
-        assert_eq!(r.calling_ae, "SOURCE");
+        assert!(r.source.starts_with("SOURCE@127.0.0.1"), "{}", r.source);
     }
 }

@@ -13,7 +13,6 @@ import json
 import re
 import zipfile
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +40,7 @@ from dicomvault.net.scu import RetrieveResult, Scu, ScuError
 from dicomvault.net.status import SUCCESS, describe
 from dicomvault.security.accounts import Role
 from dicomvault.store import Archive, IngestOutcome
+from dicomvault.store.applier import Pending
 from dicomvault.store.archive import final
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -464,7 +464,7 @@ class Rest:
           507: {description: "Nothing was stored: the archive has no room left"}
         """
         source = request_source(request, "REST")
-        queued: list[tuple[str, tuple[IngestOutcome, Future[CommitOutcome] | None]]] = []
+        queued: list[tuple[str, tuple[IngestOutcome, Pending[CommitOutcome] | None]]] = []
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             try:
                 # Files are spooled to disk by the parser, then read a piece at a time.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future
 from typing import Any
 
 from starlette.requests import Request
@@ -23,6 +22,7 @@ from dicomvault.http.resources import DICOM_JSON, DICOM_WEB, BadRequest, error
 from dicomvault.index import CommitOutcome, Level
 from dicomvault.net.status import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH, OUT_OF_RESOURCES
 from dicomvault.store import Archive
+from dicomvault.store.applier import Pending
 from dicomvault.store.archive import IngestOutcome, final
 
 log = logging.getLogger("dicomvault.http")
@@ -78,7 +78,7 @@ class Stow:
                 f"the instance is of study {found or '(none)'}, not of {study} the request names",
             )
 
-        queued: list[tuple[IngestOutcome, Future[CommitOutcome] | None]] = []
+        queued: list[tuple[IngestOutcome, Pending[CommitOutcome] | None]] = []
         try:
             for i, (media, payload) in enumerate(parts):
                 if media != DICOM:

@@ -18,7 +18,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from http.client import HTTPResponse
 from typing import Any
 
@@ -37,6 +36,7 @@ from dicomvault.migrate.pipeline import (
     windowed,
 )
 from dicomvault.store import Archive
+from dicomvault.store.applier import Pending
 
 # Instances as the source stores them (PS3.18 8.7.3.5.2: "*" asks for no transcoding).
 WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -212,7 +212,7 @@ class DicomwebMigration(Migration):
             response = self._open(path, WADO_ACCEPT)
         except SourceError as e:
             return str(e)
-        queued: list[tuple[str, Future[CommitOutcome]]] = []
+        queued: list[tuple[str, Pending[CommitOutcome]]] = []
         errors: list[str] = []
         with response:
             match = re.search(r'boundary="?([^";]+)"?', response.headers.get("Content-Type", ""))
@@ -234,7 +234,7 @@ class DicomwebMigration(Migration):
         response: HTTPResponse,
         boundary: str,
         study: str,
-        queued: list[tuple[str, Future[CommitOutcome]]],
+        queued: list[tuple[str, Pending[CommitOutcome]]],
         errors: list[str],
     ) -> None:
         """Each part of ``response`` into the store as it arrives, queued for commit."""

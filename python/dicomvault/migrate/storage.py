@@ -17,12 +17,12 @@ import logging
 import sqlite3
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 
 from dicomvault.index import CommitOutcome
 from dicomvault.migrate.journal import SETTLED, Journal, JournalRow
 from dicomvault.store import Archive
+from dicomvault.store.applier import Pending
 
 log = logging.getLogger("dicomvault.migrate")
 
@@ -74,7 +74,7 @@ class OrthancStorageMigration:
 
     def run(self) -> list[JournalRow]:
         """Migrates every file not settled yet; returns the rows still not settled."""
-        waiting: list[tuple[JournalRow, Future[CommitOutcome]]] = []
+        waiting: list[tuple[JournalRow, Pending[CommitOutcome]]] = []
         files = sorted(p for p in self.directory.rglob("*") if p.is_file())
         for count, path in enumerate(files, 1):
             row = self.journal.get(self.source, str(path.relative_to(self.directory)))
@@ -91,7 +91,7 @@ class OrthancStorageMigration:
         self._settle(waiting)
         return self.journal.unsettled(self.source)
 
-    def _ingest(self, path: Path, row: JournalRow) -> Future[CommitOutcome] | None:
+    def _ingest(self, path: Path, row: JournalRow) -> Pending[CommitOutcome] | None:
         file_type, md5 = self.attachments.get(path.name, (0, ""))
         if file_type != DICOM_ATTACHMENT:
             why = f"attachment of type {file_type}" if file_type else "not in Orthanc's index"
@@ -117,7 +117,7 @@ class OrthancStorageMigration:
             self.journal.put(row)
         return future
 
-    def _settle(self, waiting: list[tuple[JournalRow, Future[CommitOutcome]]]) -> None:
+    def _settle(self, waiting: list[tuple[JournalRow, Pending[CommitOutcome]]]) -> None:
         for row, future in waiting:
             try:
                 future.result()

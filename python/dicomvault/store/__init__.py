@@ -1,5 +1,5 @@
-"""The archive's storage side: the content-addressed pack store (Rust), the group committer
-that makes instances durable in batches, and the Archive that ties store and index together."""
+"""The archive's storage side: the Archive that ties the content-addressed pack store (Rust,
+with its one commit path) and the index together, the index's applier, import."""
 
 from dicomvault.store.archive import Archive, IngestOutcome
 

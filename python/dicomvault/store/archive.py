@@ -4,14 +4,14 @@ that spans the two (ingest, export, delete, verify, reindex, gc, repack).
 Layout of a root: ``packs/`` (append-only pack files), ``blobs/`` (the blob index, LMDB, owned
 by the Rust store), ``index/`` (the patient/study/series/instance index, LMDB) and ``LOCK``.
 The packs are the archive's log. An instance is acknowledged once its blobs and its manifest
-record (everything its index entry is made from) are fsynced in a pack. The index records how
-far into the packs it has applied, and applies the log in its order: the DICOM listener
-appends in Rust and acknowledges at once, leaving the records to this archive's applier
-thread (a read waits until what was acknowledged before it is applied); ``Archive.commit``
-(import, STOW-RS, uploads) and ``delete`` append inside the index's write transaction, with
-the listener held off. The LMDB indexes are not fsynced per commit but checkpointed every
-``sync_interval_ms``; whatever of the log a crash took from them is replayed from the packs
-when the archive opens. So a crash at any point leaves every acknowledged instance indexed.
+record (everything its index entry is made from) are fsynced in a pack. Every writer — the
+DICOM listener and our C-GETs in Rust, import, STOW-RS, uploads and migrations here, and
+``delete``'s tombstones — appends through one commit path, the Rust journal (one group commit,
+one fsync policy), and the index's applier (``applier``) indexes the log in its order; a read
+waits until what was acknowledged before it is applied. The LMDB indexes are not fsynced per
+commit but checkpointed every ``sync_interval_ms``; whatever of the log a crash took from them
+is replayed from the packs when the archive opens. So a crash at any point leaves every
+acknowledged instance indexed.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -47,7 +45,7 @@ from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, Record
 from dicomvault.index.levels import INDEXED_KEYWORDS
 from dicomvault.metrics import Counter, Histogram
 from dicomvault.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
-from dicomvault.store.committer import GroupCommitter
+from dicomvault.store.applier import Applier, IndexUnavailable, Pending
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -103,17 +101,12 @@ class Defect:
     reason: str
 
 
-class IndexUnavailable(RuntimeError):
-    """The index cannot apply what was acknowledged, or take more, right now (a full map or
-    disk, a failing disk): a read would miss acknowledged instances, a write is refused."""
-
-
 # The applier refuses instances before they are acknowledged once the index map has less room
 # than this left: what was acknowledged must always fit.
 INDEX_HEADROOM = 16 << 20
 
 
-def final(outcome: IngestOutcome, commit: Future[CommitOutcome] | None) -> IngestOutcome:
+def final(outcome: IngestOutcome, commit: Pending[CommitOutcome] | None) -> IngestOutcome:
     """The outcome once the commit (if any) is durable, with its key; "failed" when the
     commit could not be made (its reason says why)."""
     if commit is None:
@@ -170,16 +163,12 @@ class Archive:
             barrier=self._barrier,
             same_data_set=self.store.same_data_set,
         )
-        # Why instances are refused before they are acknowledged (see ``_check_headroom``).
+        # Why instances are refused before they are acknowledged (see ``check_headroom``).
         self._refusal: str | None = None
         self._settle_marks()
         replayed = self.replay(self.index.applied())
         if replayed:
             log.warning("replayed %d records of the pack log into the index", replayed)
-        self.commit_batch = int(settings["import"]["batch"])
-        self._committer: GroupCommitter[InstanceEntry, CommitOutcome] = GroupCommitter(
-            self.commit, max_batch=self.commit_batch
-        )
         # What this process ingested (C-STORE, STOW-RS, uploads, C-GET), for /metrics.
         self.ingested = Counter(
             "dicomvault_ingested_instances_total",
@@ -198,12 +187,10 @@ class Archive:
             "dicomvault_commit_seconds",
             "Duration of group commits: fsync of the packs and the index transaction.",
         )
-        self._closing = threading.Event()
-        self._check_headroom()
-        self._applier = threading.Thread(
-            target=self._apply_received, name="index-applier", daemon=True
-        )
-        self._applier.start()
+        # Set at close: an applier retrying a failed batch gives up (replayed at the next open).
+        self.closing = threading.Event()
+        self.check_headroom()
+        self._applier = Applier(self)
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop,
             args=(int(storage["sync_interval_ms"]) / 1000,),
@@ -218,16 +205,15 @@ class Archive:
         self.index.sync()
 
     def _checkpoint_loop(self, interval: float) -> None:
-        while not self._closing.wait(interval):
+        while not self.closing.wait(interval):
             try:
                 self.checkpoint()
             except OSError as e:  # the next commit reports a failing disk to its writer
                 log.error("checkpoint failed: %s", e)
 
     def close(self) -> None:
-        self._committer.close()
-        self.store.close_received()
-        self._closing.set()  # an applier retrying a failed batch gives up: replayed at open
+        self.store.close_log()  # commits what is still queued, then takes no more
+        self.closing.set()
         self._applier.join()
         self._checkpointer.join()
         try:
@@ -283,26 +269,13 @@ class Archive:
             replace=self.replace_duplicates if replace is None else replace,
         )
 
-    def commit(self, entries: Sequence[InstanceEntry]) -> list[CommitOutcome]:
-        """Makes a batch durable: manifests and blobs first, then one index transaction."""
-
-        def persist(new: list[InstanceEntry]) -> list[tuple[int, int]]:
-            positions = (
-                self.store.persist([(e.manifest, _annotations(e)) for e in new]) if new else []
-            )
-            self.audit.stored(new, positions)
-            return positions
-
-        with self._log_order():
-            return self._index(entries, persist)
-
-    def _index(
-        self,
-        entries: Sequence[InstanceEntry],
-        before_commit: Callable[[list[InstanceEntry]], list[tuple[int, int]]],
+    def index_entries(
+        self, entries: Sequence[InstanceEntry], positions: list[tuple[int, int]]
     ) -> list[CommitOutcome]:
+        """For the applier: indexes instances durable in the log at ``positions``, in one
+        transaction that records them applied."""
         started = time.perf_counter()
-        outcomes = self.index.commit(entries, before_commit=before_commit)
+        outcomes = self.index.commit(entries, before_commit=lambda _new: positions)
         self.commit_seconds.observe(time.perf_counter() - started)
         for entry, outcome in zip(entries, outcomes, strict=True):
             self.ingested.inc(outcome.status)
@@ -310,71 +283,14 @@ class Archive:
                 self.ingested_bytes.inc(amount=entry.size)
         return outcomes
 
-    @contextmanager
-    def _log_order(self) -> Iterator[None]:
-        """Appending to the log and applying it in one step, with the listener held off and
-        everything it acknowledged applied: the index's marks advance in log order.
-        IndexUnavailable when the index cannot take more."""
-        if self._refusal is not None:
-            raise IndexUnavailable(self._refusal)
-        stalled = self.store.begin_exclusive()
-        if stalled is not None:
-            raise IndexUnavailable(stalled)
-        try:
-            yield
-        finally:
-            self.store.end_exclusive()
-
     def _barrier(self) -> None:
         """Before a read: returns once what was acknowledged before it is indexed;
         IndexUnavailable (rather than an answer without it) while the applier cannot."""
-        stalled = self.store.received_barrier()
+        stalled = self.store.log_barrier()
         if stalled is not None:
             raise IndexUnavailable(stalled)
 
-    def _apply_received(self) -> None:
-        """The applier: indexes what the listener acknowledged, in log order, until close.
-        A batch the index cannot apply is retried until it can; meanwhile the listener
-        refuses C-STOREs and reads raise IndexUnavailable. Given up only at close, with the
-        marks frozen before it: it is replayed at the next open."""
-        while (taken := self.store.take_received()) is not None:
-            through, received = taken
-            positions = [(pack, end) for pack, end, _ in received]
-            try:
-                entries = [
-                    self.entry(i, i["source"], i["received_at"], replace=self.replace_duplicates)
-                    for _, _, i in received
-                ]
-                self.audit.stored(entries, positions)
-            except Exception as e:  # a retry cannot help: left for the replay at the next open
-                self.index.freeze_marks()
-                log.error("%d received instances cannot be indexed: %s", len(received), e)
-                self.store.received_applied(through)
-                continue
-            delay = 0.05
-            while True:
-                try:
-                    self._index(entries, lambda _new, positions=positions: positions)
-                except Exception as e:  # the index: a full map or disk, a failing disk
-                    why = f"indexing {len(entries)} acknowledged instances failed: {e}"
-                    self.store.received_stalled(why)
-                    # LMDB refuses every transaction after a fatal error until it is reopened.
-                    hint = "restart the server" if "MDB_PANIC" in str(e) else "retrying"
-                    log.error("%s; refusing C-STOREs until it succeeds (%s)", why, hint)
-                    if self._closing.wait(delay):
-                        self.index.freeze_marks()
-                        log.error("closing: those instances are replayed at the next open")
-                        self.store.received_applied(through)
-                        break
-                    delay = min(delay * 2, 5.0)
-                    continue
-                if delay > 0.05:
-                    log.warning("indexing succeeded again: C-STOREs are accepted")
-                self.store.received_applied(through)
-                break
-            self._check_headroom()
-
-    def _check_headroom(self) -> None:
+    def check_headroom(self) -> None:
         """Refuses instances before they are acknowledged while the index map has less than
         ``INDEX_HEADROOM`` left (what was acknowledged must always fit); accepts them again
         once it has."""
@@ -391,15 +307,18 @@ class Archive:
             else:
                 log.warning("the index map has room again: instances are accepted")
         self._refusal = refusal
-        self.store.refuse_received(refusal)
+        self.store.refuse_writes(refusal)
 
-    def submit(self, entry: InstanceEntry) -> Future[CommitOutcome]:
-        """Queues an instance for the next group commit."""
-        return self._committer.submit(entry)
+    def submit(self, entry: InstanceEntry) -> Pending[CommitOutcome]:
+        """Queues an instance for the next group commit of the pack log; the index's outcome
+        once it is durable and applied."""
+        return self._applier.submit(
+            lambda: self.store.submit_instance(entry.manifest, _annotations(entry)), entry
+        )
 
     def ingest_file(
         self, path: Path, source: str | None = None
-    ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
+    ) -> tuple[IngestOutcome, Pending[CommitOutcome] | None]:
         """Streams a file into the store and queues it for commit. The outcome is final for
         rejected files; otherwise the future resolves once the instance is durable."""
         return self._ingest(
@@ -408,7 +327,7 @@ class Archive:
 
     def ingest_chunks(
         self, chunks: Iterable[bytes], source: str, name: str, check: Check | None = None
-    ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
+    ) -> tuple[IngestOutcome, Pending[CommitOutcome] | None]:
         """``ingest_file`` for an instance arriving in pieces (an HTTP body): each piece goes
         into the store as it comes, so that nothing holds the instance whole (``name`` says
         what it was); an instance cut short is refused, as ``check`` refuses what it refuses."""
@@ -423,7 +342,7 @@ class Archive:
 
     def ingest_bytes(
         self, data: bytes, source: str, name: str, check: Check | None = None
-    ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
+    ) -> tuple[IngestOutcome, Pending[CommitOutcome] | None]:
         """``ingest_file`` for an instance held in memory."""
         return self.ingest_chunks((data,), source, name, check)
 
@@ -437,7 +356,7 @@ class Archive:
 
     def _ingest(
         self, ingest: Callable[[], dict], source: str, name: str, check: Check | None = None
-    ) -> tuple[IngestOutcome, Future[CommitOutcome] | None]:
+    ) -> tuple[IngestOutcome, Pending[CommitOutcome] | None]:
         try:
             self.store.check_space()
             ingested = ingest()
@@ -539,13 +458,23 @@ class Archive:
     # Maintenance --------------------------------------------------------------------------
 
     def delete(self, record: Record) -> list[Record]:
-        """Deletes a record and everything below it; returns the deleted instances."""
-
-        def tombstone(removed: list[Record]) -> list[tuple[int, int]]:
-            return self.store.tombstone([(r.manifest, r.key) for r in removed if r.manifest])
-
-        with self._log_order():
-            return self.index.delete(record.level, record.key, before_commit=tombstone)
+        """Deletes a record and everything below it (emptied ancestors go too): a tombstone
+        per instance through the commit path, each applied by the index in log order, so
+        that rebuilding or replaying the index does not bring them back. Returns the deleted
+        instances."""
+        instances = [i for i in self.instances([record]) if i.manifest is not None]
+        if not instances:  # nothing the log holds: the record is the index's alone
+            return self.index.delete(record.level, record.key)
+        pending = [
+            self._applier.submit(
+                lambda i=i: self.store.submit_tombstone(i.manifest or b"", i.key), i.key
+            )
+            for i in instances
+        ]
+        removed: list[Record] = []
+        for p in pending:
+            removed += p.result()
+        return removed
 
     def verify(self) -> tuple[dict, list[Defect]]:
         """Re-reads and re-hashes every record of the packs, then checks every instance's
@@ -743,7 +672,7 @@ class Archive:
             if kind == "claim":
                 # Before gc writes into it: its records are copies the index already reflects
                 # (once the applier has applied what the listener acknowledged).
-                self.store.received_barrier()
+                self.store.log_barrier()
                 self.index.set_applied({pack: _WHOLE_PACK})
                 return
             self.index.set_applied({pack: None})

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomvault.index import CommitOutcome
+from dicomvault.store.applier import Pending
 from dicomvault.store.archive import Archive, IngestOutcome, final
+
+# Files in flight at least: two group commits' worth (the journal commits up to 256 records
+# at a time), so that the workers go on scanning while one commit waits for its fsync.
+IN_FLIGHT = 512
 
 
 @dataclass
@@ -79,12 +84,12 @@ def import_paths(
     started = time.perf_counter()
     # Enough files in flight to keep the workers busy while a group commit fsyncs, and bounded
     # so that a tree of millions of files never holds millions of futures.
-    window = max(workers * 8, 2 * archive.commit_batch)
-    pending: deque[tuple[Path, Future[tuple[IngestOutcome, Future[CommitOutcome] | None]]]] = (
+    window = max(workers * 8, IN_FLIGHT)
+    pending: deque[tuple[Path, Future[tuple[IngestOutcome, Pending[CommitOutcome] | None]]]] = (
         deque()
     )
 
-    def ready(ingest: Future[tuple[IngestOutcome, Future[CommitOutcome] | None]]) -> bool:
+    def ready(ingest: Future[tuple[IngestOutcome, Pending[CommitOutcome] | None]]) -> bool:
         if not ingest.done():
             return False
         commit = ingest.result()[1]

@@ -246,6 +246,18 @@ struct Inner {
     _archive_lock: File,
 }
 
+/// A record of the log that is not a blob: what the index is made from.
+pub enum LogRecord<'a> {
+    /// An accepted instance: its manifest, and the annotations the index records with it
+    /// (receive time, source, whether it replaces an instance stored with other bytes).
+    Manifest {
+        manifest: &'a [u8],
+        annotations: &'a [u8],
+    },
+    /// The deletion of the instance indexed under `key`, whose manifest this is.
+    Tombstone { manifest: &'a [u8], key: &'a str },
+}
+
 /// A handle on an archive's store; cheap to clone and safe to share between threads.
 #[derive(Clone)]
 pub struct Store {
@@ -444,15 +456,48 @@ impl Store {
     /// receive time, source) and makes them and their blobs durable. Returns where each record
     /// ends (pack, offset): the index remembers how far it has taken the packs into account.
     pub fn persist(&self, items: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(u32, u64)>> {
-        self.check_space()?;
-        let mut ends = Vec::with_capacity(items.len());
-        for (manifest, annotations) in items {
-            let mut payload = Vec::with_capacity(12 + annotations.len() + manifest.len());
-            payload.extend_from_slice(&self.next_stamp().to_le_bytes());
-            payload.extend_from_slice(&(annotations.len() as u32).to_le_bytes());
-            payload.extend_from_slice(annotations);
-            payload.extend_from_slice(manifest);
-            ends.push(self.append_small(RecordKind::Manifest, &payload)?);
+        let records: Vec<LogRecord<'_>> = items
+            .iter()
+            .map(|(manifest, annotations)| LogRecord::Manifest {
+                manifest,
+                annotations,
+            })
+            .collect();
+        self.append_log(&records)
+    }
+
+    /// Appends `records` to the log in their order and makes everything durable, one commit
+    /// for all; returns where each ends. An instance is refused below the free-space
+    /// reserve, a deletion never is.
+    pub fn append_log(&self, records: &[LogRecord<'_>]) -> Result<Vec<(u32, u64)>> {
+        if records
+            .iter()
+            .any(|r| matches!(r, LogRecord::Manifest { .. }))
+        {
+            self.check_space()?;
+        }
+        let mut ends = Vec::with_capacity(records.len());
+        for record in records {
+            ends.push(match record {
+                LogRecord::Manifest {
+                    manifest,
+                    annotations,
+                } => {
+                    let mut payload = Vec::with_capacity(12 + annotations.len() + manifest.len());
+                    payload.extend_from_slice(&self.next_stamp().to_le_bytes());
+                    payload.extend_from_slice(&(annotations.len() as u32).to_le_bytes());
+                    payload.extend_from_slice(annotations);
+                    payload.extend_from_slice(manifest);
+                    self.append_small(RecordKind::Manifest, &payload)?
+                }
+                LogRecord::Tombstone { manifest, key } => {
+                    let mut payload = Vec::with_capacity(40 + key.len());
+                    payload.extend_from_slice(&self.next_stamp().to_le_bytes());
+                    payload.extend_from_slice(blake3::hash(manifest).as_bytes());
+                    payload.extend_from_slice(key.as_bytes());
+                    self.append_small(RecordKind::Tombstone, &payload)?
+                }
+            });
         }
         self.commit()?;
         Ok(ends)
@@ -480,16 +525,11 @@ impl Store {
     /// Records that instances (manifest, index key) were deleted, so that rebuilding or
     /// replaying the index from the packs does not bring them back, and makes that durable.
     pub fn tombstone(&self, items: &[(Vec<u8>, String)]) -> Result<Vec<(u32, u64)>> {
-        let mut ends = Vec::with_capacity(items.len());
-        for (manifest, key) in items {
-            let mut payload = Vec::with_capacity(40 + key.len());
-            payload.extend_from_slice(&self.next_stamp().to_le_bytes());
-            payload.extend_from_slice(blake3::hash(manifest).as_bytes());
-            payload.extend_from_slice(key.as_bytes());
-            ends.push(self.append_small(RecordKind::Tombstone, &payload)?);
-        }
-        self.commit()?;
-        Ok(ends)
+        let records: Vec<LogRecord<'_>> = items
+            .iter()
+            .map(|(manifest, key)| LogRecord::Tombstone { manifest, key })
+            .collect();
+        self.append_log(&records)
     }
 
     fn append_small(&self, kind: RecordKind, payload: &[u8]) -> Result<(u32, u64)> {

@@ -3,8 +3,8 @@
 
 use super::association::associate;
 use super::*;
-use crate::backlog::Backlog;
 use crate::cas::Store;
+use crate::commit::Journal;
 use crate::receive::Receiver;
 use crate::transport::{self, Socket};
 use rustls::ServerConfig;
@@ -116,10 +116,10 @@ impl Listener {
     pub fn start(
         endpoints: Endpoints,
         config: ListenerConfig,
-        store: Store,
-        backlog: Arc<Backlog<Received>>,
+        journal: Arc<Journal>,
         host: Arc<dyn Host>,
     ) -> io::Result<Listener> {
+        let store = journal.store().clone();
         let mut ports = Vec::new();
         let tls = endpoints
             .tls
@@ -134,8 +134,7 @@ impl Listener {
             });
         }
         let receiver = Receiver::new(
-            store.clone(),
-            backlog,
+            journal,
             config.implementation.clone(),
             config.replace_duplicates,
         );

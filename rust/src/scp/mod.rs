@@ -4,9 +4,9 @@
 //! the Query/Retrieve FIND, MOVE and GET models are refused), PDU reading with large buffers,
 //! and the DIMSE services:
 //! - C-ECHO; C-STORE data sets streamed from their PDVs straight into the store's writer, the
-//!   instance's manifest record appended to the pack log and made durable (group commit: one
-//!   fsync per batch) before its C-STORE-RSP goes out, and left in the `Backlog` for the
-//!   host's index to apply;
+//!   instance's manifest record appended to the pack log and made durable (the one commit
+//!   path, `commit::Journal`: one fsync per batch) before its C-STORE-RSP goes out, and left
+//!   in its backlog for the host's index to apply;
 //! - C-FIND: the `Host` matches (access policy and the query engine live in Python) and
 //!   encodes each response identifier, sent as it comes; a C-CANCEL-RQ is honoured;
 //! - C-GET: the `Host` selects, sub-operations stream from the store to the socket (the next
@@ -31,7 +31,6 @@ mod listener;
 mod policy;
 mod retrieve;
 
-pub use crate::receive::Received;
 pub use listener::Listener;
 pub use policy::{KnownAe, Policy, Service};
 
