@@ -546,7 +546,7 @@ class Archive:
 
     def parent(self, record: Record) -> Record | None:
         """The record one level up (an instance's series, a series' study, a study's
-        patient); None for a patient."""
+        patient); None for a patient, or a parent no longer indexed."""
         level = record.level.parent
         if level is None or record.parent is None:
             return None
