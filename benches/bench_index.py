@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from dicomvault.bench.synthetic import commit_all, entries, queries
-from dicomvault.index import Index, Level
+from dicomvault.index import Index, Level, LmdbIndex
 
 
 def latency(
@@ -65,7 +65,7 @@ def main() -> None:
     tenth = n // 10
     with (
         tempfile.TemporaryDirectory(dir=args.path) as tmp,
-        Index(Path(tmp) / "index", sync=False) as index,
+        LmdbIndex(Path(tmp) / "index", sync=False) as index,
     ):
         first = commit_all(index, 0, tenth)
         print(f"{tenth:,} instances: commit {first:,.0f} instances/s")
@@ -83,7 +83,7 @@ def main() -> None:
 
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory):
-    with Index(tmp_path_factory.mktemp("ix") / "index", sync=False) as index:
+    with LmdbIndex(tmp_path_factory.mktemp("ix") / "index", sync=False) as index:
         commit_all(index, 0, 20_000)
         yield index
 

@@ -1,11 +1,20 @@
-"""The LMDB index: hierarchy, counts, duplicates, conflicts, lookup, queries and deletion."""
+"""The index, through the ``Index`` protocol for every backend (LMDB's today): hierarchy,
+counts, duplicates, conflicts, lookup, queries, deletion and the replay marks."""
 
 import logging
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
 
 import pytest
 
-from dicomvault.index import Index, InstanceEntry, Level
+from dicomvault import _native
+from dicomvault.index import Index, InstanceEntry, Level, LmdbIndex
+
+# Each backend of the ``Index`` protocol, opened on a fresh directory: every test here holds
+# for each (a second backend adds itself).
+BACKENDS: dict[str, Callable[[Path], AbstractContextManager[Index]]] = {"lmdb": LmdbIndex}
 
 
 def entry(
@@ -40,9 +49,14 @@ def entry(
     )
 
 
+@pytest.fixture(params=list(BACKENDS))
+def open_index(request):
+    return BACKENDS[request.param]
+
+
 @pytest.fixture
-def index(tmp_path):
-    with Index(tmp_path / "index") as ix:
+def index(open_index, tmp_path):
+    with open_index(tmp_path / "index") as ix:
         yield ix
 
 
@@ -243,6 +257,7 @@ def test_limit_and_offset_page_in_a_stable_order(archive):
     assert len(everything) == 6
 
 
+@pytest.mark.parametrize("open_index", ["lmdb"], indirect=True)  # LMDB's records_read
 def test_indexed_keys_use_key_ranges_not_scans(index):
     index.commit(
         [
@@ -330,10 +345,10 @@ def test_before_commit_failure_leaves_the_index_unchanged(archive):
     assert archive.get(Level.STUDY, "1.1") is not None
 
 
-def test_reopening_keeps_everything(tmp_path):
-    with Index(tmp_path / "ix") as ix:
+def test_reopening_keeps_everything(open_index, tmp_path):
+    with open_index(tmp_path / "ix") as ix:
         ix.commit([entry("1", "2", "3")])
-    with Index(tmp_path / "ix") as ix:
+    with open_index(tmp_path / "ix") as ix:
         assert ix.get(Level.IMAGE, "1").manifest == b"manifest-1"
 
 
@@ -358,3 +373,65 @@ def test_missing_uids_get_keys_of_their_own(index):
     assert [o.status for o in outcomes] == ["stored", "stored"]
     assert all(o.key.startswith("~") for o in outcomes)
     assert index.stats()["studies"] == 2
+
+
+def test_replay_marks_advance_with_what_they_applied_until_frozen(index):
+    assert index.applied() == {}
+    index.commit([entry("1", "2", "3")], before_commit=lambda new: [(1, 100), (2, 50)])
+    index.mark_applied([(1, 80), (2, 70)])  # a mark never moves back
+    assert index.applied() == {1: 100, 2: 70}
+
+    def fail(_):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        index.commit([entry("4", "5", "6")], before_commit=fail)
+    assert index.applied() == {1: 100, 2: 70}
+    index.delete(Level.IMAGE, "1", before_commit=lambda removed: [(3, 10)])
+    assert index.applied() == {1: 100, 2: 70, 3: 10}
+    index.set_applied({1: 40, 2: None})  # gc moved their records
+    assert index.applied() == {1: 40, 3: 10}
+    assert not index.marks_frozen
+    index.freeze_marks()
+    assert index.marks_frozen
+    index.mark_applied([(1, 500)])
+    index.commit([entry("7", "8", "9")], before_commit=lambda new: [(4, 20)])
+    assert index.applied() == {1: 40, 3: 10}
+    assert index.get(Level.IMAGE, "7") is not None
+
+
+def test_unindexed_records_are_kept_until_their_instance_is_committed(index):
+    index.record_unindexed(b"manifest-1", 3, 900, "header unreadable")
+    index.record_unindexed(b"manifest-2", 4, 100, "header unreadable")
+    assert index.unindexed() == {
+        _native.manifest_hash(b"manifest-1"): {"pack": 3, "end": 900, "why": "header unreadable"},
+        _native.manifest_hash(b"manifest-2"): {"pack": 4, "end": 100, "why": "header unreadable"},
+    }
+    index.commit([entry("1", "2", "3")])  # its manifest is b"manifest-1"
+    assert list(index.unindexed()) == [_native.manifest_hash(b"manifest-2")]
+
+
+def test_replaced_versions_are_kept_until_history_is_forgotten(index):
+    index.commit([entry("1", "2", "3", size=10)])
+    newer = InstanceEntry(
+        entry("1", "2", "3").tags, b"other bytes", 20, "2026-02-01T00:00:00Z", "t", replace=True
+    )
+    assert [o.status for o in index.commit([newer])] == ["replaced"]
+    record = index.get(Level.IMAGE, "1")
+    assert record.size == 20 and [v["size"] for v in record.history] == [10]
+    assert index.forget_history() == 1
+    assert index.get(Level.IMAGE, "1").history is None
+    assert index.stats()["size"] == 20
+
+
+def test_clear_leaves_nothing(archive):
+    archive.mark_applied([(1, 100)])
+    archive.record_unindexed(b"m", 1, 50, "unreadable")
+    archive.clear()
+    assert archive.stats() == dict.fromkeys(
+        ("patients", "studies", "series", "instances", "size", "patient_conflicts"), 0
+    )
+    assert list(archive.iter_level(Level.IMAGE)) == []
+    assert archive.applied() == {} and archive.unindexed() == {}
+    assert archive.lookup("12345") == []
+    assert archive.headroom() > 0

@@ -19,7 +19,7 @@ import pytest
 from dicomvault import config
 from dicomvault.bench.corpus import ct_corpus
 from dicomvault.bench.peers import free_port
-from dicomvault.index.lmdb_index import Index
+from dicomvault.index import LmdbIndex
 from dicomvault.net.scp import DicomServer
 from dicomvault.store import Archive
 from dicomvault.store.archive import IndexUnavailable
@@ -33,10 +33,10 @@ class HeldApplier:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> None:
         self.entered = threading.Event()
         self.released = threading.Event()
-        original = Index.commit
+        original = LmdbIndex.commit
         held = self
 
-        def commit(index: Index, entries, before_commit=None):  # type: ignore[no-untyped-def]
+        def commit(index: LmdbIndex, entries, before_commit=None):  # type: ignore[no-untyped-def]
             if threading.current_thread().name == "index-applier":
                 held.entered.set()
                 held.released.wait(30)
@@ -44,7 +44,7 @@ class HeldApplier:
                     raise OSError("the index's disk failed")
             return original(index, entries, before_commit=before_commit)
 
-        monkeypatch.setattr(Index, "commit", commit)
+        monkeypatch.setattr(LmdbIndex, "commit", commit)
 
     def release(self) -> None:
         self.released.set()
@@ -125,16 +125,16 @@ class FailingIndex:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.failing = True
         self.failures = 0
-        original = Index.commit
+        original = LmdbIndex.commit
         index = self
 
-        def commit(self_: Index, entries, before_commit=None):  # type: ignore[no-untyped-def]
+        def commit(self_: LmdbIndex, entries, before_commit=None):  # type: ignore[no-untyped-def]
             if threading.current_thread().name == "index-applier" and index.failing:
                 index.failures += 1
                 raise OSError("the index's disk failed")
             return original(self_, entries, before_commit=before_commit)
 
-        monkeypatch.setattr(Index, "commit", commit)
+        monkeypatch.setattr(LmdbIndex, "commit", commit)
 
     def heal(self) -> None:
         self.failing = False

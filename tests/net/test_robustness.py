@@ -23,7 +23,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from dicomvault.bench.corpus import clinical_corpus, ct_corpus
 from dicomvault.bench.synthetic import commit_all
-from dicomvault.index import Index
+from dicomvault.index import LmdbIndex
 from tests.net.conftest import Server, dcmtk, storescu
 
 QR = "WORKSTATION"
@@ -183,7 +183,7 @@ def test_c_cancel_stops_a_c_find(tmp_path):
     """20,000 matches (generated into the index, all that C-FIND reads) cannot all be sent
     before findscu's C-CANCEL-RQ arrives: the responses stop there, with status Cancel."""
     srv = Server(tmp_path, {"WORKSTATION": {"aet": QR, "host": "127.0.0.1", "port": 1}})
-    with Index(srv.root / "index", sync=False) as index:
+    with LmdbIndex(srv.root / "index", sync=False) as index:
         commit_all(index, 0, 20_000, batch=5_000)
     srv.start()
     try:

@@ -19,7 +19,7 @@ import pytest
 from dicomvault.bench.corpus import ct_corpus
 from dicomvault.bench.peers import free_port, wait_for_port
 from dicomvault.bench.synthetic import commit_all
-from dicomvault.index import Index
+from dicomvault.index import LmdbIndex
 from tests.net.conftest import DCMTK, PEER_ENV, Orthanc, Server, dcmtk, movescu
 from tests.net.test_robustness import associate_rq
 from tests.security.helpers import certificates
@@ -279,7 +279,7 @@ def test_c_cancel_stops_a_c_find_over_tls(tmp_path, tls):
     port = free_port()
     workstation = {"WORKSTATION": {"aet": QR, "host": "127.0.0.1", "port": 1}}
     server = Server(tmp_path, workstation, sections={"dicom": tls.dicom_section(port)})
-    with Index(server.root / "index", sync=False) as index:
+    with LmdbIndex(server.root / "index", sync=False) as index:
         commit_all(index, 0, 20_000, batch=5_000)
     server.tls_port = port
     server.start()

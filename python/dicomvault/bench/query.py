@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dicomvault.bench.peers import DCMTK, PEER_ENV, Dicomvault
 from dicomvault.bench.synthetic import commit_all, queries
-from dicomvault.index import Index
+from dicomvault.index import LmdbIndex
 
 CALLER = "BENCH"
 RETURN_KEYS = [
@@ -37,7 +37,7 @@ def fill(root: Path, instances: int, report: Callable[[str], None]) -> None:
     if marker.exists():
         return
     started = time.perf_counter()
-    with Index(root / "index", sync=False) as index:
+    with LmdbIndex(root / "index", sync=False) as index:
         commit_all(index, 0, instances, batch=5000)
     marker.touch()
     report(f"index of {instances:,} instances generated in {time.perf_counter() - started:.0f} s")

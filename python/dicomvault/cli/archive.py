@@ -387,7 +387,7 @@ def reindex(config: ConfigOption = None, root: RootOption = None) -> None:
     """Rebuild the index from the packs alone (archive must be idle)."""
     with open_archive(config, root, exclusive=True) as archive:
         count, damaged = archive.reindex()
-        unindexed = archive.index.unindexed()
+        unindexed = archive.unindexed()
     for damage in damaged:
         typer.echo(f"DAMAGED {damage.message}", err=True)
     for manifest, place in unindexed.items():

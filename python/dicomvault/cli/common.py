@@ -11,7 +11,6 @@ import typer
 
 from dicomvault import config
 from dicomvault.audit import AuditTrail, Who
-from dicomvault.audit.trail import about
 from dicomvault.index import Record
 from dicomvault.security.logsafe import EscapingFormatter
 from dicomvault.store import Archive
@@ -66,7 +65,7 @@ def setup_logging(verbose: bool = False) -> None:
 def audited(archive: Archive, event: str, records: Sequence[Record] | None, what: str) -> None:
     """A command's audit record: the local user, and the patients and studies of ``records``
     (None: every one, which the record says rather than lists)."""
-    patients, studies = about(archive.index, records or [])
+    patients, studies = archive.audit_subjects(records or [])
     archive.audit.record(
         event,
         Who.local(),

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dicomvault.audit.trail import Patient, about
+from dicomvault.audit.trail import Patient
 from dicomvault.http.auth import ANONYMOUS, who_for
 from dicomvault.index import Level, Record
 from dicomvault.store import Archive
@@ -144,7 +144,7 @@ class RequestAudit:
             level = _LEVELS.get(name)
             if level is Level.PATIENT:
                 patients.append({"id": value})
-            elif level is not None and (record := self.archive.index.get(level, value)):
+            elif level is not None and (record := self.archive.record(level, value)):
                 records.append(record)
         if "PatientID" in query and route != "/wado":
             patients.append({"id": query["PatientID"]})
@@ -157,7 +157,7 @@ class RequestAudit:
             keys = _json(body).get("Query", {}) if isinstance(_json(body), dict) else {}
             if isinstance(keys, Mapping) and keys.get("PatientID"):
                 patients.append({"id": str(keys["PatientID"])})
-        found, studies = about(self.archive.index, records)
+        found, studies = self.archive.audit_subjects(records)
         return [*patients, *found], studies
 
     def _resources(self, body: bytes) -> list[Record]:

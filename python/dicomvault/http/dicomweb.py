@@ -282,7 +282,7 @@ class DicomWeb:
     def _header(self, record: Record, root: str) -> dict:
         parts = InstanceParts(self.archive, record)
         header = parts.header()
-        series = self.archive.index.get(Level.SERIES, record.parent or "")
+        series = self.archive.parent(record)
         uri = (
             f"{root}/studies/{series.parent if series else ''}/series/{record.parent}"
             f"/instances/{record.key}/bulkdata"
@@ -420,7 +420,7 @@ class DicomWeb:
             by_series.setdefault(r.parent or "", []).append(r)
 
         def series_number(key: str) -> tuple[int, str]:
-            series = self.archive.index.get(Level.SERIES, key)
+            series = self.archive.record(Level.SERIES, key)
             return integer(series.tags.get("SeriesNumber") if series else None), key
 
         members = by_series[min(by_series, key=series_number)]

@@ -175,7 +175,7 @@ class Qido:
         del ds.RetrieveAETitle, ds.QueryRetrieveLevel
         found = ds.to_json_dict()
         if query.everything and query.level is Level.IMAGE:
-            record = self.finder.archive.index.get(Level.IMAGE, match["_key"])
+            record = self.finder.archive.record(Level.IMAGE, match["_key"])
             if record is not None and record.manifest is not None:
                 header = InstanceParts(self.finder.archive, record).header()
                 for element in list(header):

@@ -60,8 +60,7 @@ def multipart(parts: Iterator[tuple[str, Iterator[bytes]]], boundary: str) -> It
 def instances(finder: Finder, level: Level, filters: dict[str, str]) -> list[Record]:
     """The instances under the records at ``level`` that ``filters`` (UIDs) select."""
     archive = finder.archive
-    keys = [m["_key"] for m in finder.find(level, filters)]
-    records = [r for k in keys if (r := archive.index.get(level, k))]
+    records = archive.matched_records(level, list(finder.find(level, filters)))
     return list(archive.instances(records))
 
 

@@ -248,7 +248,7 @@ class Rest:
         key = request.path_params[UNIQUE[level]]
         if level is Level.PATIENT:
             return self._patient(key, request)
-        record = self.archive.index.get(level, key)
+        record = self.archive.record(level, key)
         if record is None:
             raise HTTPException(404, f"no {_words(level)['level']} {key}")
         return record
@@ -258,7 +258,7 @@ class Rest:
         params = request.query_params
         if "IssuerOfPatientID" in params:
             tags = {"PatientID": patient_id, "IssuerOfPatientID": params["IssuerOfPatientID"]}
-            found = self.archive.index.get(Level.PATIENT, patient_key(tags))
+            found = self.archive.record(Level.PATIENT, patient_key(tags))
             candidates = [found] if found else []
         else:
             candidates = [
@@ -282,7 +282,7 @@ class Rest:
         a list of studies is shown with."""
         found = record.to_json()
         if record.level is Level.STUDY:
-            patient = self.archive.index.get(Level.PATIENT, record.parent or "")
+            patient = self.archive.parent(record)
             found["patient"] = patient.tags if patient else {}
         return found
 
@@ -320,7 +320,7 @@ class Rest:
         record = self._record(request, level)
         found = self._json(record)
         if level is not Level.IMAGE:
-            found["children"] = [c.key for c in self.archive.index.children(level, record.key)]
+            found["children"] = [c.key for c in self.archive.children(record)]
         return JSONResponse(found)
 
     async def delete_record(self, request: Request, level: Level) -> Response:
@@ -343,7 +343,7 @@ class Rest:
         """
         record = self._record(request, level)
         found = await asyncio.to_thread(
-            lambda: [self._json(r) for r in self.archive.index.children(level, record.key)]
+            lambda: [self._json(r) for r in self.archive.children(record)]
         )
         return JSONResponse(found)
 
@@ -394,7 +394,7 @@ class Rest:
         assert record.manifest is not None
         await check(self.archive, record.manifest)
         return StreamingResponse(
-            iterate_in_thread(iter(self.archive.store.chunks(record.manifest, 0))),
+            iterate_in_thread(iter(self.archive.chunks(record.manifest))),
             media_type="application/dicom",
             headers={
                 "Content-Length": str(record.size),

@@ -18,15 +18,15 @@ log = logging.getLogger("dicomvault.http")
 async def check(archive: Archive, manifest: bytes) -> None:
     """Raises DamagedError (answered 500 by the application) unless every blob of the
     instance reads back intact."""
-    await asyncio.to_thread(archive.store.check, manifest)
+    await asyncio.to_thread(archive.check_intact, manifest)
 
 
 def checked_chunks(archive: Archive, manifest: bytes, name: str) -> Iterator[bytes]:
     """The instance's bytes, a blob at a time, once all of them passed their checks; a
     damaged instance is logged and ends the response (``name`` says which it is)."""
     try:
-        archive.store.check(manifest)
+        archive.check_intact(manifest)
     except _native.DamagedError as e:
         log.error("%s is damaged in the archive, the response ends before it: %s", name, e)
         raise
-    yield from archive.store.chunks(manifest, 0)
+    yield from archive.chunks(manifest)

@@ -111,8 +111,8 @@ class Stow:
                     }
                 )
                 continue
-            record = self.archive.index.get(Level.IMAGE, outcome.key)
-            series = self.archive.index.get(Level.SERIES, record.parent or "") if record else None
+            record = self.archive.record(Level.IMAGE, outcome.key)
+            series = self.archive.parent(record) if record else None
             study_url = f"{root}/studies/{series.parent if series else ''}"
             studies.add(study_url)
             url = f"{study_url}/series/{record.parent if record else ''}/instances/{outcome.key}"

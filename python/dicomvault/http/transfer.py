@@ -161,9 +161,9 @@ def instance_bytes(archive: Archive, record: Record, syntax: str) -> Iterator[by
     if syntax in (AS_STORED, stored_syntax(record)):
         yield from checked_chunks(archive, record.manifest, record.key)
         return
-    archive.store.check(record.manifest)
+    archive.check_intact(record.manifest)
     instance = selected(record)
-    dataset = b"".join(archive.store.chunks(record.manifest, instance.dataset_offset))
+    dataset = b"".join(archive.chunks(record.manifest, instance.dataset_offset))
     made = transcode(dataset, instance.transfer_syntax, syntax)
     yield part10_header(instance.sop_class_uid, instance.sop_instance_uid, syntax) + made
 

@@ -1,6 +1,7 @@
-"""The patient -> study -> series -> instance index on LMDB: the ``Index`` the archive talks
-to, over its parts — how it lies in LMDB (``lmdb_layout``), tree upkeep (``lmdb_tree``), the
-query planner (``lmdb_query``) and the replay marks (``lmdb_marks``).
+"""The patient -> study -> series -> instance index on LMDB: ``LmdbIndex``, the first
+implementation of the ``Index`` protocol the archive talks to, over its parts — how it lies in
+LMDB (``lmdb_layout``), tree upkeep (``lmdb_tree``), the query planner (``lmdb_query``) and
+the replay marks (``lmdb_marks``).
 
 A batch of instances is committed in one write transaction, together with whatever the caller
 makes durable in ``before_commit`` (the pack store's manifests), so the index never refers to
@@ -20,7 +21,7 @@ import lmdb
 
 from dicomvault import _native
 from dicomvault.index.levels import Level
-from dicomvault.index.lmdb_layout import DB_NAMES, Layout, Positions, decode, encode
+from dicomvault.index.lmdb_layout import DB_NAMES, Layout, decode, encode
 from dicomvault.index.lmdb_marks import Marks
 from dicomvault.index.lmdb_query import QueryPlanner
 from dicomvault.index.lmdb_tree import Batch, Tree, version
@@ -28,6 +29,7 @@ from dicomvault.index.records import (
     CommitOutcome,
     CommitStatus,
     InstanceEntry,
+    Positions,
     Record,
     record_keys,
 )
@@ -37,8 +39,9 @@ log = logging.getLogger("dicomvault.index")
 manifest_hash = _native.manifest_hash
 
 
-class Index:
-    """The archive's index. Thread-safe; several processes may share the directory."""
+class LmdbIndex:
+    """The archive's index on LMDB (an ``Index``). Thread-safe; several processes may share
+    the directory."""
 
     def __init__(
         self,
@@ -114,7 +117,7 @@ class Index:
         info = self.env.info()
         return int(info["map_size"]) - (int(info["last_pgno"]) + 1) * int(self.env.stat()["psize"])
 
-    def __enter__(self) -> Index:
+    def __enter__(self) -> LmdbIndex:
         return self
 
     def __exit__(

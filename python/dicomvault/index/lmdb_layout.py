@@ -9,7 +9,7 @@ record key in one key, so exact and prefix matches and date ranges are key range
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import lmdb
@@ -37,8 +37,6 @@ FIELDS: dict[bytes, tuple[Level, str, bool]] = {
     b"sd": (Level.STUDY, "StudyDate", False),
     b"mod": (Level.SERIES, "Modality", False),
 }
-# Positions in the pack log: (pack id, offset just past a record).
-Positions = Iterable[tuple[int, int]]
 
 
 def cut(value: str) -> bytes:

@@ -10,7 +10,8 @@ from typing import Any
 import lmdb
 
 from dicomvault import _native
-from dicomvault.index.lmdb_layout import Layout, Positions
+from dicomvault.index.lmdb_layout import Layout
+from dicomvault.index.records import Positions
 
 
 class Marks:

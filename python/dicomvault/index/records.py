@@ -1,9 +1,10 @@
-"""What goes into the index (``InstanceEntry``) and what comes out (``Record``), and how
-record keys are made from an entry's tags."""
+"""What goes into the index (``InstanceEntry``, with the pack log ``Positions`` it applies) and
+what comes out (``Record``), and how record keys are made from an entry's tags."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -68,6 +69,10 @@ CommitStatus = Literal["stored", "duplicate", "different", "replaced"]
 class CommitOutcome(NamedTuple):
     status: CommitStatus
     key: str
+
+
+# Positions in the pack log: (pack id, offset just past a record).
+Positions = Iterable[tuple[int, int]]
 
 
 def patient_key(tags: dict[str, str]) -> str:

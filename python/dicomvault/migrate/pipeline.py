@@ -185,9 +185,7 @@ class Migration:
         return found
 
     def archive_instances(self, study: str) -> set[str]:
-        matches = self.archive.index.find(
-            Level.IMAGE, {"StudyInstanceUID": study}, ["SOPInstanceUID"]
-        )
+        matches = self.archive.matches(Level.IMAGE, {"StudyInstanceUID": study}, ["SOPInstanceUID"])
         return {m["SOPInstanceUID"] for m in matches}
 
     def check(self, study: Study) -> bool:
@@ -344,7 +342,7 @@ class _Pipeline:
         self.batcher.put(row)
         size = 0
         if row.state == "verified":
-            record = self.m.archive.index.get(Level.STUDY, row.item)
+            record = self.m.archive.record(Level.STUDY, row.item)
             size = record.size if record else 0
         with self.lock:
             self.outstanding -= 1

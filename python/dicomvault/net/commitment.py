@@ -180,13 +180,13 @@ class CommitmentScp:
         self._report(requestor, report)
 
     def _failure(self, sop_class: str, sop_instance: str) -> int | None:
-        record = self.archive.index.get(Level.IMAGE, sop_instance)
+        record = self.archive.record(Level.IMAGE, sop_instance)
         if record is None or record.manifest is None:
             return NO_SUCH_OBJECT_INSTANCE
         if record.tags.get("SOPClassUID") != sop_class:
             return CLASS_INSTANCE_CONFLICT
         try:
-            self.archive.store.check(record.manifest)
+            self.archive.check_intact(record.manifest)
         except (_native.DamagedError, OSError) as e:
             log.error("storage commitment: %s is not intact: %s", sop_instance, e)
             return PROCESSING_FAILURE

@@ -174,6 +174,6 @@ def outbound(archive: Archive, instance: Selected) -> StoredInstance:
     """``instance`` on its way out of ``archive``."""
     return StoredInstance(
         *instance[:4],
-        lambda start: archive.store.chunks(instance.manifest, start),
+        lambda start: archive.chunks(instance.manifest, start),
         archive.root / "tmp",
     )

@@ -282,7 +282,7 @@ class DicomServer:
             log.error("C-FIND: %s", e)
             return e.status, iter(())
         try:
-            self.archive.index.barrier()
+            self.archive.wait_until_indexed()
         except IndexUnavailable as e:
             log.error("C-FIND refused: %s", e)
             return OUT_OF_RESOURCES, iter(())
@@ -345,7 +345,7 @@ class DicomServer:
             return e.status, [], []
         try:
             matches = list(self.finder.find(level, filters, AUDITED))
-            records = [r for m in matches if (r := self.archive.index.get(level, m["_key"]))]
+            records = self.archive.matched_records(level, matches)
             chosen = [selected(record) for record in self.archive.instances(records)]
         except IndexUnavailable as e:
             log.error("%s refused: %s", name, e)

@@ -32,6 +32,7 @@ import msgpack
 
 from dicomvault import _native
 from dicomvault.audit import AuditTrail
+from dicomvault.audit.trail import Patient, about
 from dicomvault.config import Settings
 from dicomvault.dicom.acceptance import (
     SOP_CLASS_UID,
@@ -41,7 +42,7 @@ from dicomvault.dicom.acceptance import (
     uid_of,
 )
 from dicomvault.dicom.values import decode_elements, wanted
-from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, Record
+from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, LmdbIndex, Record
 from dicomvault.index.levels import INDEXED_KEYWORDS
 from dicomvault.metrics import Counter, Histogram
 from dicomvault.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
@@ -131,6 +132,10 @@ def _annotations(entry: InstanceEntry) -> bytes:
 class Archive:
     """An open archive. Thread-safe; close it (or use ``with``) to flush and release it."""
 
+    # Any backend of the ``Index`` protocol (LMDB's today). Only the archive (and the rest of
+    # ``store/``) talks to it and to the pack store: the services read through the door below.
+    index: Index
+
     def __init__(self, settings: Settings, *, exclusive: bool = False) -> None:
         storage = settings["storage"]
         self.settings = settings
@@ -156,7 +161,7 @@ class Archive:
             log.warning("store recovery: %s", message)
         # Before the replay: instances it applies get their audit records then.
         self.audit = AuditTrail(self.root, settings["audit"])
-        self.index = Index(
+        self.index = LmdbIndex(
             self.root / "index",
             map_size=int(settings["index"]["map_size"]),
             sync=False,
@@ -404,14 +409,7 @@ class Archive:
         offset: int = 0,
     ) -> list[Record]:
         """The records at ``level`` that C-FIND matching of ``filters`` selects."""
-        matches = self.index.find(
-            level,
-            filters,
-            case_insensitive_pn=bool(self.settings["index"]["case_insensitive_pn"]),
-            limit=limit,
-            offset=offset,
-        )
-        return [r for m in matches if (r := self.index.get(level, m["_key"]))]
+        return self.matched_records(level, self.matches(level, filters, limit=limit, offset=offset))
 
     def stats(self) -> dict[str, int]:
         """Counts and sizes from the index, storage use from the packs."""
@@ -443,7 +441,7 @@ class Archive:
     def export_path(self, instance: Record) -> PurePosixPath:
         """Where ``export`` writes the instance, relative to its directory:
         study/series/instance.dcm."""
-        series = self.index.get(Level.SERIES, instance.parent or "")
+        series = self.parent(instance)
         study_key = series.parent if series else None
         return PurePosixPath(_safe(study_key), _safe(instance.parent), _safe(instance.key) + ".dcm")
 
@@ -454,6 +452,82 @@ class Archive:
         target.parent.mkdir(parents=True, exist_ok=True)
         self.store.export(instance.manifest, str(target))
         return target
+
+    # The door -----------------------------------------------------------------------------
+    # What the DICOM services, the web server, migrations and the commands need of the index
+    # and the pack store beyond the reading above: they go through these, never to
+    # ``index`` or ``store`` themselves (tests/store/test_door.py), so that another index
+    # backend changes nothing outside ``store/`` and ``index/``.
+
+    def record(self, level: Level, key: str) -> Record | None:
+        """The patient, study, series or instance with this record key, or None."""
+        return self.index.get(level, key)
+
+    def parent(self, record: Record) -> Record | None:
+        """The record one level up (an instance's series, a series' study, a study's
+        patient); None for a patient, or a parent no longer indexed."""
+        level = record.level.parent
+        if level is None or record.parent is None:
+            return None
+        return self.index.get(level, record.parent)
+
+    def children(self, record: Record) -> list[Record]:
+        """The records one level down (a patient's studies, a study's series, a series'
+        instances), in key order; none for an instance."""
+        return self.index.children(record.level, record.key)
+
+    def matches(
+        self,
+        level: Level,
+        filters: Mapping[str, str],
+        return_keys: Iterable[str] = (),
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Iterator[dict[str, str]]:
+        """C-FIND matching of ``filters`` at ``level`` on the attributes the index keeps
+        (``Finder`` matches the others in the stored headers), person names as ``[index]
+        case_insensitive_pn`` says: each match has its ``return_keys``, its unique keys and
+        ``_key``, its record key."""
+        return self.index.find(
+            level,
+            filters,
+            return_keys,
+            case_insensitive_pn=bool(self.settings["index"]["case_insensitive_pn"]),
+            limit=limit,
+            offset=offset,
+        )
+
+    def matched_records(self, level: Level, matches: Iterable[Mapping[str, Any]]) -> list[Record]:
+        """The records of C-FIND matches at ``level`` (by their ``_key``) that are still
+        indexed."""
+        return [r for m in matches if (r := self.index.get(level, m["_key"]))]
+
+    def wait_until_indexed(self) -> None:
+        """Returns once every instance acknowledged before the call is indexed, so that what
+        reads the index next answers with it; IndexUnavailable while it cannot be."""
+        self.index.barrier()
+
+    def unindexed(self) -> dict[str, dict[str, Any]]:
+        """Records of the pack log whose instance could not be indexed (its header cannot be
+        read): manifest hash -> {"pack", "end", "why"}; storing the instance again repairs
+        it."""
+        return self.index.unindexed()
+
+    def audit_subjects(self, records: Iterable[Record]) -> tuple[list[Patient], list[str]]:
+        """The patients and the studies that ``records`` belong to, as audit records name
+        them."""
+        return about(self.index, records)
+
+    def check_intact(self, manifest: bytes) -> None:
+        """Raises DamagedError unless every blob of the stored instance with this manifest
+        reads back intact (OSError when the store cannot read it)."""
+        self.store.check(manifest)
+
+    def chunks(self, manifest: bytes, start: int = 0) -> Iterator[bytes]:
+        """The stored instance's file from byte ``start``, as it was received, a blob at a
+        time and unchecked (``check_intact`` first to send nothing damaged)."""
+        return self.store.chunks(manifest, start)
 
     # Maintenance --------------------------------------------------------------------------
 

@@ -1,0 +1,91 @@
+"""The archive is the only door to its index and pack store: no module outside ``store/`` and
+``index/`` reaches ``archive.index`` or ``archive.store`` (so that another index backend, or
+another store, changes nothing in the services), save the write paths listed here."""
+
+import ast
+from pathlib import Path
+
+import dicomvault
+
+PACKAGE = Path(dicomvault.__file__).parent
+
+# Where the index and the pack store live, behind the archive.
+BEHIND_THE_DOOR = ("store", "index")
+
+# Write paths that hand the pack store itself to what writes into it, until the write path
+# has a door of its own: (module, the expression reaching it).
+WRITE_PATHS = {
+    # The DICOM listener (Rust) receives C-STOREs straight into the packs.
+    ("net/scp.py", "self.archive.store"),
+    # C-GET into the archive (migrations) goes through the listener's receive path.
+    ("net/bulk.py", "archive.store"),
+    # A C-STORE answered by pynetdicom (C-MOVE destination in tests and migrations).
+    ("net/scu.py", "archive.store.writer"),
+    # ``migrate dicomweb`` streams each multipart part into a writer as it arrives.
+    ("migrate/dicomweb.py", "self.archive.store"),
+}
+
+
+def _is_archive(node: ast.expr) -> bool:
+    """``archive``, or any ``<…>.archive`` (``self.archive``, ``self.finder.archive``)."""
+    return (isinstance(node, ast.Name) and node.id == "archive") or (
+        isinstance(node, ast.Attribute) and node.attr == "archive"
+    )
+
+
+def reaches(source: str, filename: str) -> list[tuple[int, str]]:
+    """Where a module reaches an archive's index or store: (line, the expression up to the
+    attribute read off it, if any)."""
+    tree = ast.parse(source, filename)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in ("index", "store")
+            and _is_archive(node.value)
+        ):
+            outer = parents.get(node)
+            shown = outer if isinstance(outer, ast.Attribute) else node
+            found.append((node.lineno, ast.unparse(shown)))
+    return sorted(found)
+
+
+def _modules() -> list[Path]:
+    return [
+        p
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if p.relative_to(PACKAGE).parts[0] not in BEHIND_THE_DOOR
+    ]
+
+
+def test_the_walk_finds_each_way_of_reaching_the_index_or_the_store():
+    source = (
+        "def f(archive, self):\n"
+        "    archive.index.get(1, 2)\n"
+        "    store = self.archive.store\n"
+        "    self.finder.archive.index.find()\n"
+        "    g(archive.store)\n"
+        "    self.store.chunks(b'')\n"  # not an archive: a REST handler's own method
+        "    archive.record(1, 2)\n"
+    )
+    assert reaches(source, "f.py") == [
+        (2, "archive.index.get"),
+        (3, "self.archive.store"),
+        (4, "self.finder.archive.index.find"),
+        (5, "archive.store"),
+    ]
+
+
+def test_only_the_archive_reaches_its_index_and_store():
+    modules = _modules()
+    assert any(p.parts[-2] == "http" for p in modules) and len(modules) > 50
+    found = {
+        (str(p.relative_to(PACKAGE)), line, expression)
+        for p in modules
+        for line, expression in reaches(p.read_text(), str(p))
+    }
+    beyond = sorted(f for f in found if (f[0], f[2]) not in WRITE_PATHS)
+    assert beyond == [], "use (or add) an Archive method instead"
+    # A write path that no longer reaches the store leaves this list.
+    assert {(module, expression) for module, _, expression in found} == WRITE_PATHS
