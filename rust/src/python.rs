@@ -2,7 +2,10 @@
 //! Every call that hashes, compresses or does I/O releases the GIL.
 
 use crate::backlog::Backlog;
-use crate::cas::{self, GcEvent, Ingested, Store as CoreStore, StoreConfig, StoreError, SyncMode};
+use crate::cas::{
+    self, BlobStore, GcEvent, Ingested, ReadInstances, Store as CoreStore, StoreConfig, StoreError,
+    SyncMode,
+};
 use crate::manifest::Manifest;
 use crate::pack::{Codec, RecordKind};
 use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
@@ -1286,9 +1289,9 @@ impl ChunkReader {
             if self.position <= self.start {
                 continue;
             }
-            let data = py.detach(|| self.store.read_part(&blob))?;
-            let skip = self.start.saturating_sub(begin) as usize;
-            return Ok(Some(PyBytes::new(py, &data[skip..])));
+            let skip = self.start.saturating_sub(begin);
+            let data = py.detach(|| self.store.read_part_from(&blob, skip))?;
+            return Ok(Some(PyBytes::new(py, &data)));
         }
         Ok(None)
     }

@@ -8,7 +8,7 @@ mod common;
 
 use common::{open, pattern, Builder};
 use dicomvault_native::backlog::Backlog;
-use dicomvault_native::cas::{Store, StoreConfig};
+use dicomvault_native::cas::{ReadInstances, Store, StoreConfig};
 use dicomvault_native::dimse::Implementation;
 use dicomvault_native::manifest::Manifest;
 use dicomvault_native::pdu::ProposedContext;
