@@ -255,7 +255,8 @@ struct Inner {
     _archive_lock: File,
 }
 
-/// A handle on an archive's store; cheap to clone and safe to share between threads.
+/// A handle on an archive's store; cheap to clone and safe to share between threads. It is the
+/// packs' [`BlobStore`] and, above it, the log of manifests and tombstones in the same packs.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
