@@ -2,7 +2,8 @@
 //!
 //! A put appends a record (compressed when the store's codec says so and it saves space); a
 //! large blob is streamed into a pack it holds alone while its bytes arrive; a get reads one
-//! record and checks its header and checksum. A delete only drops the blob index's entry: the
+//! record and checks its header and checksum, and a range read reads the whole record, its
+//! checksum covering the payload whole. A delete only drops the blob index's entry: the
 //! record stays in its pack until a gc rewrites the pack without it (a `reindex` before that
 //! finds it again), since packs are append-only. `flush` is the store's group commit.
 
@@ -74,6 +75,7 @@ impl BlobStore for Store {
     /// The blob index holds manifest and tombstone records too: each entry's record header
     /// says which are blobs.
     fn list(&self, after: Option<&Hash>, limit: usize) -> Result<Vec<BlobRef>> {
+        // What was appended reaches the blob index first, so that it is listed.
         self.commit()?;
         let mut out = Vec::with_capacity(limit.min(4096));
         let mut from = after.copied();
