@@ -1,7 +1,10 @@
 //! The `dicomvault._native` Python module: a thin binding over the scanner and the store.
 //! Every call that hashes, compresses or does I/O releases the GIL.
 
-use crate::cas::{self, GcEvent, Ingested, Store as CoreStore, StoreConfig, StoreError, SyncMode};
+use crate::cas::{
+    self, BlobStore, GcEvent, Ingested, ReadInstances, Store as CoreStore, StoreConfig, StoreError,
+    SyncMode,
+};
 use crate::commit::{Journal, Write};
 use crate::manifest::Manifest;
 use crate::pack::{Codec, RecordKind};
@@ -1308,9 +1311,9 @@ impl ChunkReader {
             if self.position <= self.start {
                 continue;
             }
-            let data = py.detach(|| self.store.read_part(&blob))?;
-            let skip = self.start.saturating_sub(begin) as usize;
-            return Ok(Some(PyBytes::new(py, &data[skip..])));
+            let skip = self.start.saturating_sub(begin);
+            let data = py.detach(|| self.store.read_part_from(&blob, skip))?;
+            return Ok(Some(PyBytes::new(py, &data)));
         }
         Ok(None)
     }

@@ -1,8 +1,10 @@
 mod common;
 
-use common::{instance, open, pack_files, pattern, store_bytes, Builder};
-use dicomvault_native::cas::{GcEvent, HistoryKind, Store, StoreConfig, SyncMode};
-use dicomvault_native::manifest::Manifest;
+use common::{instance, large_instance, open, pack_files, pattern, store_bytes, Builder};
+use dicomvault_native::cas::{
+    BlobStore, GcEvent, HistoryKind, ReadInstances, Store, StoreConfig, SyncMode,
+};
+use dicomvault_native::manifest::{BlobRef, Manifest};
 use dicomvault_native::pack::Codec;
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -44,24 +46,6 @@ fn stored_instances_read_back_byte_identical_and_survive_reopening() {
     };
     assert_eq!(annotations, b"note");
     assert_eq!(Manifest::decode(bytes).unwrap(), manifest);
-}
-
-#[test]
-fn identical_pixels_are_stored_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), StoreConfig::default());
-    let first = instance("1.2.3", "A^B", 2, 7);
-    let corrected = instance("1.2.3", "Corrected^Name", 2, 7);
-    let (_, new1) = store_bytes(&store, &first, 4096);
-    let (_, again) = store_bytes(&store, &first, 4096);
-    let (m2, new2) = store_bytes(&store, &corrected, 4096);
-    assert_eq!(new1, first.len() as u64);
-    assert_eq!(again, 0, "a re-sent instance adds nothing");
-    assert_eq!(
-        new2, m2.blobs[0].length,
-        "a corrected header shares the pixel blobs"
-    );
-    assert_eq!(store.read_instance(&m2, 0).unwrap(), corrected);
 }
 
 #[test]
@@ -318,16 +302,6 @@ fn history_lists_records_after_a_mark_with_their_positions() {
     assert!(matches!(&after[0].kind, HistoryKind::Tombstone { key } if key == "1.1"));
 }
 
-/// An instance with 512x512 16-bit frames: each frame is a blob large enough to be streamed.
-fn large_instance(sop: &str, frames: u32, seed: u8) -> Vec<u8> {
-    let mut b = Builder::part10("1.2.840.10008.1.2.1");
-    b.text(0x0008_0018, b"UI", sop)
-        .text(0x0010_0010, b"PN", "LARGE")
-        .image_header(512, 512, frames)
-        .native_pixels(&pattern(512 * 512 * 2 * frames as usize, seed));
-    b.bytes
-}
-
 fn packs_len(root: &Path) -> u64 {
     pack_files(root)
         .iter()
@@ -509,4 +483,39 @@ fn received_at_is_utc_with_microseconds_across_leap_days_and_centuries() {
         let time = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
         assert_eq!(utc_timestamp(time), expected);
     }
+}
+
+#[test]
+fn the_packs_list_only_blobs_and_gc_reclaims_a_deleted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sorted = |blobs: &[BlobRef]| {
+        let mut v = blobs.to_vec();
+        v.sort_by_key(|b| b.hash);
+        v.dedup();
+        v
+    };
+    let keep = instance("1.1", "Keep", 2, 1);
+    let (mk, mo) = {
+        let store = open(dir.path(), StoreConfig::default());
+        let (mk, _) = store_bytes(&store, &keep, 1 << 20);
+        let (mo, _) = store_bytes(&store, &instance("2.2", "Other", 2, 2), 1 << 20);
+        store
+            .tombstone(&[(mo.encode(), "2.2".to_string())])
+            .unwrap();
+        // The blob index also finds the manifest and tombstone records: they are no blobs.
+        let all: Vec<BlobRef> = mk.blobs.iter().chain(&mo.blobs).copied().collect();
+        assert_eq!(store.list(None, 100).unwrap(), sorted(&all));
+        for blob in &mo.blobs {
+            assert!(store.delete(&blob.hash).unwrap());
+        }
+        (mk, mo)
+    };
+    let store = open(dir.path(), StoreConfig::default());
+    assert_eq!(store.list(None, 100).unwrap(), sorted(&mk.blobs));
+    let report = store.gc(None, None, |_| Ok(())).unwrap();
+    assert_eq!(report.records_dropped, mo.blobs.len() as u64, "{report:?}");
+    assert_eq!(store.read_instance(&mk, 0).unwrap(), keep);
+    assert_eq!(store.history(&HashMap::new(), true).unwrap().len(), 3);
+    assert_eq!(store.list(None, 100).unwrap(), sorted(&mk.blobs));
+    assert!(store.verify().unwrap().damaged.is_empty());
 }

@@ -5,7 +5,9 @@
 mod common;
 
 use common::{instance, open, pack_files, pattern, store_bytes};
-use dicomvault_native::cas::{HistoryKind, Store, StoreConfig, StoreError};
+use dicomvault_native::cas::{
+    BlobStore, HistoryKind, ReadInstances, Store, StoreConfig, StoreError,
+};
 use dicomvault_native::manifest::Manifest;
 use dicomvault_native::pack::{self, RecordKind, PACK_HEADER_LEN};
 use std::collections::{HashMap, HashSet};

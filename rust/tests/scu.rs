@@ -7,7 +7,7 @@
 mod common;
 
 use common::{open, pattern, Builder};
-use dicomvault_native::cas::{Store, StoreConfig};
+use dicomvault_native::cas::{ReadInstances, Store, StoreConfig};
 use dicomvault_native::commit::{Journal, Write};
 use dicomvault_native::dimse::Implementation;
 use dicomvault_native::manifest::Manifest;

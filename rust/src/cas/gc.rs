@@ -1,7 +1,9 @@
 //! Garbage collection and repacking: rewriting packs one at a time while the store is in use.
 
 use super::recovery::{found_location, DamageReport};
-use super::{blob_record, lock, Active, HistoryEvent, Location, Result, Store, StoreError};
+use super::{
+    blob_record, lock, Active, BlobStore, HistoryEvent, Location, Result, Store, StoreError,
+};
 use crate::manifest::{Hash, Manifest};
 use crate::pack::{
     self, Codec, Damage, RecordHeader, RecordKind, PACK_HEADER_LEN, RECORD_HEADER_LEN,

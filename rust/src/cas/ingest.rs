@@ -1,89 +1,13 @@
-//! Streaming one instance into the store: blobs cut at the scanner's segment boundaries.
+//! Streaming one instance into a blob store: blobs cut at the scanner's segment boundaries.
 
-use super::{lock, Active, Result, Store, EARLY_SYNC, MAX_BLOB, STREAM_BLOB};
-use crate::manifest::{BlobRef, Hash, Manifest, Segment};
-use crate::pack::{Codec, RecordHeader, RecordKind, RECORD_HEADER_LEN};
+use super::blobs::{BlobStore, BlobWriter};
+use super::{Result, Store, MAX_BLOB, STREAM_BLOB};
+use crate::manifest::{BlobRef, Manifest, Segment};
 use crate::scan::{FeedError, Parser, ScanOptions, SegmentKind, Sink, Summary};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-
-/// A blob written into a pack as its bytes arrive. Its record header goes in last, once the
-/// hash is known: a crash before that leaves a torn tail that opening the store cuts, and the
-/// pack held meanwhile has no other record after it.
-struct StreamingBlob {
-    store: Store,
-    pack: Option<Active>,
-    /// Where the record starts in the pack.
-    offset: u64,
-    /// How far into the pack an early sync was requested.
-    early_synced: u64,
-    hasher: blake3::Hasher,
-    crc: crc32fast::Hasher,
-    len: u64,
-}
-
-impl StreamingBlob {
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        let act = self.pack.as_ref().expect("a streaming blob holds its pack");
-        let end = self.offset + RECORD_HEADER_LEN + self.len;
-        act.file.write_all_at(bytes, end)?;
-        self.hasher.update(bytes);
-        self.crc.update(bytes);
-        self.len += bytes.len() as u64;
-        // Whole pages only: a partial page synced now would be written again.
-        let settled = (end + bytes.len() as u64) & !4095;
-        if settled >= self.early_synced + EARLY_SYNC {
-            self.store.inner.sync_early(&act.file);
-            self.early_synced = settled;
-        }
-        Ok(())
-    }
-
-    /// Writes the record header; returns the blob's hash and whether it was new (a blob the
-    /// store already has is taken back out of the pack).
-    fn finish(mut self) -> Result<(Hash, bool)> {
-        let hash = *self.hasher.finalize().as_bytes();
-        let mut act = self.pack.take().expect("a streaming blob holds its pack");
-        let store = self.store.clone();
-        let known = store.contains(&hash);
-        let mut a = lock(&store.inner.appender);
-        if !matches!(known, Ok(false)) || a.lookup.contains_key(&hash) {
-            let _ = act.file.set_len(self.offset);
-            a.idle.push(act);
-            return known.map(|_| (hash, false));
-        }
-        let header = RecordHeader {
-            kind: RecordKind::Blob,
-            codec: Codec::Raw,
-            raw_len: self.len,
-            stored_len: self.len,
-            hash,
-            payload_crc: self.crc.clone().finalize(),
-        };
-        if let Err(e) = act.file.write_all_at(&header.encode(), self.offset) {
-            let _ = act.file.set_len(self.offset);
-            a.idle.push(act);
-            return Err(e.into());
-        }
-        act.len = self.offset + header.record_len();
-        store.inner.sync_early(&act.file);
-        a.appended(&act, hash, self.offset, &header);
-        a.idle.push(act);
-        Ok((hash, true))
-    }
-}
-
-impl Drop for StreamingBlob {
-    fn drop(&mut self) {
-        // Abandoned (a broken association, a write error): the pack ends where it did.
-        if let Some(act) = self.pack.take() {
-            let _ = act.file.set_len(self.offset);
-            lock(&self.store.inner.appender).idle.push(act);
-        }
-    }
-}
 
 /// The result of streaming one instance into the store.
 pub struct Ingested {
@@ -94,36 +18,38 @@ pub struct Ingested {
 }
 
 /// Cuts the stream into blobs at the scanner's segment boundaries (and every [`MAX_BLOB`]
-/// bytes), hashing and appending each as it completes; a large blob of a store that keeps
-/// blobs as they are goes into its pack while it arrives instead.
-struct BlobSink {
-    store: Store,
+/// bytes), hashing and putting each as it completes; a large blob goes into the store while it
+/// arrives instead, when the store can take it so.
+struct BlobSink<B> {
+    store: B,
     buf: Vec<u8>,
-    stream: Option<StreamingBlob>,
+    stream: Option<Box<dyn BlobWriter>>,
+    /// The store takes blobs whole only: large ones are buffered too.
+    whole_blobs: bool,
     blobs: Vec<BlobRef>,
     segments: Vec<Segment>,
     segment_start: u32,
     new_bytes: u64,
 }
 
-impl BlobSink {
+impl<B: BlobStore> BlobSink<B> {
     fn blob_len(&self) -> usize {
         self.stream
             .as_ref()
-            .map_or(self.buf.len(), |s| s.len as usize)
+            .map_or(self.buf.len(), |s| s.written() as usize)
     }
 
     fn flush_blob(&mut self) -> Result<()> {
         let (hash, length, new) = match self.stream.take() {
             Some(stream) => {
-                let length = stream.len;
+                let length = stream.written();
                 let (hash, new) = stream.finish()?;
                 (hash, length, new)
             }
             None if self.buf.is_empty() => return Ok(()),
             None => {
                 let hash = *blake3::hash(&self.buf).as_bytes();
-                let new = self.store.put_blob(hash, &self.buf)?;
+                let new = self.store.put(hash, &self.buf)?;
                 let length = self.buf.len() as u64;
                 self.buf.clear();
                 (hash, length, new)
@@ -137,7 +63,7 @@ impl BlobSink {
     }
 }
 
-impl Sink for BlobSink {
+impl<B: BlobStore> Sink for BlobSink<B> {
     fn data(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             if self.blob_len() == MAX_BLOB {
@@ -148,12 +74,15 @@ impl Sink for BlobSink {
                 Some(stream) => stream.write(&bytes[..n])?,
                 None => {
                     self.buf.extend_from_slice(&bytes[..n]);
-                    if self.buf.len() >= STREAM_BLOB && self.store.inner.config.codec == Codec::Raw
-                    {
-                        let mut stream = self.store.stream_blob()?;
-                        stream.write(&self.buf)?;
-                        self.buf.clear();
-                        self.stream = Some(stream);
+                    if self.buf.len() >= STREAM_BLOB && !self.whole_blobs {
+                        match self.store.stream_blob()? {
+                            Some(mut stream) => {
+                                stream.write(&self.buf)?;
+                                self.buf.clear();
+                                self.stream = Some(stream);
+                            }
+                            None => self.whole_blobs = true,
+                        }
                     }
                 }
             }
@@ -177,13 +106,30 @@ impl Sink for BlobSink {
     }
 }
 
-/// Streams one instance into the store: feed it chunks as they arrive, then `finish`.
-pub struct InstanceWriter {
+/// Streams one instance into a blob store: feed it chunks as they arrive, then `finish`.
+pub struct InstanceWriter<B: BlobStore = Store> {
     parser: Parser,
-    sink: BlobSink,
+    sink: BlobSink<B>,
 }
 
-impl InstanceWriter {
+impl<B: BlobStore> InstanceWriter<B> {
+    /// Starts streaming one instance into `store`.
+    pub fn new(store: B, options: ScanOptions) -> InstanceWriter<B> {
+        InstanceWriter {
+            parser: Parser::new(options),
+            sink: BlobSink {
+                store,
+                buf: Vec::new(),
+                stream: None,
+                whole_blobs: false,
+                blobs: Vec::new(),
+                segments: Vec::new(),
+                segment_start: 0,
+                new_bytes: 0,
+            },
+        }
+    }
+
     pub fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), FeedError> {
         self.parser.feed(bytes, &mut self.sink)
     }
@@ -213,18 +159,7 @@ impl InstanceWriter {
 impl Store {
     /// Starts streaming one instance into the store.
     pub fn writer(&self, options: ScanOptions) -> InstanceWriter {
-        InstanceWriter {
-            parser: Parser::new(options),
-            sink: BlobSink {
-                store: self.clone(),
-                buf: Vec::new(),
-                stream: None,
-                blobs: Vec::new(),
-                segments: Vec::new(),
-                segment_start: 0,
-                new_bytes: 0,
-            },
-        }
+        InstanceWriter::new(self.clone(), options)
     }
 
     /// Options for ingesting a file: its transfer syntax comes from File Meta, truncation of a
@@ -254,23 +189,5 @@ impl Store {
             offset += n as u64;
         }
         writer.finish()
-    }
-
-    /// Starts a blob whose bytes are written into a pack as they arrive; the pack is held by
-    /// the blob (no other record interleaves) until it is finished or dropped.
-    fn stream_blob(&self) -> Result<StreamingBlob> {
-        let act = self.take_pack(
-            &mut lock(&self.inner.appender),
-            RECORD_HEADER_LEN + MAX_BLOB as u64,
-        )?;
-        Ok(StreamingBlob {
-            store: self.clone(),
-            offset: act.len,
-            early_synced: act.len,
-            pack: Some(act),
-            hasher: blake3::Hasher::new(),
-            crc: crc32fast::Hasher::new(),
-            len: 0,
-        })
     }
 }

@@ -11,24 +11,33 @@
 //! everything appended so far durable with one fdatasync per touched pack and one blob-index
 //! transaction; callers that arrive while a commit runs find their records already covered.
 //!
-//! The module is split by concern: `ingest` (streaming an instance in), `read` (blobs, frames,
-//! whole instances out), `history` (the log of manifests and tombstones), `gc` (rewriting packs),
-//! `recovery` (what opening, reindex and verify find in the packs), `early_sync`.
+//! The module is split by concern: `blobs` (the [`BlobStore`] seam that instances are read and
+//! ingested through), `pack_blobs` (the packs as a blob store), `memory` (blobs held in memory),
+//! `ingest` (streaming an instance in), `read` (frames and whole instances out), `history` (the
+//! log of manifests and tombstones), `gc` (rewriting packs), `recovery` (what opening, reindex
+//! and verify find in the packs), `early_sync`. What lies below the seam is per backend; the
+//! log, gc and recovery are the packs' own.
 
+mod blobs;
 mod early_sync;
 mod error;
 mod gc;
 mod history;
 mod ingest;
+mod memory;
+mod pack_blobs;
 mod read;
 mod recovery;
 
+pub use blobs::{BlobStore, BlobWriter};
 use early_sync::{EarlySync, FsyncFailure};
 use error::Result;
 pub use error::StoreError;
 pub use gc::{GcEvent, GcReport};
 pub use history::{annotations, utc_timestamp, HistoryEvent, HistoryKind};
 pub use ingest::{Ingested, InstanceWriter};
+pub use memory::MemoryBlobStore;
+pub use read::ReadInstances;
 pub use recovery::{DamageReport, RebuildReport, VerifyReport};
 
 use crate::manifest::Hash;
@@ -258,7 +267,8 @@ pub enum LogRecord<'a> {
     Tombstone { manifest: &'a [u8], key: &'a str },
 }
 
-/// A handle on an archive's store; cheap to clone and safe to share between threads.
+/// A handle on an archive's store; cheap to clone and safe to share between threads. It is the
+/// packs' [`BlobStore`] and, above it, the log of manifests and tombstones in the same packs.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -359,10 +369,6 @@ impl Store {
         &self.inner.config
     }
 
-    pub fn contains(&self, hash: &Hash) -> Result<bool> {
-        Ok(self.location(hash)?.is_some())
-    }
-
     fn location(&self, hash: &Hash) -> Result<Option<Location>> {
         if let Some(loc) = lock(&self.inner.appender).lookup.get(hash) {
             return Ok(Some(*loc));
@@ -372,16 +378,6 @@ impl Store {
             Some(b) => Ok(Some(Location::decode(b)?)),
             None => Ok(None),
         }
-    }
-
-    /// Appends a blob unless the store already has it; returns whether it was written.
-    pub fn put_blob(&self, hash: Hash, raw: &[u8]) -> Result<bool> {
-        if self.contains(&hash)? {
-            return Ok(false);
-        }
-        let (header, stored) =
-            blob_record(hash, raw, self.inner.config.codec, self.inner.config.level)?;
-        Ok(self.append(header, &stored, true)?.is_some())
     }
 
     /// Appends a record and returns where it went; with `dedup`, nothing (None) when a record

@@ -4,6 +4,7 @@
 
 use super::association::{Association, Flow};
 use super::*;
+use crate::cas::ReadInstances;
 use crate::dimse::{self, Command, SubOperations};
 use crate::pdu::{self, PdvWriter};
 use crate::transport::Channel;

@@ -167,6 +167,16 @@ pub fn instance(sop: &str, name: &str, frames: u32, seed: u8) -> Vec<u8> {
     b.bytes
 }
 
+/// An instance with 512x512 16-bit frames: each frame is a blob large enough to be streamed.
+pub fn large_instance(sop: &str, frames: u32, seed: u8) -> Vec<u8> {
+    let mut b = Builder::part10("1.2.840.10008.1.2.1");
+    b.text(0x0008_0018, b"UI", sop)
+        .text(0x0010_0010, b"PN", "LARGE")
+        .image_header(512, 512, frames)
+        .native_pixels(&pattern(512 * 512 * 2 * frames as usize, seed));
+    b.bytes
+}
+
 pub fn open(root: &Path, config: StoreConfig) -> Store {
     Store::open(root, config).unwrap()
 }

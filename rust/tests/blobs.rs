@@ -1,0 +1,468 @@
+//! The blob-store suite, written once against `BlobStore` and run on every implementation:
+//! the packs (blobs kept as they are, and zstd, which takes blobs whole only) and memory.
+
+mod common;
+
+use common::{instance, large_instance, pattern};
+use dicomvault_native::cas::{
+    BlobStore, InstanceWriter, MemoryBlobStore, ReadInstances, Store, StoreConfig, StoreError,
+};
+use dicomvault_native::manifest::{BlobRef, Hash, Manifest};
+use dicomvault_native::pack::Codec;
+use dicomvault_native::scan::ScanOptions;
+use std::collections::BTreeSet;
+
+/// A blob store under test.
+trait Backend {
+    type Store: BlobStore + Clone + 'static;
+
+    /// An empty store.
+    fn create() -> Self;
+
+    /// A handle on the store.
+    fn store(&self) -> Self::Store;
+
+    /// What a restarted process finds (every handle must have been dropped).
+    fn reopen(&mut self);
+}
+
+struct Packs {
+    dir: tempfile::TempDir,
+    config: StoreConfig,
+    store: Option<Store>,
+}
+
+impl Packs {
+    fn with(config: StoreConfig) -> Packs {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Some(Store::open(dir.path(), config.clone()).unwrap());
+        Packs { dir, config, store }
+    }
+}
+
+impl Backend for Packs {
+    type Store = Store;
+
+    fn create() -> Packs {
+        Packs::with(StoreConfig::default())
+    }
+
+    fn store(&self) -> Store {
+        self.store.clone().expect("open")
+    }
+
+    fn reopen(&mut self) {
+        drop(self.store.take());
+        let store = Store::open(self.dir.path(), self.config.clone()).unwrap();
+        assert!(
+            store.recovery_messages().is_empty(),
+            "{:?}",
+            store.recovery_messages()
+        );
+        self.store = Some(store);
+    }
+}
+
+/// Packs that compress: every blob is buffered and put whole, none streams.
+struct ZstdPacks(Packs);
+
+impl Backend for ZstdPacks {
+    type Store = Store;
+
+    fn create() -> ZstdPacks {
+        ZstdPacks(Packs::with(StoreConfig {
+            codec: Codec::Zstd,
+            ..StoreConfig::default()
+        }))
+    }
+
+    fn store(&self) -> Store {
+        self.0.store()
+    }
+
+    fn reopen(&mut self) {
+        self.0.reopen()
+    }
+}
+
+struct Memory(MemoryBlobStore);
+
+impl Backend for Memory {
+    type Store = MemoryBlobStore;
+
+    fn create() -> Memory {
+        Memory(MemoryBlobStore::new())
+    }
+
+    fn store(&self) -> MemoryBlobStore {
+        self.0.clone()
+    }
+
+    /// Memory outlives no process: a reopened store is the same one.
+    fn reopen(&mut self) {}
+}
+
+fn hash(bytes: &[u8]) -> Hash {
+    *blake3::hash(bytes).as_bytes()
+}
+
+fn put(store: &impl BlobStore, bytes: &[u8]) -> BlobRef {
+    let hash = hash(bytes);
+    store.put(hash, bytes).unwrap();
+    BlobRef {
+        hash,
+        length: bytes.len() as u64,
+    }
+}
+
+/// Every blob the store lists, paging `page` at a time.
+fn list_all(store: &impl BlobStore, page: usize) -> Vec<BlobRef> {
+    let mut all: Vec<BlobRef> = Vec::new();
+    loop {
+        let got = store.list(all.last().map(|b| &b.hash), page).unwrap();
+        assert!(got.len() <= page);
+        let short = got.len() < page;
+        all.extend(got);
+        if short {
+            return all;
+        }
+    }
+}
+
+fn options() -> ScanOptions {
+    ScanOptions {
+        wanted: Vec::new(),
+        transfer_syntax: None,
+        allow_truncated: true,
+    }
+}
+
+/// Streams `data` in `chunk`-sized pieces into the store: its manifest and the new bytes.
+fn ingest<S: BlobStore>(store: S, data: &[u8], chunk: usize) -> (Manifest, u64) {
+    let mut w = InstanceWriter::new(store, options());
+    for piece in data.chunks(chunk) {
+        w.write(piece).unwrap();
+    }
+    let ingested = w.finish().unwrap();
+    (ingested.manifest, ingested.new_bytes)
+}
+
+fn puts_are_found_once_and_unknown_hashes_are_not_found<B: Backend>() {
+    let backend = B::create();
+    let store = backend.store();
+    let bytes = pattern(5000, 1);
+    let h = hash(&bytes);
+    assert!(!store.contains(&h).unwrap());
+    assert!(store.put(h, &bytes).unwrap(), "a new blob is written");
+    assert!(
+        !store.put(h, &bytes).unwrap(),
+        "a blob held is not written again"
+    );
+    assert!(store.contains(&h).unwrap());
+    assert_eq!(store.get(&h).unwrap(), bytes);
+    let unknown = hash(b"never stored");
+    assert!(!store.contains(&unknown).unwrap());
+    assert!(matches!(store.get(&unknown), Err(StoreError::NotFound(_))));
+    assert_eq!(list_all(&store, 10).len(), 1);
+}
+
+fn ranges_read_what_they_ask_and_check_the_blob_length<B: Backend>() {
+    let backend = B::create();
+    let store = backend.store();
+    let bytes = pattern(1000, 2);
+    let blob = put(&store, &bytes);
+    assert_eq!(store.get_range(&blob, 10..20).unwrap(), bytes[10..20]);
+    assert_eq!(store.get_range(&blob, 0..1000).unwrap(), bytes);
+    assert!(store.get_range(&blob, 1000..1000).unwrap().is_empty());
+    assert!(matches!(
+        store.get_range(&blob, 990..1001),
+        Err(StoreError::NotFound(_))
+    ));
+    let shorter = BlobRef {
+        length: 999,
+        ..blob
+    };
+    assert!(matches!(
+        store.get_range(&shorter, 0..10),
+        Err(StoreError::Damaged(_))
+    ));
+    let unknown = BlobRef {
+        hash: hash(b"never stored"),
+        length: 10,
+    };
+    assert!(matches!(
+        store.get_range(&unknown, 0..10),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+fn listing_pages_through_every_blob_in_hash_order<B: Backend>() {
+    let backend = B::create();
+    let store = backend.store();
+    let mut expected: Vec<BlobRef> = (0..25u8)
+        .map(|i| put(&store, &pattern(100 + i as usize, i)))
+        .collect();
+    expected.sort_by_key(|b| b.hash);
+    assert!(store.list(None, 0).unwrap().is_empty());
+    for page in [1, 7, 25, 100] {
+        assert_eq!(list_all(&store, page), expected, "pages of {page}");
+    }
+    assert_eq!(
+        store.list(Some(&expected[9].hash), 3).unwrap(),
+        expected[10..13]
+    );
+    assert!(store.list(Some(&expected[24].hash), 3).unwrap().is_empty());
+}
+
+fn deleted_blobs_are_gone_until_stored_again<B: Backend>() {
+    let mut backend = B::create();
+    let store = backend.store();
+    let (a, b, c) = (
+        put(&store, &pattern(300, 3)),
+        put(&store, &pattern(300, 4)),
+        put(&store, &pattern(300, 5)),
+    );
+    assert!(store.delete(&a.hash).unwrap());
+    assert!(!store.delete(&a.hash).unwrap(), "deleted once");
+    assert!(store.delete(&c.hash).unwrap());
+    assert!(!store.contains(&a.hash).unwrap());
+    assert!(matches!(store.get(&a.hash), Err(StoreError::NotFound(_))));
+    assert_eq!(list_all(&store, 10), vec![b]);
+    assert_eq!(store.get(&b.hash).unwrap(), pattern(300, 4));
+    assert!(store.put(a.hash, &pattern(300, 3)).unwrap(), "stored anew");
+    store.flush().unwrap();
+    drop(store);
+    backend.reopen();
+    let store = backend.store();
+    assert_eq!(store.get(&a.hash).unwrap(), pattern(300, 3));
+    assert!(!store.contains(&c.hash).unwrap(), "still deleted");
+    let mut left = vec![a, b];
+    left.sort_by_key(|x| x.hash);
+    assert_eq!(list_all(&store, 10), left);
+}
+
+fn instances_read_back_byte_identical_whole_by_frame_and_from_any_offset<B: Backend>() {
+    let mut backend = B::create();
+    let data = instance("1.2.3", "A^B", 4, 1);
+    let (manifest, new_bytes) = ingest(backend.store(), &data, 100);
+    assert_eq!(new_bytes, data.len() as u64);
+    assert_eq!(manifest.frame_count(), 4);
+    backend.store().flush().unwrap();
+    backend.reopen();
+    let store = backend.store();
+    store.check_instance(&manifest).unwrap();
+    assert_eq!(store.read_instance(&manifest, 0).unwrap(), data);
+    let frame = store.read_frame(&manifest, 2).unwrap();
+    assert_eq!(frame, pattern(16 * 16 * 2 * 4, 1)[2 * 512..3 * 512]);
+    // From the data set, and from the middle of a blob: a range of it is read.
+    for start in [manifest.dataset_offset, 200, manifest.blobs[0].length + 17] {
+        assert_eq!(
+            store.read_instance(&manifest, start).unwrap(),
+            data[start as usize..]
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.dcm");
+    store.export(&manifest, &path).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+}
+
+fn identical_pixels_are_stored_once<B: Backend>() {
+    let backend = B::create();
+    let store = backend.store();
+    let first = instance("1.2.3", "A^B", 2, 7);
+    let corrected = instance("1.2.3", "Corrected^Name", 2, 7);
+    let (m1, new1) = ingest(store.clone(), &first, 4096);
+    let (_, again) = ingest(store.clone(), &first, 4096);
+    let (m2, new2) = ingest(store.clone(), &corrected, 4096);
+    assert_eq!(new1, first.len() as u64);
+    assert_eq!(again, 0, "a re-sent instance adds nothing");
+    assert_eq!(
+        new2, m2.blobs[0].length,
+        "a corrected header shares the pixel blobs"
+    );
+    assert_eq!(store.read_instance(&m2, 0).unwrap(), corrected);
+    assert!(!store.same_data_set(&m1, &m2).unwrap());
+    assert!(store.same_data_set(&m1, &m1.clone()).unwrap());
+}
+
+fn large_frames_stream_in_and_a_resent_instance_adds_nothing<B: Backend>() {
+    let mut backend = B::create();
+    let store = backend.store();
+    let data = large_instance("1.2.3", 3, 7);
+    let (manifest, new_bytes) = ingest(store.clone(), &data, 16 << 10);
+    assert_eq!(new_bytes, data.len() as u64);
+    assert_eq!(manifest.frame_count(), 3);
+    assert_eq!(store.read_instance(&manifest, 0).unwrap(), data);
+    let blobs = list_all(&store, 100);
+    let (again, new_bytes) = ingest(store.clone(), &data, 100_000);
+    assert_eq!((&again, new_bytes), (&manifest, 0));
+    assert_eq!(list_all(&store, 100), blobs);
+    store.flush().unwrap();
+    drop(store);
+    backend.reopen();
+    let store = backend.store();
+    assert_eq!(store.read_instance(&manifest, 0).unwrap(), data);
+    assert_eq!(list_all(&store, 100), blobs);
+}
+
+fn an_abandoned_instance_leaves_no_frame_behind<B: Backend>() {
+    let mut backend = B::create();
+    let store = backend.store();
+    let first = large_instance("1.2.3", 1, 1);
+    let (m1, _) = ingest(store.clone(), &first, 1 << 20);
+    let before: BTreeSet<Hash> = list_all(&store, 100).iter().map(|b| b.hash).collect();
+    let broken = large_instance("1.2.4", 2, 2);
+    let mut w = InstanceWriter::new(store.clone(), options());
+    w.write(&broken[..broken.len() - 600_000]).unwrap();
+    drop(w); // the association broke half-way through the first frame
+    let second = large_instance("1.2.5", 2, 3);
+    let (m2, _) = ingest(store.clone(), &second, 1 << 20);
+    let kept: BTreeSet<Hash> = before
+        .iter()
+        .chain(m2.blobs.iter().map(|b| &b.hash))
+        .copied()
+        .collect();
+    // What stays is the header's blob, a complete blob that nothing references, not the frame.
+    let stray: Vec<BlobRef> = list_all(&store, 100)
+        .into_iter()
+        .filter(|b| !kept.contains(&b.hash))
+        .collect();
+    assert!(
+        stray.iter().map(|b| b.length).sum::<u64>() < 1024,
+        "{stray:?}"
+    );
+    store.flush().unwrap();
+    drop(store);
+    backend.reopen();
+    let store = backend.store();
+    assert_eq!(store.read_instance(&m1, 0).unwrap(), first);
+    assert_eq!(store.read_instance(&m2, 0).unwrap(), second);
+}
+
+fn a_blob_the_store_lacks_is_damage_to_its_instance<B: Backend>() {
+    let backend = B::create();
+    let store = backend.store();
+    let data = instance("1.2.3", "A^B", 3, 4);
+    let (manifest, _) = ingest(store.clone(), &data, 1 << 20);
+    let lost = manifest.frame_blobs(1).unwrap()[0].hash;
+    assert!(store.delete(&lost).unwrap());
+    for read in [
+        store.read_instance(&manifest, 0).map(drop),
+        store.read_instance(&manifest, 200).map(drop),
+        store.check_instance(&manifest),
+        store.read_frame(&manifest, 1).map(drop),
+    ] {
+        assert!(matches!(read, Err(StoreError::Damaged(_))), "{read:?}");
+    }
+    assert_eq!(
+        store.read_frame(&manifest, 2).unwrap(),
+        pattern(16 * 16 * 2 * 3, 4)[2 * 512..3 * 512]
+    );
+    // A manifest that says another length than the blob's is damaged too.
+    let mut wrong = manifest.clone();
+    wrong.blobs[0].length += 1;
+    assert!(matches!(
+        store.read_instance(&wrong, 0),
+        Err(StoreError::Damaged(_))
+    ));
+}
+
+fn concurrent_writers_share_the_store<B: Backend>() {
+    let mut backend = B::create();
+    let store = backend.store();
+    let handles: Vec<_> = (0..4u8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..10u8)
+                    .map(|i| {
+                        // Every other instance has a frame large enough to stream.
+                        let data = if i % 2 == 0 {
+                            instance(&format!("{t}.{i}"), "P", 2, t * 16 + i)
+                        } else {
+                            large_instance(&format!("{t}.{i}"), 1, t * 16 + i)
+                        };
+                        (ingest(store.clone(), &data, 777).0, data)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    store.flush().unwrap();
+    drop(store);
+    backend.reopen();
+    let store = backend.store();
+    for (m, data) in &all {
+        assert_eq!(&store.read_instance(m, 0).unwrap(), data);
+    }
+}
+
+/// The suite, as one test per case, for one backend.
+macro_rules! suite {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn puts_are_found_once_and_unknown_hashes_are_not_found() {
+                super::puts_are_found_once_and_unknown_hashes_are_not_found::<$backend>();
+            }
+
+            #[test]
+            fn ranges_read_what_they_ask_and_check_the_blob_length() {
+                super::ranges_read_what_they_ask_and_check_the_blob_length::<$backend>();
+            }
+
+            #[test]
+            fn listing_pages_through_every_blob_in_hash_order() {
+                super::listing_pages_through_every_blob_in_hash_order::<$backend>();
+            }
+
+            #[test]
+            fn deleted_blobs_are_gone_until_stored_again() {
+                super::deleted_blobs_are_gone_until_stored_again::<$backend>();
+            }
+
+            #[test]
+            fn instances_read_back_byte_identical_whole_by_frame_and_from_any_offset() {
+                super::instances_read_back_byte_identical_whole_by_frame_and_from_any_offset::<
+                    $backend,
+                >();
+            }
+
+            #[test]
+            fn identical_pixels_are_stored_once() {
+                super::identical_pixels_are_stored_once::<$backend>();
+            }
+
+            #[test]
+            fn large_frames_stream_in_and_a_resent_instance_adds_nothing() {
+                super::large_frames_stream_in_and_a_resent_instance_adds_nothing::<$backend>();
+            }
+
+            #[test]
+            fn an_abandoned_instance_leaves_no_frame_behind() {
+                super::an_abandoned_instance_leaves_no_frame_behind::<$backend>();
+            }
+
+            #[test]
+            fn a_blob_the_store_lacks_is_damage_to_its_instance() {
+                super::a_blob_the_store_lacks_is_damage_to_its_instance::<$backend>();
+            }
+
+            #[test]
+            fn concurrent_writers_share_the_store() {
+                super::concurrent_writers_share_the_store::<$backend>();
+            }
+        }
+    };
+}
+
+suite!(packs, Packs);
+suite!(zstd_packs, ZstdPacks);
+suite!(memory, Memory);
