@@ -7,6 +7,7 @@ A peer knows the remote AEs it must accept retrieve requests from (``modalities`
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -67,24 +68,69 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU of ``pids`` and of their children already reaped."""
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        # After "pid (comm) ": state is field 3; utime, stime, cutime, cstime are 14 to 17.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks += sum(int(f) for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler:
-    """Samples the resident memory of a process tree; ``peak_mb`` is the largest total seen.
+    """Samples the resident memory of a process tree: ``current_mb`` is the last total, the
+    peak the largest seen; ``pids`` every process seen in the tree.
     (wait4's ru_maxrss would count the Python parent's pages inherited before exec.)"""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid, self.interval, self.peak_kb = pid, interval, 0
+        self.pid, self.interval, self.peak_kb, self.current_kb = pid, interval, 0, 0
+        self.pids: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak_kb = max(self.peak_kb, sum(_rss_kb(p) for p in _tree(self.pid)))
+            tree = _tree(self.pid)
+            self.pids.update(tree)
+            self.current_kb = sum(_rss_kb(p) for p in tree)
+            self.peak_kb = max(self.peak_kb, self.current_kb)
+
+    @property
+    def current_mb(self) -> float:
+        return self.current_kb / 1024
 
     def stop(self) -> float:
         self._stop.set()
         self._thread.join()
         return self.peak_kb / 1024
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    """Makes this process the reaper of its orphaned descendants, so that the CPU time of a
+    server's children its parent had not reaped when it was stopped (storescp --fork's last
+    associations) is collected by ``Peer.stop`` instead of lost to init."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _reap(pids: set[int]) -> float:
+    """Waits for those of ``pids`` that became this process's children; their CPU seconds."""
+    cpu = 0.0
+    for pid in pids:
+        try:
+            _, _, usage = os.wait4(pid, 0)
+        except ChildProcessError:
+            continue
+        cpu += usage.ru_utime + usage.ru_stime
+    return cpu
 
 
 class Peer:
@@ -99,37 +145,47 @@ class Peer:
     def command(self, workdir: Path, port: int) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str]:
+        return PEER_ENV
+
     def start(self, workdir: Path, port: int = 0) -> int:
+        _become_subreaper()
         self.port = port or free_port()
         self.log_path = workdir / "server.log"
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             self.command(workdir, self.port),
             cwd=workdir,
-            env=PEER_ENV,
+            env=self.environment(),
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, self.proc)
+        # What starting up cost (Python's imports are most of a second) is not the work
+        # measured.
+        self.startup_cpu = _cpu_seconds(_tree(self.proc.pid))
         self.sampler = RssSampler(self.proc.pid)
         return self.port
 
     def stop(self) -> tuple[float, float]:
-        """Stops the server; returns its CPU seconds (children included) and peak RSS in MB."""
+        """Stops the server; returns its CPU seconds since it listened (children included) and
+        its peak RSS in MB."""
         peak = self.sampler.stop()
         self.proc.send_signal(signal.SIGTERM)
         _, _, usage = os.wait4(self.proc.pid, 0)
         self.proc.returncode = 0
         self.log.close()
-        return usage.ru_utime + usage.ru_stime, peak
+        orphans = _reap(self.sampler.pids - {self.proc.pid})
+        return usage.ru_utime + usage.ru_stime + orphans - self.startup_cpu, peak
 
 
 class Dicomvault(Peer):
     """``dicomvault serve`` with the settings of ``config`` (the deployment's, so that storage
     settings such as sync and compression are measured as they will run) on ``root`` (an
-    archive filled beforehand), else on a new archive."""
+    archive filled beforehand), else on a new archive. ``sync`` overrides ``[storage] sync``
+    (the row is then named after it); ``build`` runs another build of dicomvault (a directory
+    put first on the server's PYTHONPATH), named ``label``."""
 
-    name = "dicomvault"
     aet = "DICOMVAULT"
 
     def __init__(
@@ -137,10 +193,23 @@ class Dicomvault(Peer):
         modalities: dict[str, tuple[str, str, int]] | None = None,
         root: Path | None = None,
         config: Path | None = None,
+        sync: str | None = None,
+        build: Path | None = None,
+        label: str = "dicomvault",
     ) -> None:
         super().__init__(modalities)
         self.root = root
         self.base_config = config
+        self.sync, self.build = sync, build
+        self.name = f"{label} {sync}" if sync else label
+
+    def environment(self) -> dict[str, str]:
+        env = dict(PEER_ENV)
+        if self.sync:
+            env["DICOMVAULT_STORAGE_SYNC"] = self.sync
+        if self.build:
+            env["PYTHONPATH"] = str(self.build)
+        return env
 
     def command(self, workdir: Path, port: int) -> list[str]:
         config = workdir / "dicomvault.toml"
