@@ -106,10 +106,11 @@ def test_bench_ingest_prints_every_row_and_the_disk_limits(tmp_path):
 
 def test_bench_sustained_samples_each_tenth_and_counts_the_archive(tmp_path):
     out = bench("sustained", "--count", 300, "--associations", 2, work=tmp_path)
-    tenths = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+(\d+)\s+(\d+)$", out, re.M)
+    tenths = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.]+)" + r"\s+(\d+)" * 3 + "$", out, re.M)
     assert [(int(t), int(n)) for t, n, *_ in tenths] == [(t, 30 * t) for t in range(1, 11)], out
-    for _, _, rate, trip, rss, peak in tenths:
-        assert int(rate) > 0 and float(trip) > 0 and 0 < int(rss) <= int(peak)
+    for _, _, rate, trip, rss, anonymous, peak in tenths:
+        assert int(rate) > 0 and float(trip) > 0
+        assert 0 < int(anonymous) <= int(rss) <= int(peak)
     ratio = re.search(
         r"first tenth (\d+) inst/s, last tenth (\d+) inst/s: last/first ([0-9.]+)", out
     )

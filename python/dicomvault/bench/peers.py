@@ -58,14 +58,17 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _rss_kb(pid: int) -> int:
+def _rss_kb(pid: int) -> tuple[int, int]:
+    """(resident, of which anonymous: heap and stacks, not mapped files such as LMDB's) KiB."""
+    found = {"VmRSS:": 0, "RssAnon:": 0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in found:
+                found[key] = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return found["VmRSS:"], found["RssAnon:"]
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -83,12 +86,14 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 class RssSampler:
-    """Samples the resident memory of a process tree: ``current_mb`` is the last total, the
-    peak the largest seen; ``pids`` every process seen in the tree.
+    """Samples the resident memory of a process tree: ``current_mb`` is the last total
+    (``anonymous_mb`` the part not mapped from files), the peak the largest seen; ``pids``
+    every process seen in the tree.
     (wait4's ru_maxrss would count the Python parent's pages inherited before exec.)"""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid, self.interval, self.peak_kb, self.current_kb = pid, interval, 0, 0
+        self.pid, self.interval = pid, interval
+        self.peak_kb = self.current_kb = self.anonymous_kb = 0
         self.pids: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -98,12 +103,20 @@ class RssSampler:
         while not self._stop.wait(self.interval):
             tree = _tree(self.pid)
             self.pids.update(tree)
-            self.current_kb = sum(_rss_kb(p) for p in tree)
-            self.peak_kb = max(self.peak_kb, self.current_kb)
+            usage = [_rss_kb(p) for p in tree]
+            total = sum(resident for resident, _ in usage)
+            # The peak first: a reader never sees a current figure above it.
+            self.peak_kb = max(self.peak_kb, total)
+            self.anonymous_kb = sum(anonymous for _, anonymous in usage)
+            self.current_kb = total
 
     @property
     def current_mb(self) -> float:
         return self.current_kb / 1024
+
+    @property
+    def anonymous_mb(self) -> float:
+        return self.anonymous_kb / 1024
 
     def stop(self) -> float:
         self._stop.set()
