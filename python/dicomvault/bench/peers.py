@@ -134,15 +134,24 @@ def _become_subreaper() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _reap(pids: set[int]) -> float:
-    """Waits for those of ``pids`` that became this process's children; their CPU seconds."""
-    cpu = 0.0
-    for pid in pids:
-        try:
-            _, _, usage = os.wait4(pid, 0)
-        except ChildProcessError:
-            continue
-        cpu += usage.ru_utime + usage.ru_stime
+def _reap(pids: set[int], timeout: float = 30) -> float:
+    """Waits for those of ``pids`` that became this process's children (killed if still alive
+    after ``timeout`` seconds); their CPU seconds."""
+    cpu, waiting = 0.0, set(pids)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        for pid in list(waiting):
+            try:
+                done, _, usage = os.wait4(pid, os.WNOHANG)
+            except ChildProcessError:
+                waiting.discard(pid)
+                continue
+            if done:
+                waiting.discard(pid)
+                cpu += usage.ru_utime + usage.ru_stime
+            elif time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01 if waiting else 0)
     return cpu
 
 
