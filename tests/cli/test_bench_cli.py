@@ -66,18 +66,18 @@ def test_bench_ingest_prints_every_row_and_the_disk_limits(tmp_path):
     assert sorted(rows) == sorted((c, a, s) for c, a in groups for s in servers), out
     for (corpus, associations, server), row in rows.items():
         rate, mbs = float(row["rate"]), float(row["mbs"])
-        assert rate > 0 and float(row["rss"]) > 0 and float(row["rtt"]) > 0
+        assert rate > 0 and float(row["rss"]) > 0 and float(row["rtt"]) > 0, out
         # Every server's CPU is counted, storescp's forked children included.
-        assert float(row["cpu"]) > 0
+        assert float(row["cpu"]) > 0, out
         instance_mb = {"CT 0.5 MB": 0.53, "small 10 KB": 0.0094, "multi-frame 20 MB": 20}
-        assert mbs / rate == pytest.approx(instance_mb[corpus], rel=0.1)
+        assert mbs / rate == pytest.approx(instance_mb[corpus], rel=0.1), out
         for peer in ("storescp", "orthanc"):
             theirs = float(rows[corpus, associations, peer]["rate"])
             shown = row[f"vs_{peer}"]
             if server == peer:
-                assert shown == "-"
+                assert shown == "-", out
             else:
-                assert float(shown[:-1]) == pytest.approx(rate / theirs, rel=0.05, abs=0.01)
+                assert float(shown[:-1]) == pytest.approx(rate / theirs, rel=0.05, abs=0.01), out
     disk = re.search(
         r"disk: stream \(dd conv=fdatasync\) (\d+) MB/s; 0\.5 MiB writes each fdatasynced "
         r"(\d+) MB/s; one fdatasync after a 0\.5 MiB write ([0-9.]+) ms; loopback TCP (\d+)",
@@ -89,8 +89,8 @@ def test_bench_ingest_prints_every_row_and_the_disk_limits(tmp_path):
     )
     assert share, out
     ours = float(rows["CT 0.5 MB", 4, "dicomvault always"]["mbs"])
-    assert int(share[1]) == pytest.approx(ours, abs=1)
-    assert int(share[2]) == pytest.approx(100 * ours / int(disk[2]), abs=1.5)
+    assert int(share[1]) == pytest.approx(ours, abs=1), out
+    assert int(share[2]) == pytest.approx(100 * ours / int(disk[2]), rel=0.03, abs=1), out
     for corpus in ("CT 0.5 MB", "small 10 KB"):
         trip = re.search(
             rf"sync = always, {corpus} at 1 association: C-STORE round trip ([0-9.]+) ms, "
@@ -98,10 +98,10 @@ def test_bench_ingest_prints_every_row_and_the_disk_limits(tmp_path):
             out,
         )
         assert trip, out
-        assert float(trip[1]) == float(rows[corpus, 1, "dicomvault always"]["rtt"])
-        assert float(trip[2]) == float(rows[corpus, 1, "storescp"]["rtt"])
-        assert float(trip[3]) == pytest.approx(float(trip[1]) - float(trip[2]), abs=0.011)
-        assert float(trip[4]) == float(disk[3])
+        assert float(trip[1]) == float(rows[corpus, 1, "dicomvault always"]["rtt"]), out
+        assert float(trip[2]) == float(rows[corpus, 1, "storescp"]["rtt"]), out
+        assert float(trip[3]) == pytest.approx(float(trip[1]) - float(trip[2]), abs=0.011), out
+        assert float(trip[4]) == float(disk[3]), out
 
 
 def test_bench_sustained_samples_each_tenth_and_counts_the_archive(tmp_path):

@@ -41,7 +41,7 @@ def ingest(
     ] = None,
     sync: Annotated[
         list[str] | None,
-        typer.Option(help="dicomvault's [storage] sync modes measured (default all three)."),
+        typer.Option(help="dicomvault's storage sync modes measured (default all three)."),
     ] = None,
     baseline: Annotated[
         str | None,
@@ -80,7 +80,7 @@ def sustained(
     count: Annotated[int, typer.Option(help="Small instances sent, all distinct.")] = 1_000_000,
     associations: Annotated[int, typer.Option(help="Concurrent storescu associations.")] = 4,
     sync: Annotated[
-        str | None, typer.Option(help="[storage] sync of the archive (default: configured).")
+        str | None, typer.Option(help="The archive's storage sync mode (default: configured).")
     ] = None,
     work: WorkOption = DEFAULT_WORK,
     config: ConfigOption = None,
