@@ -1,6 +1,7 @@
 """The ingest benchmark, as `dicomvault bench ingest` runs it (options are the same):
 
 python benches/ingest.py [--runs 3] [--quick] [--server dicomvault --server storescp ...]
+    [--sync always --sync batch ...] [--baseline REF [--jobs 1]] [--work DIR]
 """
 
 import sys

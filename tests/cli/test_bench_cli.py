@@ -1,4 +1,5 @@
-"""`dicomvault bench find` and `bench retrieve` run against real peers and print figures."""
+"""`dicomvault bench ingest`, `sustained`, `find` and `retrieve` run against real peers and print
+figures."""
 
 from __future__ import annotations
 
@@ -42,3 +43,78 @@ def test_bench_retrieve_compares_with_orthanc(tmp_path):
     assert ours and theirs, out
     assert int(ours[1]) > 0 and int(theirs[1]) > 0
     assert float(theirs[2]) == pytest.approx(int(ours[1]) / int(theirs[1]), rel=0.05)
+
+
+ROW = re.compile(
+    r"^(?P<corpus>CT 0\.5 MB|small 10 KB|multi-frame \d+ MB)\s+(?P<assoc>\d)\s+"
+    r"(?P<server>storescp|orthanc|dicomvault \w+)\s+(?P<rate>[0-9.]+)\s+(?P<mbs>[0-9.]+)"
+    r"\s+(?P<vs_storescp>[0-9.]+x|-)\s+(?P<vs_orthanc>[0-9.]+x|-)\s+(?P<cpu>[0-9.]+)"
+    r"\s+(?P<rss>\d+)\s+(?P<rtt>[0-9.]+)\s+-$",
+    re.MULTILINE,
+)
+
+
+def test_bench_ingest_prints_every_row_and_the_disk_limits(tmp_path):
+    out = bench(
+        "ingest", "--quick", "--runs", 1, "--server", "storescp", "--server", "orthanc",
+        "--server", "dicomvault", work=tmp_path,
+    )  # fmt: skip
+    rows = {(m["corpus"], int(m["assoc"]), m["server"]): m for m in ROW.finditer(out)}
+    servers = ["storescp", "orthanc", "dicomvault always", "dicomvault batch", "dicomvault never"]
+    groups = [("CT 0.5 MB", 1), ("CT 0.5 MB", 4), ("small 10 KB", 1), ("small 10 KB", 4)]
+    groups.append(("multi-frame 20 MB", 1))
+    assert sorted(rows) == sorted((c, a, s) for c, a in groups for s in servers), out
+    for (corpus, associations, server), row in rows.items():
+        rate, mbs = float(row["rate"]), float(row["mbs"])
+        assert rate > 0 and float(row["rss"]) > 0 and float(row["rtt"]) > 0, out
+        # Every server's CPU is counted, storescp's forked children included.
+        assert float(row["cpu"]) > 0, out
+        instance_mb = {"CT 0.5 MB": 0.53, "small 10 KB": 0.0094, "multi-frame 20 MB": 20}
+        assert mbs / rate == pytest.approx(instance_mb[corpus], rel=0.1), out
+        for peer in ("storescp", "orthanc"):
+            theirs = float(rows[corpus, associations, peer]["rate"])
+            shown = row[f"vs_{peer}"]
+            if server == peer:
+                assert shown == "-", out
+            else:
+                assert float(shown[:-1]) == pytest.approx(rate / theirs, rel=0.05, abs=0.01), out
+    disk = re.search(
+        r"disk: stream \(dd conv=fdatasync\) (\d+) MB/s; 0\.5 MiB writes each fdatasynced "
+        r"(\d+) MB/s; one fdatasync after a 0\.5 MiB write ([0-9.]+) ms; loopback TCP (\d+)",
+        out,
+    )
+    assert disk and all(float(v) > 0 for v in disk.groups()), out
+    share = re.search(
+        r"sync = always, CT 0\.5 MB at 4 associations: (\d+) MB/s = (\d+)% of the durable", out
+    )
+    assert share, out
+    ours = float(rows["CT 0.5 MB", 4, "dicomvault always"]["mbs"])
+    assert int(share[1]) == pytest.approx(ours, abs=1), out
+    assert int(share[2]) == pytest.approx(100 * ours / int(disk[2]), rel=0.03, abs=1), out
+    for corpus in ("CT 0.5 MB", "small 10 KB"):
+        trip = re.search(
+            rf"sync = always, {corpus} at 1 association: C-STORE round trip ([0-9.]+) ms, "
+            rf"storescp's ([0-9.]+) ms: ([-+][0-9.]+) ms, against one fdatasync of ([0-9.]+) ms",
+            out,
+        )
+        assert trip, out
+        assert float(trip[1]) == float(rows[corpus, 1, "dicomvault always"]["rtt"]), out
+        assert float(trip[2]) == float(rows[corpus, 1, "storescp"]["rtt"]), out
+        assert float(trip[3]) == pytest.approx(float(trip[1]) - float(trip[2]), abs=0.011), out
+        assert float(trip[4]) == float(disk[3]), out
+
+
+def test_bench_sustained_samples_each_tenth_and_counts_the_archive(tmp_path):
+    out = bench("sustained", "--count", 300, "--associations", 2, work=tmp_path)
+    tenths = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.]+)" + r"\s+(\d+)" * 3 + "$", out, re.M)
+    assert [(int(t), int(n)) for t, n, *_ in tenths] == [(t, 30 * t) for t in range(1, 11)], out
+    for _, _, rate, trip, rss, anonymous, peak in tenths:
+        assert int(rate) > 0 and float(trip) > 0
+        assert 0 < int(anonymous) <= int(rss) <= int(peak)
+    ratio = re.search(
+        r"first tenth (\d+) inst/s, last tenth (\d+) inst/s: last/first ([0-9.]+)", out
+    )
+    assert ratio, out
+    assert (int(ratio[1]), int(ratio[2])) == (int(tenths[0][2]), int(tenths[-1][2]))
+    assert float(ratio[3]) == pytest.approx(int(ratio[2]) / int(ratio[1]), rel=0.05)
+    assert "archive: 300 instances indexed of 300 sent" in out

@@ -348,6 +348,74 @@ def small_corpus(out: Path, count: int, *, seed: int = 0) -> list[GeneratedInsta
     return list(_bulk(out, count, 64, 64, seed, 100, "small"))
 
 
+class NumberedInstances:
+    """Instances numbered 0, 1, 2...: the bytes of one small CT (``rows`` x ``columns``,
+    Explicit VR LE) with the instance's own SOP Instance UID, series and study UIDs (a study
+    per ``per_study`` instances) and first pixels patched in, all of fixed length: millions
+    are written at the speed of the file system, each one distinct (no blob shared)."""
+
+    def __init__(self, *, rows: int = 64, columns: int = 64, per_study: int = 100) -> None:
+        self.per_study = per_study
+        self.placeholders = (self._sop(0), self._series(0), self._study(0))
+        sop, series, study = self.placeholders
+        ds = _image(
+            seed=0,
+            patient=("SUSTAINED", "", "Sustained^Ingest", ""),
+            study=(study, "20260101", "SUSTAINED", "SUSTAINED"),
+            series=(series, "CT", 1),
+            number=1,
+            sop_class=CT_IMAGE,
+            pixels=_pixels(np.random.default_rng(0), rows, columns),
+        )
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        with tempfile.TemporaryDirectory() as tmp:
+            ds.save_as(Path(tmp) / "template.dcm", enforce_file_format=True)
+            self.template = (Path(tmp) / "template.dcm").read_bytes()
+        self.pixels_at = len(self.template) - rows * columns * 2
+
+    @staticmethod
+    def _sop(number: int) -> str:
+        # Fixed width, and no component with a leading zero (PS3.5 9.1).
+        return f"{_ROOT}7.1{number:012d}"
+
+    @staticmethod
+    def _series(study: int) -> str:
+        return f"{_ROOT}8.1{study:010d}"
+
+    @staticmethod
+    def _study(study: int) -> str:
+        return f"{_ROOT}9.1{study:010d}"
+
+    @property
+    def size(self) -> int:
+        return len(self.template)
+
+    def instance(self, number: int) -> bytes:
+        study = number // self.per_study
+        data = self.template
+        for placeholder, uid in zip(
+            self.placeholders,
+            (self._sop(number), self._series(study), self._study(study)),
+            strict=True,
+        ):
+            data = data.replace(placeholder.encode(), uid.encode())
+        # The number in the first four pixels, 12 bits each (BitsStored), so that no two
+        # instances share their pixel data.
+        first = struct.pack("<4H", *((number >> (12 * k)) & 0xFFF for k in range(4)))
+        return data[: self.pixels_at] + first + data[self.pixels_at + len(first) :]
+
+    def write(self, out: Path, first: int, count: int) -> list[Path]:
+        """Instances ``first`` to ``first + count - 1`` as files in ``out``."""
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for number in range(first, first + count):
+            path = out / f"{number:09d}.dcm"
+            path.write_bytes(self.instance(number))
+            paths.append(path)
+        return paths
+
+
 def multiframe_instance(
     out: Path, *, size_mb: int = 500, seed: int = 0, frame_rows: int = 512, frame_columns: int = 512
 ) -> GeneratedInstance:

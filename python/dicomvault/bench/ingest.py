@@ -1,22 +1,27 @@
-"""Ingest benchmark: DCMTK's storescu against dicomvault and its peers, in one run.
+"""Ingest benchmark: DCMTK's storescu against dicomvault and its peers, in one run, beside the
+disk's own durable bandwidth.
 
-For each corpus (CT 512x512x16, small ~10 KB instances, one large multi-frame) and each
-concurrency (1 and 4 associations, TCP_NODELAY=1 exported for DCMTK), every server is started
-fresh, fed by storescu, stopped, and measured: instances/s, MB/s, server CPU seconds and peak
-RSS (from wait4 on the server process), medians of ``runs`` runs. The servers: dicomvault
-serve (sync = always: every instance durable before its success), DCMTK's storescp writing
-files (--fork, so it too serves associations in parallel), Orthanc with its default SQLite
-index (when installed) and pynetdicom's storescp app. Each run starts with nothing dirty in
-the page cache (``sync``), so that no run pays for the writeback of another. Also measured in
-the same run: the disk (dd with fdatasync) and a loopback socket transfer, the machine's
-limits.
+For each corpus (CT 512x512x16 ~0.5 MB, small ~10 KB instances, one large multi-frame) and
+each concurrency (1 and 4 associations, TCP_NODELAY=1 exported for DCMTK), every server is
+started fresh, fed by storescu, stopped, and measured: instances/s, MB/s, server CPU per
+instance (wait4 on the server and its reaped children), peak RSS of its process tree and the
+median C-STORE round trip (storescu's log timestamps, from sending the request to receiving the
+response), medians of ``runs`` runs taken in turn across the servers (so that drift of the
+machine falls on all alike). The servers: dicomvault serve under each ``[storage] sync`` mode
+(always: every instance durable before its success; batch: fsync every sync_interval_ms;
+never), DCMTK's storescp writing files (--fork, so it too serves associations in parallel; it
+never fsyncs), Orthanc with its default SQLite index (when installed), pynetdicom's storescp
+app, and optionally another git ref of dicomvault built for the comparison (``bench/baseline``).
+Each run starts with nothing dirty in the page cache (``sync``), so that no run pays for the
+writeback of another. Measured in the same run: the disk's durable bandwidth (a stream, and
+0.5 MB writes each fdatasynced), one fdatasync's latency, a loopback socket transfer.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -26,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dicomvault.bench import limits
 from dicomvault.bench.corpus import ct_corpus, multiframe_instance, small_corpus
 from dicomvault.bench.peers import (
     DCMTK,
@@ -37,12 +43,32 @@ from dicomvault.bench.peers import (
     PynetdicomStorescp,
 )
 
+SYNC_MODES = ("always", "batch", "never")
+SERVERS = ("storescp", "orthanc", "pynetdicom", "dicomvault")
+CT = "CT 0.5 MB"
+SMALL = "small 10 KB"
+
+# storescu's log with a timestamp in microseconds (%Q: milliseconds with three decimals) on
+# every message, on stderr (its progress dots go to stdout).
+TIMING_LOG = """\
+log4cplus.rootLogger = INFO, console
+log4cplus.appender.console = log4cplus::ConsoleAppender
+log4cplus.appender.console.logToStdErr = true
+log4cplus.appender.console.ImmediateFlush = false
+log4cplus.appender.console.layout = log4cplus::PatternLayout
+log4cplus.appender.console.layout.ConversionPattern = %D{%s.%Q} %m%n
+"""
+_TIMED = re.compile(
+    r"^(\d+)\.(\d+\.\d+) (Sending Store Request|Received Store Response)", re.MULTILINE
+)
+
 
 @dataclass
 class Measurement:
     seconds: float
     cpu: float
     rss_mb: float
+    round_trip: float
 
 
 @dataclass
@@ -65,6 +91,90 @@ class Row:
     def mb_per_second(self) -> float:
         return self.megabytes / self.median("seconds")
 
+    @property
+    def cpu_ms_per_instance(self) -> float:
+        return self.median("cpu") * 1e3 / self.instances
+
+
+@dataclass
+class Sent:
+    seconds: float
+    exchanges: list[tuple[float, float]]
+
+    @property
+    def round_trips(self) -> list[float]:
+        return [received - sent for sent, received in self.exchanges]
+
+    @property
+    def exchange_seconds(self) -> float:
+        """From the first request sent to the last response received (storescu's reading of
+        its files before it associates left out)."""
+        return max(r for _, r in self.exchanges) - min(s for s, _ in self.exchanges)
+
+
+def exchanges(log: str) -> list[tuple[float, float]]:
+    """(request sent, response received) of each C-STORE in one storescu's timing log."""
+    sent: float | None = None
+    found = []
+    for seconds, milliseconds, event in _TIMED.findall(log):
+        at = int(seconds) + float(milliseconds) / 1e3
+        if event.startswith("Sending"):
+            sent = at
+        elif sent is not None:
+            found.append((sent, at))
+            sent = None
+    return found
+
+
+def send(
+    peer: Peer,
+    files: list[Path],
+    associations: int,
+    port: int = 0,
+    options: tuple[str, ...] = (),
+) -> Sent:
+    """Sends ``files`` over ``associations`` concurrent storescu runs (to ``port``, else the
+    peer's, with storescu's ``options``): wall seconds and every C-STORE's times. ``files``
+    may be directories (with option ``+sd``: the files in each)."""
+    groups = [files[i::associations] for i in range(associations)]
+    errors: list[str] = []
+    timed: list[tuple[float, float]] = []
+    with tempfile.NamedTemporaryFile("w", suffix=".cfg") as log_config:
+        log_config.write(TIMING_LOG)
+        log_config.flush()
+
+        def run(group: list[Path]) -> None:
+            argv = [
+                str(DCMTK / "storescu"),
+                "-lc",
+                log_config.name,
+                "-aet",
+                "BENCH",
+                "-aec",
+                peer.aet,
+                *options,
+                "127.0.0.1",
+                str(port or peer.port),
+                *map(str, group),
+            ]
+            result = subprocess.run(argv, env=PEER_ENV, capture_output=True, text=True)
+            answered = exchanges(result.stderr)
+            files_sent = sum(len(list(p.iterdir())) if p.is_dir() else 1 for p in group)
+            if result.returncode != 0 or len(answered) != files_sent:
+                errors.append(result.stderr[-2000:])
+            timed.extend(answered)
+
+        threads = [threading.Thread(target=run, args=(g,)) for g in groups if g]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"storescu to {peer.name} failed or went unanswered:\n{errors[0]}")
+    return Sent(elapsed, timed)
+
 
 def store(
     peer: Peer,
@@ -73,88 +183,24 @@ def store(
     port: int = 0,
     options: tuple[str, ...] = (),
 ) -> float:
-    """Sends ``files`` over ``associations`` concurrent storescu runs (to ``port``, else the
-    peer's, with storescu's ``options``); returns wall seconds."""
-    groups = [files[i::associations] for i in range(associations)]
-    errors: list[str] = []
-
-    def run(group: list[Path]) -> None:
-        argv = [
-            str(DCMTK / "storescu"),
-            "-aet",
-            "BENCH",
-            "-aec",
-            peer.aet,
-            *options,
-            "127.0.0.1",
-            str(port or peer.port),
-            *map(str, group),
-        ]
-        result = subprocess.run(argv, env=PEER_ENV, capture_output=True, text=True)
-        if result.returncode != 0:
-            errors.append(result.stderr[-2000:])
-
-    threads = [threading.Thread(target=run, args=(g,)) for g in groups if g]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise RuntimeError(f"storescu to {peer.name} failed:\n{errors[0]}")
-    return elapsed
-
-
-def disk_mb_per_second(directory: Path, megabytes: int = 1024) -> float:
-    target = directory / "dd.bin"
-    started = time.perf_counter()
-    subprocess.run(
-        ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={megabytes}", "conv=fdatasync"],
-        check=True,
-        capture_output=True,
-    )
-    elapsed = time.perf_counter() - started
-    target.unlink()
-    return megabytes * 1.048576 / elapsed
-
-
-def loopback_mb_per_second(megabytes: int = 2048) -> float:
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    chunk = b"\0" * (1 << 20)
-
-    def sink() -> None:
-        conn, _ = server.accept()
-        with conn:
-            while conn.recv_into(bytearray(1 << 20)):
-                pass
-
-    reader = threading.Thread(target=sink)
-    reader.start()
-    with socket.create_connection(("127.0.0.1", port)) as client:
-        started = time.perf_counter()
-        for _ in range(megabytes):
-            client.sendall(chunk)
-    reader.join()
-    server.close()
-    return megabytes * 1.048576 / (time.perf_counter() - started)
+    """``send``'s wall seconds."""
+    return send(peer, files, associations, port, options).seconds
 
 
 def corpora(cache: Path, quick: bool) -> dict[str, list[Path]]:
     """The benchmark corpora, generated once into ``cache``."""
-    sizes = {"CT 0.5 MB": 100 if quick else 1000, "small 10 KB": 500 if quick else 5000}
+    sizes = {CT: 40 if quick else 1000, SMALL: 200 if quick else 5000}
     made: dict[str, list[Path]] = {}
     for name, count in sizes.items():
         folder = cache / f"{name.split()[0].lower()}-{count}"
         marker = folder / ".complete"
         if not marker.exists():
             shutil.rmtree(folder, ignore_errors=True)
-            generate = ct_corpus if name.startswith("CT") else small_corpus
+            generate = ct_corpus if name == CT else small_corpus
             generate(folder, count)
             marker.touch()
         made[name] = sorted(p for p in folder.rglob("*.dcm"))
-    size_mb = 50 if quick else 500
+    size_mb = 20 if quick else 500
     large = cache / f"multiframe-{size_mb}mb.dcm"
     if not large.exists():
         multiframe_instance(cache, size_mb=size_mb)
@@ -162,64 +208,156 @@ def corpora(cache: Path, quick: bool) -> dict[str, list[Path]]:
     return made
 
 
+def servers(
+    wanted: list[str] | None,
+    sync_modes: list[str],
+    config: Path | None,
+    baseline: tuple[str, Path] | None,
+    report: Callable[[str], None],
+) -> tuple[list[Peer], dict[str, str]]:
+    """The peers in the order they are measured and shown (those compared with first), and
+    {dicomvault row: the baseline's row of the same sync mode}."""
+    wanted = wanted or list(SERVERS)
+    peers: list[Peer] = []
+    if "storescp" in wanted:
+        peers.append(DcmtkStorescp())
+    if "orthanc" in wanted:
+        if shutil.which("Orthanc"):
+            peers.append(Orthanc())
+        else:
+            report("Orthanc is not installed (Debian package orthanc): no orthanc rows")
+    if "pynetdicom" in wanted:
+        peers.append(PynetdicomStorescp())
+    pairs: dict[str, str] = {}
+    if "dicomvault" in wanted:
+        for mode in sync_modes:
+            ours = Dicomvault(config=config, sync=mode)
+            if baseline:
+                ref, build = baseline
+                old = Dicomvault(config=config, sync=mode, build=build, label=f"@{ref}")
+                peers.append(old)
+                pairs[ours.name] = old.name
+            peers.append(ours)
+    return peers, pairs
+
+
+def measure(peer: Peer, files: list[Path], associations: int, work: Path) -> Measurement:
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        # What the previous run left dirty in the page cache (storescp and Orthanc do not
+        # fsync) is written back now, not during this run.
+        os.sync()
+        peer.start(Path(tmp))
+        try:
+            sent = send(peer, files, associations)
+        finally:
+            cpu, rss = peer.stop()
+    return Measurement(sent.seconds, cpu, rss, statistics.median(sent.round_trips))
+
+
 def run(
     cache: Path,
     work: Path,
     runs: int = 3,
     quick: bool = False,
-    servers: list[str] | None = None,
+    wanted: list[str] | None = None,
+    sync_modes: list[str] | None = None,
     config: Path | None = None,
+    baseline: tuple[str, Path] | None = None,
     report: Callable[[str], None] = print,
 ) -> list[Row]:
-    peers: list[Peer] = [Dicomvault(config=config), DcmtkStorescp(), PynetdicomStorescp()]
-    if shutil.which("Orthanc"):
-        peers.insert(2, Orthanc())
-    if servers:
-        peers = [p for p in peers if p.name in servers]
+    """Measures and prints the table (``baseline``: (ref, its build) for a new/old column),
+    then the figures compared with the disk's limits."""
+    peers, pairs = servers(wanted, sync_modes or list(SYNC_MODES), config, baseline, report)
+    disk = limits.disk(work, quick)
+    loopback = limits.loopback_mb_per_second(512 if quick else 2048)
     report(
-        f"disk (dd, fdatasync): {disk_mb_per_second(work):.0f} MB/s; "
-        f"loopback TCP: {loopback_mb_per_second():.0f} MB/s"
+        f"{runs} run(s) per row, taken in turn across the servers; medians. /storescp, "
+        "/orthanc, new/old: ratios of instances/s; cpu: the server's (children included) from "
+        "listening to stopped; rss: its peak; rtt: C-STORE round trip, request sent to "
+        "response received (storescu's log)"
     )
+    report(HEADER)
     rows: list[Row] = []
     for corpus_name, files in corpora(cache, quick).items():
         megabytes = sum(f.stat().st_size for f in files) / 1e6
         for associations in (1, 4):
             if len(files) < associations:
                 continue
-            for peer in peers:
-                row = Row(peer.name, corpus_name, associations, len(files), megabytes)
-                for _ in range(runs):
-                    with tempfile.TemporaryDirectory(dir=work) as tmp:
-                        # What the previous run left dirty in the page cache (storescp and
-                        # Orthanc do not fsync) is written back now, not during this run.
-                        os.sync()
-                        peer.start(Path(tmp))
-                        try:
-                            seconds = store(peer, files, associations)
-                        finally:
-                            cpu, rss = peer.stop()
-                    row.runs.append(Measurement(seconds, cpu, rss))
-                rows.append(row)
-                report(format_row(row, rows))
+            group = [Row(p.name, corpus_name, associations, len(files), megabytes) for p in peers]
+            for _ in range(runs):
+                for peer, row in zip(peers, group, strict=True):
+                    row.runs.append(measure(peer, files, associations, work))
+            rows += group
+            for row in group:
+                report(format_row(row, rows, pairs))
+    for line in against_limits(rows, disk, loopback):
+        report(line)
     return rows
 
 
-def format_row(row: Row, rows: list[Row]) -> str:
-    ours = next(
+HEADER = (
+    f"{'corpus':<20} {'assoc':>5}  {'server':<22} {'inst/s':>8} {'MB/s':>8} {'/storescp':>9} "
+    f"{'/orthanc':>8} {'cpu ms/inst':>11} {'rss MB':>7} {'rtt ms':>7} {'new/old':>7}"
+)
+
+
+def find(rows: list[Row], server: str, corpus: str, associations: int) -> Row | None:
+    return next(
         (
             r
             for r in rows
-            if r.server == "dicomvault"
-            and r.corpus == row.corpus
-            and r.associations == row.associations
+            if r.server == server and r.corpus == corpus and r.associations == associations
         ),
         None,
     )
-    ratio = ""
-    if ours is not None and row.server != "dicomvault":
-        ratio = f"  dicomvault/{row.server}: {ours.mb_per_second / row.mb_per_second:.2f}x"
+
+
+def format_row(row: Row, rows: list[Row], pairs: dict[str, str]) -> str:
+    """One line of the table: the ratios are of instances/s to the other rows of the same
+    corpus and concurrency."""
+
+    def ratio(server: str | None) -> str:
+        other = find(rows, server, row.corpus, row.associations) if server else None
+        if other is None or other is row:
+            return "-"
+        return f"{row.per_second / other.per_second:.2f}x"
+
+    rate = f"{row.per_second:8.1f}" if row.per_second < 100 else f"{row.per_second:8.0f}"
     return (
-        f"{row.corpus:<22} {row.associations} assoc  {row.server:<11} "
-        f"{row.per_second:8.0f} inst/s {row.mb_per_second:7.1f} MB/s  "
-        f"cpu {row.median('cpu'):6.2f} s  rss {row.median('rss_mb'):6.0f} MB{ratio}"
+        f"{row.corpus:<20} {row.associations:>5}  {row.server:<22} {rate} "
+        f"{row.mb_per_second:8.1f} {ratio('storescp'):>9} {ratio('orthanc'):>8} "
+        f"{row.cpu_ms_per_instance:11.3f} {row.median('rss_mb'):7.0f} "
+        f"{row.median('round_trip') * 1e3:7.2f} {ratio(pairs.get(row.server)):>7}"
     )
+
+
+def against_limits(rows: list[Row], disk: limits.Disk, loopback: float) -> list[str]:
+    """The machine's limits, and the archive's figures set against them: ``sync = always``
+    at 4 associations of CT as a share of the durable bandwidth, and what the round trip at
+    1 association spends beyond storescp's (which never fsyncs) next to one fdatasync."""
+    chunk_mb = disk.chunk_bytes / (1 << 20)
+    lines = [
+        f"disk: stream (dd conv=fdatasync) {disk.stream_mb_per_second:.0f} MB/s; "
+        f"{chunk_mb:g} MiB writes each fdatasynced {disk.chunks_mb_per_second:.0f} MB/s; "
+        f"one fdatasync after a {chunk_mb:g} MiB write {disk.fdatasync_seconds * 1e3:.2f} ms; "
+        f"loopback TCP {loopback:.0f} MB/s"
+    ]
+    always = find(rows, "dicomvault always", CT, 4)
+    if always:
+        lines.append(
+            f"sync = always, {CT} at 4 associations: {always.mb_per_second:.0f} MB/s = "
+            f"{always.mb_per_second / disk.chunks_mb_per_second:.0%} of the durable "
+            f"{chunk_mb:g} MiB-write bandwidth, "
+            f"{always.mb_per_second / disk.stream_mb_per_second:.0%} of the stream's"
+        )
+    for corpus in (CT, SMALL):
+        ours, theirs = (find(rows, s, corpus, 1) for s in ("dicomvault always", "storescp"))
+        if ours and theirs:
+            above = ours.median("round_trip") - theirs.median("round_trip")
+            lines.append(
+                f"sync = always, {corpus} at 1 association: C-STORE round trip "
+                f"{ours.median('round_trip') * 1e3:.2f} ms, storescp's "
+                f"{theirs.median('round_trip') * 1e3:.2f} ms: {above * 1e3:+.2f} ms, against "
+                f"one fdatasync of {disk.fdatasync_seconds * 1e3:.2f} ms"
+            )
+    return lines

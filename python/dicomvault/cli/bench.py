@@ -39,16 +39,59 @@ def ingest(
         list[str] | None,
         typer.Option(help="Only these servers: dicomvault, storescp, orthanc, pynetdicom."),
     ] = None,
+    sync: Annotated[
+        list[str] | None,
+        typer.Option(help="dicomvault's storage sync modes measured (default all three)."),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(help="Also measure this git ref of the repository, built for the run."),
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="CARGO_BUILD_JOBS for the baseline's build.")] = 1,
+    repo: Annotated[
+        Path | None,
+        typer.Option(help="Repository of --baseline (default: the one dicomvault runs from)."),
+    ] = None,
     work: WorkOption = DEFAULT_WORK,
     config: ConfigOption = None,
 ) -> None:
-    """storescu (1 and 4 associations) into dicomvault, storescp, Orthanc and pynetdicom:
-    1000 CT, 5000 small instances, one 500 MB multi-frame; instances/s, MB/s, CPU, peak RSS."""
+    """storescu (1 and 4 associations) into dicomvault (sync always, batch, never), storescp,
+    Orthanc and pynetdicom: 1000 CT, 5000 small instances, one 500 MB multi-frame; instances/s,
+    MB/s, ratios, CPU ms per instance, peak RSS, C-STORE round trip, against the disk's
+    durable bandwidth and fdatasync latency."""
+    from dicomvault.bench import baseline as builder
     from dicomvault.bench import ingest as bench
+
+    unknown = set(sync or ()) - set(bench.SYNC_MODES) | set(server or ()) - set(bench.SERVERS)
+    if unknown:
+        raise typer.BadParameter(f"unknown server or sync mode: {', '.join(sorted(unknown))}")
+    cache = _work(work)
+    built = None
+    if baseline:
+        commit, build = builder.build(baseline, cache, jobs, repo)
+        typer.echo(f"baseline: {baseline} = {commit}, built in {build}")
+        built = (baseline, build)
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
+        bench.run(cache, Path(scratch), runs, quick, server, sync, config, built)
+
+
+@app.command()
+def sustained(
+    count: Annotated[int, typer.Option(help="Small instances sent, all distinct.")] = 1_000_000,
+    associations: Annotated[int, typer.Option(help="Concurrent storescu associations.")] = 4,
+    sync: Annotated[
+        str | None, typer.Option(help="The archive's storage sync mode (default: configured).")
+    ] = None,
+    work: WorkOption = DEFAULT_WORK,
+    config: ConfigOption = None,
+) -> None:
+    """COUNT small instances into one archive over storescu: the ingest rate and the server's
+    RSS at each tenth, the first tenth's rate against the last's."""
+    from dicomvault.bench import sustained as bench
 
     cache = _work(work)
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
-        bench.run(cache, Path(scratch), runs, quick, server, config)
+        bench.run(Path(scratch), count, associations, sync, config)
 
 
 @app.command()
