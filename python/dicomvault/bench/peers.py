@@ -28,9 +28,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, what: str = "", timeout: float = 60) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
     """Returns once ``proc`` (``what``, for errors) accepts connections on ``port``."""
-    what = what or str(proc.args[0])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -103,14 +102,11 @@ class Peer:
         self.port = port or free_port()
         self.log_path = workdir / "server.log"
         self.log = self.log_path.open("w")
+        command = self.command(workdir, self.port)
         self.proc = subprocess.Popen(
-            self.command(workdir, self.port),
-            cwd=workdir,
-            env=PEER_ENV,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            command, cwd=workdir, env=PEER_ENV, stdout=self.log, stderr=subprocess.STDOUT
         )
-        wait_for_port(self.port, self.proc)
+        wait_for_port(self.port, self.proc, command[0])
         self.sampler = RssSampler(self.proc.pid)
         return self.port
 

@@ -34,6 +34,7 @@ from dicomvault import _native
 from dicomvault.dicom.transcode import transcode_to_any
 
 if TYPE_CHECKING:
+    from dicomvault.index import Record
     from dicomvault.store import Archive
 
 log = logging.getLogger("dicomvault.net")
@@ -154,19 +155,20 @@ class Selected(NamedTuple):
     manifest: bytes
 
 
-def selected(record: Any) -> Selected:
+def selected(record: Record) -> Selected:
     """What sending an index record's instance takes."""
-    info = _native.manifest_info(record.manifest)
+    manifest = record.instance_manifest()
+    info = _native.manifest_info(manifest)
     return Selected(
         record.tags.get("SOPClassUID", ""),
         record.tags.get("SOPInstanceUID") or record.key,
         info.transfer_syntax,
         info.dataset_offset,
-        record.manifest,
+        manifest,
     )
 
 
-def stored_instance(archive: Archive, record: Any) -> StoredInstance:
+def stored_instance(archive: Archive, record: Record) -> StoredInstance:
     return outbound(archive, selected(record))
 
 

@@ -542,8 +542,7 @@ class Archive:
                     yield instance
 
     def read(self, instance: Record, start: int = 0) -> bytes:
-        assert instance.manifest is not None
-        return self.store.read(instance.manifest, start)
+        return self.store.read(instance.instance_manifest(), start)
 
     def dataset(self, instance: Record, *, stop_before_pixels: bool = False) -> Dataset:
         """The instance decoded by pydicom (its File Meta included)."""
@@ -561,10 +560,10 @@ class Archive:
 
     def export(self, instance: Record, out_dir: Path) -> Path:
         """Writes the instance under ``out_dir``, byte-identical to what was received."""
-        assert instance.manifest is not None
+        manifest = instance.instance_manifest()
         target = out_dir / self.export_path(instance)
         target.parent.mkdir(parents=True, exist_ok=True)
-        self.store.export(instance.manifest, str(target))
+        self.store.export(manifest, target)
         return target
 
     # Maintenance --------------------------------------------------------------------------

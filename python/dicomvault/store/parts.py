@@ -24,9 +24,8 @@ class InstanceParts:
     offsets or frame markers)."""
 
     def __init__(self, archive: Archive, record: Record) -> None:
-        assert record.manifest is not None
         self.store = archive.store
-        self.manifest = record.manifest
+        self.manifest = record.instance_manifest()
         info = _native.manifest_info(self.manifest)
         self.syntax = UID(info.transfer_syntax)
         self.encapsulated = info.encapsulated
