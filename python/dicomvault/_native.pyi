@@ -523,3 +523,35 @@ class ScuAssociation:
     def move(self, model: str, level: str, keys: Keys, destination: str) -> Retrieved: ...
     def release(self) -> None: ...
     def abort(self) -> None: ...
+
+__all__ = [
+    "STATUS",
+    "AssociationError",
+    "ChunkReader",
+    "Damage",
+    "DamagedError",
+    "DicomListener",
+    "GcReport",
+    "HistoryEvent",
+    "InstanceWriter",
+    "KnownAe",
+    "ListenerConfig",
+    "ListenerTls",
+    "ManifestBlob",
+    "ManifestError",
+    "ManifestInfo",
+    "ManifestSegment",
+    "RebuildReport",
+    "Receiver",
+    "Retrieved",
+    "ScanError",
+    "Scanner",
+    "ScuAssociation",
+    "Store",
+    "StoreStats",
+    "VerifyReport",
+    "annotations",
+    "file_meta",
+    "manifest_hash",
+    "manifest_info",
+]
