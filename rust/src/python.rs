@@ -1,5 +1,6 @@
 //! The `dicomvault._native` Python module: a thin binding over the scanner and the store.
-//! Every call that hashes, compresses or does I/O releases the GIL.
+//! Every call that hashes, compresses or does I/O releases the GIL. What the store returns is
+//! typed in `python_results.rs`; the listener is `python_scp.rs`, the SCU `python_scu.rs`.
 
 use crate::backlog::Backlog;
 use crate::cas::{self, GcEvent, Ingested, Store as CoreStore, StoreConfig, StoreError, SyncMode};
