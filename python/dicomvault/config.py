@@ -191,14 +191,12 @@ def load(
         if not name.startswith(ENV_PREFIX):
             continue
         rest = name[len(ENV_PREFIX) :].lower()
-        section = next((s for s in values if rest.startswith(s + "_")), None)
-        if section is None or section == "modalities":
+        named = next((s for s in values if rest.startswith(s + "_")), None)
+        if named is None or named == "modalities":
             continue
-        key = rest[len(section) + 1 :]
-        if key in values[section]:
-            values[section][key] = _coerce(
-                section, key, _parse_env_value(raw), DEFAULTS[section][key]
-            )
+        key = rest[len(named) + 1 :]
+        if key in values[named]:
+            values[named][key] = _coerce(named, key, _parse_env_value(raw), DEFAULTS[named][key])
     if root is not None:
         values["archive"]["root"] = str(root)
     return Settings(values, source)

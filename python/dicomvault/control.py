@@ -14,13 +14,13 @@ import logging
 import socket
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from dicomvault.store import Archive
-from dicomvault.store.archive import PackRewritten
+from dicomvault.store.archive import PackRewritten, RepackReport
 
 log = logging.getLogger("dicomvault.control")
 
@@ -29,14 +29,17 @@ SOCKET_NAME = "control.sock"
 Progress = Callable[[dict[str, Any]], None]
 
 
-def _repack(archive: Archive, arguments: dict[str, Any], progress: Progress) -> dict:
+def _repack(archive: Archive, arguments: dict[str, Any], progress: Progress) -> RepackReport:
     def rewritten(event: PackRewritten) -> None:
         progress(asdict(event))
 
     return archive.repack(str(arguments["compression"]), int(arguments["level"]), rewritten)
 
 
-COMMANDS: dict[str, Callable[[Archive, dict[str, Any], Progress], dict]] = {"repack": _repack}
+# Each command's result is sent as JSON.
+COMMANDS: dict[str, Callable[[Archive, dict[str, Any], Progress], Mapping[str, object]]] = {
+    "repack": _repack
+}
 
 
 class ControlError(Exception):
@@ -122,11 +125,10 @@ def _connect(path: Path) -> socket.socket | None:
     return sock
 
 
-def request(
-    root: Path, command: str, progress: Progress, **arguments: object
-) -> dict[str, Any] | None:
+def request(root: Path, command: str, progress: Progress, **arguments: object) -> Any:
     """Runs ``command`` in the ``serve`` holding the archive at ``root``, handing its progress
-    to ``progress``; returns its result, or None when no server listens there."""
+    to ``progress``; returns its result as JSON decoded (what ``COMMANDS`` return), or None
+    when no server listens there."""
     sock = _connect(root / SOCKET_NAME)
     if sock is None:
         return None

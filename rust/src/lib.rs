@@ -22,4 +22,8 @@ pub mod transport;
 #[cfg(feature = "python")]
 mod python;
 #[cfg(feature = "python")]
+mod python_results;
+#[cfg(feature = "python")]
+mod python_scp;
+#[cfg(feature = "python")]
 mod python_scu;

@@ -1,15 +1,19 @@
 //! The `dicomvault._native` Python module: a thin binding over the scanner and the store.
-//! Every call that hashes, compresses or does I/O releases the GIL.
+//! Every call that hashes, compresses or does I/O releases the GIL. What the store returns is
+//! typed in `python_results.rs`; the listener is `python_scp.rs`, the SCU `python_scu.rs`.
 
 use crate::cas::{
     self, BlobStore, GcEvent, Ingested, ReadInstances, Store as CoreStore, StoreConfig, StoreError,
     SyncMode,
 };
 use crate::commit::{Journal, Write};
+use crate::dimse;
 use crate::manifest::Manifest;
-use crate::pack::{Codec, RecordKind};
+use crate::pack::Codec;
+use crate::python_results::{
+    GcReport, HistoryEvent, ManifestInfo, RebuildReport, StoreStats, VerifyReport,
+};
 use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
-use crate::{dimse, scp, status, transport};
 use pyo3::create_exception;
 use pyo3::exceptions::{
     PyBlockingIOError, PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError,
@@ -18,7 +22,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyString};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,59 +65,6 @@ impl From<StoreError> for PyErr {
     }
 }
 
-/// A damaged record or stretch of a pack (what `verify`, `reindex`, `gc` and opening report).
-#[pyclass(frozen, get_all, module = "dicomvault._native")]
-struct Damage {
-    pack: u32,
-    offset: u64,
-    length: u64,
-    /// Hex hash and kind ("blob", "manifest", "tombstone") when the record's header is intact.
-    hash: Option<String>,
-    kind: Option<&'static str>,
-    why: String,
-    /// A valid copy of the record is stored elsewhere: nothing depends on this one.
-    superseded: bool,
-    /// Where its bytes were moved, if they were.
-    quarantined: Option<PathBuf>,
-    /// One line saying all of the above.
-    message: String,
-}
-
-impl Damage {
-    fn from_report(r: &cas::DamageReport) -> Damage {
-        Damage {
-            pack: r.pack,
-            offset: r.offset,
-            length: r.len,
-            hash: r.hash.as_ref().map(cas::hex),
-            kind: r.kind.map(record_kind),
-            why: r.why.clone(),
-            superseded: r.superseded,
-            quarantined: r.quarantined.clone(),
-            message: r.message(),
-        }
-    }
-
-    fn list(reports: &[cas::DamageReport]) -> Vec<Damage> {
-        reports.iter().map(Damage::from_report).collect()
-    }
-}
-
-#[pymethods]
-impl Damage {
-    fn __repr__(&self) -> String {
-        format!("<Damage {}>", self.message)
-    }
-}
-
-fn record_kind(kind: RecordKind) -> &'static str {
-    match kind {
-        RecordKind::Blob => "blob",
-        RecordKind::Manifest => "manifest",
-        RecordKind::Tombstone => "tombstone",
-    }
-}
-
 fn feed_error(e: FeedError) -> PyErr {
     match e {
         FeedError::Scan(s) => ScanError::new_err(s.to_string()),
@@ -132,7 +83,7 @@ fn codec(name: &str) -> PyResult<Codec> {
     }
 }
 
-fn decode_manifest(bytes: &[u8]) -> PyResult<Manifest> {
+pub(crate) fn decode_manifest(bytes: &[u8]) -> PyResult<Manifest> {
     Manifest::decode(bytes).map_err(|e| ManifestError::new_err(e.to_string()))
 }
 
@@ -292,46 +243,9 @@ impl Scanner {
 
 /// What a manifest says: sizes, transfer syntax, segments and blob hashes.
 #[pyfunction]
-fn manifest_info<'py>(py: Python<'py>, manifest: &[u8]) -> PyResult<Bound<'py, PyDict>> {
-    let m = decode_manifest(manifest)?;
-    let d = PyDict::new(py);
-    d.set_item(intern!(py, "size"), m.total_length)?;
-    d.set_item(intern!(py, "dataset_offset"), m.dataset_offset)?;
-    d.set_item(intern!(py, "transfer_syntax"), &m.transfer_syntax)?;
-    d.set_item(intern!(py, "encapsulated"), m.encapsulated)?;
-    d.set_item(intern!(py, "frames_resolved"), m.frames_resolved)?;
-    d.set_item(intern!(py, "deflated"), m.deflated)?;
-    d.set_item(intern!(py, "truncated"), m.truncated)?;
-    d.set_item(intern!(py, "frames"), m.frame_count())?;
-    let blobs: Vec<(String, u64)> = m
-        .blobs
-        .iter()
-        .map(|b| (cas::hex(&b.hash), b.length))
-        .collect();
-    d.set_item(intern!(py, "blobs"), blobs)?;
-    let segments = PyList::empty(py);
-    for s in &m.segments {
-        let kind = match s.kind {
-            SegmentKind::Header => "header".to_string(),
-            SegmentKind::Frame(n) => format!("frame:{n}"),
-            SegmentKind::Trailer => "trailer".to_string(),
-            SegmentKind::Opaque => "opaque".to_string(),
-        };
-        segments.append((kind, s.first_blob, s.blob_count))?;
-    }
-    d.set_item(intern!(py, "segments"), segments)?;
-    Ok(d)
+fn manifest_info(py: Python<'_>, manifest: &[u8]) -> PyResult<ManifestInfo> {
+    ManifestInfo::new(py, &decode_manifest(manifest)?)
 }
-
-type HistoryTuple<'py> = (
-    &'static str,
-    u64,
-    u32,
-    u64,
-    Bound<'py, PyBytes>,
-    Bound<'py, PyBytes>,
-    String,
-);
 
 /// An archive's content-addressed store (see `rust/src/cas.rs`).
 #[pyclass(frozen, module = "dicomvault._native")]
@@ -438,52 +352,13 @@ impl Store {
     }
 
     /// Manifest and tombstone records after the given {pack: offset} marks, oldest first, from
-    /// packs no other process is appending to: (kind, stamp, pack, end, annotations, manifest,
-    /// key) with kind "manifest" or "tombstone" — or "damaged", for a record that may have been
-    /// either but cannot be read (key then says where and why).
-    fn history<'py>(
-        &self,
-        py: Python<'py>,
-        after: HashMap<u32, u64>,
-    ) -> PyResult<Vec<HistoryTuple<'py>>> {
+    /// packs no other process is appending to, and the damaged records that may have been
+    /// either.
+    fn history(&self, py: Python<'_>, after: HashMap<u32, u64>) -> PyResult<Vec<HistoryEvent>> {
         let events = py.detach(|| self.core.history(&after, true))?;
         Ok(events
             .into_iter()
-            .map(|e| match e.kind {
-                cas::HistoryKind::Manifest {
-                    annotations,
-                    manifest,
-                } => (
-                    "manifest",
-                    e.stamp,
-                    e.pack,
-                    e.end,
-                    PyBytes::new(py, &annotations),
-                    PyBytes::new(py, &manifest),
-                    String::new(),
-                ),
-                cas::HistoryKind::Tombstone { key } => (
-                    "tombstone",
-                    e.stamp,
-                    e.pack,
-                    e.end,
-                    PyBytes::new(py, b""),
-                    PyBytes::new(py, b""),
-                    key,
-                ),
-                cas::HistoryKind::Damaged { kind, offset, why } => (
-                    "damaged",
-                    e.stamp,
-                    e.pack,
-                    e.end,
-                    PyBytes::new(py, b""),
-                    PyBytes::new(py, b""),
-                    format!(
-                        "{} at byte {offset}: {why}",
-                        kind.map_or("a record whose header cannot be read", record_kind)
-                    ),
-                ),
-            })
+            .map(|e| HistoryEvent::new(py, e))
             .collect())
     }
 
@@ -642,16 +517,11 @@ impl Store {
         Ok(py.detach(|| self.core.export(&m, &path))?)
     }
 
-    /// Re-reads every record of every pack and checks it; returns {"records", "bytes",
-    /// "damaged": [Damage]}. What it finds damaged is known as such from then on (a re-sent
-    /// copy is stored again).
-    fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// Re-reads every record of every pack and checks it. What it finds damaged is known as
+    /// such from then on (a re-sent copy is stored again).
+    fn verify(&self, py: Python<'_>) -> PyResult<VerifyReport> {
         let report = py.detach(|| self.core.verify())?;
-        let d = PyDict::new(py);
-        d.set_item(intern!(py, "records"), report.records_checked)?;
-        d.set_item(intern!(py, "bytes"), report.bytes_checked)?;
-        d.set_item(intern!(py, "damaged"), Damage::list(&report.damaged))?;
-        Ok(d)
+        VerifyReport::new(py, &report)
     }
 
     /// Hex hashes of the manifest's blobs that the store does not hold.
@@ -706,14 +576,10 @@ impl Store {
         Ok(d)
     }
 
-    /// Rebuilds the blob index from the packs alone: {"records": indexed, "damaged":
-    /// [Damage]} (torn tails moved to the quarantine).
-    fn rebuild_blob_index<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// Rebuilds the blob index from the packs alone (torn tails moved to the quarantine).
+    fn rebuild_blob_index(&self, py: Python<'_>) -> PyResult<RebuildReport> {
         let report = py.detach(|| self.core.rebuild_blob_index())?;
-        let d = PyDict::new(py);
-        d.set_item(intern!(py, "records"), report.records)?;
-        d.set_item(intern!(py, "damaged"), Damage::list(&report.damaged))?;
-        Ok(d)
+        RebuildReport::new(py, &report)
     }
 
     /// Rewrites the packs, pack by pack, while the store is read and written: with `live`
@@ -722,14 +588,14 @@ impl Store {
     /// `on_event(kind, pack, bytes_before, bytes_after)` hears "claim" for each pack gc is
     /// about to write copies into and "rewritten" for each pack it has replaced.
     #[pyo3(signature = (live = None, compression = None, level = 3, on_event = None))]
-    fn gc<'py>(
+    fn gc(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         live: Option<Vec<Vec<u8>>>,
         compression: Option<&str>,
         level: i32,
         on_event: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<GcReport> {
         let manifests = live
             .map(|l| {
                 l.iter()
@@ -755,19 +621,7 @@ impl Store {
                     .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
             })
         })?;
-        let d = PyDict::new(py);
-        d.set_item(intern!(py, "packs_rewritten"), report.packs_rewritten)?;
-        d.set_item(intern!(py, "packs_skipped"), report.packs_skipped)?;
-        d.set_item(intern!(py, "bytes_before"), report.bytes_before)?;
-        d.set_item(intern!(py, "bytes_after"), report.bytes_after)?;
-        d.set_item(intern!(py, "blobs_kept"), report.blobs_kept)?;
-        d.set_item(intern!(py, "records_dropped"), report.records_dropped)?;
-        d.set_item(
-            "missing",
-            report.missing.iter().map(cas::hex).collect::<Vec<_>>(),
-        )?;
-        d.set_item(intern!(py, "damaged"), Damage::list(&report.damaged))?;
-        Ok(d)
+        GcReport::new(py, &report)
     }
 
     /// {pack id: length} of the packs no other process is appending to.
@@ -775,430 +629,8 @@ impl Store {
         Ok(py.detach(|| self.core.settled_pack_lengths())?)
     }
 
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (packs, bytes, records) = py.detach(|| self.core.stats())?;
-        let d = PyDict::new(py);
-        d.set_item(intern!(py, "packs"), packs)?;
-        d.set_item(intern!(py, "pack_bytes"), bytes)?;
-        d.set_item(intern!(py, "records"), records)?;
-        Ok(d)
-    }
-}
-
-/// The Python side of the DICOM listener: the server selects, matches, decodes and moves for
-/// queries, Python's logging records what it did. (What it received goes to the store's
-/// backlog, which the archive's applier indexes.)
-struct PyHost {
-    log: Py<PyAny>,
-    select: Py<PyAny>,
-    transcode: Py<PyAny>,
-    find: Py<PyAny>,
-    move_to: Py<PyAny>,
-    commit: Py<PyAny>,
-}
-
-/// Items pulled from a Python iterator as the listener sends them, a few at a time (taking
-/// Python's lock once per batch, not once per item); closed when dropped, so that a generator
-/// cut short (a C-CANCEL) runs its cleanup at once.
-struct PyItems<T> {
-    iterator: Py<PyAny>,
-    ready: std::collections::VecDeque<Result<T, String>>,
-    exhausted: bool,
-    convert: fn(&Bound<'_, PyAny>) -> PyResult<T>,
-}
-
-const ITEM_BATCH: usize = 16;
-
-impl<T> PyItems<T> {
-    fn new(
-        iterable: &Bound<'_, PyAny>,
-        convert: fn(&Bound<'_, PyAny>) -> PyResult<T>,
-    ) -> PyResult<Self> {
-        Ok(PyItems {
-            iterator: iterable.try_iter()?.into_any().unbind(),
-            ready: Default::default(),
-            exhausted: false,
-            convert,
-        })
-    }
-}
-
-impl<T> Iterator for PyItems<T> {
-    type Item = Result<T, String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.ready.is_empty() && !self.exhausted {
-            Python::attach(|py| {
-                let iterator = self.iterator.bind(py);
-                while self.ready.len() < ITEM_BATCH {
-                    match iterator.call_method0("__next__") {
-                        Ok(item) => self
-                            .ready
-                            .push_back((self.convert)(&item).map_err(|e| e.to_string())),
-                        Err(e) => {
-                            if !e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) {
-                                self.ready.push_back(Err(e.value(py).to_string()));
-                            }
-                            self.exhausted = true;
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-        self.ready.pop_front()
-    }
-}
-
-impl<T> Drop for PyItems<T> {
-    fn drop(&mut self) {
-        Python::attach(|py| {
-            let iterator = self.iterator.bind(py);
-            if iterator.hasattr("close").unwrap_or(false) {
-                if let Err(e) = iterator.call_method0("close") {
-                    e.print(py);
-                }
-            }
-        });
-    }
-}
-
-impl PyHost {
-    /// `callable(calling_ae, address, model, transfer_syntax, identifier[, destination,
-    /// requestor_fd])`.
-    fn query<'py>(
-        &self,
-        py: Python<'py>,
-        callable: &Py<PyAny>,
-        request: &scp::QueryRequest,
-        destination: Option<(&str, std::os::fd::RawFd)>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let mut args = vec![
-            PyString::new(py, &request.calling_ae).into_any(),
-            PyString::new(py, &request.address).into_any(),
-            PyString::new(py, &request.sop_class_uid).into_any(),
-            PyString::new(py, &request.transfer_syntax).into_any(),
-            PyBytes::new(py, &request.identifier).into_any(),
-        ];
-        if let Some((destination, requestor)) = destination {
-            args.push(PyString::new(py, destination).into_any());
-            args.push(requestor.into_pyobject(py)?.into_any());
-        }
-        callable
-            .bind(py)
-            .call1(pyo3::types::PyTuple::new(py, args)?)
-    }
-}
-
-/// (SOP Class UID, SOP Instance UID, transfer syntax, data set offset, manifest)
-type PySelected = (String, String, String, u64, Vec<u8>);
-
-impl scp::Host for PyHost {
-    fn log(&self, lines: Vec<(scp::LogLevel, String)>) {
-        Python::attach(|py| {
-            for (level, message) in lines {
-                let level = match level {
-                    scp::LogLevel::Info => 20,
-                    scp::LogLevel::Warning => 30,
-                    scp::LogLevel::Error => 40,
-                };
-                if let Err(e) = self.log.call1(py, (level, message)) {
-                    e.print(py);
-                }
-            }
-        });
-    }
-
-    fn select(&self, request: scp::QueryRequest) -> Result<Vec<scp::Selected>, u16> {
-        Python::attach(|py| {
-            let run = || -> PyResult<Result<Vec<scp::Selected>, u16>> {
-                let (status, found): (u16, Vec<PySelected>) =
-                    self.query(py, &self.select, &request, None)?.extract()?;
-                if status != status::SUCCESS {
-                    return Ok(Err(status));
-                }
-                let selected = found
-                    .into_iter()
-                    .map(
-                        |(sop_class_uid, sop_instance_uid, transfer_syntax, offset, manifest)| {
-                            Ok(scp::Selected {
-                                sop_class_uid,
-                                sop_instance_uid,
-                                transfer_syntax,
-                                dataset_offset: offset,
-                                manifest: decode_manifest(&manifest)?,
-                            })
-                        },
-                    )
-                    .collect::<PyResult<Vec<_>>>()?;
-                Ok(Ok(selected))
-            };
-            run().unwrap_or_else(|e| {
-                e.print(py);
-                Err(status::CANNOT_UNDERSTAND)
-            })
-        })
-    }
-
-    fn find(&self, request: scp::QueryRequest) -> Result<scp::Matches, u16> {
-        Python::attach(|py| {
-            let run = || -> PyResult<Result<scp::Matches, u16>> {
-                let (status, matches): (u16, Bound<'_, PyAny>) =
-                    self.query(py, &self.find, &request, None)?.extract()?;
-                if status != status::SUCCESS {
-                    return Ok(Err(status));
-                }
-                let items = PyItems::new(&matches, |item: &Bound<'_, PyAny>| {
-                    item.extract::<Vec<u8>>()
-                })?;
-                Ok(Ok(Box::new(items)))
-            };
-            run().unwrap_or_else(|e| {
-                e.print(py);
-                Err(status::CANNOT_UNDERSTAND)
-            })
-        })
-    }
-
-    fn move_to(
-        &self,
-        request: scp::QueryRequest,
-        destination: &str,
-        requestor: std::os::fd::RawFd,
-    ) -> Result<(Vec<String>, scp::SubOperationStatuses), u16> {
-        Python::attach(|py| {
-            let run = || -> PyResult<Result<(Vec<String>, scp::SubOperationStatuses), u16>> {
-                let (status, uids, statuses): (u16, Vec<String>, Bound<'_, PyAny>) = self
-                    .query(py, &self.move_to, &request, Some((destination, requestor)))?
-                    .extract()?;
-                if status != status::SUCCESS {
-                    return Ok(Err(status));
-                }
-                let items =
-                    PyItems::new(&statuses, |item: &Bound<'_, PyAny>| item.extract::<u16>())?;
-                Ok(Ok((uids, Box::new(items))))
-            };
-            run().unwrap_or_else(|e| {
-                e.print(py);
-                Err(status::CANNOT_UNDERSTAND)
-            })
-        })
-    }
-
-    fn commit(&self, request: scp::QueryRequest, report: Option<u16>) -> u16 {
-        Python::attach(|py| {
-            let args = (
-                &request.calling_ae,
-                &request.address,
-                &request.sop_class_uid,
-                &request.transfer_syntax,
-                PyBytes::new(py, &request.identifier),
-                report,
-            );
-            self.commit
-                .call1(py, args)
-                .and_then(|status| status.extract::<u16>(py))
-                .unwrap_or_else(|e| {
-                    e.print(py);
-                    status::PROCESSING_FAILURE
-                })
-        })
-    }
-
-    fn transcode(
-        &self,
-        instance: &scp::Selected,
-        accepted: &[String],
-    ) -> Result<(String, Vec<u8>), String> {
-        Python::attach(|py| {
-            let manifest = PyBytes::new(py, &instance.manifest.encode());
-            self.transcode
-                .call1(
-                    py,
-                    (
-                        &instance.sop_class_uid,
-                        &instance.sop_instance_uid,
-                        &instance.transfer_syntax,
-                        instance.dataset_offset,
-                        manifest,
-                        accepted.to_vec(),
-                    ),
-                )
-                .and_then(|r| r.extract::<(String, Vec<u8>)>(py))
-                .map_err(|e| e.value(py).to_string())
-        })
-    }
-}
-
-/// The DICOM listener (see `rust/src/scp/`): serves every association with `store`, appends
-/// what it receives to the pack log through the store's journal, which leaves it for the
-/// index (`Store.take_logged`), logs through `log(level, message)`, selects what a C-GET
-/// retrieves through `select(calling_ae, address, model, transfer_syntax, identifier) ->
-/// (status, [(sop_class, sop_instance, transfer_syntax, dataset_offset, manifest)])` and
-/// decodes an instance the peer cannot take as stored through `transcode(sop_class,
-/// sop_instance, transfer_syntax, dataset_offset, manifest, accepted) -> (syntax, data set)`,
-/// answers C-FIND through `find(calling_ae, address, model, transfer_syntax, identifier) ->
-/// (status, iterator of encoded response identifiers)` and carries out C-MOVE through
-/// `move_to(calling_ae, address, model, transfer_syntax, identifier, destination,
-/// requestor_fd) -> (status, [SOP Instance UID], iterator of sub-operation statuses)`; takes
-/// Storage Commitment requests and reports through `commit(calling_ae, address, sop_class,
-/// transfer_syntax, information, event_type or None) -> N-ACTION or N-EVENT-REPORT status`.
-#[pyclass(module = "dicomvault._native")]
-struct DicomListener {
-    listener: Option<scp::Listener>,
-}
-
-#[pymethods]
-impl DicomListener {
-    #[new]
-    #[pyo3(signature = (
-        store, host, port, *, ae_title, check_called_aet, always_allow_echo, always_allow_store,
-        check_modality_host, known, storage_classes, find_classes, move_classes, retrieve_classes,
-        transfer_syntaxes, max_pdu, max_associations, max_associations_per_ae,
-        association_timeout_s, dimse_timeout_s, max_instance_size, implementation_class_uid,
-        implementation_version_name, log, select, transcode, find, move_to, commit,
-        replace_duplicates = false, tls_port = None, tls_certificate = String::new(),
-        tls_private_key = String::new(), tls_ca = String::new(),
-        tls_require_client_certificate = true,
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        store: PyRef<'_, Store>,
-        host: String,
-        port: u16,
-        ae_title: String,
-        check_called_aet: bool,
-        always_allow_echo: bool,
-        always_allow_store: bool,
-        check_modality_host: bool,
-        known: Vec<(String, Vec<String>, bool, bool)>,
-        storage_classes: Vec<String>,
-        find_classes: Vec<String>,
-        move_classes: Vec<String>,
-        retrieve_classes: Vec<String>,
-        transfer_syntaxes: Vec<String>,
-        max_pdu: u32,
-        max_associations: usize,
-        max_associations_per_ae: usize,
-        association_timeout_s: f64,
-        dimse_timeout_s: f64,
-        max_instance_size: u64,
-        implementation_class_uid: String,
-        implementation_version_name: String,
-        log: Py<PyAny>,
-        select: Py<PyAny>,
-        transcode: Py<PyAny>,
-        find: Py<PyAny>,
-        move_to: Py<PyAny>,
-        commit: Py<PyAny>,
-        replace_duplicates: bool,
-        tls_port: Option<u16>,
-        tls_certificate: String,
-        tls_private_key: String,
-        tls_ca: String,
-        tls_require_client_certificate: bool,
-    ) -> PyResult<Self> {
-        let resolve = |port: u16| -> PyResult<std::net::SocketAddr> {
-            std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
-                .next()
-                .ok_or_else(|| PyValueError::new_err(format!("cannot resolve {host}")))
-        };
-        let tls = match tls_port {
-            None => None,
-            Some(tls_port) => {
-                let files = transport::TlsFiles {
-                    certificate: tls_certificate.into(),
-                    private_key: tls_private_key.into(),
-                    ca: (!tls_ca.is_empty()).then(|| tls_ca.into()),
-                    require_client_certificate: tls_require_client_certificate,
-                };
-                let config = transport::server_config(&files)
-                    .map_err(|e| PyValueError::new_err(format!("TLS: {e}")))?;
-                Some((resolve(tls_port)?, config))
-            }
-        };
-        let endpoints = scp::Endpoints {
-            plain: resolve(port)?,
-            tls,
-        };
-        let config = scp::ListenerConfig {
-            policy: scp::Policy {
-                ae_title,
-                check_called_aet,
-                always_allow_echo,
-                always_allow_store,
-                check_modality_host,
-                known: known
-                    .into_iter()
-                    .map(|(aet, addresses, echo, store)| scp::KnownAe {
-                        aet,
-                        addresses,
-                        echo,
-                        store,
-                    })
-                    .collect(),
-            },
-            storage_classes: storage_classes.into_iter().collect(),
-            find_classes: find_classes.into_iter().collect(),
-            move_classes: move_classes.into_iter().collect(),
-            retrieve_classes: retrieve_classes.into_iter().collect(),
-            transfer_syntaxes,
-            max_pdu,
-            max_associations,
-            max_associations_per_ae,
-            association_timeout: Duration::from_secs_f64(association_timeout_s),
-            dimse_timeout: Duration::from_secs_f64(dimse_timeout_s),
-            max_instance_size,
-            implementation: dimse::Implementation {
-                class_uid: implementation_class_uid,
-                version_name: implementation_version_name,
-            },
-            replace_duplicates,
-        };
-        let host = std::sync::Arc::new(PyHost {
-            log,
-            select,
-            transcode,
-            find,
-            move_to,
-            commit,
-        });
-        let journal = store.journal.clone();
-        let listener = py.detach(|| scp::Listener::start(endpoints, config, journal, host))?;
-        Ok(DicomListener {
-            listener: Some(listener),
-        })
-    }
-
-    /// The (host, port) it listens on.
-    #[getter]
-    fn address(&self) -> PyResult<(String, u16)> {
-        let listener = self
-            .listener
-            .as_ref()
-            .ok_or_else(|| PyRuntimeError::new_err("stopped"))?;
-        let a = listener.address();
-        Ok((a.ip().to_string(), a.port()))
-    }
-
-    /// The (host, port) of the TLS listener, or None.
-    #[getter]
-    fn tls_address(&self) -> PyResult<Option<(String, u16)>> {
-        let listener = self
-            .listener
-            .as_ref()
-            .ok_or_else(|| PyRuntimeError::new_err("stopped"))?;
-        Ok(listener
-            .tls_address()
-            .map(|a| (a.ip().to_string(), a.port())))
-    }
-
-    /// Stops accepting, ends the associations in progress and drains the commits.
-    fn stop(&mut self, py: Python<'_>) {
-        if let Some(mut listener) = self.listener.take() {
-            py.detach(move || listener.stop());
-        }
+    fn stats(&self, py: Python<'_>) -> PyResult<StoreStats> {
+        Ok(StoreStats::new(py.detach(|| self.core.stats())?))
     }
 }
 
@@ -1326,7 +758,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InstanceWriter>()?;
     m.add_class::<ChunkReader>()?;
     m.add_class::<Scanner>()?;
-    m.add_class::<DicomListener>()?;
+    crate::python_scp::register(m)?;
     crate::python_scu::register(m)?;
     m.add_function(wrap_pyfunction!(annotations, m)?)?;
     m.add_function(wrap_pyfunction!(file_meta, m)?)?;
@@ -1335,7 +767,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ScanError", m.py().get_type::<ScanError>())?;
     m.add("ManifestError", m.py().get_type::<ManifestError>())?;
     m.add("DamagedError", m.py().get_type::<DamagedError>())?;
-    m.add_class::<Damage>()?;
+    crate::python_results::register(m)?;
     m.add(
         "STATUS",
         crate::status::ALL

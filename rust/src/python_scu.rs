@@ -10,7 +10,6 @@ use crate::receive;
 use crate::scu::{self, Association, Key, Peer, Retrieved, ScuError};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::Arc;
@@ -93,17 +92,34 @@ impl ScuAssociation {
     }
 }
 
-fn retrieved<'py>(py: Python<'py>, r: &Retrieved) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item(intern!(py, "status"), r.status)?;
-    d.set_item(intern!(py, "remaining"), r.counts.remaining)?;
-    d.set_item(intern!(py, "completed"), r.counts.completed)?;
-    d.set_item(intern!(py, "failed"), r.counts.failed)?;
-    d.set_item(intern!(py, "warning"), r.counts.warning)?;
-    d.set_item(intern!(py, "failed_uids"), &r.failed_uids)?;
-    d.set_item(intern!(py, "stored"), r.stored)?;
-    d.set_item(intern!(py, "refused"), &r.refused)?;
-    Ok(d)
+/// What a C-GET or C-MOVE came to: its final status, the sub-operations' counts, the SOP
+/// Instance UIDs of those that failed; for a C-GET, how many instances were stored and those
+/// refused, as (SOP Instance UID, why).
+#[pyclass(frozen, get_all, module = "dicomvault._native", name = "Retrieved")]
+struct PyRetrieved {
+    status: u16,
+    remaining: u32,
+    completed: u32,
+    failed: u32,
+    warning: u32,
+    failed_uids: Vec<String>,
+    stored: u32,
+    refused: Vec<(String, String)>,
+}
+
+impl From<Retrieved> for PyRetrieved {
+    fn from(r: Retrieved) -> PyRetrieved {
+        PyRetrieved {
+            status: r.status,
+            remaining: r.counts.remaining,
+            completed: r.counts.completed,
+            failed: r.counts.failed,
+            warning: r.counts.warning,
+            failed_uids: r.failed_uids,
+            stored: r.stored,
+            refused: r.refused,
+        }
+    }
 }
 
 #[pymethods]
@@ -209,18 +225,17 @@ impl ScuAssociation {
     }
 
     /// C-GET in `model` at `level` with `keys`, the instances stored through `receiver`
-    /// (refused unless of `study`, when given): {status, completed, failed, warning,
-    /// failed_uids, stored, refused: [(SOP Instance UID, why)]}.
+    /// (refused unless of `study`, when given).
     #[pyo3(signature = (receiver, model, level, keys, study = None))]
-    fn get<'py>(
+    fn get(
         &mut self,
-        py: Python<'py>,
+        py: Python<'_>,
         receiver: PyRef<'_, PyReceiver>,
         model: &str,
         level: &str,
         keys: Vec<(u32, String, String)>,
         study: Option<String>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<PyRetrieved> {
         let keys = self::keys(keys)?;
         let receiver = receiver.inner.clone();
         let association = self.open()?;
@@ -236,25 +251,24 @@ impl ScuAssociation {
                 )
             })
             .map_err(association_error)?;
-        retrieved(py, &result)
+        Ok(result.into())
     }
 
-    /// C-MOVE in `model` at `level` with `keys` to `destination`: {status, completed, failed,
-    /// warning, failed_uids}.
-    fn r#move<'py>(
+    /// C-MOVE in `model` at `level` with `keys` to `destination`.
+    fn r#move(
         &mut self,
-        py: Python<'py>,
+        py: Python<'_>,
         model: &str,
         level: &str,
         keys: Vec<(u32, String, String)>,
         destination: &str,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<PyRetrieved> {
         let keys = self::keys(keys)?;
         let association = self.open()?;
         let result = py
             .detach(|| scu::move_to(association, model, level, &keys, destination))
             .map_err(association_error)?;
-        retrieved(py, &result)
+        Ok(result.into())
     }
 
     /// Releases the association (a closed one is left as it is).
@@ -277,6 +291,7 @@ impl ScuAssociation {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ScuAssociation>()?;
     m.add_class::<PyReceiver>()?;
+    m.add_class::<PyRetrieved>()?;
     m.add("AssociationError", m.py().get_type::<AssociationError>())?;
     Ok(())
 }

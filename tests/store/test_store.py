@@ -31,7 +31,7 @@ def test_frames_come_from_the_blobs_native_and_encapsulated(store, tmp_path):
     for g in [g for g in corpus if g.number_of_frames == 50]:
         result = ingest(store, g.path)
         info = _native.manifest_info(result["manifest"])
-        assert info["frames"] == 50 and info["frames_resolved"]
+        assert info.frames == 50 and info.frames_resolved
         ds = pydicom.dcmread(g.path)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             expected = list(generate_frames(ds.PixelData, number_of_frames=50))
@@ -75,9 +75,9 @@ def test_a_large_multiframe_streams_frame_by_frame(store, tmp_path):
     g = multiframe_instance(tmp_path, size_mb=20, frame_rows=256, frame_columns=256)
     result = ingest(store, g.path)
     info = _native.manifest_info(result["manifest"])
-    assert info["frames"] == g.number_of_frames
+    assert info.frames == g.number_of_frames
     # One blob per frame (128 KB each) plus header: never a blob of the whole instance.
-    assert max(length for _, length in info["blobs"]) <= 256 * 256 * 2
+    assert max(blob.length for blob in info.blobs) <= 256 * 256 * 2
     assert store.read(result["manifest"]) == g.path.read_bytes()
 
 
@@ -99,7 +99,7 @@ def test_threads_ingest_in_parallel_and_share_commits(store, tmp_path):
         t.join()
     assert errors == []
     assert len(store.history({})) == len(corpus)
-    assert store.verify()["damaged"] == []
+    assert store.verify().damaged == []
 
 
 def test_scanner_errors_name_the_offset(tmp_path):

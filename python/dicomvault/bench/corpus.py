@@ -53,7 +53,7 @@ class GeneratedInstance:
     number_of_frames: int
 
 
-def _uid(seed: int, *parts: object) -> str:
+def _uid(seed: int, *parts: object) -> UID:
     return generate_uid(_ROOT, entropy_srcs=[str(seed), *map(str, parts)])
 
 
@@ -93,10 +93,10 @@ def _image(
     series_uid, modality, series_number = series
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     sop_uid = _uid(seed, series_uid, number)
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.ImplementationClassUID = _ROOT + "1"
+    ds.file_meta.ImplementationClassUID = UID(_ROOT + "1")
     if charset:
         ds.SpecificCharacterSet = charset
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -367,7 +367,7 @@ class NumberedInstances:
             sop_class=CT_IMAGE,
             pixels=_pixels(np.random.default_rng(0), rows, columns),
         )
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(sop)
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         with tempfile.TemporaryDirectory() as tmp:
             ds.save_as(Path(tmp) / "template.dcm", enforce_file_format=True)

@@ -29,9 +29,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, what: str = "", timeout: float = 60) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
     """Returns once ``proc`` (``what``, for errors) accepts connections on ``port``."""
-    what = what or str(proc.args[0])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -175,14 +174,15 @@ class Peer:
         self.port = port or free_port()
         self.log_path = workdir / "server.log"
         self.log = self.log_path.open("w")
+        command = self.command(workdir, self.port)
         self.proc = subprocess.Popen(
-            self.command(workdir, self.port),
+            command,
             cwd=workdir,
             env=self.environment(),
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_for_port(self.port, self.proc)
+        wait_for_port(self.port, self.proc, command[0])
         # What starting up cost (Python's imports are most of a second) is not the work
         # measured.
         self.startup_cpu = _cpu_seconds(_tree(self.proc.pid))

@@ -18,7 +18,7 @@ from dicomvault.dicom.keys import parse_keys
 from dicomvault.index import Level, Record
 from dicomvault.index.levels import PLURALS
 from dicomvault.store import Archive, IngestOutcome
-from dicomvault.store.archive import PackRewritten
+from dicomvault.store.archive import PackRewritten, RewriteReport
 from dicomvault.store.importer import import_paths
 
 app = typer.Typer()
@@ -352,7 +352,7 @@ def report_pack(event: PackRewritten) -> None:
     )
 
 
-def report_rewrite(report: dict) -> None:
+def report_rewrite(report: RewriteReport) -> None:
     """What rewriting the packs did (gc, repack); fails when referenced blobs are missing."""
     typer.echo(
         f"packs rewritten: {report['packs_rewritten']} (left as they were: "
@@ -375,10 +375,10 @@ def verify(config: ConfigOption = None, root: RootOption = None) -> None:
     for defect in defects:
         typer.echo(f"DEFECT {defect.key}: {defect.reason}")
     typer.echo(
-        f"checked {report['records']} records ({human_bytes(report['bytes'])}): "
-        f"{len(report['damaged'])} damaged records, {len(defects)} defects"
+        f"checked {report.records} records ({human_bytes(report.bytes)}): "
+        f"{len(report.damaged)} damaged records, {len(defects)} defects"
     )
-    if defects or report["damaged"]:
+    if defects or report.damaged:
         raise typer.Exit(1)
 
 

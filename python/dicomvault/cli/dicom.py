@@ -164,7 +164,7 @@ def send(
     root: RootOption = None,
 ) -> None:
     """C-STORE files or archived instances to a remote AE (byte for byte where accepted)."""
-    from dicomvault.net.outbound import stored_instance
+    from dicomvault.net.outbound import StoredInstance, stored_instance
     from dicomvault.net.scu import ScuError
     from dicomvault.net.status import SUCCESS, describe
 
@@ -179,7 +179,7 @@ def send(
             fail(f"{e.args[0]!r} is neither a file nor in the archive")
         if records:
             audited(archive, "send", records, f"send to {to}")
-        outgoing = [
+        outgoing: list[Path | StoredInstance] = [
             *iter_files(paths),
             *(stored_instance(archive, r) for r in archive.instances(records)),
         ]
@@ -262,10 +262,10 @@ def get(
     source = _target(conf, target)
     try:
         if out is not None:
-            result = _scu(conf).get(source, _level(level), _keys(key), out=out)
+            result = _scu(conf).get(source, _level(level), _keys(key), out)
         elif source.tls:
             with open_archive(config, root) as archive:
-                result = _scu(conf).get(source, _level(level), _keys(key), archive=archive)
+                result = _scu(conf).get(source, _level(level), _keys(key), archive)
         else:
             from dicomvault.net.bulk import BulkScu
 

@@ -28,7 +28,7 @@ from dicomvault.cli.output import print_json, print_table
 from dicomvault.config import Settings
 from dicomvault.migrate.journal import STATES, Journal, JournalRow
 from dicomvault.migrate.live import Progress, live_path
-from dicomvault.store.archive import PackRewritten
+from dicomvault.store.archive import PackRewritten, RepackReport
 
 if TYPE_CHECKING:
     from dicomvault.migrate.pipeline import Migration, Plan
@@ -349,7 +349,7 @@ def repack(
     conf = settings(config, root)
     recorded(conf, "repack", f"repack {compression} {level}")
     try:
-        report = request(
+        report: RepackReport | None = request(
             conf.root,
             "repack",
             lambda p: report_pack(PackRewritten(**p)),

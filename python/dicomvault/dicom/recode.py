@@ -266,12 +266,12 @@ class _Recoder:
         Implicit VR Little Endian, PS3.5 6.2.2) is copied as it is."""
         if vr == "UN":
             implicit = Encoding(True, True)
-            end = _Recoder(self.data, implicit, implicit)._sequence(
+            past = _Recoder(self.data, implicit, implicit)._sequence(
                 tag, "SQ", UNDEFINED, at, bytearray()
             )
             self._write_header(out, tag, "UN", UNDEFINED)
-            out += self.data[at:end]
-            return end
+            out += self.data[at:past]
+            return past
         self._write_header(out, tag, "SQ", length)
         start = len(out)
         end = None if length == UNDEFINED else at + length

@@ -19,6 +19,7 @@ import struct
 import warnings
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -40,7 +41,8 @@ from dicomvault.dicom.recode import NATIVE, PIXEL_DATA, RecodeError, Replacement
 
 # Syntaxes produced by a lossless encoder: (the syntax pydicom encodes, its options). The
 # lossy-capable JPEG 2000 and JPEG-LS syntaxes carry a lossless code stream as well.
-LOSSLESS_ENCODINGS: dict[str, tuple[UID, dict[str, object]]] = {
+# Each with its encoder's options (keyword arguments pydicom's ``compress`` passes on).
+LOSSLESS_ENCODINGS: dict[str, tuple[UID, dict[str, Any]]] = {
     RLELossless: (RLELossless, {}),
     JPEG2000Lossless: (JPEG2000Lossless, {"use_mct": False}),
     JPEG2000: (JPEG2000Lossless, {"use_mct": False}),
@@ -58,7 +60,7 @@ _PIXEL_MODULE = {
 }
 # Pillow decodes JPEG baseline with libjpeg-turbo, whose output is DCMTK's (IJG libjpeg) to
 # the bit; pydicom's first choice, pylibjpeg-libjpeg, differs from it by one here and there.
-_DECODER = {JPEGBaseline8Bit: "pillow"}
+_DECODER: dict[str, str] = {JPEGBaseline8Bit: "pillow"}
 # Syntaxes whose code streams are always lossy; those that may be either are inspected.
 _LOSSY = frozenset(
     {f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 52, 53, 54, 55, 56, 59, 60, 61, 62, 63, 64)}
@@ -91,16 +93,16 @@ def producible(stored: str, target: str, has_pixels: bool) -> bool:
     return target in LOSSLESS_ENCODINGS
 
 
-def _read(dataset: bytes, syntax: str, **options: object) -> Dataset:
+def _read(dataset: bytes, syntax: str, *, defer_size: int | None = None) -> Dataset:
     """A data set (no File Meta) in ``syntax`` (not deflated) read by pydicom."""
     meta = FileMetaDataset()
-    meta.TransferSyntaxUID = syntax
     uid = UID(syntax)
+    meta.TransferSyntaxUID = uid
     ds = read_dataset(
         io.BytesIO(dataset),
         is_implicit_VR=uid.is_implicit_VR,
         is_little_endian=uid.is_little_endian,
-        **options,
+        defer_size=defer_size,
     )
     ds.file_meta = meta
     return ds

@@ -125,23 +125,6 @@ def _element_at(ds: Dataset, path: str) -> bytes | None:
     return elem.value if elem is not None and isinstance(elem.value, bytes) else None
 
 
-def _element_at(ds: Dataset, path: str) -> bytes | None:
-    """The binary value at a bulk data path (tag, or tag/item/tag...), None if there is none."""
-    steps = path.strip("/").split("/")
-    if len(steps) % 2 == 0 or not all(re.fullmatch(r"[0-9A-Fa-f]{8}", t) for t in steps[::2]):
-        raise BadRequest(f"a bulk data path is tag[/item/tag...], tags in 8 hex digits: {path}")
-    if not all(i.isdigit() for i in steps[1::2]):
-        raise BadRequest(f"sequence items are numbered from 0: {path}")
-    tags, items = steps[::2], [int(i) for i in steps[1::2]]
-    for tag, item in zip(tags[:-1], items, strict=True):
-        elem = ds.get(int(tag, 16))
-        if elem is None or elem.VR != "SQ" or item >= len(elem.value):
-            return None
-        ds = elem.value[item]
-    elem = ds.get(int(tags[-1], 16))
-    return elem.value if elem is not None and isinstance(elem.value, bytes) else None
-
-
 def _rendering(query: QueryParams, accept: str | None, thumbnail: bool) -> render.Rendering:
     """What a WADO-RS rendered or thumbnail request asks: the media type (the ``accept``
     query parameter, else the Accept header) and the window, viewport and quality."""

@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import SupportsFloat
 
 import numpy as np
 from PIL import Image
@@ -206,9 +207,13 @@ def decode_frame(ds: Dataset, index: int) -> tuple[np.ndarray, str]:
     return values, str(meta.get("photometric_interpretation", ds.PhotometricInterpretation))
 
 
-def _first(value: object) -> float:
+def _first(value: SupportsFloat | str | Sequence[SupportsFloat | str]) -> float:
     """The first of a possibly multi-valued number."""
-    return float(value[0] if isinstance(value, Sequence) and not isinstance(value, str) else value)
+    if isinstance(value, str):
+        return float(value)
+    if isinstance(value, Sequence):
+        return float(value[0])
+    return float(value)
 
 
 def _stored_window(ds: Dataset) -> Window | None:

@@ -14,6 +14,7 @@ import re
 import zipfile
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from pydicom import Dataset
@@ -161,6 +162,9 @@ class _Sink:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass  # there is nothing to release (zipfile closes only files it opened itself)
+
     def take(self) -> bytes:
         data = b"".join(self._parts)
         self._parts.clear()
@@ -175,13 +179,13 @@ def zip_stream(archive: Archive, instances: Iterable[Record]) -> Iterator[bytes]
     """A ZIP of the instances as ``export`` writes them, made as it is sent: members stored
     (DICOM's pixel data rarely deflates well), sizes in data descriptors."""
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for instance in instances:
-            assert instance.manifest is not None
+            manifest = instance.instance_manifest()
             info = zipfile.ZipInfo(str(archive.export_path(instance)), _zip_time(instance))
             info.file_size = instance.size
             with zf.open(info, "w") as member:
-                for chunk in checked_chunks(archive, instance.manifest, instance.key):
+                for chunk in checked_chunks(archive, manifest, instance.key):
                     member.write(chunk)
                     yield sink.take()
             yield sink.take()
@@ -217,10 +221,9 @@ class Rest:
                 Route(one, _bound(self.get_record, level), methods=["GET"]),
                 Route(one, _bound(self.delete_record, level), methods=["DELETE"]),
             ]
-            if level is Level.IMAGE:
-                continue
             child = level.child
-            assert child is not None
+            if child is None:  # an instance has nothing below it
+                continue
             routes.append(Route(f"{one}/{_PLURAL_OF[child]}", _bound(self.children, level)))
             if child is not Level.IMAGE:
                 routes.append(Route(f"{one}/instances", _bound(self.instances, level)))
@@ -391,10 +394,10 @@ class Rest:
           404: {description: No such instance}
         """
         record = self._record(request, Level.IMAGE)
-        assert record.manifest is not None
-        await check(self.archive, record.manifest)
+        manifest = record.instance_manifest()
+        await check(self.archive, manifest)
         return StreamingResponse(
-            iterate_in_thread(iter(self.archive.chunks(record.manifest))),
+            iterate_in_thread(iter(self.archive.chunks(manifest))),
             media_type="application/dicom",
             headers={
                 "Content-Length": str(record.size),
@@ -472,7 +475,7 @@ class Rest:
                     for field, value in form.multi_items():
                         if isinstance(value, UploadFile) and value.size:
                             name = value.filename or field
-                            pieces = iter(lambda f=value.file: f.read(_PIECE), b"")
+                            pieces = iter(partial(value.file.read, _PIECE), b"")
                             queued.append(
                                 (
                                     name,

@@ -157,13 +157,13 @@ def instance_bytes(archive: Archive, record: Record, syntax: str) -> Iterator[by
     """The instance as a Part 10 file in ``syntax`` (as stored, chunk by chunk, for
     AS_STORED or its own syntax), checked whole and, when transcoded, made before the first
     byte: DamagedError, CannotTranscode."""
-    assert record.manifest is not None
+    manifest = record.instance_manifest()
     if syntax in (AS_STORED, stored_syntax(record)):
-        yield from checked_chunks(archive, record.manifest, record.key)
+        yield from checked_chunks(archive, manifest, record.key)
         return
-    archive.check_intact(record.manifest)
+    archive.check_intact(manifest)
     instance = selected(record)
-    dataset = b"".join(archive.chunks(record.manifest, instance.dataset_offset))
+    dataset = b"".join(archive.chunks(manifest, instance.dataset_offset))
     made = transcode(dataset, instance.transfer_syntax, syntax)
     yield part10_header(instance.sop_class_uid, instance.sop_instance_uid, syntax) + made
 

@@ -100,7 +100,7 @@ class LmdbIndex:
             log.error("comparing two versions of an instance failed: %s", e)
             return False
 
-    def _snapshot(self) -> lmdb.Transaction:
+    def _snapshot(self) -> lmdb.Transaction[bytes]:
         """A read transaction that sees every instance acknowledged before it began."""
         self.barrier()
         return self.env.begin()
@@ -182,7 +182,11 @@ class LmdbIndex:
                 instance = keys[3]
                 earlier = ahead.get(instance)
                 record = batch.get(Level.IMAGE, instance) if earlier is None else None
-                indexed = earlier.manifest if earlier is not None else record and record.manifest
+                indexed: bytes | None
+                if earlier is not None:
+                    indexed = earlier.manifest
+                else:
+                    indexed = record.manifest if record is not None else None
                 status: CommitStatus
                 if indexed is None:
                     status = "stored"
@@ -213,7 +217,8 @@ class LmdbIndex:
                 history = None
                 if status == "replaced":
                     old = batch.get(Level.IMAGE, keys[3])
-                    assert old is not None and old.manifest is not None
+                    if old is None:
+                        raise LookupError(f"instance {keys[3]}, to be replaced, is not indexed")
                     history = [version(old), *(old.history or [])]
                     self.tree.unlink(batch, old, totals)
                 conflict = self.tree.insert(batch, entry, keys, modalities_changed, history)
@@ -307,11 +312,10 @@ class LmdbIndex:
             stack = [record]
             while stack:
                 r = stack.pop()
-                if r.level is Level.IMAGE:
+                child_level = r.level.child
+                if child_level is None:  # an instance
                     yield r
                     continue
-                child_level = r.level.child
-                assert child_level is not None
                 for k in reversed(self.layout.child_keys(txn, child_level, r.key)):
                     child = self.layout.get(txn, child_level, k)
                     if child is not None:

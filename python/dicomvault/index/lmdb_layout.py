@@ -102,7 +102,7 @@ class Layout:
         # Counts records decoded: lets tests prove that indexed keys use key ranges.
         self.records_read = 0
 
-    def get(self, txn: lmdb.Transaction, level: Level, key: str) -> Record | None:
+    def get(self, txn: lmdb.Transaction[bytes], level: Level, key: str) -> Record | None:
         raw = txn.get(key.encode("utf-8"), db=self.dbs[level])
         if raw is None:
             return None
@@ -112,7 +112,7 @@ class Layout:
     def child_prefix(self, level: Level, parent: str) -> bytes:
         return level.value[:2].encode() + SEP + parent.encode("utf-8") + SEP
 
-    def child_keys(self, txn: lmdb.Transaction, level: Level, parent: str) -> list[str]:
+    def child_keys(self, txn: lmdb.Transaction[bytes], level: Level, parent: str) -> list[str]:
         prefix = self.child_prefix(level, parent)
         cursor = txn.cursor(db=self.children)
         keys = []
@@ -126,7 +126,7 @@ class Layout:
     def ix_key(self, code: bytes, value: str, key: str) -> bytes:
         return code + SEP + cut(value) + SEP + key.encode("utf-8")
 
-    def index_record(self, txn: lmdb.Transaction, record: Record, add: bool) -> None:
+    def index_record(self, txn: lmdb.Transaction[bytes], record: Record, add: bool) -> None:
         for code, (level, _, _) in FIELDS.items():
             if level is not record.level:
                 continue
@@ -142,10 +142,10 @@ class Layout:
                     k = self.ix_key(b"mis", modality, record.key)
                     txn.put(k, b"", db=self.ix) if add else txn.delete(k, db=self.ix)
 
-    def meta_get(self, txn: lmdb.Transaction, key: bytes, default: Any) -> Any:
+    def meta_get(self, txn: lmdb.Transaction[bytes], key: bytes, default: Any) -> Any:
         """A msgpack value of ``meta``, or ``default``."""
         raw = txn.get(key, db=self.meta)
         return msgpack.unpackb(raw, strict_map_key=False) if raw else default
 
-    def meta_put(self, txn: lmdb.Transaction, key: bytes, value: Mapping[Any, Any]) -> None:
+    def meta_put(self, txn: lmdb.Transaction[bytes], key: bytes, value: Mapping[Any, Any]) -> None:
         txn.put(key, msgpack.packb(value), db=self.meta)

@@ -28,7 +28,7 @@ class Marks:
         the first)."""
         self.frozen = True
 
-    def advance(self, txn: lmdb.Transaction, positions: Positions | None) -> None:
+    def advance(self, txn: lmdb.Transaction[bytes], positions: Positions | None) -> None:
         """Moves the marks past ``positions`` (pack, end), in the transaction that applies
         them."""
         if not positions or self.frozen:
@@ -38,7 +38,7 @@ class Marks:
             applied[pack] = max(applied.get(pack, 0), end)
         self.layout.meta_put(txn, b"applied", applied)
 
-    def read(self, txn: lmdb.Transaction) -> dict[int, int]:
+    def read(self, txn: lmdb.Transaction[bytes]) -> dict[int, int]:
         return dict(self.layout.meta_get(txn, b"applied", {}))
 
     def set(self, marks: Mapping[int, int | None]) -> None:
@@ -62,11 +62,11 @@ class Marks:
             unindexed[_native.manifest_hash(manifest)] = {"pack": pack, "end": end, "why": why}
             self.layout.meta_put(txn, b"unindexed", unindexed)
 
-    def unindexed(self, txn: lmdb.Transaction) -> dict[str, dict[str, Any]]:
+    def unindexed(self, txn: lmdb.Transaction[bytes]) -> dict[str, dict[str, Any]]:
         """Manifest records that could not be indexed: manifest hash -> {pack, end, why}."""
         return dict(self.layout.meta_get(txn, b"unindexed", {}))
 
-    def forget_unindexed(self, txn: lmdb.Transaction, manifests: Iterable[bytes]) -> None:
+    def forget_unindexed(self, txn: lmdb.Transaction[bytes], manifests: Iterable[bytes]) -> None:
         """Indexed after all (stored again): no longer unindexed."""
         unindexed = self.unindexed(txn)
         if not unindexed:

@@ -22,7 +22,7 @@ class QueryPlanner:
 
     def ix_range(
         self,
-        txn: lmdb.Transaction,
+        txn: lmdb.Transaction[bytes],
         code: bytes,
         value: str,
         *,
@@ -47,19 +47,15 @@ class QueryPlanner:
             yield k[len(base) :].partition(SEP)[2].decode("utf-8")
 
     def candidates(
-        self, txn: lmdb.Transaction, level: Level, matchers: list[Matcher]
+        self, txn: lmdb.Transaction[bytes], level: Level, matchers: list[Matcher]
     ) -> Iterable[str] | None:
         """Keys at ``level`` from the most selective indexed matcher, or None (scan)."""
         by_keyword = {m.keyword: m for m in matchers if not m.universal}
 
         def lift(source: Level, keys: Iterable[str]) -> set[str]:
             current = set(keys)
-            lvl = source
-            while lvl is not level:
-                child = lvl.child
-                assert child is not None
+            for child in list(Level)[source.depth + 1 : level.depth + 1]:
                 current = {c for k in current for c in self.layout.child_keys(txn, child, k)}
-                lvl = child
             return current
 
         for lvl in reversed(list(Level)):
@@ -99,7 +95,9 @@ class QueryPlanner:
             return sorted(lift(source, (k for r in ranges if r is not None for k in r)))
         return None
 
-    def value_range(self, txn: lmdb.Transaction, code: bytes, value: str) -> Iterator[str] | None:
+    def value_range(
+        self, txn: lmdb.Transaction[bytes], code: bytes, value: str
+    ) -> Iterator[str] | None:
         """Record keys an index holds for one query value, or None when no range applies."""
         fold = code == b"pnf"
         if code == b"sd" and "-" in value:
@@ -126,7 +124,7 @@ class QueryPlanner:
 
     def find(
         self,
-        txn: lmdb.Transaction,
+        txn: lmdb.Transaction[bytes],
         level: Level,
         filters: Mapping[str, str],
         return_keys: Iterable[str] = (),
@@ -165,7 +163,7 @@ class QueryPlanner:
             returned += 1
             yield self.result(chain, level, wanted)
 
-    def chain(self, txn: lmdb.Transaction, record: Record) -> dict[Level, Record]:
+    def chain(self, txn: lmdb.Transaction[bytes], record: Record) -> dict[Level, Record]:
         chain = {record.level: record}
         while record.parent is not None and record.level.parent is not None:
             parent = self.layout.get(txn, record.level.parent, record.parent)

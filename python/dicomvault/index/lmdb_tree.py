@@ -27,7 +27,7 @@ CHILD_COUNT = {Level.PATIENT: "studies", Level.STUDY: "series", Level.SERIES: "i
 def version(record: Record) -> dict[str, Any]:
     """An instance's stored version, as its history keeps it once replaced."""
     return {
-        "manifest": record.manifest,
+        "manifest": record.instance_manifest(),
         "size": record.size,
         "received_at": record.received_at,
         "source": record.source,
@@ -37,7 +37,7 @@ def version(record: Record) -> dict[str, Any]:
 class Batch:
     """Records read and changed within one write transaction, written once at the end."""
 
-    def __init__(self, layout: Layout, txn: lmdb.Transaction) -> None:
+    def __init__(self, layout: Layout, txn: lmdb.Transaction[bytes]) -> None:
         self.layout = layout
         self.txn = txn
         self.changed: dict[tuple[Level, str], Record | None] = {}
@@ -68,14 +68,14 @@ class Tree:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
 
-    def totals(self, txn: lmdb.Transaction) -> dict[str, int]:
+    def totals(self, txn: lmdb.Transaction[bytes]) -> dict[str, int]:
         return dict(
             self.layout.meta_get(
                 txn, b"totals", {"instances": 0, "size": 0, "patient_conflicts": 0}
             )
         )
 
-    def put_totals(self, txn: lmdb.Transaction, totals: dict[str, int]) -> None:
+    def put_totals(self, txn: lmdb.Transaction[bytes], totals: dict[str, int]) -> None:
         self.layout.meta_put(txn, b"totals", totals)
 
     def insert(

@@ -8,7 +8,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+from dicomvault import _native
 from dicomvault.index.levels import TAGS, Level
+
+
+class NoManifest(_native.DamagedError):
+    """A record asked for its instance's manifest holds none: an instance record that lost it
+    (``verify`` reports it), or a patient, study or series."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,12 @@ class Record:
     # Versions this instance replaced (``on_duplicate = "replace"``), newest first, each
     # {"manifest", "size", "received_at", "source"}: kept until gc reclaims their blobs.
     history: list[dict[str, Any]] | None = None
+
+    def instance_manifest(self) -> bytes:
+        """The manifest of the instance this record is; NoManifest if it has none."""
+        if self.manifest is None:
+            raise NoManifest(f"{self.level.value} record {self.key} has no manifest")
+        return self.manifest
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -113,7 +113,7 @@ class OrthancStorageMigration:
             return None
         outcome, future = self.archive.ingest_bytes(instance, self.source, str(path))
         if future is None:
-            row.state, row.error = "failed", outcome.reason
+            row.state, row.error = "failed", outcome.reason or "not stored"
             self.journal.put(row)
         return future
 

@@ -12,8 +12,9 @@ this SCU does not speak yet.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from dicomvault import _native
 from dicomvault.config import Settings
@@ -38,6 +39,8 @@ MAX_PDU = 4 << 20
 # How long a peer may stay silent: a C-MOVE's source may take long between sub-operations.
 TIMEOUT_S = 600.0
 IDENTIFIER_SYNTAXES = GET_SYNTAXES[:2]
+
+T = TypeVar("T")
 
 
 def _element(keyword: str) -> tuple[int, str]:
@@ -128,10 +131,11 @@ class BulkScu:
             self._open.append(association)
         return association
 
-    def _call(self, service: str, call: str, *args: object) -> object:
+    def _call(self, service: str, request: Callable[[_native.ScuAssociation], T]) -> T:
+        """``request`` on this thread's association for ``service``; ScuError if it fails."""
         association = self._association(service)
         try:
-            return getattr(association, call)(*args)
+            return request(association)
         except _native.AssociationError as e:
             t = self.target
             raise ScuError(f"C-{service.upper()} with {t.aet}@{t.host}:{t.port}: {e}") from e
@@ -139,8 +143,9 @@ class BulkScu:
     def find(self, level: Level, keys: Mapping[str, str]) -> Found:
         """C-FIND in the Study Root model (Patient Root at PATIENT level)."""
         wanted = [(keyword, *_element(keyword)) for keyword in keys]
-        status, matches = self._call(  # type: ignore[misc]
-            "find", "find", _model(level, 0), level.value, request_keys(keys), wanted
+        model, identifier = _model(level, 0), request_keys(keys)
+        status, matches = self._call(
+            "find", lambda a: a.find(model, level.value, identifier, wanted)
         )
         if status not in (SUCCESS, CANCEL):
             raise ScuError(f"C-FIND failed: {describe(status)}")
@@ -151,17 +156,19 @@ class BulkScu:
     ) -> RetrieveResult:
         """C-GET into the archive; sub-operations of another study than ``study`` are
         refused."""
-        if self.receiver is None:
+        receiver = self.receiver
+        if receiver is None:
             raise ValueError("a C-GET needs the archive to store into")
         model, identifier = _model(level, 2), request_keys(keys)
-        result = self._call("get", "get", self.receiver, model, level.value, identifier, study)
-        return _result(result)  # type: ignore[arg-type]
+        return _result(
+            self._call("get", lambda a: a.get(receiver, model, level.value, identifier, study))
+        )
 
     def move(self, destination: str, level: Level, keys: Mapping[str, str]) -> RetrieveResult:
-        result = self._call(
-            "move", "move", _model(level, 1), level.value, request_keys(keys), destination
+        model, identifier = _model(level, 1), request_keys(keys)
+        return _result(
+            self._call("move", lambda a: a.move(model, level.value, identifier, destination))
         )
-        return _result(result)  # type: ignore[arg-type]
 
     def release_mine(self) -> None:
         """Releases this thread's associations: a source serves so many at once (Orthanc's
@@ -188,12 +195,12 @@ def _release(association: _native.ScuAssociation) -> None:
         association.abort()
 
 
-def _result(native: dict) -> RetrieveResult:
+def _result(native: _native.Retrieved) -> RetrieveResult:
     return RetrieveResult(
-        status=native["status"],
-        completed=native["completed"],
-        failed=native["failed"],
-        warning=native["warning"],
-        failed_uids=native["failed_uids"],
-        refused=native["refused"],
+        status=native.status,
+        completed=native.completed,
+        failed=native.failed,
+        warning=native.warning,
+        failed_uids=native.failed_uids,
+        refused=native.refused,
     )

@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import decode
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import build_context, build_role
 
 from dicomvault import _native
@@ -253,8 +253,8 @@ def _taken(root: Path, transaction: str) -> Report | None:
     path.unlink()
     return Report(
         fields["transaction"],
-        [tuple(c) for c in fields["committed"]],  # type: ignore[misc]
-        [tuple(f) for f in fields["failed"]],  # type: ignore[misc]
+        [(str(sop_class), str(sop_instance)) for sop_class, sop_instance in fields["committed"]],
+        [(str(c), str(i), int(reason)) for c, i, reason in fields["failed"]],
     )
 
 
@@ -284,7 +284,7 @@ def request_commitment(
             arrived.set()
         return SUCCESS
 
-    handlers = [(evt.EVT_N_EVENT_REPORT, on_report)]
+    handlers: list[EventHandlerType] = [(evt.EVT_N_EVENT_REPORT, on_report)]
     ae.add_supported_context(STORAGE_COMMITMENT, scu_role=True, scp_role=True)
     try:
         server = ae.start_server(listen, block=False, evt_handlers=handlers)

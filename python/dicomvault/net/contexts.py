@@ -32,7 +32,7 @@ IMPLEMENTATION_VERSION_NAME = vocabulary.IMPLEMENTATION_VERSION_NAME
 
 
 def storage_sop_classes() -> list[str]:
-    return [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    return [cx.abstract_syntax for cx in AllStoragePresentationContexts if cx.abstract_syntax]
 
 
 def accepted_syntaxes() -> list[str]:

@@ -15,7 +15,6 @@ used, a ``StoredInstance`` is sent
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom import _config
@@ -34,6 +34,7 @@ from dicomvault import _native
 from dicomvault.dicom.transcode import transcode_to_any
 
 if TYPE_CHECKING:
+    from dicomvault.index import Record
     from dicomvault.store import Archive
 
 log = logging.getLogger("dicomvault.net")
@@ -45,10 +46,10 @@ _original_send_c_store: Callable[..., Dataset] | None = None
 def part10_header(sop_class_uid: str, sop_instance_uid: str, syntax: str) -> bytes:
     """Preamble, prefix and File Meta of an instance sent in ``syntax``."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = syntax
-    buffer = io.BytesIO()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(syntax)
+    buffer = DicomBytesIO()
     buffer.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buffer, meta, enforce_standard=True)
     return buffer.getvalue()
@@ -154,19 +155,20 @@ class Selected(NamedTuple):
     manifest: bytes
 
 
-def selected(record: Any) -> Selected:
+def selected(record: Record) -> Selected:
     """What sending an index record's instance takes."""
-    info = _native.manifest_info(record.manifest)
+    manifest = record.instance_manifest()
+    info = _native.manifest_info(manifest)
     return Selected(
         record.tags.get("SOPClassUID", ""),
         record.tags.get("SOPInstanceUID") or record.key,
-        info["transfer_syntax"],
-        info["dataset_offset"],
-        record.manifest,
+        info.transfer_syntax,
+        info.dataset_offset,
+        manifest,
     )
 
 
-def stored_instance(archive: Archive, record: Any) -> StoredInstance:
+def stored_instance(archive: Archive, record: Record) -> StoredInstance:
     return outbound(archive, selected(record))
 
 

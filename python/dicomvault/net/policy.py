@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from dicomvault import _native
+
 SERVICES = ("echo", "store", "find", "move", "get")
 
 _TARGET = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d+)$")
@@ -40,7 +42,7 @@ class PolicyError(ValueError):
 @cache
 def _addresses(host: str) -> frozenset[str]:
     try:
-        return frozenset(info[4][0] for info in socket.getaddrinfo(host, None))
+        return frozenset(str(info[4][0]) for info in socket.getaddrinfo(host, None))
     except OSError:
         return frozenset({host})
 
@@ -88,11 +90,13 @@ class AccessPolicy:
             return bool(self.dicom["always_allow_store"])
         return False
 
-    def listener_rules(self) -> list[tuple[str, list[str], bool, bool]]:
-        """(AE title, addresses, may echo, may store) of each known AE, for the storage
-        listener, which applies the same rules without calling back."""
+    def listener_rules(self) -> list[_native.KnownAe]:
+        """Each known AE as the storage listener checks it, applying the same rules without
+        calling back."""
         return [
-            (m.aet, sorted(_addresses(m.host)), "echo" in m.allow, "store" in m.allow)
+            _native.KnownAe(
+                m.aet, sorted(_addresses(m.host)), echo="echo" in m.allow, store="store" in m.allow
+            )
             for m in self.modalities.values()
         ]
 

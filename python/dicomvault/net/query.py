@@ -169,17 +169,17 @@ def encode_identifier(
         else:
             elements.append((tag, vr, _value_bytes(vr, value, encoding)))
     out = bytearray()
-    for tag, vr, value in sorted(elements, key=lambda e: e[0]):
-        if vr is None:
+    for tag, element_vr, value in sorted(elements, key=lambda e: e[0]):
+        if element_vr is None:
             out += value
             continue
         out += struct.pack("<HH", tag >> 16, tag & 0xFFFF)
         if implicit_vr:
             out += struct.pack("<I", len(value))
-        elif vr in _LONG_LENGTH:
-            out += vr.encode() + struct.pack("<HI", 0, len(value))
+        elif element_vr in _LONG_LENGTH:
+            out += element_vr.encode() + struct.pack("<HI", 0, len(value))
         else:
-            out += vr.encode() + struct.pack("<H", len(value))
+            out += element_vr.encode() + struct.pack("<H", len(value))
         out += value
     return bytes(out)
 

@@ -18,7 +18,6 @@ import logging
 import select
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -52,7 +51,7 @@ from dicomvault.net.status import (
     SUCCESS,
     UNABLE_TO_PROCESS,
 )
-from dicomvault.security.tls import listener_arguments
+from dicomvault.security.tls import listener_tls
 from dicomvault.store import Archive
 from dicomvault.store.archive import IndexUnavailable
 from dicomvault.store.finder import Finder
@@ -165,78 +164,77 @@ class DicomServer:
         self._listener: _native.DicomListener | None = None
         self.commitment = CommitmentScp(archive, self.policy, self.ae)
 
-    def limits(self) -> dict[str, int | float]:
-        """The listener's [dicom] limits, or a ConfigError naming one that makes no sense."""
-        keys = (
+    def config(self) -> _native.ListenerConfig:
+        """What the listener is built from, or a ConfigError naming a [dicom] limit that makes
+        no sense (or TLS files missing)."""
+        dicom = self.dicom
+        for key in (
             "max_pdu",
             "max_associations",
             "max_associations_per_ae",
             "association_timeout_s",
             "dimse_timeout_s",
             "max_instance_size_mb",
-        )
-        for key in keys:
-            if self.dicom[key] <= 0:
-                raise ConfigError(f"[dicom] {key} must be positive, not {self.dicom[key]}")
+        ):
+            if dicom[key] <= 0:
+                raise ConfigError(f"[dicom] {key} must be positive, not {dicom[key]}")
         # Smaller PDUs than DCMTK's and pynetdicom's defaults would only slow every peer down.
-        if self.dicom["max_pdu"] < 16384:
+        if dicom["max_pdu"] < 16384:
             raise ConfigError("[dicom] max_pdu must be at least 16384")
-        return {
-            "max_pdu": int(self.dicom["max_pdu"]),
-            "max_associations": int(self.dicom["max_associations"]),
-            "max_associations_per_ae": int(self.dicom["max_associations_per_ae"]),
-            "association_timeout_s": float(self.dicom["association_timeout_s"]),
-            "dimse_timeout_s": float(self.dicom["dimse_timeout_s"]),
-            "max_instance_size": int(self.dicom["max_instance_size_mb"]) << 20,
-        }
-
-    def start(self) -> tuple[str, int]:
-        """Starts listening; ConfigError (a limit, or TLS files that cannot be used) or
-        OSError (a port) when it cannot."""
-        limits, tls = self.limits(), listener_arguments(self.dicom)
-        try:
-            self._listener = self._start(limits, tls)
-        except ValueError as e:  # the TLS files as rustls reads them, or the host
-            raise ConfigError(f"[dicom] {e}") from e
-        host, port = self._listener.address
-        log.info("DICOM listener %s on %s:%d", self.aet, host, port)
-        if self._listener.tls_address is not None:
-            tls_host, tls_port = self._listener.tls_address
-            log.info("DICOM TLS listener %s on %s:%d", self.aet, tls_host, tls_port)
-        return host, port
-
-    @property
-    def tls_address(self) -> tuple[str, int] | None:
-        return None if self._listener is None else self._listener.tls_address
-
-    def _start(self, limits: dict[str, int | float], tls: dict[str, Any]) -> _native.DicomListener:
-        return _native.DicomListener(
-            self.archive.store,
-            str(self.dicom["host"]),
-            int(self.dicom["port"]),
+        return _native.ListenerConfig(
+            host=str(dicom["host"]),
+            port=int(dicom["port"]),
             ae_title=self.aet,
-            check_called_aet=bool(self.dicom["check_called_aet"]),
-            always_allow_echo=bool(self.dicom["always_allow_echo"]),
-            always_allow_store=bool(self.dicom["always_allow_store"]),
-            check_modality_host=bool(self.dicom["check_modality_host"]),
+            check_called_aet=bool(dicom["check_called_aet"]),
+            always_allow_echo=bool(dicom["always_allow_echo"]),
+            always_allow_store=bool(dicom["always_allow_store"]),
+            check_modality_host=bool(dicom["check_modality_host"]),
             known=self.policy.listener_rules(),
             storage_classes=contexts.storage_sop_classes(),
             find_classes=list(FIND_MODELS),
             move_classes=list(MOVE_MODELS),
             retrieve_classes=list(GET_MODELS),
             transfer_syntaxes=contexts.accepted_syntaxes(),
-            **limits,
-            **tls,
+            max_pdu=int(dicom["max_pdu"]),
+            max_associations=int(dicom["max_associations"]),
+            max_associations_per_ae=int(dicom["max_associations_per_ae"]),
+            association_timeout_s=float(dicom["association_timeout_s"]),
+            dimse_timeout_s=float(dicom["dimse_timeout_s"]),
+            max_instance_size=int(dicom["max_instance_size_mb"]) << 20,
             implementation_class_uid=contexts.IMPLEMENTATION_CLASS_UID,
             implementation_version_name=contexts.IMPLEMENTATION_VERSION_NAME,
             replace_duplicates=self.archive.replace_duplicates,
-            log=log.log,
-            select=self._select_for_get,
-            transcode=self._transcode,
-            find=self._find,
-            move_to=self._move,
-            commit=self.commitment.request,
+            tls=listener_tls(dicom),
         )
+
+    def start(self) -> tuple[str, int]:
+        """Starts listening; ConfigError (a limit, or TLS files that cannot be used) or
+        OSError (a port) when it cannot."""
+        config = self.config()
+        try:
+            listener = _native.DicomListener(
+                self.archive.store,
+                config,
+                log=log.log,
+                select=self._select_for_get,
+                transcode=self._transcode,
+                find=self._find,
+                move_to=self._move,
+                commit=self.commitment.request,
+            )
+        except ValueError as e:  # the TLS files as rustls reads them, or the host
+            raise ConfigError(f"[dicom] {e}") from e
+        self._listener = listener
+        host, port = listener.address
+        log.info("DICOM listener %s on %s:%d", self.aet, host, port)
+        if listener.tls_address is not None:
+            tls_host, tls_port = listener.tls_address
+            log.info("DICOM TLS listener %s on %s:%d", self.aet, tls_host, tls_port)
+        return host, port
+
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        return None if self._listener is None else self._listener.tls_address
 
     def stop(self) -> None:
         """Stops accepting; associations in progress end, what they acknowledged is durable.

@@ -16,13 +16,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import (
     PresentationContext,
     build_context,
     build_role,
 )
-from pynetdicom.sop_class import Verification
 
 from dicomvault import _native
 from dicomvault.config import Settings
@@ -43,6 +43,7 @@ from dicomvault.net.status import (
 from dicomvault.net.vocabulary import (
     GET_SYNTAXES,
     STORAGE_SOP_CLASSES,
+    VERIFICATION,
     MatchingCancelled,
     RetrieveResult,
     ScuError,
@@ -61,13 +62,29 @@ def set_nodelay(event: Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _c_store(event: Event) -> C_STORE:
+    """The request of an EVT_C_STORE event (pynetdicom types every event's request alike)."""
+    request = event.request
+    if not isinstance(request, C_STORE):
+        raise TypeError(f"{event.event.name}: not a C-STORE request")
+    return request
+
+
 def store_received(archive: Archive, event: Event, source: str) -> int:
     """Stores a C-STORE request's data set as received (with the File Meta the storage
     listener would give it); returns the status to answer."""
-    request = event.request
-    meta = _native.file_meta(
+    request = _c_store(event)
+    sop_class, sop_instance, dataset = (
         request.AffectedSOPClassUID,
         request.AffectedSOPInstanceUID,
+        request.DataSet,
+    )
+    if sop_class is None or sop_instance is None or dataset is None:
+        log.error("C-STORE from %s: no SOP Class, SOP Instance or data set", source)
+        return CANNOT_UNDERSTAND
+    meta = _native.file_meta(
+        sop_class,
+        sop_instance,
         event.context.transfer_syntax,
         event.assoc.requestor.ae_title.strip(),
         contexts.IMPLEMENTATION_CLASS_UID,
@@ -76,7 +93,7 @@ def store_received(archive: Archive, event: Event, source: str) -> int:
     writer = archive.store.writer(allow_truncated=False)
     try:
         writer.write(meta)
-        writer.write(request.DataSet.getvalue())
+        writer.write(dataset.getvalue())
         ingested = writer.finish()
     except _native.ScanError as e:
         log.error("C-STORE from %s: cannot understand the data set: %s", source, e)
@@ -171,7 +188,7 @@ class Scu:
             assoc.release()
 
     def echo(self, target: Modality) -> int:
-        assoc = self.associate(target, [build_context(Verification)])
+        assoc = self.associate(target, [build_context(VERIFICATION)])
         try:
             rsp = assoc.send_c_echo()
             return int(rsp.Status) if "Status" in rsp else CANNOT_UNDERSTAND
@@ -242,6 +259,8 @@ class Scu:
                     else CANNOT_UNDERSTAND
                 )
                 if code in (PENDING, PENDING_WARNING):
+                    if identifier is None:
+                        raise ScuError("C-FIND: a pending response without an identifier")
                     yield identifier
                 elif code == CANCEL:
                     raise MatchingCancelled(f"C-FIND ended early: {describe(code)}")
@@ -272,11 +291,10 @@ class Scu:
         target: Modality,
         level: Level,
         keys: dict[str, str],
-        *,
-        archive: Archive | None = None,
-        out: Path | None = None,
+        into: Archive | Path,
     ) -> RetrieveResult:
-        """C-GET: the instances come back on this association, into the archive or ``out``."""
+        """C-GET: the instances come back on this association, into an archive or a
+        directory."""
         model = PATIENT_ROOT[2] if level is Level.PATIENT else STUDY_ROOT[2]
         storage = STORAGE_SOP_CLASSES
         contexts = [build_context(PATIENT_ROOT[2]), build_context(STUDY_ROOT[2])]
@@ -285,16 +303,14 @@ class Scu:
         source = f"{target.aet}@{target.host}"
 
         def on_store(event: Event) -> int:
-            if archive is not None:
-                return store_received(archive, event, source)
-            assert out is not None
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f"{event.request.AffectedSOPInstanceUID}.dcm").write_bytes(
-                event.encoded_dataset()
-            )
+            if isinstance(into, Archive):
+                return store_received(into, event, source)
+            into.mkdir(parents=True, exist_ok=True)
+            sop_instance = _c_store(event).AffectedSOPInstanceUID
+            (into / f"{sop_instance}.dcm").write_bytes(event.encoded_dataset())
             return SUCCESS
 
-        service = f"get:{id(archive)}:{out}"
+        service = f"get:{id(into) if isinstance(into, Archive) else into}"
         handlers = [(evt.EVT_C_STORE, on_store)]
         with self._using(target, service, contexts, ext_neg=roles, handlers=handlers) as assoc:
             return self._retrieve(assoc.send_c_get(query_identifier(level, keys), model))

@@ -25,6 +25,8 @@ PATIENT_STUDY_ONLY = (
     "1.2.840.10008.5.1.4.1.2.3.2",
     "1.2.840.10008.5.1.4.1.2.3.3",
 )
+# C-ECHO's SOP class (PS3.4 A.4).
+VERIFICATION = "1.2.840.10008.1.1"
 
 # Who wrote a received instance's File Meta, and who speaks on the network.
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.10.1"

@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
+from dicomvault import _native
 from dicomvault.config import ConfigError
 
 # TLS 1.2's forward-secret AEAD suites (BCP 195); TLS 1.3's are OpenSSL's own.
@@ -28,11 +29,11 @@ def client_context(dicom: Mapping[str, Any]) -> ssl.SSLContext:
     return context
 
 
-def listener_arguments(dicom: Mapping[str, Any]) -> dict[str, Any]:
-    """The TLS port's keyword arguments for the listener (none when ``tls_port`` is 0), or a
-    ConfigError saying what is missing."""
+def listener_tls(dicom: Mapping[str, Any]) -> _native.ListenerTls | None:
+    """The listener's TLS port (None when ``tls_port`` is 0), or a ConfigError saying what is
+    missing."""
     if not dicom["tls_port"]:
-        return {}
+        return None
     if not dicom["tls_certificate"] or not dicom["tls_private_key"]:
         raise ConfigError("[dicom] tls_port needs tls_certificate and tls_private_key")
     if dicom["tls_require_client_certificate"] and not dicom["tls_ca"]:
@@ -40,10 +41,10 @@ def listener_arguments(dicom: Mapping[str, Any]) -> dict[str, Any]:
             "[dicom] tls_require_client_certificate needs tls_ca, the CAs that client "
             "certificates are verified against"
         )
-    return {
-        "tls_port": int(dicom["tls_port"]),
-        "tls_certificate": str(dicom["tls_certificate"]),
-        "tls_private_key": str(dicom["tls_private_key"]),
-        "tls_ca": str(dicom["tls_ca"]),
-        "tls_require_client_certificate": bool(dicom["tls_require_client_certificate"]),
-    }
+    return _native.ListenerTls(
+        port=int(dicom["tls_port"]),
+        certificate=str(dicom["tls_certificate"]),
+        private_key=str(dicom["tls_private_key"]),
+        ca=str(dicom["tls_ca"]) or None,
+        require_client_certificate=bool(dicom["tls_require_client_certificate"]),
+    )

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import msgpack
 
@@ -88,6 +88,31 @@ class PackRewritten:
     pack: int
     bytes_before: int
     bytes_after: int
+
+
+class RewriteReport(TypedDict):
+    """What gc or repack did, JSON-ready (a running server sends it to ``migrate repack``):
+    the store's figures (``_native.GcReport``), each damaged record's message, and the bytes
+    of all the packs before and after."""
+
+    packs_rewritten: int
+    packs_skipped: int
+    bytes_before: int
+    bytes_after: int
+    blobs_kept: int
+    records_dropped: int
+    missing: list[str]
+    damaged: list[str]
+    pack_bytes_before: int
+    pack_bytes_after: int
+
+
+class RepackReport(RewriteReport):
+    """A repack's report, and then what verify found: records re-hashed and each defect as
+    [key, reason]."""
+
+    verified: int
+    defects: list[list[str]]
 
 
 # The mark of a pack gc claimed: everything in it is a copy of a record already applied.
@@ -252,7 +277,7 @@ class Archive:
 
     def entry(
         self,
-        ingested: dict,
+        ingested: Mapping[str, Any],
         source: str,
         received_at: str | None = None,
         *,
@@ -337,7 +362,7 @@ class Archive:
         into the store as it comes, so that nothing holds the instance whole (``name`` says
         what it was); an instance cut short is refused, as ``check`` refuses what it refuses."""
 
-        def ingest() -> dict:
+        def ingest() -> _native.Ingested:
             writer = self.store.writer(allow_truncated=True)
             for chunk in chunks:
                 writer.write(chunk)
@@ -360,7 +385,11 @@ class Archive:
         return [final(*q) for q in queued]
 
     def _ingest(
-        self, ingest: Callable[[], dict], source: str, name: str, check: Check | None = None
+        self,
+        ingest: Callable[[], _native.Ingested],
+        source: str,
+        name: str,
+        check: Check | None = None,
     ) -> tuple[IngestOutcome, Pending[CommitOutcome] | None]:
         try:
             self.store.check_space()
@@ -413,7 +442,13 @@ class Archive:
 
     def stats(self) -> dict[str, int]:
         """Counts and sizes from the index, storage use from the packs."""
-        return {**self.index.stats(), **self.store.stats()}
+        packs = self.store.stats()
+        return {
+            **self.index.stats(),
+            "packs": packs.packs,
+            "pack_bytes": packs.pack_bytes,
+            "records": packs.records,
+        }
 
     def instances(self, records: Sequence[Record] | None = None) -> Iterator[Record]:
         """Every instance under the given records (all instances when None)."""
@@ -428,8 +463,7 @@ class Archive:
                     yield instance
 
     def read(self, instance: Record, start: int = 0) -> bytes:
-        assert instance.manifest is not None
-        return self.store.read(instance.manifest, start)
+        return self.store.read(instance.instance_manifest(), start)
 
     def dataset(self, instance: Record, *, stop_before_pixels: bool = False) -> Dataset:
         """The instance decoded by pydicom (its File Meta included)."""
@@ -447,10 +481,10 @@ class Archive:
 
     def export(self, instance: Record, out_dir: Path) -> Path:
         """Writes the instance under ``out_dir``, byte-identical to what was received."""
-        assert instance.manifest is not None
+        manifest = instance.instance_manifest()
         target = out_dir / self.export_path(instance)
         target.parent.mkdir(parents=True, exist_ok=True)
-        self.store.export(instance.manifest, str(target))
+        self.store.export(manifest, target)
         return target
 
     # The door -----------------------------------------------------------------------------
@@ -539,26 +573,24 @@ class Archive:
         instances = [i for i in self.instances([record]) if i.manifest is not None]
         if not instances:  # nothing the log holds: the record is the index's alone
             return self.index.delete(record.level, record.key)
-        pending = [
-            self._applier.submit(
-                lambda i=i: self.store.submit_tombstone(i.manifest or b"", i.key), i.key
-            )
-            for i in instances
-        ]
+
+        def tombstone(instance: Record) -> Callable[[], int]:
+            return lambda: self.store.submit_tombstone(instance.manifest or b"", instance.key)
+
+        pending = [self._applier.submit(tombstone(i), i.key) for i in instances]
         removed: list[Record] = []
         for p in pending:
             removed += p.result()
         return removed
 
-    def verify(self) -> tuple[dict, list[Defect]]:
+    def verify(self) -> tuple[_native.VerifyReport, list[Defect]]:
         """Re-reads and re-hashes every record of the packs, then checks every instance's
-        manifest and index record. Returns the store's report ({"records", "bytes",
-        "damaged": [Damage]}) and the defects: each damaged instance (naming its damaged
-        blob), each damaged record no indexed instance accounts for (a manifest or tombstone
-        record, a record superseded by a valid copy, an unreadable stretch), each record of
-        the log that could not be indexed."""
+        manifest and index record. Returns the store's report and the defects: each damaged
+        instance (naming its damaged blob), each damaged record no indexed instance accounts
+        for (a manifest or tombstone record, a record superseded by a valid copy, an
+        unreadable stretch), each record of the log that could not be indexed."""
         report = self.store.verify()
-        damaged: list[_native.Damage] = report["damaged"]
+        damaged = report.damaged
         by_blob = {d.hash: d for d in damaged if d.hash is not None and not d.superseded}
         defects: list[Defect] = []
         named: set[str] = set()
@@ -593,12 +625,12 @@ class Archive:
             info = _native.manifest_info(instance.manifest)
         except _native.ManifestError as e:
             return str(e)
-        if info["size"] != instance.size:
-            return f"index says {instance.size} bytes, manifest {info['size']}"
-        for blob, _ in info["blobs"]:
-            if blob in damaged:
-                named.add(blob)
-                return f"damaged blob: {damaged[blob].message}"
+        if info.size != instance.size:
+            return f"index says {instance.size} bytes, manifest {info.size}"
+        for blob in info.blobs:
+            if blob.hash in damaged:
+                named.add(blob.hash)
+                return f"damaged blob: {damaged[blob.hash].message}"
         missing = self.store.missing_blobs(instance.manifest)
         if missing:
             return f"blob {missing[0]} is missing from the store"
@@ -630,21 +662,22 @@ class Archive:
             positions.clear()
             logged.clear()
 
-        for kind, _stamp, pack, end, notes_raw, manifest, key in events:
+        for event in events:
+            pack, end, manifest = event.pack, event.end, event.manifest
             positions.append((pack, end))
-            if kind == "damaged":
+            if event.kind == "damaged":
                 log.error(
                     "pack %d: %s: what it recorded, if a manifest or a tombstone, cannot be "
                     "replayed (run verify)",
                     pack,
-                    key,
+                    event.why,
                 )
                 continue
-            if kind == "tombstone":
+            if event.kind == "tombstone":
                 flush()
-                self.index.delete(Level.IMAGE, key)
+                self.index.delete(Level.IMAGE, event.key)
                 continue
-            notes = msgpack.unpackb(notes_raw) if notes_raw else {}
+            notes = msgpack.unpackb(event.annotations) if event.annotations else {}
             try:
                 info = _native.manifest_info(manifest)
                 scanned = self.store.rescan(manifest)
@@ -652,11 +685,13 @@ class Archive:
                 log.error("pack %d: the instance recorded before byte %d: %s", pack, end, e)
                 self.index.record_unindexed(manifest, pack, end, str(e))
                 continue
-            scanned.update(
-                manifest=manifest, size=info["size"], transfer_syntax=info["transfer_syntax"]
-            )
             entry = self.entry(
-                scanned,
+                {
+                    **scanned,
+                    "manifest": manifest,
+                    "size": info.size,
+                    "transfer_syntax": info.transfer_syntax,
+                },
                 notes.get("source", "replay"),
                 notes.get("received_at"),
                 replace=bool(notes.get("replace")),
@@ -680,7 +715,7 @@ class Archive:
         rebuilt = self.store.rebuild_blob_index()
         self.index.clear()
         self.replay({}, audit=False)
-        return self.index.stats()["instances"], rebuilt["damaged"]
+        return self.index.stats()["instances"], rebuilt.damaged
 
     def _settle_marks(self) -> None:
         """Brings the index's marks that lie past their pack's end back to it: a pack gc
@@ -695,7 +730,7 @@ class Archive:
         if past:
             self.index.set_applied(past)
 
-    def gc(self, progress: Callable[[PackRewritten], None] | None = None) -> dict:
+    def gc(self, progress: Callable[[PackRewritten], None] | None = None) -> RewriteReport:
         """Rewrites the packs keeping only what indexed instances reference (the versions
         replaced instances kept go: their history is dropped). The archive must be open
         exclusively: an instance still arriving references blobs no indexed one does."""
@@ -714,17 +749,15 @@ class Archive:
 
     def repack(
         self, compression: str, level: int, progress: Callable[[PackRewritten], None] | None = None
-    ) -> dict:
+    ) -> RepackReport:
         """Rewrites every pack with every blob stored anew with ``compression`` ("none", or
         "zstd" at ``level``), keeping every record, while the archive goes on being read and
-        written; then verifies every blob. The report is JSON-ready (a running server sends
-        it to ``migrate repack``): the gc's figures, ``verified`` (records re-hashed) and
-        ``defects`` (what verify found: damaged instances and records)."""
+        written; then verifies every blob."""
         report = self._rewrite(None, compression, level, progress)
         checked, defects = self.verify()
         return {
             **report,
-            "verified": checked["records"],
+            "verified": checked.records,
             "defects": [[d.key, d.reason] for d in defects],
         }
 
@@ -734,7 +767,7 @@ class Archive:
         compression: str | None,
         level: int,
         progress: Callable[[PackRewritten], None] | None,
-    ) -> dict:
+    ) -> RewriteReport:
         if self.index.marks_frozen:
             # A claimed pack counts as applied whole: copies of records the index lacks would
             # never be replayed.
@@ -753,13 +786,19 @@ class Archive:
             if progress is not None:
                 progress(PackRewritten(pack, bytes_before, bytes_after))
 
-        before = self.store.stats()["pack_bytes"]
+        before = self.store.stats().pack_bytes
         report = self.store.gc(live, compression, level, on_event=on_event)
         return {
-            **report,
-            "damaged": [d.message for d in report["damaged"]],
+            "packs_rewritten": report.packs_rewritten,
+            "packs_skipped": report.packs_skipped,
+            "bytes_before": report.bytes_before,
+            "bytes_after": report.bytes_after,
+            "blobs_kept": report.blobs_kept,
+            "records_dropped": report.records_dropped,
+            "missing": report.missing,
+            "damaged": [d.message for d in report.damaged],
             "pack_bytes_before": before,
-            "pack_bytes_after": self.store.stats()["pack_bytes"],
+            "pack_bytes_after": self.store.stats().pack_bytes,
         }
 
 

@@ -24,20 +24,19 @@ class InstanceParts:
     offsets or frame markers)."""
 
     def __init__(self, archive: Archive, record: Record) -> None:
-        assert record.manifest is not None
         self.store = archive.store
-        self.manifest = record.manifest
+        self.manifest = record.instance_manifest()
         info = _native.manifest_info(self.manifest)
-        self.syntax = UID(info["transfer_syntax"])
-        self.encapsulated = bool(info["encapsulated"])
-        self.frames_in_blobs = bool(info["frames_resolved"]) and not info["deflated"]
-        self.frame_count = int(info["frames"])
-        kind, first, count = info["segments"][0] if info["segments"] else ("opaque", 0, 0)
-        self._header_length = (
-            sum(size for _, size in info["blobs"][first : first + count])
-            if kind == "header"
-            else int(info["size"])
-        )
+        self.syntax = UID(info.transfer_syntax)
+        self.encapsulated = info.encapsulated
+        self.frames_in_blobs = info.frames_resolved and not info.deflated
+        self.frame_count = info.frames
+        header = info.segments[0] if info.segments else None
+        if header is not None and header.kind == "header":
+            blobs = info.blobs[header.first_blob : header.first_blob + header.blob_count]
+            self._header_length = sum(b.length for b in blobs)
+        else:
+            self._header_length = info.size
 
     @cached_property
     def header_bytes(self) -> bytes:
