@@ -1,10 +1,14 @@
 //! The fuzz smoke run: every committed corpus and regression input of each fuzz target
 //! (`rust/fuzz/corpus/<target>/`, `rust/fuzz/regressions/<target>/`) replayed through the
-//! target's body in `dicomvault_native::fuzzing`, on stable Rust without cargo-fuzz.
+//! target's body in `dicomvault_native::fuzzing`, then a few seconds of mutations of them
+//! (`DICOMVAULT_FUZZ_SMOKE_SECONDS`, default 2 per target), on stable Rust without cargo-fuzz.
+//! The mutations are blind (libFuzzer's coverage guidance needs nightly: `benches/fuzz.py`)
+//! and seeded per target, so that a failure is reproduced by running the test again.
 
 use dicomvault_native::fuzzing;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("rust/fuzz");
@@ -27,11 +31,92 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// xorshift64*: enough randomness for blind mutations, and no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// One to four of libFuzzer's simplest mutations: a byte changed (to a random or a boundary
+/// value), bytes inserted, a range erased or repeated, the tail cut.
+fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+    let mut data = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(data.len() + 1);
+        match rng.below(6) {
+            0 if !data.is_empty() => {
+                let i = at.min(data.len() - 1);
+                data[i] = rng.next() as u8;
+            }
+            1 if !data.is_empty() => {
+                let i = at.min(data.len() - 1);
+                data[i] = [0x00, 0x01, 0x7f, 0x80, 0xfe, 0xff][rng.below(6)];
+            }
+            2 => {
+                let bytes: Vec<u8> = (0..1 + rng.below(8)).map(|_| rng.next() as u8).collect();
+                data.splice(at..at, bytes);
+            }
+            3 => {
+                let end = (at + 1 + rng.below(16)).min(data.len());
+                data.drain(at.min(end)..end);
+            }
+            4 => {
+                let end = (at + 1 + rng.below(64)).min(data.len());
+                let repeated = data[at.min(end)..end].to_vec();
+                data.splice(at..at, repeated);
+            }
+            _ => data.truncate(at),
+        }
+    }
+    data
+}
+
+fn smoke_seconds() -> Duration {
+    let seconds = std::env::var("DICOMVAULT_FUZZ_SMOKE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(2.0);
+    Duration::from_secs_f64(seconds)
+}
+
 fn replay(target: &str, body: impl Fn(&[u8])) {
-    for (path, bytes) in inputs(target) {
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(&bytes)));
+    let inputs = inputs(target);
+    for (path, bytes) in &inputs {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(bytes)));
         assert!(outcome.is_ok(), "{target}: {} fails", path.display());
     }
+    let seed = target.bytes().fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut rng = Rng(seed);
+    let deadline = Instant::now() + smoke_seconds();
+    let mut executions = 0u64;
+    while Instant::now() < deadline {
+        let (path, original) = &inputs[rng.below(inputs.len())];
+        let data = mutate(&mut rng, original);
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(&data)));
+        executions += 1;
+        if outcome.is_err() {
+            let kept = std::env::temp_dir().join(format!("fuzz-smoke-{target}-{executions}"));
+            std::fs::write(&kept, &data).expect("keeping the failing input");
+            panic!(
+                "{target}: a mutation of {} fails after {executions} executions; input kept in {}",
+                path.display(),
+                kept.display()
+            );
+        }
+    }
+    eprintln!("{target}: {executions} mutated executions, no failure");
 }
 
 #[test]
