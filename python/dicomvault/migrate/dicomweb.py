@@ -238,13 +238,11 @@ class DicomwebMigration(Migration):
         errors: list[str],
     ) -> None:
         """Each part of ``response`` into the store as it arrives, queued for commit."""
-        store = self.archive.store
         writer: _native.InstanceWriter | None = None
         source = f"dicomweb:{self.url}"
         for kind, value in multipart(response.read1, boundary):
             if kind == "begin":
-                store.check_space()
-                writer = store.writer(allow_truncated=False)
+                writer = self.archive.writer()
             elif kind == "data" and writer is not None:
                 writer.write(value)
             elif kind == "end" and writer is not None:

@@ -82,12 +82,7 @@ class BulkScu:
         self.target = target
         self.aet = str(settings["dicom"]["aet"])
         self.receiver = (
-            _native.Receiver(
-                archive.store,
-                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-                replace_duplicates=archive.replace_duplicates,
-            )
+            archive.receiver(IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
             if archive is not None
             else None
         )

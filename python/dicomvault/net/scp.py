@@ -212,15 +212,16 @@ class DicomServer:
         OSError (a port) when it cannot."""
         config = self.config()
         try:
-            listener = _native.DicomListener(
-                self.archive.store,
+            listener = self.archive.listener(
                 config,
-                log=log.log,
-                select=self._select_for_get,
-                transcode=self._transcode,
-                find=self._find,
-                move_to=self._move,
-                commit=self.commitment.request,
+                {
+                    "log": log.log,
+                    "select": self._select_for_get,
+                    "transcode": self._transcode,
+                    "find": self._find,
+                    "move_to": self._move,
+                    "commit": self.commitment.request,
+                },
             )
         except ValueError as e:  # the TLS files as rustls reads them, or the host
             raise ConfigError(f"[dicom] {e}") from e

@@ -90,8 +90,8 @@ def store_received(archive: Archive, event: Event, source: str) -> int:
         contexts.IMPLEMENTATION_CLASS_UID,
         contexts.IMPLEMENTATION_VERSION_NAME,
     )
-    writer = archive.store.writer(allow_truncated=False)
     try:
+        writer = archive.writer()
         writer.write(meta)
         writer.write(dataset.getvalue())
         ingested = writer.finish()

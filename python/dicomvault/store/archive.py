@@ -493,6 +493,32 @@ class Archive:
     # ``index`` or ``store`` themselves (tests/store/test_door.py), so that another index
     # backend changes nothing outside ``store/`` and ``index/``.
 
+    def writer(self) -> _native.InstanceWriter:
+        """Streams a Part 10 instance into the pack store as it arrives (its blobs only):
+        ``finish`` it, then ``submit`` its ``entry``. OSError below the free-space reserve."""
+        self.store.check_space()
+        return self.store.writer(allow_truncated=False)
+
+    def receiver(
+        self, implementation_class_uid: str, implementation_version_name: str
+    ) -> _native.Receiver:
+        """Where our C-GETs' sub-operations are stored: the listener's receive path, with
+        the File Meta naming this implementation."""
+        return _native.Receiver(
+            self.store,
+            implementation_class_uid=implementation_class_uid,
+            implementation_version_name=implementation_version_name,
+            replace_duplicates=self.replace_duplicates,
+        )
+
+    def listener(
+        self, config: _native.ListenerConfig, host: Mapping[str, Callable[..., Any]]
+    ) -> _native.DicomListener:
+        """Starts the Rust DICOM listener on this archive's store: what it receives goes
+        through the commit path to the applier; ``host`` holds its callbacks (log, select,
+        transcode, find, move_to, commit: see ``_native.DicomListener``)."""
+        return _native.DicomListener(self.store, config, **host)
+
     def record(self, level: Level, key: str) -> Record | None:
         """The patient, study, series or instance with this record key, or None."""
         return self.index.get(level, key)
