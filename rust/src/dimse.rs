@@ -186,35 +186,49 @@ pub fn response(request: &Command, status: u16) -> Vec<u8> {
 
 /// An N-ACTION-RSP (PS3.7 10.1.4.1.2): the request's SOP class, instance and action type.
 pub fn action_response(request: &Command, status: u16) -> Vec<u8> {
-    command_set(|body| {
-        element(body, 0x0002, &padded_uid(&request.requested_sop_class_uid));
-        element(body, 0x0100, &N_ACTION_RSP.to_le_bytes());
-        element(body, 0x0120, &request.message_id.to_le_bytes());
-        element(body, 0x0800, &NO_DATA_SET.to_le_bytes());
-        element(body, 0x0900, &status.to_le_bytes());
-        element(
-            body,
-            0x1000,
-            &padded_uid(&request.requested_sop_instance_uid),
-        );
-        element(body, 0x1008, &request.action_type.to_le_bytes());
-    })
+    normalized_response(
+        N_ACTION_RSP,
+        request,
+        (
+            &request.requested_sop_class_uid,
+            &request.requested_sop_instance_uid,
+        ),
+        (0x1008, request.action_type),
+        status,
+    )
 }
 
 /// An N-EVENT-REPORT-RSP (PS3.7 10.1.1.1.2): the request's SOP class, instance and event type.
 pub fn event_report_response(request: &Command, status: u16) -> Vec<u8> {
+    normalized_response(
+        N_EVENT_REPORT_RSP,
+        request,
+        (
+            &request.affected_sop_class_uid,
+            &request.affected_sop_instance_uid,
+        ),
+        (0x1002, request.event_type),
+        status,
+    )
+}
+
+/// The response of a normalized service to `request`: its SOP class and instance, and the
+/// action or event type the request named (`kind`: its element and value).
+fn normalized_response(
+    command_field: u16,
+    request: &Command,
+    (sop_class, sop_instance): (&str, &str),
+    (kind_element, kind): (u16, u16),
+    status: u16,
+) -> Vec<u8> {
     command_set(|body| {
-        element(body, 0x0002, &padded_uid(&request.affected_sop_class_uid));
-        element(body, 0x0100, &N_EVENT_REPORT_RSP.to_le_bytes());
+        element(body, 0x0002, &padded_uid(sop_class));
+        element(body, 0x0100, &command_field.to_le_bytes());
         element(body, 0x0120, &request.message_id.to_le_bytes());
         element(body, 0x0800, &NO_DATA_SET.to_le_bytes());
         element(body, 0x0900, &status.to_le_bytes());
-        element(
-            body,
-            0x1000,
-            &padded_uid(&request.affected_sop_instance_uid),
-        );
-        element(body, 0x1002, &request.event_type.to_le_bytes());
+        element(body, 0x1000, &padded_uid(sop_instance));
+        element(body, kind_element, &kind.to_le_bytes());
     })
 }
 

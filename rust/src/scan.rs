@@ -178,8 +178,8 @@ fn is_known_vr(vr: [u8; 2]) -> bool {
     KNOWN_VRS.iter().any(|k| **k == vr)
 }
 
-/// VRs whose explicit encoding has two reserved bytes and a 32-bit length.
-fn has_long_length(vr: [u8; 2]) -> bool {
+/// VRs whose explicit encoding has two reserved bytes and a 32-bit length (PS3.5 7.1.2).
+pub fn has_long_length(vr: [u8; 2]) -> bool {
     matches!(
         &vr,
         b"OB"

@@ -15,25 +15,6 @@ pub struct Key {
     pub value: String,
 }
 
-/// VRs whose explicit VR encoding has a 32-bit length (PS3.5 7.1.2).
-fn long_length(vr: &[u8; 2]) -> bool {
-    matches!(
-        vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
-    )
-}
-
 fn element(out: &mut Vec<u8>, key: &Key, explicit: bool) {
     let mut value = key.value.as_bytes().to_vec();
     if value.len() % 2 == 1 {
@@ -43,7 +24,7 @@ fn element(out: &mut Vec<u8>, key: &Key, explicit: bool) {
     out.extend_from_slice(&(key.tag as u16).to_le_bytes());
     if !explicit {
         out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    } else if long_length(&key.vr) {
+    } else if scan::has_long_length(key.vr) {
         out.extend_from_slice(&key.vr);
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&(value.len() as u32).to_le_bytes());
