@@ -2,8 +2,9 @@
 an archived instance in a transfer syntax a peer can take, never with other pixels.
 
 * native to native: ``recode``, element by element, the pixel bytes only byte-swapped;
-* compressed to native: decoded by pydicom's pixel handlers, the Lossy Image Compression
-  attributes set when the stored encoding was lossy (PS3.3 C.7.6.1.1.5: once lossy, always);
+* compressed to native: decoded by pydicom's pixel handlers (12-bit JPEG by GDCM: ``ijg12``),
+  as DCMTK decodes them, the Lossy Image Compression attributes set when the stored encoding
+  was lossy (PS3.3 C.7.6.1.1.5: once lossy, always);
 * to a compressed syntax: lossless only (RLE, JPEG-LS, JPEG 2000 with the reversible
   wavelet, which the lossy-capable JPEG-LS and JPEG 2000 syntaxes also allow); an encoder
   that could only be lossy (JPEG baseline and extended) is never used, so those syntaxes are
@@ -32,11 +33,13 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
 )
 
+from dicomvault.dicom import ijg12
 from dicomvault.dicom.recode import NATIVE, PIXEL_DATA, RecodeError, Replacement, recode
 
 # Syntaxes produced by a lossless encoder: (the syntax pydicom encodes, its options). The
@@ -79,6 +82,8 @@ _METHOD = (
     ("1.2.840.10008.1.2.4.10", "ISO_13818_2"),
     ("1.2.840.10008.1.2.4.", "ISO_10918_1"),
 )
+
+ijg12.keep_gdcm_out_of_pydicom()
 
 
 class CannotTranscode(ValueError):
@@ -187,6 +192,15 @@ def _mark_lossy(ds: Dataset, syntax: str, compressed_size: int, decoded_size: in
         ds.LossyImageCompressionRatio = f"{decoded_size / compressed_size:.2f}"[:16]
 
 
+def _is_12bit_jpeg(ds: Dataset, syntax: str) -> bool:
+    """Whether the pixels are 12-bit JPEG of one sample, which GDCM decodes as DCMTK does."""
+    return (
+        syntax == JPEGExtended12Bit
+        and int(ds.get("BitsStored", 8)) > 8
+        and int(ds.get("SamplesPerPixel", 1)) == 1
+    )
+
+
 def _decoded(dataset: bytes, syntax: str) -> bytes:
     """An encapsulated data set decoded into Explicit VR Little Endian."""
     ds = _read(dataset, syntax)
@@ -196,11 +210,17 @@ def _decoded(dataset: bytes, syntax: str) -> bytes:
     lossy = _was_lossy(ds, syntax)
     compressed_size = len(ds.PixelData)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds.decompress(
-                as_rgb=True, generate_instance_uid=False, decoding_plugin=_DECODER.get(syntax, "")
-            )
+        if _is_12bit_jpeg(ds, syntax):
+            frames = int(ds.get("NumberOfFrames") or 1)
+            ds.PixelData = ijg12.decode(dataset, 2 * ds.Rows * ds.Columns * frames)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds.decompress(
+                    as_rgb=True,
+                    generate_instance_uid=False,
+                    decoding_plugin=_DECODER.get(syntax, ""),
+                )
     except Exception as e:  # the pixel handlers raise many types
         raise CannotTranscode(f"cannot decode {UID(syntax).name}: {e}") from e
     if lossy:
