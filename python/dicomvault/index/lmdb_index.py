@@ -219,32 +219,12 @@ class LmdbIndex:
             return self.layout.get(txn, level, key)
 
     def children(self, level: Level, key: str) -> list[Record]:
-        child_level = level.child
-        if child_level is None:
-            return []
         with self._snapshot() as txn:
-            records = (
-                self.layout.get(txn, child_level, k)
-                for k in self.layout.child_keys(txn, child_level, key)
-            )
-            return [r for r in records if r is not None]
+            return planner.children(LmdbReader(self.layout, txn), level, key)
 
     def instances_under(self, level: Level, key: str) -> Iterator[Record]:
         with self._snapshot() as txn:
-            record = self.layout.get(txn, level, key)
-            if record is None:
-                return
-            stack = [record]
-            while stack:
-                r = stack.pop()
-                child_level = r.level.child
-                if child_level is None:  # an instance
-                    yield r
-                    continue
-                for k in reversed(self.layout.child_keys(txn, child_level, r.key)):
-                    child = self.layout.get(txn, child_level, k)
-                    if child is not None:
-                        stack.append(child)
+            yield from planner.instances_under(LmdbReader(self.layout, txn), level, key)
 
     def iter_level(self, level: Level) -> Iterator[Record]:
         with self._snapshot() as txn:

@@ -216,3 +216,28 @@ def lookup(reader: Reader, value: str) -> list[Record]:
         for key, r in reader.records(level, keys).items():
             found[(level, key)] = r
     return sorted(found.values(), key=lambda r: (r.level.depth, r.key))
+
+
+def children(reader: Reader, level: Level, key: str) -> list[Record]:
+    """The records one level below the record, in key order."""
+    child_level = level.child
+    if child_level is None:
+        return []
+    keys = sorted(reader.child_keys(child_level, [key]))
+    found = reader.records(child_level, keys)
+    return [found[k] for k in keys if k in found]
+
+
+def instances_under(reader: Reader, level: Level, key: str) -> Iterator[Record]:
+    """Every instance under the record (the record itself for an instance), depth first in key
+    order."""
+    top = reader.records(level, [key]).get(key)
+    if top is None:
+        return
+    stack = [top]
+    while stack:
+        record = stack.pop()
+        if record.level.child is None:
+            yield record
+            continue
+        stack.extend(reversed(children(reader, record.level, record.key)))
