@@ -391,7 +391,7 @@ def verify(config: ConfigOption = None, root: RootOption = None) -> None:
 
 @app.command("init-db")
 def init_db(config: ConfigOption = None, root: RootOption = None) -> None:
-    """Create or upgrade the index's PostgreSQL schema ([index] backend = "postgresql")."""
+    """Create or upgrade the index's PostgreSQL schema (index backend "postgresql")."""
     try:
         found, now = backends.init_db(settings(config, root))
     except backends.BackendError as e:
