@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# The session's PostgreSQL (``postgresql``, ``pg_url``), for the index on it.
+pytest_plugins = ["tests.postgresql"]
+
 
 class Cli:
     """Runs ``python -m dicomvault`` with ``--root`` pointing at a test archive."""

@@ -44,6 +44,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "on_duplicate": "keep",
     },
     "index": {
+        # "lmdb" (embedded, under the archive root) or "postgresql" (a server: url).
+        "backend": "lmdb",
+        # The PostgreSQL database ("postgresql://user:password@host:5432/dbname", or the
+        # DICOMVAULT_INDEX_URL environment variable); its schema is made by `dicomvault
+        # init-db`, or at the first open of an empty database.
+        "url": "",
+        # Connections the archive keeps to PostgreSQL at most.
+        "pool_size": 8,
         # Virtual size of the LMDB map; the file grows only as data is written.
         "map_size": 1 << 40,
         "case_insensitive_pn": True,

@@ -1,4 +1,4 @@
-"""The index, through the ``Index`` protocol for every backend (LMDB's today): hierarchy,
+"""The index, through the ``Index`` protocol for every backend (LMDB, PostgreSQL): hierarchy,
 counts, duplicates, conflicts, lookup, queries, deletion and the replay marks."""
 
 import logging
@@ -11,10 +11,10 @@ import pytest
 
 from dicomvault import _native
 from dicomvault.index import Index, InstanceEntry, Level, LmdbIndex
+from dicomvault.index.pg_index import PgIndex
 
-# Each backend of the ``Index`` protocol, opened on a fresh directory: every test here holds
-# for each (a second backend adds itself).
-BACKENDS: dict[str, Callable[[Path], AbstractContextManager[Index]]] = {"lmdb": LmdbIndex}
+# Each backend of the ``Index`` protocol: every test here holds for each.
+BACKENDS = ["lmdb", "postgresql"]
 
 
 def entry(
@@ -49,9 +49,14 @@ def entry(
     )
 
 
-@pytest.fixture(params=list(BACKENDS))
-def open_index(request):
-    return BACKENDS[request.param]
+@pytest.fixture(params=BACKENDS)
+def open_index(request) -> Callable[[Path], AbstractContextManager[Index]]:
+    """Opens the backend's index: LMDB's in a directory, PostgreSQL's in a fresh database
+    (the same one every time a test opens it)."""
+    if request.param == "lmdb":
+        return LmdbIndex
+    url = request.getfixturevalue("pg_url")
+    return lambda _path: PgIndex(url, store="test-store")
 
 
 @pytest.fixture

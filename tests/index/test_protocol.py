@@ -1,12 +1,16 @@
-"""The ``Index`` protocol is honoured: LMDB's backend has every member with the same signature,
-and what the archive's side calls on an index is in the protocol (nothing LMDB's alone)."""
+"""The ``Index`` protocol is honoured: each backend (LMDB, PostgreSQL) has every member with the
+same signature, and what the archive's side calls on an index is in the protocol (nothing one
+backend's alone)."""
 
 import ast
 import inspect
 from pathlib import Path
 
+import pytest
+
 import dicomvault
 from dicomvault.index import Index, LmdbIndex
+from dicomvault.index.pg_index import PgIndex
 from dicomvault.store import Archive
 
 PACKAGE = Path(dicomvault.__file__).parent
@@ -40,9 +44,10 @@ def mismatches(protocol: type, implementation: type) -> list[str]:
     return found
 
 
-def test_lmdb_index_has_every_member_of_the_protocol_with_its_signature():
+@pytest.mark.parametrize("backend", [LmdbIndex, PgIndex])
+def test_each_backend_has_every_member_of_the_protocol_with_its_signature(backend):
     assert len(members(Index)) >= 20
-    assert mismatches(Index, LmdbIndex) == []
+    assert mismatches(Index, backend) == []
 
 
 def test_a_backend_that_drifts_from_the_protocol_is_caught():

@@ -1,5 +1,5 @@
 """Archive administration commands: import, export, ls, show, lookup, stats, delete, gc,
-verify, reindex."""
+verify, reindex, init-db."""
 
 from __future__ import annotations
 
@@ -12,10 +12,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dicomvault._native import DamagedError, manifest_hash
-from dicomvault.cli.common import ConfigOption, RootOption, audited, fail, open_archive
+from dicomvault.cli.common import (
+    ConfigOption,
+    RootOption,
+    audited,
+    fail,
+    open_archive,
+    settings,
+)
 from dicomvault.cli.output import human_bytes, print_json, print_table
 from dicomvault.dicom.keys import parse_keys
-from dicomvault.index import Level, Record
+from dicomvault.index import Level, Record, backends
 from dicomvault.index.levels import PLURALS
 from dicomvault.store import Archive, IngestOutcome
 from dicomvault.store.archive import PackRewritten, RewriteReport
@@ -380,6 +387,19 @@ def verify(config: ConfigOption = None, root: RootOption = None) -> None:
     )
     if defects or report.damaged:
         raise typer.Exit(1)
+
+
+@app.command("init-db")
+def init_db(config: ConfigOption = None, root: RootOption = None) -> None:
+    """Create or upgrade the index's PostgreSQL schema (index backend "postgresql")."""
+    try:
+        found, now = backends.init_db(settings(config, root))
+    except backends.BackendError as e:
+        fail(str(e))
+    if found == now:
+        typer.echo(f"the index schema is at version {now}: nothing to do")
+    else:
+        typer.echo(f"the index schema is at version {now} (was {found or 'none'})")
 
 
 @app.command()

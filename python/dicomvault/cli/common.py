@@ -12,6 +12,7 @@ import typer
 from dicomvault import config
 from dicomvault.audit import AuditTrail, Who
 from dicomvault.index import Record
+from dicomvault.index.backends import BackendError
 from dicomvault.security.logsafe import EscapingFormatter
 from dicomvault.store import Archive
 
@@ -45,7 +46,7 @@ def open_archive(
 def archive_for(conf: config.Settings, *, exclusive: bool = False) -> Archive:
     try:
         return Archive(conf, exclusive=exclusive)
-    except BlockingIOError as e:
+    except (BlockingIOError, BackendError) as e:
         fail(str(e))
 
 

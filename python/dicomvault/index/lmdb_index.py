@@ -1,7 +1,8 @@
 """The patient -> study -> series -> instance index on LMDB: ``LmdbIndex``, the first
 implementation of the ``Index`` protocol the archive talks to, over its parts — how it lies in
-LMDB (``lmdb_layout``), tree upkeep (``lmdb_tree``), the query planner (``lmdb_query``) and
-the replay marks (``lmdb_marks``).
+LMDB (``lmdb_layout``), its write batch (``lmdb_tree``, for the shared ``tree`` upkeep), its
+reader (``lmdb_query``, for the shared query ``planner``) and the replay marks
+(``lmdb_marks``).
 
 A batch of instances is committed in one write transaction, together with whatever the caller
 makes durable in ``before_commit`` (the pack store's manifests), so the index never refers to
@@ -19,24 +20,22 @@ from typing import Any
 
 import lmdb
 
-from dicomvault import _native
+from dicomvault.index import planner, tree
 from dicomvault.index.levels import Level
-from dicomvault.index.lmdb_layout import DB_NAMES, Layout, decode, encode
+from dicomvault.index.lmdb_layout import DB_NAMES, Layout
 from dicomvault.index.lmdb_marks import Marks
-from dicomvault.index.lmdb_query import QueryPlanner
-from dicomvault.index.lmdb_tree import Batch, Tree, version
+from dicomvault.index.lmdb_query import LmdbReader
+from dicomvault.index.lmdb_tree import LmdbBatch, add_totals, totals
 from dicomvault.index.records import (
     CommitOutcome,
-    CommitStatus,
     InstanceEntry,
     Positions,
     Record,
-    record_keys,
+    decode,
+    encode,
 )
 
 log = logging.getLogger("dicomvault.index")
-
-manifest_hash = _native.manifest_hash
 
 
 class LmdbIndex:
@@ -68,9 +67,7 @@ class LmdbIndex:
             max_readers=1024,
         )
         self.layout = Layout(self.env)
-        self.tree = Tree(self.layout)
         self.marks = Marks(self.layout)
-        self.planner = QueryPlanner(self.layout)
         self._barrier = barrier
         self._same_data_set = same_data_set
 
@@ -88,17 +85,6 @@ class LmdbIndex:
         may raise instead: see ``Archive``)."""
         if self._barrier is not None:
             self._barrier()
-
-    def _same(self, indexed: bytes, received: bytes) -> bool:
-        """Whether a received instance is the one indexed under its key, byte for byte in
-        its data set; an indexed one that cannot be read counts as different."""
-        if indexed == received or self._same_data_set is None:
-            return indexed == received
-        try:
-            return self._same_data_set(indexed, received)
-        except OSError as e:
-            log.error("comparing two versions of an instance failed: %s", e)
-            return False
 
     def _snapshot(self) -> lmdb.Transaction[bytes]:
         """A read transaction that sees every instance acknowledged before it began."""
@@ -165,69 +151,19 @@ class LmdbIndex:
         entries: Sequence[InstanceEntry],
         before_commit: Callable[[list[InstanceEntry]], Positions | None] | None = None,
     ) -> list[CommitOutcome]:
-        """Indexes a batch in one transaction. An instance whose key is indexed already is a
-        duplicate when its manifest is the same; with other bytes it replaces the indexed one
-        if its ``replace`` says so (the replaced version goes into its history), else the
-        first is kept; both are logged with the two manifests' hashes. ``before_commit`` runs
-        inside the transaction with the entries that change the index (none, when nothing
-        does); the log positions it returns (pack, offset) are recorded as applied, in the
-        same transaction."""
+        """Indexes a batch in one transaction (see ``tree.decide``: a duplicate keeps the
+        first copy unless ``replace``). ``before_commit`` runs inside the transaction with the
+        entries that change the index (none, when nothing does); the log positions it returns
+        (pack, offset) are recorded as applied, in the same transaction."""
         with self.env.begin(write=True) as txn:
-            batch = Batch(self.layout, txn)
-            outcomes: list[CommitOutcome] = []
-            new: list[tuple[InstanceEntry, tuple[str, str, str, str], CommitStatus]] = []
-            ahead: dict[str, InstanceEntry] = {}  # this batch's changes, by instance key
-            for entry in entries:
-                keys = record_keys(entry)
-                instance = keys[3]
-                earlier = ahead.get(instance)
-                record = batch.get(Level.IMAGE, instance) if earlier is None else None
-                indexed: bytes | None
-                if earlier is not None:
-                    indexed = earlier.manifest
-                else:
-                    indexed = record.manifest if record is not None else None
-                status: CommitStatus
-                if indexed is None:
-                    status = "stored"
-                elif self._same(indexed, entry.manifest):
-                    status = "duplicate"
-                else:
-                    status = "replaced" if entry.replace else "different"
-                    log.warning(
-                        "instance %s received again with other bytes (manifest %s; indexed %s): %s",
-                        instance,
-                        manifest_hash(entry.manifest),
-                        manifest_hash(indexed),
-                        "replaced, the earlier version kept for `show --history` until gc"
-                        if entry.replace
-                        else 'the first kept ([storage] on_duplicate = "keep")',
-                    )
-                outcomes.append(CommitOutcome(status, instance))
-                if status in ("stored", "replaced"):
-                    new.append((entry, keys, status))
-                    ahead[instance] = entry
+            batch = LmdbBatch(self.layout, txn)
+            outcomes, changes = tree.decide(batch, entries, self._same_data_set)
             if before_commit is not None:
-                self.marks.advance(txn, before_commit([e for e, _, _ in new]))
-            if not new:
+                self.marks.advance(txn, before_commit([e for e, _, _ in changes]))
+            if not changes:
                 return outcomes
-            totals = self.tree.totals(txn)
-            modalities_changed: set[str] = set()
-            for entry, keys, status in new:
-                history = None
-                if status == "replaced":
-                    old = batch.get(Level.IMAGE, keys[3])
-                    if old is None:
-                        raise LookupError(f"instance {keys[3]}, to be replaced, is not indexed")
-                    history = [version(old), *(old.history or [])]
-                    self.tree.unlink(batch, old, totals)
-                conflict = self.tree.insert(batch, entry, keys, modalities_changed, history)
-                totals["instances"] += 1
-                totals["size"] += entry.size
-                totals["patient_conflicts"] += conflict
-            self.marks.forget_unindexed(txn, [e.manifest for e, _, _ in new])
-            self.tree.reindex_studies(batch, modalities_changed)
-            self.tree.put_totals(txn, totals)
+            self.marks.forget_unindexed(txn, [e.manifest for e, _, _ in changes])
+            add_totals(self.layout, txn, tree.apply(batch, changes))
         return outcomes
 
     def delete(
@@ -238,29 +174,18 @@ class LmdbIndex:
     ) -> list[Record]:
         """Deletes a record and everything below it; emptied ancestors go too."""
         with self.env.begin(write=True) as txn:
-            batch = Batch(self.layout, txn)
+            batch = LmdbBatch(self.layout, txn)
             top = batch.get(level, key)
             if top is None:
                 return []
-            subtree: list[Record] = []
-            stack = [top]
-            while stack:
-                record = stack.pop()
-                subtree.append(record)
-                child_level = record.level.child
-                if child_level is None:
-                    continue
-                for child_key in self.layout.child_keys(txn, child_level, record.key):
-                    child = batch.get(child_level, child_key)
-                    if child is not None:
-                        stack.append(child)
+            subtree = tree.subtree(batch, top)
             removed = [r for r in subtree if r.level is Level.IMAGE]
             if before_commit is not None:
                 self.marks.advance(txn, before_commit(removed))
-            totals = self.tree.totals(txn)
-            self.tree.unlink(batch, top, totals, subtree)
+            delta = tree.no_totals()
+            tree.unlink(batch, top, delta, subtree)
             batch.flush()
-            self.tree.put_totals(txn, totals)
+            add_totals(self.layout, txn, delta)
             return removed
 
     def clear(self) -> None:
@@ -294,32 +219,12 @@ class LmdbIndex:
             return self.layout.get(txn, level, key)
 
     def children(self, level: Level, key: str) -> list[Record]:
-        child_level = level.child
-        if child_level is None:
-            return []
         with self._snapshot() as txn:
-            records = (
-                self.layout.get(txn, child_level, k)
-                for k in self.layout.child_keys(txn, child_level, key)
-            )
-            return [r for r in records if r is not None]
+            return planner.children(LmdbReader(self.layout, txn), level, key)
 
     def instances_under(self, level: Level, key: str) -> Iterator[Record]:
         with self._snapshot() as txn:
-            record = self.layout.get(txn, level, key)
-            if record is None:
-                return
-            stack = [record]
-            while stack:
-                r = stack.pop()
-                child_level = r.level.child
-                if child_level is None:  # an instance
-                    yield r
-                    continue
-                for k in reversed(self.layout.child_keys(txn, child_level, r.key)):
-                    child = self.layout.get(txn, child_level, k)
-                    if child is not None:
-                        stack.append(child)
+            yield from planner.instances_under(LmdbReader(self.layout, txn), level, key)
 
     def iter_level(self, level: Level) -> Iterator[Record]:
         with self._snapshot() as txn:
@@ -328,23 +233,12 @@ class LmdbIndex:
 
     def lookup(self, value: str) -> list[Record]:
         """Records named by ``value`` as a PatientID, AccessionNumber, UID or record key."""
-        found: dict[tuple[Level, str], Record] = {}
         with self._snapshot() as txn:
-            for level in Level:
-                r = self.layout.get(txn, level, value)
-                if r is not None:
-                    found[(level, r.key)] = r
-            for code, level in ((b"pid", Level.PATIENT), (b"acc", Level.STUDY)):
-                for key in self.planner.ix_range(txn, code, value, exact=True):
-                    r = self.layout.get(txn, level, key)
-                    if r is not None:
-                        found[(level, key)] = r
-        order = {lvl: i for i, lvl in enumerate(Level)}
-        return sorted(found.values(), key=lambda r: (order[r.level], r.key))
+            return planner.lookup(LmdbReader(self.layout, txn), value)
 
     def stats(self) -> dict[str, int]:
         with self._snapshot() as txn:
-            totals = self.tree.totals(txn)
+            kept = totals(self.layout, txn)
             counts = {
                 name.decode(): txn.stat(db)["entries"]
                 for name, db in ((DB_NAMES[lvl], self.layout.dbs[lvl]) for lvl in Level)
@@ -354,8 +248,8 @@ class LmdbIndex:
             "studies": counts["studies"],
             "series": counts["series"],
             "instances": counts["instances"],
-            "size": totals["size"],
-            "patient_conflicts": totals["patient_conflicts"],
+            "size": kept["size"],
+            "patient_conflicts": kept["patient_conflicts"],
         }
 
     def find(
@@ -368,10 +262,10 @@ class LmdbIndex:
         limit: int | None = None,
         offset: int = 0,
     ) -> Iterator[dict[str, str]]:
-        """C-FIND matching at ``level`` (see ``QueryPlanner.find``)."""
+        """C-FIND matching at ``level`` (see ``planner.find``)."""
         with self._snapshot() as txn:
-            yield from self.planner.find(
-                txn,
+            yield from planner.find(
+                LmdbReader(self.layout, txn),
                 level,
                 filters,
                 return_keys,

@@ -1,9 +1,9 @@
-"""How the index lies in LMDB: its sub-databases, key encodings and record codec, and the
-reads and secondary-index upkeep that the tree, the query planner and the marks share.
+"""How the index lies in LMDB: its sub-databases and key encodings, and the reads and
+secondary-index upkeep that the tree, the query planner and the marks share.
 
 Sub-databases: one per level (record key -> msgpack record), ``children`` (parent/child key
-pairs, so a level's children are a key range), ``ix`` (secondary indexes: field, value and
-record key in one key, so exact and prefix matches and date ranges are key ranges) and
+pairs, so a level's children are a key range), ``ix`` (``secondary`` index entries: field,
+value and record key in one key, so exact and prefix matches and date ranges are key ranges) and
 ``meta`` (totals, replay marks).
 """
 
@@ -15,8 +15,10 @@ from typing import Any
 import lmdb
 import msgpack
 
+from dicomvault.index import secondary
 from dicomvault.index.levels import Level
-from dicomvault.index.records import Record
+from dicomvault.index.records import Record, decode
+from dicomvault.index.secondary import SEP
 
 DB_NAMES = {
     Level.PATIENT: b"patients",
@@ -24,70 +26,6 @@ DB_NAMES = {
     Level.SERIES: b"series",
     Level.IMAGE: b"instances",
 }
-SEP = b"\x00"
-# LMDB keys are at most 511 bytes: long values are cut in index keys and re-checked.
-_MAX_VALUE = 160
-
-# Secondary indexes: field code -> (level, keyword, case-folded).
-FIELDS: dict[bytes, tuple[Level, str, bool]] = {
-    b"pid": (Level.PATIENT, "PatientID", False),
-    b"pn": (Level.PATIENT, "PatientName", False),
-    b"pnf": (Level.PATIENT, "PatientName", True),
-    b"acc": (Level.STUDY, "AccessionNumber", False),
-    b"sd": (Level.STUDY, "StudyDate", False),
-    b"mod": (Level.SERIES, "Modality", False),
-}
-
-
-def cut(value: str) -> bytes:
-    raw = value.encode("utf-8")[:_MAX_VALUE]
-    return raw.decode("utf-8", "ignore").encode("utf-8").replace(SEP, b" ")
-
-
-def ix_values(code: bytes, level: Level, tags: Mapping[str, str]) -> list[str]:
-    _, keyword, fold = FIELDS[code]
-    value = tags.get(keyword, "")
-    if code == b"sd":
-        value = value.replace(".", "")
-    if keyword == "PatientName":
-        # The whole name and each component group, since a query may match either.
-        values = list(dict.fromkeys([value, *(g for g in value.split("=") if g)]))
-    else:
-        values = value.split("\\")
-    return [v.casefold() if fold else v for v in values if v]
-
-
-def encode(record: Record) -> bytes:
-    return msgpack.packb(
-        {
-            "p": record.parent,
-            "t": record.tags,
-            "c": record.counts,
-            "s": record.size,
-            "r": record.received_at,
-            "src": record.source,
-            "m": record.manifest,
-            "pc": record.patient_conflict,
-            "h": record.history,
-        }
-    )
-
-
-def decode(level: Level, key: str, raw: bytes) -> Record:
-    d = msgpack.unpackb(raw)
-    return Record(
-        level,
-        key,
-        d["p"],
-        d["t"],
-        d["c"],
-        d["s"],
-        d["r"],
-        d.get("src"),
-        d.get("m"),
-        d.get("pc"),
-        d.get("h"),
-    )
 
 
 class Layout:
@@ -123,24 +61,16 @@ class Layout:
                 keys.append(k[len(prefix) :].decode("utf-8"))
         return keys
 
-    def ix_key(self, code: bytes, value: str, key: str) -> bytes:
-        return code + SEP + cut(value) + SEP + key.encode("utf-8")
+    def ix_key(self, code: bytes, value: bytes, key: str) -> bytes:
+        return code + SEP + value + SEP + key.encode("utf-8")
 
     def index_record(self, txn: lmdb.Transaction[bytes], record: Record, add: bool) -> None:
-        for code, (level, _, _) in FIELDS.items():
-            if level is not record.level:
-                continue
-            for value in ix_values(code, level, record.tags):
-                k = self.ix_key(code, value, record.key)
-                if add:
-                    txn.put(k, b"", db=self.ix)
-                else:
-                    txn.delete(k, db=self.ix)
-        if record.level is Level.STUDY:
-            for modality in record.tags.get("ModalitiesInStudy", "").split("\\"):
-                if modality:
-                    k = self.ix_key(b"mis", modality, record.key)
-                    txn.put(k, b"", db=self.ix) if add else txn.delete(k, db=self.ix)
+        for code, value in secondary.entries(record):
+            k = self.ix_key(code, value, record.key)
+            if add:
+                txn.put(k, b"", db=self.ix)
+            else:
+                txn.delete(k, db=self.ix)
 
     def meta_get(self, txn: lmdb.Transaction[bytes], key: bytes, default: Any) -> Any:
         """A msgpack value of ``meta``, or ``default``."""

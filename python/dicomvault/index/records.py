@@ -1,5 +1,6 @@
 """What goes into the index (``InstanceEntry``, with the pack log ``Positions`` it applies) and
-what comes out (``Record``), and how record keys are made from an entry's tags."""
+what comes out (``Record``, and its stored form), and how record keys are made from an
+entry's tags."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
+
+import msgpack
 
 from dicomvault import _native
 from dicomvault.index.levels import TAGS, Level
@@ -71,6 +74,41 @@ class Record:
             if self.patient_conflict is not None:
                 out["patient_conflict"] = self.patient_conflict
         return out
+
+
+def encode(record: Record) -> bytes:
+    """A record's stored form (every backend stores records so: msgpack; its level and key
+    are where it is stored)."""
+    return msgpack.packb(
+        {
+            "p": record.parent,
+            "t": record.tags,
+            "c": record.counts,
+            "s": record.size,
+            "r": record.received_at,
+            "src": record.source,
+            "m": record.manifest,
+            "pc": record.patient_conflict,
+            "h": record.history,
+        }
+    )
+
+
+def decode(level: Level, key: str, raw: bytes) -> Record:
+    d = msgpack.unpackb(raw)
+    return Record(
+        level,
+        key,
+        d["p"],
+        d["t"],
+        d["c"],
+        d["s"],
+        d["r"],
+        d.get("src"),
+        d.get("m"),
+        d.get("pc"),
+        d.get("h"),
+    )
 
 
 # What committing an instance did: stored anew; "duplicate" (the same bytes were stored

@@ -2,7 +2,9 @@
 that spans the two (ingest, export, delete, verify, reindex, gc, repack).
 
 Layout of a root: ``packs/`` (append-only pack files), ``blobs/`` (the blob index, LMDB, owned
-by the Rust store), ``index/`` (the patient/study/series/instance index, LMDB) and ``LOCK``.
+by the Rust store), ``index/`` (the patient/study/series/instance index, LMDB; or the index
+is on PostgreSQL, ``[index] backend``, and ``store-id`` names this pack store there) and
+``LOCK``.
 The packs are the archive's log. An instance is acknowledged once its blobs and its manifest
 record (everything its index entry is made from) are fsynced in a pack. Every writer — the
 DICOM listener and our C-GETs in Rust, import, STOW-RS, uploads and migrations here, and
@@ -42,7 +44,8 @@ from dicomvault.dicom.acceptance import (
     uid_of,
 )
 from dicomvault.dicom.values import decode_elements, wanted
-from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, LmdbIndex, Record
+from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, Record
+from dicomvault.index.backends import open_index
 from dicomvault.index.levels import INDEXED_KEYWORDS
 from dicomvault.metrics import Counter, Histogram
 from dicomvault.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
@@ -157,8 +160,9 @@ def _annotations(entry: InstanceEntry) -> bytes:
 class Archive:
     """An open archive. Thread-safe; close it (or use ``with``) to flush and release it."""
 
-    # Any backend of the ``Index`` protocol (LMDB's today). Only the archive (and the rest of
-    # ``store/``) talks to it and to the pack store: the services read through the door below.
+    # Any backend of the ``Index`` protocol (``[index] backend``: LMDB or PostgreSQL). Only the
+    # archive (and the rest of ``store/``) talks to it and to the pack store: the services read
+    # through the door below.
     index: Index
 
     def __init__(self, settings: Settings, *, exclusive: bool = False) -> None:
@@ -186,12 +190,8 @@ class Archive:
             log.warning("store recovery: %s", message)
         # Before the replay: instances it applies get their audit records then.
         self.audit = AuditTrail(self.root, settings["audit"])
-        self.index = LmdbIndex(
-            self.root / "index",
-            map_size=int(settings["index"]["map_size"]),
-            sync=False,
-            barrier=self._barrier,
-            same_data_set=self.store.same_data_set,
+        self.index = open_index(
+            settings, barrier=self._barrier, same_data_set=self.store.same_data_set
         )
         # Why instances are refused before they are acknowledged (see ``check_headroom``).
         self._refusal: str | None = None
