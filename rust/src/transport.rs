@@ -157,8 +157,10 @@ impl Read for Socket {
             let mut buffer = std::mem::take(&mut self.buffer);
             let received = self.receive(&mut buffer);
             self.buffer = buffer;
-            self.start = 0;
+            // Only a read that succeeded moves the window: after a failed one (a signal's
+            // EINTR, which `read_exact` retries), the bytes already served must not be again.
             self.end = received?;
+            self.start = 0;
         }
         Ok(self.buffered(buf))
     }
@@ -397,6 +399,44 @@ pub fn accept(config: Arc<ServerConfig>, mut socket: Socket) -> Result<TlsStream
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    #[test]
+    fn a_read_interrupted_by_a_signal_never_serves_bytes_again() {
+        // A handler without SA_RESTART, as CPython installs its own: a blocked recv() on the
+        // thread the signal lands on fails with EINTR, which read_exact retries.
+        // SAFETY: installs a handler that does nothing, for a signal nothing else here uses.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut());
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut socket = Socket::new(listener.accept().unwrap().0);
+        peer.write_all(&[b'A'; 100]).unwrap();
+        let (started, blocked) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut first = [0u8; 100];
+            socket.read_exact(&mut first).unwrap();
+            // SAFETY: pthread_self has no preconditions.
+            started.send(unsafe { libc::pthread_self() }).unwrap();
+            let mut second = [0u8; 100];
+            socket.read_exact(&mut second).unwrap();
+            (first, second)
+        });
+        let thread = blocked.recv().unwrap();
+        // By now the reader is blocked in recv().
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: the reader thread is alive until it has read the bytes written below.
+        assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR2) }, 0);
+        std::thread::sleep(Duration::from_millis(100));
+        peer.write_all(&[b'B'; 100]).unwrap();
+        let (first, second) = reader.join().unwrap();
+        assert_eq!(first, [b'A'; 100]);
+        assert_eq!(second, [b'B'; 100]);
+    }
 
     #[test]
     fn a_trickle_of_bytes_does_not_outlive_the_deadline() {
