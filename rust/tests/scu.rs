@@ -176,9 +176,11 @@ fn find_and_get_from_the_listener_through_the_receive_path() {
         port: listener.address().port(),
         called_ae: "SOURCE".into(),
         calling_ae: "ARCHIVE".into(),
+        acse_timeout: Duration::from_secs(30),
         timeout: Duration::from_secs(30),
         max_pdu: 4096,
         implementation: implementation(),
+        tls: None,
     };
     let contexts = [FIND, GET, CT].map(|uid| ProposedContext {
         id: 0,
