@@ -510,6 +510,7 @@ class ScuTls:
         private_key: StrPath | None = None,
     ) -> ScuTls: ...
 
+@final
 class ScuAssociation:
     """An association we requested, kept open for C-FIND, C-GET and C-MOVE requests."""
 
