@@ -1,9 +1,9 @@
 """`dicomvault migrate pacs` over DICOM TLS (PS3.15 B.9; the Rust SCU's rustls client): from a
 second dicomvault `serve` on its TLS port and from Orthanc with DICOM TLS, mutual TLS both
 times, every instance's data set byte-identical to the source's (the File Meta is the
-receiver's); a source whose certificate our CAs did
-not sign, a source refusing us for want of a certificate and a plaintext port named as TLS
-fail at once, saying so and naming the source, with nothing stored."""
+receiver's); a source whose certificate our CAs did not sign, a source refusing us for want
+of a certificate and a plaintext port named as TLS fail at once, saying so and naming the
+source, with nothing stored. `dicomvault get` takes the same SCU."""
 
 from __future__ import annotations
 
@@ -128,6 +128,28 @@ def test_from_dicomvault_over_tls_every_instance_byte_identical(tmp_path, certs,
     ours = migrator.held()
     assert set(ours) == {g.sop_instance_uid for g in corpus}
     assert ours == data_sets(source.root)
+
+
+def test_the_get_verb_from_a_tls_modality_stores_through_the_rust_scu(tmp_path, certs, corpus):
+    """`dicomvault get` over TLS into the archive (the Rust SCU, as migrations): the study's
+    instances, their data sets as the source holds them."""
+    tls_port = free_port()
+    migrator = Migrator(tmp_path / "migrator", SOURCE, tls_port, certs.ours())
+    source = serve_source(tmp_path / "source", certs, corpus, tls_port, migrator.port)
+    study = corpus[0].study_instance_uid
+    try:
+        result = migrator.cli.run(
+            "get", "source", "-k", f"StudyInstanceUID={study}", "--config", migrator.config
+        )
+    finally:
+        assert source.stop() == 0
+    assert "C-GET" in result.stdout
+    theirs = data_sets(source.root)
+    assert migrator.held() == {
+        g.sop_instance_uid: theirs[g.sop_instance_uid]
+        for g in corpus
+        if g.study_instance_uid == study
+    }
 
 
 def test_tls_failures_are_told_at_once_naming_the_source_and_store_nothing(tmp_path, certs, corpus):
