@@ -206,8 +206,9 @@ fn handshake<D: SideData>(
             )));
         }
         if let Err(e) = conn.process_new_packets() {
-            // The alert saying why, if the peer still listens.
-            let _ = conn.write_tls(socket);
+            // The alert saying why (whole: a truncated record tells the peer nothing), if
+            // the peer still listens.
+            while conn.wants_write() && conn.write_tls(socket).is_ok_and(|n| n > 0) {}
             return Err(TlsError::Handshake(e));
         }
     }

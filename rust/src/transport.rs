@@ -162,6 +162,11 @@ impl Write for Socket {
         self.tcp.write(buf)
     }
 
+    /// rustls hands its records over as several pieces (headers apart): one system call.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.tcp.write_vectored(bufs)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }

@@ -180,7 +180,8 @@ def test_tls_failures_are_told_at_once_naming_the_source_and_store_nothing(tmp_p
             assert took < ACSE_TIMEOUT_S, (name, took)
             assert migrator.held() == {}, name
             assert "PRIVATE KEY" not in result.stdout + result.stderr
-        assert source.logged("TLS handshake with 127.0.0.1")
+        # We told the source why we hung up (a TLS alert, whole).
+        assert source.logged("failed: received fatal alert: DecryptError")
     finally:
         assert source.stop() == 0
 
