@@ -498,6 +498,19 @@ class Retrieved:
 Keys = Sequence[tuple[int, str, str]]
 
 @final
+class ScuTls:
+    """DICOM TLS for the associations we request: the CAs a peer's certificate must chain to,
+    and our certificate and key for a peer that asks for one."""
+
+    def __new__(
+        cls,
+        *,
+        ca: StrPath,
+        certificate: StrPath | None = None,
+        private_key: StrPath | None = None,
+    ) -> ScuTls: ...
+
+@final
 class ScuAssociation:
     """An association we requested, kept open for C-FIND, C-GET and C-MOVE requests."""
 
@@ -511,9 +524,11 @@ class ScuAssociation:
         scp_roles: Sequence[str] = ...,
         *,
         max_pdu: int,
+        acse_timeout_s: float,
         timeout_s: float,
         implementation_class_uid: str,
         implementation_version_name: str,
+        tls: ScuTls | None = None,
     ) -> ScuAssociation: ...
     @property
     def is_open(self) -> bool: ...
@@ -550,6 +565,7 @@ __all__ = [
     "ScanError",
     "Scanner",
     "ScuAssociation",
+    "ScuTls",
     "Store",
     "StoreStats",
     "VerifyReport",

@@ -17,6 +17,7 @@ pub mod scan;
 pub mod scp;
 pub mod scu;
 pub mod status;
+pub mod tls;
 pub mod transport;
 
 #[cfg(feature = "python")]

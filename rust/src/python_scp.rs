@@ -6,7 +6,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use crate::python::{decode_manifest, Store};
-use crate::{dimse, scp, status, transport};
+use crate::{dimse, scp, status, tls};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
@@ -79,13 +79,13 @@ impl ListenerConfig {
             None => None,
             Some(tls) => {
                 let tls = tls.get();
-                let files = transport::TlsFiles {
+                let files = tls::TlsFiles {
                     certificate: tls.certificate.clone(),
                     private_key: tls.private_key.clone(),
                     ca: tls.ca.clone(),
                     require_client_certificate: tls.require_client_certificate,
                 };
-                let config = transport::server_config(&files)
+                let config = tls::server_config(&files)
                     .map_err(|e| PyValueError::new_err(format!("TLS: {e}")))?;
                 Some((resolve(tls.port)?, config))
             }

@@ -1,17 +1,20 @@
 //! The SCU's Python binding: `ScuAssociation`, an association we requested and keep open for
-//! C-FIND, C-GET and C-MOVE requests, and `Receiver`, where a C-GET's sub-operations go (the
-//! listener's receive path, into the store the archive's applier indexes). Every network wait
-//! releases the GIL.
+//! C-FIND, C-GET and C-MOVE requests (over DICOM TLS with an `ScuTls`), and `Receiver`, where
+//! a C-GET's sub-operations go (the listener's receive path, into the store the archive's
+//! applier indexes). Every network wait releases the GIL.
 
 use crate::dimse::Implementation;
 use crate::pdu::ProposedContext;
 use crate::python::Store;
 use crate::receive;
 use crate::scu::{self, Association, Key, Peer, Retrieved, ScuError};
+use crate::tls;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use rustls::ClientConfig;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +27,11 @@ create_exception!(
 
 fn association_error(e: ScuError) -> PyErr {
     AssociationError::new_err(e.to_string())
+}
+
+/// A timeout given in seconds, at least a millisecond: connecting refuses a zero one.
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.001))
 }
 
 fn vr(text: &str) -> PyResult<[u8; 2]> {
@@ -77,6 +85,40 @@ impl PyReceiver {
     }
 }
 
+/// DICOM TLS for the associations we request: the CAs (PEM) a peer's certificate must chain
+/// to, and our certificate and private key for a peer that asks for one. Read once and shared
+/// by every association made with it, which resume each other's TLS sessions.
+#[pyclass(frozen, module = "dicomvault._native")]
+struct ScuTls {
+    config: Arc<ClientConfig>,
+}
+
+#[pymethods]
+impl ScuTls {
+    /// ValueError if a file cannot be read or holds nothing usable, or only one of
+    /// `certificate` and `private_key` is given.
+    #[new]
+    #[pyo3(signature = (*, ca, certificate = None, private_key = None))]
+    fn new(
+        ca: PathBuf,
+        certificate: Option<PathBuf>,
+        private_key: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let identity = match (certificate, private_key) {
+            (Some(certificate), Some(key)) => Some((certificate, key)),
+            (None, None) => None,
+            _ => {
+                return Err(PyValueError::new_err(
+                    "TLS: a certificate needs its private key, and a key its certificate",
+                ))
+            }
+        };
+        let config = tls::client_config(&tls::ClientFiles { ca, identity })
+            .map_err(|e| PyValueError::new_err(format!("TLS: {e}")))?;
+        Ok(ScuTls { config })
+    }
+}
+
 /// An association we requested: `find`, `get` and `move` on it until `release`.
 #[pyclass(module = "dicomvault._native")]
 struct ScuAssociation {
@@ -124,13 +166,16 @@ impl From<Retrieved> for PyRetrieved {
 
 #[pymethods]
 impl ScuAssociation {
-    /// Connects to `called_ae` at `host:port` as `calling_ae`, proposing `contexts` (abstract
-    /// syntax, [transfer syntaxes]) and taking the SCP role for `scp_roles` (what a C-GET
-    /// sends back). AssociationError if it cannot be made.
+    /// Connects to `called_ae` at `host:port` as `calling_ae` (over TLS with `tls`, the
+    /// peer's certificate naming `host`), proposing `contexts` (abstract syntax, [transfer
+    /// syntaxes]) and taking the SCP role for `scp_roles` (what a C-GET sends back), all
+    /// within `acse_timeout_s`; the peer may then stay silent `timeout_s` at most.
+    /// AssociationError if it cannot be made.
     #[new]
     #[pyo3(signature = (
         host, port, called_ae, calling_ae, contexts, scp_roles = Vec::new(), *, max_pdu,
-        timeout_s, implementation_class_uid, implementation_version_name,
+        acse_timeout_s, timeout_s, implementation_class_uid, implementation_version_name,
+        tls = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -142,9 +187,11 @@ impl ScuAssociation {
         contexts: Vec<(String, Vec<String>)>,
         scp_roles: Vec<String>,
         max_pdu: u32,
+        acse_timeout_s: f64,
         timeout_s: f64,
         implementation_class_uid: String,
         implementation_version_name: String,
+        tls: Option<PyRef<'_, ScuTls>>,
     ) -> PyResult<Self> {
         if contexts.len() > 128 {
             return Err(PyValueError::new_err(format!(
@@ -157,12 +204,14 @@ impl ScuAssociation {
             port,
             called_ae,
             calling_ae,
-            timeout: Duration::from_secs_f64(timeout_s.max(0.001)),
+            acse_timeout: seconds(acse_timeout_s),
+            timeout: seconds(timeout_s),
             max_pdu,
             implementation: Implementation {
                 class_uid: implementation_class_uid,
                 version_name: implementation_version_name,
             },
+            tls: tls.map(|t| t.config.clone()),
         };
         let proposed: Vec<ProposedContext> = contexts
             .into_iter()
@@ -290,6 +339,7 @@ impl ScuAssociation {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ScuAssociation>()?;
+    m.add_class::<ScuTls>()?;
     m.add_class::<PyReceiver>()?;
     m.add_class::<PyRetrieved>()?;
     m.add("AssociationError", m.py().get_type::<AssociationError>())?;

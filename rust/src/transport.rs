@@ -1,18 +1,11 @@
 //! What an association runs over: a TCP socket whose reads keep a deadline, used as it is or
-//! under TLS (rustls with the BCP 195 suites of PS3.15 B.9), and the TLS server configuration
-//! read from PEM files.
+//! under TLS (a rustls connection of either side, configured and handshaken in `crate::tls`).
 
-use rustls::crypto::{ring, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
-use std::fmt;
+use rustls::{ConnectionCommon, SideData, StreamOwned};
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A read may end this much after the deadline: setting the socket's timeout again before
@@ -171,6 +164,11 @@ impl Write for Socket {
         self.tcp.write(buf)
     }
 
+    /// rustls hands its records over as several pieces (headers apart): one system call.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.tcp.write_vectored(bufs)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -190,6 +188,8 @@ pub trait Channel: Read + Write + Send {
     fn socket(&mut self) -> &mut Socket;
     /// Whether the peer has sent something not yet read, without waiting for it.
     fn input_waiting(&mut self) -> io::Result<bool>;
+    /// Ends the connection both ways (an association released or aborted).
+    fn close(&mut self);
 }
 
 impl Channel for Socket {
@@ -199,6 +199,11 @@ impl Channel for Socket {
 
     fn input_waiting(&mut self) -> io::Result<bool> {
         Ok(self.bytes_waiting())
+    }
+
+    fn close(&mut self) {
+        // Already closed by the peer, or broken: nothing left to end.
+        let _ = self.tcp.shutdown(Shutdown::Both);
     }
 }
 
@@ -210,9 +215,15 @@ impl AsRawFd for Socket {
     }
 }
 
-pub type TlsStream = StreamOwned<ServerConnection, Socket>;
+/// A TLS connection over a socket: the listener's (`rustls::ServerConnection`) or the SCU's
+/// (`rustls::ClientConnection`).
+pub type TlsStream<C> = StreamOwned<C, Socket>;
 
-impl Channel for TlsStream {
+impl<C, D> Channel for TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<D>> + Send,
+    D: SideData,
+{
     fn socket(&mut self) -> &mut Socket {
         &mut self.sock
     }
@@ -237,162 +248,21 @@ impl Channel for TlsStream {
         let state = self.conn.process_new_packets().map_err(invalid_data)?;
         Ok(state.plaintext_bytes_to_read() > 0 || state.peer_has_closed())
     }
+
+    /// A close_notify first, so that the peer sees the end as intended, not as truncation.
+    fn close(&mut self) {
+        self.conn.send_close_notify();
+        while self.conn.wants_write() {
+            if self.conn.write_tls(&mut self.sock).is_err() {
+                break;
+            }
+        }
+        self.sock.close();
+    }
 }
 
 fn invalid_data(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
-}
-
-/// Why TLS could not be configured, or a handshake failed.
-#[derive(Debug)]
-pub enum TlsError {
-    /// A PEM file that cannot be read or holds nothing usable.
-    Pem {
-        path: PathBuf,
-        reason: String,
-    },
-    /// A client certificate is required but no CA is configured to verify it against.
-    NoTrustedCa,
-    Config(rustls::Error),
-    Verifier(String),
-    Handshake(rustls::Error),
-    Io(io::Error),
-}
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TlsError::Pem { path, reason } => write!(f, "{}: {reason}", path.display()),
-            TlsError::NoTrustedCa => write!(
-                f,
-                "a client certificate is required (tls_require_client_certificate) \
-                 but no tls_ca is set to verify it against"
-            ),
-            TlsError::Config(e) => write!(f, "TLS configuration: {e}"),
-            TlsError::Verifier(e) => write!(f, "client certificate verifier: {e}"),
-            TlsError::Handshake(e) => write!(f, "{e}"),
-            TlsError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
-                write!(f, "not done within the association timeout")
-            }
-            TlsError::Io(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for TlsError {}
-
-impl From<io::Error> for TlsError {
-    fn from(e: io::Error) -> TlsError {
-        TlsError::Io(e)
-    }
-}
-
-/// The PEM files of a TLS listener.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub certificate: PathBuf,
-    pub private_key: PathBuf,
-    /// CAs that client certificates must chain to.
-    pub ca: Option<PathBuf>,
-    pub require_client_certificate: bool,
-}
-
-/// TLS 1.3's suites, and TLS 1.2's forward-secret AEAD suites of BCP 195 (RFC 9325 4.2;
-/// PS3.15 B.9): no CBC, no RSA key exchange (rustls has no DHE).
-fn bcp195_provider() -> CryptoProvider {
-    use ring::cipher_suite as suite;
-    CryptoProvider {
-        cipher_suites: vec![
-            suite::TLS13_AES_128_GCM_SHA256,
-            suite::TLS13_AES_256_GCM_SHA384,
-            suite::TLS13_CHACHA20_POLY1305_SHA256,
-            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-        ],
-        ..ring::default_provider()
-    }
-}
-
-fn pem_error(path: &Path, reason: impl fmt::Display) -> TlsError {
-    TlsError::Pem {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, e))?;
-    if certificates.is_empty() {
-        return Err(pem_error(path, "no certificate in it"));
-    }
-    Ok(certificates)
-}
-
-/// The listener's TLS configuration: TLS 1.2 and 1.3, its certificate and key, and client
-/// certificates verified against the CAs (required, or optional, as configured).
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(bcp195_provider());
-    let chain = certificates(&files.certificate)?;
-    let key = PrivateKeyDer::from_pem_file(&files.private_key)
-        .map_err(|e| pem_error(&files.private_key, e))?;
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::Config)?;
-    let builder = match &files.ca {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for certificate in certificates(ca)? {
-                roots.add(certificate).map_err(|e| pem_error(ca, e))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if files.require_client_certificate {
-                verifier
-            } else {
-                verifier.allow_unauthenticated()
-            };
-            let verifier = verifier
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None if files.require_client_certificate => return Err(TlsError::NoTrustedCa),
-        None => builder.with_no_client_auth(),
-    };
-    let config = builder
-        .with_single_cert(chain, key)
-        .map_err(TlsError::Config)?;
-    Ok(Arc::new(config))
-}
-
-/// The server side of a TLS handshake on `socket`, whose deadline bounds it.
-pub fn accept(config: Arc<ServerConfig>, mut socket: Socket) -> Result<TlsStream, TlsError> {
-    let mut conn = ServerConnection::new(config).map_err(TlsError::Config)?;
-    while conn.is_handshaking() {
-        if conn.wants_write() {
-            conn.write_tls(&mut socket)?;
-            continue;
-        }
-        if conn.read_tls(&mut socket)? == 0 {
-            return Err(TlsError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the peer closed the connection",
-            )));
-        }
-        if let Err(e) = conn.process_new_packets() {
-            // The alert saying why, if the peer still listens.
-            let _ = conn.write_tls(&mut socket);
-            return Err(TlsError::Handshake(e));
-        }
-    }
-    while conn.wants_write() {
-        conn.write_tls(&mut socket)?;
-    }
-    Ok(StreamOwned::new(conn, socket))
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! decoded, C-GET sub-operations streamed through the receive path into the second store
 //! byte for byte (small PDUs, so that every data set arrives in many PDVs), instances of
 //! another study than asked refused with 0xA900, and nothing acknowledged before it is
-//! durable in the backlog.
+//! durable in the backlog; a silent peer, plain or TLS, fails the association within the ACSE
+//! timeout.
 
 mod common;
 
@@ -176,9 +177,11 @@ fn find_and_get_from_the_listener_through_the_receive_path() {
         port: listener.address().port(),
         called_ae: "SOURCE".into(),
         calling_ae: "ARCHIVE".into(),
+        acse_timeout: Duration::from_secs(30),
         timeout: Duration::from_secs(30),
         max_pdu: 4096,
         implementation: implementation(),
+        tls: None,
     };
     let contexts = [FIND, GET, CT].map(|uid| ProposedContext {
         id: 0,
@@ -246,5 +249,72 @@ fn find_and_get_from_the_listener_through_the_receive_path() {
             .unwrap();
         assert_eq!(&data[..], &original[offset as usize..], "{sop}");
         assert!(r.source.starts_with("SOURCE@127.0.0.1"), "{}", r.source);
+    }
+}
+
+/// A peer that accepts connections and never says a word: neither over plain TCP nor in a
+/// TLS handshake does an association wait for it past the ACSE timeout.
+#[test]
+fn a_silent_peer_fails_the_association_within_the_acse_timeout() {
+    let directory = tempfile::tempdir().unwrap();
+    let (ca, key) = (
+        directory.path().join("ca.pem"),
+        directory.path().join("ca.key"),
+    );
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=test CA"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let config = dicomvault_native::tls::client_config(&dicomvault_native::tls::ClientFiles {
+        ca,
+        identity: None,
+    })
+    .unwrap();
+
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let acse_timeout = Duration::from_millis(300);
+    for tls in [None, Some(config)] {
+        let peer = Peer {
+            host: "127.0.0.1".into(),
+            port,
+            called_ae: "SILENT".into(),
+            calling_ae: "ARCHIVE".into(),
+            acse_timeout,
+            timeout: Duration::from_secs(600),
+            max_pdu: 4096,
+            implementation: implementation(),
+            tls: tls.clone(),
+        };
+        let started = std::time::Instant::now();
+        let failed = Association::open(&peer, &[], &[]).err().unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= acse_timeout && took < acse_timeout * 3,
+            "{took:?}: {failed}"
+        );
+        match (&tls, &failed) {
+            (None, scu::ScuError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+            (Some(_), scu::ScuError::TlsHandshake(_)) => {
+                assert!(
+                    failed.to_string().starts_with("TLS handshake failed"),
+                    "{failed}"
+                )
+            }
+            _ => panic!("{failed:?}"),
+        }
     }
 }

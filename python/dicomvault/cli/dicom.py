@@ -263,9 +263,6 @@ def get(
     try:
         if out is not None:
             result = _scu(conf).get(source, _level(level), _keys(key), out)
-        elif source.tls:
-            with open_archive(config, root) as archive:
-                result = _scu(conf).get(source, _level(level), _keys(key), archive)
         else:
             from dicomvault.net.bulk import BulkScu
 

@@ -4,9 +4,9 @@ across requests. C-FIND identifiers are encoded and decoded there; a C-GET's sub
 stream from the socket into the store through the listener's own receive path
 (``_native.Receiver``), durable before each C-STORE-RSP and indexed by the archive's applier;
 a C-MOVE's arrive at the archive's own listener. Every wait is a blocking read: nothing polls.
+A source with ``tls = true`` is spoken to over DICOM TLS (``security.tls.scu_tls``).
 
-The CLI's one-off verbs keep pynetdicom (``net/scu.py``), as does anything over TLS, which
-this SCU does not speak yet.
+The CLI's one-off verbs keep pynetdicom (``net/scu.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from dicomvault import _native
-from dicomvault.config import Settings
+from dicomvault.config import ConfigError, Settings
 from dicomvault.dicom.values import tag_and_vr
 from dicomvault.index import Level
 from dicomvault.net.policy import Modality
@@ -32,10 +32,14 @@ from dicomvault.net.vocabulary import (
     RetrieveResult,
     ScuError,
 )
+from dicomvault.security.tls import scu_tls
 from dicomvault.store import Archive
 
 # The largest PDU we take, as the listener does.
 MAX_PDU = 4 << 20
+# How long connecting, the TLS handshake and the answer to our A-ASSOCIATE-RQ may take
+# (pynetdicom's ACSE timeout in net/scu.py): a source that does not answer fails fast.
+ACSE_TIMEOUT_S = 30.0
 # How long a peer may stay silent: a C-MOVE's source may take long between sub-operations.
 TIMEOUT_S = 600.0
 IDENTIFIER_SYNTAXES = GET_SYNTAXES[:2]
@@ -74,11 +78,10 @@ class BulkScu:
     def __init__(
         self, settings: Settings, target: Modality, archive: Archive | None = None
     ) -> None:
-        if target.tls:
-            raise ScuError(
-                f"{target.aet}: migrating over DICOM TLS is not supported yet (the Rust SCU "
-                "speaks plain DICOM only)"
-            )
+        try:
+            self.tls = scu_tls(settings["dicom"]) if target.tls else None
+        except ConfigError as e:
+            raise ScuError(f"{target.aet}@{target.host}:{target.port} over TLS: {e}") from None
         self.target = target
         self.aet = str(settings["dicom"]["aet"])
         self.receiver = (
@@ -115,9 +118,11 @@ class BulkScu:
                 proposed,
                 roles,
                 max_pdu=MAX_PDU,
+                acse_timeout_s=ACSE_TIMEOUT_S,
                 timeout_s=TIMEOUT_S,
                 implementation_class_uid=IMPLEMENTATION_CLASS_UID,
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+                tls=self.tls,
             )
         except _native.AssociationError as e:
             raise ScuError(f"{t.aet}@{t.host}:{t.port}: {e}") from e

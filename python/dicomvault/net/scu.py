@@ -24,17 +24,14 @@ from pynetdicom.presentation import (
     build_role,
 )
 
-from dicomvault import _native
 from dicomvault.config import Settings
 from dicomvault.index import Level
-from dicomvault.net import contexts
 from dicomvault.net.outbound import StoredInstance, install
 from dicomvault.net.policy import Modality
 from dicomvault.net.query import PATIENT_ROOT, STUDY_ROOT, response_identifier
 from dicomvault.net.status import (
     CANCEL,
     CANNOT_UNDERSTAND,
-    OUT_OF_RESOURCES,
     PENDING,
     PENDING_WARNING,
     SUCCESS,
@@ -49,7 +46,6 @@ from dicomvault.net.vocabulary import (
     ScuError,
 )
 from dicomvault.security.tls import client_context
-from dicomvault.store import Archive
 
 log = logging.getLogger("dicomvault.net")
 
@@ -60,53 +56,6 @@ def set_nodelay(event: Event) -> None:
     sock = getattr(event.assoc.dul.socket, "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _c_store(event: Event) -> C_STORE:
-    """The request of an EVT_C_STORE event (pynetdicom types every event's request alike)."""
-    request = event.request
-    if not isinstance(request, C_STORE):
-        raise TypeError(f"{event.event.name}: not a C-STORE request")
-    return request
-
-
-def store_received(archive: Archive, event: Event, source: str) -> int:
-    """Stores a C-STORE request's data set as received (with the File Meta the storage
-    listener would give it); returns the status to answer."""
-    request = _c_store(event)
-    sop_class, sop_instance, dataset = (
-        request.AffectedSOPClassUID,
-        request.AffectedSOPInstanceUID,
-        request.DataSet,
-    )
-    if sop_class is None or sop_instance is None or dataset is None:
-        log.error("C-STORE from %s: no SOP Class, SOP Instance or data set", source)
-        return CANNOT_UNDERSTAND
-    meta = _native.file_meta(
-        sop_class,
-        sop_instance,
-        event.context.transfer_syntax,
-        event.assoc.requestor.ae_title.strip(),
-        contexts.IMPLEMENTATION_CLASS_UID,
-        contexts.IMPLEMENTATION_VERSION_NAME,
-    )
-    try:
-        writer = archive.writer()
-        writer.write(meta)
-        writer.write(dataset.getvalue())
-        ingested = writer.finish()
-    except _native.ScanError as e:
-        log.error("C-STORE from %s: cannot understand the data set: %s", source, e)
-        return CANNOT_UNDERSTAND
-    except OSError as e:
-        log.error("C-STORE from %s: storage failed: %s", source, e)
-        return OUT_OF_RESOURCES
-    try:
-        archive.submit(archive.entry(ingested, source)).result()
-    except Exception as e:  # the index or the disk: nothing was acknowledged
-        log.error("C-STORE from %s: commit failed: %s", source, e)
-        return OUT_OF_RESOURCES
-    return SUCCESS
 
 
 def tls_arguments(target: Modality, dicom: Mapping[str, Any]) -> tuple[ssl.SSLContext, str] | None:
@@ -291,26 +240,26 @@ class Scu:
         target: Modality,
         level: Level,
         keys: dict[str, str],
-        into: Archive | Path,
+        into: Path,
     ) -> RetrieveResult:
-        """C-GET: the instances come back on this association, into an archive or a
-        directory."""
+        """C-GET: the instances come back on this association, into a directory (the Rust
+        SCU, ``net/bulk.py``, is the one that stores into the archive)."""
         model = PATIENT_ROOT[2] if level is Level.PATIENT else STUDY_ROOT[2]
         storage = STORAGE_SOP_CLASSES
         contexts = [build_context(PATIENT_ROOT[2]), build_context(STUDY_ROOT[2])]
         contexts += [build_context(uid, GET_SYNTAXES) for uid in storage]
         roles = [build_role(uid, scp_role=True) for uid in storage]
-        source = f"{target.aet}@{target.host}"
 
         def on_store(event: Event) -> int:
-            if isinstance(into, Archive):
-                return store_received(into, event, source)
+            request = event.request
+            if not isinstance(request, C_STORE):
+                raise TypeError(f"{event.event.name}: not a C-STORE request")
             into.mkdir(parents=True, exist_ok=True)
-            sop_instance = _c_store(event).AffectedSOPInstanceUID
+            sop_instance = request.AffectedSOPInstanceUID
             (into / f"{sop_instance}.dcm").write_bytes(event.encoded_dataset())
             return SUCCESS
 
-        service = f"get:{id(into) if isinstance(into, Archive) else into}"
+        service = f"get:{into}"
         handlers = [(evt.EVT_C_STORE, on_store)]
         with self._using(target, service, contexts, ext_neg=roles, handlers=handlers) as assoc:
             return self._retrieve(assoc.send_c_get(query_identifier(level, keys), model))

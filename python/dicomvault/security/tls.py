@@ -1,9 +1,11 @@
 """DICOM TLS (PS3.15 B.9, BCP 195) from the [dicom] tls_* keys: the associations this archive
-opens — the SCU verbs and C-MOVE's sub-associations to a [modalities] entry with ``tls =
-true`` — use a client context with the certificate and key (when set: a peer may require one)
-and verify the peer's certificate against ``tls_ca`` (else the system's CAs), TLS 1.2 at
-least; the listener's TLS port (rustls, in ``rust/src/transport.rs``) serves with the same
-certificate and key and verifies client certificates against ``tls_ca``."""
+opens — the SCU verbs, C-MOVE's sub-associations and the Rust SCU of migrations to a
+[modalities] entry with ``tls = true`` — present the certificate and key (when set: a peer may
+require one) and verify the peer's certificate against ``tls_ca`` (else the system's CAs) and
+the host name connected to, TLS 1.2 at least; pynetdicom's with an ``ssl`` client context, the
+Rust SCU's with rustls (``scu_tls``, ``rust/src/tls.rs``). The listener's TLS port (rustls too)
+serves with the same certificate and key and verifies client certificates against
+``tls_ca``."""
 
 from __future__ import annotations
 
@@ -27,6 +29,26 @@ def client_context(dicom: Mapping[str, Any]) -> ssl.SSLContext:
     if dicom["tls_certificate"]:
         context.load_cert_chain(str(dicom["tls_certificate"]), str(dicom["tls_private_key"]))
     return context
+
+
+def scu_tls(dicom: Mapping[str, Any]) -> _native.ScuTls:
+    """The Rust SCU's TLS, as ``client_context`` is pynetdicom's (the same files, trust and
+    checks), read once for all its associations; a ConfigError says what is wrong."""
+    ca = str(dicom["tls_ca"]) or ssl.get_default_verify_paths().cafile
+    if not ca:
+        raise ConfigError(
+            "[dicom] tls_ca is not set and the system has no CA file: a TLS peer's "
+            "certificate cannot be verified"
+        )
+    certificate = str(dicom["tls_certificate"]) or None
+    try:
+        return _native.ScuTls(
+            ca=ca,
+            certificate=certificate,
+            private_key=str(dicom["tls_private_key"]) or None if certificate else None,
+        )
+    except ValueError as e:
+        raise ConfigError(f"[dicom] {e}") from None
 
 
 def listener_tls(dicom: Mapping[str, Any]) -> _native.ListenerTls | None:

@@ -6,7 +6,8 @@ use super::*;
 use crate::cas::Store;
 use crate::commit::Journal;
 use crate::receive::Receiver;
-use crate::transport::{self, Socket};
+use crate::tls;
+use crate::transport::Socket;
 use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::io;
@@ -331,7 +332,7 @@ pub(super) fn connection(
     socket.set_deadline(Some(Instant::now() + config.association_timeout));
     match tls {
         None => associate(shared, socket, peer),
-        Some(tls) => match transport::accept(tls, socket) {
+        Some(tls) => match tls::accept(tls, socket) {
             Ok(stream) => associate(shared, stream, peer),
             Err(e) => shared.log(
                 LogLevel::Warning,

@@ -15,7 +15,7 @@
 //! - C-MOVE: the `Host` selects and sends over its own association to the destination, each
 //!   sub-operation's status reported here as a pending response.
 //!
-//! It listens on a plain port and, when configured, a TLS port (`transport`): the same
+//! It listens on a plain port and, when configured, a TLS port (`tls`, `transport`): the same
 //! association code runs over either stream. Limits: a deadline for the whole A-ASSOCIATE-RQ
 //! (ARTIM), one for each PDU, associations in all and per calling AE, the PDU size, the
 //! instance size; the accept loop backs off when out of file descriptors.

@@ -1,16 +1,19 @@
-//! An association we request: connect, propose contexts (and the SCP role for what a C-GET
-//! sends back), then exchange DIMSE messages, PDV by PDV, until we release or abort it.
+//! An association we request: connect (over DICOM TLS when the peer wants it), propose
+//! contexts (and the SCP role for what a C-GET sends back), then exchange DIMSE messages, PDV
+//! by PDV, until we release or abort it.
 
 use super::ScuError;
 use crate::dimse::{self, Command, Implementation};
 use crate::pdu::{self, ProposedContext, RoleSelection};
+use crate::tls;
+use crate::transport::{Channel, Socket};
+use rustls::ClientConfig;
 use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Reads from the socket in pieces of this size: a few system calls per instance.
-const READ_BUFFER: usize = 256 << 10;
 /// A command set larger than this is not a command set.
 const MAX_COMMAND: usize = 64 << 10;
 
@@ -21,11 +24,16 @@ pub struct Peer {
     pub port: u16,
     pub called_ae: String,
     pub calling_ae: String,
-    /// How long the peer may stay silent (connecting, and waiting for each PDU).
+    /// How long connecting, the TLS handshake and the peer's answer to our A-ASSOCIATE-RQ may
+    /// take together (the ACSE timeout).
+    pub acse_timeout: Duration,
+    /// How long the peer may stay silent once associated (waiting for each PDU).
     pub timeout: Duration,
     /// The largest P-DATA-TF we accept.
     pub max_pdu: u32,
     pub implementation: Implementation,
+    /// DICOM TLS (PS3.15 B.9) with this configuration (`tls::client_config`); None: plain TCP.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 /// One PDV as the association reads it: a command once it is whole (with its presentation
@@ -39,19 +47,28 @@ pub enum Pdv<'a> {
     },
 }
 
-/// The reading half: PDUs into a reused buffer, command fragments joined.
-struct Input {
-    reader: BufReader<TcpStream>,
+/// The connection, plain or TLS: PDUs read into a reused buffer (command fragments joined),
+/// messages written.
+struct Connection {
+    stream: Box<dyn Channel + Sync>,
+    /// How long each PDU may take to arrive.
+    timeout: Duration,
     max_pdu: u32,
     body: Vec<u8>,
     command: Vec<u8>,
 }
 
-impl Input {
-    /// Reads one PDU into `body`; its type.
+impl Connection {
+    /// Reads one PDU into `body`, within the timeout; its type.
     fn read_pdu(&mut self) -> Result<u8, ScuError> {
+        self.read_pdu_by(Instant::now() + self.timeout)
+    }
+
+    /// Reads one PDU into `body`, whole by `deadline`; its type.
+    fn read_pdu_by(&mut self, deadline: Instant) -> Result<u8, ScuError> {
+        self.stream.socket().set_deadline(Some(deadline));
         let mut header = [0u8; 6];
-        self.reader.read_exact(&mut header)?;
+        self.stream.read_exact(&mut header)?;
         let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
         // Our limit bounds P-DATA-TF; association PDUs are small whatever it is.
         if length > self.max_pdu.max(64 << 10) {
@@ -61,7 +78,7 @@ impl Input {
             )));
         }
         self.body.resize(length as usize, 0);
-        self.reader.read_exact(&mut self.body)?;
+        self.stream.read_exact(&mut self.body)?;
         Ok(header[0])
     }
 
@@ -84,7 +101,7 @@ impl Input {
                 )))
             }
         }
-        let Input { body, command, .. } = self;
+        let Connection { body, command, .. } = self;
         for pdv in pdu::parse_pdvs(body)? {
             if !pdv.command {
                 each(Pdv::Data {
@@ -110,8 +127,7 @@ impl Input {
 
 /// An established association.
 pub struct Association {
-    input: Input,
-    output: TcpStream,
+    connection: Connection,
     /// Accepted contexts: id -> (abstract syntax, transfer syntax).
     accepted: HashMap<u8, (String, String)>,
     /// The SOP classes the peer agreed we take the SCP role for.
@@ -140,10 +156,20 @@ impl Association {
                     format!("{} resolves to no address", peer.host),
                 ))
             })?;
-        let stream = TcpStream::connect_timeout(&address, peer.timeout)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(peer.timeout))?;
-        stream.set_write_timeout(Some(peer.timeout))?;
+        // The ACSE timeout bounds everything up to the A-ASSOCIATE-AC: a peer that does not
+        // speak TLS, or stays silent, fails the association instead of holding it.
+        let deadline = Instant::now() + peer.acse_timeout;
+        let tcp = TcpStream::connect_timeout(&address, peer.acse_timeout)?;
+        tcp.set_nodelay(true)?;
+        tcp.set_write_timeout(Some(peer.timeout))?;
+        let mut socket = Socket::new(tcp);
+        socket.set_deadline(Some(deadline));
+        let stream: Box<dyn Channel + Sync> = match &peer.tls {
+            None => Box::new(socket),
+            Some(config) => Box::new(
+                tls::connect(config.clone(), &peer.host, socket).map_err(ScuError::TlsHandshake)?,
+            ),
+        };
         let roles: Vec<RoleSelection> = scp_roles
             .iter()
             .map(|uid| RoleSelection {
@@ -152,8 +178,14 @@ impl Association {
                 scp: true,
             })
             .collect();
-        let mut output = stream.try_clone()?;
-        output.write_all(&pdu::encode_associate_rq(
+        let mut connection = Connection {
+            stream,
+            timeout: peer.timeout,
+            max_pdu: peer.max_pdu,
+            body: Vec::new(),
+            command: Vec::new(),
+        };
+        connection.stream.write_all(&pdu::encode_associate_rq(
             &peer.called_ae,
             &peer.calling_ae,
             contexts,
@@ -162,16 +194,10 @@ impl Association {
             &peer.implementation.class_uid,
             &peer.implementation.version_name,
         ))?;
-        let mut input = Input {
-            reader: BufReader::with_capacity(READ_BUFFER, stream),
-            max_pdu: peer.max_pdu,
-            body: Vec::new(),
-            command: Vec::new(),
-        };
-        let ac = match input.read_pdu()? {
-            pdu::A_ASSOCIATE_AC => pdu::parse_associate_ac(&input.body)?,
+        let ac = match connection.read_pdu_by(deadline)? {
+            pdu::A_ASSOCIATE_AC => pdu::parse_associate_ac(&connection.body)?,
             pdu::A_ASSOCIATE_RJ => {
-                let (result, source, reason) = pdu::parse_associate_rj(&input.body)?;
+                let (result, source, reason) = pdu::parse_associate_rj(&connection.body)?;
                 return Err(ScuError::Rejected(result, source, reason));
             }
             pdu::A_ABORT => return Err(ScuError::Aborted),
@@ -198,8 +224,7 @@ impl Association {
             })
             .collect();
         Ok(Association {
-            input,
-            output,
+            connection,
             accepted,
             scp_roles: ac
                 .roles
@@ -276,7 +301,7 @@ impl Association {
     }
 
     fn write(&mut self, wire: &[u8]) -> Result<(), ScuError> {
-        let written = self.output.write_all(wire);
+        let written = self.connection.stream.write_all(wire);
         if written.is_err() {
             self.open = false;
         }
@@ -289,7 +314,7 @@ impl Association {
         &mut self,
         each: impl FnMut(Pdv<'_>) -> Result<(), ScuError>,
     ) -> Result<(), ScuError> {
-        let read = self.input.next(each);
+        let read = self.connection.next(each);
         if read.is_err() {
             self.open = false;
         }
@@ -307,9 +332,11 @@ impl Association {
             return Ok(());
         }
         self.open = false;
-        self.output.write_all(&pdu::encode_release_rq())?;
+        self.connection
+            .stream
+            .write_all(&pdu::encode_release_rq())?;
         loop {
-            match self.input.read_pdu()? {
+            match self.connection.read_pdu()? {
                 pdu::A_RELEASE_RP | pdu::A_ABORT => break,
                 // Late data of a request we stopped reading (a cancelled one): skipped.
                 pdu::P_DATA_TF => continue,
@@ -320,7 +347,7 @@ impl Association {
                 }
             }
         }
-        let _ = self.output.shutdown(std::net::Shutdown::Both);
+        self.connection.stream.close();
         Ok(())
     }
 
@@ -328,9 +355,9 @@ impl Association {
     pub fn abort(&mut self) {
         if self.open {
             self.open = false;
-            let _ = self.output.write_all(&pdu::encode_user_abort());
+            let _ = self.connection.stream.write_all(&pdu::encode_user_abort());
         }
-        let _ = self.output.shutdown(std::net::Shutdown::Both);
+        self.connection.stream.close();
     }
 }
 

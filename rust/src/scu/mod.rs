@@ -1,7 +1,8 @@
 //! The archive as an SCU, in Rust: associations we request (`association`), C-FIND with its
 //! identifiers encoded and decoded here (`identifier`, `find`), and the retrieves (`retrieve`):
 //! C-MOVE to a destination, and C-GET whose C-STORE sub-operations stream from the socket into
-//! the store through the listener's own receive path (`crate::receive`).
+//! the store through the listener's own receive path (`crate::receive`). Each runs over plain
+//! TCP or DICOM TLS alike (`crate::tls`, `crate::transport`).
 //!
 //! Every wait is a blocking read on the association's socket, bounded by its timeout: nothing
 //! polls.
@@ -11,6 +12,7 @@ pub mod find;
 pub mod identifier;
 pub mod retrieve;
 
+use crate::tls::TlsError;
 use std::fmt;
 use std::io;
 
@@ -24,6 +26,12 @@ pub use retrieve::{get, move_to, Retrieved};
 pub enum ScuError {
     /// The connection could not be made, or broke (or the peer stayed silent past the timeout).
     Io(io::Error),
+    /// The TLS handshake failed: the peer's certificate not signed by our CAs or not naming
+    /// the host, ours refused, no TLS spoken at all, or no answer in time.
+    TlsHandshake(TlsError),
+    /// TLS failed after the handshake: an alert from the peer (with TLS 1.3, how a peer
+    /// refuses our certificate), or a record that does not decrypt.
+    Tls(rustls::Error),
     /// The peer rejected the association: (result, source, reason) as PS3.8 Table 9-21 numbers.
     Rejected(u8, u8, u8),
     /// The peer aborted the association.
@@ -38,6 +46,14 @@ impl fmt::Display for ScuError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ScuError::Io(e) => write!(f, "{e}"),
+            ScuError::TlsHandshake(TlsError::Handshake(e @ rustls::Error::InvalidMessage(_))) => {
+                write!(
+                    f,
+                    "TLS handshake failed: {e} (does the peer speak DICOM TLS on this port?)"
+                )
+            }
+            ScuError::TlsHandshake(e) => write!(f, "TLS handshake failed: {e}"),
+            ScuError::Tls(e) => write!(f, "TLS: {e}"),
             ScuError::Rejected(result, source, reason) => {
                 let how = if *result == 2 {
                     "transient"
@@ -59,8 +75,12 @@ impl fmt::Display for ScuError {
 impl std::error::Error for ScuError {}
 
 impl From<io::Error> for ScuError {
+    /// The TLS failure a read or write over TLS reports as an I/O error is told as such.
     fn from(e: io::Error) -> Self {
-        ScuError::Io(e)
+        match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(tls) => ScuError::Tls(tls.clone()),
+            None => ScuError::Io(e),
+        }
     }
 }
 
