@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
 from dicomvault.bench.peers import free_port
@@ -28,6 +29,7 @@ EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 DEFLATED, EXPLICIT_BE = "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
 NATIVE = (EXPLICIT_LE, IMPLICIT_LE, DEFLATED, EXPLICIT_BE)
 JPEG_BASELINE, JPEG_EXTENDED = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
 # What getscu's preference options make it propose first in every storage context (the
 # archive takes the requestor's first choice). +xi proposes Explicit VR Little Endian only in
 # DCMTK 3.6.7.
@@ -38,7 +40,7 @@ GETSCU_FIRST = {
     "+xd": DEFLATED,
     "+xy": "1.2.840.10008.1.2.4.50",
     "+xx": "1.2.840.10008.1.2.4.51",
-    "+xs": "1.2.840.10008.1.2.4.70",
+    "+xs": JPEG_LOSSLESS_SV1,
     "+xv": "1.2.840.10008.1.2.4.90",
     "+xw": "1.2.840.10008.1.2.4.91",
     "+xt": "1.2.840.10008.1.2.4.80",
@@ -48,9 +50,10 @@ GETSCU_FIRST = {
 # Syntaxes the archive can make from any other without changing a pixel.
 LOSSLESS_MADE = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
 LOSSLESS_MADE |= {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.5"}
+LOSSLESS_MADE |= {JPEG_LOSSLESS_SV1}
 # DCMTK's decoder for each encapsulated syntax (none for JPEG 2000: pydicom's is compared).
 DECODER = {"1.2.840.10008.1.2.5": "dcmdrle", "1.2.840.10008.1.2.4.80": "dcmdjpls"}
-DECODER |= {"1.2.840.10008.1.2.4.81": "dcmdjpls"}
+DECODER |= {"1.2.840.10008.1.2.4.81": "dcmdjpls", JPEG_LOSSLESS_SV1: "dcmdjpeg"}
 OUTPUT_OPTION = {EXPLICIT_LE: "+te", IMPLICIT_LE: "+ti", EXPLICIT_BE: "+tb", DEFLATED: "+td"}
 
 
@@ -182,6 +185,27 @@ def test_getscu_with_every_preference_gets_the_stored_bytes_or_the_same_pixels(a
                 can = first in NATIVE or first in LOSSLESS_MADE or not has_pixels(path)
                 assert not can or server.logged(uid), (option, uid, UID(syntax).name)
     assert "peer did not accept" in server.log
+
+
+def test_getscu_prefer_lossless_gets_a_native_instance_in_jpeg_lossless_sv1(archive, tmp_path):
+    """getscu +xs proposes JPEG Lossless SV1 first: a native CT comes in it, made by our own
+    encoder, and DCMTK's dcmdjpeg gives back the stored pixel bytes."""
+    server, stored, _ = archive
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    dcmtk(
+        "getscu", "-aet", QR, "-aec", server.aet, "-S", "-P", "+xs", "-od", tmp_path,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={ct.StudyInstanceUID}",
+        "127.0.0.1", server.port,
+    )  # fmt: skip
+    [received] = [
+        p for p in tmp_path.iterdir() if pydicom.dcmread(p).SOPInstanceUID == ct.SOPInstanceUID
+    ]
+    assert syntax_of(received) == JPEG_LOSSLESS_SV1
+    decoded = tmp_path / "decoded"
+    dcmtk("dcmdjpeg", received, decoded)
+    path = stored[ct.SOPInstanceUID]
+    assert syntax_of(path) == EXPLICIT_LE
+    assert pydicom.dcmread(decoded).PixelData == pydicom.dcmread(path).PixelData
 
 
 @pytest.mark.parametrize("syntax", NATIVE)
