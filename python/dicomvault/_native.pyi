@@ -569,6 +569,7 @@ __all__ = [
     "StoreStats",
     "VerifyReport",
     "annotations",
+    "encode_jpeg_lossless",
     "file_meta",
     "manifest_hash",
     "manifest_info",
