@@ -1,5 +1,6 @@
 """Types of the Rust extension ``dicomvault._native`` (rust/src/python*.rs): the scanner, the
-content-addressed store, the DICOM listener and the SCU, and what they return.
+content-addressed store, the DICOM listener and the SCU, the JPEG Lossless encoder, and what
+they return.
 
 The TypedDicts below describe dicts the module returns (scans and ingests); they exist for
 type checking only, not at run time.
@@ -312,6 +313,20 @@ def file_meta(
     implementation_version_name: str,
 ) -> bytes: ...
 
+# The pixel codecs --------------------------------------------------------------------------
+
+def encode_jpeg_lossless(
+    samples: bytes,
+    rows: int,
+    columns: int,
+    samples_per_pixel: int,
+    bits_allocated: int,
+    bits_stored: int,
+    pixel_representation: int,
+) -> bytes:
+    """One frame's native samples (little endian, color-by-pixel) as a JPEG Lossless code
+    stream, selection value 1; ValueError saying why a frame cannot be encoded."""
+
 # The DICOM listener ------------------------------------------------------------------------
 
 @final
@@ -570,6 +585,7 @@ __all__ = [
     "StoreStats",
     "VerifyReport",
     "annotations",
+    "encode_jpeg_lossless",
     "file_meta",
     "manifest_hash",
     "manifest_info",

@@ -1,7 +1,8 @@
 //! dicomvault's native core: the DICOM data set scanner, the pack format, the
-//! content-addressed store, and the storage SCP that streams C-STORE data sets into it. The Python binding (`python` module, behind the `python` feature)
-//! is a thin layer over these; the core has no Python dependency so that `cargo test` and the
-//! fuzz targets run without an interpreter.
+//! content-addressed store, the storage SCP that streams C-STORE data sets into it, and the
+//! JPEG Lossless encoder the transcoder uses. The Python binding (`python` module, behind the
+//! `python` feature) is a thin layer over these; the core has no Python dependency so that
+//! `cargo test` and the fuzz targets run without an interpreter.
 
 pub mod backlog;
 pub mod cas;
@@ -9,6 +10,7 @@ pub mod commit;
 pub mod dimse;
 pub mod fuzzing;
 pub mod identity;
+pub mod jpeg_lossless;
 pub mod manifest;
 pub mod pack;
 pub mod pdu;
@@ -22,6 +24,8 @@ pub mod transport;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod python_codec;
 #[cfg(feature = "python")]
 mod python_results;
 #[cfg(feature = "python")]

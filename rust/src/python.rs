@@ -1,6 +1,7 @@
 //! The `dicomvault._native` Python module: a thin binding over the scanner and the store.
 //! Every call that hashes, compresses or does I/O releases the GIL. What the store returns is
-//! typed in `python_results.rs`; the listener is `python_scp.rs`, the SCU `python_scu.rs`.
+//! typed in `python_results.rs`; the listener is `python_scp.rs`, the SCU `python_scu.rs`,
+//! the pixel codecs `python_codec.rs`.
 
 use crate::cas::{
     self, BlobStore, GcEvent, Ingested, ReadInstances, Store as CoreStore, StoreConfig, StoreError,
@@ -760,6 +761,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Scanner>()?;
     crate::python_scp::register(m)?;
     crate::python_scu::register(m)?;
+    crate::python_codec::register(m)?;
     m.add_function(wrap_pyfunction!(annotations, m)?)?;
     m.add_function(wrap_pyfunction!(file_meta, m)?)?;
     m.add_function(wrap_pyfunction!(manifest_info, m)?)?;

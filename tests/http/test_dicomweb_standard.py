@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import jpeg_ls
+import libjpeg
 import numpy as np
 import pydicom
 import pytest
@@ -19,6 +20,7 @@ from dicomvault.bench.corpus import GeneratedInstance
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
 RLE = "1.2.840.10008.1.2.5"
 DICOM = 'multipart/related; type="application/dicom"'
 # PS3.18 Table I.2-2 Failure Reasons (the C-STORE statuses).
@@ -147,8 +149,16 @@ def test_wado_rs_frames_have_their_real_media_types_and_are_made_when_asked(serv
     assert (
         jpeg_ls.decode(np.frombuffer(frame, np.uint8)) == pixels(native.path.read_bytes())[2]
     ).all()
-    # image/jpeg of native frames would be lossy: 406.
-    lossy = 'multipart/related; type="image/jpeg"'
+    # image/jpeg of native frames: its default, JPEG Lossless SV1, made losslessly; never
+    # JPEG baseline, which would be lossy (406).
+    jpeg_any = 'multipart/related; type="image/jpeg"'
+    response = httpx.get(f"{instance_url(url, native)}/frames/1", headers={"Accept": jpeg_any})
+    assert response.status_code == 200
+    [(media, frame)] = parts_with_types(response)
+    assert media == f"image/jpeg; transfer-syntax={JPEG_LOSSLESS_SV1}"
+    expected = pixels(native.path.read_bytes())[0]
+    assert (libjpeg.decode(frame).astype(expected.dtype) == expected).all()
+    lossy = f"{jpeg_any}; transfer-syntax={JPEG_BASELINE}"
     assert (
         httpx.get(f"{instance_url(url, native)}/frames/1", headers={"Accept": lossy}).status_code
         == 406

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
 from dicomvault.bench.peers import free_port
@@ -29,6 +30,7 @@ DEFLATED, EXPLICIT_BE = "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
 NATIVE = (EXPLICIT_LE, IMPLICIT_LE, DEFLATED, EXPLICIT_BE)
 JPEG_BASELINE, JPEG_EXTENDED = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"
 J2K_LOSSLESS, J2K = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
 # What getscu's preference options make it propose first in every storage context (the
 # archive takes the requestor's first choice). +xi proposes Explicit VR Little Endian only in
 # DCMTK 3.6.7.
@@ -39,21 +41,24 @@ GETSCU_FIRST = {
     "+xd": DEFLATED,
     "+xy": "1.2.840.10008.1.2.4.50",
     "+xx": "1.2.840.10008.1.2.4.51",
-    "+xs": "1.2.840.10008.1.2.4.70",
+    "+xs": JPEG_LOSSLESS_SV1,
     "+xv": "1.2.840.10008.1.2.4.90",
     "+xw": "1.2.840.10008.1.2.4.91",
     "+xt": "1.2.840.10008.1.2.4.80",
     "+xu": "1.2.840.10008.1.2.4.81",
     "+xr": "1.2.840.10008.1.2.5",
 }
-# Syntaxes made from any other without changing a pixel, with the pydicom encoder that makes
-# them (the lossy-capable JPEG 2000 and JPEG-LS syntaxes carry lossless code streams too).
+# Syntaxes made from any other without changing a pixel, with the encoder found independently
+# of the archive that makes them: pydicom's, or DCMTK's dcmcjpeg for JPEG Lossless, which
+# pydicom cannot encode (the lossy-capable JPEG 2000 and JPEG-LS syntaxes carry lossless code
+# streams too).
 JPEG_LS_LOSSLESS, RLE = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"
 LOSSLESS_ENCODER = {J2K_LOSSLESS: J2K_LOSSLESS, J2K: J2K_LOSSLESS, RLE: RLE}
 LOSSLESS_ENCODER |= {JPEG_LS_LOSSLESS: JPEG_LS_LOSSLESS, "1.2.840.10008.1.2.4.81": JPEG_LS_LOSSLESS}
+LOSSLESS_ENCODER |= {JPEG_LOSSLESS_SV1: "dcmcjpeg"}
 # DCMTK's decoder for each encapsulated syntax (none for JPEG 2000: pydicom's is compared).
 DECODER = {"1.2.840.10008.1.2.5": "dcmdrle", "1.2.840.10008.1.2.4.80": "dcmdjpls"}
-DECODER |= {"1.2.840.10008.1.2.4.81": "dcmdjpls"}
+DECODER |= {"1.2.840.10008.1.2.4.81": "dcmdjpls", JPEG_LOSSLESS_SV1: "dcmdjpeg"}
 OUTPUT_OPTION = {EXPLICIT_LE: "+te", IMPLICIT_LE: "+ti", EXPLICIT_BE: "+tb", DEFLATED: "+td"}
 
 
@@ -184,9 +189,15 @@ def why_not_made(path: Path, target: str, work: Path) -> str | None:
             return None
         if target not in LOSSLESS_ENCODER:
             return "no lossless encoder makes it"
+        encoder = LOSSLESS_ENCODER[target]
+        if encoder == "dcmcjpeg":
+            source, encoded = work / f"native-{path.name}", work / f"dcmcjpeg-{path.name}"
+            native.save_as(source, enforce_file_format=True)
+            made = dcmtk("dcmcjpeg", "+e1", source, encoded, check=False)
+            return f"dcmcjpeg cannot: {made.stderr.strip()}" if made.returncode else None
         try:
-            options = {"use_mct": False} if LOSSLESS_ENCODER[target] == J2K_LOSSLESS else {}
-            native.compress(LOSSLESS_ENCODER[target], generate_instance_uid=False, **options)
+            options = {"use_mct": False} if encoder == J2K_LOSSLESS else {}
+            native.compress(encoder, generate_instance_uid=False, **options)
         except Exception as e:  # pydicom's encoders raise many types
             return f"pydicom's encoder cannot take it: {e}"
     return None
@@ -219,6 +230,27 @@ def test_getscu_with_every_preference_gets_the_stored_bytes_or_the_same_pixels(a
                 assert why_not_made(path, first, tmp_path), (option, uid, UID(syntax).name)
                 assert server.logged(f"sub-operation for {uid} failed"), (option, uid)
     assert "peer did not accept" in server.log
+
+
+def test_getscu_prefer_lossless_gets_a_native_instance_in_jpeg_lossless_sv1(archive, tmp_path):
+    """getscu +xs proposes JPEG Lossless SV1 first: a native CT comes in it, made by our own
+    encoder, and DCMTK's dcmdjpeg gives back the stored pixel bytes."""
+    server, stored, _ = archive
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    dcmtk(
+        "getscu", "-aet", QR, "-aec", server.aet, "-S", "-P", "+xs", "-od", tmp_path,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={ct.StudyInstanceUID}",
+        "127.0.0.1", server.port,
+    )  # fmt: skip
+    [received] = [
+        p for p in tmp_path.iterdir() if pydicom.dcmread(p).SOPInstanceUID == ct.SOPInstanceUID
+    ]
+    assert syntax_of(received) == JPEG_LOSSLESS_SV1
+    decoded = tmp_path / "decoded"
+    dcmtk("dcmdjpeg", received, decoded)
+    path = stored[ct.SOPInstanceUID]
+    assert syntax_of(path) == EXPLICIT_LE
+    assert pydicom.dcmread(decoded).PixelData == pydicom.dcmread(path).PixelData
 
 
 @pytest.mark.parametrize("syntax", NATIVE)

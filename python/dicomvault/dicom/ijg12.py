@@ -6,7 +6,8 @@ there (both within the IDCT accuracy ISO 10918-2 allows), pydicom's GDCM plugin 
 JPEG, and Pillow has no 12-bit decoder. GDCM runs in a child process (``gdcm_child``, the Part
 10 file on stdin, the pixels on stdout): its codecs throw C++ exceptions its binding does not
 catch, which abort the process, and a damaged code stream must not take the archive down. For
-the same reason pydicom may not use GDCM in this process.
+the same reason pydicom may not use GDCM in this process (it aborted on valid streams: RLE of a
+3x3 RGB image, JPEG Lossless of 8-bit signed samples with Bits Stored below 8).
 """
 
 from __future__ import annotations

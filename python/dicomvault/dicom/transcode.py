@@ -6,9 +6,10 @@ an archived instance in a transfer syntax a peer can take, never with other pixe
   as DCMTK decodes them, the Lossy Image Compression attributes set when the stored encoding
   was lossy (PS3.3 C.7.6.1.1.5: once lossy, always);
 * to a compressed syntax: lossless only (RLE, JPEG-LS, JPEG 2000 with the reversible
-  wavelet, which the lossy-capable JPEG-LS and JPEG 2000 syntaxes also allow); an encoder
-  that could only be lossy (JPEG baseline and extended) is never used, so those syntaxes are
-  produced only for instances stored in them;
+  wavelet, which the lossy-capable JPEG-LS and JPEG 2000 syntaxes also allow, and JPEG
+  Lossless with selection value 1, which the process 14 syntax also allows, by our own encoder
+  as pydicom has none); an encoder that could only be lossy (JPEG baseline and extended) is
+  never used, so those syntaxes are produced only for instances stored in them;
 * a data set without Pixel Data is encoded in an encapsulated syntax as in Explicit VR Little
   Endian (PS3.5 A.4), so any syntax carries it.
 """
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import (
@@ -34,24 +36,32 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
 )
 
+from dicomvault import _native
 from dicomvault.dicom import ijg12
 from dicomvault.dicom.recode import NATIVE, PIXEL_DATA, RecodeError, Replacement, recode
 
-# Syntaxes produced by a lossless encoder: (the syntax pydicom encodes, its options). The
-# lossy-capable JPEG 2000 and JPEG-LS syntaxes carry a lossless code stream as well.
-# Each with its encoder's options (keyword arguments pydicom's ``compress`` passes on).
+# Syntaxes produced by a lossless encoder: (the syntax encoded, the encoder's options). The
+# lossy-capable JPEG 2000 and JPEG-LS syntaxes carry a lossless code stream as well, the
+# process 14 JPEG Lossless one a selection value 1 stream. The options are keyword arguments
+# pydicom's ``compress`` passes on; JPEG Lossless is ours (``_JPEG_LOSSLESS``).
 LOSSLESS_ENCODINGS: dict[str, tuple[UID, dict[str, Any]]] = {
     RLELossless: (RLELossless, {}),
     JPEG2000Lossless: (JPEG2000Lossless, {"use_mct": False}),
     JPEG2000: (JPEG2000Lossless, {"use_mct": False}),
     JPEGLSLossless: (JPEGLSLossless, {}),
     JPEGLSNearLossless: (JPEGLSLossless, {}),
+    JPEGLosslessSV1: (JPEGLosslessSV1, {}),
+    JPEGLossless: (JPEGLosslessSV1, {}),
 }
+# What rust/src/jpeg_lossless.rs encodes: JPEG Lossless, selection value 1.
+_JPEG_LOSSLESS = JPEGLosslessSV1
 # What pydicom's decoders and encoders may change besides Pixel Data, with their tags and VRs.
 _PIXEL_MODULE = {
     "PhotometricInterpretation": (0x00280004, "CS"),
@@ -63,6 +73,7 @@ _PIXEL_MODULE = {
 }
 # Pillow decodes JPEG baseline with libjpeg-turbo, whose output is DCMTK's (IJG libjpeg) to
 # the bit; pydicom's first choice, pylibjpeg-libjpeg, differs from it by one here and there.
+# (GDCM, pydicom's first choice for JPEG Lossless, is kept out of pydicom: ``ijg12``.)
 _DECODER: dict[str, str] = {JPEGBaseline8Bit: "pillow"}
 # Syntaxes whose code streams are always lossy; those that may be either are inspected.
 _LOSSY = frozenset(
@@ -230,6 +241,35 @@ def _decoded(dataset: bytes, syntax: str) -> bytes:
     return _spliced(dataset, before, ds, ("OW", ds.PixelData, False))
 
 
+def _jpeg_lossless(ds: Dataset, pixels: numpy.ndarray) -> bytes:
+    """Pixel Data encoded as JPEG Lossless with selection value 1, a code stream per frame,
+    encapsulated as pydicom encapsulates its encoders' (with a Basic Offset Table).
+    ``pixels`` are the data set's, color by pixel and not converted to RGB."""
+    if ds.PhotometricInterpretation == "YBR_FULL_422":
+        # The frame would be the upsampled one, not the samples stored.
+        raise ValueError("YBR_FULL_422 would need chroma subsampling, not done by our encoder")
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    samples_per_pixel = int(ds.get("SamplesPerPixel", 1))
+    frames = pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).reshape(
+        -1, rows * columns * samples_per_pixel
+    )
+    depth = (int(ds.BitsAllocated), int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)))
+    return encapsulate(
+        [
+            _native.encode_jpeg_lossless(frame.tobytes(), rows, columns, samples_per_pixel, *depth)
+            for frame in frames
+        ]
+    )
+
+
+def _pixels(ds: Dataset) -> numpy.ndarray:
+    """The pixels of a data set from ``_read``: sign-extended to their dtype, color by pixel,
+    color spaces not converted (what an encoder must keep)."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    ds.pixel_array_options(as_rgb=False, decoding_plugin=_DECODER.get(syntax, ""))
+    return ds.pixel_array
+
+
 def _encoded(dataset: bytes, target: str) -> bytes:
     """A native Explicit VR Little Endian data set with Pixel Data, losslessly compressed, and
     decoded back to check that it gives the same pixels (an encoder that would not is never
@@ -242,13 +282,16 @@ def _encoded(dataset: bytes, target: str) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pixels = ds.pixel_array.copy()
+            pixels = _pixels(ds).copy()
             if int(ds.get("SamplesPerPixel", 1)) > 1 and int(ds.get("PlanarConfiguration", 0)):
-                # pydicom's encoders take color by pixel: the same pixels, rearranged.
+                # The encoders take color by pixel: the same pixels, rearranged.
                 ds.PixelData, ds.PlanarConfiguration = pixels.tobytes(), 0
-            ds.compress(encoding, generate_instance_uid=False, **options)
+            if encoding == _JPEG_LOSSLESS:
+                ds.PixelData = _jpeg_lossless(ds, pixels)
+            else:
+                ds.compress(encoding, generate_instance_uid=False, **options)
             encoded = _spliced(dataset, before, ds, ("OB", ds.PixelData, True))
-            again = _read(encoded, encoding).pixel_array
+            again = _pixels(_read(encoded, target))
     except Exception as e:  # the encoders raise many types
         raise CannotTranscode(f"cannot encode as {UID(target).name}: {e}") from e
     if not numpy.array_equal(pixels, again):

@@ -34,7 +34,8 @@ AS_STORED = "*"
 # 8.7.3-5); image/x-dicom-rle is the name older clients use for image/dicom-rle.
 PIXEL_MEDIA_TYPES: dict[str, tuple[str, ...]] = {
     OCTET_STREAM: (ExplicitVRLittleEndian,),
-    "image/jpeg": tuple(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70)),
+    # JPEG Lossless SV1 is image/jpeg's default, the lossy ones only optional.
+    "image/jpeg": tuple(f"1.2.840.10008.1.2.4.{n}" for n in (70, 50, 51, 57)),
     "image/dicom-rle": ("1.2.840.10008.1.2.5",),
     "image/x-dicom-rle": ("1.2.840.10008.1.2.5",),
     "image/jls": ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"),
