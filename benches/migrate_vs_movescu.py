@@ -11,6 +11,11 @@ not counted either.
 
     python benches/migrate_vs_movescu.py                      # 50 x 4 and 10 x 200
     python benches/migrate_vs_movescu.py --sets 50x4 --repeat 3   # the best of 3 of each
+    python benches/migrate_vs_movescu.py --sync batch   # like for like with getscu's files
+
+getscu never fsyncs; the archive's default (`sync = always`) makes every instance durable
+before its C-STORE-RSP. `--sync batch` (nothing lost on a killed process) compares like with
+like.
 """
 
 from __future__ import annotations
@@ -97,7 +102,7 @@ def rest_move(puller: Orthanc, study: str) -> None:
 
 
 def measure_set(
-    work: Path, studies_n: int, per_study: int, repeat: int
+    work: Path, studies_n: int, per_study: int, repeat: int, sync: str
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Instances/s of every way, on a corpus of ``studies_n`` x ``per_study`` instances; and
     of each migration from its start to its end (its start-up not counted)."""
@@ -146,6 +151,7 @@ def measure_set(
         config = work / "dicomvault.toml"
         config.write_text(
             f'[dicom]\naet = "{OUR_AET}"\nhost = "127.0.0.1"\nport = {port}\n'
+            f'[storage]\nsync = "{sync}"\n'
             f'[modalities.pacs]\naet = "ORTHANC"\nhost = "127.0.0.1"\nport = {source.port}\n'
         )
         for label, method, parallel in MIGRATIONS:
@@ -215,15 +221,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="50x4,10x200", help="STUDIESxINSTANCES, comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the best counts")
+    parser.add_argument(
+        "--sync", default="always", choices=("always", "batch"), help="the archive's [storage] sync"
+    )
     args = parser.parse_args()
     results = []
     for spec in args.sets.split(","):
         studies_n, per_study = map(int, spec.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
-            figures, working = measure_set(Path(tmp), studies_n, per_study, args.repeat)
+            figures, working = measure_set(Path(tmp), studies_n, per_study, args.repeat, args.sync)
         results.append((studies_n, per_study, figures, working))
     for studies_n, per_study, figures, working in results:
-        print(f"\n{studies_n} studies x {per_study} instances (256x256 CT), Orthanc as the source")
+        print(
+            f"\n{studies_n} studies x {per_study} instances (256x256 CT), Orthanc as the source,"
+            f" sync = {args.sync}"
+        )
         movescu, getscu, pull = figures[MOVESCU], figures[GETSCU], figures[ORTHANC_PULL]
         for label, rate in figures.items():
             versus = f"{rate / movescu:5.2f}x movescu  {rate / getscu:5.2f}x getscu"
