@@ -42,13 +42,14 @@ UNIQUE_KEYS: dict[Level, tuple[str, ...]] = {
     Level.IMAGE: ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"),
 }
 
-# Elements of an identifier that steer the query rather than match anything.
+# Elements of an identifier that steer the query rather than match anything. Not Timezone
+# Offset From UTC: it steers only when Timezone query adjustment is negotiated, which this SCP
+# does not accept; otherwise it is matched and returned like any attribute (PS3.4 C.2.2.2).
 _CONTROL = frozenset(
     {
         "QueryRetrieveLevel",
         "SpecificCharacterSet",
         "RetrieveAETitle",
-        "TimezoneOffsetFromUTC",
         "QueryRetrieveView",
         "InstanceAvailability",
     }
