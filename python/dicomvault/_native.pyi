@@ -78,6 +78,8 @@ class AssociationError(OSError):
 
 # DIMSE statuses by name (rust/src/status.rs).
 STATUS: Final[dict[str, int]]
+# VRs whose explicit encoding has a 32-bit length (PS3.5 7.1.2; rust/src/scan.rs).
+LONG_LENGTH_VRS: Final[list[str]]
 
 @final
 class Damage:
@@ -558,6 +560,7 @@ class ScuAssociation:
     def abort(self) -> None: ...
 
 __all__ = [
+    "LONG_LENGTH_VRS",
     "STATUS",
     "AssociationError",
     "ChunkReader",

@@ -770,6 +770,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ManifestError", m.py().get_type::<ManifestError>())?;
     m.add("DamagedError", m.py().get_type::<DamagedError>())?;
     crate::python_results::register(m)?;
+    m.add("LONG_LENGTH_VRS", crate::scan::LONG_LENGTH_VRS.to_vec())?;
     m.add(
         "STATUS",
         crate::status::ALL

@@ -178,24 +178,15 @@ fn is_known_vr(vr: [u8; 2]) -> bool {
     KNOWN_VRS.iter().any(|k| **k == vr)
 }
 
-/// VRs whose explicit encoding has two reserved bytes and a 32-bit length (PS3.5 7.1.2).
+/// VRs whose explicit encoding has two reserved bytes and a 32-bit length (PS3.5 7.1.2):
+/// the one home of this table (Python reads it as `_native.LONG_LENGTH_VRS`).
+pub const LONG_LENGTH_VRS: [&str; 13] = [
+    "OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV",
+];
+
+/// Whether `vr` is one of [`LONG_LENGTH_VRS`].
 pub fn has_long_length(vr: [u8; 2]) -> bool {
-    matches!(
-        &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"SV"
-            | b"UV"
-    )
+    LONG_LENGTH_VRS.iter().any(|long| long.as_bytes() == vr)
 }
 
 /// What the bytes just handed to a [`Sink`] belong to, announced when that segment ends.

@@ -23,6 +23,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from dicomvault import _native
+
 NATIVE = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -33,8 +35,8 @@ NATIVE = (
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
-# Explicit VR Little Endian gives these a 4-byte length after 2 reserved bytes (PS3.5 7.1.2).
-_LONG = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+# Explicit VR encodings give these a 4-byte length after 2 reserved bytes (PS3.5 7.1.2).
+LONG_LENGTH = frozenset(_native.LONG_LENGTH_VRS)
 # How many bytes each number of a binary VR has: what a change of byte order swaps.
 WIDTH = {
     "AT": 2,
@@ -137,7 +139,7 @@ class _Recoder:
         vr = self.data[at + 4 : at + 6].decode("latin-1")
         if vr not in _KNOWN_VRS:
             raise RecodeError(f"unknown VR {vr!r} of ({tag >> 16:04X},{tag & 0xFFFF:04X})")
-        if vr in _LONG:
+        if vr in LONG_LENGTH:
             self._need(at, 12)
             return tag, vr, self._u32(at + 8), at + 12
         return tag, vr, self._u16(at + 6), at + 8
@@ -159,7 +161,7 @@ class _Recoder:
         out += struct.pack(order + "HH", tag >> 16, tag & 0xFFFF)
         if vr is None or self.target.implicit:
             out += struct.pack(order + "I", length)
-        elif vr in _LONG:
+        elif vr in LONG_LENGTH:
             out += vr.encode() + struct.pack(order + "HI", 0, length)
         else:
             out += vr.encode() + struct.pack(order + "H", length)
@@ -215,7 +217,7 @@ class _Recoder:
                     self.pixel_representation = number
             if self.source.little != self.target.little and vr in WIDTH:
                 value = _swap(value, WIDTH[vr])
-            if length > 0xFFFF and vr not in _LONG and not self.target.implicit:
+            if length > 0xFFFF and vr not in LONG_LENGTH and not self.target.implicit:
                 vr = "UN"  # an implicit value too long for its explicit VR (PS3.5 6.2.2)
             if tag & 0xFFFF == 0 and length == 4:
                 group_length = (tag >> 16, len(out) + 8)

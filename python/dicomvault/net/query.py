@@ -17,6 +17,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pynetdicom.dsutils import decode
 
+from dicomvault.dicom.recode import LONG_LENGTH
 from dicomvault.index import Level
 from dicomvault.net.status import DATA_SET_DOES_NOT_MATCH, UNABLE_TO_PROCESS
 from dicomvault.net.vocabulary import PATIENT_ROOT, PATIENT_STUDY_ONLY, STUDY_ROOT
@@ -105,9 +106,6 @@ def read_identifier(identifier: Dataset, model: str) -> tuple[Level, dict[str, s
 
 _NUMBER_FORMAT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 _NUMBER_FORMAT |= {"SV": "q", "UV": "Q"}
-# Explicit VR Little Endian gives these a 4-byte value length (PS3.5 7.1.2).
-_LONG_LENGTH = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT"})
-_LONG_LENGTH |= {"UV"}
 
 
 @functools.cache
@@ -177,7 +175,7 @@ def encode_identifier(
         out += struct.pack("<HH", tag >> 16, tag & 0xFFFF)
         if implicit_vr:
             out += struct.pack("<I", len(value))
-        elif element_vr in _LONG_LENGTH:
+        elif element_vr in LONG_LENGTH:
             out += element_vr.encode() + struct.pack("<HI", 0, len(value))
         else:
             out += element_vr.encode() + struct.pack("<H", len(value))
