@@ -78,7 +78,9 @@ class AssociationError(OSError):
 
 # DIMSE statuses by name (rust/src/status.rs).
 STATUS: Final[dict[str, int]]
-# VRs whose explicit encoding has a 32-bit length (PS3.5 7.1.2; rust/src/scan.rs).
+# PS3.5's value representations, and those whose explicit encoding has a 32-bit length
+# (PS3.5 7.1.2; rust/src/scan.rs).
+KNOWN_VRS: Final[list[str]]
 LONG_LENGTH_VRS: Final[list[str]]
 
 @final
@@ -560,6 +562,7 @@ class ScuAssociation:
     def abort(self) -> None: ...
 
 __all__ = [
+    "KNOWN_VRS",
     "LONG_LENGTH_VRS",
     "STATUS",
     "AssociationError",

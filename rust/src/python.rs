@@ -14,7 +14,7 @@ use crate::pack::Codec;
 use crate::python_results::{
     GcReport, HistoryEvent, ManifestInfo, RebuildReport, StoreStats, VerifyReport,
 };
-use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary};
+use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary, KNOWN_VRS};
 use pyo3::create_exception;
 use pyo3::exceptions::{
     PyBlockingIOError, PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError,
@@ -103,22 +103,17 @@ fn parse_wanted(wanted: Vec<(u32, String)>) -> PyResult<Vec<(u32, [u8; 2])>> {
         .collect()
 }
 
-/// PS3.5's value representations: their Python names are made once per process, as every
-/// data set repeats them.
-const VRS: [&str; 34] = [
-    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL",
-    "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US",
-    "UT", "UV",
-];
-
+/// A VR's Python name: those of PS3.5's value representations are made once per process, as
+/// every data set repeats them.
 fn vr_name<'py>(py: Python<'py>, vr: &[u8; 2]) -> Bound<'py, PyString> {
     static NAMES: PyOnceLock<Vec<Py<PyString>>> = PyOnceLock::new();
     let names = NAMES.get_or_init(py, || {
-        VRS.iter()
+        KNOWN_VRS
+            .iter()
             .map(|v| PyString::intern(py, v).unbind())
             .collect()
     });
-    match VRS.binary_search_by(|v| v.as_bytes().cmp(&vr[..])) {
+    match KNOWN_VRS.binary_search_by(|v| v.as_bytes().cmp(&vr[..])) {
         Ok(i) => names[i].bind(py).clone(),
         Err(_) => PyString::intern(py, std::str::from_utf8(vr).unwrap_or("UN")),
     }
@@ -770,6 +765,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ManifestError", m.py().get_type::<ManifestError>())?;
     m.add("DamagedError", m.py().get_type::<DamagedError>())?;
     crate::python_results::register(m)?;
+    m.add("KNOWN_VRS", KNOWN_VRS.to_vec())?;
     m.add("LONG_LENGTH_VRS", crate::scan::LONG_LENGTH_VRS.to_vec())?;
     m.add(
         "STATUS",

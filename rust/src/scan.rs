@@ -168,14 +168,16 @@ pub fn encoding_of(transfer_syntax: &str) -> (Encoding, bool) {
     }
 }
 
-const KNOWN_VRS: [&[u8; 2]; 34] = [
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
-    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
-    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+/// PS3.5's value representations, in order: the one home of this table (Python reads it as
+/// `_native.KNOWN_VRS`).
+pub const KNOWN_VRS: [&str; 34] = [
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL",
+    "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US",
+    "UT", "UV",
 ];
 
 fn is_known_vr(vr: [u8; 2]) -> bool {
-    KNOWN_VRS.iter().any(|k| **k == vr)
+    KNOWN_VRS.iter().any(|k| k.as_bytes() == vr)
 }
 
 /// VRs whose explicit encoding has two reserved bytes and a 32-bit length (PS3.5 7.1.2):

@@ -54,9 +54,8 @@ WIDTH = {
     "SV": 8,
     "UV": 8,
 }
-# Text, OB, UN and SQ: their bytes never change with the byte order.
-_UNSWAPPED = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "OB", "PN", "SH", "SQ", "ST")
-_KNOWN_VRS = frozenset(WIDTH) | frozenset(_UNSWAPPED) | {"TM", "UC", "UI", "UN", "UR", "UT"}
+# The other VRs (text, OB, UN, SQ) never change with the byte order.
+_KNOWN_VRS = frozenset(_native.KNOWN_VRS)
 
 
 # An element put in a data set: its VR, its value in Explicit VR Little Endian, whether it is
