@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from dicomvault.index.levels import COMPUTED, LEVEL_OF, TAGS, UNIQUE, Level
 from dicomvault.index.matching import Matcher, literal_prefix, matcher
 from dicomvault.index.records import Record
 from dicomvault.index.secondary import CODE_LEVEL, FIELDS, MODALITIES_IN_STUDY, cut
+
+T = TypeVar("T")
 
 # Candidates are read this many at a time (a backend fetches them, and their ancestors, at
 # once).
@@ -129,24 +131,26 @@ def find(
     keys = candidates(reader, level, matchers)
     stream = iter(reader.keys(level) if keys is None else keys)
     ancestors: dict[tuple[Level, str], Record] = {}
-    skipped = returned = 0
-    while chunk := list(islice(stream, CHUNK)):
-        records = reader.records(level, chunk)
-        fetch_ancestors(reader, records.values(), ancestors)
-        for key in chunk:
-            record = records.get(key)
-            if record is None:
-                continue
-            chain = chain_of(record, ancestors)
-            if not all(m.matches(value(chain, m.keyword)) for m in matchers):
-                continue
-            if skipped < offset:
-                skipped += 1
-                continue
-            if limit is not None and returned >= limit:
-                return
-            returned += 1
-            yield result(chain, level, wanted)
+
+    def matches() -> Iterator[dict[str, str]]:
+        while chunk := list(islice(stream, CHUNK)):
+            records = reader.records(level, chunk)
+            fetch_ancestors(reader, records.values(), ancestors)
+            for key in chunk:
+                record = records.get(key)
+                if record is None:
+                    continue
+                chain = chain_of(record, ancestors)
+                if all(m.matches(value(chain, m.keyword)) for m in matchers):
+                    yield result(chain, level, wanted)
+
+    yield from page(matches(), offset, limit)
+
+
+def page(matches: Iterator[T], offset: int, limit: int | None) -> Iterator[T]:
+    """The matches after the first ``offset``, at most ``limit`` of them (a query's paging:
+    C-FIND's, QIDO-RS's ``offset``/``limit``); what lies beyond is never computed."""
+    return islice(matches, offset, None if limit is None else offset + limit)
 
 
 def fetch_ancestors(

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from dicomvault.index import Level
 from dicomvault.index.levels import LEVEL_OF
 from dicomvault.index.matching import matcher
+from dicomvault.index.planner import page
 from dicomvault.store.archive import Archive
 from dicomvault.store.parts import InstanceParts
 
@@ -98,24 +99,20 @@ class Finder:
                 offset=offset,
             )
             return
-        skipped = returned = 0
-        matches = index.find(
-            level, kept, indexed_returns, case_insensitive_pn=self.case_insensitive_pn
-        )
-        for match in matches:
-            header = self._header(level, match["_key"])
-            values = {
-                k: _header_value(header, k) if header is not None else "" for k in extra_returns
-            }
-            if not all(
-                m.matches(values[m.keyword] if isinstance(values[m.keyword], str) else "")
-                for m in extra_matchers
-            ):
-                continue
-            if skipped < offset:
-                skipped += 1
-                continue
-            if limit is not None and returned >= limit:
-                return
-            returned += 1
-            yield {**match, **values}
+
+        def matches() -> Iterator[Match]:
+            indexed = index.find(
+                level, kept, indexed_returns, case_insensitive_pn=self.case_insensitive_pn
+            )
+            for match in indexed:
+                header = self._header(level, match["_key"])
+                values = {
+                    k: _header_value(header, k) if header is not None else "" for k in extra_returns
+                }
+                if all(
+                    m.matches(values[m.keyword] if isinstance(values[m.keyword], str) else "")
+                    for m in extra_matchers
+                ):
+                    yield {**match, **values}
+
+        yield from page(matches(), offset, limit)
