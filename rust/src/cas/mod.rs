@@ -13,9 +13,10 @@
 //!
 //! The module is split by concern: `blobs` (the [`BlobStore`] seam that instances are read and
 //! ingested through), `pack_blobs` (the packs as a blob store), `memory` (blobs held in memory),
-//! `ingest` (streaming an instance in), `read` (frames and whole instances out), `history` (the
-//! log of manifests and tombstones), `gc` (rewriting packs), `recovery` (what opening, reindex
-//! and verify find in the packs), `early_sync`. What lies below the seam is per backend; the
+//! `object` (blobs as objects in S3 or another object store), `ingest` (streaming an
+//! instance in), `read` (frames and whole instances out), `history` (the log of manifests and
+//! tombstones), `gc` (rewriting packs), `recovery` (what opening, reindex and verify find in the
+//! packs), `early_sync`. What lies below the seam is per backend; the
 //! log, gc and recovery are the packs' own.
 
 mod blobs;
@@ -25,6 +26,7 @@ mod gc;
 mod history;
 mod ingest;
 mod memory;
+mod object;
 mod pack_blobs;
 mod read;
 mod recovery;
@@ -37,6 +39,7 @@ pub use gc::{GcEvent, GcReport};
 pub use history::{annotations, utc_timestamp, HistoryEvent, HistoryKind};
 pub use ingest::{Ingested, InstanceWriter};
 pub use memory::MemoryBlobStore;
+pub use object::{ObjectBackend, ObjectBlobStore, ObjectStoreConfig, S3Config, S3_MIN_PART};
 pub use read::ReadInstances;
 pub use recovery::{DamageReport, RebuildReport, VerifyReport};
 
