@@ -6,6 +6,7 @@
 //!   `If-None-Match: *`) and never overwritten. A key names its bytes, so of two writers of one
 //!   blob the second finds it there and writes nothing.
 //! - `uploads/<unique>`: a large blob while it streams in; nothing ever references one.
+//! - `segments/<node>/<seq>`: the log, with the small blobs of each commit batch ([`ObjectLog`]).
 //!
 //! Streaming. A blob's hash, hence its key, is known only once its last byte has arrived. The
 //! writer keeps up to `part_size` bytes (S3's least part, 5 MiB, by default): a blob that ends
@@ -26,12 +27,14 @@
 //!
 //! The core is synchronous: the store owns a small tokio runtime and blocks on it in each call.
 
+mod log;
 mod writer;
 
 use super::blobs::{check_length, check_range, BlobStore, BlobWriter};
 use super::{hex, invalid, Result, StoreError};
 use crate::manifest::{BlobRef, Hash};
 use futures_util::StreamExt;
+pub use log::{LogReport, ObjectLog, SegmentBlob, SegmentId, SegmentRecord, SEGMENT_BLOB_MAX};
 use object_store::aws::{AmazonS3Builder, S3CopyIfNotExists};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -132,6 +135,7 @@ struct Inner {
     runtime: Runtime,
     blobs: Key,
     uploads: Key,
+    segments: Key,
     part_size: usize,
     /// Whether listing returns keys in order (S3 and memory do; a directory's walk does not).
     ordered_listing: bool,
@@ -161,7 +165,8 @@ impl ObjectBlobStore {
                 objects,
                 runtime,
                 blobs: prefix.clone().join("blobs"),
-                uploads: prefix.join("uploads"),
+                uploads: prefix.clone().join("uploads"),
+                segments: prefix.join("segments"),
                 part_size: config.part_size.max(1),
                 ordered_listing,
             }),
