@@ -9,7 +9,8 @@ mod seaweedfs;
 use common::{instance, large_instance, pattern};
 use dicomvault_native::cas::{
     BlobStore, InstanceWriter, MemoryBlobStore, ObjectBackend, ObjectBlobStore, ObjectStoreConfig,
-    ReadInstances, S3Config, Store, StoreConfig, StoreError, MAX_BLOB, S3_MIN_PART,
+    ReadInstances, S3Config, SegmentedBlobStore, Store, StoreConfig, StoreError, MAX_BLOB,
+    S3_MIN_PART, SEGMENT_BLOB_MAX,
 };
 use dicomvault_native::manifest::{BlobRef, Hash, Manifest};
 use dicomvault_native::pack::Codec;
@@ -211,6 +212,37 @@ impl Backend for ObjectsOnS3 {
 
     fn available() -> bool {
         seaweedfs::seaweedfs().is_some()
+    }
+}
+
+/// A node's blobs with its log, on an object-store backend: small blobs in log segments.
+struct Segmented<B> {
+    objects: B,
+    store: Option<SegmentedBlobStore>,
+}
+
+impl<B: Backend<Store = ObjectBlobStore>> Backend for Segmented<B> {
+    type Store = SegmentedBlobStore;
+
+    fn create() -> Segmented<B> {
+        let objects = B::create();
+        let store = Some(SegmentedBlobStore::open(&objects.store(), "node").unwrap());
+        Segmented { objects, store }
+    }
+
+    fn store(&self) -> SegmentedBlobStore {
+        self.store.clone().expect("open")
+    }
+
+    /// Finds the small blobs again in the segments flushed.
+    fn reopen(&mut self) {
+        drop(self.store.take());
+        self.objects.reopen();
+        self.store = Some(SegmentedBlobStore::open(&self.objects.store(), "node").unwrap());
+    }
+
+    fn available() -> bool {
+        B::available()
     }
 }
 
@@ -566,118 +598,93 @@ fn an_object_that_is_not_its_blob_is_damaged<B: Backend<Store = ObjectBlobStore>
     assert!(!store.put(h, b"the blob").unwrap(), "never overwritten");
 }
 
-/// The suite, as one test per case, for one backend.
+/// Segmented stores only: a small blob is held pending until flushed into a segment, and
+/// cannot then be deleted on its own; a large one is an object, deleted as any.
+fn small_blobs_in_segments_are_not_deleted_alone<B: Backend<Store = SegmentedBlobStore>>() {
+    let backend = B::create();
+    let store = backend.store();
+    let (small, large) = (
+        put(&store, &pattern(100, 1)),
+        put(&store, &pattern(SEGMENT_BLOB_MAX + 1, 2)),
+    );
+    store.flush().unwrap();
+    assert!(matches!(
+        store.delete(&small.hash),
+        Err(StoreError::Unsupported(_))
+    ));
+    assert!(store.delete(&large.hash).unwrap());
+    assert_eq!(list_all(&store, 10), vec![small]);
+}
+
+/// Each case as a test of its own on one backend, where the machine has it.
+macro_rules! cases {
+    ($backend:ty: $($case:ident),+ $(,)?) => {$(
+        #[test]
+        fn $case() {
+            if <$backend as Backend>::available() {
+                super::$case::<$backend>();
+            }
+        }
+    )+};
+}
+
+/// The suite, less the cases that delete a blob, for one backend.
+macro_rules! keeping_suite {
+    ($backend:ty) => {
+        cases!($backend:
+            puts_are_found_once_and_unknown_hashes_are_not_found,
+            ranges_read_what_they_ask_and_check_the_blob_length,
+            listing_pages_through_every_blob_in_hash_order,
+            instances_read_back_byte_identical_whole_by_frame_and_from_any_offset,
+            identical_pixels_are_stored_once,
+            large_frames_stream_in_and_a_resent_instance_adds_nothing,
+            an_abandoned_instance_leaves_no_frame_behind,
+            concurrent_writers_share_the_store,
+        );
+    };
+}
+
+/// The whole suite for one backend.
 macro_rules! suite {
     ($module:ident, $backend:ty) => {
         mod $module {
             use super::*;
 
-            #[test]
-            fn puts_are_found_once_and_unknown_hashes_are_not_found() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::puts_are_found_once_and_unknown_hashes_are_not_found::<$backend>();
-            }
-
-            #[test]
-            fn ranges_read_what_they_ask_and_check_the_blob_length() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::ranges_read_what_they_ask_and_check_the_blob_length::<$backend>();
-            }
-
-            #[test]
-            fn listing_pages_through_every_blob_in_hash_order() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::listing_pages_through_every_blob_in_hash_order::<$backend>();
-            }
-
-            #[test]
-            fn deleted_blobs_are_gone_until_stored_again() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::deleted_blobs_are_gone_until_stored_again::<$backend>();
-            }
-
-            #[test]
-            fn instances_read_back_byte_identical_whole_by_frame_and_from_any_offset() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::instances_read_back_byte_identical_whole_by_frame_and_from_any_offset::<
-                    $backend,
-                >();
-            }
-
-            #[test]
-            fn identical_pixels_are_stored_once() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::identical_pixels_are_stored_once::<$backend>();
-            }
-
-            #[test]
-            fn large_frames_stream_in_and_a_resent_instance_adds_nothing() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::large_frames_stream_in_and_a_resent_instance_adds_nothing::<$backend>();
-            }
-
-            #[test]
-            fn an_abandoned_instance_leaves_no_frame_behind() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::an_abandoned_instance_leaves_no_frame_behind::<$backend>();
-            }
-
-            #[test]
-            fn a_blob_the_store_lacks_is_damage_to_its_instance() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::a_blob_the_store_lacks_is_damage_to_its_instance::<$backend>();
-            }
-
-            #[test]
-            fn concurrent_writers_share_the_store() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::concurrent_writers_share_the_store::<$backend>();
-            }
+            keeping_suite!($backend);
+            cases!($backend:
+                deleted_blobs_are_gone_until_stored_again,
+                a_blob_the_store_lacks_is_damage_to_its_instance,
+            );
         }
     };
 }
 
-/// The object-store cases, for one object-store backend.
+/// The suite and the object-store cases, for one object-store backend.
 macro_rules! object_suite {
     ($module:ident, $backend:ty) => {
         mod $module {
             use super::*;
 
-            #[test]
-            fn a_blob_of_several_parts_is_stored_once_under_its_hash() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::a_blob_of_several_parts_is_stored_once_under_its_hash::<$backend>();
-            }
+            keeping_suite!($backend);
+            cases!($backend:
+                deleted_blobs_are_gone_until_stored_again,
+                a_blob_the_store_lacks_is_damage_to_its_instance,
+                a_blob_of_several_parts_is_stored_once_under_its_hash,
+                an_object_that_is_not_its_blob_is_damaged,
+            );
+        }
+    };
+}
 
-            #[test]
-            fn an_object_that_is_not_its_blob_is_damaged() {
-                if !<$backend as Backend>::available() {
-                    return;
-                }
-                super::an_object_that_is_not_its_blob_is_damaged::<$backend>();
-            }
+/// The suite for a node's blobs with its log: the cases that keep their blobs (a small blob in
+/// a segment is deleted only by gc rewriting segments).
+macro_rules! segmented_suite {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            use super::*;
+
+            keeping_suite!($backend);
+            cases!($backend: small_blobs_in_segments_are_not_deleted_alone);
         }
     };
 }
@@ -685,12 +692,12 @@ macro_rules! object_suite {
 suite!(packs, Packs);
 suite!(zstd_packs, ZstdPacks);
 suite!(memory, Memory);
-suite!(objects_in_memory, ObjectsInMemory);
-suite!(objects_on_disk, ObjectsOnDisk);
-suite!(objects_on_s3, ObjectsOnS3);
-object_suite!(object_cases_in_memory, ObjectsInMemory);
-object_suite!(object_cases_on_disk, ObjectsOnDisk);
-object_suite!(object_cases_on_s3, ObjectsOnS3);
+object_suite!(objects_in_memory, ObjectsInMemory);
+object_suite!(objects_on_disk, ObjectsOnDisk);
+object_suite!(objects_on_s3, ObjectsOnS3);
+segmented_suite!(segmented_in_memory, Segmented<ObjectsInMemory>);
+segmented_suite!(segmented_on_disk, Segmented<ObjectsOnDisk>);
+segmented_suite!(segmented_on_s3, Segmented<ObjectsOnS3>);
 
 /// A completed upload a crash left under `uploads/` is collected once past its grace period.
 #[test]

@@ -1,15 +1,16 @@
 //! The log on object storage: segments written once per batch and node, read back, replayed
-//! across nodes by stamp and verified from the bucket alone; in memory, in a directory and on a
-//! real SeaweedFS.
+//! across nodes by stamp and verified from the bucket alone, and the small blobs a node commits
+//! in them read on another; in memory, in a directory and on a real SeaweedFS.
 
 mod common;
 #[path = "common/seaweedfs.rs"]
 mod seaweedfs;
 
-use common::{instance, pattern};
+use common::{instance, large_instance, pattern};
 use dicomvault_native::cas::{
     BlobStore, HistoryKind, InstanceWriter, LogRecord, ObjectBackend, ObjectBlobStore, ObjectLog,
-    ObjectStoreConfig, SegmentId, SegmentRecord, StoreError, SEGMENT_BLOB_MAX,
+    ObjectStoreConfig, ReadInstances, SegmentId, SegmentRecord, SegmentedBlobStore, StoreError,
+    SEGMENT_BLOB_MAX,
 };
 use dicomvault_native::manifest::{Hash, Manifest};
 use dicomvault_native::scan::ScanOptions;
@@ -38,7 +39,7 @@ fn on_every_backend(case: impl Fn(ObjectBlobStore, Option<&std::path::Path>)) {
     }
 }
 
-fn ingest(store: &ObjectBlobStore, data: &[u8]) -> Manifest {
+fn ingest<S: BlobStore + Clone + 'static>(store: &S, data: &[u8]) -> Manifest {
     let options = ScanOptions {
         wanted: Vec::new(),
         transfer_syntax: None,
@@ -258,5 +259,52 @@ fn replay_merges_the_nodes_by_stamp_and_verify_finds_what_is_missing() {
                 Err(StoreError::Damaged(_))
             ));
         }
+    });
+}
+
+#[test]
+fn an_instance_committed_on_one_node_is_read_on_another() {
+    on_every_backend(|objects, _| {
+        // Both nodes are up before either writes.
+        let a = SegmentedBlobStore::open(&objects, "a").unwrap();
+        let b = SegmentedBlobStore::open(&objects, "b").unwrap();
+        let data = large_instance("1.2.3", 2, 5);
+        let manifest = ingest(&a, &data);
+        let small: Vec<_> = manifest
+            .blobs
+            .iter()
+            .filter(|blob| blob.length as usize <= SEGMENT_BLOB_MAX)
+            .collect();
+        assert!(!small.is_empty(), "the header is a small blob");
+        a.commit(&[LogRecord::Manifest {
+            manifest: &manifest.encode(),
+            annotations: b"",
+        }])
+        .unwrap();
+        for blob in &small {
+            assert!(
+                !objects.contains(&blob.hash).unwrap(),
+                "in the segment, not an object"
+            );
+        }
+        assert_eq!(b.read_instance(&manifest, 0).unwrap(), data);
+        assert_eq!(
+            b.read_instance(&manifest, manifest.dataset_offset).unwrap(),
+            data[manifest.dataset_offset as usize..]
+        );
+        let report = b.log().verify().unwrap();
+        assert_eq!(
+            (report.segments, report.manifests, report.small_blobs),
+            (1, 1, small.len())
+        );
+        assert!(
+            report.missing.is_empty() && report.damaged.is_empty(),
+            "{report:?}"
+        );
+        // The same instance through node b: nothing new, nothing but its record to write.
+        let again = ingest(&b, &data);
+        assert_eq!(again, manifest);
+        b.commit(&[]).unwrap();
+        assert_eq!(b.log().verify().unwrap().small_blobs, small.len());
     });
 }

@@ -41,7 +41,7 @@ pub use ingest::{Ingested, InstanceWriter};
 pub use memory::MemoryBlobStore;
 pub use object::{
     LogReport, ObjectBackend, ObjectBlobStore, ObjectLog, ObjectStoreConfig, S3Config, SegmentBlob,
-    SegmentId, SegmentRecord, S3_MIN_PART, SEGMENT_BLOB_MAX,
+    SegmentId, SegmentRecord, SegmentedBlobStore, S3_MIN_PART, SEGMENT_BLOB_MAX,
 };
 pub use read::ReadInstances;
 pub use recovery::{DamageReport, RebuildReport, VerifyReport};

@@ -22,11 +22,16 @@
 //! process): [`ObjectLog::replay`] merges every node's records by stamp. Each node's
 //! position (its last segment applied) is what an index keeps to resume from.
 //!
-//! Left to build: the commit path writing segments (the small blobs of an instance routed into
-//! its batch instead of [`super::ObjectBlobStore::put`], the large ones put as now), and an
-//! index of where each small blob lies (hash → [`SegmentBlob`], a PostgreSQL table) so that
-//! [`super::ObjectBlobStore::get`] finds it; replay streaming a k-way merge per node instead of
-//! reading the whole log into memory; gc of segments whose every record is dead.
+//! Small blobs reach a segment through [`super::SegmentedBlobStore`], the blob store of a node
+//! that writes this log: it holds them until the batch's commit and finds them again, on any
+//! node, from the segments it has read.
+//!
+//! Left to build: the archive's commit path (Python's committer and the index) calling
+//! [`super::SegmentedBlobStore::commit`] for a batch on the S3 backend, with each node's
+//! position kept by the index; where each small blob lies kept in the index (a PostgreSQL table)
+//! rather than in every node's memory; replay streaming a k-way merge per node instead of
+//! reading the whole log into memory; gc of segments whose every record is dead (which is also
+//! what deletes a small blob).
 
 use super::{object_error, ObjectBlobStore};
 use crate::cas::blobs::BlobStore;

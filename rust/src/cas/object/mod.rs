@@ -28,6 +28,7 @@
 //! The core is synchronous: the store owns a small tokio runtime and blocks on it in each call.
 
 mod log;
+mod segmented;
 mod writer;
 
 use super::blobs::{check_length, check_range, BlobStore, BlobWriter};
@@ -43,6 +44,7 @@ use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
     PutOptions, PutPayload, RetryConfig,
 };
+pub use segmented::SegmentedBlobStore;
 use std::io;
 use std::ops::Range;
 use std::path::PathBuf;
