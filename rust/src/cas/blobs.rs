@@ -5,7 +5,8 @@
 //! ([`super::MemoryBlobStore`]) and object stores ([`super::ObjectBlobStore`]: S3, SeaweedFS)
 //! implement it; what an object store maps each call to is said on it. Instances are read
 //! through it ([`super::ReadInstances`]) and streamed in through it ([`super::InstanceWriter`]);
-//! the log of manifests and tombstones is the packs' own (see the module docs of `cas`).
+//! the log of manifests and tombstones is each backend's own (the packs', see the module docs
+//! of `cas`; an object store's segments, [`super::ObjectLog`]).
 
 use super::Result;
 use crate::manifest::{BlobRef, Hash};

@@ -13,11 +13,11 @@
 //!
 //! The module is split by concern: `blobs` (the [`BlobStore`] seam that instances are read and
 //! ingested through), `pack_blobs` (the packs as a blob store), `memory` (blobs held in memory),
-//! `object` (blobs as objects in S3 or another object store), `ingest` (streaming an
-//! instance in), `read` (frames and whole instances out), `history` (the log of manifests and
-//! tombstones), `gc` (rewriting packs), `recovery` (what opening, reindex and verify find in the
-//! packs), `early_sync`. What lies below the seam is per backend; the
-//! log, gc and recovery are the packs' own.
+//! `object` (blobs as objects in S3 or another object store, and its log of segments),
+//! `ingest` (streaming an instance in), `read` (frames and whole instances out), `history` (the
+//! log of manifests and tombstones), `gc` (rewriting packs), `recovery` (what opening, reindex
+//! and verify find in the packs), `early_sync`. What lies below the seam is per backend; the
+//! packs' log, gc and recovery are their own.
 
 mod blobs;
 mod early_sync;

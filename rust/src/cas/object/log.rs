@@ -28,7 +28,8 @@
 //!
 //! Left to build: the archive's commit path (Python's committer and the index) calling
 //! [`super::SegmentedBlobStore::commit`] for a batch on the S3 backend, with each node's
-//! position kept by the index; where each small blob lies kept in the index (a PostgreSQL table)
+//! position kept by the index (a node that starts, or whose put failed, now lists all its
+//! segments to find its next position); where each small blob lies kept in the index (a PostgreSQL table)
 //! rather than in every node's memory; replay streaming a k-way merge per node instead of
 //! reading the whole log into memory; gc of segments whose every record is dead (which is also
 //! what deletes a small blob).

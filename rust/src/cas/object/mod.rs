@@ -26,6 +26,10 @@
 //! blob taken for stored.
 //!
 //! The core is synchronous: the store owns a small tokio runtime and blocks on it in each call.
+//!
+//! Split by concern: this module (the store, its configuration, the calls), `writer` (a blob
+//! streaming in), `log` (the log's segments: [`ObjectLog`]) and `segmented` (a node's blobs
+//! with its log, small ones in its segments: [`SegmentedBlobStore`]).
 
 mod log;
 mod segmented;
