@@ -228,7 +228,9 @@ fn replay_merges_the_nodes_by_stamp_and_verify_finds_what_is_missing() {
             (4, 3, 1, 1)
         );
         assert!(
-            report.damaged.is_empty() && report.missing.is_empty(),
+            report.damaged.is_empty()
+                && report.missing.is_empty()
+                && report.damaged_objects.is_empty(),
             "{report:?}"
         );
         // A frame of instance 1 lost: verify names it. Instance 0's are not needed (deleted).
@@ -237,8 +239,16 @@ fn replay_merges_the_nodes_by_stamp_and_verify_finds_what_is_missing() {
         assert!(store
             .delete(&manifests[0].frame_blobs(0).unwrap()[0].hash)
             .unwrap());
+        // And one whose object holds other bytes: verify reads every live object.
+        let frame = manifests[1].frame_blobs(0).unwrap()[0];
+        assert!(store.delete(&frame.hash).unwrap());
+        assert!(store
+            .put(frame.hash, &pattern(frame.length as usize, 99))
+            .unwrap());
         let report = a.verify().unwrap();
         assert_eq!(report.missing, [(hash(&encoded[1]), lost)]);
+        assert_eq!(report.damaged_objects.len(), 1);
+        assert_eq!(report.damaged_objects[0].0, frame.hash);
         // A segment whose bytes changed is damaged, and verify says which.
         if let Some(dir) = dir {
             let path = dir.join("segments/b/00000000000000000000");
@@ -298,7 +308,9 @@ fn an_instance_committed_on_one_node_is_read_on_another() {
             (1, 1, small.len())
         );
         assert!(
-            report.missing.is_empty() && report.damaged.is_empty(),
+            report.damaged.is_empty()
+                && report.missing.is_empty()
+                && report.damaged_objects.is_empty(),
             "{report:?}"
         );
         // The same instance through node b: nothing new, nothing but its record to write.

@@ -89,6 +89,8 @@ pub struct LogReport {
     /// (manifest hash, blob hash): blobs a live manifest references that neither a segment nor
     /// an object holds.
     pub missing: Vec<(Hash, Hash)>,
+    /// Objects a live manifest references whose bytes are not the blob their key names.
+    pub damaged_objects: Vec<(Hash, String)>,
 }
 
 /// One node's log in an object store (and every node's, to read).
@@ -378,7 +380,8 @@ impl ObjectLog {
     }
 
     /// Reads every segment and checks every record, and that every blob a manifest not
-    /// tombstoned references is held: in a segment, or as an object.
+    /// tombstoned references is held: in a segment, or as an object whose bytes are read and
+    /// checked against its hash.
     pub fn verify(&self) -> Result<LogReport> {
         let mut report = LogReport::default();
         let mut in_segments = HashSet::new();
@@ -424,18 +427,32 @@ impl ObjectLog {
                 break;
             }
         }
+        let mut live_objects = HashSet::new();
         for (target, bytes) in &manifests {
             if tombstoned.contains(target) {
                 continue;
             }
             let manifest = Manifest::decode(bytes).map_err(|e| invalid(e.0))?;
             for blob in &manifest.blobs {
-                if !in_segments.contains(&blob.hash) && !objects.contains(&blob.hash) {
+                if in_segments.contains(&blob.hash) {
+                    continue;
+                }
+                if objects.contains(&blob.hash) {
+                    live_objects.insert(blob.hash);
+                } else {
                     report.missing.push((*target, blob.hash));
                 }
             }
         }
+        for hash in live_objects {
+            match self.store.get(&hash) {
+                Ok(_) => {}
+                Err(StoreError::Damaged(why)) => report.damaged_objects.push((hash, why)),
+                Err(e) => return Err(e),
+            }
+        }
         report.missing.sort_unstable();
+        report.damaged_objects.sort_unstable();
         Ok(report)
     }
 }
