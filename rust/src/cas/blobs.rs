@@ -1,11 +1,12 @@
 //! The blob-store seam: what the manifest layer needs from wherever blobs live.
 //!
 //! A blob is named by the BLAKE3 hash of its bytes, so a store holds each at most once and a
-//! put of a blob it holds changes nothing. The packs ([`super::Store`]) and memory
-//! ([`super::MemoryBlobStore`]) implement it; what an object store (S3, SeaweedFS) would map
-//! each call to is said on it. Instances are read through it ([`super::ReadInstances`]) and
-//! streamed in through it ([`super::InstanceWriter`]); the log of manifests and tombstones is
-//! the packs' own (see the module docs of `cas`).
+//! put of a blob it holds changes nothing. The packs ([`super::Store`]), memory
+//! ([`super::MemoryBlobStore`]) and object stores ([`super::ObjectBlobStore`]: S3, SeaweedFS)
+//! implement it; what an object store maps each call to is said on it. Instances are read
+//! through it ([`super::ReadInstances`]) and streamed in through it ([`super::InstanceWriter`]);
+//! the log of manifests and tombstones is each backend's own (the packs', see the module docs
+//! of `cas`; an object store's segments, [`super::ObjectLog`]).
 
 use super::Result;
 use crate::manifest::{BlobRef, Hash};
@@ -16,7 +17,7 @@ use std::ops::Range;
 pub trait BlobStore: Send + Sync {
     /// Stores `bytes` under `hash`, which must be their BLAKE3 hash, unless the store holds it
     /// already; returns whether it was written. Durable once [`BlobStore::flush`] returns
-    /// (an object store's PUT of `hex(hash)`, after a HEAD).
+    /// (an object store's create-only PUT of `hex(hash)`).
     fn put(&self, hash: Hash, bytes: &[u8]) -> Result<bool>;
 
     /// Starts a blob whose bytes arrive in pieces and whose hash is known only at the end (an

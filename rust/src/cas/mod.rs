@@ -13,10 +13,11 @@
 //!
 //! The module is split by concern: `blobs` (the [`BlobStore`] seam that instances are read and
 //! ingested through), `pack_blobs` (the packs as a blob store), `memory` (blobs held in memory),
+//! `object` (blobs as objects in S3 or another object store, and its log of segments),
 //! `ingest` (streaming an instance in), `read` (frames and whole instances out), `history` (the
 //! log of manifests and tombstones), `gc` (rewriting packs), `recovery` (what opening, reindex
 //! and verify find in the packs), `early_sync`. What lies below the seam is per backend; the
-//! log, gc and recovery are the packs' own.
+//! packs' log, gc and recovery are their own.
 
 mod blobs;
 mod early_sync;
@@ -25,6 +26,7 @@ mod gc;
 mod history;
 mod ingest;
 mod memory;
+mod object;
 mod pack_blobs;
 mod read;
 mod recovery;
@@ -37,6 +39,10 @@ pub use gc::{GcEvent, GcReport};
 pub use history::{annotations, utc_timestamp, HistoryEvent, HistoryKind};
 pub use ingest::{Ingested, InstanceWriter};
 pub use memory::MemoryBlobStore;
+pub use object::{
+    LogReport, ObjectBackend, ObjectBlobStore, ObjectLog, ObjectStoreConfig, S3Config, SegmentBlob,
+    SegmentId, SegmentRecord, SegmentedBlobStore, S3_MIN_PART, SEGMENT_BLOB_MAX,
+};
 pub use read::ReadInstances;
 pub use recovery::{DamageReport, RebuildReport, VerifyReport};
 
@@ -267,6 +273,63 @@ pub enum LogRecord<'a> {
     Tombstone { manifest: &'a [u8], key: &'a str },
 }
 
+impl LogRecord<'_> {
+    fn kind(&self) -> RecordKind {
+        match self {
+            LogRecord::Manifest { .. } => RecordKind::Manifest,
+            LogRecord::Tombstone { .. } => RecordKind::Tombstone,
+        }
+    }
+
+    /// The record's payload, as [`HistoryEvent`] reads it back. Manifest: stamp, annotations
+    /// length, annotations, manifest. Tombstone: stamp, the manifest's hash, the index key.
+    fn payload(&self, stamp: u64) -> Vec<u8> {
+        let mut payload = stamp.to_le_bytes().to_vec();
+        match self {
+            LogRecord::Manifest {
+                manifest,
+                annotations,
+            } => {
+                payload.extend_from_slice(&(annotations.len() as u32).to_le_bytes());
+                payload.extend_from_slice(annotations);
+                payload.extend_from_slice(manifest);
+            }
+            LogRecord::Tombstone { manifest, key } => {
+                payload.extend_from_slice(blake3::hash(manifest).as_bytes());
+                payload.extend_from_slice(key.as_bytes());
+            }
+        }
+        payload
+    }
+}
+
+/// A log record's stamp: the time in microseconds, past `last` (the last one given out).
+fn next_stamp(last: &AtomicU64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut current = last.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(current + 1);
+        match last.compare_exchange(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => current = seen,
+        }
+    }
+}
+
+/// The header of a record whose payload is stored as it is.
+fn raw_record(kind: RecordKind, payload: &[u8]) -> RecordHeader {
+    RecordHeader {
+        kind,
+        codec: Codec::Raw,
+        raw_len: payload.len() as u64,
+        stored_len: payload.len() as u64,
+        hash: *blake3::hash(payload).as_bytes(),
+        payload_crc: crc32fast::hash(payload),
+    }
+}
+
 /// A handle on an archive's store; cheap to clone and safe to share between threads. It is the
 /// packs' [`BlobStore`] and, above it, the log of manifests and tombstones in the same packs.
 #[derive(Clone)]
@@ -430,22 +493,7 @@ impl Store {
     }
 
     fn next_stamp(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let mut current = self.inner.stamp.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(current + 1);
-            match self.inner.stamp.compare_exchange(
-                current,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return next,
-                Err(seen) => current = seen,
-            }
-        }
+        next_stamp(&self.inner.stamp)
     }
 
     /// Appends the manifest records of accepted instances (with the caller's annotations:
@@ -474,26 +522,7 @@ impl Store {
         }
         let mut ends = Vec::with_capacity(records.len());
         for record in records {
-            ends.push(match record {
-                LogRecord::Manifest {
-                    manifest,
-                    annotations,
-                } => {
-                    let mut payload = Vec::with_capacity(12 + annotations.len() + manifest.len());
-                    payload.extend_from_slice(&self.next_stamp().to_le_bytes());
-                    payload.extend_from_slice(&(annotations.len() as u32).to_le_bytes());
-                    payload.extend_from_slice(annotations);
-                    payload.extend_from_slice(manifest);
-                    self.append_small(RecordKind::Manifest, &payload)?
-                }
-                LogRecord::Tombstone { manifest, key } => {
-                    let mut payload = Vec::with_capacity(40 + key.len());
-                    payload.extend_from_slice(&self.next_stamp().to_le_bytes());
-                    payload.extend_from_slice(blake3::hash(manifest).as_bytes());
-                    payload.extend_from_slice(key.as_bytes());
-                    self.append_small(RecordKind::Tombstone, &payload)?
-                }
-            });
+            ends.push(self.append_small(record.kind(), &record.payload(self.next_stamp()))?);
         }
         self.commit()?;
         Ok(ends)
@@ -529,14 +558,7 @@ impl Store {
     }
 
     fn append_small(&self, kind: RecordKind, payload: &[u8]) -> Result<(u32, u64)> {
-        let header = RecordHeader {
-            kind,
-            codec: Codec::Raw,
-            raw_len: payload.len() as u64,
-            stored_len: payload.len() as u64,
-            hash: *blake3::hash(payload).as_bytes(),
-            payload_crc: crc32fast::hash(payload),
-        };
+        let header = raw_record(kind, payload);
         let loc = self
             .append(header, payload, false)?
             .expect("appends without dedup always write");

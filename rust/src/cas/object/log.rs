@@ -1,0 +1,458 @@
+//! The log on object storage: each commit batch one segment object of pack records, written
+//! once under `segments/<node>/<seq>`, from which an index is replayed and verified.
+//!
+//! Design. A node appends one segment per commit batch: a pack header, then the batch's small
+//! blobs (at most [`SEGMENT_BLOB_MAX`] each, so a 10 KB header never costs an object of its
+//! own) and its manifest and tombstone records, in the packs' record format (`crate::pack`):
+//! every record checks itself (header CRC, payload CRC, BLAKE3), so `verify` and `reindex`
+//! work from the bucket alone. The key is `segments/<node id>/<seq, 20 digits>`: listed in key
+//! order, a node's segments come in the order it wrote them. A segment is written whole by a
+//! create-only PUT, so it is never torn and never replaced: a second process that takes the
+//! same node id finds its position taken and fails (Busy) instead of overwriting.
+//!
+//! A node writes its segments one at a time: segment `n + 1` is put only once `n` was
+//! acknowledged, so a reader that has applied a node's log up to `n` and lists after it can
+//! never miss a segment that lands later below its position. A put that failed leaves the
+//! position unknown (it may have landed: S3 may apply a request whose answer was lost), so the
+//! next append lists the node's segments again and continues after the last. A batch whose
+//! put failed was not acknowledged; if it landed anyway, a replay indexes it, as it would a
+//! re-sent instance.
+//!
+//! Across nodes there is no order but the records' stamps (microseconds, monotonic per
+//! process): [`ObjectLog::replay`] merges every node's records by stamp. Each node's
+//! position (its last segment applied) is what an index keeps to resume from.
+//!
+//! Small blobs reach a segment through [`super::SegmentedBlobStore`], the blob store of a node
+//! that writes this log: it holds them until the batch's commit and finds them again, on any
+//! node, from the segments it has read.
+//!
+//! Left to build: the archive's commit path (Python's committer and the index) calling
+//! [`super::SegmentedBlobStore::commit`] for a batch on the S3 backend, with each node's
+//! position kept by the index (a node that starts, or whose put failed, now lists all its
+//! segments to find its next position); where each small blob lies kept in the index (a PostgreSQL table)
+//! rather than in every node's memory; replay streaming a k-way merge per node instead of
+//! reading the whole log into memory; gc of segments whose every record is dead (which is also
+//! what deletes a small blob).
+
+use super::{object_error, ObjectBlobStore};
+use crate::cas::blobs::BlobStore;
+use crate::cas::history::{HistoryEvent, HistoryKind};
+use crate::cas::{hex, invalid, next_stamp, raw_record, LogRecord, Result, StoreError};
+use crate::manifest::{BlobRef, Hash, Manifest};
+use crate::pack::{self, RecordHeader, RecordKind, PACK_HEADER_LEN, PACK_MAGIC, RECORD_HEADER_LEN};
+use futures_util::StreamExt;
+use object_store::path::Path as Key;
+use object_store::{GetOptions, GetRange, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, PoisonError};
+
+/// Blobs up to this long may go into a segment; longer ones are objects of their own.
+pub const SEGMENT_BLOB_MAX: usize = 64 << 10;
+
+/// A segment's place: the node that wrote it and its sequence number there.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentId {
+    pub node: String,
+    pub seq: u64,
+}
+
+/// A small blob held in a segment: its bytes are `blob.length` bytes from `offset` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentBlob {
+    pub segment: SegmentId,
+    pub offset: u64,
+    pub blob: BlobRef,
+}
+
+/// One record of a segment, as read back.
+#[derive(Debug, Clone)]
+pub enum SegmentRecord {
+    Blob(SegmentBlob),
+    /// A manifest or a tombstone: its stamp, the manifest's hash, what it says.
+    Log {
+        stamp: u64,
+        target: Hash,
+        kind: HistoryKind,
+    },
+}
+
+/// What [`ObjectLog::verify`] found.
+#[derive(Debug, Default)]
+pub struct LogReport {
+    pub segments: usize,
+    pub manifests: usize,
+    pub tombstones: usize,
+    pub small_blobs: usize,
+    /// Segments that fail their checks, and why.
+    pub damaged: Vec<(SegmentId, String)>,
+    /// (manifest hash, blob hash): blobs a live manifest references that neither a segment nor
+    /// an object holds.
+    pub missing: Vec<(Hash, Hash)>,
+    /// Objects a live manifest references whose bytes are not the blob their key names.
+    pub damaged_objects: Vec<(Hash, String)>,
+}
+
+/// One node's log in an object store (and every node's, to read).
+pub struct ObjectLog {
+    store: ObjectBlobStore,
+    node: String,
+    /// The next sequence number, or None when it must be found again by listing.
+    next: Mutex<Option<u64>>,
+    stamp: AtomicU64,
+}
+
+impl ObjectLog {
+    /// The log `node` writes (a name of letters, digits, `.`, `_` and `-`).
+    pub fn open(store: &ObjectBlobStore, node: &str) -> Result<ObjectLog> {
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if node.is_empty() || !node.chars().all(valid) || node.starts_with('.') {
+            return Err(StoreError::Unsupported(format!(
+                "{node:?} is not a node id (letters, digits, '.', '_', '-')"
+            )));
+        }
+        Ok(ObjectLog {
+            store: store.clone(),
+            node: node.into(),
+            next: Mutex::new(None),
+            stamp: AtomicU64::new(0),
+        })
+    }
+
+    fn key(&self, id: &SegmentId) -> Key {
+        self.store
+            .inner
+            .segments
+            .clone()
+            .join(id.node.as_str())
+            .join(format!("{:020}", id.seq))
+    }
+
+    /// Writes one batch as this node's next segment: its small blobs, then its records.
+    /// Returns the segment and where each blob lies in it.
+    pub fn append(
+        &self,
+        blobs: &[&[u8]],
+        records: &[LogRecord<'_>],
+    ) -> Result<(SegmentId, Vec<SegmentBlob>)> {
+        if let Some(big) = blobs.iter().find(|b| b.len() > SEGMENT_BLOB_MAX) {
+            return Err(StoreError::Unsupported(format!(
+                "a blob of {} bytes is an object of its own, not part of a segment",
+                big.len()
+            )));
+        }
+        // Held across the put: the node's segments are written one at a time.
+        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        let seq = match *next {
+            Some(seq) => seq,
+            None => self
+                .segments(&self.node, None, usize::MAX)?
+                .last()
+                .map_or(0, |last| last.seq + 1),
+        };
+        let id = SegmentId {
+            node: self.node.clone(),
+            seq,
+        };
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(PACK_MAGIC);
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        let mut placed = Vec::with_capacity(blobs.len());
+        for blob in blobs {
+            let header = raw_record(RecordKind::Blob, blob);
+            placed.push(SegmentBlob {
+                segment: id.clone(),
+                offset: bytes.len() as u64 + RECORD_HEADER_LEN,
+                blob: BlobRef {
+                    hash: header.hash,
+                    length: blob.len() as u64,
+                },
+            });
+            bytes.extend_from_slice(&header.encode());
+            bytes.extend_from_slice(blob);
+        }
+        for record in records {
+            let payload = record.payload(next_stamp(&self.stamp));
+            bytes.extend_from_slice(&raw_record(record.kind(), &payload).encode());
+            bytes.extend_from_slice(&payload);
+        }
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        *next = None;
+        let key = self.key(&id);
+        let put = self.store.run(self.store.objects().put_opts(
+            &key,
+            PutPayload::from(bytes),
+            create,
+        ));
+        match put {
+            Ok(_) => {
+                *next = Some(seq + 1);
+                Ok((id, placed))
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StoreError::Busy(format!(
+                "segment {key} exists: another process writes as node {}",
+                self.node
+            ))),
+            Err(e) => Err(object_error(e)),
+        }
+    }
+
+    /// Every node that has written a segment, in order.
+    pub fn nodes(&self) -> Result<Vec<String>> {
+        let listing = self
+            .store
+            .run(
+                self.store
+                    .objects()
+                    .list_with_delimiter(Some(&self.store.inner.segments)),
+            )
+            .map_err(object_error)?;
+        let mut nodes: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(String::from))
+            .collect();
+        nodes.sort();
+        Ok(nodes)
+    }
+
+    /// Up to `limit` of `node`'s segments after `after`, in order.
+    pub fn segments(&self, node: &str, after: Option<u64>, limit: usize) -> Result<Vec<SegmentId>> {
+        let dir = self.store.inner.segments.clone().join(node);
+        let objects = self.store.objects();
+        let mut listing = match after {
+            Some(seq) => objects.list_with_offset(
+                Some(&dir),
+                &self.key(&SegmentId {
+                    node: node.into(),
+                    seq,
+                }),
+            ),
+            None => objects.list(Some(&dir)),
+        };
+        let ordered = self.store.inner.ordered_listing;
+        let mut ids: Vec<SegmentId> = self
+            .store
+            .run(async {
+                let mut ids = Vec::new();
+                while let Some(meta) = listing.next().await {
+                    let meta = meta?;
+                    let seq = meta.location.filename().and_then(|n| n.parse::<u64>().ok());
+                    if let Some(seq) = seq {
+                        ids.push(SegmentId {
+                            node: node.into(),
+                            seq,
+                        });
+                        if ordered && ids.len() == limit {
+                            break;
+                        }
+                    }
+                }
+                Ok::<_, object_store::Error>(ids)
+            })
+            .map_err(object_error)?;
+        if !ordered {
+            ids.sort_unstable();
+            ids.truncate(limit);
+        }
+        Ok(ids)
+    }
+
+    /// A segment's records, every one checked: Damaged if any fails (a segment is written
+    /// whole, so that is damage, never a torn write).
+    pub fn read(&self, id: &SegmentId) -> Result<Vec<SegmentRecord>> {
+        let key = self.key(id);
+        let bytes = self
+            .store
+            .run(async { self.store.objects().get(&key).await?.bytes().await })
+            .map_err(object_error)?;
+        let damaged = |at: u64, why: &str| invalid(format!("segment {key} at byte {at}: {why}"));
+        if bytes.len() < PACK_HEADER_LEN as usize || &bytes[..8] != PACK_MAGIC {
+            return Err(damaged(0, "not a dicomvault segment"));
+        }
+        let mut records = Vec::new();
+        let mut at = PACK_HEADER_LEN as usize;
+        while at < bytes.len() {
+            let header =
+                RecordHeader::decode(&bytes[at..]).map_err(|why| damaged(at as u64, &why))?;
+            let start = at + RECORD_HEADER_LEN as usize;
+            let stored = bytes
+                .get(start..start.saturating_add(header.stored_len as usize))
+                .ok_or_else(|| damaged(at as u64, "record runs past the segment's end"))?;
+            if crc32fast::hash(stored) != header.payload_crc {
+                return Err(damaged(at as u64, "payload checksum mismatch"));
+            }
+            let payload = pack::decode_payload(&header, stored.to_vec())
+                .map_err(|why| damaged(at as u64, &why))?;
+            if blake3::hash(&payload).as_bytes() != &header.hash {
+                return Err(damaged(at as u64, "payload hash mismatch"));
+            }
+            records.push(match header.kind {
+                RecordKind::Blob => SegmentRecord::Blob(SegmentBlob {
+                    segment: id.clone(),
+                    offset: start as u64,
+                    blob: BlobRef {
+                        hash: header.hash,
+                        length: header.raw_len,
+                    },
+                }),
+                kind => {
+                    let event = HistoryEvent::parse(kind, &payload, 0, 0)
+                        .ok_or_else(|| damaged(at as u64, "unreadable log record"))?;
+                    SegmentRecord::Log {
+                        stamp: event.stamp,
+                        target: event.target,
+                        kind: event.kind,
+                    }
+                }
+            });
+            at = start + stored.len();
+        }
+        Ok(records)
+    }
+
+    /// A small blob's bytes, by a ranged GET of its segment, checked against its hash.
+    pub fn read_blob(&self, at: &SegmentBlob) -> Result<Vec<u8>> {
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(at.offset..at.offset + at.blob.length)),
+            ..GetOptions::default()
+        };
+        let key = self.key(&at.segment);
+        let bytes = self
+            .store
+            .run(async {
+                self.store
+                    .objects()
+                    .get_opts(&key, options)
+                    .await?
+                    .bytes()
+                    .await
+            })
+            .map_err(object_error)?;
+        if blake3::hash(&bytes).as_bytes() != &at.blob.hash {
+            return Err(invalid(format!(
+                "bytes {}.. of segment {key} are not blob {}",
+                at.offset,
+                hex(&at.blob.hash)
+            )));
+        }
+        Ok(bytes.into())
+    }
+
+    /// Every node's segments, each read whole.
+    fn all_segments(&self) -> Result<Vec<(SegmentId, Result<Vec<SegmentRecord>>)>> {
+        let mut all = Vec::new();
+        for node in self.nodes()? {
+            for id in self.segments(&node, None, usize::MAX)? {
+                let records = self.read(&id);
+                all.push((id, records));
+            }
+        }
+        Ok(all)
+    }
+
+    /// Hands every manifest and tombstone record of every node to `visit`, in the order of
+    /// their stamps, each with its segment: what an index is rebuilt from. Damaged if a
+    /// segment is.
+    pub fn replay(&self, mut visit: impl FnMut(&SegmentId, u64, Hash, &HistoryKind)) -> Result<()> {
+        let mut events = Vec::new();
+        for (id, records) in self.all_segments()? {
+            for record in records? {
+                if let SegmentRecord::Log {
+                    stamp,
+                    target,
+                    kind,
+                } = record
+                {
+                    events.push((stamp, id.clone(), target, kind));
+                }
+            }
+        }
+        events.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (stamp, id, target, kind) in &events {
+            visit(id, *stamp, *target, kind);
+        }
+        Ok(())
+    }
+
+    /// Reads every segment and checks every record, and that every blob a manifest not
+    /// tombstoned references is held: in a segment, or as an object whose bytes are read and
+    /// checked against its hash.
+    pub fn verify(&self) -> Result<LogReport> {
+        let mut report = LogReport::default();
+        let mut in_segments = HashSet::new();
+        let mut manifests: HashMap<Hash, Vec<u8>> = HashMap::new();
+        let mut tombstoned = HashSet::new();
+        for (id, records) in self.all_segments()? {
+            report.segments += 1;
+            let records = match records {
+                Ok(records) => records,
+                Err(e) => {
+                    report.damaged.push((id, e.to_string()));
+                    continue;
+                }
+            };
+            for record in records {
+                match record {
+                    SegmentRecord::Blob(at) => {
+                        report.small_blobs += 1;
+                        in_segments.insert(at.blob.hash);
+                    }
+                    SegmentRecord::Log {
+                        target,
+                        kind: HistoryKind::Manifest { manifest, .. },
+                        ..
+                    } => {
+                        report.manifests += 1;
+                        manifests.insert(target, manifest);
+                    }
+                    SegmentRecord::Log { target, .. } => {
+                        report.tombstones += 1;
+                        tombstoned.insert(target);
+                    }
+                }
+            }
+        }
+        let mut objects = HashSet::new();
+        let mut last = None;
+        loop {
+            let page = self.store.list(last.as_ref(), 1000)?;
+            last = page.last().map(|b| b.hash);
+            objects.extend(page.iter().map(|b| b.hash));
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        let mut live_objects = HashSet::new();
+        for (target, bytes) in &manifests {
+            if tombstoned.contains(target) {
+                continue;
+            }
+            let manifest = Manifest::decode(bytes).map_err(|e| invalid(e.0))?;
+            for blob in &manifest.blobs {
+                if in_segments.contains(&blob.hash) {
+                    continue;
+                }
+                if objects.contains(&blob.hash) {
+                    live_objects.insert(blob.hash);
+                } else {
+                    report.missing.push((*target, blob.hash));
+                }
+            }
+        }
+        for hash in live_objects {
+            match self.store.get(&hash) {
+                Ok(_) => {}
+                Err(StoreError::Damaged(why)) => report.damaged_objects.push((hash, why)),
+                Err(e) => return Err(e),
+            }
+        }
+        report.missing.sort_unstable();
+        report.damaged_objects.sort_unstable();
+        Ok(report)
+    }
+}

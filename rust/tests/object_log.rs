@@ -1,0 +1,322 @@
+//! The log on object storage: segments written once per batch and node, read back, replayed
+//! across nodes by stamp and verified from the bucket alone, and the small blobs a node commits
+//! in them read on another; in memory, in a directory and on a real SeaweedFS.
+
+mod common;
+#[path = "common/seaweedfs.rs"]
+mod seaweedfs;
+
+use common::{instance, large_instance, pattern};
+use dicomvault_native::cas::{
+    BlobStore, HistoryKind, InstanceWriter, LogRecord, ObjectBackend, ObjectBlobStore, ObjectLog,
+    ObjectStoreConfig, ReadInstances, SegmentId, SegmentRecord, SegmentedBlobStore, StoreError,
+    SEGMENT_BLOB_MAX,
+};
+use dicomvault_native::manifest::{Hash, Manifest};
+use dicomvault_native::scan::ScanOptions;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Runs `case` on a fresh store of every backend this machine has (SeaweedFS: see
+/// `seaweedfs`), with the directory of the local one.
+fn on_every_backend(case: impl Fn(ObjectBlobStore, Option<&std::path::Path>)) {
+    case(
+        ObjectBlobStore::open(&ObjectStoreConfig::new(ObjectBackend::InMemory)).unwrap(),
+        None,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let local = ObjectBackend::LocalFileSystem(dir.path().into());
+    case(
+        ObjectBlobStore::open(&ObjectStoreConfig::new(local)).unwrap(),
+        Some(dir.path()),
+    );
+    if let Some(server) = seaweedfs::seaweedfs() {
+        static LOGS: AtomicUsize = AtomicUsize::new(0);
+        let config = ObjectStoreConfig {
+            prefix: format!("log/{}", LOGS.fetch_add(1, Ordering::Relaxed)),
+            ..ObjectStoreConfig::new(ObjectBackend::S3(server.s3_config()))
+        };
+        case(ObjectBlobStore::open(&config).unwrap(), None);
+    }
+}
+
+fn ingest<S: BlobStore + Clone + 'static>(store: &S, data: &[u8]) -> Manifest {
+    let options = ScanOptions {
+        wanted: Vec::new(),
+        transfer_syntax: None,
+        allow_truncated: false,
+    };
+    let mut w = InstanceWriter::new(store.clone(), options);
+    w.write(data).unwrap();
+    w.finish().unwrap().manifest
+}
+
+fn hash(bytes: &[u8]) -> Hash {
+    *blake3::hash(bytes).as_bytes()
+}
+
+/// (stamp, node, target, whether a manifest) of every record a replay hands over.
+fn replayed(log: &ObjectLog) -> Vec<(u64, String, Hash, bool)> {
+    let mut seen = Vec::new();
+    log.replay(|id, stamp, target, kind| {
+        let manifest = matches!(kind, HistoryKind::Manifest { .. });
+        seen.push((stamp, id.node.clone(), target, manifest));
+    })
+    .unwrap();
+    seen
+}
+
+#[test]
+fn batches_read_back_as_written_in_segments_listed_in_order() {
+    on_every_backend(|store, _| {
+        let log = ObjectLog::open(&store, "node-a").unwrap();
+        let (a, b) = (pattern(10_000, 1), pattern(SEGMENT_BLOB_MAX, 2));
+        let manifest = b"manifest bytes".as_slice();
+        let (first, placed) = log
+            .append(
+                &[&a, &b],
+                &[LogRecord::Manifest {
+                    manifest,
+                    annotations: b"notes",
+                }],
+            )
+            .unwrap();
+        assert_eq!(first.seq, 0);
+        assert_eq!(log.read_blob(&placed[0]).unwrap(), a);
+        assert_eq!(log.read_blob(&placed[1]).unwrap(), b);
+        let (second, _) = log
+            .append(
+                &[],
+                &[LogRecord::Tombstone {
+                    manifest,
+                    key: "1.2.3",
+                }],
+            )
+            .unwrap();
+        assert_eq!(second.seq, 1);
+        assert_eq!(log.nodes().unwrap(), ["node-a"]);
+        assert_eq!(
+            log.segments("node-a", None, 10).unwrap(),
+            [first.clone(), second.clone()]
+        );
+        assert_eq!(
+            log.segments("node-a", Some(0), 10).unwrap(),
+            std::slice::from_ref(&second)
+        );
+        assert_eq!(
+            log.segments("node-a", None, 1).unwrap(),
+            std::slice::from_ref(&first)
+        );
+        let records = log.read(&first).unwrap();
+        assert_eq!(records.len(), 3);
+        assert!(matches!(&records[0], SegmentRecord::Blob(at) if *at == placed[0]));
+        assert!(matches!(&records[1], SegmentRecord::Blob(at) if *at == placed[1]));
+        match &records[2] {
+            SegmentRecord::Log {
+                target,
+                kind:
+                    HistoryKind::Manifest {
+                        annotations,
+                        manifest: m,
+                    },
+                ..
+            } => {
+                assert_eq!(*target, hash(manifest));
+                assert_eq!(
+                    (annotations.as_slice(), m.as_slice()),
+                    (b"notes".as_slice(), manifest)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match &log.read(&second).unwrap()[..] {
+            [SegmentRecord::Log {
+                target,
+                kind: HistoryKind::Tombstone { key },
+                ..
+            }] => assert_eq!((*target, key.as_str()), (hash(manifest), "1.2.3")),
+            other => panic!("{other:?}"),
+        }
+        // A blob too long for a segment is an object of its own.
+        let long = pattern(SEGMENT_BLOB_MAX + 1, 3);
+        assert!(matches!(
+            log.append(&[&long], &[]),
+            Err(StoreError::Unsupported(_))
+        ));
+        // A process that starts later continues after the last segment.
+        let restarted = ObjectLog::open(&store, "node-a").unwrap();
+        assert_eq!(restarted.append(&[], &[]).unwrap().0.seq, 2);
+    });
+}
+
+#[test]
+fn a_position_taken_by_another_writer_is_never_overwritten() {
+    on_every_backend(|store, _| {
+        // Two processes that both write as node-a (a misconfiguration): each continues after
+        // the last segment it knows of, and one finds its next position taken.
+        let one = ObjectLog::open(&store, "node-a").unwrap();
+        let other = ObjectLog::open(&store, "node-a").unwrap();
+        assert_eq!(one.append(&[b"one"], &[]).unwrap().0.seq, 0);
+        let (taken, _) = other.append(&[b"other"], &[]).unwrap();
+        assert_eq!(taken.seq, 1);
+        assert!(matches!(
+            one.append(&[b"lost"], &[]),
+            Err(StoreError::Busy(_))
+        ));
+        match &one.read(&taken).unwrap()[..] {
+            [SegmentRecord::Blob(at)] => assert_eq!(one.read_blob(at).unwrap(), b"other"),
+            other => panic!("{other:?}"),
+        }
+        // The position is found again by listing: the next append goes after it.
+        assert_eq!(one.append(&[b"again"], &[]).unwrap().0.seq, 2);
+        assert!(ObjectLog::open(&store, "../a").is_err(), "not a node id");
+    });
+}
+
+#[test]
+fn replay_merges_the_nodes_by_stamp_and_verify_finds_what_is_missing() {
+    on_every_backend(|store, dir| {
+        let (a, b) = (
+            ObjectLog::open(&store, "a").unwrap(),
+            ObjectLog::open(&store, "b").unwrap(),
+        );
+        let manifests: Vec<Manifest> = (0..3u8)
+            .map(|i| ingest(&store, &instance(&format!("1.2.{i}"), "P^Q", 2, i)))
+            .collect();
+        let encoded: Vec<Vec<u8>> = manifests.iter().map(Manifest::encode).collect();
+        let record = |i: usize| LogRecord::Manifest {
+            manifest: &encoded[i],
+            annotations: b"",
+        };
+        // The header blob of instance 2 goes into its segment instead of an object.
+        let header = store.get(&manifests[2].blobs[0].hash).unwrap();
+        assert!(header.len() <= SEGMENT_BLOB_MAX);
+        a.append(&[], &[record(0)]).unwrap();
+        b.append(&[], &[record(1)]).unwrap();
+        a.append(&[&header], &[record(2)]).unwrap();
+        assert!(store.delete(&manifests[2].blobs[0].hash).unwrap());
+        b.append(
+            &[],
+            &[LogRecord::Tombstone {
+                manifest: &encoded[0],
+                key: "1.2.0",
+            }],
+        )
+        .unwrap();
+        let events = replayed(&a);
+        let order: Vec<(&str, Hash, bool)> = events
+            .iter()
+            .map(|(_, node, target, m)| (node.as_str(), *target, *m))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("a", hash(&encoded[0]), true),
+                ("b", hash(&encoded[1]), true),
+                ("a", hash(&encoded[2]), true),
+                ("b", hash(&encoded[0]), false),
+            ]
+        );
+        assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "stamps ascend");
+        let report = a.verify().unwrap();
+        assert_eq!(
+            (
+                report.segments,
+                report.manifests,
+                report.tombstones,
+                report.small_blobs
+            ),
+            (4, 3, 1, 1)
+        );
+        assert!(
+            report.damaged.is_empty()
+                && report.missing.is_empty()
+                && report.damaged_objects.is_empty(),
+            "{report:?}"
+        );
+        // A frame of instance 1 lost: verify names it. Instance 0's are not needed (deleted).
+        let lost = manifests[1].frame_blobs(1).unwrap()[0].hash;
+        assert!(store.delete(&lost).unwrap());
+        assert!(store
+            .delete(&manifests[0].frame_blobs(0).unwrap()[0].hash)
+            .unwrap());
+        // And one whose object holds other bytes: verify reads every live object.
+        let frame = manifests[1].frame_blobs(0).unwrap()[0];
+        assert!(store.delete(&frame.hash).unwrap());
+        assert!(store
+            .put(frame.hash, &pattern(frame.length as usize, 99))
+            .unwrap());
+        let report = a.verify().unwrap();
+        assert_eq!(report.missing, [(hash(&encoded[1]), lost)]);
+        assert_eq!(report.damaged_objects.len(), 1);
+        assert_eq!(report.damaged_objects[0].0, frame.hash);
+        // A segment whose bytes changed is damaged, and verify says which.
+        if let Some(dir) = dir {
+            let path = dir.join("segments/b/00000000000000000000");
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            std::fs::write(&path, bytes).unwrap();
+            let damaged = SegmentId {
+                node: "b".into(),
+                seq: 0,
+            };
+            assert!(matches!(a.read(&damaged), Err(StoreError::Damaged(_))));
+            let report = a.verify().unwrap();
+            assert_eq!(report.damaged.len(), 1);
+            assert_eq!(report.damaged[0].0, damaged);
+            assert!(matches!(
+                a.replay(|_, _, _, _| {}),
+                Err(StoreError::Damaged(_))
+            ));
+        }
+    });
+}
+
+#[test]
+fn an_instance_committed_on_one_node_is_read_on_another() {
+    on_every_backend(|objects, _| {
+        // Both nodes are up before either writes.
+        let a = SegmentedBlobStore::open(&objects, "a").unwrap();
+        let b = SegmentedBlobStore::open(&objects, "b").unwrap();
+        let data = large_instance("1.2.3", 2, 5);
+        let manifest = ingest(&a, &data);
+        let small: Vec<_> = manifest
+            .blobs
+            .iter()
+            .filter(|blob| blob.length as usize <= SEGMENT_BLOB_MAX)
+            .collect();
+        assert!(!small.is_empty(), "the header is a small blob");
+        a.commit(&[LogRecord::Manifest {
+            manifest: &manifest.encode(),
+            annotations: b"",
+        }])
+        .unwrap();
+        for blob in &small {
+            assert!(
+                !objects.contains(&blob.hash).unwrap(),
+                "in the segment, not an object"
+            );
+        }
+        assert_eq!(b.read_instance(&manifest, 0).unwrap(), data);
+        assert_eq!(
+            b.read_instance(&manifest, manifest.dataset_offset).unwrap(),
+            data[manifest.dataset_offset as usize..]
+        );
+        let report = b.log().verify().unwrap();
+        assert_eq!(
+            (report.segments, report.manifests, report.small_blobs),
+            (1, 1, small.len())
+        );
+        assert!(
+            report.damaged.is_empty()
+                && report.missing.is_empty()
+                && report.damaged_objects.is_empty(),
+            "{report:?}"
+        );
+        // The same instance through node b: nothing new, nothing but its record to write.
+        let again = ingest(&b, &data);
+        assert_eq!(again, manifest);
+        b.commit(&[]).unwrap();
+        assert_eq!(b.log().verify().unwrap().small_blobs, small.len());
+    });
+}
