@@ -1,7 +1,7 @@
 """The index at scale: commit throughput and STUDY-level C-FIND latency as the archive grows.
 
     python benches/bench_index.py --instances 1000000        # the 1M-instance figures
-    pytest benches/bench_index.py --benchmark-enable          # pytest-benchmark, 20,000 instances
+    pytest benches/bench_index.py --benchmark-enable -n 0     # pytest-benchmark, 20,000 instances
 
 Synthetic instances (4 per series, 3 series per study, a patient per ~2 studies, studies spread
 over 20 years) are committed in batches of 1,000 straight into the index. The script prints

@@ -1,6 +1,6 @@
 """Rust scanner vs pydicom.dcmread(stop_before_pixels=True) on the same files.
 
-pytest benches/bench_scan.py --benchmark-enable        # pytest-benchmark, per corpus
+pytest benches/bench_scan.py --benchmark-enable -n 0   # pytest-benchmark, per corpus
 python benches/bench_scan.py                           # prints the ratio (target >= 20x)
 """
 
