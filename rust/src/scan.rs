@@ -1502,3 +1502,16 @@ pub fn scan_bytes(data: &[u8], options: ScanOptions) -> Result<Summary, ScanErro
         FeedError::Io(io) => ScanError::new(0, io.to_string()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vr_tables_are_sorted_and_the_long_length_vrs_are_known() {
+        // python.rs finds a VR's name by binary search in KNOWN_VRS.
+        assert!(KNOWN_VRS.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(LONG_LENGTH_VRS.iter().all(|vr| KNOWN_VRS.contains(vr)));
+        assert!(has_long_length(*b"OB") && !has_long_length(*b"US"));
+    }
+}

@@ -101,11 +101,15 @@ impl Socket {
         loop {
             self.arm()?;
             match self.tcp.read(buf) {
-                // The timeout ran out: `arm` says whether the deadline did too.
+                // The timeout ran out: `arm` says whether the deadline did too. A signal
+                // interrupted the wait (EINTR, which a socket with a timeout gets even under
+                // SA_RESTART): no caller, rustls's handshake included, need see it.
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
                     ) => {}
                 result => return result,
             }
@@ -161,16 +165,27 @@ impl Read for Socket {
 
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp.write(buf)
+        retry_interrupted(|| self.tcp.write(buf))
     }
 
     /// rustls hands its records over as several pieces (headers apart): one system call.
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.tcp.write_vectored(bufs)
+        retry_interrupted(|| self.tcp.write_vectored(bufs))
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A system call again while a signal interrupts it (EINTR): rustls's handshake and alert
+/// loops stop at the first error, `write_all` would not.
+fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            result => return result,
+        }
     }
 }
 
@@ -297,11 +312,13 @@ mod tests {
             (first, second)
         });
         let thread = blocked.recv().unwrap();
-        // By now the reader is blocked in recv().
-        std::thread::sleep(Duration::from_millis(200));
-        // SAFETY: the reader thread is alive until it has read the bytes written below.
-        assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR2) }, 0);
-        std::thread::sleep(Duration::from_millis(100));
+        // Signals every 20 ms for 400 ms: the reader is blocked in recv() for most of them,
+        // however loaded the machine.
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(20));
+            // SAFETY: the reader thread is alive until it has read the bytes written below.
+            assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR2) }, 0);
+        }
         peer.write_all(&[b'B'; 100]).unwrap();
         let (first, second) = reader.join().unwrap();
         assert_eq!(first, [b'A'; 100]);

@@ -115,12 +115,13 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def logged(self, *texts: str, timeout: float = 5.0) -> bool:
-        """Whether the log shows any of ``texts`` within ``timeout``: the Rust listener's log
-        lines reach the log in batches, a little after the response was sent."""
+    def logged(self, *texts: str, timeout: float = 5.0, since: int = 0) -> bool:
+        """Whether the log, from character ``since`` on, shows any of ``texts`` within
+        ``timeout``: the Rust listener's log lines reach the log in batches, a little after
+        the response was sent."""
         deadline = time.monotonic() + timeout
         while True:
-            log = self.log
+            log = self.log[since:]
             if any(text in log for text in texts):
                 return True
             if time.monotonic() > deadline:

@@ -29,9 +29,12 @@ from pydicom.pixels import (
 )
 from pydicom.uid import UID
 
+from dicomvault.dicom import ijg12
 from dicomvault.index import Record
 from dicomvault.store import Archive
 from dicomvault.store.parts import InstanceParts
+
+ijg12.keep_gdcm_out_of_pydicom()  # rendering decodes with pydicom too (see ijg12)
 
 JPEG, PNG, GIF = "image/jpeg", "image/png", "image/gif"
 RENDERED_MEDIA_TYPES = (JPEG, PNG, GIF)

@@ -342,6 +342,9 @@ class DicomServer:
         except IdentifierError as e:
             log.error("%s: %s", name, e)
             return e.status, [], []
+        # A retrieve selects by its keys (PS3.4 C.4.2.2.1), not by the requestor's time zone,
+        # which some SCUs put in every identifier.
+        filters.pop("TimezoneOffsetFromUTC", None)
         try:
             matches = list(self.finder.find(level, filters, AUDITED))
             records = self.archive.matched_records(level, matches)
