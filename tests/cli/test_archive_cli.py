@@ -209,6 +209,9 @@ def test_show_lookup_and_stats(cli, clinical):
     stats = cli.json("stats")
     assert stats["instances"] == len(clinical)
     assert stats["pack_bytes"] > 0
+    assert len(cli.json("ls", "instances", "--limit", "3")) == 3
+    refused = cli.run("ls", "instances", "--limit", "-1", check=False)
+    assert refused.returncode == 2 and "--limit" in refused.stderr
 
 
 def test_config_file_and_environment_choose_the_root(cli, tmp_path):

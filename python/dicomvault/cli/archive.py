@@ -205,7 +205,7 @@ def ls(
         typer.Option("-k", "--key", help="Filter as in C-FIND: Tag=value (wildcards, ranges)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
-    limit: Annotated[int | None, typer.Option(help="At most this many records.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="At most this many records.")] = None,
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
