@@ -38,6 +38,12 @@ CHILD_COUNT = {Level.PATIENT: "studies", Level.STUDY: "series", Level.SERIES: "i
 Change = tuple[InstanceEntry, tuple[str, str, str, str], CommitStatus]
 
 
+def _new_record(level: Level, key: str, parent: str | None, tags: dict[str, str]) -> Record:
+    """A patient, study or series record made for its first instance: that instance's
+    attributes of the level, no children counted yet."""
+    return Record(level, key, parent, level_tags(level, tags), dict.fromkeys(COUNT_NAMES[level], 0))
+
+
 def no_totals() -> dict[str, int]:
     """What a commit or delete changes the index's totals by (see ``apply``, ``unlink``)."""
     return {"instances": 0, "size": 0, "patient_conflicts": 0}
@@ -229,34 +235,16 @@ def insert(
     patient = batch.get(Level.PATIENT, pkey)
     created: list[Record] = []
     if patient is None:
-        patient = Record(
-            Level.PATIENT,
-            pkey,
-            None,
-            level_tags(Level.PATIENT, tags),
-            dict.fromkeys(COUNT_NAMES[Level.PATIENT], 0),
-        )
+        patient = _new_record(Level.PATIENT, pkey, None, tags)
         created.append(patient)
     if study is None:
-        study = Record(
-            Level.STUDY,
-            skey,
-            pkey,
-            level_tags(Level.STUDY, tags),
-            dict.fromkeys(COUNT_NAMES[Level.STUDY], 0),
-        )
+        study = _new_record(Level.STUDY, skey, pkey, tags)
         study.tags["ModalitiesInStudy"] = ""
         patient.counts["studies"] += 1
         created.append(study)
         batch.link(study, add=True)
     if series is None:
-        series = Record(
-            Level.SERIES,
-            ekey,
-            skey,
-            level_tags(Level.SERIES, tags),
-            dict.fromkeys(COUNT_NAMES[Level.SERIES], 0),
-        )
+        series = _new_record(Level.SERIES, ekey, skey, tags)
         study.counts["series"] += 1
         patient.counts["series"] += 1
         created.append(series)
