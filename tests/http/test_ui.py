@@ -34,7 +34,12 @@ PIXEL_VARIANCE = """(img) => {
   const mean = sum / n;
   return squares / n - mean * mean;
 }"""
-RENDERED = "(img) => img.complete && img.naturalWidth > 0"
+# The preview is drawn once the study's page has rendered, which can be after its heading:
+# until then there is no img to ask (a predicate that throws fails the wait at once).
+PREVIEW_RENDERED = (
+    "(img => img !== null && img.complete && img.naturalWidth > 0)"
+    "(document.querySelector('img.preview'))"
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +90,7 @@ def test_search_open_a_study_and_see_its_frames(served, page, tmp_path):
     page.get_by_role("row", name="CINE").click()
     expect(page.locator("h2")).to_have_text("CINE")
     image = page.locator("img.preview")
-    page.wait_for_function(f"({RENDERED})(document.querySelector('img.preview'))")
+    page.wait_for_function(PREVIEW_RENDERED)
     assert image.evaluate(PIXEL_VARIANCE) > 100
     expect(page.locator(".frame")).to_have_text("Frame 1 / 50")
     first = image.screenshot()
@@ -96,7 +101,7 @@ def test_search_open_a_study_and_see_its_frames(served, page, tmp_path):
     page.get_by_label("Frame").fill("30")
     expect(page.locator(".frame")).to_have_text("Frame 30 / 50")
     expect(image).to_have_attribute("src", "/instances/" + _cine(corpus) + "/preview?frame=30")
-    page.wait_for_function(f"({RENDERED})(document.querySelector('img.preview'))")
+    page.wait_for_function(PREVIEW_RENDERED)
     assert image.evaluate(PIXEL_VARIANCE) > 100
     assert image.screenshot() != first
     # The tags view, filtered.
@@ -123,7 +128,7 @@ def test_upload_a_file_then_delete_it(served, page, tmp_path):
     expect(page.locator(".badge")).to_have_text("stored")
     page.get_by_role("link", name="open").click()
     expect(page.locator("h2")).to_have_text(ds.get("StudyDescription") or "(no description)")
-    page.wait_for_function(f"({RENDERED})(document.querySelector('img.preview'))")
+    page.wait_for_function(PREVIEW_RENDERED)
     assert page.locator("img.preview").evaluate(PIXEL_VARIANCE) > 100
     rest = httpx.Client(base_url=url)
     assert rest.get(f"/instances/{ds.SOPInstanceUID}").status_code == 200
