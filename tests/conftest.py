@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-# The session's PostgreSQL (``postgresql``, ``pg_url``), for the index on it.
-pytest_plugins = ["tests.postgresql"]
+# The session's PostgreSQL (``postgresql``, ``pg_url``), for the index on it, and SeaweedFS
+# (``seaweedfs``), for the blobs on S3.
+pytest_plugins = ["tests.postgresql", "tests.seaweedfs"]
 
 
 class Cli:
@@ -51,6 +52,25 @@ class Cli:
         result = self.json(*argv)
         assert isinstance(result, list)
         return result
+
+
+# The archive's backends, for the tests that run on each: the embedded default, and the
+# shared ones several nodes run on (README: S3 and PostgreSQL).
+BACKENDS = ["packs+lmdb", "s3+postgresql"]
+
+
+def backend_sections(request: pytest.FixtureRequest) -> dict[str, dict]:
+    """The configuration tables of the backend ``request.param`` names (one of ``BACKENDS``):
+    none for the default; else a prefix of its own in the session's SeaweedFS and a new
+    database on its PostgreSQL."""
+    if request.param == "packs+lmdb":
+        return {}
+    seaweedfs = request.getfixturevalue("seaweedfs")
+    postgresql = request.getfixturevalue("postgresql")
+    return {
+        "storage": {**seaweedfs.storage(), "node": 1},
+        "index": {"backend": "postgresql", "url": postgresql.database()},
+    }
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ LONG_LENGTH_VRS: Final[list[str]]
 
 @final
 class Damage:
-    """A damaged record or stretch of a pack."""
+    """A damaged record or stretch of a pack, or a damaged object on object storage."""
 
     @property
     def pack(self) -> int: ...
@@ -101,6 +101,8 @@ class Damage:
     def why(self) -> str: ...
     @property
     def superseded(self) -> bool: ...
+    @property
+    def place(self) -> str: ...
     @property
     def quarantined(self) -> Path | None: ...
     @property
@@ -261,6 +263,18 @@ class Store:
         wanted: Sequence[tuple[int, str]] = ...,
         exclusive: bool = False,
         min_free_space: int = 0,
+    ) -> Store: ...
+    @staticmethod
+    def on_s3(
+        bucket: str,
+        *,
+        node: int,
+        endpoint: str | None = None,
+        region: str = "us-east-1",
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        prefix: str = "",
+        wanted: Sequence[tuple[int, str]] = ...,
     ) -> Store: ...
     @property
     def recovery(self) -> list[str]: ...

@@ -26,6 +26,19 @@ ENV_PREFIX = "DICOMVAULT_"
 DEFAULTS: dict[str, dict[str, Any]] = {
     "archive": {"root": "dicomvault-data"},
     "storage": {
+        # "packs" (embedded, under the archive root) or "s3": an S3-compatible bucket
+        # (SeaweedFS, MinIO, AWS) shared by every node of the archive, whose index is then
+        # PostgreSQL's ([index] backend) for the nodes to share it too.
+        "backend": "packs",
+        "endpoint": "",  # "http://127.0.0.1:8333"; empty: AWS itself, from the region
+        "bucket": "",
+        "region": "us-east-1",
+        # Empty: the standard AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY variables.
+        "access_key_id": "",
+        "secret_access_key": "",
+        "prefix": "",  # keys start with it: several archives in one bucket
+        # This node's number, different on every node writing to the bucket.
+        "node": 1,
         # Packs roll over at this size; each holds many instances' blobs.
         "pack_size": 1 << 30,
         # "none" or "zstd" (per blob, kept only where it saves space).

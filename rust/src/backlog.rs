@@ -17,11 +17,9 @@
 //! would not see what was acknowledged are told so instead of answering without it; and while
 //! the index has no room left for more (`refuse`), writers are refused before acknowledging.
 
+pub use crate::cas::Position;
 use std::io;
 use std::sync::{Condvar, Mutex, MutexGuard};
-
-/// Where a record ends in the pack log: (pack, offset).
-pub type Position = (u32, u64);
 
 pub struct Backlog<T> {
     state: Mutex<State<T>>,

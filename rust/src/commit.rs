@@ -9,7 +9,7 @@
 //! outcome; arrivals during a commit form the next group.
 
 use crate::backlog::{Backlog, Position};
-use crate::cas::{LogRecord, Store};
+use crate::cas::{LogRecord, Storage};
 use crate::receive::Received;
 use std::collections::HashMap;
 use std::io;
@@ -60,7 +60,7 @@ pub struct Logged {
 /// The pack log's writers meet here: `submit` and `wait` (or `commit`, both), then the
 /// backlog for the applier.
 pub struct Journal {
-    store: Store,
+    store: Storage,
     backlog: Backlog<Logged>,
     queue: Mutex<Queue>,
     done: Condvar,
@@ -76,16 +76,16 @@ struct Queue {
 }
 
 impl Journal {
-    pub fn new(store: Store) -> Journal {
+    pub fn new(store: impl Into<Storage>) -> Journal {
         Journal {
-            store,
+            store: store.into(),
             backlog: Backlog::default(),
             queue: Mutex::default(),
             done: Condvar::new(),
         }
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &Storage {
         &self.store
     }
 

@@ -4,7 +4,8 @@
 //! the pixel codecs `python_codec.rs`.
 
 use crate::cas::{
-    self, BlobStore, GcEvent, Ingested, ReadInstances, Store as CoreStore, StoreConfig, StoreError,
+    self, BlobStore, GcEvent, Ingested, LogRecord, ObjectBackend, ObjectBlobStore,
+    ObjectStoreConfig, ReadInstances, S3Config, Storage, Store as Packs, StoreConfig, StoreError,
     SyncMode,
 };
 use crate::commit::{Journal, Write};
@@ -246,9 +247,18 @@ fn manifest_info(py: Python<'_>, manifest: &[u8]) -> PyResult<ManifestInfo> {
 /// An archive's content-addressed store (see `rust/src/cas.rs`).
 #[pyclass(frozen, module = "dicomvault._native")]
 pub(crate) struct Store {
-    pub(crate) core: CoreStore,
+    pub(crate) core: Storage,
     /// The one commit path into the pack log, and what the index has yet to apply of it.
     pub(crate) journal: std::sync::Arc<Journal>,
+}
+
+impl Store {
+    fn over(core: Storage) -> Store {
+        Store {
+            journal: std::sync::Arc::new(Journal::new(core.clone())),
+            core,
+        }
+    }
 }
 
 #[pymethods]
@@ -289,11 +299,46 @@ impl Store {
             exclusive,
             min_free_space,
         };
-        let core = py.detach(|| CoreStore::open(&root, config))?;
-        Ok(Store {
-            journal: std::sync::Arc::new(Journal::new(core.clone())),
-            core,
-        })
+        let core = py.detach(|| Packs::open(&root, config))?;
+        Ok(Store::over(core.into()))
+    }
+
+    /// Node `node`'s store on an S3 bucket: large blobs objects of their own, small ones and
+    /// the log in segments (see `cas::storage`). Credentials not given are taken from the
+    /// standard `AWS_*` environment variables.
+    #[staticmethod]
+    #[pyo3(signature = (bucket, *, node, endpoint = None, region = "us-east-1", access_key_id = None, secret_access_key = None, prefix = "", wanted = Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn on_s3(
+        py: Python<'_>,
+        bucket: String,
+        node: u32,
+        endpoint: Option<String>,
+        region: &str,
+        access_key_id: Option<String>,
+        secret_access_key: Option<String>,
+        prefix: &str,
+        wanted: Vec<(u32, String)>,
+    ) -> PyResult<Self> {
+        let s3 = S3Config {
+            // Plain HTTP only where the endpoint says so (SeaweedFS on loopback, say).
+            allow_http: endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://")),
+            endpoint,
+            region: region.into(),
+            access_key_id,
+            secret_access_key,
+            ..S3Config::new(bucket)
+        };
+        let config = ObjectStoreConfig {
+            prefix: prefix.into(),
+            ..ObjectStoreConfig::new(ObjectBackend::S3(s3))
+        };
+        let wanted = parse_wanted(wanted)?;
+        let core =
+            py.detach(|| Storage::on_objects(&ObjectBlobStore::open(&config)?, node, wanted))?;
+        Ok(Store::over(core))
     }
 
     /// Repairs made while opening (torn pack tails cut).
@@ -331,10 +376,17 @@ impl Store {
     }
 
     /// Appends manifest records for accepted instances and makes everything durable.
-    /// `items` are (manifest, annotations) pairs; returns where each record ends, as
-    /// (pack, offset).
+    /// `items` are (manifest, annotations) pairs; returns where each record ends (its
+    /// position in the log).
     fn persist(&self, py: Python<'_>, items: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<Vec<(u32, u64)>> {
-        Ok(py.detach(|| self.core.persist(&items))?)
+        let records: Vec<LogRecord<'_>> = items
+            .iter()
+            .map(|(manifest, annotations)| LogRecord::Manifest {
+                manifest,
+                annotations,
+            })
+            .collect();
+        Ok(py.detach(|| self.core.append_log(&records))?)
     }
 
     /// Records deletions of (manifest, index key) durably, so that rebuilding or replaying
@@ -344,14 +396,18 @@ impl Store {
         py: Python<'_>,
         items: Vec<(Vec<u8>, String)>,
     ) -> PyResult<Vec<(u32, u64)>> {
-        Ok(py.detach(|| self.core.tombstone(&items))?)
+        let records: Vec<LogRecord<'_>> = items
+            .iter()
+            .map(|(manifest, key)| LogRecord::Tombstone { manifest, key })
+            .collect();
+        Ok(py.detach(|| self.core.append_log(&records))?)
     }
 
     /// Manifest and tombstone records after the given {pack: offset} marks, oldest first, from
     /// packs no other process is appending to, and the damaged records that may have been
     /// either.
     fn history(&self, py: Python<'_>, after: HashMap<u32, u64>) -> PyResult<Vec<HistoryEvent>> {
-        let events = py.detach(|| self.core.history(&after, true))?;
+        let events = py.detach(|| self.core.history(&after))?;
         Ok(events
             .into_iter()
             .map(|e| HistoryEvent::new(py, e))
@@ -574,7 +630,7 @@ impl Store {
 
     /// Rebuilds the blob index from the packs alone (torn tails moved to the quarantine).
     fn rebuild_blob_index(&self, py: Python<'_>) -> PyResult<RebuildReport> {
-        let report = py.detach(|| self.core.rebuild_blob_index())?;
+        let report = py.detach(|| self.core.packs("reindex")?.rebuild_blob_index())?;
         RebuildReport::new(py, &report)
     }
 
@@ -601,32 +657,37 @@ impl Store {
             .transpose()?;
         let recode = compression.map(codec).transpose()?.map(|c| (c, level));
         let report = py.detach(|| {
-            self.core.gc(manifests.as_deref(), recode, |event| {
-                let Some(callback) = &on_event else {
-                    return Ok(());
-                };
-                let args = match event {
-                    GcEvent::Claim(pack) => ("claim", pack, 0, 0),
-                    GcEvent::Rewritten {
-                        pack,
-                        bytes_before,
-                        bytes_after,
-                    } => ("rewritten", pack, bytes_before, bytes_after),
-                };
-                Python::attach(|py| callback.call1(py, args).map(drop))
-                    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
-            })
+            self.core
+                .packs("gc")?
+                .gc(manifests.as_deref(), recode, |event| {
+                    let Some(callback) = &on_event else {
+                        return Ok(());
+                    };
+                    let args = match event {
+                        GcEvent::Claim(pack) => ("claim", pack, 0, 0),
+                        GcEvent::Rewritten {
+                            pack,
+                            bytes_before,
+                            bytes_after,
+                        } => ("rewritten", pack, bytes_before, bytes_after),
+                    };
+                    Python::attach(|py| callback.call1(py, args).map(drop))
+                        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
+                })
         })?;
         GcReport::new(py, &report)
     }
 
     /// {pack id: length} of the packs no other process is appending to.
     fn settled_pack_lengths(&self, py: Python<'_>) -> PyResult<HashMap<u32, u64>> {
-        Ok(py.detach(|| self.core.settled_pack_lengths())?)
+        Ok(py.detach(|| match &self.core {
+            Storage::Packs(packs) => packs.settled_pack_lengths(),
+            Storage::Objects(_) => Ok(HashMap::new()),
+        })?)
     }
 
     fn stats(&self, py: Python<'_>) -> PyResult<StoreStats> {
-        Ok(StoreStats::new(py.detach(|| self.core.stats())?))
+        Ok(StoreStats::new(py.detach(|| self.core.pack_stats())?))
     }
 }
 
@@ -718,7 +779,7 @@ impl InstanceWriter {
 /// Iterator over an instance's bytes, one blob at a time.
 #[pyclass(module = "dicomvault._native")]
 struct ChunkReader {
-    store: CoreStore,
+    store: Storage,
     manifest: Manifest,
     next_blob: usize,
     position: u64,

@@ -10,7 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::path::PathBuf;
 
-/// A damaged record or stretch of a pack (what `verify`, `reindex`, `gc` and opening report).
+/// A damaged record or stretch of a pack, or a damaged object on object storage (what
+/// `verify`, `reindex`, `gc` and opening report).
 #[pyclass(frozen, get_all, module = "dicomvault._native")]
 pub(crate) struct Damage {
     pack: u32,
@@ -24,6 +25,8 @@ pub(crate) struct Damage {
     superseded: bool,
     /// Where its bytes were moved, if they were.
     quarantined: Option<PathBuf>,
+    /// Where it lies: "pack N at byte O", or "object KEY" on object storage.
+    place: String,
     /// One line saying all of the above.
     message: String,
 }
@@ -42,6 +45,7 @@ impl Damage {
                     why: r.why.clone(),
                     superseded: r.superseded,
                     quarantined: r.quarantined.clone(),
+                    place: r.place(),
                     message: r.message(),
                 };
                 Py::new(py, damage)

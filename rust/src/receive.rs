@@ -131,7 +131,7 @@ impl Receiver {
             why: e.to_string(),
         })?;
         let mut writer = store.writer(ScanOptions {
-            wanted: store.config().wanted.clone(),
+            wanted: store.wanted().to_vec(),
             transfer_syntax: None,
             allow_truncated: false,
         });

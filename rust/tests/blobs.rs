@@ -226,7 +226,7 @@ impl<B: Backend<Store = ObjectBlobStore>> Backend for Segmented<B> {
 
     fn create() -> Segmented<B> {
         let objects = B::create();
-        let store = Some(SegmentedBlobStore::open(&objects.store(), "node").unwrap());
+        let store = Some(SegmentedBlobStore::open(&objects.store(), 1).unwrap());
         Segmented { objects, store }
     }
 
@@ -238,7 +238,7 @@ impl<B: Backend<Store = ObjectBlobStore>> Backend for Segmented<B> {
     fn reopen(&mut self) {
         drop(self.store.take());
         self.objects.reopen();
-        self.store = Some(SegmentedBlobStore::open(&self.objects.store(), "node").unwrap());
+        self.store = Some(SegmentedBlobStore::open(&self.objects.store(), 1).unwrap());
     }
 
     fn available() -> bool {

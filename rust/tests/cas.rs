@@ -2,7 +2,7 @@ mod common;
 
 use common::{instance, large_instance, open, pack_files, pattern, store_bytes, Builder};
 use dicomvault_native::cas::{
-    BlobStore, GcEvent, HistoryKind, ReadInstances, Store, StoreConfig, SyncMode,
+    BlobStore, GcEvent, HistoryKind, ReadInstances, Storage, Store, StoreConfig, SyncMode,
 };
 use dicomvault_native::manifest::{BlobRef, Manifest};
 use dicomvault_native::pack::Codec;
@@ -338,10 +338,12 @@ fn an_abandoned_instance_leaves_its_pack_as_it_was() {
     let (m1, _) = store_bytes(&store, &first, 1 << 20);
     let before = packs_len(dir.path());
     let broken = large_instance("1.2.4", 2, 2);
-    let mut w = store.writer(store.file_options());
+    let storage = Storage::from(store.clone());
+    let mut w = storage.writer(storage.file_options());
     w.write(&broken[..broken.len() - 600_000]).unwrap();
-    drop(w); // the association broke half-way through the first frame
-             // What stays is the header's blob, a complete record (gc reclaims it), not the frame.
+    // The association broke half-way through the first frame. What stays is the header's
+    // blob, a complete record (gc reclaims it), not the frame.
+    drop((w, storage));
     assert!(packs_len(dir.path()) - before < 1024);
     let second = large_instance("1.2.5", 2, 3);
     let (m2, _) = store_bytes(&store, &second, 1 << 20);

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{instance, open};
-use dicomvault_native::cas::{HistoryKind, Store, StoreConfig};
+use dicomvault_native::cas::{HistoryKind, Storage, Store, StoreConfig};
 use dicomvault_native::commit::{Journal, Logged, Write};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +13,8 @@ use std::thread;
 
 /// An instance's manifest, its blobs in the store.
 fn manifest(store: &Store, seed: u8) -> Vec<u8> {
-    let mut writer = store.writer(store.file_options());
+    let storage = Storage::from(store.clone());
+    let mut writer = storage.writer(storage.file_options());
     let sop = format!("1.2.3.{seed}");
     writer.write(&instance(&sop, "DOE^JANE", 1, seed)).unwrap();
     writer.finish().unwrap().manifest.encode()

@@ -9,11 +9,12 @@ mod seaweedfs;
 use common::{instance, large_instance, pattern};
 use dicomvault_native::cas::{
     BlobStore, HistoryKind, InstanceWriter, LogRecord, ObjectBackend, ObjectBlobStore, ObjectLog,
-    ObjectStoreConfig, ReadInstances, SegmentId, SegmentRecord, SegmentedBlobStore, StoreError,
-    SEGMENT_BLOB_MAX,
+    ObjectStoreConfig, ReadInstances, SegmentId, SegmentRecord, SegmentedBlobStore, Storage,
+    StoreError, SEGMENT_BLOB_MAX,
 };
 use dicomvault_native::manifest::{Hash, Manifest};
 use dicomvault_native::scan::ScanOptions;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Runs `case` on a fresh store of every backend this machine has (SeaweedFS: see
@@ -54,21 +55,24 @@ fn hash(bytes: &[u8]) -> Hash {
     *blake3::hash(bytes).as_bytes()
 }
 
-/// (stamp, node, target, whether a manifest) of every record a replay hands over.
-fn replayed(log: &ObjectLog) -> Vec<(u64, String, Hash, bool)> {
-    let mut seen = Vec::new();
-    log.replay(|id, stamp, target, kind| {
-        let manifest = matches!(kind, HistoryKind::Manifest { .. });
-        seen.push((stamp, id.node.clone(), target, manifest));
-    })
-    .unwrap();
-    seen
+/// (stamp, node, position, target, whether a manifest) of every record the log's history
+/// holds after `marks`.
+fn replayed(log: &ObjectLog, marks: &[(u32, u64)]) -> Vec<(u64, u32, u64, Hash, bool)> {
+    let after: HashMap<u32, u64> = marks.iter().copied().collect();
+    log.history(&after)
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let manifest = matches!(e.kind, HistoryKind::Manifest { .. });
+            (e.stamp, e.pack, e.end, e.target, manifest)
+        })
+        .collect()
 }
 
 #[test]
 fn batches_read_back_as_written_in_segments_listed_in_order() {
     on_every_backend(|store, _| {
-        let log = ObjectLog::open(&store, "node-a").unwrap();
+        let log = ObjectLog::open(&store, 7).unwrap();
         let (a, b) = (pattern(10_000, 1), pattern(SEGMENT_BLOB_MAX, 2));
         let manifest = b"manifest bytes".as_slice();
         let (first, placed) = log
@@ -93,17 +97,17 @@ fn batches_read_back_as_written_in_segments_listed_in_order() {
             )
             .unwrap();
         assert_eq!(second.seq, 1);
-        assert_eq!(log.nodes().unwrap(), ["node-a"]);
+        assert_eq!(log.nodes().unwrap(), [7]);
         assert_eq!(
-            log.segments("node-a", None, 10).unwrap(),
+            log.segments(7, None, 10).unwrap(),
             [first.clone(), second.clone()]
         );
         assert_eq!(
-            log.segments("node-a", Some(0), 10).unwrap(),
+            log.segments(7, Some(0), 10).unwrap(),
             std::slice::from_ref(&second)
         );
         assert_eq!(
-            log.segments("node-a", None, 1).unwrap(),
+            log.segments(7, None, 1).unwrap(),
             std::slice::from_ref(&first)
         );
         let records = log.read(&first).unwrap();
@@ -143,7 +147,7 @@ fn batches_read_back_as_written_in_segments_listed_in_order() {
             Err(StoreError::Unsupported(_))
         ));
         // A process that starts later continues after the last segment.
-        let restarted = ObjectLog::open(&store, "node-a").unwrap();
+        let restarted = ObjectLog::open(&store, 7).unwrap();
         assert_eq!(restarted.append(&[], &[]).unwrap().0.seq, 2);
     });
 }
@@ -151,10 +155,10 @@ fn batches_read_back_as_written_in_segments_listed_in_order() {
 #[test]
 fn a_position_taken_by_another_writer_is_never_overwritten() {
     on_every_backend(|store, _| {
-        // Two processes that both write as node-a (a misconfiguration): each continues after
+        // Two processes that both write as node 7 (a misconfiguration): each continues after
         // the last segment it knows of, and one finds its next position taken.
-        let one = ObjectLog::open(&store, "node-a").unwrap();
-        let other = ObjectLog::open(&store, "node-a").unwrap();
+        let one = ObjectLog::open(&store, 7).unwrap();
+        let other = ObjectLog::open(&store, 7).unwrap();
         assert_eq!(one.append(&[b"one"], &[]).unwrap().0.seq, 0);
         let (taken, _) = other.append(&[b"other"], &[]).unwrap();
         assert_eq!(taken.seq, 1);
@@ -168,7 +172,6 @@ fn a_position_taken_by_another_writer_is_never_overwritten() {
         }
         // The position is found again by listing: the next append goes after it.
         assert_eq!(one.append(&[b"again"], &[]).unwrap().0.seq, 2);
-        assert!(ObjectLog::open(&store, "../a").is_err(), "not a node id");
     });
 }
 
@@ -176,8 +179,8 @@ fn a_position_taken_by_another_writer_is_never_overwritten() {
 fn replay_merges_the_nodes_by_stamp_and_verify_finds_what_is_missing() {
     on_every_backend(|store, dir| {
         let (a, b) = (
-            ObjectLog::open(&store, "a").unwrap(),
-            ObjectLog::open(&store, "b").unwrap(),
+            ObjectLog::open(&store, 1).unwrap(),
+            ObjectLog::open(&store, 2).unwrap(),
         );
         let manifests: Vec<Manifest> = (0..3u8)
             .map(|i| ingest(&store, &instance(&format!("1.2.{i}"), "P^Q", 2, i)))
@@ -202,21 +205,35 @@ fn replay_merges_the_nodes_by_stamp_and_verify_finds_what_is_missing() {
             }],
         )
         .unwrap();
-        let events = replayed(&a);
-        let order: Vec<(&str, Hash, bool)> = events
+        let events = replayed(&a, &[]);
+        let order: Vec<(u32, Hash, bool)> = events
             .iter()
-            .map(|(_, node, target, m)| (node.as_str(), *target, *m))
+            .map(|(_, node, _, target, m)| (*node, *target, *m))
             .collect();
         assert_eq!(
             order,
             [
-                ("a", hash(&encoded[0]), true),
-                ("b", hash(&encoded[1]), true),
-                ("a", hash(&encoded[2]), true),
-                ("b", hash(&encoded[0]), false),
+                (1, hash(&encoded[0]), true),
+                (2, hash(&encoded[1]), true),
+                (1, hash(&encoded[2]), true),
+                (2, hash(&encoded[0]), false),
             ]
         );
         assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "stamps ascend");
+        // Each node's positions ascend in the order it wrote; a replay resumes after a node's
+        // mark, the other nodes' records all there.
+        let positions: Vec<(u32, u64)> = events.iter().map(|e| (e.1, e.2)).collect();
+        assert!(positions[0].1 < positions[2].1 && positions[1].1 < positions[3].1);
+        let resumed = replayed(&a, &[positions[0], positions[1]]);
+        assert_eq!(
+            resumed.iter().map(|e| (e.1, e.2)).collect::<Vec<_>>(),
+            [positions[2], positions[3]]
+        );
+        let resumed = replayed(&a, &[positions[2]]);
+        assert_eq!(
+            resumed.iter().map(|e| (e.1, e.2)).collect::<Vec<_>>(),
+            [positions[1], positions[3]]
+        );
         let report = a.verify().unwrap();
         assert_eq!(
             (
@@ -251,23 +268,25 @@ fn replay_merges_the_nodes_by_stamp_and_verify_finds_what_is_missing() {
         assert_eq!(report.damaged_objects[0].0, frame.hash);
         // A segment whose bytes changed is damaged, and verify says which.
         if let Some(dir) = dir {
-            let path = dir.join("segments/b/00000000000000000000");
+            let path = dir.join("segments/2/00000000000000000000");
             let mut bytes = std::fs::read(&path).unwrap();
             let last = bytes.len() - 1;
             bytes[last] ^= 1;
             std::fs::write(&path, bytes).unwrap();
-            let damaged = SegmentId {
-                node: "b".into(),
-                seq: 0,
-            };
+            let damaged = SegmentId { node: 2, seq: 0 };
             assert!(matches!(a.read(&damaged), Err(StoreError::Damaged(_))));
             let report = a.verify().unwrap();
             assert_eq!(report.damaged.len(), 1);
             assert_eq!(report.damaged[0].0, damaged);
-            assert!(matches!(
-                a.replay(|_, _, _, _| {}),
-                Err(StoreError::Damaged(_))
-            ));
+            // Its records cannot be replayed: one damaged event past all of them.
+            let events = a.history(&HashMap::new()).unwrap();
+            let damaged: Vec<_> = events
+                .iter()
+                .filter(|e| matches!(e.kind, HistoryKind::Damaged { .. }))
+                .collect();
+            assert_eq!(damaged.len(), 1);
+            assert_eq!(damaged[0].pack, 2);
+            assert!(damaged[0].end > positions[1].1 && damaged[0].end < positions[3].1);
         }
     });
 }
@@ -276,8 +295,8 @@ fn replay_merges_the_nodes_by_stamp_and_verify_finds_what_is_missing() {
 fn an_instance_committed_on_one_node_is_read_on_another() {
     on_every_backend(|objects, _| {
         // Both nodes are up before either writes.
-        let a = SegmentedBlobStore::open(&objects, "a").unwrap();
-        let b = SegmentedBlobStore::open(&objects, "b").unwrap();
+        let a = SegmentedBlobStore::open(&objects, 1).unwrap();
+        let b = SegmentedBlobStore::open(&objects, 2).unwrap();
         let data = large_instance("1.2.3", 2, 5);
         let manifest = ingest(&a, &data);
         let small: Vec<_> = manifest
@@ -318,5 +337,51 @@ fn an_instance_committed_on_one_node_is_read_on_another() {
         assert_eq!(again, manifest);
         b.commit(&[]).unwrap();
         assert_eq!(b.log().verify().unwrap().small_blobs, small.len());
+    });
+}
+
+#[test]
+fn the_archive_storage_on_objects_resumes_within_a_segment() {
+    on_every_backend(|objects, _| {
+        let storage = Storage::on_objects(&objects, 3, Vec::new()).unwrap();
+        let manifests: Vec<Vec<u8>> = (0..2u8)
+            .map(|i| ingest(&storage, &instance(&format!("1.2.{i}"), "P^Q", 1, i)).encode())
+            .collect();
+        let records: Vec<LogRecord<'_>> = manifests
+            .iter()
+            .map(|manifest| LogRecord::Manifest {
+                manifest,
+                annotations: b"",
+            })
+            .collect();
+        // One batch, one segment: two positions of node 3, in the order written.
+        let positions = storage.append_log(&records).unwrap();
+        assert_eq!(positions.len(), 2);
+        assert!(positions[0].0 == 3 && positions[1].0 == 3 && positions[0].1 < positions[1].1);
+        let after = |marks: &[(u32, u64)]| -> Vec<(u32, u64, Hash)> {
+            let marks: HashMap<u32, u64> = marks.iter().copied().collect();
+            let events = storage.history(&marks).unwrap();
+            events
+                .into_iter()
+                .map(|e| (e.pack, e.end, e.target))
+                .collect()
+        };
+        let all = after(&[]);
+        assert_eq!(
+            all,
+            [
+                (3, positions[0].1, hash(&manifests[0])),
+                (3, positions[1].1, hash(&manifests[1]))
+            ]
+        );
+        assert_eq!(after(&[positions[0]]), all[1..]);
+        assert!(after(&[positions[1]]).is_empty());
+        // Another process on the same objects reads the instances back whole.
+        let other = Storage::on_objects(&objects, 4, Vec::new()).unwrap();
+        for (i, encoded) in manifests.iter().enumerate() {
+            let manifest = Manifest::decode(encoded).unwrap();
+            let data = instance(&format!("1.2.{i}"), "P^Q", 1, i as u8);
+            assert_eq!(other.read_instance(&manifest, 0).unwrap(), data);
+        }
     });
 }

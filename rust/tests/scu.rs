@@ -8,7 +8,7 @@
 mod common;
 
 use common::{open, pattern, Builder};
-use dicomvault_native::cas::{ReadInstances, Store, StoreConfig};
+use dicomvault_native::cas::{ReadInstances, Storage, Store, StoreConfig};
 use dicomvault_native::commit::{Journal, Write};
 use dicomvault_native::dimse::Implementation;
 use dicomvault_native::manifest::Manifest;
@@ -103,7 +103,8 @@ impl Host for Source {
 }
 
 fn store_in(store: &Store, data: &[u8]) -> Manifest {
-    let mut writer = store.writer(store.file_options());
+    let storage = Storage::from(store.clone());
+    let mut writer = storage.writer(storage.file_options());
     writer.write(data).unwrap();
     let ingested = writer.finish().unwrap();
     store

@@ -1,6 +1,7 @@
 """`dicomvault serve` against DCMTK's echoscu, storescu, findscu, getscu, movescu and storescp:
 storage in every transfer syntax, C-FIND matching per kind and level, byte-identical C-GET
-and C-MOVE, the refusals and their statuses, restart with nothing lost."""
+and C-MOVE, the refusals and their statuses, restart with nothing lost; on the embedded
+backends and on S3 with PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from pynetdicom.dsutils import split_dataset
 
 from dicomvault.bench.corpus import GeneratedInstance, clinical_corpus
+from tests.conftest import BACKENDS, backend_sections
 from tests.net.conftest import PREFER, Server, StoreSCP, dcmtk, movescu, store_corpus
 
 CALLER = "MODALITY"  # unknown to the server: may echo and store only
@@ -24,8 +26,8 @@ def dataset_bytes(path: Path) -> bytes:
     return path.read_bytes()[offset:]
 
 
-@pytest.fixture
-def server(tmp_path, storescp):
+@pytest.fixture(params=BACKENDS)
+def server(request, tmp_path, storescp):
     srv = Server(
         tmp_path,
         {
@@ -33,6 +35,7 @@ def server(tmp_path, storescp):
             "STORESCP": {"aet": storescp.aet, "host": "127.0.0.1", "port": storescp.port},
             "NOFIND": {"aet": "NOFIND", "host": "127.0.0.1", "port": 1, "allow": ["echo", "store"]},
         },
+        sections=backend_sections(request),
     ).start()
     yield srv
     if srv.alive:

@@ -342,7 +342,7 @@ def delete(
 @app.command()
 def gc(config: ConfigOption = None, root: RootOption = None) -> None:
     """Reclaim the space of deleted instances by rewriting the packs (archive must be idle)."""
-    with open_archive(config, root, exclusive=True) as archive:
+    with open_archive(config, root, exclusive=True, packs_only="gc") as archive:
         try:
             report = archive.gc(report_pack)
         except RuntimeError as e:
@@ -405,7 +405,7 @@ def init_db(config: ConfigOption = None, root: RootOption = None) -> None:
 @app.command()
 def reindex(config: ConfigOption = None, root: RootOption = None) -> None:
     """Rebuild the index from the packs alone (archive must be idle)."""
-    with open_archive(config, root, exclusive=True) as archive:
+    with open_archive(config, root, exclusive=True, packs_only="reindex") as archive:
         count, damaged = archive.reindex()
         unindexed = archive.unindexed()
     for damage in damaged:

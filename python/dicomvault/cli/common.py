@@ -15,6 +15,7 @@ from dicomvault.index import Record
 from dicomvault.index.backends import BackendError
 from dicomvault.security.logsafe import EscapingFormatter
 from dicomvault.store import Archive
+from dicomvault.store.backends import StorageError, require_packs
 
 ConfigOption = Annotated[
     Path | None,
@@ -38,15 +39,25 @@ def settings(config_file: Path | None, root: Path | None) -> config.Settings:
 
 
 def open_archive(
-    config_file: Path | None, root: Path | None, *, exclusive: bool = False
+    config_file: Path | None,
+    root: Path | None,
+    *,
+    exclusive: bool = False,
+    packs_only: str | None = None,
 ) -> Archive:
-    return archive_for(settings(config_file, root), exclusive=exclusive)
+    return archive_for(settings(config_file, root), exclusive=exclusive, packs_only=packs_only)
 
 
-def archive_for(conf: config.Settings, *, exclusive: bool = False) -> Archive:
+def archive_for(
+    conf: config.Settings, *, exclusive: bool = False, packs_only: str | None = None
+) -> Archive:
+    """The archive ``conf`` configures; refused up front when the command (``packs_only``
+    names it) works on packs and the archive is not on them."""
     try:
+        if packs_only is not None:
+            require_packs(conf, packs_only)
         return Archive(conf, exclusive=exclusive)
-    except (BlockingIOError, BackendError) as e:
+    except (BlockingIOError, BackendError, StorageError) as e:
         fail(str(e))
 
 

@@ -359,7 +359,7 @@ def repack(
     except ControlError as e:
         fail(str(e))
     if report is None:  # no server: the archive is ours
-        with archive_for(conf, exclusive=True) as archive:
+        with archive_for(conf, exclusive=True, packs_only="migrate repack") as archive:
             try:
                 report = archive.repack(compression, level, report_pack)
             except ValueError as e:

@@ -16,7 +16,7 @@ from dicomvault.index.protocol import Index
 
 BACKENDS = ("lmdb", "postgresql")
 # The pack store's identity, in the archive root: what replay marks in a shared index are
-# kept under.
+# kept under (``store.backends.storage_identity``).
 STORE_ID = "store-id"
 
 
@@ -62,11 +62,13 @@ def _backend(settings: Settings) -> str:
 def open_index(
     settings: Settings,
     *,
+    store: str,
     barrier: Callable[[], None] | None = None,
     same_data_set: Callable[[bytes, bytes], bool] | None = None,
 ) -> Index:
-    """The archive's index as ``settings`` configure it (see ``LmdbIndex`` for ``barrier``
-    and ``same_data_set``)."""
+    """The archive's index as ``settings`` configure it, keeping its replay marks under
+    ``store``, the identity of the archive's storage (see ``LmdbIndex`` for ``barrier`` and
+    ``same_data_set``)."""
     conf = settings["index"]
     if _backend(settings) == "lmdb":
         return LmdbIndex(
@@ -85,7 +87,7 @@ def open_index(
     try:
         return pg_index.PgIndex(
             url,
-            store=store_identity(settings.root),
+            store=store,
             pool_size=int(conf["pool_size"]),
             barrier=barrier,
             same_data_set=same_data_set,

@@ -43,13 +43,13 @@ from dicomvault.dicom.acceptance import (
     refusal,
     uid_of,
 )
-from dicomvault.dicom.values import decode_elements, wanted
+from dicomvault.dicom.values import decode_elements
 from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, Record
 from dicomvault.index.backends import open_index
-from dicomvault.index.levels import INDEXED_KEYWORDS
 from dicomvault.metrics import Counter, Histogram
 from dicomvault.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 from dicomvault.store.applier import Applier, IndexUnavailable, Pending
+from dicomvault.store.backends import open_storage, storage_identity
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -175,23 +175,16 @@ class Archive:
                 f"[storage] on_duplicate must be keep or replace, not {storage['on_duplicate']!r}"
             )
         self.replace_duplicates = storage["on_duplicate"] == "replace"
-        self.store = _native.Store(
-            str(self.root),
-            pack_size=int(storage["pack_size"]),
-            compression=storage["compression"],
-            level=int(storage["compression_level"]),
-            sync=storage["sync"],
-            sync_interval_ms=int(storage["sync_interval_ms"]),
-            wanted=wanted(INDEXED_KEYWORDS),
-            exclusive=exclusive,
-            min_free_space=int(storage["min_free_space_mb"]) << 20,
-        )
+        self.store = open_storage(settings, exclusive=exclusive)
         for message in self.store.recovery:
             log.warning("store recovery: %s", message)
         # Before the replay: instances it applies get their audit records then.
         self.audit = AuditTrail(self.root, settings["audit"])
         self.index = open_index(
-            settings, barrier=self._barrier, same_data_set=self.store.same_data_set
+            settings,
+            store=storage_identity(settings),
+            barrier=self._barrier,
+            same_data_set=self.store.same_data_set,
         )
         # Why instances are refused before they are acknowledged (see ``check_headroom``).
         self._refusal: str | None = None
@@ -610,7 +603,8 @@ class Archive:
         return removed
 
     def verify(self) -> tuple[_native.VerifyReport, list[Defect]]:
-        """Re-reads and re-hashes every record of the packs, then checks every instance's
+        """Re-reads and re-hashes every record of the packs (on S3: every segment, and every
+        object a live manifest references), then checks every instance's
         manifest and index record. Returns the store's report and the defects: each damaged
         instance (naming its damaged blob), each damaged record no indexed instance accounts
         for (a manifest or tombstone record, a record superseded by a valid copy, an
@@ -631,7 +625,7 @@ class Archive:
                     defects.append(Defect(record.key, f"{level.value} record has no parent"))
         for d in damaged:
             if d.hash not in named:
-                defects.append(Defect(f"pack {d.pack} at byte {d.offset}", d.message))
+                defects.append(Defect(d.place, d.message))
         for manifest_hash, place in self.index.unindexed().items():
             defects.append(
                 Defect(

@@ -1,7 +1,7 @@
 //! Streaming one instance into a blob store: blobs cut at the scanner's segment boundaries.
 
 use super::blobs::{BlobStore, BlobWriter};
-use super::{Result, Store, MAX_BLOB, STREAM_BLOB};
+use super::{Result, Storage, MAX_BLOB, STREAM_BLOB};
 use crate::manifest::{BlobRef, Manifest, Segment};
 use crate::scan::{FeedError, Parser, ScanOptions, SegmentKind, Sink, Summary};
 use std::fs::File;
@@ -107,7 +107,7 @@ impl<B: BlobStore> Sink for BlobSink<B> {
 }
 
 /// Streams one instance into a blob store: feed it chunks as they arrive, then `finish`.
-pub struct InstanceWriter<B: BlobStore = Store> {
+pub struct InstanceWriter<B: BlobStore = Storage> {
     parser: Parser,
     sink: BlobSink<B>,
 }
@@ -134,6 +134,24 @@ impl<B: BlobStore> InstanceWriter<B> {
         self.parser.feed(bytes, &mut self.sink)
     }
 
+    /// Streams a whole file in, then finishes.
+    pub fn write_file(mut self, path: &Path) -> std::result::Result<Ingested, FeedError> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        // One read for files that fit a blob; larger ones stream in blob-sized chunks.
+        let mut buf = vec![0u8; (size as usize).clamp(1, MAX_BLOB)];
+        let mut offset = 0u64;
+        loop {
+            let n = file.read_at(&mut buf, offset)?;
+            if n == 0 {
+                break;
+            }
+            self.write(&buf[..n])?;
+            offset += n as u64;
+        }
+        self.finish()
+    }
+
     pub fn finish(mut self) -> std::result::Result<Ingested, FeedError> {
         let summary = self.parser.finish(&mut self.sink)?;
         let pixel = summary.pixel_data.as_ref();
@@ -153,41 +171,5 @@ impl<B: BlobStore> InstanceWriter<B> {
             manifest,
             new_bytes: self.sink.new_bytes,
         })
-    }
-}
-
-impl Store {
-    /// Starts streaming one instance into the store.
-    pub fn writer(&self, options: ScanOptions) -> InstanceWriter {
-        InstanceWriter::new(self.clone(), options)
-    }
-
-    /// Options for ingesting a file: its transfer syntax comes from File Meta, truncation of a
-    /// file that has File Meta is recorded rather than refused.
-    pub fn file_options(&self) -> ScanOptions {
-        ScanOptions {
-            wanted: self.inner.config.wanted.clone(),
-            transfer_syntax: None,
-            allow_truncated: true,
-        }
-    }
-
-    /// Streams a file into the store (not yet durable: see [`Store::persist`]).
-    pub fn ingest_file(&self, path: &Path) -> std::result::Result<Ingested, FeedError> {
-        let file = File::open(path)?;
-        let size = file.metadata()?.len();
-        let mut writer = self.writer(self.file_options());
-        // One read for files that fit a blob; larger ones stream in blob-sized chunks.
-        let mut buf = vec![0u8; (size as usize).clamp(1, MAX_BLOB)];
-        let mut offset = 0u64;
-        loop {
-            let n = file.read_at(&mut buf, offset)?;
-            if n == 0 {
-                break;
-            }
-            writer.write(&buf[..n])?;
-            offset += n as u64;
-        }
-        writer.finish()
     }
 }

@@ -14,6 +14,7 @@
 //! The module is split by concern: `blobs` (the [`BlobStore`] seam that instances are read and
 //! ingested through), `pack_blobs` (the packs as a blob store), `memory` (blobs held in memory),
 //! `object` (blobs as objects in S3 or another object store, and its log of segments),
+//! `storage` (the archive's one handle over the packs or an object store, with its log),
 //! `ingest` (streaming an instance in), `read` (frames and whole instances out), `history` (the
 //! log of manifests and tombstones), `gc` (rewriting packs), `recovery` (what opening, reindex
 //! and verify find in the packs), `early_sync`. What lies below the seam is per backend; the
@@ -30,6 +31,7 @@ mod object;
 mod pack_blobs;
 mod read;
 mod recovery;
+mod storage;
 
 pub use blobs::{BlobStore, BlobWriter};
 use early_sync::{EarlySync, FsyncFailure};
@@ -45,6 +47,7 @@ pub use object::{
 };
 pub use read::ReadInstances;
 pub use recovery::{DamageReport, RebuildReport, VerifyReport};
+pub use storage::{Objects, Position, Storage};
 
 use crate::manifest::Hash;
 use crate::pack::{self, Codec, RecordHeader, RecordKind, PACK_HEADER_LEN, RECORD_HEADER_LEN};
@@ -345,12 +348,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Store {
     pub fn open(root: &Path, mut config: StoreConfig) -> Result<Store> {
-        // Whatever else is collected, an instance's identifiers are: the listener checks them.
-        for (tag, vr) in crate::identity::TAGS {
-            if !config.wanted.iter().any(|(t, _)| *t == tag) {
-                config.wanted.push((tag, vr));
-            }
-        }
+        add_identity_tags(&mut config.wanted);
         let packs_dir = root.join("packs");
         let index_dir = root.join("blobs");
         fs::create_dir_all(&packs_dir)?;
@@ -720,6 +718,15 @@ impl Store {
         let rtxn = self.inner.env.read_txn()?;
         let records = self.inner.blobs.len(&rtxn)?;
         Ok((packs, bytes, records))
+    }
+}
+
+/// Whatever else ingest collects, an instance's identifiers it does: the listener checks them.
+fn add_identity_tags(wanted: &mut Vec<(u32, [u8; 2])>) {
+    for (tag, vr) in crate::identity::TAGS {
+        if !wanted.iter().any(|(t, _)| *t == tag) {
+            wanted.push((tag, vr));
+        }
     }
 }
 

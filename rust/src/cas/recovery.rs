@@ -33,6 +33,9 @@ pub struct DamageReport {
     pub superseded: bool,
     /// Where its bytes were moved (a torn tail, or damage a gc took out of a pack).
     pub quarantined: Option<PathBuf>,
+    /// The object it is, on object storage (a segment, a blob's object); `pack` and `offset`
+    /// then say nothing.
+    pub object: Option<String>,
 }
 
 impl DamageReport {
@@ -46,6 +49,31 @@ impl DamageReport {
             why: damage.why.clone(),
             superseded: false,
             quarantined: None,
+            object: None,
+        }
+    }
+
+    /// Object `key` on object storage, which fails its checks for `why`; `hash` when it is a
+    /// blob's object.
+    pub fn in_object(key: String, hash: Option<Hash>, why: String) -> DamageReport {
+        DamageReport {
+            pack: 0,
+            offset: 0,
+            len: 0,
+            hash,
+            kind: hash.map(|_| RecordKind::Blob),
+            why,
+            superseded: false,
+            quarantined: None,
+            object: Some(key),
+        }
+    }
+
+    /// Where it lies, in a line: a pack and an offset, or an object's key.
+    pub fn place(&self) -> String {
+        match &self.object {
+            Some(key) => format!("object {key}"),
+            None => format!("pack {} at byte {}", self.pack, self.offset),
         }
     }
 
@@ -57,13 +85,16 @@ impl DamageReport {
             }
             _ => "a record whose header cannot be read".to_string(),
         };
-        let mut line = format!(
-            "pack {} bytes {}..{}: {what}: {}",
-            self.pack,
-            self.offset,
-            self.offset + self.len,
-            self.why
-        );
+        let mut line = match &self.object {
+            Some(key) => format!("object {key}: {what}: {}", self.why),
+            None => format!(
+                "pack {} bytes {}..{}: {what}: {}",
+                self.pack,
+                self.offset,
+                self.offset + self.len,
+                self.why
+            ),
+        };
         if self.superseded {
             line.push_str(" (a valid copy is stored elsewhere)");
         }
@@ -165,6 +196,7 @@ impl Store {
                     why: "the blob index points at no valid record".into(),
                     superseded: false,
                     quarantined: None,
+                    object: None,
                 });
             }
             wtxn.commit()?;

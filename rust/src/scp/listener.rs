@@ -3,7 +3,7 @@
 
 use super::association::associate;
 use super::*;
-use crate::cas::Store;
+use crate::cas::Storage;
 use crate::commit::Journal;
 use crate::receive::Receiver;
 use crate::tls;
@@ -27,7 +27,7 @@ pub(super) struct Logs {
 
 pub(super) struct Shared {
     pub(super) config: ListenerConfig,
-    pub(super) store: Store,
+    pub(super) store: Storage,
     /// Where C-STOREs' data sets go (the receive path C-GET's sub-operations share).
     pub(super) receiver: Receiver,
     pub(super) host: Arc<dyn Host>,

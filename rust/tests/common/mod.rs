@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use dicomvault_native::cas::{Store, StoreConfig};
+use dicomvault_native::cas::{Storage, Store, StoreConfig};
 use dicomvault_native::manifest::Manifest;
 use std::fs;
 use std::path::Path;
@@ -182,7 +182,8 @@ pub fn open(root: &Path, config: StoreConfig) -> Store {
 }
 
 pub fn store_bytes(store: &Store, data: &[u8], chunk: usize) -> (Manifest, u64) {
-    let mut w = store.writer(store.file_options());
+    let storage = Storage::from(store.clone());
+    let mut w = storage.writer(storage.file_options());
     for piece in data.chunks(chunk) {
         w.write(piece).unwrap();
     }

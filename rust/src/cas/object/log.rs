@@ -5,10 +5,10 @@
 //! blobs (at most [`SEGMENT_BLOB_MAX`] each, so a 10 KB header never costs an object of its
 //! own) and its manifest and tombstone records, in the packs' record format (`crate::pack`):
 //! every record checks itself (header CRC, payload CRC, BLAKE3), so `verify` and `reindex`
-//! work from the bucket alone. The key is `segments/<node id>/<seq, 20 digits>`: listed in key
+//! work from the bucket alone. The key is `segments/<node>/<seq, 20 digits>`: listed in key
 //! order, a node's segments come in the order it wrote them. A segment is written whole by a
 //! create-only PUT, so it is never torn and never replaced: a second process that takes the
-//! same node id finds its position taken and fails (Busy) instead of overwriting.
+//! same node number finds its position taken and fails (Busy) instead of overwriting.
 //!
 //! A node writes its segments one at a time: segment `n + 1` is put only once `n` was
 //! acknowledged, so a reader that has applied a node's log up to `n` and lists after it can
@@ -19,17 +19,16 @@
 //! re-sent instance.
 //!
 //! Across nodes there is no order but the records' stamps (microseconds, monotonic per
-//! process): [`ObjectLog::replay`] merges every node's records by stamp. Each node's
-//! position (its last segment applied) is what an index keeps to resume from.
+//! process): [`ObjectLog::history`] merges every node's records by stamp. A record's place is
+//! `(node, seq << SEGMENT_SHIFT | n)`, its segment and its number there (from 1): what an
+//! index keeps as its mark per node to resume from, in the order the node wrote its records.
 //!
 //! Small blobs reach a segment through [`super::SegmentedBlobStore`], the blob store of a node
 //! that writes this log: it holds them until the batch's commit and finds them again, on any
 //! node, from the segments it has read.
 //!
-//! Left to build: the archive's commit path (Python's committer and the index) calling
-//! [`super::SegmentedBlobStore::commit`] for a batch on the S3 backend, with each node's
-//! position kept by the index (a node that starts, or whose put failed, now lists all its
-//! segments to find its next position); where each small blob lies kept in the index (a PostgreSQL table)
+//! Left to build: a node that starts, or whose put failed, lists all its segments to find its
+//! next position (the index's marks could say); where each small blob lies kept in the index (a PostgreSQL table)
 //! rather than in every node's memory; replay streaming a k-way merge per node instead of
 //! reading the whole log into memory; gc of segments whose every record is dead (which is also
 //! what deletes a small blob).
@@ -37,6 +36,7 @@
 use super::{object_error, ObjectBlobStore};
 use crate::cas::blobs::BlobStore;
 use crate::cas::history::{HistoryEvent, HistoryKind};
+use crate::cas::Position;
 use crate::cas::{hex, invalid, next_stamp, raw_record, LogRecord, Result, StoreError};
 use crate::manifest::{BlobRef, Hash, Manifest};
 use crate::pack::{self, RecordHeader, RecordKind, PACK_HEADER_LEN, PACK_MAGIC, RECORD_HEADER_LEN};
@@ -50,11 +50,21 @@ use std::sync::{Mutex, PoisonError};
 /// Blobs up to this long may go into a segment; longer ones are objects of their own.
 pub const SEGMENT_BLOB_MAX: usize = 64 << 10;
 
+/// Bits of a record's position that number it within its segment.
+const SEGMENT_SHIFT: u32 = 24;
+
 /// A segment's place: the node that wrote it and its sequence number there.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SegmentId {
-    pub node: String,
+    pub node: u32,
     pub seq: u64,
+}
+
+impl SegmentId {
+    /// The position of the segment's `n`th log record (from 1).
+    pub fn position(&self, n: u64) -> Position {
+        (self.node, self.seq << SEGMENT_SHIFT | n)
+    }
 }
 
 /// A small blob held in a segment: its bytes are `blob.length` bytes from `offset` on.
@@ -84,6 +94,10 @@ pub struct LogReport {
     pub manifests: usize,
     pub tombstones: usize,
     pub small_blobs: usize,
+    /// Objects read back whole and checked against their hash.
+    pub objects: usize,
+    /// Bytes of the blobs checked, in segments and objects.
+    pub bytes: u64,
     /// Segments that fail their checks, and why.
     pub damaged: Vec<(SegmentId, String)>,
     /// (manifest hash, blob hash): blobs a live manifest references that neither a segment nor
@@ -96,27 +110,26 @@ pub struct LogReport {
 /// One node's log in an object store (and every node's, to read).
 pub struct ObjectLog {
     store: ObjectBlobStore,
-    node: String,
+    node: u32,
     /// The next sequence number, or None when it must be found again by listing.
     next: Mutex<Option<u64>>,
     stamp: AtomicU64,
 }
 
 impl ObjectLog {
-    /// The log `node` writes (a name of letters, digits, `.`, `_` and `-`).
-    pub fn open(store: &ObjectBlobStore, node: &str) -> Result<ObjectLog> {
-        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if node.is_empty() || !node.chars().all(valid) || node.starts_with('.') {
-            return Err(StoreError::Unsupported(format!(
-                "{node:?} is not a node id (letters, digits, '.', '_', '-')"
-            )));
-        }
+    /// The log node `node` writes.
+    pub fn open(store: &ObjectBlobStore, node: u32) -> Result<ObjectLog> {
         Ok(ObjectLog {
             store: store.clone(),
-            node: node.into(),
+            node,
             next: Mutex::new(None),
             stamp: AtomicU64::new(0),
         })
+    }
+
+    /// The key of segment `id`, to name it in a report.
+    pub fn segment_key(&self, id: &SegmentId) -> String {
+        self.key(id).to_string()
     }
 
     fn key(&self, id: &SegmentId) -> Key {
@@ -124,7 +137,7 @@ impl ObjectLog {
             .inner
             .segments
             .clone()
-            .join(id.node.as_str())
+            .join(id.node.to_string())
             .join(format!("{:020}", id.seq))
     }
 
@@ -146,12 +159,12 @@ impl ObjectLog {
         let seq = match *next {
             Some(seq) => seq,
             None => self
-                .segments(&self.node, None, usize::MAX)?
+                .segments(self.node, None, usize::MAX)?
                 .last()
                 .map_or(0, |last| last.seq + 1),
         };
         let id = SegmentId {
-            node: self.node.clone(),
+            node: self.node,
             seq,
         };
         let mut bytes = Vec::new();
@@ -202,7 +215,7 @@ impl ObjectLog {
     }
 
     /// Every node that has written a segment, in order.
-    pub fn nodes(&self) -> Result<Vec<String>> {
+    pub fn nodes(&self) -> Result<Vec<u32>> {
         let listing = self
             .store
             .run(
@@ -211,27 +224,25 @@ impl ObjectLog {
                     .list_with_delimiter(Some(&self.store.inner.segments)),
             )
             .map_err(object_error)?;
-        let mut nodes: Vec<String> = listing
+        let mut nodes = listing
             .common_prefixes
             .iter()
-            .filter_map(|p| p.filename().map(String::from))
-            .collect();
-        nodes.sort();
+            .map(|p| {
+                let name = p.filename().unwrap_or_default();
+                name.parse::<u32>()
+                    .map_err(|_| invalid(format!("{p} is not a node's log (nodes are numbered)")))
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        nodes.sort_unstable();
         Ok(nodes)
     }
 
     /// Up to `limit` of `node`'s segments after `after`, in order.
-    pub fn segments(&self, node: &str, after: Option<u64>, limit: usize) -> Result<Vec<SegmentId>> {
-        let dir = self.store.inner.segments.clone().join(node);
+    pub fn segments(&self, node: u32, after: Option<u64>, limit: usize) -> Result<Vec<SegmentId>> {
+        let dir = self.store.inner.segments.clone().join(node.to_string());
         let objects = self.store.objects();
         let mut listing = match after {
-            Some(seq) => objects.list_with_offset(
-                Some(&dir),
-                &self.key(&SegmentId {
-                    node: node.into(),
-                    seq,
-                }),
-            ),
+            Some(seq) => objects.list_with_offset(Some(&dir), &self.key(&SegmentId { node, seq })),
             None => objects.list(Some(&dir)),
         };
         let ordered = self.store.inner.ordered_listing;
@@ -243,10 +254,7 @@ impl ObjectLog {
                     let meta = meta?;
                     let seq = meta.location.filename().and_then(|n| n.parse::<u64>().ok());
                     if let Some(seq) = seq {
-                        ids.push(SegmentId {
-                            node: node.into(),
-                            seq,
-                        });
+                        ids.push(SegmentId { node, seq });
                         if ordered && ids.len() == limit {
                             break;
                         }
@@ -347,7 +355,7 @@ impl ObjectLog {
     fn all_segments(&self) -> Result<Vec<(SegmentId, Result<Vec<SegmentRecord>>)>> {
         let mut all = Vec::new();
         for node in self.nodes()? {
-            for id in self.segments(&node, None, usize::MAX)? {
+            for id in self.segments(node, None, usize::MAX)? {
                 let records = self.read(&id);
                 all.push((id, records));
             }
@@ -355,28 +363,60 @@ impl ObjectLog {
         Ok(all)
     }
 
-    /// Hands every manifest and tombstone record of every node to `visit`, in the order of
-    /// their stamps, each with its segment: what an index is rebuilt from. Damaged if a
-    /// segment is.
-    pub fn replay(&self, mut visit: impl FnMut(&SegmentId, u64, Hash, &HistoryKind)) -> Result<()> {
+    /// Every node's manifest and tombstone records after its mark in `after` (all of a node
+    /// without one), in the order of their stamps, each at its position: what an index is
+    /// replayed from. A segment that fails its checks is one damaged event, past all its
+    /// records.
+    pub fn history(&self, after: &HashMap<u32, u64>) -> Result<Vec<HistoryEvent>> {
         let mut events = Vec::new();
-        for (id, records) in self.all_segments()? {
-            for record in records? {
-                if let SegmentRecord::Log {
-                    stamp,
-                    target,
-                    kind,
-                } = record
-                {
-                    events.push((stamp, id.clone(), target, kind));
+        for node in self.nodes()? {
+            let mark = after.get(&node).copied().unwrap_or(0);
+            // The segment of the mark may have been applied in part: it is read again.
+            let from = (mark >> SEGMENT_SHIFT).checked_sub(1).filter(|_| mark > 0);
+            for id in self.segments(node, from, usize::MAX)? {
+                let records = match self.read(&id) {
+                    Ok(records) => records,
+                    Err(StoreError::Damaged(why)) => {
+                        let (node, end) = id.position((1 << SEGMENT_SHIFT) - 1);
+                        events.push(HistoryEvent {
+                            stamp: 0,
+                            pack: node,
+                            end,
+                            target: [0; 32],
+                            kind: HistoryKind::Damaged {
+                                kind: None,
+                                offset: 0,
+                                why,
+                            },
+                        });
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let logged = records.into_iter().filter_map(|record| match record {
+                    SegmentRecord::Log {
+                        stamp,
+                        target,
+                        kind,
+                    } => Some((stamp, target, kind)),
+                    SegmentRecord::Blob(_) => None,
+                });
+                for (n, (stamp, target, kind)) in (1u64..).zip(logged) {
+                    let (node, end) = id.position(n);
+                    if end > mark {
+                        events.push(HistoryEvent {
+                            stamp,
+                            pack: node,
+                            end,
+                            target,
+                            kind,
+                        });
+                    }
                 }
             }
         }
-        events.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        for (stamp, id, target, kind) in &events {
-            visit(id, *stamp, *target, kind);
-        }
-        Ok(())
+        events.sort_by_key(|e| (e.stamp, e.pack, e.end));
+        Ok(events)
     }
 
     /// Reads every segment and checks every record, and that every blob a manifest not
@@ -400,6 +440,7 @@ impl ObjectLog {
                 match record {
                     SegmentRecord::Blob(at) => {
                         report.small_blobs += 1;
+                        report.bytes += at.blob.length;
                         in_segments.insert(at.blob.hash);
                     }
                     SegmentRecord::Log {
@@ -445,8 +486,9 @@ impl ObjectLog {
             }
         }
         for hash in live_objects {
+            report.objects += 1;
             match self.store.get(&hash) {
-                Ok(_) => {}
+                Ok(bytes) => report.bytes += bytes.len() as u64,
                 Err(StoreError::Damaged(why)) => report.damaged_objects.push((hash, why)),
                 Err(e) => return Err(e),
             }

@@ -205,6 +205,11 @@ impl ObjectBlobStore {
         self.inner.blobs.clone().join(hex(hash))
     }
 
+    /// The key of blob `hash`'s object, to name it in a report.
+    pub fn blob_key(&self, hash: &Hash) -> String {
+        self.key(hash).to_string()
+    }
+
     fn run<F: std::future::Future>(&self, future: F) -> F::Output {
         self.inner.runtime.block_on(future)
     }

@@ -41,14 +41,14 @@ struct State {
     /// The small blobs of the segments read, in hash order.
     known: BTreeMap<Hash, SegmentBlob>,
     /// Per node, the last segment read.
-    read_up_to: HashMap<String, u64>,
+    read_up_to: HashMap<u32, u64>,
     /// Small blobs put since the last commit.
     pending: BTreeMap<Hash, Arc<[u8]>>,
 }
 
 impl SegmentedBlobStore {
     /// `node`'s store, knowing the small blobs of every segment written so far.
-    pub fn open(objects: &ObjectBlobStore, node: &str) -> Result<SegmentedBlobStore> {
+    pub fn open(objects: &ObjectBlobStore, node: u32) -> Result<SegmentedBlobStore> {
         let store = SegmentedBlobStore {
             inner: Arc::new(Inner {
                 objects: objects.clone(),
@@ -59,6 +59,11 @@ impl SegmentedBlobStore {
         };
         store.catch_up()?;
         Ok(store)
+    }
+
+    /// The objects beneath: large blobs.
+    pub fn objects(&self) -> &ObjectBlobStore {
+        &self.inner.objects
     }
 
     /// The log this store's batches are written to.
@@ -98,7 +103,7 @@ impl SegmentedBlobStore {
         let log = &self.inner.log;
         for node in log.nodes()? {
             let after = lock(&self.inner.state).read_up_to.get(&node).copied();
-            for id in log.segments(&node, after, usize::MAX)? {
+            for id in log.segments(node, after, usize::MAX)? {
                 let blobs: Vec<SegmentBlob> = log
                     .read(&id)?
                     .into_iter()
@@ -111,7 +116,7 @@ impl SegmentedBlobStore {
                 state
                     .known
                     .extend(blobs.into_iter().map(|at| (at.blob.hash, at)));
-                state.read_up_to.insert(node.clone(), id.seq);
+                state.read_up_to.insert(node, id.seq);
             }
         }
         Ok(())
