@@ -35,7 +35,10 @@ class PostgreSQL:
     """A cluster in its own directory, its server listening on 127.0.0.1 only; as root it
     runs as the ``postgres`` user (the server refuses root)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        # Durability is not what most tests test: without fsync and synchronous commits each
+        # database is cheap. A test that crashes the server needs what it acknowledged kept.
+        self.durable = durable
         # Not under pytest's tmp_path: its parents are private to root.
         self.dir = Path(tempfile.mkdtemp(prefix="dicomvault-pg-"))
         self.data = self.dir / "data"
@@ -50,23 +53,27 @@ class PostgreSQL:
         subprocess.run([*self.as_user, *argv], check=True, capture_output=True, timeout=120)
 
     def start(self) -> PostgreSQL:
-        self._run(
-            pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
-            "-E", "UTF8", "--locale=C", "--no-sync",
-        )  # fmt: skip
-        # Durability is not what these tests test: no fsync makes each database cheap.
-        options = (
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off"
-        )
+        """Starts the server: on a new cluster, or on the one a ``kill`` left."""
+        if not self.data.exists():
+            self._run(
+                pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                "-E", "UTF8", "--locale=C", "--no-sync",
+            )  # fmt: skip
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             pg_bin("pg_ctl"), "-D", str(self.data), "-o", options,
             "-l", str(self.dir / "server.log"), "-w", "start",
         )  # fmt: skip
         return self
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """Stops the server as a crash would, keeping the cluster for ``start``."""
         self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def stop(self) -> None:
+        self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:

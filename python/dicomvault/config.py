@@ -37,8 +37,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "access_key_id": "",
         "secret_access_key": "",
         "prefix": "",  # keys start with it: several archives in one bucket
-        # This node's number, different on every node writing to the bucket.
-        "node": 1,
+        # This node's number (1 or more), different on every node writing to the bucket:
+        # required with backend = "s3".
+        "node": 0,
         # Packs roll over at this size; each holds many instances' blobs.
         "pack_size": 1 << 30,
         # "none" or "zstd" (per blob, kept only where it saves space).

@@ -4,9 +4,8 @@
 //! the pixel codecs `python_codec.rs`.
 
 use crate::cas::{
-    self, BlobStore, GcEvent, Ingested, LogRecord, ObjectBackend, ObjectBlobStore,
-    ObjectStoreConfig, ReadInstances, S3Config, Storage, Store as Packs, StoreConfig, StoreError,
-    SyncMode,
+    self, BlobStore, GcEvent, Ingested, ObjectBackend, ObjectBlobStore, ObjectStoreConfig,
+    ReadInstances, S3Config, Storage, Store as Packs, StoreConfig, StoreError, SyncMode,
 };
 use crate::commit::{Journal, Write};
 use crate::dimse;
@@ -379,14 +378,7 @@ impl Store {
     /// `items` are (manifest, annotations) pairs; returns where each record ends (its
     /// position in the log).
     fn persist(&self, py: Python<'_>, items: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<Vec<(u32, u64)>> {
-        let records: Vec<LogRecord<'_>> = items
-            .iter()
-            .map(|(manifest, annotations)| LogRecord::Manifest {
-                manifest,
-                annotations,
-            })
-            .collect();
-        Ok(py.detach(|| self.core.append_log(&records))?)
+        Ok(py.detach(|| self.core.persist(&items))?)
     }
 
     /// Records deletions of (manifest, index key) durably, so that rebuilding or replaying
@@ -396,16 +388,12 @@ impl Store {
         py: Python<'_>,
         items: Vec<(Vec<u8>, String)>,
     ) -> PyResult<Vec<(u32, u64)>> {
-        let records: Vec<LogRecord<'_>> = items
-            .iter()
-            .map(|(manifest, key)| LogRecord::Tombstone { manifest, key })
-            .collect();
-        Ok(py.detach(|| self.core.append_log(&records))?)
+        Ok(py.detach(|| self.core.tombstone(&items))?)
     }
 
-    /// Manifest and tombstone records after the given {pack: offset} marks, oldest first, from
-    /// packs no other process is appending to, and the damaged records that may have been
-    /// either.
+    /// Manifest and tombstone records after the given {log: position} marks, oldest first,
+    /// that this process is to replay (packs no other process is appending to; on S3, this
+    /// node's log), and the damaged records that may have been either.
     fn history(&self, py: Python<'_>, after: HashMap<u32, u64>) -> PyResult<Vec<HistoryEvent>> {
         let events = py.detach(|| self.core.history(&after))?;
         Ok(events

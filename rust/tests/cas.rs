@@ -123,7 +123,7 @@ fn tombstoned_manifests_are_not_replayed_and_gc_reclaims_their_blobs() {
         let store = open(dir.path(), StoreConfig::default());
         let (mk, _) = store_bytes(&store, &keep, 1 << 20);
         let (md, _) = store_bytes(&store, &drop_, 1 << 20);
-        store
+        Storage::from(store.clone())
             .tombstone(&[(md.encode(), "2.2".to_string())])
             .unwrap();
         let kinds: Vec<bool> = store
@@ -295,7 +295,9 @@ fn history_lists_records_after_a_mark_with_their_positions() {
     assert_eq!(all.len(), 1);
     let mark = HashMap::from([(all[0].pack, all[0].end)]);
     assert!(store.history(&mark, true).unwrap().is_empty());
-    let ends = store.tombstone(&[(first.encode(), "1.1".into())]).unwrap();
+    let ends = Storage::from(store.clone())
+        .tombstone(&[(first.encode(), "1.1".into())])
+        .unwrap();
     let after = store.history(&mark, true).unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!((after[0].pack, after[0].end), ends[0]);
@@ -501,7 +503,7 @@ fn the_packs_list_only_blobs_and_gc_reclaims_a_deleted_one() {
         let store = open(dir.path(), StoreConfig::default());
         let (mk, _) = store_bytes(&store, &keep, 1 << 20);
         let (mo, _) = store_bytes(&store, &instance("2.2", "Other", 2, 2), 1 << 20);
-        store
+        Storage::from(store.clone())
             .tombstone(&[(mo.encode(), "2.2".to_string())])
             .unwrap();
         // The blob index also finds the manifest and tombstone records: they are no blobs.

@@ -59,7 +59,7 @@ fn hash(bytes: &[u8]) -> Hash {
 /// holds after `marks`.
 fn replayed(log: &ObjectLog, marks: &[(u32, u64)]) -> Vec<(u64, u32, u64, Hash, bool)> {
     let after: HashMap<u32, u64> = marks.iter().copied().collect();
-    log.history(&after)
+    log.history(&log.nodes().unwrap(), &after)
         .unwrap()
         .into_iter()
         .map(|e| {
@@ -72,7 +72,7 @@ fn replayed(log: &ObjectLog, marks: &[(u32, u64)]) -> Vec<(u64, u32, u64, Hash, 
 #[test]
 fn batches_read_back_as_written_in_segments_listed_in_order() {
     on_every_backend(|store, _| {
-        let log = ObjectLog::open(&store, 7).unwrap();
+        let log = ObjectLog::open(&store, 7);
         let (a, b) = (pattern(10_000, 1), pattern(SEGMENT_BLOB_MAX, 2));
         let manifest = b"manifest bytes".as_slice();
         let (first, placed) = log
@@ -147,7 +147,7 @@ fn batches_read_back_as_written_in_segments_listed_in_order() {
             Err(StoreError::Unsupported(_))
         ));
         // A process that starts later continues after the last segment.
-        let restarted = ObjectLog::open(&store, 7).unwrap();
+        let restarted = ObjectLog::open(&store, 7);
         assert_eq!(restarted.append(&[], &[]).unwrap().0.seq, 2);
     });
 }
@@ -157,8 +157,8 @@ fn a_position_taken_by_another_writer_is_never_overwritten() {
     on_every_backend(|store, _| {
         // Two processes that both write as node 7 (a misconfiguration): each continues after
         // the last segment it knows of, and one finds its next position taken.
-        let one = ObjectLog::open(&store, 7).unwrap();
-        let other = ObjectLog::open(&store, 7).unwrap();
+        let one = ObjectLog::open(&store, 7);
+        let other = ObjectLog::open(&store, 7);
         assert_eq!(one.append(&[b"one"], &[]).unwrap().0.seq, 0);
         let (taken, _) = other.append(&[b"other"], &[]).unwrap();
         assert_eq!(taken.seq, 1);
@@ -170,18 +170,21 @@ fn a_position_taken_by_another_writer_is_never_overwritten() {
             [SegmentRecord::Blob(at)] => assert_eq!(one.read_blob(at).unwrap(), b"other"),
             other => panic!("{other:?}"),
         }
-        // The position is found again by listing: the next append goes after it.
-        assert_eq!(one.append(&[b"again"], &[]).unwrap().0.seq, 2);
+        // The one that found its position taken writes no more, so that the two never both
+        // go on writing one node's log (and advancing its mark in the index).
+        assert!(matches!(
+            one.append(&[b"again"], &[]),
+            Err(StoreError::Busy(_))
+        ));
+        assert_eq!(other.append(&[b"on"], &[]).unwrap().0.seq, 2);
+        assert_eq!(one.segments(7, None, 10).unwrap().len(), 3);
     });
 }
 
 #[test]
 fn replay_merges_the_nodes_by_stamp_and_verify_finds_what_is_missing() {
     on_every_backend(|store, dir| {
-        let (a, b) = (
-            ObjectLog::open(&store, 1).unwrap(),
-            ObjectLog::open(&store, 2).unwrap(),
-        );
+        let (a, b) = (ObjectLog::open(&store, 1), ObjectLog::open(&store, 2));
         let manifests: Vec<Manifest> = (0..3u8)
             .map(|i| ingest(&store, &instance(&format!("1.2.{i}"), "P^Q", 2, i)))
             .collect();
@@ -279,7 +282,7 @@ fn replay_merges_the_nodes_by_stamp_and_verify_finds_what_is_missing() {
             assert_eq!(report.damaged.len(), 1);
             assert_eq!(report.damaged[0].0, damaged);
             // Its records cannot be replayed: one damaged event past all of them.
-            let events = a.history(&HashMap::new()).unwrap();
+            let events = a.history(&[1, 2], &HashMap::new()).unwrap();
             let damaged: Vec<_> = events
                 .iter()
                 .filter(|e| matches!(e.kind, HistoryKind::Damaged { .. }))
@@ -287,6 +290,9 @@ fn replay_merges_the_nodes_by_stamp_and_verify_finds_what_is_missing() {
             assert_eq!(damaged.len(), 1);
             assert_eq!(damaged[0].pack, 2);
             assert!(damaged[0].end > positions[1].1 && damaged[0].end < positions[3].1);
+            // A node still opens, and reads the small blobs of the segments that are intact.
+            let reader = SegmentedBlobStore::open(&store, 3).unwrap();
+            assert_eq!(reader.get(&manifests[2].blobs[0].hash).unwrap(), header);
         }
     });
 }

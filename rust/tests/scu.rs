@@ -107,7 +107,7 @@ fn store_in(store: &Store, data: &[u8]) -> Manifest {
     let mut writer = storage.writer(storage.file_options());
     writer.write(data).unwrap();
     let ingested = writer.finish().unwrap();
-    store
+    storage
         .persist(&[(ingested.manifest.encode(), Vec::new())])
         .unwrap();
     ingested.manifest

@@ -59,6 +59,8 @@ def archive_for(
         return Archive(conf, exclusive=exclusive)
     except (BlockingIOError, BackendError, StorageError) as e:
         fail(str(e))
+    except OSError as e:  # the storage cannot be reached or read (a bucket, a disk)
+        fail(f"the archive cannot be opened: {e}")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

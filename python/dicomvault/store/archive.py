@@ -687,9 +687,10 @@ class Archive:
             positions.append((pack, end))
             if event.kind == "damaged":
                 log.error(
-                    "pack %d: %s: what it recorded, if a manifest or a tombstone, cannot be "
-                    "replayed (run verify)",
+                    "log position (%d, %d): %s: what it recorded, if a manifest or a tombstone, "
+                    "cannot be replayed (run verify)",
                     pack,
+                    end,
                     event.why,
                 )
                 continue
@@ -702,7 +703,7 @@ class Archive:
                 info = _native.manifest_info(manifest)
                 scanned = self.store.rescan(manifest)
             except (_native.ScanError, _native.ManifestError, OSError) as e:
-                log.error("pack %d: the instance recorded before byte %d: %s", pack, end, e)
+                log.error("the instance recorded at log position (%d, %d): %s", pack, end, e)
                 self.index.record_unindexed(manifest, pack, end, str(e))
                 continue
             entry = self.entry(

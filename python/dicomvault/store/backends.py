@@ -21,8 +21,15 @@ def _backend(settings: Settings) -> str:
     backend = str(settings["storage"]["backend"])
     if backend not in BACKENDS:
         raise StorageError(f"[storage] backend must be packs or s3, not {backend!r}")
-    if backend == "s3" and not settings["storage"]["bucket"]:
-        raise StorageError('[storage] backend = "s3" needs [storage] bucket')
+    if backend == "s3":
+        storage = settings["storage"]
+        if not storage["bucket"]:
+            raise StorageError('[storage] backend = "s3" needs [storage] bucket')
+        if not 1 <= int(storage["node"]) < 1 << 32:
+            raise StorageError(
+                '[storage] backend = "s3" needs [storage] node: this node\'s number, 1 or more, '
+                "different on every node writing to the bucket"
+            )
     return backend
 
 

@@ -36,7 +36,8 @@ pub struct HistoryEvent {
 }
 
 impl HistoryEvent {
-    fn damaged(
+    /// A record or stretch that may have been a manifest or a tombstone but cannot be read.
+    pub(crate) fn damaged(
         pack: u32,
         offset: u64,
         end: u64,

@@ -494,20 +494,6 @@ impl Store {
         next_stamp(&self.inner.stamp)
     }
 
-    /// Appends the manifest records of accepted instances (with the caller's annotations:
-    /// receive time, source) and makes them and their blobs durable. Returns where each record
-    /// ends (pack, offset): the index remembers how far it has taken the packs into account.
-    pub fn persist(&self, items: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(u32, u64)>> {
-        let records: Vec<LogRecord<'_>> = items
-            .iter()
-            .map(|(manifest, annotations)| LogRecord::Manifest {
-                manifest,
-                annotations,
-            })
-            .collect();
-        self.append_log(&records)
-    }
-
     /// Appends `records` to the log in their order and makes everything durable, one commit
     /// for all; returns where each ends. An instance is refused below the free-space
     /// reserve, a deletion never is.
@@ -543,16 +529,6 @@ impl Store {
             )));
         }
         Ok(())
-    }
-
-    /// Records that instances (manifest, index key) were deleted, so that rebuilding or
-    /// replaying the index from the packs does not bring them back, and makes that durable.
-    pub fn tombstone(&self, items: &[(Vec<u8>, String)]) -> Result<Vec<(u32, u64)>> {
-        let records: Vec<LogRecord<'_>> = items
-            .iter()
-            .map(|(manifest, key)| LogRecord::Tombstone { manifest, key })
-            .collect();
-        self.append_log(&records)
     }
 
     fn append_small(&self, kind: RecordKind, payload: &[u8]) -> Result<(u32, u64)> {

@@ -134,12 +134,41 @@ impl Storage {
         }
     }
 
-    /// Manifest and tombstone records after the `after` marks, oldest first (see
-    /// [`Store::history`]; on an object store, every node's).
+    /// Appends the manifest records of accepted instances (with the caller's annotations:
+    /// receive time, source) and makes them and their blobs durable; returns where each ends.
+    pub fn persist(&self, items: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Position>> {
+        let records: Vec<LogRecord<'_>> = items
+            .iter()
+            .map(|(manifest, annotations)| LogRecord::Manifest {
+                manifest,
+                annotations,
+            })
+            .collect();
+        self.append_log(&records)
+    }
+
+    /// Records that instances (manifest, index key) were deleted, so that rebuilding or
+    /// replaying the index from the log does not bring them back, and makes that durable.
+    pub fn tombstone(&self, items: &[(Vec<u8>, String)]) -> Result<Vec<Position>> {
+        let records: Vec<LogRecord<'_>> = items
+            .iter()
+            .map(|(manifest, key)| LogRecord::Tombstone { manifest, key })
+            .collect();
+        self.append_log(&records)
+    }
+
+    /// Manifest and tombstone records after the `after` marks, oldest first, that are this
+    /// process's to replay: in the packs no other process is appending to (see
+    /// [`Store::history`]); on an object store, this node's own log. Another node's records
+    /// are that node's to index, as it writes them or when it restarts: replayed here they
+    /// could race its applier and bring back an instance it has just deleted.
     pub fn history(&self, after: &HashMap<u32, u64>) -> Result<Vec<HistoryEvent>> {
         match self {
             Storage::Packs(store) => store.history(after, true),
-            Storage::Objects(objects) => objects.blobs.log().history(after),
+            Storage::Objects(objects) => {
+                let log = objects.blobs.log();
+                log.history(&[log.node()], after)
+            }
         }
     }
 
@@ -183,12 +212,14 @@ impl Storage {
             .damaged
             .iter()
             .map(|(id, why)| DamageReport::in_object(log.segment_key(id), None, why.clone()));
-        let blobs = report.damaged_objects.iter().map(|(hash, why)| {
-            DamageReport::in_object(
-                objects.blobs.objects().blob_key(hash),
-                Some(*hash),
-                why.clone(),
-            )
+        let key = |hash: &Hash| objects.blobs.objects().blob_key(hash);
+        let blobs = report
+            .damaged_objects
+            .iter()
+            .map(|(hash, why)| DamageReport::in_object(key(hash), Some(*hash), why.clone()));
+        let missing = report.missing.iter().map(|(manifest, hash)| {
+            let why = format!("missing: manifest {} references it", super::hex(manifest));
+            DamageReport::in_object(key(hash), Some(*hash), why)
         });
         Ok(VerifyReport {
             records_checked: (report.manifests
@@ -196,7 +227,7 @@ impl Storage {
                 + report.small_blobs
                 + report.objects) as u64,
             bytes_checked: report.bytes,
-            damaged: segments.chain(blobs).collect(),
+            damaged: segments.chain(blobs).chain(missing).collect(),
         })
     }
 

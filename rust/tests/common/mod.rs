@@ -188,7 +188,7 @@ pub fn store_bytes(store: &Store, data: &[u8], chunk: usize) -> (Manifest, u64) 
         w.write(piece).unwrap();
     }
     let ingested = w.finish().unwrap();
-    store
+    storage
         .persist(&[(ingested.manifest.encode(), b"note".to_vec())])
         .unwrap();
     (ingested.manifest, ingested.new_bytes)

@@ -8,18 +8,21 @@
 //! work from the bucket alone. The key is `segments/<node>/<seq, 20 digits>`: listed in key
 //! order, a node's segments come in the order it wrote them. A segment is written whole by a
 //! create-only PUT, so it is never torn and never replaced: a second process that takes the
-//! same node number finds its position taken and fails (Busy) instead of overwriting.
+//! same node number finds a position taken and fails (Busy) instead of overwriting — that
+//! append and every later one, so that two processes never both go on writing one node's log.
 //!
 //! A node writes its segments one at a time: segment `n + 1` is put only once `n` was
 //! acknowledged, so a reader that has applied a node's log up to `n` and lists after it can
 //! never miss a segment that lands later below its position. A put that failed leaves the
 //! position unknown (it may have landed: S3 may apply a request whose answer was lost), so the
 //! next append lists the node's segments again and continues after the last. A batch whose
-//! put failed was not acknowledged; if it landed anyway, a replay indexes it, as it would a
-//! re-sent instance.
+//! put failed was not acknowledged; if it landed anyway, its records are in the log but the
+//! index passes them once it applies a later segment of the node (a `reindex` would apply
+//! them).
 //!
 //! Across nodes there is no order but the records' stamps (microseconds, monotonic per
-//! process): [`ObjectLog::history`] merges every node's records by stamp. A record's place is
+//! process): [`ObjectLog::history`] merges nodes' records by stamp, each node's in the order
+//! it wrote them (a clock set back across a restart cannot reorder them). A record's place is
 //! `(node, seq << SEGMENT_SHIFT | n)`, its segment and its number there (from 1): what an
 //! index keeps as its mark per node to resume from, in the order the node wrote its records.
 //!
@@ -28,10 +31,10 @@
 //! node, from the segments it has read.
 //!
 //! Left to build: a node that starts, or whose put failed, lists all its segments to find its
-//! next position (the index's marks could say); where each small blob lies kept in the index (a PostgreSQL table)
-//! rather than in every node's memory; replay streaming a k-way merge per node instead of
-//! reading the whole log into memory; gc of segments whose every record is dead (which is also
-//! what deletes a small blob).
+//! next position (the index's marks could say); where each small blob lies kept in the index
+//! (a PostgreSQL table) rather than in every node's memory; replay streaming a k-way merge per
+//! node instead of reading the whole log into memory; gc of segments whose every record is
+//! dead (which is also what deletes a small blob).
 
 use super::{object_error, ObjectBlobStore};
 use crate::cas::blobs::BlobStore;
@@ -52,6 +55,9 @@ pub const SEGMENT_BLOB_MAX: usize = 64 << 10;
 
 /// Bits of a record's position that number it within its segment.
 const SEGMENT_SHIFT: u32 = 24;
+/// Records of a segment are numbered from 1 to less than this (the last number is a damaged
+/// segment's, past all its records).
+const RECORD_NUMBERS: u64 = 1 << SEGMENT_SHIFT;
 
 /// A segment's place: the node that wrote it and its sequence number there.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,20 +117,33 @@ pub struct LogReport {
 pub struct ObjectLog {
     store: ObjectBlobStore,
     node: u32,
-    /// The next sequence number, or None when it must be found again by listing.
-    next: Mutex<Option<u64>>,
+    next: Mutex<Next>,
     stamp: AtomicU64,
 }
 
+/// Where a node's next segment goes.
+enum Next {
+    /// To be found again by listing (at open, after a failed put).
+    Unknown,
+    At(u64),
+    /// Another process wrote a segment of this node's: this one writes no more (why).
+    Taken(String),
+}
+
 impl ObjectLog {
+    /// The node this log is written by.
+    pub fn node(&self) -> u32 {
+        self.node
+    }
+
     /// The log node `node` writes.
-    pub fn open(store: &ObjectBlobStore, node: u32) -> Result<ObjectLog> {
-        Ok(ObjectLog {
+    pub fn open(store: &ObjectBlobStore, node: u32) -> ObjectLog {
+        ObjectLog {
             store: store.clone(),
             node,
-            next: Mutex::new(None),
+            next: Mutex::new(Next::Unknown),
             stamp: AtomicU64::new(0),
-        })
+        }
     }
 
     /// The key of segment `id`, to name it in a report.
@@ -154,14 +173,22 @@ impl ObjectLog {
                 big.len()
             )));
         }
+        if records.len() as u64 >= RECORD_NUMBERS {
+            return Err(StoreError::Unsupported(format!(
+                "{} records in one segment: positions number at most {}",
+                records.len(),
+                RECORD_NUMBERS - 1
+            )));
+        }
         // Held across the put: the node's segments are written one at a time.
         let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-        let seq = match *next {
-            Some(seq) => seq,
-            None => self
+        let seq = match &*next {
+            Next::At(seq) => *seq,
+            Next::Unknown => self
                 .segments(self.node, None, usize::MAX)?
                 .last()
                 .map_or(0, |last| last.seq + 1),
+            Next::Taken(why) => return Err(StoreError::Busy(why.clone())),
         };
         let id = SegmentId {
             node: self.node,
@@ -194,7 +221,7 @@ impl ObjectLog {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        *next = None;
+        *next = Next::Unknown;
         let key = self.key(&id);
         let put = self.store.run(self.store.objects().put_opts(
             &key,
@@ -203,13 +230,18 @@ impl ObjectLog {
         ));
         match put {
             Ok(_) => {
-                *next = Some(seq + 1);
+                *next = Next::At(seq + 1);
                 Ok((id, placed))
             }
-            Err(object_store::Error::AlreadyExists { .. }) => Err(StoreError::Busy(format!(
-                "segment {key} exists: another process writes as node {}",
-                self.node
-            ))),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let why = format!(
+                    "segment {key} exists: another process writes as node {} (every node \
+                     needs a [storage] node of its own); this one writes no more",
+                    self.node
+                );
+                *next = Next::Taken(why.clone());
+                Err(StoreError::Busy(why))
+            }
             Err(e) => Err(object_error(e)),
         }
     }
@@ -224,15 +256,12 @@ impl ObjectLog {
                     .list_with_delimiter(Some(&self.store.inner.segments)),
             )
             .map_err(object_error)?;
-        let mut nodes = listing
+        // What is not a number is not a node's log (nothing this archive wrote).
+        let mut nodes: Vec<u32> = listing
             .common_prefixes
             .iter()
-            .map(|p| {
-                let name = p.filename().unwrap_or_default();
-                name.parse::<u32>()
-                    .map_err(|_| invalid(format!("{p} is not a node's log (nodes are numbered)")))
-            })
-            .collect::<Result<Vec<u32>>>()?;
+            .filter_map(|p| p.filename()?.parse().ok())
+            .collect();
         nodes.sort_unstable();
         Ok(nodes)
     }
@@ -363,32 +392,26 @@ impl ObjectLog {
         Ok(all)
     }
 
-    /// Every node's manifest and tombstone records after its mark in `after` (all of a node
-    /// without one), in the order of their stamps, each at its position: what an index is
-    /// replayed from. A segment that fails its checks is one damaged event, past all its
+    /// The manifest and tombstone records of `nodes` after each one's mark in `after` (all of
+    /// a node without one), in the order of their stamps, each at its position: what an index
+    /// is replayed from. A segment that fails its checks is one damaged event, past all its
     /// records.
-    pub fn history(&self, after: &HashMap<u32, u64>) -> Result<Vec<HistoryEvent>> {
-        let mut events = Vec::new();
-        for node in self.nodes()? {
+    pub fn history(&self, nodes: &[u32], after: &HashMap<u32, u64>) -> Result<Vec<HistoryEvent>> {
+        // Sorted by stamp, made non-decreasing along each node's log: a node's records keep
+        // the order it wrote them in, a damaged segment's event (its stamps unknown) included.
+        let mut events: Vec<(u64, HistoryEvent)> = Vec::new();
+        for &node in nodes {
             let mark = after.get(&node).copied().unwrap_or(0);
             // The segment of the mark may have been applied in part: it is read again.
             let from = (mark >> SEGMENT_SHIFT).checked_sub(1).filter(|_| mark > 0);
+            let mut order = 0;
             for id in self.segments(node, from, usize::MAX)? {
                 let records = match self.read(&id) {
                     Ok(records) => records,
                     Err(StoreError::Damaged(why)) => {
-                        let (node, end) = id.position((1 << SEGMENT_SHIFT) - 1);
-                        events.push(HistoryEvent {
-                            stamp: 0,
-                            pack: node,
-                            end,
-                            target: [0; 32],
-                            kind: HistoryKind::Damaged {
-                                kind: None,
-                                offset: 0,
-                                why,
-                            },
-                        });
+                        let (node, end) = id.position(RECORD_NUMBERS - 1);
+                        let event = HistoryEvent::damaged(node, 0, end, None, why);
+                        events.push((order, event));
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -402,21 +425,23 @@ impl ObjectLog {
                     SegmentRecord::Blob(_) => None,
                 });
                 for (n, (stamp, target, kind)) in (1u64..).zip(logged) {
+                    order = order.max(stamp);
                     let (node, end) = id.position(n);
                     if end > mark {
-                        events.push(HistoryEvent {
+                        let event = HistoryEvent {
                             stamp,
                             pack: node,
                             end,
                             target,
                             kind,
-                        });
+                        };
+                        events.push((order, event));
                     }
                 }
             }
         }
-        events.sort_by_key(|e| (e.stamp, e.pack, e.end));
-        Ok(events)
+        events.sort_by_key(|(order, e)| (*order, e.pack, e.end));
+        Ok(events.into_iter().map(|(_, e)| e).collect())
     }
 
     /// Reads every segment and checks every record, and that every blob a manifest not

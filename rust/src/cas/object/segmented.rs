@@ -52,7 +52,7 @@ impl SegmentedBlobStore {
         let store = SegmentedBlobStore {
             inner: Arc::new(Inner {
                 objects: objects.clone(),
-                log: ObjectLog::open(objects, node)?,
+                log: ObjectLog::open(objects, node),
                 state: Mutex::new(State::default()),
                 committing: Mutex::new(()),
             }),
@@ -104,8 +104,13 @@ impl SegmentedBlobStore {
         for node in log.nodes()? {
             let after = lock(&self.inner.state).read_up_to.get(&node).copied();
             for id in log.segments(node, after, usize::MAX)? {
-                let blobs: Vec<SegmentBlob> = log
-                    .read(&id)?
+                let records = match log.read(&id) {
+                    Ok(records) => records,
+                    // Its blobs are lost to reads (verify names it); the later ones are not.
+                    Err(StoreError::Damaged(_)) => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                let blobs: Vec<SegmentBlob> = records
                     .into_iter()
                     .filter_map(|record| match record {
                         SegmentRecord::Blob(at) => Some(at),
@@ -208,8 +213,12 @@ impl BlobStore for SegmentedBlobStore {
         Ok(bytes[range.start as usize..range.end as usize].to_vec())
     }
 
+    /// Looked for again in the segments written since, before saying no: another node may
+    /// have written it.
     fn contains(&self, hash: &Hash) -> Result<bool> {
-        Ok(self.small(hash, false)?.is_some() || self.inner.objects.contains(hash)?)
+        Ok(self.small(hash, false)?.is_some()
+            || self.inner.objects.contains(hash)?
+            || self.small(hash, true)?.is_some())
     }
 
     /// The objects' listing and the small blobs known, merged in hash order.

@@ -1,0 +1,94 @@
+"""The shared engines stopped in the middle of an ingest. S3 down: the C-STOREs it cannot
+hold fail with 0xA700 Out of Resources (PS3.4 GG.4.2: the instance was not stored), never
+with a false Success. PostgreSQL down: what the node acknowledged is in its log on S3 and is
+indexed once PostgreSQL is back; queries and stores meanwhile are refused with 0xA700. Either
+way the node stays up, takes the same instances once the engine is back, and what it
+acknowledged is retrieved bit-exact."""
+
+from __future__ import annotations
+
+import time
+
+from dicomvault.bench.corpus import ct_corpus
+from tests.net.conftest import dcmtk, storescu
+from tests.net.test_dcmtk_peers import QR, dataset_bytes, getscu
+from tests.net.test_s3_serve import found, node
+from tests.postgresql import PostgreSQL
+from tests.seaweedfs import SeaweedFs
+
+SUCCESS = "Received Store Response (Success)"
+OUT_OF_RESOURCES = "Received Store Response (Refused: OutOfResources)"
+
+
+def test_c_stores_fail_while_s3_is_down_and_succeed_once_it_is_back(tmp_path, pg_url):
+    s3 = SeaweedFs().start()
+    server, _ = node(tmp_path / "node", 1, s3.storage(), pg_url)
+    before = ct_corpus(tmp_path / "before", 3, rows=32, columns=32)
+    # Small instances (their blobs go into the commit's segment) and large ones (frames of
+    # 128 KiB: objects written while the data set arrives).
+    small = ct_corpus(tmp_path / "small", 2, rows=32, columns=32, seed=1)
+    large = ct_corpus(tmp_path / "large", 2, rows=256, columns=256, seed=2)
+    try:
+        assert storescu(server, [c.path for c in before]).stderr.count(SUCCESS) == 3
+        s3.kill()
+        # One association each: storescu stops at the first failed C-STORE.
+        for c in small + large:
+            down = storescu(server, [c.path], check=False).stderr
+            assert SUCCESS not in down and down.count(OUT_OF_RESOURCES) == 1, down
+        assert server.alive
+        assert found(server, tmp_path) == {c.sop_instance_uid for c in before}
+
+        s3.start()
+        back = storescu(server, [c.path for c in small + large])
+        assert back.stderr.count(SUCCESS) == 4
+        everything = before + small + large
+        assert found(server, tmp_path) == {c.sop_instance_uid for c in everything}
+        got = getscu(server, tmp_path / "got", QueryRetrieveLevel="IMAGE", SOPInstanceUID="")
+        for c in everything:
+            assert dataset_bytes(got[c.sop_instance_uid]) == dataset_bytes(c.path)
+    finally:
+        if server.alive:
+            assert server.stop() == 0
+        s3.stop()
+
+
+def test_an_ingest_outlives_postgresql_going_down(tmp_path, seaweedfs):
+    # Crashed below: what it acknowledged must survive (the session's server does not fsync).
+    pg = PostgreSQL(durable=True).start()
+    server, _ = node(tmp_path / "node", 1, seaweedfs.storage(), pg.database())
+    before = ct_corpus(tmp_path / "before", 3, rows=32, columns=32)
+    during = ct_corpus(tmp_path / "during", 4, rows=32, columns=32, seed=1)
+    try:
+        assert storescu(server, [c.path for c in before]).stderr.count(SUCCESS) == 3
+        pg.kill()
+        acknowledged, refused = [], []
+        for c in during:
+            out = storescu(server, [c.path], check=False).stderr
+            assert (SUCCESS in out) != (OUT_OF_RESOURCES in out), out
+            (acknowledged if SUCCESS in out else refused).append(c)
+        # Once the index has failed to take what was acknowledged, nothing more is.
+        assert refused, "stores go on being acknowledged with the index down"
+        # A query is refused rather than answered without what was acknowledged.
+        query = dcmtk(
+            "findscu", "-v", "-aet", QR, "-aec", server.aet, "-S",
+            "-k", "QueryRetrieveLevel=IMAGE", "-k", "SOPInstanceUID=",
+            "127.0.0.1", server.port, check=False,
+        )  # fmt: skip
+        assert "Received Final Find Response (Refused: OutOfResources)" in query.stderr
+        assert server.alive
+
+        pg.start()
+        deadline = time.monotonic() + 60
+        expected = {c.sop_instance_uid for c in before + acknowledged}
+        while found(server, tmp_path) != expected:
+            assert time.monotonic() < deadline, "the acknowledged instances are not indexed"
+            time.sleep(0.5)
+        back = storescu(server, [c.path for c in refused])
+        assert back.stderr.count(SUCCESS) == len(refused)
+        got = getscu(server, tmp_path / "got", QueryRetrieveLevel="IMAGE", SOPInstanceUID="")
+        for c in before + during:
+            assert dataset_bytes(got[c.sop_instance_uid]) == dataset_bytes(c.path)
+    finally:
+        if server.alive:
+            assert server.stop() == 0
+        pg.stop()
