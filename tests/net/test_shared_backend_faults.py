@@ -10,11 +10,10 @@ from __future__ import annotations
 import time
 
 from dicomvault.bench.corpus import ct_corpus
+from dicomvault.bench.engines import PostgreSQL, SeaweedFs
 from tests.net.conftest import dcmtk, storescu
 from tests.net.test_dcmtk_peers import QR, dataset_bytes, getscu
 from tests.net.test_s3_serve import found, node
-from tests.postgresql import PostgreSQL
-from tests.seaweedfs import SeaweedFs
 
 SUCCESS = "Received Store Response (Success)"
 OUT_OF_RESOURCES = "Received Store Response (Refused: OutOfResources)"

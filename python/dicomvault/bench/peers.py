@@ -43,7 +43,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: 
     raise RuntimeError(f"{what} did not listen on {port} within {timeout} s")
 
 
-def _tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (forked children of storescp --fork)."""
     found, stack = [], [pid]
     while stack:
@@ -70,7 +70,7 @@ def _rss_kb(pid: int) -> tuple[int, int]:
     return found["VmRSS:"], found["RssAnon:"]
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int]) -> float:
     """User and system CPU of ``pids`` and of their children already reaped."""
     ticks = 0
     for pid in pids:
@@ -100,7 +100,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            tree = _tree(self.pid)
+            tree = process_tree(self.pid)
             self.pids.update(tree)
             usage = [_rss_kb(p) for p in tree]
             total = sum(resident for resident, _ in usage)
@@ -185,7 +185,7 @@ class Peer:
         wait_for_port(self.port, self.proc, command[0])
         # What starting up cost (Python's imports are most of a second) is not the work
         # measured.
-        self.startup_cpu = _cpu_seconds(_tree(self.proc.pid))
+        self.startup_cpu = cpu_seconds(process_tree(self.proc.pid))
         self.sampler = RssSampler(self.proc.pid)
         return self.port
 
