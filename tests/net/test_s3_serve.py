@@ -1,12 +1,15 @@
 """Two ``dicomvault serve`` nodes sharing one archive: blobs and the log on S3 (a real
 SeaweedFS), the index on PostgreSQL. What one node acknowledged is found, queried and
 retrieved bit-exact on the other at once; the same instances sent to both at the same time
-end as one copy each; what a killed node acknowledged but had not indexed is replayed."""
+end as one copy each; what a killed node acknowledged but had not indexed is replayed; a node
+SIGKILLed while both ingest loses nothing it acknowledged."""
 
 from __future__ import annotations
 
 import json
+import random
 import signal
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -104,6 +107,55 @@ def test_two_nodes_share_one_archive_on_s3_and_postgresql(tmp_path, pg_url, seaw
         got = getscu(b, tmp_path / "got-later", QueryRetrieveLevel="IMAGE", SOPInstanceUID="")
         for c in later:
             assert dataset_bytes(got[c.sop_instance_uid]) == dataset_bytes(c.path)
+    finally:
+        for server in (a, b):
+            if server.alive:
+                assert server.stop() == 0
+
+
+def acknowledged(storescu_log: str) -> set[Path]:
+    """The files storescu -v saw a Success response for."""
+    done, sending = set(), None
+    for line in storescu_log.splitlines():
+        if line.startswith("I: Sending file: "):
+            sending = Path(line.removeprefix("I: Sending file: "))
+        elif "Received Store Response (Success)" in line and sending is not None:
+            done.add(sending)
+    return done
+
+
+def test_a_node_killed_while_both_ingest_loses_nothing_it_acknowledged(tmp_path, pg_url, seaweedfs):
+    storage = seaweedfs.storage()
+    a, _ = node(tmp_path / "a", 1, storage, pg_url)
+    b, _ = node(tmp_path / "b", 2, storage, pg_url)
+    corpus = ct_corpus(tmp_path / "corpus", 480, rows=64, columns=64, studies=8)
+    by_path = {c.path: c for c in corpus}
+    sent: set[Path] = set()
+    killed_node_acknowledged = 0
+    rounds = 3
+    try:
+        for n in range(rounds):
+            batch = corpus[n * 160 : (n + 1) * 160]
+            with ThreadPoolExecutor(2) as pool:
+                to_a = pool.submit(storescu, a, [c.path for c in batch[::2]], check=False)
+                to_b = pool.submit(storescu, b, [c.path for c in batch[1::2]], check=False)
+                time.sleep(random.uniform(0.3, 1.2))
+                assert a.proc is not None
+                a.proc.send_signal(signal.SIGKILL)
+                a.proc.wait()
+                a.proc = None
+                a.log_file.close()
+                on_a = acknowledged(to_a.result().stderr)
+                killed_node_acknowledged += len(on_a)
+                sent |= on_a | acknowledged(to_b.result().stderr)
+            a.start()  # replays what it acknowledged and had not indexed
+        # Node B answers for every instance either node acknowledged, bit-exact.
+        assert killed_node_acknowledged > 0, "node A was killed before it stored anything"
+        uids = {by_path[p].sop_instance_uid for p in sent}
+        assert uids <= found(b, tmp_path)
+        got = getscu(b, tmp_path / "got", QueryRetrieveLevel="IMAGE", SOPInstanceUID="")
+        for path in sent:
+            assert dataset_bytes(got[by_path[path].sop_instance_uid]) == dataset_bytes(path)
     finally:
         for server in (a, b):
             if server.alive:
