@@ -107,6 +107,14 @@ class Server:
         self.proc = None
         return code
 
+    def kill(self) -> None:
+        """SIGKILL: the server ends where it is, as in a crash or a power cut of its process."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.log_file.close()
+        self.proc = None
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -7,7 +7,6 @@ without room refuses before acknowledging; what was given up at close is replaye
 from __future__ import annotations
 
 import gc
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -202,11 +201,7 @@ def test_a_kill_right_after_the_responses_loses_nothing_acknowledged(tmp_path):
     corpus = ct_corpus(tmp_path / "ct", 20, rows=64, columns=64)
     result = storescu(server, [c.path for c in corpus])
     assert result.stderr.count("Received Store Response (Success)") == 20
-    assert server.proc is not None
-    server.proc.send_signal(signal.SIGKILL)  # the index may not have applied the last ones
-    server.proc.wait()
-    server.proc = None
-    server.log_file.close()
+    server.kill()  # the index may not have applied the last ones
     server.start()
     try:
         listed = {i["key"] for i in server.cli.ls("instances")}

@@ -5,7 +5,6 @@ acknowledged but had not indexed (the pack log ahead of PostgreSQL) is replayed 
 from __future__ import annotations
 
 import json
-import signal
 import urllib.request
 
 import psycopg
@@ -62,11 +61,7 @@ def test_serve_on_postgresql_stores_finds_restarts_and_replays(tmp_path, pg_url)
             blocker.execute(f"LOCK TABLE {SCHEMA}.instances IN EXCLUSIVE MODE")
             result = storescu(server, [c.path for c in later])
             assert result.stderr.count("Received Store Response (Success)") == 4
-            assert server.proc is not None
-            server.proc.send_signal(signal.SIGKILL)
-            server.proc.wait()
-            server.proc = None
-            server.log_file.close()
+            server.kill()
         assert indexed(pg_url) == 6  # the packs are ahead of the index
 
         server.start()  # replays the pack log into PostgreSQL

@@ -7,16 +7,31 @@ acknowledged is retrieved bit-exact."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+import urllib.error
+import urllib.request
+
+import pytest
 
 from dicomvault.bench.corpus import ct_corpus
 from dicomvault.bench.engines import PostgreSQL, SeaweedFs
-from tests.net.conftest import dcmtk, storescu
+from tests.net.conftest import Server, dcmtk, storescu
 from tests.net.test_dcmtk_peers import QR, dataset_bytes, getscu
 from tests.net.test_s3_serve import found, node
 
 SUCCESS = "Received Store Response (Success)"
 OUT_OF_RESOURCES = "Received Store Response (Refused: OutOfResources)"
+REFUSED_QUERY = "Received Final Find Response (Refused: OutOfResources)"
+
+
+def query(server: Server) -> subprocess.CompletedProcess[str]:
+    """findscu -v at IMAGE level, whatever its status."""
+    return dcmtk(
+        "findscu", "-v", "-aet", QR, "-aec", server.aet, "-S",
+        "-k", "QueryRetrieveLevel=IMAGE", "-k", "SOPInstanceUID=",
+        "127.0.0.1", server.port, check=False,
+    )  # fmt: skip
 
 
 def test_c_stores_fail_while_s3_is_down_and_succeed_once_it_is_back(tmp_path, pg_url):
@@ -54,26 +69,34 @@ def test_c_stores_fail_while_s3_is_down_and_succeed_once_it_is_back(tmp_path, pg
 def test_an_ingest_outlives_postgresql_going_down(tmp_path, seaweedfs):
     # Crashed below: what it acknowledged must survive (the session's server does not fsync).
     pg = PostgreSQL(durable=True).start()
-    server, _ = node(tmp_path / "node", 1, seaweedfs.storage(), pg.database())
+    server, http_port = node(tmp_path / "node", 1, seaweedfs.storage(), pg.database())
     before = ct_corpus(tmp_path / "before", 3, rows=32, columns=32)
     during = ct_corpus(tmp_path / "during", 4, rows=32, columns=32, seed=1)
     try:
         assert storescu(server, [c.path for c in before]).stderr.count(SUCCESS) == 3
+        assert found(server, tmp_path) == {c.sop_instance_uid for c in before}
         pg.kill()
+        # Nothing waits to be indexed, but the index cannot be read: queries are refused
+        # (C-FIND 0xA700, QIDO-RS 503), not failed as if they were wrong.
+        assert REFUSED_QUERY in query(server).stderr
+        with pytest.raises(urllib.error.HTTPError) as qido:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/dicom-web/studies", timeout=30)
+        assert qido.value.code == 503
+        # What the log on S3 holds before the applier has failed to index it is acknowledged
+        # (durable; indexed once PostgreSQL is back); once it has failed, stores are refused.
         acknowledged, refused = [], []
-        for c in during:
+        for c in during[:2]:
             out = storescu(server, [c.path], check=False).stderr
             assert (SUCCESS in out) != (OUT_OF_RESOURCES in out), out
             (acknowledged if SUCCESS in out else refused).append(c)
-        # Once the index has failed to take what was acknowledged, nothing more is.
-        assert refused, "stores go on being acknowledged with the index down"
+        if acknowledged:
+            assert server.logged("refusing C-STOREs until it succeeds", timeout=30)
+        for c in during[2:]:
+            out = storescu(server, [c.path], check=False).stderr
+            assert SUCCESS not in out and OUT_OF_RESOURCES in out, out
+            refused.append(c)
         # A query is refused rather than answered without what was acknowledged.
-        query = dcmtk(
-            "findscu", "-v", "-aet", QR, "-aec", server.aet, "-S",
-            "-k", "QueryRetrieveLevel=IMAGE", "-k", "SOPInstanceUID=",
-            "127.0.0.1", server.port, check=False,
-        )  # fmt: skip
-        assert "Received Final Find Response (Refused: OutOfResources)" in query.stderr
+        assert REFUSED_QUERY in query(server).stderr
         assert server.alive
 
         pg.start()

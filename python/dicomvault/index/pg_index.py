@@ -74,6 +74,9 @@ class PgIndex:
             kwargs={"autocommit": True},
             name="dicomvault-index",
             open=False,
+            # How long a request waits for a connection: with the server down, a query is
+            # refused within this rather than held for psycopg's 30 s.
+            timeout=5.0,
         )
         self.pool.open(wait=True, timeout=30)
         self.reader = PgReader(self.pool)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from psycopg_pool import ConnectionPool
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dicomvault.index.levels import Level
 from dicomvault.index.pg_schema import SCHEMA
 from dicomvault.index.pg_writes import TABLES, key_of
+from dicomvault.index.protocol import IndexUnavailable
 from dicomvault.index.records import Record, decode
 
 # Rows a scan reads at a time.
@@ -25,8 +27,13 @@ class PgReader:
         self.pool = pool
 
     def _rows(self, query: str, params: Sequence[object]) -> list[tuple[bytes, ...]]:
-        with self.pool.connection() as conn:
-            return conn.cursor(binary=True).execute(query, params).fetchall()
+        try:
+            with self.pool.connection() as conn:
+                return conn.cursor(binary=True).execute(query, params).fetchall()
+        except (psycopg.OperationalError, PoolTimeout) as e:
+            # The server is down or unreachable: the request is refused as when the applier
+            # cannot index (0xA700, HTTP 503), not failed as if the query were wrong.
+            raise IndexUnavailable(f"the index on PostgreSQL cannot be read: {e}") from e
 
     def records(self, level: Level, keys: Sequence[str]) -> dict[str, Record]:
         if not keys:

@@ -16,6 +16,12 @@ from dicomvault.index.levels import Level
 from dicomvault.index.records import CommitOutcome, InstanceEntry, Positions, Record
 
 
+class IndexUnavailable(RuntimeError):
+    """The index cannot apply what was acknowledged, or take more, or be read right now (a
+    full map or disk, a failing disk, its database unreachable): a read would miss
+    acknowledged instances, a write is refused."""
+
+
 class Index(Protocol):
     """The archive's index. Implementations are thread-safe; every read first waits for the
     barrier the archive gave them (what was acknowledged before the read is in it)."""

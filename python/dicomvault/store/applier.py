@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dicomvault import _native
 from dicomvault.index import CommitOutcome, InstanceEntry, Level, Record
+from dicomvault.index.protocol import IndexUnavailable
 
 if TYPE_CHECKING:
     from dicomvault.store.archive import Archive
@@ -27,11 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dicomvault.archive")
 
 Outcome = TypeVar("Outcome")
-
-
-class IndexUnavailable(RuntimeError):
-    """The index cannot apply what was acknowledged, or take more, right now (a full map or
-    disk, a failing disk): a read would miss acknowledged instances, a write is refused."""
 
 
 class Pending(Generic[Outcome]):
