@@ -19,7 +19,9 @@ from pathlib import Path
 
 from dicomvault.bench.peers import DCMTK, PEER_ENV, Dicomvault
 from dicomvault.bench.synthetic import commit_all, queries
-from dicomvault.index import LmdbIndex
+from dicomvault.config import load
+from dicomvault.index.backends import open_index
+from dicomvault.store.backends import storage_identity
 
 CALLER = "BENCH"
 RETURN_KEYS = [
@@ -31,14 +33,19 @@ RETURN_KEYS = [
 _DURATION = re.compile(r"C-FIND from \S+: status 0x0000 in ([0-9.]+) ms")
 
 
-def fill(root: Path, instances: int, report: Callable[[str], None]) -> None:
-    """Generates ``instances`` into the archive index at ``root`` (kept for the next run)."""
+def fill(root: Path, instances: int, config: Path | None, report: Callable[[str], None]) -> None:
+    """Generates ``instances`` into the index of the archive at ``root``, on the backend
+    ``config`` names (LMDB under the root, or PostgreSQL; kept for the next run)."""
     marker = root / f".filled-{instances}"
     if marker.exists():
         return
     started = time.perf_counter()
-    with LmdbIndex(root / "index", sync=False) as index:
+    settings = load(config, root=root)
+    index = open_index(settings, store=storage_identity(settings))
+    try:
         commit_all(index, 0, instances, batch=5000)
+    finally:
+        index.close()
     marker.touch()
     report(f"index of {instances:,} instances generated in {time.perf_counter() - started:.0f} s")
 
@@ -63,7 +70,7 @@ def run(
     """Asks ``count`` queries of each kind; returns {kind: (p50 ms, p95 ms)}."""
     root = work / f"find-{instances}"
     root.mkdir(parents=True, exist_ok=True)
-    fill(root, instances, report)
+    fill(root, instances, config, report)
     server = Dicomvault({CALLER: (CALLER, "127.0.0.1", 104)}, root=root, config=config)
     results: dict[str, tuple[float, float]] = {}
     rng = random.Random(1)

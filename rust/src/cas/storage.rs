@@ -5,8 +5,8 @@
 //! manifest and tombstone records the index is made from. A record's place in the log is a
 //! position `(log, end)` the index keeps as its replay mark: for packs, the pack and the offset
 //! just past the record; for an object store, the node that wrote it and its segment and
-//! number there (see `object::log`). What the packs alone can do (gc, verify, rebuilding the
-//! blob index) is refused on an object store, as not built there yet.
+//! number there (see `object::log`). What only the packs can do yet (gc, rebuilding the blob
+//! index) is refused on an object store.
 
 use super::blobs::{BlobStore, BlobWriter};
 use super::history::HistoryEvent;
