@@ -402,10 +402,6 @@ impl Store {
             .collect())
     }
 
-    fn commit(&self, py: Python<'_>) -> PyResult<()> {
-        Ok(py.detach(|| self.core.commit())?)
-    }
-
     /// Queues an instance prepared in Python — its manifest and annotations (see
     /// `annotations`) — for the next group commit of the pack log; returns the ticket to
     /// `wait_committed` on. The index's applier gets it back from `take_logged` with that

@@ -172,14 +172,6 @@ impl Storage {
         }
     }
 
-    /// Makes every blob put so far durable.
-    pub fn commit(&self) -> Result<()> {
-        match self {
-            Storage::Packs(store) => store.commit(),
-            Storage::Objects(objects) => objects.blobs.flush(),
-        }
-    }
-
     /// A checkpoint: for packs, everything forced to disk. Nothing on an object store, which
     /// acknowledges a write once durable: what was committed is, and small blobs still held
     /// go with the next commit (written now, those of a refused instance would only be
