@@ -20,6 +20,7 @@
 pub use crate::cas::Position;
 use std::io;
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 pub struct Backlog<T> {
     state: Mutex<State<T>>,
@@ -143,15 +144,28 @@ impl<T> Backlog<T> {
     }
 
     /// Returns once everything appended before the call has been applied; Err(why) if the
-    /// applier is stalled before it is.
-    pub fn barrier(&self) -> Result<(), String> {
+    /// applier is stalled before it is, or (with a `limit`) if that takes longer.
+    pub fn barrier(&self, limit: Option<Duration>) -> Result<(), String> {
+        let deadline = limit.map(|limit| Instant::now() + limit);
         let mut state = self.lock();
         let target = state.appended;
         while state.applied < target {
             if let Some(why) = &state.stalled {
                 return Err(why.clone());
             }
-            state = self.wait(state);
+            state = match deadline {
+                None => self.wait(state),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(format!("the index has not applied it within {limit:?}"));
+                    }
+                    self.changed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         }
         Ok(())
     }

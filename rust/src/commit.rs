@@ -13,10 +13,17 @@ use crate::cas::{LogRecord, Storage};
 use crate::receive::Received;
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// At most this many records share one commit.
 const MAX_BATCH: usize = 256;
+
+/// How long an acknowledgement waits for the index (`Journal::settle`) before the instance is
+/// refused instead (it stays in the log and is indexed later): within the 30 s DIMSE timeout
+/// pynetdicom's SCUs default to, so a peer hears a status rather than giving up.
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
 
 /// A record for the pack log.
 pub enum Write {
@@ -64,6 +71,8 @@ pub struct Journal {
     backlog: Backlog<Logged>,
     queue: Mutex<Queue>,
     done: Condvar,
+    /// Received instances are acknowledged only once indexed (see `settle`).
+    acknowledge_indexed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -82,7 +91,26 @@ impl Journal {
             backlog: Backlog::default(),
             queue: Mutex::default(),
             done: Condvar::new(),
+            acknowledge_indexed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a received instance is acknowledged only once the index holds it, not as soon
+    /// as it is durable in the log: for an index other nodes read (PostgreSQL), so that what
+    /// one node acknowledged is found on every node at once. A node's own reads wait for
+    /// what it acknowledged in any case (`Backlog::barrier`).
+    pub fn acknowledge_indexed(&self, on: bool) {
+        self.acknowledge_indexed.store(on, Ordering::Relaxed);
+    }
+
+    /// Returns once what was committed before the call is indexed, when acknowledgements wait
+    /// for that (`acknowledge_indexed`); Err(why) if the index cannot apply it now — it is in
+    /// the log, replayed later, but must not be acknowledged yet.
+    pub fn settle(&self) -> Result<(), String> {
+        if self.acknowledge_indexed.load(Ordering::Relaxed) {
+            self.backlog.barrier(Some(SETTLE_LIMIT))?;
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Storage {

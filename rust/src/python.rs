@@ -12,7 +12,7 @@ use crate::dimse;
 use crate::manifest::Manifest;
 use crate::pack::Codec;
 use crate::python_results::{
-    GcReport, HistoryEvent, ManifestInfo, RebuildReport, StoreStats, VerifyReport,
+    Collected, GcReport, HistoryEvent, ManifestInfo, RebuildReport, StoreStats, VerifyReport,
 };
 use crate::scan::{self, Element, FeedError, ScanOptions, SegmentKind, Summary, KNOWN_VRS};
 use pyo3::create_exception;
@@ -340,6 +340,12 @@ impl Store {
         Ok(Store::over(core))
     }
 
+    /// Whether the blobs are on an object store (S3) rather than in packs.
+    #[getter]
+    fn on_objects(&self) -> bool {
+        matches!(self.core, Storage::Objects(_))
+    }
+
     /// Repairs made while opening (torn pack tails cut).
     #[getter]
     fn recovery(&self) -> Vec<String> {
@@ -393,9 +399,16 @@ impl Store {
 
     /// Manifest and tombstone records after the given {log: position} marks, oldest first,
     /// that this process is to replay (packs no other process is appending to; on S3, this
-    /// node's log), and the damaged records that may have been either.
-    fn history(&self, py: Python<'_>, after: HashMap<u32, u64>) -> PyResult<Vec<HistoryEvent>> {
-        let events = py.detach(|| self.core.history(&after))?;
+    /// node's log, or every node's with `every_node`), and the damaged records that may have
+    /// been either.
+    #[pyo3(signature = (after, every_node = false))]
+    fn history(
+        &self,
+        py: Python<'_>,
+        after: HashMap<u32, u64>,
+        every_node: bool,
+    ) -> PyResult<Vec<HistoryEvent>> {
+        let events = py.detach(|| self.core.history(&after, every_node))?;
         Ok(events
             .into_iter()
             .map(|e| HistoryEvent::new(py, e))
@@ -472,6 +485,12 @@ impl Store {
         self.journal.backlog().stalled(why);
     }
 
+    /// Whether instances received on associations are acknowledged only once indexed (an
+    /// index other nodes read), not as soon as they are durable in the log.
+    fn acknowledge_indexed(&self, on: bool) {
+        self.journal.acknowledge_indexed(on);
+    }
+
     /// Refuses writes before they are acknowledged, for `why` (the index has no room left);
     /// None accepts them again.
     #[pyo3(signature = (why))]
@@ -482,7 +501,7 @@ impl Store {
     /// Returns None once everything written before the call is indexed; or why it cannot
     /// be yet (the applier is stalled).
     fn log_barrier(&self, py: Python<'_>) -> Option<String> {
-        py.detach(|| self.journal.backlog().barrier()).err()
+        py.detach(|| self.journal.backlog().barrier(None)).err()
     }
 
     /// Commits what is still queued, then takes no more writes; `take_logged` returns None
@@ -616,6 +635,26 @@ impl Store {
     fn rebuild_blob_index(&self, py: Python<'_>) -> PyResult<RebuildReport> {
         let report = py.detach(|| self.core.packs("reindex")?.rebuild_blob_index())?;
         RebuildReport::new(py, &report)
+    }
+
+    /// gc on S3: moves the blob objects that neither the `live` manifests nor the log after
+    /// the index's `marks` reference, and that were written more than `grace_seconds` ago, to
+    /// the trash; deletes those trashed as long ago, puts back those referenced again.
+    fn collect(
+        &self,
+        py: Python<'_>,
+        live: Vec<Vec<u8>>,
+        marks: HashMap<u32, u64>,
+        grace_seconds: f64,
+    ) -> PyResult<Collected> {
+        let manifests = live
+            .iter()
+            .map(|m| decode_manifest(m))
+            .collect::<PyResult<Vec<_>>>()?;
+        let grace = Duration::try_from_secs_f64(grace_seconds)
+            .map_err(|e| PyValueError::new_err(format!("grace: {e}")))?;
+        let report = py.detach(|| self.core.collect(&manifests, &marks, grace))?;
+        Ok(Collected::new(&report))
     }
 
     /// Rewrites the packs, pack by pack, while the store is read and written: with `live`

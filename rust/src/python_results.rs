@@ -270,6 +270,36 @@ impl GcReport {
     }
 }
 
+/// What gc on S3 did (`Store.collect`): blob objects looked at, moved to the trash (and their
+/// bytes), left for being recent, put back from the trash, deleted from it (and their bytes),
+/// and stale uploads deleted.
+#[pyclass(frozen, get_all, module = "dicomvault._native")]
+pub(crate) struct Collected {
+    blobs: u64,
+    trashed: u64,
+    trashed_bytes: u64,
+    recent: u64,
+    restored: u64,
+    deleted: u64,
+    deleted_bytes: u64,
+    stale_uploads: u64,
+}
+
+impl Collected {
+    pub(crate) fn new(r: &cas::Collected) -> Collected {
+        Collected {
+            blobs: r.blobs,
+            trashed: r.trashed,
+            trashed_bytes: r.trashed_bytes,
+            recent: r.recent,
+            restored: r.restored,
+            deleted: r.deleted,
+            deleted_bytes: r.deleted_bytes,
+            stale_uploads: r.stale_uploads,
+        }
+    }
+}
+
 /// The packs' figures: how many, their bytes, and the records the blob index holds.
 #[pyclass(frozen, get_all, module = "dicomvault._native")]
 pub(crate) struct StoreStats {
@@ -297,6 +327,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<VerifyReport>()?;
     m.add_class::<RebuildReport>()?;
     m.add_class::<GcReport>()?;
+    m.add_class::<Collected>()?;
     m.add_class::<StoreStats>()?;
     Ok(())
 }

@@ -148,7 +148,8 @@ impl Receiver {
 
     /// The data set has arrived whole: it must be the instance the request named
     /// (`requested`: SOP Class and Instance UIDs) and pass `check`; then it is committed.
-    /// Ok once it is durable in the pack log; its blobs, if refused, are referenced by
+    /// Ok once it is durable in the pack log (and indexed, when the journal acknowledges
+    /// only what is: `Journal::acknowledge_indexed`); its blobs, if refused, are referenced by
     /// nothing (gc reclaims them).
     pub fn finish(
         &self,
@@ -171,6 +172,10 @@ impl Receiver {
             .map_err(|why| Refused {
                 status: OUT_OF_RESOURCES,
                 why: format!("commit failed: {why}"),
-            })
+            })?;
+        self.journal.settle().map_err(|why| Refused {
+            status: OUT_OF_RESOURCES,
+            why: format!("not indexed yet (in the log, replayed later): {why}"),
+        })
     }
 }

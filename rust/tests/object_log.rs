@@ -366,7 +366,7 @@ fn the_archive_storage_on_objects_resumes_within_a_segment() {
         assert!(positions[0].0 == 3 && positions[1].0 == 3 && positions[0].1 < positions[1].1);
         let after = |marks: &[(u32, u64)]| -> Vec<(u32, u64, Hash)> {
             let marks: HashMap<u32, u64> = marks.iter().copied().collect();
-            let events = storage.history(&marks).unwrap();
+            let events = storage.history(&marks, false).unwrap();
             events
                 .into_iter()
                 .map(|e| (e.pack, e.end, e.target))

@@ -82,7 +82,9 @@ def test_every_transfer_syntax_is_stored_as_sent_and_indexed(server, corpus):
 # getscu offers each SOP class in one presentation context holding its preferred syntax and
 # the uncompressed ones; the archive takes the requestor's first choice (tests/net/
 # test_transcoding.py fetches with every preference).
-def getscu(server: Server, out: Path, *options: str, **keys: str) -> dict[str, Path]:
+def getscu(
+    server: Server, out: Path, *options: str, check: bool = True, **keys: str
+) -> dict[str, Path]:
     out.mkdir(parents=True)
     argv = []
     for k, v in keys.items():
@@ -100,6 +102,7 @@ def getscu(server: Server, out: Path, *options: str, **keys: str) -> dict[str, P
         *argv,
         "127.0.0.1",
         server.port,
+        check=check,
     )
     return {pydicom.dcmread(p).SOPInstanceUID: p for p in out.iterdir()}
 

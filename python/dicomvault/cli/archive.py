@@ -26,6 +26,7 @@ from dicomvault.index import Level, Record, backends
 from dicomvault.index.levels import PLURALS
 from dicomvault.store import Archive, IngestOutcome
 from dicomvault.store.archive import PackRewritten, RewriteReport
+from dicomvault.store.backends import StorageError, on_object_storage
 from dicomvault.store.importer import import_paths
 
 app = typer.Typer()
@@ -340,9 +341,29 @@ def delete(
 
 
 @app.command()
-def gc(config: ConfigOption = None, root: RootOption = None) -> None:
-    """Reclaim the space of deleted instances by rewriting the packs (archive must be idle)."""
-    with open_archive(config, root, exclusive=True, packs_only="gc") as archive:
+def gc(
+    config: ConfigOption = None,
+    root: RootOption = None,
+    grace: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="On S3: seconds an unreferenced object must have been left before it goes to "
+            "the trash, and spent in the trash before it is deleted (longer than any C-STORE "
+            "takes).",
+        ),
+    ] = 3600,
+) -> None:
+    """Reclaim the space of deleted instances: on packs, by rewriting them (the archive must be
+    idle); on S3, by collecting unreferenced objects while every node serves (one node acts)."""
+    try:
+        objects = on_object_storage(settings(config, root))
+    except StorageError as e:
+        fail(str(e))
+    if objects:
+        _collect(config, root, grace)
+        return
+    with open_archive(config, root, exclusive=True) as archive:
         try:
             report = archive.gc(report_pack)
         except RuntimeError as e:
@@ -350,6 +371,25 @@ def gc(config: ConfigOption = None, root: RootOption = None) -> None:
         except OSError as e:  # a pack it could not write: the old ones are still in place
             fail(f"gc stopped: {e}; the archive is intact (run it again once there is room)")
     report_rewrite(report)
+
+
+def _collect(config: Path | None, root: Path | None, grace: float) -> None:
+    """gc on S3 (see ``Archive.collect``)."""
+    with open_archive(config, root) as archive:
+        try:
+            report = archive.collect(grace)
+        except (RuntimeError, OSError, DamagedError) as e:
+            fail(f"gc stopped: {e}")
+    if report is None:
+        typer.echo("gc is running on another node (or process): nothing done here")
+        return
+    typer.echo(
+        f"blob objects: {report.blobs}; to the trash: {report.trashed} "
+        f"({human_bytes(report.trashed_bytes)}); unreferenced but recent, left: "
+        f"{report.recent}; put back from the trash: {report.restored}; deleted: "
+        f"{report.deleted} ({human_bytes(report.deleted_bytes)}); stale uploads deleted: "
+        f"{report.stale_uploads}"
+    )
 
 
 def report_pack(event: PackRewritten) -> None:
@@ -404,10 +444,14 @@ def init_db(config: ConfigOption = None, root: RootOption = None) -> None:
 
 @app.command()
 def reindex(config: ConfigOption = None, root: RootOption = None) -> None:
-    """Rebuild the index from the packs alone (archive must be idle)."""
-    with open_archive(config, root, exclusive=True, packs_only="reindex") as archive:
-        count, damaged = archive.reindex()
+    """Rebuild the index from the log alone: the packs, or every node's segments on S3 (the
+    archive must be idle: on S3 + PostgreSQL, every node stopped)."""
+    with open_archive(config, root, exclusive=True) as archive:
+        rebuilt = archive.reindex()
         unindexed = archive.unindexed()
+    if rebuilt is None:
+        fail("a reindex is running on another node (or process)")
+    count, damaged = rebuilt
     for damage in damaged:
         typer.echo(f"DAMAGED {damage.message}", err=True)
     for manifest, place in unindexed.items():

@@ -12,8 +12,10 @@ storage that is not there. The packs are the log: the index records how far into
 
 from __future__ import annotations
 
+import fcntl
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -42,6 +44,8 @@ class LmdbIndex:
     """The archive's index on LMDB (an ``Index``). Thread-safe; several processes may share
     the directory."""
 
+    shared_by_nodes = False
+
     def __init__(
         self,
         path: Path,
@@ -57,6 +61,7 @@ class LmdbIndex:
         ``same_data_set(a, b)`` says whether two manifests hold the same data set whatever
         their File Meta (the store reads them); without it, only equal manifests are."""
         path.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.env = lmdb.open(
             str(path),
             map_size=map_size,
@@ -112,6 +117,20 @@ class LmdbIndex:
         self.close()
 
     # Replay marks (see ``lmdb_marks``) -------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, job: str) -> Iterator[bool]:
+        """A lock file beside the index (LMDB is one machine's)."""
+        with open(self.path / f"{job}.lock", "ab") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @property
     def marks_frozen(self) -> bool:

@@ -15,9 +15,11 @@ the commit, which the archive's applier retries while refusing instances).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from itertools import islice
 from types import TracebackType
 from typing import Any
@@ -47,6 +49,8 @@ Cursor = psycopg.Cursor[Any]
 
 class PgIndex:
     """The archive's index on PostgreSQL (an ``Index``). Thread-safe."""
+
+    shared_by_nodes = True
 
     def __init__(
         self,
@@ -105,6 +109,21 @@ class PgIndex:
         self.close()
 
     # Replay marks ------------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, job: str) -> Iterator[bool]:
+        """A session advisory lock, on a connection held for the job: PostgreSQL lets it go
+        when that connection ends, so a node killed mid-job does not keep it."""
+        digest = hashlib.blake2b(f"dicomvault {job}".encode(), digest_size=8).digest()
+        key = int.from_bytes(digest, "big", signed=True)
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            mine = bool(row and row[0])
+            try:
+                yield mine
+            finally:
+                if mine:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     @property
     def marks_frozen(self) -> bool:

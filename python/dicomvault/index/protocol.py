@@ -10,6 +10,7 @@ transaction as what it applied, so that what a crash took from it is replayed fr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from dicomvault.index.levels import Level
@@ -25,6 +26,10 @@ class IndexUnavailable(RuntimeError):
 class Index(Protocol):
     """The archive's index. Implementations are thread-safe; every read first waits for the
     barrier the archive gave them (what was acknowledged before the read is in it)."""
+
+    # Whether other nodes read this index (PostgreSQL): what a node acknowledges must be in
+    # it first, since their reads do not wait for this node's backlog.
+    shared_by_nodes: bool
 
     # Writing ------------------------------------------------------------------------------
 
@@ -143,6 +148,14 @@ class Index(Protocol):
 
     def unindexed(self) -> dict[str, dict[str, Any]]:
         """Manifest records that could not be indexed: manifest hash -> {pack, end, why}."""
+        ...
+
+    # Coordination -------------------------------------------------------------------------
+
+    def exclusive(self, job: str) -> AbstractContextManager[bool]:
+        """Held while maintenance ``job`` ("gc", "reindex") runs: gives True to the one
+        process that gets it, False to any other meanwhile — on every node sharing the index.
+        A process that dies lets it go."""
         ...
 
     # Lifetime -----------------------------------------------------------------------------

@@ -186,6 +186,7 @@ class Archive:
             barrier=self._barrier,
             same_data_set=self.store.same_data_set,
         )
+        self.store.acknowledge_indexed(self.index.shared_by_nodes)
         # Why instances are refused before they are acknowledged (see ``check_headroom``).
         self._refusal: str | None = None
         self._settle_marks()
@@ -658,15 +659,23 @@ class Archive:
             return "instance record has no series"
         return None
 
-    def replay(self, applied: dict[int, int], batch: int = 1000, *, audit: bool = True) -> int:
+    def replay(
+        self,
+        applied: dict[int, int],
+        batch: int = 1000,
+        *,
+        audit: bool = True,
+        every_node: bool = False,
+    ) -> int:
         """Applies the pack log's manifest and tombstone records beyond ``applied`` to the
         index, in the order they were written; returns how many records it went through. A
         damaged record is logged (what it recorded is lost to the index; ``verify`` lists
         it); an instance whose header cannot be read even from a damaged blob is remembered
         as unindexed (``verify`` lists it; storing it again repairs it); one indexed from a
         damaged header blob is logged (``verify`` names its damaged blob). ``audit``: the
-        instances' store records are written (again: readers keep one per id)."""
-        events = self.store.history(applied)
+        instances' store records are written (again: readers keep one per id).
+        ``every_node``: on S3, every node's log rather than this node's (a reindex)."""
+        events = self.store.history(applied, every_node)
         entries: list[InstanceEntry] = []
         positions: list[tuple[int, int]] = []
         logged: list[tuple[int, int]] = []
@@ -730,13 +739,18 @@ class Archive:
         flush()
         return len(events)
 
-    def reindex(self) -> tuple[int, list[_native.Damage]]:
-        """Rebuilds the blob index and the instance index from the packs alone: every intact
-        record indexed, every damaged one returned (torn tails moved to quarantine/)."""
-        rebuilt = self.store.rebuild_blob_index()
-        self.index.clear()
-        self.replay({}, audit=False)
-        return self.index.stats()["instances"], rebuilt.damaged
+    def reindex(self) -> tuple[int, list[_native.Damage]] | None:
+        """Rebuilds the instance index from the log alone — the packs (and their blob index
+        first), or every node's segments on S3: every intact record indexed, every damaged
+        one returned (torn pack tails moved to quarantine/; a damaged segment is logged and
+        listed by ``verify``). None when another process, on any node, is reindexing."""
+        with self.index.exclusive("reindex") as mine:
+            if not mine:
+                return None
+            damaged = [] if self.store.on_objects else self.store.rebuild_blob_index().damaged
+            self.index.clear()
+            self.replay({}, audit=False, every_node=True)
+            return self.index.stats()["instances"], damaged
 
     def _settle_marks(self) -> None:
         """Brings the index's marks that lie past their pack's end back to it: a pack gc
@@ -755,18 +769,36 @@ class Archive:
         """Rewrites the packs keeping only what indexed instances reference (the versions
         replaced instances kept go: their history is dropped). The archive must be open
         exclusively: an instance still arriving references blobs no indexed one does."""
+        report = self._rewrite(self._live_manifests(), None, 3, progress)
+        self.index.forget_history()
+        return report
+
+    def collect(self, grace: float) -> _native.Collected | None:
+        """gc on S3, while every node goes on serving: the blob objects no indexed instance
+        and no record of the log not yet indexed references, written more than ``grace``
+        seconds ago, go to the trash and are deleted from it ``grace`` seconds later (see
+        ``_native.Store.collect``). One process at a time across the nodes: None when another
+        is collecting."""
+        with self.index.exclusive("gc") as mine:
+            if not mine:
+                return None
+            # The marks first: a record indexed after they are read is in the log past them.
+            marks = self.index.applied()
+            return self.store.collect(self._live_manifests(), marks, grace)
+
+    def _live_manifests(self) -> list[bytes]:
+        """The manifests of the indexed instances, what gc keeps; refused (RuntimeError)
+        when one cannot be decoded, whose blobs gc would take for garbage."""
         live = []
         for record in self.index.iter_level(Level.IMAGE):
             try:
                 _native.manifest_info(record.manifest or b"")
-            except _native.ManifestError as e:  # its blobs are unknown: gc would drop them
+            except _native.ManifestError as e:
                 raise RuntimeError(
                     f"gc refused: instance {record.key}'s manifest cannot be decoded ({e})"
                 ) from e
             live.append(record.manifest or b"")
-        report = self._rewrite(live, None, 3, progress)
-        self.index.forget_history()
-        return report
+        return live
 
     def repack(
         self, compression: str, level: int, progress: Callable[[PackRewritten], None] | None = None

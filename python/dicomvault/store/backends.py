@@ -33,9 +33,14 @@ def _backend(settings: Settings) -> str:
     return backend
 
 
+def on_object_storage(settings: Settings) -> bool:
+    """Whether the archive's blobs are on S3 (StorageError when misconfigured)."""
+    return _backend(settings) == "s3"
+
+
 def require_packs(settings: Settings, what: str) -> None:
     """StorageError unless the archive is on packs: what ``what`` (gc, verify...) works on."""
-    if _backend(settings) != "packs":
+    if on_object_storage(settings):
         raise StorageError(
             f"{what} works on packs only: it is not built for [storage] backend = "
             f'"{settings["storage"]["backend"]}" yet'
@@ -46,7 +51,7 @@ def open_storage(settings: Settings, *, exclusive: bool = False) -> _native.Stor
     """The archive's store as ``settings`` configure it; ``exclusive`` for maintenance that
     rewrites packs (gc, reindex)."""
     storage = settings["storage"]
-    if _backend(settings) == "s3":
+    if on_object_storage(settings):
         return _native.Store.on_s3(
             str(storage["bucket"]),
             node=int(storage["node"]),
@@ -74,7 +79,7 @@ def storage_identity(settings: Settings) -> str:
     """What the index keeps replay marks under: the pack store's own identity (made once under
     the root), or the bucket's location, the same on every node sharing it."""
     storage = settings["storage"]
-    if _backend(settings) == "s3":
+    if on_object_storage(settings):
         endpoint = storage["endpoint"] or f"aws:{storage['region']}"
         return f"s3:{endpoint}/{storage['bucket']}/{storage['prefix']}"
     return store_identity(settings.root)

@@ -42,8 +42,8 @@ pub use history::{annotations, utc_timestamp, HistoryEvent, HistoryKind};
 pub use ingest::{Ingested, InstanceWriter};
 pub use memory::MemoryBlobStore;
 pub use object::{
-    LogReport, ObjectBackend, ObjectBlobStore, ObjectLog, ObjectStoreConfig, S3Config, SegmentBlob,
-    SegmentId, SegmentRecord, SegmentedBlobStore, S3_MIN_PART, SEGMENT_BLOB_MAX,
+    Collected, LogReport, ObjectBackend, ObjectBlobStore, ObjectLog, ObjectStoreConfig, S3Config,
+    SegmentBlob, SegmentId, SegmentRecord, SegmentedBlobStore, S3_MIN_PART, SEGMENT_BLOB_MAX,
 };
 pub use read::ReadInstances;
 pub use recovery::{DamageReport, RebuildReport, VerifyReport};

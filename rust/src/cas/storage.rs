@@ -5,20 +5,22 @@
 //! manifest and tombstone records the index is made from. A record's place in the log is a
 //! position `(log, end)` the index keeps as its replay mark: for packs, the pack and the offset
 //! just past the record; for an object store, the node that wrote it and its segment and
-//! number there (see `object::log`). What only the packs can do yet (gc, rebuilding the blob
-//! index) is refused on an object store.
+//! number there (see `object::log`). gc is the backend's own: packs are rewritten
+//! ([`Store::gc`]), unreferenced objects collected ([`Storage::collect`]); what only the packs
+//! can do (repacking, rebuilding the blob index) is refused on an object store.
 
 use super::blobs::{BlobStore, BlobWriter};
-use super::history::HistoryEvent;
+use super::history::{HistoryEvent, HistoryKind};
 use super::ingest::{Ingested, InstanceWriter};
-use super::object::{ObjectBlobStore, SegmentedBlobStore};
-use super::{DamageReport, LogRecord, Result, Store, StoreError, VerifyReport};
-use crate::manifest::{BlobRef, Hash};
+use super::object::{Collected, ObjectBlobStore, SegmentedBlobStore};
+use super::{invalid, DamageReport, LogRecord, Result, Store, StoreError, VerifyReport};
+use crate::manifest::{BlobRef, Hash, Manifest};
 use crate::scan::{FeedError, ScanOptions};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where a log record ends: (pack, offset) or (node, segment and record).
 pub type Position = (u32, u64);
@@ -162,14 +164,70 @@ impl Storage {
     /// [`Store::history`]); on an object store, this node's own log. Another node's records
     /// are that node's to index, as it writes them or when it restarts: replayed here they
     /// could race its applier and bring back an instance it has just deleted.
-    pub fn history(&self, after: &HashMap<u32, u64>) -> Result<Vec<HistoryEvent>> {
+    ///
+    /// `every_node` reads every node's log on an object store: to rebuild the index from the
+    /// bucket alone, with every node stopped.
+    pub fn history(
+        &self,
+        after: &HashMap<u32, u64>,
+        every_node: bool,
+    ) -> Result<Vec<HistoryEvent>> {
         match self {
             Storage::Packs(store) => store.history(after, true),
             Storage::Objects(objects) => {
                 let log = objects.blobs.log();
-                log.history(&[log.node()], after)
+                let nodes = if every_node {
+                    log.nodes()?
+                } else {
+                    vec![log.node()]
+                };
+                log.history(&nodes, after)
             }
         }
+    }
+
+    /// gc on an object store (see [`ObjectBlobStore::collect`]): live are the blobs that
+    /// `manifests` (the index's) reference and those of every node's log records after the
+    /// `marks` the index has applied — a killed node's acknowledged instances are indexed only
+    /// once it restarts, and their blobs must outlive that. A damaged segment past the marks
+    /// refuses the gc: what its manifests reference is unknown.
+    pub fn collect(
+        &self,
+        manifests: &[Manifest],
+        marks: &HashMap<u32, u64>,
+        grace: Duration,
+    ) -> Result<Collected> {
+        let objects = match self {
+            Storage::Packs(_) => {
+                return Err(StoreError::Unsupported(
+                    "collecting objects is gc on object storage; packs are rewritten".into(),
+                ))
+            }
+            Storage::Objects(objects) => objects,
+        };
+        let mut live: HashSet<Hash> = manifests
+            .iter()
+            .flat_map(|m| m.blobs.iter().map(|b| b.hash))
+            .collect();
+        let log = objects.blobs.log();
+        for event in log.history(&log.nodes()?, marks)? {
+            match &event.kind {
+                HistoryKind::Manifest { manifest, .. } => {
+                    let manifest =
+                        Manifest::decode(manifest).map_err(|e| invalid(e.to_string()))?;
+                    live.extend(manifest.blobs.iter().map(|b| b.hash));
+                }
+                HistoryKind::Tombstone { .. } => {}
+                HistoryKind::Damaged { why, .. } => {
+                    return Err(StoreError::Damaged(format!(
+                        "gc refused: node {}'s log has a damaged segment not indexed yet \
+                         ({why}); run verify",
+                        event.pack
+                    )))
+                }
+            }
+        }
+        objects.blobs.objects().collect(&live, grace)
     }
 
     /// A checkpoint: for packs, everything forced to disk. Nothing on an object store, which

@@ -7,6 +7,8 @@
 //!   blob the second finds it there and writes nothing.
 //! - `uploads/<unique>`: a large blob while it streams in; nothing ever references one.
 //! - `segments/<node>/<seq>`: the log, with the small blobs of each commit batch ([`ObjectLog`]).
+//! - `trash/<hex BLAKE3>`: a blob gc found unreferenced, kept a grace period before it is
+//!   deleted; reads fall back to it ([`ObjectBlobStore::collect`] says why).
 //!
 //! Streaming. A blob's hash, hence its key, is known only once its last byte has arrived. The
 //! writer keeps up to `part_size` bytes (S3's least part, 5 MiB, by default): a blob that ends
@@ -28,9 +30,11 @@
 //! The core is synchronous: the store owns a small tokio runtime and blocks on it in each call.
 //!
 //! Split by concern: this module (the store, its configuration, the calls), `writer` (a blob
-//! streaming in), `log` (the log's segments: [`ObjectLog`]) and `segmented` (a node's blobs
-//! with its log, small ones in its segments: [`SegmentedBlobStore`]).
+//! streaming in), `log` (the log's segments: [`ObjectLog`]), `segmented` (a node's blobs
+//! with its log, small ones in its segments: [`SegmentedBlobStore`]) and `collect` (gc of
+//! unreferenced objects).
 
+mod collect;
 mod log;
 mod segmented;
 mod writer;
@@ -38,6 +42,7 @@ mod writer;
 use super::blobs::{check_length, check_range, BlobStore, BlobWriter};
 use super::{hex, invalid, Result, StoreError};
 use crate::manifest::{BlobRef, Hash};
+pub use collect::Collected;
 use futures_util::StreamExt;
 pub use log::{LogReport, ObjectLog, SegmentBlob, SegmentId, SegmentRecord, SEGMENT_BLOB_MAX};
 use object_store::aws::{AmazonS3Builder, S3CopyIfNotExists};
@@ -142,6 +147,7 @@ struct Inner {
     blobs: Key,
     uploads: Key,
     segments: Key,
+    trash: Key,
     part_size: usize,
     /// Whether listing returns keys in order (S3 and memory do; a directory's walk does not).
     ordered_listing: bool,
@@ -172,7 +178,8 @@ impl ObjectBlobStore {
                 runtime,
                 blobs: prefix.clone().join("blobs"),
                 uploads: prefix.clone().join("uploads"),
-                segments: prefix.join("segments"),
+                segments: prefix.clone().join("segments"),
+                trash: prefix.join("trash"),
                 part_size: config.part_size.max(1),
                 ordered_listing,
             }),
@@ -203,6 +210,49 @@ impl ObjectBlobStore {
 
     fn key(&self, hash: &Hash) -> Key {
         self.inner.blobs.clone().join(hex(hash))
+    }
+
+    /// Where gc keeps blob `hash` while its grace period runs.
+    fn trash_key(&self, hash: &Hash) -> Key {
+        self.inner.trash.clone().join(hex(hash))
+    }
+
+    /// A ranged GET of the object under `key` holding `blob` (a HEAD for an empty range).
+    fn get_range_of(&self, key: Key, blob: &BlobRef, range: Range<u64>) -> Result<Vec<u8>> {
+        if range.is_empty() {
+            let meta = self.run(self.objects().head(&key)).map_err(object_error)?;
+            check_length(blob, meta.size as usize)?;
+            return Ok(Vec::new());
+        }
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range.clone())),
+            ..GetOptions::default()
+        };
+        let got = self.run(async {
+            let got = self.objects().get_opts(&key, options).await?;
+            let size = got.meta.size;
+            Ok::<_, object_store::Error>((size, got.bytes().await?))
+        });
+        match got {
+            Ok((size, bytes)) => {
+                check_length(blob, size as usize)?;
+                check_length(
+                    &BlobRef {
+                        length: range.end - range.start,
+                        ..*blob
+                    },
+                    bytes.len(),
+                )?;
+                Ok(bytes.into())
+            }
+            // A range past the object's end is refused: the manifest says a longer blob.
+            Err(e @ object_store::Error::Generic { .. }) => {
+                let meta = self.run(self.objects().head(&key)).map_err(object_error)?;
+                check_length(blob, meta.size as usize)?;
+                Err(object_error(e))
+            }
+            Err(e) => Err(object_error(e)),
+        }
     }
 
     /// The key of blob `hash`'s object, to name it in a report.
@@ -298,14 +348,20 @@ impl BlobStore for ObjectBlobStore {
         Ok(Some(Box::new(ObjectBlobWriter::new(self.clone()))))
     }
 
-    /// A GET, and the bytes' BLAKE3 checked against the key.
+    /// A GET (of the trashed copy if gc has moved it), and the bytes' BLAKE3 checked against
+    /// the key.
     fn get(&self, hash: &Hash) -> Result<Vec<u8>> {
-        let bytes = self
-            .run(async {
-                let got = self.objects().get(&self.key(hash)).await?;
+        let get = |key: Key| {
+            self.run(async {
+                let got = self.objects().get(&key).await?;
                 got.bytes().await
             })
-            .map_err(object_error)?;
+        };
+        let bytes = match get(self.key(hash)) {
+            Err(object_store::Error::NotFound { .. }) => get(self.trash_key(hash)),
+            got => got,
+        }
+        .map_err(object_error)?;
         if blake3::hash(&bytes).as_bytes() != hash {
             return Err(invalid(format!(
                 "object {} does not hold the blob its key names",
@@ -319,51 +375,26 @@ impl BlobStore for ObjectBlobStore {
     /// object's, its bytes only as far as the whole blob is read elsewhere.
     fn get_range(&self, blob: &BlobRef, range: Range<u64>) -> Result<Vec<u8>> {
         check_range(blob, &range)?;
-        let key = self.key(&blob.hash);
-        if range.is_empty() {
-            let meta = self.run(self.objects().head(&key)).map_err(object_error)?;
-            check_length(blob, meta.size as usize)?;
-            return Ok(Vec::new());
-        }
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(range.clone())),
-            ..GetOptions::default()
-        };
-        let got = self.run(async {
-            let got = self.objects().get_opts(&key, options).await?;
-            let size = got.meta.size;
-            Ok::<_, object_store::Error>((size, got.bytes().await?))
-        });
-        match got {
-            Ok((size, bytes)) => {
-                check_length(blob, size as usize)?;
-                check_length(
-                    &BlobRef {
-                        length: range.end - range.start,
-                        ..*blob
-                    },
-                    bytes.len(),
-                )?;
-                Ok(bytes.into())
+        match self.get_range_of(self.key(&blob.hash), blob, range.clone()) {
+            Err(StoreError::NotFound(_)) => {
+                self.get_range_of(self.trash_key(&blob.hash), blob, range)
             }
-            // A range past the object's end is refused: the manifest says a longer blob.
-            Err(e @ object_store::Error::Generic { .. }) => {
-                let meta = self.run(self.objects().head(&key)).map_err(object_error)?;
-                check_length(blob, meta.size as usize)?;
-                Err(object_error(e))
-            }
-            Err(e) => Err(object_error(e)),
+            got => got,
         }
     }
 
-    /// A HEAD: whether an object is under the key (its bytes are checked when read). An object
-    /// a read found damaged stays held until deleted: a create-only put never replaces it.
+    /// A HEAD (of the trashed copy if gc has moved it): whether the blob is held (its bytes
+    /// are checked when read). An object a read found damaged stays held until deleted: a
+    /// create-only put never replaces it.
     fn contains(&self, hash: &Hash) -> Result<bool> {
-        match self.run(self.objects().head(&self.key(hash))) {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(object_error(e)),
+        for key in [self.key(hash), self.trash_key(hash)] {
+            match self.run(self.objects().head(&key)) {
+                Ok(_) => return Ok(true),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(object_error(e)),
+            }
         }
+        Ok(false)
     }
 
     /// A listing of `blobs/` from after `after`'s key (S3's StartAfter), its pages fetched only
@@ -405,10 +436,13 @@ impl BlobStore for ObjectBlobStore {
 
     /// A HEAD, then a DELETE (which S3 answers alike whether the object was there or not).
     fn delete(&self, hash: &Hash) -> Result<bool> {
-        if !self.contains(hash)? {
-            return Ok(false);
+        let key = self.key(hash);
+        match self.run(self.objects().head(&key)) {
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(object_error(e)),
         }
-        match self.run(self.objects().delete(&self.key(hash))) {
+        match self.run(self.objects().delete(&key)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
             Err(e) => Err(object_error(e)),
         }

@@ -1,0 +1,172 @@
+"""gc and reindex on an archive shared by two ``dicomvault serve`` nodes on S3 (a real
+SeaweedFS) and PostgreSQL, while they serve: gc collects the objects of deleted instances and
+of a writer that died before its commit, one node at a time, never one a live instance
+references; a delete racing a retrieve sends whole instances or none; reindex rebuilds the
+index from every node's log in the bucket."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+
+from dicomvault import _native
+from dicomvault.bench.corpus import GeneratedInstance, ct_corpus
+from dicomvault.index.pg_index import PgIndex
+from dicomvault.index.pg_schema import SCHEMA
+from tests.net.conftest import Server, storescu
+from tests.net.test_dcmtk_peers import dataset_bytes, getscu
+from tests.net.test_s3_serve import found, indexed, node
+
+# 256 x 256 x 16 bit: a pixel blob past the 64 KB a log segment holds, so an object of its own.
+SIDE = 256
+
+
+def stored(server: Server, instances: list[GeneratedInstance]) -> None:
+    result = storescu(server, [c.path for c in instances])
+    assert result.stderr.count("Received Store Response (Success)") == len(instances)
+
+
+def delete_study(http_port: int, study: str) -> int:
+    url = f"http://127.0.0.1:{http_port}/studies/{study}"
+    request = urllib.request.Request(url, method="DELETE")
+    with urllib.request.urlopen(request) as response:
+        return int(response.status)
+
+
+def collected(output: str) -> tuple[int, int]:
+    """(to the trash, deleted) from gc's report on S3."""
+    trashed = int(output.split("to the trash: ")[1].split()[0])
+    deleted = int(output.split("deleted: ")[1].split()[0])
+    return trashed, deleted
+
+
+def retrieved_bit_exact(server: Server, out: Path, sent: dict[str, Path]) -> None:
+    got = getscu(server, out, QueryRetrieveLevel="IMAGE", SOPInstanceUID="")
+    assert set(got) == set(sent)
+    for uid, path in got.items():
+        assert dataset_bytes(path) == dataset_bytes(sent[uid])
+
+
+def test_gc_on_s3_collects_garbage_once_while_the_nodes_serve(tmp_path, pg_url, seaweedfs):
+    storage = seaweedfs.storage()
+    a, a_http = node(tmp_path / "a", 1, storage, pg_url)
+    b, _ = node(tmp_path / "b", 2, storage, pg_url)
+    kept = ct_corpus(tmp_path / "kept", 4, rows=SIDE, columns=SIDE, seed=1)
+    doomed = ct_corpus(tmp_path / "doomed", 3, rows=SIDE, columns=SIDE, seed=2)
+    never = ct_corpus(tmp_path / "never", 1, rows=SIDE, columns=SIDE, seed=3)[0]
+    try:
+        stored(a, kept)
+        stored(b, doomed)
+        # A writer that put an instance's blobs and died before committing it (node 9 is no
+        # serving node's number): its pixel object is referenced by nothing.
+        writer_store = _native.Store.on_s3(
+            storage["bucket"],
+            node=9,
+            endpoint=storage["endpoint"],
+            access_key_id=storage["access_key_id"],
+            secret_access_key=storage["secret_access_key"],
+            prefix=storage["prefix"],
+        )
+        writer_store.ingest_file(never.path)
+        del writer_store
+        assert delete_study(a_http, doomed[0].study_instance_uid) == 200
+
+        # Within the grace period, nothing goes: the orphans may be an instance arriving.
+        recent = a.run("gc").stdout
+        assert collected(recent) == (0, 0)
+        assert "unreferenced but recent, left: 4" in recent
+
+        # While another process holds the gc lock (on any node), gc does nothing.
+        index = PgIndex(pg_url, store="the test")
+        with index.exclusive("gc") as mine:
+            assert mine
+            assert "gc is running on another node" in b.run("gc", "--grace", "0").stdout
+        index.close()
+
+        # Started on both nodes at once: one acts (or, if one ends before the other starts,
+        # the second finds nothing left); together they collect the four orphans once.
+        with ThreadPoolExecutor(2) as pool:
+            outputs = list(pool.map(lambda server: server.run("gc", "--grace", "0").stdout, (a, b)))
+        acted = [collected(out) for out in outputs if "running on another node" not in out]
+        assert sum(t for t, _ in acted) == 4 and sum(d for _, d in acted) == 4
+        assert collected(a.run("gc", "--grace", "0").stdout) == (0, 0)
+
+        # What is live is whole, on both nodes; the deleted are gone; the bucket verifies.
+        sent = {c.sop_instance_uid: c.path for c in kept}
+        assert found(a, tmp_path) == found(b, tmp_path) == set(sent)
+        retrieved_bit_exact(b, tmp_path / "got", sent)
+        assert "0 damaged records, 0 defects" in a.run("verify").stdout
+    finally:
+        for server in (a, b):
+            if server.alive:
+                assert server.stop() == 0
+
+
+def test_a_delete_racing_a_retrieve_sends_whole_instances_or_none(tmp_path, pg_url, seaweedfs):
+    """PS3.4 C.4.3.3.1: a C-GET sub-operation that cannot be completed fails; none may deliver
+    an instance other than the one stored."""
+    storage = seaweedfs.storage()
+    a, a_http = node(tmp_path / "a", 1, storage, pg_url)
+    b, _ = node(tmp_path / "b", 2, storage, pg_url)
+    study = ct_corpus(tmp_path / "study", 24, rows=SIDE, columns=SIDE, seed=4)
+    sent = {c.sop_instance_uid: c.path for c in study}
+    try:
+        stored(a, study)
+        results: dict[str, dict[str, Path]] = {}
+
+        def retrieve() -> None:
+            results["got"] = getscu(
+                b, tmp_path / "got", QueryRetrieveLevel="IMAGE", SOPInstanceUID="", check=False
+            )
+
+        retrieving = threading.Thread(target=retrieve)
+        retrieving.start()
+        assert delete_study(a_http, study[0].study_instance_uid) == 200
+        a.run("gc", "--grace", "0")
+        retrieving.join(timeout=120)
+        assert not retrieving.is_alive()
+        for uid, path in results["got"].items():
+            assert dataset_bytes(path) == dataset_bytes(sent[uid])
+        assert found(a, tmp_path) == found(b, tmp_path) == set()
+        assert indexed(pg_url) == 0
+        assert a.alive and b.alive
+        assert "0 damaged records, 0 defects" in b.run("verify").stdout
+    finally:
+        for server in (a, b):
+            if server.alive:
+                assert server.stop() == 0
+
+
+def test_reindex_on_s3_rebuilds_the_index_from_every_nodes_log(tmp_path, pg_url, seaweedfs):
+    storage = seaweedfs.storage()
+    a, a_http = node(tmp_path / "a", 1, storage, pg_url)
+    b, _ = node(tmp_path / "b", 2, storage, pg_url)
+    on_a = ct_corpus(tmp_path / "on-a", 3, rows=64, columns=64, seed=5)
+    on_b = ct_corpus(tmp_path / "on-b", 3, rows=SIDE, columns=SIDE, seed=6, studies=3)
+    try:
+        stored(a, on_a)
+        stored(b, on_b)
+        # A tombstone in node A's log of an instance node B stored: replayed after it.
+        assert delete_study(a_http, on_b[0].study_instance_uid) == 200
+        assert b.stop() == 0
+        assert a.stop() == 0
+        with psycopg.connect(pg_url) as conn:
+            conn.execute(f"DELETE FROM {SCHEMA}.instances")
+        out = a.run("reindex").stdout
+        assert "reindexed 5 instances; 0 damaged records" in out
+        a.start()
+        sent = {c.sop_instance_uid: c.path for c in on_a + on_b[1:]}
+        assert found(a, tmp_path) == set(sent)
+        retrieved_bit_exact(a, tmp_path / "got", sent)
+        # Every node's marks were rebuilt: node B replays nothing twice when it starts.
+        b.start()
+        assert found(b, tmp_path) == set(sent)
+        assert indexed(pg_url) == 5
+    finally:
+        for server in (a, b):
+            if server.alive:
+                assert server.stop() == 0
