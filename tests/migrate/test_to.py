@@ -2,7 +2,7 @@
 SeaweedFS) + PostgreSQL, every instance byte for byte with its provenance, found there by
 C-FIND and QIDO-RS on a served node; run again, nothing is copied and everything is verified
 again; SIGKILLed mid-copy and run again, it ends complete; an unreachable destination is a
-clear error."""
+clear error; an instance the destination holds other bytes of is listed, and the exit is 1."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import pydicom
 import pytest
 
 from dicomvault import _native, config
@@ -253,3 +254,27 @@ def test_migrate_to_an_unreachable_or_unreadable_destination_fails_clearly(
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         [line] = result.stderr.strip().splitlines()
         assert line.startswith("error: ") and why in line, line
+
+
+def test_migrate_to_lists_an_instance_the_destination_holds_other_bytes_of(
+    tmp_path, seaweedfs, postgresql
+):
+    made = ct_corpus(tmp_path / "ct", 6, rows=64, columns=64)
+    source = source_archive(tmp_path, tmp_path / "ct")
+    dest = destination(tmp_path, seaweedfs, postgresql)
+    # The destination was given another version of one instance first (its SOP Instance UID,
+    # other bytes): it keeps it, and the verification says so.
+    other = pydicom.dcmread(made[0].path)
+    other.ImageComments = "another version"
+    other.save_as(tmp_path / "other.dcm", enforce_file_format=True)
+    dest.run("import", tmp_path / "other.dcm")
+
+    result = migrate_to(source, dest, check=False)
+    assert result.returncode == 1
+    assert "5 copied now, 1 already there, 5 verified" in result.stdout
+    [listed] = [line for line in result.stdout.splitlines() if made[0].sop_instance_uid in line]
+    assert listed.split(maxsplit=1) == [
+        made[0].sop_instance_uid,
+        "different bytes on the destination",
+    ]
+    assert result.stderr.endswith("error: 1 instances missing or different on the destination\n")
