@@ -384,8 +384,9 @@ def to(
     destination: Annotated[
         Path,
         typer.Argument(
-            help="The destination's configuration file (TOML): its [archive] root, [storage] "
-            "and [index], e.g. S3 and PostgreSQL."
+            # Escaped: rich reads [word] as markup.
+            help="The destination's configuration file (TOML): its \\[archive] root, "
+            "\\[storage] and \\[index], e.g. S3 and PostgreSQL."
         ),
     ],
     parallel: Annotated[int, typer.Option(help="Instances streaming at once.")] = 4,
@@ -395,7 +396,7 @@ def to(
     """Copy this archive (--config, --root) into the archive DESTINATION configures, every
     instance byte for byte with its receive time and source, then verify every one there (its
     bytes read back). Only what the destination misses is copied: run it again after an
-    interruption. While serve runs on the destination, give this run another [storage] node.
+    interruption. While serve runs on the destination, give this run another \\[storage] node.
     Exits 1, listing them, if any instance is missing or different on the destination."""
     from dicomvault.migrate.archive_copy import ArchiveCopy, CopyError
 
