@@ -170,6 +170,14 @@ def test_hierarchy_counts_and_sizes(archive):
     ]
 
 
+def test_get_many_finds_the_records_there_in_one_read(archive):
+    found = archive.get_many(Level.IMAGE, ["1.1.2", "9.9.9", "1.1.1"])
+    assert set(found) == {"1.1.1", "1.1.2"}
+    assert found["1.1.1"] == archive.get(Level.IMAGE, "1.1.1")
+    assert archive.get_many(Level.STUDY, ["1.1"])["1.1"].counts == {"series": 2, "instances": 3}
+    assert archive.get_many(Level.IMAGE, []) == {}
+
+
 def test_duplicates_keep_the_first_copy_across_and_within_batches(archive):
     outcomes = archive.commit(
         [

@@ -1,4 +1,5 @@
-"""``dicomvault migrate``: from a PACS over query/retrieve, resumable, verified, reported."""
+"""``dicomvault migrate``: from a PACS over query/retrieve (or DICOMweb, or Orthanc's storage)
+into the archive, or from the archive into another (``to``); resumable, verified, reported."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     help="Migrate into the archive, resumably: from a PACS (C-FIND + C-GET/C-MOVE), a DICOMweb "
-    "server (QIDO-RS + WADO-RS) or Orthanc's storage.",
+    "server (QIDO-RS + WADO-RS) or Orthanc's storage; or out of it, into another archive (to).",
     no_args_is_help=True,
 )
 
@@ -376,6 +377,49 @@ def repack(
             f"verify found {len(report['defects'])} defects after repacking: run dicomvault verify"
         )
     typer.echo(f"verified {report['verified']} records")
+
+
+@app.command("to")
+def to(
+    destination: Annotated[
+        Path,
+        typer.Argument(
+            # Escaped: rich reads [word] as markup.
+            help="The destination's configuration file (TOML): its \\[archive] root, "
+            "\\[storage] and \\[index], e.g. S3 and PostgreSQL."
+        ),
+    ],
+    parallel: Annotated[int, typer.Option(help="Instances streaming at once.")] = 4,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Copy this archive (--config, --root) into the archive DESTINATION configures, every
+    instance byte for byte with its receive time and source, then verify every one there (its
+    bytes read back). Only what the destination misses is copied: run it again after an
+    interruption. While serve runs on the destination, give this run another \\[storage] node.
+    Exits 1, listing them, if any instance is missing or different on the destination."""
+    from dicomvault.migrate.archive_copy import ArchiveCopy, CopyError
+
+    if parallel < 1:
+        fail("--parallel must be 1 or more")
+    conf = settings(config, root)
+    target = settings(destination, None)
+    if target.root.resolve() == conf.root.resolve():
+        fail(f"{destination} names this archive's root ({conf.root}): give it a root of its own")
+    with archive_for(conf) as source, archive_for(target) as copy:
+        audited(source, "export", None, f"migrate to {destination}")
+        audited(copy, "migrate", None, f"migrate to here from {conf.root}")
+        try:
+            report = ArchiveCopy(source, copy, parallel=parallel, report=typer.echo).run()
+        except CopyError as e:
+            fail(f"migrate to {destination} stopped: {e}; run it again to resume")
+    typer.echo(
+        f"{report.instances} instances ({report.bytes} bytes): {report.copied} copied now, "
+        f"{report.present} already there, {report.verified} verified"
+    )
+    if report.problems:
+        print_table(["instance", "problem"], sorted(report.problems.items()))
+        fail(f"{len(report.problems)} instances missing or different on the destination")
 
 
 def _source(conf: Settings, source: str) -> str:

@@ -93,7 +93,7 @@ def open_index(
             same_data_set=same_data_set,
         )
     except (psycopg.Error, pg_schema.SchemaError) as e:
-        raise BackendError(f"the index at {pg_schema.redact(url)}: {e}") from e
+        raise _failed(url, e) from e
 
 
 def init_db(settings: Settings) -> tuple[int, int]:
@@ -111,7 +111,15 @@ def init_db(settings: Settings) -> tuple[int, int]:
         with psycopg.connect(url, autocommit=True) as conn:
             return pg_schema.migrate(conn)
     except (psycopg.Error, pg_schema.SchemaError) as e:
-        raise BackendError(f"the index at {pg_schema.redact(url)}: {e}") from e
+        raise _failed(url, e) from e
+
+
+def _failed(url: str, error: Exception) -> BackendError:
+    """The index at ``url`` (its password hidden) failed: psycopg's reason, on one line (it
+    puts its hints on lines of their own)."""
+    from dicomvault.index import pg_schema
+
+    return BackendError(f"the index at {pg_schema.redact(url)}: {' '.join(str(error).split())}")
 
 
 def _need_psycopg() -> None:

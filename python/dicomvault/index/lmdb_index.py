@@ -237,6 +237,10 @@ class LmdbIndex:
         with self._snapshot() as txn:
             return self.layout.get(txn, level, key)
 
+    def get_many(self, level: Level, keys: Sequence[str]) -> dict[str, Record]:
+        with self._snapshot() as txn:
+            return LmdbReader(self.layout, txn).records(level, keys)
+
     def children(self, level: Level, key: str) -> list[Record]:
         with self._snapshot() as txn:
             return planner.children(LmdbReader(self.layout, txn), level, key)

@@ -236,6 +236,10 @@ class PgIndex:
         self.barrier()
         return self.reader.records(level, [key]).get(key)
 
+    def get_many(self, level: Level, keys: Sequence[str]) -> dict[str, Record]:
+        self.barrier()
+        return self.reader.records(level, keys)
+
     def children(self, level: Level, key: str) -> list[Record]:
         self.barrier()
         return planner.children(self.reader, level, key)

@@ -74,6 +74,10 @@ class Index(Protocol):
         """The record with this key at ``level``, or None."""
         ...
 
+    def get_many(self, level: Level, keys: Sequence[str]) -> dict[str, Record]:
+        """The records at ``level`` with these keys, by key (those there), in one read."""
+        ...
+
     def children(self, level: Level, key: str) -> list[Record]:
         """The records one level below the record, in key order."""
         ...
