@@ -136,8 +136,11 @@ def test_compose_starts_the_nodes_after_init_db_on_files_that_exist(compose, exa
     assert {"postgres", "seaweedfs", "init-db", "haproxy"} <= set(services)
     assert services["init-db"]["command"] == ["init-db"]
     assert services["init-db"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for service in nodes(compose).values():
+    for name, service in nodes(compose).items():
         assert service["depends_on"]["init-db"]["condition"] == "service_completed_successfully"
+        # The HTTP server refuses a Host header naming another machine: scraped as nodeN:8042,
+        # the node must be called so.
+        assert service["hostname"] == name
         assert service["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
     for service in services.values():
         for source in mounts(service).values():
