@@ -605,6 +605,7 @@ __all__ = [
     "STATUS",
     "AssociationError",
     "ChunkReader",
+    "Collected",
     "Damage",
     "DamagedError",
     "DicomListener",

@@ -448,3 +448,15 @@ def test_clear_leaves_nothing(archive):
     assert archive.applied() == {} and archive.unindexed() == {}
     assert archive.lookup("12345") == []
     assert archive.headroom() > 0
+
+
+def test_a_maintenance_job_is_held_by_one_holder_at_a_time(index):
+    # Each call holds the job on its own: a lock file opened anew (LMDB), or another pooled
+    # connection's session (PostgreSQL) — as another process, or another node, would.
+    with index.exclusive("gc") as first:
+        assert first
+        with index.exclusive("gc") as second, index.exclusive("reindex") as other_job:
+            assert not second
+            assert other_job
+    with index.exclusive("gc") as again:
+        assert again

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,8 +43,6 @@ log = logging.getLogger("dicomvault.index")
 class LmdbIndex:
     """The archive's index on LMDB (an ``Index``). Thread-safe; several processes may share
     the directory."""
-
-    shared_by_nodes = False
 
     def __init__(
         self,
@@ -118,19 +116,9 @@ class LmdbIndex:
 
     # Replay marks (see ``lmdb_marks``) -------------------------------------------------------
 
-    @contextmanager
-    def exclusive(self, job: str) -> Iterator[bool]:
+    def exclusive(self, job: str) -> AbstractContextManager[bool]:
         """A lock file beside the index (LMDB is one machine's)."""
-        with open(self.path / f"{job}.lock", "ab") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return _file_lock(self.path / f"{job}.lock")
 
     @property
     def marks_frozen(self) -> bool:
@@ -296,3 +284,18 @@ class LmdbIndex:
                 limit=limit,
                 offset=offset,
             )
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[bool]:
+    """Whether this process got the lock on ``path``, held until the block ends."""
+    with open(path, "ab") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from itertools import islice
 from types import TracebackType
 from typing import Any
@@ -49,8 +49,6 @@ Cursor = psycopg.Cursor[Any]
 
 class PgIndex:
     """The archive's index on PostgreSQL (an ``Index``). Thread-safe."""
-
-    shared_by_nodes = True
 
     def __init__(
         self,
@@ -110,10 +108,13 @@ class PgIndex:
 
     # Replay marks ------------------------------------------------------------------------
 
-    @contextmanager
-    def exclusive(self, job: str) -> Iterator[bool]:
+    def exclusive(self, job: str) -> AbstractContextManager[bool]:
         """A session advisory lock, on a connection held for the job: PostgreSQL lets it go
         when that connection ends, so a node killed mid-job does not keep it."""
+        return self._advisory_lock(job)
+
+    @contextmanager
+    def _advisory_lock(self, job: str) -> Iterator[bool]:
         digest = hashlib.blake2b(f"dicomvault {job}".encode(), digest_size=8).digest()
         key = int.from_bytes(digest, "big", signed=True)
         with self.pool.connection() as conn:

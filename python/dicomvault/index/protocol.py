@@ -27,10 +27,6 @@ class Index(Protocol):
     """The archive's index. Implementations are thread-safe; every read first waits for the
     barrier the archive gave them (what was acknowledged before the read is in it)."""
 
-    # Whether other nodes read this index (PostgreSQL): what a node acknowledges must be in
-    # it first, since their reads do not wait for this node's backlog.
-    shared_by_nodes: bool
-
     # Writing ------------------------------------------------------------------------------
 
     def commit(

@@ -186,7 +186,9 @@ class Archive:
             barrier=self._barrier,
             same_data_set=self.store.same_data_set,
         )
-        self.store.acknowledge_indexed(self.index.shared_by_nodes)
+        # On object storage several nodes share the archive, and their reads do not wait for
+        # this node's backlog: an instance is acknowledged once indexed.
+        self.store.acknowledge_indexed(self.store.on_objects)
         # Why instances are refused before they are acknowledged (see ``check_headroom``).
         self._refusal: str | None = None
         self._settle_marks()
