@@ -1,8 +1,9 @@
-"""`dicomvault bench ingest`, `sustained`, `find` and `retrieve` run against real peers and print
-figures."""
+"""`dicomvault bench ingest`, `sustained`, `find`, `retrieve` and `scale` run against real peers
+and print figures."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import pytest
 
 
-def bench(*args: object, work: object) -> str:
+def run_bench(*args: object, work: object) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "dicomvault", "bench", *map(str, args), "--work", str(work)],
         capture_output=True,
@@ -20,7 +21,11 @@ def bench(*args: object, work: object) -> str:
         env={**os.environ, "TCP_NODELAY": "1"},
     )
     assert result.returncode == 0, result.stderr
-    return result.stdout
+    return result
+
+
+def bench(*args: object, work: object) -> str:
+    return run_bench(*args, work=work).stdout
 
 
 def test_bench_find_reports_latency_per_kind_of_query(tmp_path):
@@ -118,3 +123,75 @@ def test_bench_sustained_samples_each_tenth_and_counts_the_archive(tmp_path):
     assert (int(ratio[1]), int(ratio[2])) == (int(tenths[0][2]), int(tenths[-1][2]))
     assert float(ratio[3]) == pytest.approx(int(ratio[2]) / int(ratio[1]), rel=0.05)
     assert "archive: 300 instances indexed of 300 sent" in out
+
+
+SCALE_ROW = re.compile(
+    r"^(?P<setup>dicomvault local|dicomvault S3\+PG|Orthanc SQLite|Orthanc PG)\s+(?P<nodes>\d)"
+    r"\s+(?P<assoc>\d)\s+(?P<rate>[0-9.]+)\s+[0-9.]+\s+[0-9.]+\s+(?P<cpu>[0-9.]+)\s",
+    re.MULTILINE,
+)
+
+
+def test_bench_scale_measures_every_setup_and_the_ratios(tmp_path):
+    done = run_bench(
+        "scale", "--count", 20, "--runs", 1, "--find-instances", 2400, "--find-queries", 2,
+        "--json", work=tmp_path,
+    )  # fmt: skip
+    figures = json.loads(done.stdout)
+    rows = {(r["setup"], r["nodes"], r["associations"]): r for r in figures["rows"]}
+    assert list(rows) == [
+        ("dicomvault local", 1, 1), ("dicomvault local", 1, 4),
+        ("dicomvault S3+PG", 1, 1), ("dicomvault S3+PG", 1, 4), ("dicomvault S3+PG", 2, 4),
+        ("Orthanc SQLite", 1, 1), ("Orthanc SQLite", 1, 4),
+        ("Orthanc PG", 1, 1), ("Orthanc PG", 1, 4), ("Orthanc PG", 2, 4),
+    ]  # fmt: skip
+    engines = {
+        "dicomvault local": [],
+        "dicomvault S3+PG": ["postgresql", "seaweedfs"],
+        "Orthanc SQLite": [],
+        "Orthanc PG": ["postgresql"],
+    }
+    find = {"dicomvault local": "lmdb", "dicomvault S3+PG": "pg"}
+    p50_by_index: dict[str, set[float]] = {}
+    for (setup, _, _), row in rows.items():
+        assert row["rate"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"], row
+        # The servers' CPU, and only that of the engines the row runs on.
+        assert list(row["cpu_ms"]) == ["nodes", *engines[setup]], row
+        assert row["cpu_ms"]["nodes"] > 0, row
+        assert row["cpu_ms_total"] == pytest.approx(sum(row["cpu_ms"].values())), row
+        if setup in find:
+            assert row["find_p50_ms"] > 0, row
+            p50_by_index.setdefault(find[setup], set()).add(row["find_p50_ms"])
+        else:
+            assert row["find_p50_ms"] is None, row
+    # One C-FIND measurement per index backend.
+    assert {index: len(p50s) for index, p50s in p50_by_index.items()} == {"lmdb": 1, "pg": 1}
+    # SeaweedFS did the S3 rows' work.
+    assert all(rows["dicomvault S3+PG", n, 4]["cpu_ms"]["seaweedfs"] > 0 for n in (1, 2))
+    ratios = {r["name"]: r for r in figures["ratios"]}
+    local, shared, pg = "dicomvault local", "dicomvault S3+PG", "Orthanc PG"
+    expected = {
+        "dicomvault 2 nodes / 1 node on S3+PG, 4 assoc": ((shared, 2, 4), (shared, 1, 4), 1.4),
+        "dicomvault S3+PG / local, 1 node, 1 assoc": ((shared, 1, 1), (local, 1, 1), 0.6),
+        "dicomvault S3+PG / local, 1 node, 4 assoc": ((shared, 1, 4), (local, 1, 4), 0.6),
+        "dicomvault 2 nodes on S3+PG / Orthanc 2 nodes on PG, 4 assoc": (
+            (shared, 2, 4), (pg, 2, 4), 2.0,
+        ),
+        "Orthanc 2 nodes / 1 node on PG, 4 assoc": ((pg, 2, 4), (pg, 1, 4), None),
+        "Orthanc PG / SQLite, 1 node, 4 assoc": ((pg, 1, 4), ("Orthanc SQLite", 1, 4), None),
+    }  # fmt: skip
+    assert list(ratios) == list(expected), figures["ratios"]
+    for name, (ours, theirs, target) in expected.items():
+        assert ratios[name]["target"] == target
+        assert ratios[name]["value"] == pytest.approx(rows[ours]["rate"] / rows[theirs]["rate"])
+    # The table (on stderr with --json) shows the same figures, and the ratios.
+    table = {
+        (m["setup"], int(m["nodes"]), int(m["assoc"])): m
+        for m in SCALE_ROW.finditer(done.stderr.split("server ", 1)[1])
+    }
+    assert list(table) == list(rows), done.stderr
+    for key, shown in table.items():
+        assert float(shown["rate"]) == pytest.approx(rows[key]["rate"], abs=0.05)
+        assert float(shown["cpu"]) == pytest.approx(rows[key]["cpu_ms_total"], abs=0.005)
+    for name, ratio in ratios.items():
+        assert f"{name}: {ratio['value']:.2f}x" in done.stderr

@@ -187,19 +187,23 @@ def store(
     return send(peer, files, associations, port, options).seconds
 
 
+def generated(cache: Path, name: str, count: int) -> list[Path]:
+    """The files of corpus ``name`` (``CT`` or ``SMALL``) of ``count`` instances, generated
+    once into ``cache``."""
+    folder = cache / f"{name.split()[0].lower()}-{count}"
+    marker = folder / ".complete"
+    if not marker.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        generate = ct_corpus if name == CT else small_corpus
+        generate(folder, count)
+        marker.touch()
+    return sorted(folder.rglob("*.dcm"))
+
+
 def corpora(cache: Path, quick: bool) -> dict[str, list[Path]]:
     """The benchmark corpora, generated once into ``cache``."""
     sizes = {CT: 40 if quick else 1000, SMALL: 200 if quick else 5000}
-    made: dict[str, list[Path]] = {}
-    for name, count in sizes.items():
-        folder = cache / f"{name.split()[0].lower()}-{count}"
-        marker = folder / ".complete"
-        if not marker.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            generate = ct_corpus if name == CT else small_corpus
-            generate(folder, count)
-            marker.touch()
-        made[name] = sorted(p for p in folder.rglob("*.dcm"))
+    made = {name: generated(cache, name, count) for name, count in sizes.items()}
     size_mb = 20 if quick else 500
     large = cache / f"multiframe-{size_mb}mb.dcm"
     if not large.exists():

@@ -288,7 +288,7 @@ class PynetdicomStorescp(Peer):
 
 class Orthanc(Peer):
     """Debian's Orthanc with its default SQLite index; ``options`` add to its configuration
-    (plugins, DICOMweb); its HTTP port is ``http_port``."""
+    (plugins, DICOMweb, ``orthanc_postgresql_index``); its HTTP port is ``http_port``."""
 
     name = "orthanc"
     aet = "ORTHANC"
@@ -320,3 +320,26 @@ class Orthanc(Peer):
         }
         (workdir / "orthanc.json").write_text(json.dumps(config))
         return ["Orthanc", str(workdir / "orthanc.json")]
+
+
+ORTHANC_POSTGRESQL_INDEX = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
+
+
+def orthanc_postgresql_index(url: str, connections: int = 4) -> dict[str, object]:
+    """``Orthanc`` options that put its index in the PostgreSQL database at ``url`` (Debian's
+    orthanc-postgresql, plugin 4.0), a database other Orthanc processes may share; its storage
+    stays on local disk. ``connections``: the plugin's pool (1 by default, which would make
+    every C-STORE of an Orthanc wait for the others' index writes)."""
+    return {
+        "Plugins": [str(ORTHANC_POSTGRESQL_INDEX)],
+        # The plugin's own lock would let only one Orthanc open the database; jobs saved in it
+        # would be resumed by every Orthanc sharing it.
+        "SaveJobs": False,
+        "PostgreSQL": {
+            "EnableIndex": True,
+            "EnableStorage": False,
+            "ConnectionUri": url,
+            "Lock": False,
+            "IndexConnectionsCount": connections,
+        },
+    }

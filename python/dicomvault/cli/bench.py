@@ -12,7 +12,7 @@ import typer
 from dicomvault.cli.common import ConfigOption
 
 app = typer.Typer(
-    help="Benchmarks against DCMTK and Orthanc: ingest, C-FIND at scale, C-GET.",
+    help="Benchmarks against DCMTK and Orthanc: ingest, C-FIND at scale, C-GET, scale-out.",
     no_args_is_help=True,
 )
 
@@ -121,3 +121,32 @@ def retrieve(
     cache = _work(work)
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
         bench.run(cache, Path(scratch), instances, runs, config)
+
+
+@app.command()
+def scale(
+    count: Annotated[int, typer.Option(help="CT instances sent per row.")] = 1000,
+    runs: Annotated[int, typer.Option(help="Runs per row (the best is shown).")] = 3,
+    find_instances: Annotated[
+        int,
+        typer.Option(help="C-FIND p50 against an index of this many instances (0: skip)."),
+    ] = 0,
+    find_queries: Annotated[int, typer.Option(help="C-FIND queries of each kind.")] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the figures as JSON (the table to stderr).")
+    ] = False,
+    work: WorkOption = DEFAULT_WORK,
+) -> None:
+    """CT ingest by storescu (1 and 4 associations) into dicomvault on local packs + LMDB, on
+    S3 + PostgreSQL as one node and as two, and into Orthanc on SQLite and on PostgreSQL as
+    one and two processes: instances/s, C-STORE p50/p99, CPU per instance of the servers and
+    engines, optionally C-FIND p50, and the 2 nodes / 1 node, S3 / local, dicomvault / Orthanc
+    ratios."""
+    from dicomvault.bench import scale as bench
+
+    cache = _work(work)
+    report = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
+        result = bench.run(cache, Path(scratch), count, runs, find_instances, find_queries, report)
+    if as_json:
+        typer.echo(result.to_json())
