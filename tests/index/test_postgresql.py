@@ -12,7 +12,7 @@ import pytest
 
 from dicomvault.index import InstanceEntry, Level, LmdbIndex
 from dicomvault.index.pg_index import PgIndex
-from dicomvault.index.pg_schema import SCHEMA, VERSION, SchemaError, redact
+from dicomvault.index.pg_schema import MIGRATIONS, SCHEMA, VERSION, SchemaError, redact
 
 NAMES = ["Smith^John", "SMITH^JANE", "smithers^w", "Διονυσιος^Κωστας", "Yamada^Tarou=山田^太郎", ""]
 DATES = ["20150312", "20180704", "2020.01.31", "", "20211231", "19991231"]
@@ -159,6 +159,29 @@ def test_init_db_creates_then_has_nothing_to_do_and_refuses_a_newer_schema(cli, 
         conn.execute(f"UPDATE {SCHEMA}.version SET version = 99")
     refused = cli.run("init-db", "--config", conf, with_root=False, check=False)
     assert refused.returncode == 1 and "newer than this dicomvault knows" in refused.stderr
+
+
+def test_init_db_upgrades_a_schema_of_an_older_release_which_serve_refuses(cli, tmp_path, pg_url):
+    # The schema as the first release made it: migration 1 only.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute(f"CREATE TABLE {SCHEMA}.version (version integer NOT NULL)")
+        conn.execute(f"INSERT INTO {SCHEMA}.version VALUES (1)")
+    conf = config(tmp_path, pg_url)
+    refused = cli.run("stats", "--config", conf, with_root=False, check=False)
+    assert refused.returncode == 1
+    assert f"version 1, this dicomvault needs {VERSION}: run `dicomvault init-db" in refused.stderr
+    upgraded = cli.run("init-db", "--config", conf, with_root=False)
+    assert f"version {VERSION} (was 1)" in upgraded.stdout
+    with PgIndex(pg_url, store="s") as index:
+        index.beat(1, "node-1:11112", 1.0e9)
+        assert [(n.node, n.address, n.started) for n in index.nodes()] == [
+            (1, "node-1:11112", 1.0e9)
+        ]
+        assert index.nodes()[0].serving
+        index.leave(1)
+        assert index.nodes() == []
 
 
 def test_the_password_of_the_url_is_never_shown(cli, tmp_path, postgresql):

@@ -2,7 +2,7 @@
 SeaweedFS) and PostgreSQL, while they serve: gc collects the objects of deleted instances and
 of a writer that died before its commit, one node at a time, never one a live instance
 references; a delete racing a retrieve sends whole instances or none; reindex rebuilds the
-index from every node's log in the bucket."""
+index from every node's log in the bucket, once every node's heartbeat says it has stopped."""
 
 from __future__ import annotations
 
@@ -152,8 +152,14 @@ def test_reindex_on_s3_rebuilds_the_index_from_every_nodes_log(tmp_path, pg_url,
         stored(b, on_b)
         # A tombstone in node A's log of an instance node B stored: replayed after it.
         assert delete_study(a_http, on_b[0].study_instance_uid) == 200
+        # The nodes' heartbeats: both serve, so a reindex is refused.
+        listed = a.run("nodes").stdout
+        assert listed.count("serving") == 2 and f":{a.port}" in listed and f":{b.port}" in listed
+        refused = a.run("reindex", check=False)
+        assert refused.returncode == 1 and "stop every node before a reindex" in refused.stderr
         assert b.stop() == 0
         assert a.stop() == 0
+        assert "no node is serving" in a.run("nodes").stdout
         with psycopg.connect(pg_url) as conn:
             conn.execute(f"DELETE FROM {SCHEMA}.instances")
         out = a.run("reindex").stdout

@@ -4,6 +4,7 @@ verify, reindex, init-db."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,7 @@ from dicomvault.cli.output import human_bytes, print_json, print_table
 from dicomvault.dicom.keys import parse_keys
 from dicomvault.index import Level, Record, backends
 from dicomvault.index.levels import PLURALS
+from dicomvault.index.protocol import IndexUnavailable
 from dicomvault.store import Archive, IngestOutcome
 from dicomvault.store.archive import PackRewritten, RewriteReport
 from dicomvault.store.backends import StorageError, on_object_storage
@@ -318,6 +320,32 @@ def stats(
 
 
 @app.command()
+def nodes(config: ConfigOption = None, root: RootOption = None) -> None:
+    """The nodes serving an archive on S3 + PostgreSQL, as their heartbeats say."""
+    with open_archive(config, root) as archive:
+        try:
+            seen = archive.nodes()
+        except IndexUnavailable as e:
+            fail(str(e))
+    if not seen:
+        typer.echo("no node is serving (heartbeats are kept on S3 + PostgreSQL only)")
+        return
+    print_table(
+        ["node", "address", "since", "last beat", "state"],
+        [
+            [
+                str(n.node),
+                n.address,
+                datetime.fromtimestamp(n.started, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
+                f"{n.seen_ago:.0f} s ago",
+                "serving" if n.serving else "silent (stopped or cut off)",
+            ]
+            for n in seen
+        ],
+    )
+
+
+@app.command()
 def delete(
     uid: Annotated[str, typer.Argument(help="A Study/Series/SOP Instance UID or a PatientID.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -447,7 +475,10 @@ def reindex(config: ConfigOption = None, root: RootOption = None) -> None:
     """Rebuild the index from the log alone: the packs, or every node's segments on S3 (the
     archive must be idle: on S3 + PostgreSQL, every node stopped)."""
     with open_archive(config, root, exclusive=True) as archive:
-        rebuilt = archive.reindex()
+        try:
+            rebuilt = archive.reindex()
+        except (RuntimeError, IndexUnavailable) as e:
+            fail(str(e))
         unindexed = archive.unindexed()
     if rebuilt is None:
         fail("a reindex is running on another node (or process)")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,6 +25,7 @@ from dicomvault.cli.output import print_json, print_table
 from dicomvault.config import ConfigError, Settings
 from dicomvault.dicom.keys import parse_keys
 from dicomvault.index import Level
+from dicomvault.index.records import BEAT_INTERVAL
 from dicomvault.net.policy import AccessPolicy, Modality, PolicyError
 from dicomvault.store.importer import iter_files
 
@@ -102,10 +105,16 @@ def serve(
                 err=True,
             )
             # A signal that another thread received runs its handler only once the main thread
-            # runs Python code again: wake up every second to let it.
+            # runs Python code again: wake up every second to let it, and beat now and then.
+            host = socket.gethostname() if bound_host in ("0.0.0.0", "::") else bound_host
+            archive.beat(f"{host}:{bound_port}")
+            beaten = time.monotonic()
             while not stop.wait(1):
-                pass
+                if time.monotonic() - beaten >= BEAT_INTERVAL:
+                    archive.beat(f"{host}:{bound_port}")
+                    beaten = time.monotonic()
             log.info("stopping: no new associations; committing what was received")
+            archive.leave()
         except (OSError, PolicyError) as e:
             fail(str(e))
         finally:

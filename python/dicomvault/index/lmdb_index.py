@@ -31,6 +31,7 @@ from dicomvault.index.lmdb_tree import LmdbBatch, add_totals, totals
 from dicomvault.index.records import (
     CommitOutcome,
     InstanceEntry,
+    NodeSeen,
     Positions,
     Record,
     decode,
@@ -115,6 +116,16 @@ class LmdbIndex:
         self.close()
 
     # Replay marks (see ``lmdb_marks``) -------------------------------------------------------
+
+    def beat(self, node: int, address: str, started: float) -> None:
+        """Nothing: no other node reads an LMDB index (it is one machine's)."""
+
+    def leave(self, node: int) -> None:
+        """Nothing (see ``beat``)."""
+
+    def nodes(self) -> list[NodeSeen]:
+        """None (see ``beat``)."""
+        return []
 
     def exclusive(self, job: str) -> AbstractContextManager[bool]:
         """A lock file beside the index (LMDB is one machine's)."""

@@ -22,19 +22,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from itertools import islice
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from dicomvault.index import pg_marks, planner, tree
+from dicomvault.index import pg_marks, pg_nodes, planner, tree
 from dicomvault.index.levels import Level
 from dicomvault.index.pg_query import PgReader
 from dicomvault.index.pg_schema import SCHEMA, prepare, redact
 from dicomvault.index.pg_writes import TABLES, PgBatch, retrying
+from dicomvault.index.protocol import IndexUnavailable
 from dicomvault.index.records import (
     CommitOutcome,
     InstanceEntry,
+    NodeSeen,
     Positions,
     Record,
     decode,
@@ -45,6 +47,7 @@ from dicomvault.index.records import (
 log = logging.getLogger("dicomvault.index")
 
 Cursor = psycopg.Cursor[Any]
+T = TypeVar("T")
 
 
 class PgIndex:
@@ -107,6 +110,21 @@ class PgIndex:
         self.close()
 
     # Replay marks ------------------------------------------------------------------------
+
+    def beat(self, node: int, address: str, started: float) -> None:
+        self._nodes(lambda cur: pg_nodes.beat(cur, self.store, node, address, started))
+
+    def leave(self, node: int) -> None:
+        self._nodes(lambda cur: pg_nodes.leave(cur, self.store, node))
+
+    def nodes(self) -> list[NodeSeen]:
+        return self._nodes(lambda cur: pg_nodes.seen(cur, self.store))
+
+    def _nodes(self, work: Callable[[Cursor], T]) -> T:
+        try:
+            return retrying(self.pool, work)
+        except (psycopg.Error, PoolTimeout) as e:
+            raise IndexUnavailable(f"the index cannot be reached: {e}") from e
 
     def exclusive(self, job: str) -> AbstractContextManager[bool]:
         """A session advisory lock, on a connection held for the job: PostgreSQL lets it go

@@ -55,6 +55,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
             PRIMARY KEY (store, manifest_hash))""",
         f"CREATE INDEX unindexed_manifest ON {SCHEMA}.unindexed (manifest_hash)",
     ),
+    (
+        f"""CREATE TABLE {SCHEMA}.nodes (
+            store text NOT NULL, node bigint NOT NULL, address text NOT NULL,
+            started timestamptz NOT NULL, seen timestamptz NOT NULL,
+            PRIMARY KEY (store, node))""",
+    ),
 ]
 VERSION = len(MIGRATIONS)
 

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from dicomvault.index.levels import Level
-from dicomvault.index.records import CommitOutcome, InstanceEntry, Positions, Record
+from dicomvault.index.records import CommitOutcome, InstanceEntry, NodeSeen, Positions, Record
 
 
 class IndexUnavailable(RuntimeError):
@@ -156,6 +156,19 @@ class Index(Protocol):
         """Held while maintenance ``job`` ("gc", "reindex") runs: gives True to the one
         process that gets it, False to any other meanwhile — on every node sharing the index.
         A process that dies lets it go."""
+        ...
+
+    def beat(self, node: int, address: str, started: float) -> None:
+        """Records that ``node`` serves at ``address`` (since ``started``, a Unix time) as
+        of now: a serving node's heartbeat, for the other nodes sharing the index."""
+        ...
+
+    def leave(self, node: int) -> None:
+        """Records that ``node`` has stopped serving."""
+        ...
+
+    def nodes(self) -> list[NodeSeen]:
+        """The nodes whose heartbeats the index holds, by number."""
         ...
 
     # Lifetime -----------------------------------------------------------------------------

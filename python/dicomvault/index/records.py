@@ -116,6 +116,26 @@ def decode(level: Level, key: str, raw: bytes) -> Record:
 CommitStatus = Literal["stored", "duplicate", "different", "replaced"]
 
 
+# A serving node beats this often (seconds); one silent for SILENT_AFTER is taken for stopped
+# (killed, or cut off from the index).
+BEAT_INTERVAL = 5.0
+SILENT_AFTER = 3 * BEAT_INTERVAL
+
+
+class NodeSeen(NamedTuple):
+    """A node serving the archive, as its heartbeat left it: its number, the address it
+    serves at, since when (a Unix time), and how many seconds ago it last beat."""
+
+    node: int
+    address: str
+    started: float
+    seen_ago: float
+
+    @property
+    def serving(self) -> bool:
+        return self.seen_ago < SILENT_AFTER
+
+
 class CommitOutcome(NamedTuple):
     status: CommitStatus
     key: str

@@ -46,6 +46,7 @@ from dicomvault.dicom.acceptance import (
 from dicomvault.dicom.values import decode_elements
 from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, Record
 from dicomvault.index.backends import open_index
+from dicomvault.index.records import NodeSeen
 from dicomvault.metrics import Counter, Histogram
 from dicomvault.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 from dicomvault.store.applier import Applier, IndexUnavailable, Pending
@@ -176,6 +177,8 @@ class Archive:
             )
         self.replace_duplicates = storage["on_duplicate"] == "replace"
         self.store = open_storage(settings, exclusive=exclusive)
+        self.node = int(storage["node"])
+        self._opened = time.time()
         for message in self.store.recovery:
             log.warning("store recovery: %s", message)
         # Before the replay: instances it applies get their audit records then.
@@ -746,6 +749,29 @@ class Archive:
         flush()
         return len(events)
 
+    def beat(self, address: str) -> None:
+        """This node serves at ``address`` (``serve`` calls it every few seconds): on object
+        storage, its heartbeat in the shared index, for the other nodes and ``nodes``. An
+        index out of reach is logged: the beat after it is the next try."""
+        if not self.store.on_objects:
+            return
+        try:
+            self.index.beat(self.node, address, self._opened)
+        except IndexUnavailable as e:
+            log.warning("heartbeat not recorded: %s", e)
+
+    def leave(self) -> None:
+        """This node stops serving (see ``beat``)."""
+        if self.store.on_objects:
+            try:
+                self.index.leave(self.node)
+            except IndexUnavailable as e:
+                log.warning("could not record that this node stopped: %s", e)
+
+    def nodes(self) -> list[NodeSeen]:
+        """The nodes serving the archive, as their heartbeats say (none on packs)."""
+        return self.index.nodes()
+
     def reindex(self) -> tuple[int, list[_native.Damage]] | None:
         """Rebuilds the instance index from the log alone — the packs (and their blob index
         first), or every node's segments on S3: every intact record indexed, every damaged
@@ -754,6 +780,14 @@ class Archive:
         with self.index.exclusive("reindex") as mine:
             if not mine:
                 return None
+            serving = [n for n in self.index.nodes() if n.serving]
+            if serving:
+                raise RuntimeError(
+                    "stop every node before a reindex: "
+                    + ", ".join(
+                        f"node {n.node} at {n.address} beat {n.seen_ago:.0f} s ago" for n in serving
+                    )
+                )
             damaged = [] if self.store.on_objects else self.store.rebuild_blob_index().damaged
             self.index.clear()
             self.replay({}, audit=False, every_node=True)
