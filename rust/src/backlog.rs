@@ -18,9 +18,14 @@
 //! the index has no room left for more (`refuse`), writers are refused before acknowledging.
 
 pub use crate::cas::Position;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// Given-up runs remembered for `Backlog::indexed`: a writer waits at most a few seconds, and
+/// the applier gives up rarely (an instance it cannot index at all, or closing).
+const GIVEN_UP_KEPT: usize = 64;
 
 pub struct Backlog<T> {
     state: Mutex<State<T>>,
@@ -39,6 +44,9 @@ struct State<T> {
     stalled: Option<String>,
     /// Why the index cannot take more: appends are refused, nothing is acknowledged.
     refusing: Option<String>,
+    /// The latest runs of batches the applier gave up, (applied before, through], and why:
+    /// a writer is told even if its batch was given up before it asked.
+    given_up: VecDeque<(u64, u64, String)>,
 }
 
 impl<T> Default for Backlog<T> {
@@ -52,6 +60,7 @@ impl<T> Default for Backlog<T> {
                 pending: Vec::new(),
                 stalled: None,
                 refusing: None,
+                given_up: VecDeque::new(),
             }),
             changed: Condvar::new(),
         }
@@ -76,13 +85,13 @@ impl<T> Backlog<T> {
     }
 
     /// Appends `items` to the log with `persist` (which makes them durable and says where
-    /// each ends) and queues them for the applier. Writers take turns, so that the queue's
-    /// order is the log's.
+    /// each ends) and queues them for the applier, as batch number n (from 1) that `indexed`
+    /// takes. Writers take turns, so that the queue's order is the log's.
     pub fn append(
         &self,
         items: Vec<T>,
         persist: impl FnOnce(&[T]) -> io::Result<Vec<Position>>,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         let mut state = self.wait_idle();
         if state.closed {
             return Err(io::Error::other("the archive is closing"));
@@ -104,7 +113,7 @@ impl<T> Backlog<T> {
             }
             state.pending.extend(positions.into_iter().zip(items));
             state.appended += 1;
-            Ok(())
+            Ok(state.appended)
         });
         self.changed.notify_all();
         result
@@ -132,6 +141,19 @@ impl<T> Backlog<T> {
         self.changed.notify_all();
     }
 
+    /// The applier gave up what `take` returned, for `why`: it is left for the replay at the
+    /// next open. Readers go on; `indexed` tells the writers of those batches.
+    pub fn given_up(&self, through: u64, why: String) {
+        let mut state = self.lock();
+        let after = state.applied;
+        if state.given_up.len() == GIVEN_UP_KEPT {
+            state.given_up.pop_front();
+        }
+        state.given_up.push_back((after, through, why));
+        drop(state);
+        self.applied(through);
+    }
+
     /// The applier failed to apply what it took, for `why`, and will try again.
     pub fn stalled(&self, why: String) {
         self.lock().stalled = Some(why);
@@ -143,22 +165,45 @@ impl<T> Backlog<T> {
         self.lock().refusing = why;
     }
 
-    /// Returns once everything appended before the call has been applied; Err(why) if the
-    /// applier is stalled before it is, or (with a `limit`) if that takes longer.
-    pub fn barrier(&self, limit: Option<Duration>) -> Result<(), String> {
-        let deadline = limit.map(|limit| Instant::now() + limit);
+    /// Returns once everything appended before the call has been applied (or given up);
+    /// Err(why) if the applier is stalled before it is.
+    pub fn barrier(&self) -> Result<(), String> {
+        let target = self.lock().appended;
+        self.wait_applied(target, None)
+    }
+
+    /// Returns once batch `batch` (as `append` numbered it) is in the index; Err(why) if the
+    /// applier is stalled, takes longer than `limit`, or gave it up (left for the replay at
+    /// the next open): what must not be acknowledged as found yet.
+    pub fn indexed(&self, batch: u64, limit: Duration) -> Result<(), String> {
+        self.wait_applied(batch, Some(limit))?;
+        let state = self.lock();
+        match state
+            .given_up
+            .iter()
+            .find(|(after, through, _)| *after < batch && batch <= *through)
+        {
+            Some((_, _, why)) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn wait_applied(&self, target: u64, limit: Option<Duration>) -> Result<(), String> {
+        let deadline = limit.map(|limit| (Instant::now() + limit, limit));
         let mut state = self.lock();
-        let target = state.appended;
         while state.applied < target {
             if let Some(why) = &state.stalled {
                 return Err(why.clone());
             }
             state = match deadline {
                 None => self.wait(state),
-                Some(deadline) => {
+                Some((deadline, limit)) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Err(format!("the index has not applied it within {limit:?}"));
+                        return Err(format!(
+                            "the index has not applied it within {} s",
+                            limit.as_secs_f32()
+                        ));
                     }
                     self.changed
                         .wait_timeout(state, left)

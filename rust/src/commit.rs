@@ -78,8 +78,9 @@ pub struct Journal {
 #[derive(Default)]
 struct Queue {
     waiting: Vec<Logged>,
-    /// Each committed ticket's outcome: Err(why) when its batch could not be made durable.
-    results: HashMap<u64, Result<(), String>>,
+    /// Each committed ticket's outcome: its batch in the backlog, or Err(why) when the batch
+    /// could not be made durable.
+    results: HashMap<u64, Result<u64, String>>,
     leading: bool,
     next_ticket: u64,
 }
@@ -103,12 +104,12 @@ impl Journal {
         self.acknowledge_indexed.store(on, Ordering::Relaxed);
     }
 
-    /// Returns once what was committed before the call is indexed, when acknowledgements wait
-    /// for that (`acknowledge_indexed`); Err(why) if the index cannot apply it now — it is in
-    /// the log, replayed later, but must not be acknowledged yet.
-    pub fn settle(&self) -> Result<(), String> {
+    /// Returns once `batch` (what `commit` returned) is indexed, when acknowledgements wait
+    /// for that (`acknowledge_indexed`); Err(why) if the index cannot apply it now, or gave
+    /// it up — it is in the log, replayed later, but must not be acknowledged yet.
+    pub fn settle(&self, batch: u64) -> Result<(), String> {
         if self.acknowledge_indexed.load(Ordering::Relaxed) {
-            self.backlog.barrier(Some(SETTLE_LIMIT))?;
+            self.backlog.indexed(batch, SETTLE_LIMIT)?;
         }
         Ok(())
     }
@@ -135,10 +136,10 @@ impl Journal {
         ticket
     }
 
-    /// Returns once the write of `ticket` is durable in the log and queued for the applier,
-    /// or Err(why) if it could not be made durable; commits what is waiting (up to a batch
+    /// Returns once the write of `ticket` is durable in the log and queued for the applier
+    /// (with its batch, for `settle`), or Err(why) if it could not be made durable; commits what is waiting (up to a batch
     /// at a time) when nobody else is.
-    pub fn wait(&self, ticket: u64) -> Result<(), String> {
+    pub fn wait(&self, ticket: u64) -> Result<u64, String> {
         let mut queue = self.lock();
         loop {
             if let Some(outcome) = queue.results.remove(&ticket) {
@@ -156,7 +157,7 @@ impl Journal {
     }
 
     /// `submit` and `wait`.
-    pub fn commit(&self, write: Write) -> Result<(), String> {
+    pub fn commit(&self, write: Write) -> Result<u64, String> {
         let ticket = self.submit(write);
         self.wait(ticket)
     }
@@ -185,7 +186,7 @@ impl Journal {
 
     /// Appends the records of `batch` to the pack log, durably, and leaves them for the
     /// index's applier.
-    fn persist(&self, batch: Vec<Logged>) -> io::Result<()> {
+    fn persist(&self, batch: Vec<Logged>) -> io::Result<u64> {
         self.backlog
             .append(batch, |batch| -> io::Result<Vec<Position>> {
                 let records: Vec<LogRecord<'_>> = batch.iter().map(|l| l.write.record()).collect();

@@ -321,9 +321,10 @@ impl Store {
     ) -> PyResult<Self> {
         let s3 = S3Config {
             // Plain HTTP only where the endpoint says so (SeaweedFS on loopback, say).
-            allow_http: endpoint
-                .as_deref()
-                .is_some_and(|e| e.starts_with("http://")),
+            allow_http: endpoint.as_deref().is_some_and(|e| {
+                e.get(..7)
+                    .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+            }),
             endpoint,
             region: region.into(),
             access_key_id,
@@ -437,6 +438,7 @@ impl Store {
     /// when no other writer is); OSError if it could not be made durable.
     fn wait_committed(&self, py: Python<'_>, ticket: u64) -> PyResult<()> {
         py.detach(|| self.journal.wait(ticket))
+            .map(|_batch| ())
             .map_err(PyOSError::new_err)
     }
 
@@ -479,6 +481,12 @@ impl Store {
         self.journal.backlog().applied(through);
     }
 
+    /// The applier gave up what `take_logged` returned up to `through`, for `why` (left for
+    /// the replay at the next open): writers waiting for it to be indexed are told so.
+    fn log_given_up(&self, through: u64, why: String) {
+        self.journal.backlog().given_up(through, why);
+    }
+
     /// The applier failed to index what it took, for `why`, and will retry: until it has,
     /// writes are refused and `log_barrier` answers `why`.
     fn log_stalled(&self, why: String) {
@@ -501,7 +509,7 @@ impl Store {
     /// Returns None once everything written before the call is indexed; or why it cannot
     /// be yet (the applier is stalled).
     fn log_barrier(&self, py: Python<'_>) -> Option<String> {
-        py.detach(|| self.journal.backlog().barrier(None)).err()
+        py.detach(|| self.journal.backlog().barrier()).err()
     }
 
     /// Commits what is still queued, then takes no more writes; `take_logged` returns None
@@ -638,22 +646,31 @@ impl Store {
     }
 
     /// gc on S3: moves the blob objects that neither the `live` manifests nor the log after
-    /// the index's `marks` reference, and that were written more than `grace_seconds` ago, to
-    /// the trash; deletes those trashed as long ago, puts back those referenced again.
+    /// the index's `marks` reference, written before `trash_before`, to the trash; deletes
+    /// those trashed before `delete_before`, puts back those referenced again (times in
+    /// seconds since the Unix epoch).
     fn collect(
         &self,
         py: Python<'_>,
         live: Vec<Vec<u8>>,
         marks: HashMap<u32, u64>,
-        grace_seconds: f64,
+        trash_before: f64,
+        delete_before: f64,
     ) -> PyResult<Collected> {
         let manifests = live
             .iter()
             .map(|m| decode_manifest(m))
             .collect::<PyResult<Vec<_>>>()?;
-        let grace = Duration::try_from_secs_f64(grace_seconds)
-            .map_err(|e| PyValueError::new_err(format!("grace: {e}")))?;
-        let report = py.detach(|| self.core.collect(&manifests, &marks, grace))?;
+        let at = |seconds: f64| {
+            Duration::try_from_secs_f64(seconds)
+                .map(|since| std::time::UNIX_EPOCH + since)
+                .map_err(|e| PyValueError::new_err(format!("a time before 1970: {e}")))
+        };
+        let (trash_before, delete_before) = (at(trash_before)?, at(delete_before)?);
+        let report = py.detach(|| {
+            self.core
+                .collect(&manifests, &marks, trash_before, delete_before)
+        })?;
         Ok(Collected::new(&report))
     }
 

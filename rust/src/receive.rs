@@ -167,13 +167,14 @@ impl Receiver {
             .map_err(|e| mismatch(e.to_string()))?;
         check(&identity).map_err(mismatch)?;
         let received = Received::new(ingested, sender, self.replace_duplicates);
-        self.journal
+        let batch = self
+            .journal
             .commit(Write::Received(Box::new(received)))
             .map_err(|why| Refused {
                 status: OUT_OF_RESOURCES,
                 why: format!("commit failed: {why}"),
             })?;
-        self.journal.settle().map_err(|why| Refused {
+        self.journal.settle(batch).map_err(|why| Refused {
             status: OUT_OF_RESOURCES,
             why: format!("not indexed yet (in the log, replayed later): {why}"),
         })

@@ -64,7 +64,7 @@ fn a_barrier_waits_for_what_was_appended_before_it_only() {
     let reader = {
         let backlog = backlog.clone();
         blocked("returned before the append was applied", move || {
-            backlog.barrier(None).unwrap()
+            backlog.barrier().unwrap()
         })
     };
     let (through, _) = backlog.take().unwrap();
@@ -78,7 +78,7 @@ fn a_failed_persist_queues_nothing_and_a_closed_backlog_refuses_appends() {
     let backlog = Backlog::<u32>::default();
     let failed = backlog.append(vec![1], |_| Err(io::Error::other("disk full")));
     assert!(failed.is_err());
-    backlog.barrier(None).unwrap(); // nothing was acknowledged: nothing to wait for
+    backlog.barrier().unwrap(); // nothing was acknowledged: nothing to wait for
     backlog.close();
     assert!(backlog.take().is_none());
     let offsets = AtomicU64::new(0);
@@ -93,7 +93,7 @@ fn a_stalled_applier_refuses_writers_and_tells_readers_until_it_applies() {
     let reader = {
         let backlog = backlog.clone();
         blocked("returned before the append was applied", move || {
-            assert_eq!(backlog.barrier(None), Err("disk failed".to_string()));
+            assert_eq!(backlog.barrier(), Err("disk failed".to_string()));
         })
     };
     let (through, _) = backlog.take().unwrap();
@@ -104,7 +104,7 @@ fn a_stalled_applier_refuses_writers_and_tells_readers_until_it_applies() {
     assert!(refused.to_string().contains("disk failed"), "{refused}");
     // The retry succeeds: writers and readers go on.
     backlog.applied(through);
-    backlog.barrier(None).unwrap();
+    backlog.barrier().unwrap();
     backlog.append(vec![3], persist(&offsets)).unwrap();
     assert_eq!(backlog.take().unwrap().1, vec![((1, 2), 3)]);
 }
@@ -126,17 +126,40 @@ fn an_index_without_room_refuses_writers_before_they_acknowledge() {
 }
 
 #[test]
-fn a_bounded_barrier_gives_up_when_the_applier_takes_longer() {
+fn a_writer_waiting_for_its_batch_to_be_indexed_gives_up_after_its_limit() {
     let backlog = Backlog::<u32>::default();
     let offsets = AtomicU64::new(0);
     let limit = Duration::from_millis(200);
-    backlog.barrier(Some(limit)).unwrap(); // nothing appended: nothing to wait for
-    backlog.append(vec![1], persist(&offsets)).unwrap();
+    let batch = backlog.append(vec![1], persist(&offsets)).unwrap();
     let started = std::time::Instant::now();
-    let waited = backlog.barrier(Some(limit)).unwrap_err();
+    let waited = backlog.indexed(batch, limit).unwrap_err();
     assert!(started.elapsed() >= limit, "{:?}", started.elapsed());
-    assert!(waited.contains("has not applied it"), "{waited}");
+    assert!(
+        waited.contains("has not applied it within 0.2 s"),
+        "{waited}"
+    );
     let (through, _) = backlog.take().unwrap();
     backlog.applied(through);
-    backlog.barrier(Some(limit)).unwrap();
+    backlog.indexed(batch, limit).unwrap();
+}
+
+#[test]
+fn what_the_applier_gave_up_is_not_indexed_for_its_writers_but_readers_go_on() {
+    let backlog = Backlog::<u32>::default();
+    let offsets = AtomicU64::new(0);
+    let limit = Duration::from_secs(5);
+    let given_up = backlog.append(vec![1], persist(&offsets)).unwrap();
+    let (through, _) = backlog.take().unwrap();
+    backlog.given_up(through, "cannot be indexed".into());
+    backlog.barrier().unwrap();
+    // A later batch, applied, is indexed for its writer; the given-up one's writer, asking
+    // only now, is still told.
+    let applied = backlog.append(vec![2], persist(&offsets)).unwrap();
+    let (through, _) = backlog.take().unwrap();
+    backlog.applied(through);
+    backlog.indexed(applied, limit).unwrap();
+    assert_eq!(
+        backlog.indexed(given_up, limit),
+        Err("cannot be indexed".to_string())
+    );
 }

@@ -14,7 +14,8 @@ import pytest
 
 from dicomvault import config
 from dicomvault.bench.corpus import ct_corpus
-from dicomvault.migrate.journal import Journal
+from dicomvault.config import load
+from dicomvault.migrate.journal import rows_of
 from dicomvault.security.accounts import Role
 from dicomvault.store import Archive
 from tests.conftest import Cli
@@ -64,7 +65,7 @@ class Source:
         return ["migrate", "dicomweb", self.url, "--find-limit", str(LIMIT), *more]
 
     def rows(self) -> dict[str, object]:
-        return {r.item: r for r in Journal.rows_of(self.root, self.url)}
+        return {r.item: r for r in rows_of(load(None, root=self.root), self.url)}
 
     def served(self, sop_instance_uid: str) -> bytes:
         """The instance's file as Orthanc serves it."""
@@ -155,7 +156,7 @@ def test_from_dicomvaults_own_dicomweb_with_a_token(tmp_path, corpus):
         refused = cli.run("migrate", "dicomweb", url, check=False)
         assert refused.returncode == 1 and "HTTP 401" in refused.stderr
         cli.run("migrate", "dicomweb", url, "--token", secured.tokens[Role.READ])
-        assert {r.state for r in Journal.rows_of(cli.root, url)} == {"verified"}
+        assert {r.state for r in rows_of(load(None, root=cli.root), url)} == {"verified"}
     finally:
         secured.server.stop()
     assert held(cli.root) == held(secured.server.root)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from dicomvault.bench.corpus import ct_corpus
-from dicomvault.migrate.journal import Journal
+from dicomvault.config import load
+from dicomvault.migrate.journal import rows_of
 from dicomvault.migrate.pacs import MIN_PART, parts_of
 from tests.conftest import Cli
 from tests.net.conftest import Orthanc, dcmtk, free_port
@@ -69,7 +70,7 @@ class Setup:
         )
 
     def rows(self) -> dict[str, object]:
-        return {r.item: r for r in Journal.rows_of(self.root, "pacs")}
+        return {r.item: r for r in rows_of(load(None, root=self.root), "pacs")}
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import io
 import pydicom
 
 from dicomvault.bench.corpus import ct_corpus
-from dicomvault.migrate.journal import Journal
+from dicomvault.config import load
+from dicomvault.migrate.journal import rows_of
 from dicomvault.migrate.storage import source_name
 from tests.conftest import Cli
 from tests.net.conftest import Orthanc, dcmtk
@@ -50,6 +51,6 @@ def test_orthanc_storage_comes_over_byte_identical_and_resumes(tmp_path):
     assert cli.run("verify").returncode == 0
 
     cli.run("migrate", "orthanc-storage", storage, "--index", index)
-    rows = Journal.rows_of(cli.root, source_name(storage))
+    rows = rows_of(load(None, root=cli.root), source_name(storage))
     assert all(r.attempts == 1 for r in rows)
     assert sum(r.state == "verified" for r in rows) == len(corpus)

@@ -406,10 +406,10 @@ def _collect(config: Path | None, root: Path | None, grace: float) -> None:
     with open_archive(config, root) as archive:
         try:
             report = archive.collect(grace)
-        except (RuntimeError, OSError, DamagedError) as e:
+        except (RuntimeError, OSError, DamagedError, IndexUnavailable) as e:
             fail(f"gc stopped: {e}")
     if report is None:
-        typer.echo("gc is running on another node (or process): nothing done here")
+        typer.echo("a gc or reindex is running on another node (or process): nothing done here")
         return
     typer.echo(
         f"blob objects: {report.blobs}; to the trash: {report.trashed} "
@@ -481,7 +481,7 @@ def reindex(config: ConfigOption = None, root: RootOption = None) -> None:
             fail(str(e))
         unindexed = archive.unindexed()
     if rebuilt is None:
-        fail("a reindex is running on another node (or process)")
+        fail("a gc or reindex is running on another node (or process)")
     count, damaged = rebuilt
     for damage in damaged:
         typer.echo(f"DAMAGED {damage.message}", err=True)

@@ -49,14 +49,18 @@ def open_archive(
 
 
 def archive_for(
-    conf: config.Settings, *, exclusive: bool = False, packs_only: str | None = None
+    conf: config.Settings,
+    *,
+    exclusive: bool = False,
+    packs_only: str | None = None,
+    serving: bool = False,
 ) -> Archive:
     """The archive ``conf`` configures; refused up front when the command (``packs_only``
-    names it) works on packs and the archive is not on them."""
+    names it) works on packs and the archive is not on them. ``serving``: for ``serve``."""
     try:
         if packs_only is not None:
             require_packs(conf, packs_only)
-        return Archive(conf, exclusive=exclusive)
+        return Archive(conf, exclusive=exclusive, serving=serving)
     except (BlockingIOError, BackendError, StorageError) as e:
         fail(str(e))
     except OSError as e:  # the storage cannot be reached or read (a bucket, a disk)

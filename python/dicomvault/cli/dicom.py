@@ -6,7 +6,6 @@ import logging
 import signal
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,7 +24,6 @@ from dicomvault.cli.output import print_json, print_table
 from dicomvault.config import ConfigError, Settings
 from dicomvault.dicom.keys import parse_keys
 from dicomvault.index import Level
-from dicomvault.index.records import BEAT_INTERVAL
 from dicomvault.net.policy import AccessPolicy, Modality, PolicyError
 from dicomvault.store.importer import iter_files
 
@@ -75,7 +73,7 @@ def serve(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with archive_for(conf) as archive:
+    with archive_for(conf, serving=True) as archive:
         http = None
         server = None
         control = ControlServer(archive)
@@ -104,17 +102,13 @@ def serve(
                 f"archive {conf.root}",
                 err=True,
             )
-            # A signal that another thread received runs its handler only once the main thread
-            # runs Python code again: wake up every second to let it, and beat now and then.
             host = socket.gethostname() if bound_host in ("0.0.0.0", "::") else bound_host
-            archive.beat(f"{host}:{bound_port}")
-            beaten = time.monotonic()
+            archive.serve_heartbeat(f"{host}:{bound_port}")
+            # A signal that another thread received runs its handler only once the main thread
+            # runs Python code again: wake up every second to let it.
             while not stop.wait(1):
-                if time.monotonic() - beaten >= BEAT_INTERVAL:
-                    archive.beat(f"{host}:{bound_port}")
-                    beaten = time.monotonic()
+                pass
             log.info("stopping: no new associations; committing what was received")
-            archive.leave()
         except (OSError, PolicyError) as e:
             fail(str(e))
         finally:

@@ -27,7 +27,7 @@ from dicomvault.cli.common import (
 from dicomvault.cli.dicom import KeysOption, TargetArgument, _keys, _target
 from dicomvault.cli.output import print_json, print_table
 from dicomvault.config import Settings
-from dicomvault.migrate.journal import STATES, Journal, JournalRow
+from dicomvault.migrate.journal import STATES, JournalRow, open_journal, rows_of
 from dicomvault.migrate.live import Progress, live_path
 from dicomvault.store.archive import PackRewritten, RepackReport
 
@@ -133,7 +133,7 @@ def pacs(
         parallel=parallel,
         rate_limit=rate_limit,
     )
-    with open_archive(config, root) as archive, Journal(archive.root) as journal:
+    with open_archive(config, root) as archive, open_journal(archive.settings) as journal:
         audited(archive, "migrate", [], f"migrate pacs from {target.aet} ({method})")
         try:
             scu = BulkScu(conf, target, archive)
@@ -156,7 +156,7 @@ def pacs(
             scu.close()
             if server is not None:
                 server.stop()
-    _summary(archive.root, target.name, left)
+    _summary(archive.settings, target.name, left)
 
 
 @app.command()
@@ -198,13 +198,13 @@ def dicomweb(
         parallel=parallel,
         rate_limit=rate_limit,
     )
-    with open_archive(config, root) as archive, Journal(archive.root) as journal:
+    with open_archive(config, root) as archive, open_journal(archive.settings) as journal:
         migration = DicomwebMigration(
             archive, journal, url, authorization(token, user, password), report=typer.echo
         )
         audited(archive, "migrate", [], f"migrate dicomweb from {migration.url}")
         left = _run(migration, plan)
-    _summary(archive.root, migration.name, left)
+    _summary(archive.settings, migration.name, left)
 
 
 def _run(migration: Migration, plan: Plan) -> list[JournalRow]:
@@ -222,9 +222,9 @@ def _run(migration: Migration, plan: Plan) -> list[JournalRow]:
             fail(str(e))
 
 
-def _summary(root: Path, name: str, left: list[JournalRow]) -> None:
+def _summary(conf: Settings, name: str, left: list[JournalRow]) -> None:
     """How many studies are verified; exits 1, listing them, if any is not."""
-    rows = list(Journal.rows_of(root, name))
+    rows = rows_of(conf, name)
     verified = sum(r.state == "verified" for r in rows)
     typer.echo(f"{verified} of {len(rows)} studies verified")
     _exit_unless_settled(left)
@@ -284,7 +284,7 @@ def compare(
     conf = settings(config, root)
     target = _target(conf, source)
     plan = _plan(since, until, key, find_limit)
-    with open_archive(config, root) as archive, Journal(archive.root) as journal:
+    with open_archive(config, root) as archive, open_journal(archive.settings) as journal:
         try:
             scu = BulkScu(conf, target)
         except ScuError as e:
@@ -320,7 +320,7 @@ def orthanc_storage(
     index = index / "index" if index.is_dir() else index
     if not index.is_file():
         fail(f"no Orthanc index at {index}: name it with --index")
-    with open_archive(config, root) as archive, Journal(archive.root) as journal:
+    with open_archive(config, root) as archive, open_journal(archive.settings) as journal:
         audited(archive, "migrate", [], f"migrate orthanc-storage from {directory}")
         migration = OrthancStorageMigration(archive, journal, directory, index, report=typer.echo)
         left = migration.run()
@@ -441,7 +441,7 @@ def status(source: TargetArgument, config: ConfigOption = None, root: RootOption
     now (or the last one), its studies done, instances, MB, rates and ETA."""
     conf = settings(config, root)
     name = _source(conf, source)
-    rows = Journal.rows_of(conf.root, name)
+    rows = rows_of(conf, name)
     live = Progress.load(conf.root, name)
     if live is not None:
         how = "running" if live.running else "finished" if live.finished else "stopped"
@@ -461,7 +461,7 @@ def report(
     """Every item of SOURCE (a PACS, a DICOMweb URL, or a storage directory) not migrated,
     and why."""
     conf = settings(config, root)
-    rows = [r for r in Journal.rows_of(conf.root, _source(conf, source)) if r.state != "verified"]
+    rows = [r for r in rows_of(conf, _source(conf, source)) if r.state != "verified"]
     if as_json:
         print_json([asdict(r) for r in rows])
     elif as_csv:

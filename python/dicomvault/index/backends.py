@@ -43,13 +43,19 @@ def store_identity(root: Path) -> str:
     return made
 
 
-def _url(settings: Settings) -> str:
+def index_url(settings: Settings) -> str:
+    """``[index] url``, required on PostgreSQL."""
     url = str(settings["index"]["url"])
     if not url:
         raise BackendError(
             '[index] backend = "postgresql" needs [index] url (or DICOMVAULT_INDEX_URL)'
         )
     return url
+
+
+def index_on_postgresql(settings: Settings) -> bool:
+    """Whether the index is on PostgreSQL (BackendError for an unknown backend)."""
+    return _backend(settings) == "postgresql"
 
 
 def _backend(settings: Settings) -> str:
@@ -78,7 +84,7 @@ def open_index(
             barrier=barrier,
             same_data_set=same_data_set,
         )
-    url = _url(settings)
+    url = index_url(settings)
     _need_psycopg()
     import psycopg
 
@@ -101,7 +107,7 @@ def init_db(settings: Settings) -> tuple[int, int]:
     for none; the version now)."""
     if _backend(settings) != "postgresql":
         raise BackendError('init-db is for [index] backend = "postgresql" (LMDB needs none)')
-    url = _url(settings)
+    url = index_url(settings)
     _need_psycopg()
     import psycopg
 

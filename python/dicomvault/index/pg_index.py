@@ -133,16 +133,23 @@ class PgIndex:
 
     @contextmanager
     def _advisory_lock(self, job: str) -> Iterator[bool]:
-        digest = hashlib.blake2b(f"dicomvault {job}".encode(), digest_size=8).digest()
-        key = int.from_bytes(digest, "big", signed=True)
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-            mine = bool(row and row[0])
-            try:
-                yield mine
-            finally:
-                if mine:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        # Keyed by the store too: archives sharing a database do not hold up each other's.
+        name = f"dicomvault {self.store} {job}".encode()
+        key = int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big", signed=True)
+        try:
+            with self.pool.connection() as conn:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                mine = bool(row and row[0])
+                try:
+                    yield mine
+                finally:
+                    if mine:
+                        try:
+                            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                        except psycopg.Error as e:  # the connection went, and the lock with it
+                            log.warning("the %s lock was lost with its connection: %s", job, e)
+        except (psycopg.OperationalError, PoolTimeout) as e:
+            raise IndexUnavailable(f"the index cannot be reached: {e}") from e
 
     @property
     def marks_frozen(self) -> bool:

@@ -61,6 +61,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
             started timestamptz NOT NULL, seen timestamptz NOT NULL,
             PRIMARY KEY (store, node))""",
     ),
+    (
+        f"""CREATE TABLE {SCHEMA}.journal (
+            source text NOT NULL, item text NOT NULL, body bytea NOT NULL,
+            PRIMARY KEY (source, item))""",
+    ),
 ]
 VERSION = len(MIGRATIONS)
 

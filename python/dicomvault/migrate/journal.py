@@ -1,6 +1,9 @@
-"""The migration journal: one row per (source, item) in an LMDB environment under the archive
-root (an item is a study of a PACS, or a file of another archive's storage), with its state,
-expected and received instance counts, attempts and last error.
+"""The migration journal: one row per (source, item) with its state, expected and received
+instance counts, attempts and last error (an item is a study of a PACS, or a file of another
+archive's storage) — kept where the archive's index is: an LMDB environment under the archive
+root, or a table of the PostgreSQL index (``pg_journal``), which every node sharing the
+archive sees at once, so that a migration one node started can be followed, or resumed, from
+another.
 
 States: ``pending`` (enumerated), ``running`` (a retrieve started), ``done`` (retrieved, not yet
 verified), ``verified`` (the archive holds every SOP Instance UID the source lists, or the
@@ -15,12 +18,16 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lmdb
 import msgpack
+
+from dicomvault.config import Settings
+from dicomvault.index.backends import index_on_postgresql, index_url
 
 STATES = ("pending", "running", "done", "verified", "failed", "skipped")
 # What needs nothing more done.
@@ -40,33 +47,29 @@ class JournalRow:
     updated: float = field(default_factory=time.time)
 
 
-class Journal:
-    """The journal of an archive (``<root>/migrate``)."""
+class Journal(ABC):
+    """A migration journal; close it (or use ``with``)."""
 
-    def __init__(self, root: Path) -> None:
-        path = root / "migrate"
-        path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), map_size=1 << 34, max_dbs=2, subdir=True)
-        self.db = self.env.open_db(b"studies")
+    @abstractmethod
+    def get(self, source: str, item: str) -> JournalRow:
+        """The row of ``item``, a new (pending) one if it has none yet."""
 
-    def close(self) -> None:
-        self.env.close()
+    @abstractmethod
+    def put_many(self, rows: Iterable[JournalRow]) -> None:
+        """Commits rows in one transaction (each stamped ``updated`` now)."""
+
+    @abstractmethod
+    def rows(self, source: str) -> Iterator[JournalRow]:
+        """The rows of ``source``, by item."""
+
+    @abstractmethod
+    def close(self) -> None: ...
 
     def __enter__(self) -> Journal:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-    @staticmethod
-    def _key(source: str, item: str) -> bytes:
-        return f"{source}\0{item}".encode()
-
-    def get(self, source: str, item: str) -> JournalRow:
-        """The row of ``item``, a new (pending) one if it has none yet."""
-        with self.env.begin(db=self.db) as txn:
-            raw = txn.get(self._key(source, item))
-        return JournalRow(**msgpack.unpackb(raw)) if raw is not None else JournalRow(source, item)
 
     def enumerated(self, source: str, study: str, study_date: str, expected: int) -> JournalRow:
         """Records a study the source lists; a known one keeps its state and attempts."""
@@ -78,22 +81,60 @@ class Journal:
     def put(self, row: JournalRow) -> None:
         self.put_many([row])
 
-    def put_many(self, rows: Iterable[JournalRow]) -> None:
-        """Commits rows in one transaction."""
-        now = time.time()
-        with self.env.begin(write=True, db=self.db) as txn:
-            for row in rows:
-                row.updated = now
-                txn.put(self._key(row.source, row.item), msgpack.packb(asdict(row)))
-
     def unsettled(self, source: str) -> list[JournalRow]:
         """The rows of ``source`` that still need something done (or failed)."""
         return [r for r in self.rows(source) if r.state not in SETTLED]
 
-    @classmethod
-    def rows_of(cls, root: Path, source: str) -> list[JournalRow]:
-        with cls(root) as journal:
-            return list(journal.rows(source))
+
+def open_journal(settings: Settings) -> Journal:
+    """The journal of the archive ``settings`` configure, beside its index."""
+    if index_on_postgresql(settings):
+        from dicomvault.migrate.pg_journal import PgJournal
+
+        return PgJournal(index_url(settings))
+    return LmdbJournal(settings.root)
+
+
+def rows_of(settings: Settings, source: str) -> list[JournalRow]:
+    with open_journal(settings) as journal:
+        return list(journal.rows(source))
+
+
+def encode(row: JournalRow) -> bytes:
+    return msgpack.packb(asdict(row))
+
+
+def decode(raw: bytes) -> JournalRow:
+    return JournalRow(**msgpack.unpackb(raw))
+
+
+class LmdbJournal(Journal):
+    """The journal of an archive whose index is on LMDB: ``<root>/migrate``."""
+
+    def __init__(self, root: Path) -> None:
+        path = root / "migrate"
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(str(path), map_size=1 << 34, max_dbs=2, subdir=True)
+        self.db = self.env.open_db(b"studies")
+
+    def close(self) -> None:
+        self.env.close()
+
+    @staticmethod
+    def _key(source: str, item: str) -> bytes:
+        return f"{source}\0{item}".encode()
+
+    def get(self, source: str, item: str) -> JournalRow:
+        with self.env.begin(db=self.db) as txn:
+            raw = txn.get(self._key(source, item))
+        return decode(raw) if raw is not None else JournalRow(source, item)
+
+    def put_many(self, rows: Iterable[JournalRow]) -> None:
+        now = time.time()
+        with self.env.begin(write=True, db=self.db) as txn:
+            for row in rows:
+                row.updated = now
+                txn.put(self._key(row.source, row.item), encode(row))
 
     def rows(self, source: str) -> Iterator[JournalRow]:
         prefix = f"{source}\0".encode()
@@ -103,7 +144,7 @@ class Journal:
                 for key, raw in cursor:
                     if not key.startswith(prefix):
                         break
-                    yield JournalRow(**msgpack.unpackb(raw))
+                    yield decode(raw)
 
 
 class Batcher:

@@ -100,8 +100,9 @@ class Applier:
             claimed = [p for *_, ticket, _ in logged if (p := self._claim(ticket)) is not None]
             steps = self._steps(logged, {p.ticket: p for p in claimed})
             if steps is None:
-                _give_up(claimed, IndexUnavailable("it cannot be indexed (see the log)"))
-                store.log_applied(through)
+                why = "it cannot be indexed (see the log)"
+                _give_up(claimed, IndexUnavailable(why))
+                store.log_given_up(through, why)
                 continue
             delay = 0.05
             while steps:
@@ -116,12 +117,16 @@ class Applier:
                     if archive.closing.wait(delay):
                         archive.index.freeze_marks()
                         log.error("closing: those instances are replayed at the next open")
-                        _give_up(claimed, IndexUnavailable(f"{why}; indexed at the next open"))
+                        why = f"{why}; indexed at the next open"
+                        _give_up(claimed, IndexUnavailable(why))
                         break
                     delay = min(delay * 2, 5.0)
                     continue
                 del steps[0]  # applied: a retry goes on from the next
-            if delay > 0.05 and not steps:
+            if steps:  # given up
+                store.log_given_up(through, why)
+                continue
+            if delay > 0.05:
                 log.warning("indexing succeeded again: C-STOREs are accepted")
             store.log_applied(through)
             archive.check_headroom()

@@ -46,7 +46,7 @@ from dicomvault.dicom.acceptance import (
 from dicomvault.dicom.values import decode_elements
 from dicomvault.index import CommitOutcome, Index, InstanceEntry, Level, Record
 from dicomvault.index.backends import open_index
-from dicomvault.index.records import NodeSeen
+from dicomvault.index.records import BEAT_INTERVAL, NodeSeen
 from dicomvault.metrics import Counter, Histogram
 from dicomvault.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 from dicomvault.store.applier import Applier, IndexUnavailable, Pending
@@ -135,6 +135,13 @@ class Defect:
 # than this left: what was acknowledged must always fit.
 INDEX_HEADROOM = 16 << 20
 
+# The lock gc and reindex take (``Index.exclusive``): either would see the other's index half
+# made, and take blobs for garbage.
+MAINTENANCE = "maintenance"
+# While a node serves, gc keeps what it trashed at least this long (seconds): the longest a
+# C-STORE may take from putting a blob to committing its instance.
+TRASH_KEPT_WHILE_SERVING = 600.0
+
 
 def final(outcome: IngestOutcome, commit: Pending[CommitOutcome] | None) -> IngestOutcome:
     """The outcome once the commit (if any) is durable, with its key; "failed" when the
@@ -166,7 +173,9 @@ class Archive:
     # through the door below.
     index: Index
 
-    def __init__(self, settings: Settings, *, exclusive: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, exclusive: bool = False, serving: bool = False
+    ) -> None:
         storage = settings["storage"]
         self.settings = settings
         self.root = settings.root
@@ -194,10 +203,16 @@ class Archive:
         self.store.acknowledge_indexed(self.store.on_objects)
         # Why instances are refused before they are acknowledged (see ``check_headroom``).
         self._refusal: str | None = None
-        self._settle_marks()
-        replayed = self.replay(self.index.applied())
-        if replayed:
-            log.warning("replayed %d records of the pack log into the index", replayed)
+        self._stop_beating = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        # A node's log is its own to replay: a command run as a node that serves leaves it to
+        # that node, whose applier would race its replay (an instance just deleted there could
+        # come back).
+        if serving or not self._node_serving():
+            self._settle_marks()
+            replayed = self.replay(self.index.applied())
+            if replayed:
+                log.warning("replayed %d records of the pack log into the index", replayed)
         # What this process ingested (C-STORE, STOW-RS, uploads, C-GET), for /metrics.
         self.ingested = Counter(
             "dicomvault_ingested_instances_total",
@@ -241,6 +256,9 @@ class Archive:
                 log.error("checkpoint failed: %s", e)
 
     def close(self) -> None:
+        self._stop_beating.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=10)  # an index out of reach: the row goes silent
         self.store.close_log()  # commits what is still queued, then takes no more
         self.closing.set()
         self._applier.join()
@@ -749,35 +767,54 @@ class Archive:
         flush()
         return len(events)
 
-    def beat(self, address: str) -> None:
-        """This node serves at ``address`` (``serve`` calls it every few seconds): on object
-        storage, its heartbeat in the shared index, for the other nodes and ``nodes``. An
-        index out of reach is logged: the beat after it is the next try."""
+    def serve_heartbeat(self, address: str) -> None:
+        """This node serves at ``address``: on object storage, its heartbeat in the shared
+        index every few seconds, for the other nodes and ``nodes``, until the archive closes
+        (it then records that the node stopped). On a thread of its own, so that an index out
+        of reach holds up nothing; a failing beat is logged once, then its recovery."""
         if not self.store.on_objects:
             return
-        try:
-            self.index.beat(self.node, address, self._opened)
-        except IndexUnavailable as e:
-            log.warning("heartbeat not recorded: %s", e)
 
-    def leave(self) -> None:
-        """This node stops serving (see ``beat``)."""
-        if self.store.on_objects:
+        def run() -> None:
+            failing = False
+            while not self._stop_beating.is_set():
+                try:
+                    self.index.beat(self.node, address, self._opened)
+                    if failing:
+                        log.warning("heartbeat recorded again")
+                    failing = False
+                except IndexUnavailable as e:
+                    if not failing:
+                        log.warning("heartbeat not recorded (retrying): %s", e)
+                    failing = True
+                self._stop_beating.wait(BEAT_INTERVAL)
             try:
                 self.index.leave(self.node)
             except IndexUnavailable as e:
                 log.warning("could not record that this node stopped: %s", e)
 
+        self._heartbeat = threading.Thread(target=run, name="heartbeat", daemon=True)
+        self._heartbeat.start()
+
     def nodes(self) -> list[NodeSeen]:
         """The nodes serving the archive, as their heartbeats say (none on packs)."""
         return self.index.nodes()
+
+    def _node_serving(self) -> bool:
+        """Whether, on object storage, a serving node beats under this process's number."""
+        if not self.store.on_objects:
+            return False
+        try:
+            return any(n.node == self.node and n.serving for n in self.index.nodes())
+        except IndexUnavailable:
+            return False  # the replay then fails as it would have
 
     def reindex(self) -> tuple[int, list[_native.Damage]] | None:
         """Rebuilds the instance index from the log alone — the packs (and their blob index
         first), or every node's segments on S3: every intact record indexed, every damaged
         one returned (torn pack tails moved to quarantine/; a damaged segment is logged and
-        listed by ``verify``). None when another process, on any node, is reindexing."""
-        with self.index.exclusive("reindex") as mine:
+        listed by ``verify``). None when another maintenance job runs, on any node."""
+        with self.index.exclusive(MAINTENANCE) as mine:
             if not mine:
                 return None
             serving = [n for n in self.index.nodes() if n.serving]
@@ -817,15 +854,20 @@ class Archive:
     def collect(self, grace: float) -> _native.Collected | None:
         """gc on S3, while every node goes on serving: the blob objects no indexed instance
         and no record of the log not yet indexed references, written more than ``grace``
-        seconds ago, go to the trash and are deleted from it ``grace`` seconds later (see
-        ``_native.Store.collect``). One process at a time across the nodes: None when another
-        is collecting."""
-        with self.index.exclusive("gc") as mine:
+        seconds before it began, go to the trash and are deleted from it ``grace`` seconds
+        later — at least ``TRASH_KEPT_WHILE_SERVING`` while a node serves, a C-STORE in flight
+        may have put blobs it has not committed yet (see ``_native.Store.collect``). One
+        maintenance job at a time across the nodes: None when another runs."""
+        with self.index.exclusive(MAINTENANCE) as mine:
             if not mine:
                 return None
+            started = time.time()
             # The marks first: a record indexed after they are read is in the log past them.
             marks = self.index.applied()
-            return self.store.collect(self._live_manifests(), marks, grace)
+            live = self._live_manifests()
+            serving = any(n.serving for n in self.index.nodes())
+            kept = max(grace, TRASH_KEPT_WHILE_SERVING) if serving else grace
+            return self.store.collect(live, marks, started - grace, started - kept)
 
     def _live_manifests(self) -> list[bytes]:
         """The manifests of the indexed instances, what gc keeps; refused (RuntimeError)

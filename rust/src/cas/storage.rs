@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::SystemTime;
 
 /// Where a log record ends: (pack, offset) or (node, segment and record).
 pub type Position = (u32, u64);
@@ -195,7 +195,8 @@ impl Storage {
         &self,
         manifests: &[Manifest],
         marks: &HashMap<u32, u64>,
-        grace: Duration,
+        trash_before: SystemTime,
+        delete_before: SystemTime,
     ) -> Result<Collected> {
         let objects = match self {
             Storage::Packs(_) => {
@@ -227,7 +228,10 @@ impl Storage {
                 }
             }
         }
-        objects.blobs.objects().collect(&live, grace)
+        objects
+            .blobs
+            .objects()
+            .collect(&live, trash_before, delete_before)
     }
 
     /// A checkpoint: for packs, everything forced to disk. Nothing on an object store, which

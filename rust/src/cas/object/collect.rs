@@ -9,9 +9,12 @@
 //! trashed blob back if a live manifest references it by then, and deletes it only when none
 //! does a grace period after it was trashed. An object is trashed only once it was last
 //! written more than the grace period ago, so the blobs of an instance still arriving (put,
-//! not yet committed) are left alone. What this rests on: no writer takes longer than the
-//! grace period from putting (or finding) a blob to the commit of the instance that references
-//! it, and the caller's live set covers the log not yet indexed as well as the index.
+//! not yet committed) are left alone; a blob trashed while its writer was still at work is
+//! put back by the next gc. What this rests on: no writer takes longer than the grace period
+//! of the trash from putting (or finding) a blob to the commit of the instance that
+//! references it, and the caller's live set covers the log not yet indexed as well as the
+//! index. Both cutoffs are taken from when the caller started reading what is live, not from
+//! when each pass runs: a long first pass does not shorten the grace of the second.
 //! The object store's clock dates the objects (a trashed one by its copy, which S3 writes
 //! anew); the cutoff is this machine's: the grace period should dwarf any skew between them.
 
@@ -51,20 +54,35 @@ struct Listed {
     written: SystemTime,
 }
 
+/// How finely an object store dates objects: S3 to the second.
+const DATED_TO: Duration = Duration::from_secs(1);
+
+impl Listed {
+    /// Whether the object was surely written before `time`, its date being rounded down.
+    fn written_before(&self, time: SystemTime) -> bool {
+        self.written + DATED_TO <= time
+    }
+}
+
 impl ObjectBlobStore {
-    /// Moves to the trash every blob object `live` does not name that was written more than
-    /// `grace` ago; then puts back the trashed blobs `live` names and deletes those trashed
-    /// more than `grace` ago; then deletes stale uploads. One process at a time: the caller
-    /// holds the archive's gc lock.
-    pub fn collect(&self, live: &HashSet<Hash>, grace: Duration) -> Result<Collected> {
-        let cutoff = SystemTime::now() - grace;
+    /// Moves to the trash every blob object `live` does not name that was written before
+    /// `trash_before`; then puts back the trashed blobs `live` names and deletes those
+    /// trashed before `delete_before`; then deletes stale uploads (older than the same). The
+    /// caller takes both times from when it started reading what is live, less the grace
+    /// periods; one process at a time, holding the archive's maintenance lock.
+    pub fn collect(
+        &self,
+        live: &HashSet<Hash>,
+        trash_before: SystemTime,
+        delete_before: SystemTime,
+    ) -> Result<Collected> {
         let mut report = Collected::default();
         for blob in self.listed(&self.inner.blobs)? {
             report.blobs += 1;
             if live.contains(&blob.hash) {
                 continue;
             }
-            if blob.written > cutoff {
+            if !blob.written_before(trash_before) {
                 report.recent += 1;
                 continue;
             }
@@ -77,9 +95,6 @@ impl ObjectBlobStore {
             report.trashed += 1;
             report.trashed_bytes += blob.size;
         }
-        // Listed after the pass above: what it trashed is dated now, so a grace of zero (a
-        // test, or an archive known idle) deletes it in the same run.
-        let cutoff = SystemTime::now() - grace;
         for blob in self.listed(&self.inner.trash)? {
             if live.contains(&blob.hash) {
                 let home = self.key(&blob.hash);
@@ -92,14 +107,17 @@ impl ObjectBlobStore {
                 })
                 .map_err(object_error)?;
                 report.restored += 1;
-            } else if blob.written <= cutoff {
+            } else if blob.written_before(delete_before) {
                 self.run(self.objects().delete(&blob.key))
                     .map_err(object_error)?;
                 report.deleted += 1;
                 report.deleted_bytes += blob.size;
             }
         }
-        report.stale_uploads = self.remove_stale_uploads(grace)? as u64;
+        let stale = SystemTime::now()
+            .duration_since(delete_before)
+            .unwrap_or_default();
+        report.stale_uploads = self.remove_stale_uploads(stale)? as u64;
         Ok(report)
     }
 

@@ -98,7 +98,7 @@ pub enum ObjectBackend {
 
 /// An S3 bucket and how to reach it. Credentials not given here are taken from the standard
 /// `AWS_*` environment variables.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3Config {
     /// `http://127.0.0.1:8333` for SeaweedFS; None for AWS itself (from the region).
     pub endpoint: Option<String>,
@@ -115,6 +115,25 @@ pub struct S3Config {
     pub max_retries: usize,
     /// ... within this time from its first attempt: then the call fails, and a C-STORE with it.
     pub retry_timeout: Duration,
+}
+
+/// The secret stays out of any debug print or log.
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = self.secret_access_key.as_ref().map(|_| "***");
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &secret)
+            .field("allow_http", &self.allow_http)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout", &self.retry_timeout)
+            .finish()
+    }
 }
 
 impl S3Config {
@@ -311,7 +330,11 @@ fn signs_payload(config: &S3Config) -> bool {
     let Some(rest) = config
         .endpoint
         .as_deref()
-        .and_then(|e| e.strip_prefix("http://"))
+        .filter(|e| {
+            e.get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+        })
+        .map(|e| &e[7..])
     else {
         return false;
     };
@@ -376,7 +399,7 @@ impl BlobStore for ObjectBlobStore {
         Ok(Some(Box::new(ObjectBlobWriter::new(self.clone()))))
     }
 
-    /// A GET (of the trashed copy if gc has moved it), and the bytes' BLAKE3 checked against
+    /// A GET (of the trashed copy if gc has moved it there), and the bytes' BLAKE3 checked against
     /// the key.
     fn get(&self, hash: &Hash) -> Result<Vec<u8>> {
         let get = |key: Key| {
@@ -385,8 +408,12 @@ impl BlobStore for ObjectBlobStore {
                 got.bytes().await
             })
         };
+        // Home, trash, home again: gc may have put it back in between.
         let bytes = match get(self.key(hash)) {
-            Err(object_store::Error::NotFound { .. }) => get(self.trash_key(hash)),
+            Err(object_store::Error::NotFound { .. }) => match get(self.trash_key(hash)) {
+                Err(object_store::Error::NotFound { .. }) => get(self.key(hash)),
+                got => got,
+            },
             got => got,
         }
         .map_err(object_error)?;
@@ -403,9 +430,13 @@ impl BlobStore for ObjectBlobStore {
     /// object's, its bytes only as far as the whole blob is read elsewhere.
     fn get_range(&self, blob: &BlobRef, range: Range<u64>) -> Result<Vec<u8>> {
         check_range(blob, &range)?;
-        match self.get_range_of(self.key(&blob.hash), blob, range.clone()) {
+        let home = || self.get_range_of(self.key(&blob.hash), blob, range.clone());
+        match home() {
             Err(StoreError::NotFound(_)) => {
-                self.get_range_of(self.trash_key(&blob.hash), blob, range)
+                match self.get_range_of(self.trash_key(&blob.hash), blob, range.clone()) {
+                    Err(StoreError::NotFound(_)) => home(),
+                    got => got,
+                }
             }
             got => got,
         }
@@ -415,7 +446,7 @@ impl BlobStore for ObjectBlobStore {
     /// are checked when read). An object a read found damaged stays held until deleted: a
     /// create-only put never replaces it.
     fn contains(&self, hash: &Hash) -> Result<bool> {
-        for key in [self.key(hash), self.trash_key(hash)] {
+        for key in [self.key(hash), self.trash_key(hash), self.key(hash)] {
             match self.run(self.objects().head(&key)) {
                 Ok(_) => return Ok(true),
                 Err(object_store::Error::NotFound { .. }) => {}
@@ -504,7 +535,7 @@ mod tests {
             assert!(!signs(endpoint), "{endpoint:?}");
         }
         for endpoint in [
-            "http://10.0.0.5:8333",
+            "HTTP://10.0.0.5:8333",
             "http://seaweedfs:8333",
             "http://[fd00::1]",
         ] {
