@@ -18,9 +18,9 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dicomvault.index.levels import Level
-from dicomvault.index.planner import CHUNK, Page, Source
 from dicomvault.index.pg_schema import SCHEMA
 from dicomvault.index.pg_writes import TABLES, key_of
+from dicomvault.index.planner import CHUNK, Page, Source
 from dicomvault.index.protocol import IndexUnavailable
 from dicomvault.index.records import Record, decode
 
@@ -117,7 +117,7 @@ class PgReader:
             "ORDER BY key",
             [*params, key_of(page[0][-1].key)],
         )
-        keys = iter([key for (key,) in rest])
+        keys = (key for (key,) in rest)
         while chunk := list(islice(keys, CHUNK)):
             yield self._page(level, "key = ANY(%s::bytea[])", [chunk], limited=False)
 
@@ -125,7 +125,7 @@ class PgReader:
         records = []
         ancestors = {}
         for depth, key, body in self._rows(page_sql(level, where, limited), params):
-            record = decode(LEVELS[depth], key.decode("utf-8"), body)
+            record = decode(LEVELS[int(depth)], key.decode("utf-8"), body)
             if record.level is level:
                 records.append(record)
             else:

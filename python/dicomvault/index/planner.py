@@ -7,8 +7,8 @@ then exact values, then prefixes and date ranges), every candidate then matched 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from typing import NamedTuple, Protocol, TypeVar
 
 from dicomvault.index.levels import COMPUTED, LEVEL_OF, TAGS, UNIQUE, Level
