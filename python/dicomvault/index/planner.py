@@ -1,8 +1,10 @@
 """The query planner, the same for every backend: C-FIND matching over the index, the
 candidates narrowed first by the most selective range of the secondary indexes (a unique key,
 then exact values, then prefixes and date ranges), every candidate then matched in full by
-``matching``, in record key order (byte order of the UTF-8 keys). A backend provides the
-``Reader``; the answers are identical on every backend by construction."""
+``matching``, in record key order (byte order of the UTF-8 keys). Which candidates is decided
+here (``plan``: a ``Source``), read by the backend's ``Reader`` (``Reader.pages``: LMDB reads
+them as ``pages`` does, PostgreSQL in one statement a page), matched here: the answers are
+identical on every backend by construction."""
 
 from __future__ import annotations
 
