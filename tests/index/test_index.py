@@ -12,6 +12,7 @@ import pytest
 from dicomvault import _native
 from dicomvault.index import Index, InstanceEntry, Level, LmdbIndex
 from dicomvault.index.pg_index import PgIndex
+from dicomvault.index.planner import CHUNK
 
 # Each backend of the ``Index`` protocol: every test here holds for each.
 BACKENDS = ["lmdb", "postgresql"]
@@ -268,6 +269,39 @@ def test_limit_and_offset_page_in_a_stable_order(archive):
     pages = [keys(archive.find(Level.IMAGE, {}, limit=2, offset=o)) for o in (0, 2, 4)]
     assert [k for page in pages for k in page] == everything
     assert len(everything) == 6
+
+
+def test_more_candidates_than_a_page_come_every_one_in_key_order(index):
+    """Past the first ``CHUNK`` candidates (which PostgreSQL reads in the same statement as
+    their ancestors), from a range of the secondary index, a scan, and a page beyond."""
+    n = 2 * CHUNK + 50
+    index.commit(
+        [
+            entry(
+                f"7.{i:04d}",
+                f"7.{i // 2:04d}",
+                f"7.{i // 2:04d}.S",
+                date=f"2021{1 + i // 2 % 12:02d}01",
+            )
+            for i in range(n)
+        ]
+    )
+    every = [f"7.{i:04d}" for i in range(n)]
+    first_half = [f"7.{i:04d}" for i in range(n) if i // 2 % 12 < 6]
+
+    def found(filters: dict[str, str], **paging: int) -> list[str]:
+        return [m["_key"] for m in index.find(Level.IMAGE, filters, **paging)]
+
+    assert found({"StudyDate": "20210101-20211231"}) == every
+    assert found({"Modality": "CT"}) == every
+    assert found({}) == every
+    assert found({"StudyDate": "20210101-20210630"}) == first_half
+    assert (
+        found({"StudyDate": "20210101-"}, limit=30, offset=CHUNK - 10)
+        == every[CHUNK - 10 : CHUNK + 20]
+    )
+    # The range narrows to every instance; the matcher keeps those of the first half year.
+    assert found({"Modality": "CT", "StudyDate": "-20210630"}) == first_half
 
 
 @pytest.mark.parametrize("open_index", ["lmdb"], indirect=True)  # LMDB's records_read

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import lmdb
 
+from dicomvault.index import planner
 from dicomvault.index.levels import Level
 from dicomvault.index.lmdb_layout import Layout
 from dicomvault.index.records import Record
@@ -56,3 +57,7 @@ class LmdbReader:
     def keys(self, level: Level) -> Iterator[str]:
         for k in self.txn.cursor(db=self.layout.dbs[level]).iternext(values=False):
             yield k.decode("utf-8")
+
+    def pages(self, level: Level, source: planner.Source | None) -> Iterator[planner.Page]:
+        # Reads within a transaction cost no round trip: the planner's own paging.
+        return planner.pages(self, level, source)

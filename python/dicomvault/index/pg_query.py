@@ -1,11 +1,18 @@
 """Reads of the index on PostgreSQL: ``PgReader``, the shared query ``planner``'s reader (records
 fetched by key lists, children by parent, secondary index ranges on ``ix``'s primary key, scans
 by key pages), each read on a connection taken from the pool for it alone — a slow consumer of
-a long C-FIND holds no connection — and the totals, counted."""
+a long C-FIND holds no connection — and the totals, counted.
+
+A C-FIND's candidates come a page at a time, each page one statement: the candidates (the
+planner's ``Source`` lifted to the query's level by parent joins) with their ancestors. A round
+trip costs more than the query behind it, so a C-FIND of up to ``planner.CHUNK`` candidates
+is one statement; beyond, their keys are read once, then their records a chunk at a time."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from functools import cache
+from itertools import islice
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -13,6 +20,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from dicomvault.index.levels import Level
 from dicomvault.index.pg_schema import SCHEMA
 from dicomvault.index.pg_writes import TABLES, key_of
+from dicomvault.index.planner import CHUNK, Page, Source
 from dicomvault.index.protocol import IndexUnavailable
 from dicomvault.index.records import Record, decode
 
@@ -89,6 +97,43 @@ class PgReader:
                 return
             after = rows[-1][0]
 
+    def pages(self, level: Level, source: Source | None) -> Iterator[Page]:
+        if source is None:
+            after = b""
+            while True:
+                page = self._page(level, "key > %s", [after], limited=True)
+                yield page
+                if len(page[0]) < CHUNK:
+                    return
+                after = key_of(page[0][-1].key)
+        candidates, params = candidates_sql(level, source)
+        page = self._page(level, f"key IN ({candidates})", params, limited=True)
+        yield page
+        if len(page[0]) < CHUNK:
+            return
+        # Paging on by "key > last" would find every candidate again for each page.
+        rest = self._rows(
+            f"SELECT key FROM {TABLES[level]} WHERE key IN ({candidates}) AND key > %s "
+            "ORDER BY key",
+            [*params, key_of(page[0][-1].key)],
+        )
+        keys = (key for (key,) in rest)
+        while chunk := list(islice(keys, CHUNK)):
+            yield self._page(level, "key = ANY(%s::bytea[])", [chunk], limited=False)
+
+    def _page(self, level: Level, where: str, params: list[object], *, limited: bool) -> Page:
+        records = []
+        ancestors = {}
+        for depth, key, body in self._rows(page_sql(level, where, limited), params):
+            record = decode(LEVELS[int(depth)], key.decode("utf-8"), body)
+            if record.level is level:
+                records.append(record)
+            else:
+                ancestors[(record.level, record.key)] = record
+        # Code point order is the UTF-8 keys' byte order.
+        records.sort(key=lambda r: r.key)
+        return records, ancestors
+
     def stats(self) -> dict[str, int]:
         """Counts of every level, the instances' size and patient conflicts."""
         [row] = self._rows(
@@ -101,3 +146,55 @@ class PgReader:
         )
         names = ("patients", "studies", "series", "instances", "size", "patient_conflicts")
         return {name: int(v) for name, v in zip(names, row, strict=True)}
+
+
+LEVELS = list(Level)
+
+
+def candidates_sql(level: Level, source: Source) -> tuple[str, list[object]]:
+    """A subquery of the keys at ``level`` from ``source`` (as ``planner.candidates`` finds
+    them), and its parameters."""
+    params: list[object]
+    if source.keys:
+        sql = f"SELECT key FROM {TABLES[source.level]} WHERE key = ANY(%s::bytea[])"
+        params = [[key_of(k) for k in source.keys]]
+    else:
+        # One condition per range, its bounds as parameters of their own: the server plans
+        # with their values (an array's elements it would not see), so it reads the few
+        # index entries and their records by key rather than every record.
+        conditions, params = [], []
+        for r in source.ranges:
+            low, high = r.span()
+            if r.exact:
+                conditions.append("value = %s")
+                params.append(low)
+            else:
+                conditions.append("value BETWEEN %s AND %s")
+                params += [low, high]
+        sql = f"SELECT key FROM {SCHEMA}.ix WHERE code = %s AND ({' OR '.join(conditions)})"
+        params.insert(0, source.code)
+    for child in LEVELS[source.level.depth + 1 : level.depth + 1]:
+        sql = f"SELECT key FROM {TABLES[child]} WHERE parent IN ({sql})"
+    return sql, params
+
+
+@cache
+def page_sql(level: Level, where: str, limited: bool) -> str:
+    """A statement reading the records at ``level`` that satisfy ``where`` (the first
+    ``CHUNK`` in key order when ``limited``) and their ancestors: rows (depth, key, body)."""
+    parent = ", parent" if level.parent is not None else ""
+    limit = f" LIMIT {CHUNK}" if limited else ""
+    ctes = [
+        f"r{level.depth} AS (SELECT key{parent}, body FROM {TABLES[level]} "
+        f"WHERE {where} ORDER BY key{limit})"
+    ]
+    child = level
+    while (up := child.parent) is not None:
+        columns = "key, parent, body" if up.parent is not None else "key, body"
+        ctes.append(
+            f"r{up.depth} AS (SELECT {columns} FROM {TABLES[up]} "
+            f"WHERE key IN (SELECT parent FROM r{child.depth}))"
+        )
+        child = up
+    rows = " UNION ALL ".join(f"SELECT {d}, key, body FROM r{d}" for d in range(level.depth + 1))
+    return f"WITH {', '.join(ctes)} {rows}"

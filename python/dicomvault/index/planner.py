@@ -1,14 +1,17 @@
 """The query planner, the same for every backend: C-FIND matching over the index, the
 candidates narrowed first by the most selective range of the secondary indexes (a unique key,
 then exact values, then prefixes and date ranges), every candidate then matched in full by
-``matching``, in record key order (byte order of the UTF-8 keys). A backend provides the
-``Reader``; the answers are identical on every backend by construction."""
+``matching``, in record key order (byte order of the UTF-8 keys). Which candidates is decided
+here (``plan``: a ``Source``), read by the backend's ``Reader`` (``Reader.pages``: LMDB reads
+them as ``pages`` does, PostgreSQL in one statement a page), matched here: the answers are
+identical on every backend by construction."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import islice
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from dicomvault.index.levels import COMPUTED, LEVEL_OF, TAGS, UNIQUE, Level
 from dicomvault.index.matching import Matcher, literal_prefix, matcher
@@ -20,6 +23,39 @@ T = TypeVar("T")
 # Candidates are read this many at a time (a backend fetches them, and their ancestors, at
 # once).
 CHUNK = 100
+
+
+class Range(NamedTuple):
+    """The index values ``ix_range`` reads for one query value: equal to ``value`` (exact),
+    starting with it, or (``upper`` given) in [value, upper + anything]."""
+
+    value: bytes
+    exact: bool
+    upper: bytes | None = None
+
+    def span(self) -> tuple[bytes, bytes]:
+        """The same values as a closed interval: UTF-8 never holds 0xff, so "upper + 0xff"
+        bounds every value that starts with upper."""
+        if self.exact:
+            return self.value, self.value
+        return self.value, (self.value if self.upper is None else self.upper) + b"\xff"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a query's candidates come from: the records at ``level`` named by ``keys`` (the
+    values of its unique key), else those indexed under ``code`` in one of ``ranges``; the
+    candidates are these records' descendants at the query's level (themselves at it)."""
+
+    level: Level
+    keys: tuple[str, ...] = ()
+    code: bytes = b""
+    ranges: tuple[Range, ...] = ()
+
+
+# A page of candidates: their records in key order, and (at least) their ancestors by
+# (level, key).
+Page = tuple[list[Record], Mapping[tuple[Level, str], Record]]
 
 
 class Reader(Protocol):
@@ -48,23 +84,21 @@ class Reader(Protocol):
         """Every record key at ``level``, in key order."""
         ...
 
+    def pages(self, level: Level, source: Source | None) -> Iterable[Page]:
+        """The candidates at ``level`` from ``source`` (every record at it for None), in key
+        order, a page at a time as the consumer asks for them: ``pages`` below from the reads
+        above, or the same in fewer requests."""
+        ...
 
-def candidates(reader: Reader, level: Level, matchers: list[Matcher]) -> Iterable[str] | None:
-    """Keys at ``level`` from the most selective indexed matcher, in key order, or None (a
-    scan)."""
+
+def plan(level: Level, matchers: list[Matcher]) -> Source | None:
+    """Where the candidates at ``level`` come from: the most selective indexed matcher, or
+    None (a scan)."""
     by_keyword = {m.keyword: m for m in matchers if not m.universal}
-
-    def lift(source: Level, keys: Iterable[str]) -> set[str]:
-        current = set(keys)
-        for child in list(Level)[source.depth + 1 : level.depth + 1]:
-            current = set(reader.child_keys(child, current))
-        return current
-
     for lvl in reversed(list(Level)[1:]):
         m = by_keyword.get(UNIQUE[lvl])
         if m is not None and lvl.depth <= level.depth and "*" not in m.query and "?" not in m.query:
-            keys = reader.existing(lvl, m.query.strip().split("\\"))
-            return sorted(lift(lvl, keys))
+            return Source(lvl, keys=tuple(m.query.strip().split("\\")))
     plans: list[tuple[bytes, Matcher]] = []
     for code, (lvl, keyword, fold) in FIELDS.items():
         m = by_keyword.get(keyword)
@@ -76,26 +110,52 @@ def candidates(reader: Reader, level: Level, matchers: list[Matcher]) -> Iterabl
     if level.depth >= Level.STUDY.depth and "ModalitiesInStudy" in by_keyword:
         plans.append((MODALITIES_IN_STUDY, by_keyword["ModalitiesInStudy"]))
     for code, m in sorted(plans, key=lambda p: cost(p[1])):
-        ranges = [value_range(reader, code, v) for v in m.query.strip().split("\\")]
+        ranges = [value_range(code, v) for v in m.query.strip().split("\\")]
         if any(r is None for r in ranges):
             continue  # a value with a leading wildcard: no key range
-        return sorted(lift(CODE_LEVEL[code], (k for r in ranges if r is not None for k in r)))
+        return Source(CODE_LEVEL[code], code=code, ranges=tuple(r for r in ranges if r))
     return None
 
 
-def value_range(reader: Reader, code: bytes, value: str) -> Iterable[str] | None:
-    """Record keys an index holds for one query value, or None when no range applies."""
+def candidates(reader: Reader, level: Level, source: Source) -> list[str]:
+    """The keys at ``level`` from ``source``, in key order."""
+    if source.keys:
+        current = set(reader.existing(source.level, source.keys))
+    else:
+        current = {
+            k
+            for r in source.ranges
+            for k in reader.ix_range(source.code, r.value, exact=r.exact, upper=r.upper)
+        }
+    for child in list(Level)[source.level.depth + 1 : level.depth + 1]:
+        current = set(reader.child_keys(child, current))
+    return sorted(current)
+
+
+def pages(reader: Reader, level: Level, source: Source | None) -> Iterator[Page]:
+    """``Reader.pages`` from the reader's other reads: ``CHUNK`` candidates at a time, with
+    their ancestors (kept from page to page)."""
+    stream = iter(reader.keys(level) if source is None else candidates(reader, level, source))
+    ancestors: dict[tuple[Level, str], Record] = {}
+    while chunk := list(islice(stream, CHUNK)):
+        records = reader.records(level, chunk)
+        fetch_ancestors(reader, records.values(), ancestors)
+        yield [records[k] for k in chunk if k in records], ancestors
+
+
+def value_range(code: bytes, value: str) -> Range | None:
+    """The index range of one query value, or None when no range applies."""
     fold = code == b"pnf"
     if code == b"sd" and "-" in value:
         low, _, high = value.replace(".", "").partition("-")
-        return reader.ix_range(code, cut(low), exact=False, upper=cut(high or "99999999"))
+        return Range(cut(low), exact=False, upper=cut(high or "99999999"))
     if "*" in value or "?" in value:
         prefix = literal_prefix(value)
         if not prefix:
             return None
-        return reader.ix_range(code, cut(prefix.casefold() if fold else prefix), exact=False)
+        return Range(cut(prefix.casefold() if fold else prefix), exact=False)
     value = value.replace(".", "") if code == b"sd" else value
-    return reader.ix_range(code, cut(value.casefold() if fold else value), exact=True)
+    return Range(cut(value.casefold() if fold else value), exact=True)
 
 
 def cost(m: Matcher) -> int:
@@ -128,18 +188,10 @@ def find(
         if LEVEL_OF.get(k, level).depth <= level.depth
     ]
     wanted = list(dict.fromkeys([*filters, *return_keys]))
-    keys = candidates(reader, level, matchers)
-    stream = iter(reader.keys(level) if keys is None else keys)
-    ancestors: dict[tuple[Level, str], Record] = {}
 
     def matches() -> Iterator[dict[str, str]]:
-        while chunk := list(islice(stream, CHUNK)):
-            records = reader.records(level, chunk)
-            fetch_ancestors(reader, records.values(), ancestors)
-            for key in chunk:
-                record = records.get(key)
-                if record is None:
-                    continue
+        for records, ancestors in reader.pages(level, plan(level, matchers)):
+            for record in records:
                 chain = chain_of(record, ancestors)
                 if all(m.matches(value(chain, m.keyword)) for m in matchers):
                     yield result(chain, level, wanted)
