@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomvault.store import Archive
-from dicomvault.store.archive import PackRewritten, RepackReport
+from dicomvault.store.maintenance import PackRewritten, RepackReport
 
 log = logging.getLogger("dicomvault.control")
 

@@ -18,8 +18,8 @@ from dicomvault.bench.corpus import GeneratedInstance, ct_corpus
 from dicomvault.config import load
 from dicomvault.index.pg_index import PgIndex
 from dicomvault.index.pg_schema import SCHEMA
-from dicomvault.store.archive import MAINTENANCE
 from dicomvault.store.backends import storage_identity
+from dicomvault.store.maintenance import MAINTENANCE
 from tests.net.conftest import Server, storescu
 from tests.net.test_dcmtk_peers import dataset_bytes, getscu
 from tests.net.test_s3_serve import found, indexed, node

@@ -27,9 +27,9 @@ from dicomvault.index import Level, Record, backends
 from dicomvault.index.levels import PLURALS
 from dicomvault.index.protocol import IndexUnavailable
 from dicomvault.store import Archive, IngestOutcome
-from dicomvault.store.archive import PackRewritten, RewriteReport
 from dicomvault.store.backends import StorageError, on_object_storage
 from dicomvault.store.importer import import_paths
+from dicomvault.store.maintenance import PackRewritten, RewriteReport
 
 app = typer.Typer()
 

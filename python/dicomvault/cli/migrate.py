@@ -29,7 +29,7 @@ from dicomvault.cli.output import print_json, print_table
 from dicomvault.config import Settings
 from dicomvault.migrate.journal import STATES, JournalRow, open_journal, rows_of
 from dicomvault.migrate.live import Progress, live_path
-from dicomvault.store.archive import PackRewritten, RepackReport
+from dicomvault.store.maintenance import PackRewritten, RepackReport
 
 if TYPE_CHECKING:
     from dicomvault.migrate.pipeline import Migration, Plan
