@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psycopg
 
-from dicomvault import _native
 from dicomvault.bench.corpus import GeneratedInstance, ct_corpus
 from dicomvault.config import load
 from dicomvault.index.pg_index import PgIndex
@@ -22,7 +21,7 @@ from dicomvault.store.backends import storage_identity
 from dicomvault.store.maintenance import MAINTENANCE
 from tests.net.conftest import Server, storescu
 from tests.net.test_dcmtk_peers import dataset_bytes, getscu
-from tests.net.test_s3_serve import found, indexed, node
+from tests.net.test_s3_serve import as_node, found, indexed, node
 
 # 256 x 256 x 16 bit: a pixel blob past the 64 KB a log segment holds, so an object of its own.
 SIDE = 256
@@ -66,16 +65,7 @@ def test_gc_on_s3_collects_garbage_once_while_the_nodes_serve(tmp_path, pg_url, 
         stored(b, doomed)
         # A writer that put an instance's blobs and died before committing it (node 9 is no
         # serving node's number): its pixel object is referenced by nothing.
-        writer_store = _native.Store.on_s3(
-            storage["bucket"],
-            node=9,
-            endpoint=storage["endpoint"],
-            access_key_id=storage["access_key_id"],
-            secret_access_key=storage["secret_access_key"],
-            prefix=storage["prefix"],
-        )
-        writer_store.ingest_file(never.path)
-        del writer_store
+        as_node(storage, 9).ingest_file(never.path)
         assert delete_study(a_http, doomed[0].study_instance_uid) == 200
 
         # Within the grace period, nothing goes: the orphans may be an instance arriving.

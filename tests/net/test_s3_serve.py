@@ -48,17 +48,21 @@ def node(workdir: Path, number: int, storage: dict, pg_url: str) -> tuple[Server
     return server.start(), http_port
 
 
-def log_records(storage: dict) -> list[_native.HistoryEvent]:
-    """Every node's log records in the bucket, read as a node of its own (number 99)."""
-    reader = _native.Store.on_s3(
+def as_node(storage: dict, number: int) -> _native.Store:
+    """The archive's storage opened in this process as node ``number`` (no serving node's)."""
+    return _native.Store.on_s3(
         storage["bucket"],
-        node=99,
+        node=number,
         endpoint=storage["endpoint"],
         access_key_id=storage["access_key_id"],
         secret_access_key=storage["secret_access_key"],
         prefix=storage["prefix"],
     )
-    return reader.history({}, every_node=True)
+
+
+def log_records(storage: dict) -> list[_native.HistoryEvent]:
+    """Every node's log records in the bucket."""
+    return as_node(storage, 99).history({}, every_node=True)
 
 
 def found(server: Server, tmp_path: Path) -> set[str]:
