@@ -51,3 +51,10 @@ def test_invalid_files_are_named_clearly(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load(path, environ={})
+
+
+def test_a_missing_or_unreadable_file_is_named_clearly(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match=f"configuration file {tmp_path}: Is a directory"):
+        load(tmp_path)

@@ -195,6 +195,8 @@ def load(
             loaded = tomllib.loads(source.read_text())
         except FileNotFoundError as e:
             raise ConfigError(f"configuration file {source} does not exist") from e
+        except OSError as e:  # a directory, unreadable
+            raise ConfigError(f"configuration file {source}: {e.strerror}") from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{source}: {e}") from e
         for section, table in loaded.items():

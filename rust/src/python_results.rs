@@ -162,6 +162,8 @@ pub(crate) struct HistoryEvent {
     end: u64,
     annotations: Py<PyBytes>,
     manifest: Py<PyBytes>,
+    /// The hex BLAKE3 hash of the manifest the record adds or cancels (empty when damaged).
+    target: String,
     key: String,
     why: String,
 }
@@ -169,6 +171,10 @@ pub(crate) struct HistoryEvent {
 impl HistoryEvent {
     pub(crate) fn new(py: Python<'_>, e: cas::HistoryEvent) -> HistoryEvent {
         let empty = || PyBytes::new(py, b"").unbind();
+        let target = match e.kind {
+            HistoryKind::Damaged { .. } => String::new(),
+            _ => cas::hex(&e.target),
+        };
         let (kind, annotations, manifest, key, why) = match e.kind {
             HistoryKind::Manifest {
                 annotations,
@@ -199,6 +205,7 @@ impl HistoryEvent {
             end: e.end,
             annotations,
             manifest,
+            target,
             key,
             why,
         }

@@ -7,11 +7,15 @@ index from every node's log in the bucket, once every node's heartbeat says it h
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
 
 from dicomvault.bench.corpus import GeneratedInstance, ct_corpus
 from dicomvault.config import load
@@ -139,16 +143,35 @@ def test_a_delete_racing_a_retrieve_sends_whole_instances_or_none(tmp_path, pg_u
                 assert server.stop() == 0
 
 
+def with_large_header(instance: GeneratedInstance, out: Path) -> Path:
+    """A copy of ``instance`` whose header (a private OB before the pixels) is past a
+    segment's 64 KB: an object of its own, which gc takes once the instance is deleted."""
+    ds = pydicom.dcmread(instance.path)
+    ds.add_new(0x00091010, "LO", "DICOMVAULT TEST")
+    ds.add_new(0x00091001, "OB", bytes(100_000))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
 def test_reindex_on_s3_rebuilds_the_index_from_every_nodes_log(tmp_path, pg_url, seaweedfs):
     storage = seaweedfs.storage()
     a, a_http = node(tmp_path / "a", 1, storage, pg_url)
     b, _ = node(tmp_path / "b", 2, storage, pg_url)
     on_a = ct_corpus(tmp_path / "on-a", 3, rows=64, columns=64, seed=5)
     on_b = ct_corpus(tmp_path / "on-b", 3, rows=SIDE, columns=SIDE, seed=6, studies=3)
+    large = with_large_header(on_b[0], tmp_path / "large-header.dcm")
     try:
         stored(a, on_a)
         stored(b, on_b)
-        # A tombstone in node A's log of an instance node B stored: replayed after it.
+        assert storescu(b, [large]).stderr.count("Received Store Response (Success)") == 1
+        # A process that would serve as node 1 too is refused: its writes and node A's would
+        # stop each other.
+        with pytest.raises(RuntimeError, match="before listening"):
+            node(tmp_path / "impostor", 1, storage, pg_url)
+        impostor = (tmp_path / "impostor" / "serve.log").read_text()
+        assert f"node 1 is serving at 127.0.0.1:{a.port}" in impostor
+        # Tombstones in node A's log of instances node B stored: replayed after them.
         assert delete_study(a_http, on_b[0].study_instance_uid) == 200
         # The nodes' heartbeats: both serve, so a reindex is refused.
         listed = a.run("nodes").stdout
@@ -158,10 +181,17 @@ def test_reindex_on_s3_rebuilds_the_index_from_every_nodes_log(tmp_path, pg_url,
         assert b.stop() == 0
         assert a.stop() == 0
         assert "no node is serving" in a.run("nodes").stdout
+        # gc takes the deleted instances' objects, the large header among them.
+        assert collected(a.run("gc", "--grace", "0").stdout)[0] == 2
+        time.sleep(1.1)  # the trash is dated to the second
+        assert collected(a.run("gc", "--grace", "0").stdout)[1] == 2
         with psycopg.connect(pg_url) as conn:
             conn.execute(f"DELETE FROM {SCHEMA}.instances")
         out = a.run("reindex").stdout
-        assert "reindexed 5 instances; 0 damaged records" in out
+        # The deleted instances are not indexed on the way to their tombstones: their blobs
+        # are gone, and nothing is reported missing.
+        assert "reindexed 5 instances; 0 damaged records, 0 instances that could not" in out
+        assert "0 damaged records, 0 defects" in a.run("verify").stdout
         a.start()
         sent = {c.sop_instance_uid: c.path for c in on_a + on_b[1:]}
         assert found(a, tmp_path) == set(sent)

@@ -328,7 +328,7 @@ def nodes(config: ConfigOption = None, root: RootOption = None) -> None:
         except IndexUnavailable as e:
             fail(str(e))
     if not seen:
-        typer.echo("no node is serving (heartbeats are kept on S3 + PostgreSQL only)")
+        typer.echo("no node is serving now (nodes beat on S3 + PostgreSQL only)")
         return
     print_table(
         ["node", "address", "since", "last beat", "state"],

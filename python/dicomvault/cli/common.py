@@ -53,10 +53,11 @@ def archive_for(
     *,
     exclusive: bool = False,
     packs_only: str | None = None,
-    serving: bool = False,
+    serving: str | None = None,
 ) -> Archive:
     """The archive ``conf`` configures; refused up front when the command (``packs_only``
-    names it) works on packs and the archive is not on them. ``serving``: for ``serve``."""
+    names it) works on packs and the archive is not on them. ``serving``: for ``serve``, the
+    address it serves DICOM at."""
     try:
         if packs_only is not None:
             require_packs(conf, packs_only)

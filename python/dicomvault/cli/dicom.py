@@ -73,7 +73,9 @@ def serve(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with archive_for(conf, serving=True) as archive:
+    dicom = conf["dicom"]
+    host = socket.gethostname() if dicom["host"] in ("0.0.0.0", "::") else dicom["host"]
+    with archive_for(conf, serving=f"{host}:{dicom['port']}") as archive:
         http = None
         server = None
         control = ControlServer(archive)
@@ -102,7 +104,6 @@ def serve(
                 f"archive {conf.root}",
                 err=True,
             )
-            host = socket.gethostname() if bound_host in ("0.0.0.0", "::") else bound_host
             archive.serve_heartbeat(f"{host}:{bound_port}")
             # A signal that another thread received runs its handler only once the main thread
             # runs Python code again: wake up every second to let it.

@@ -49,7 +49,7 @@ from dicomvault.metrics import Counter, Histogram
 from dicomvault.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 from dicomvault.store import maintenance
 from dicomvault.store.applier import Applier, IndexUnavailable, Pending
-from dicomvault.store.backends import open_storage, storage_identity
+from dicomvault.store.backends import StorageError, open_storage, storage_identity
 from dicomvault.store.maintenance import PackRewritten, RepackReport, RewriteReport
 
 if TYPE_CHECKING:
@@ -129,8 +129,11 @@ class Archive:
     index: Index
 
     def __init__(
-        self, settings: Settings, *, exclusive: bool = False, serving: bool = False
+        self, settings: Settings, *, exclusive: bool = False, serving: str | None = None
     ) -> None:
+        """``exclusive``: for maintenance that rewrites packs; ``serving``: the address
+        ``serve`` answers DICOM at (StorageError when, on object storage, another process
+        serves under this node's number)."""
         storage = settings["storage"]
         self.settings = settings
         self.root = settings.root
@@ -162,8 +165,16 @@ class Archive:
         self._heartbeat: threading.Thread | None = None
         # A node's log is its own to replay: a command run as a node that serves leaves it to
         # that node, whose applier would race its replay (an instance just deleted there could
-        # come back).
-        if serving or not self._node_serving():
+        # come back); and two processes serving as one node would stop each other's writes.
+        beating = self.node_beating()
+        if serving is not None and beating is not None and beating.address != serving:
+            self.index.close()
+            self.audit.close()
+            raise StorageError(
+                f"node {beating.node} is serving at {beating.address} (beat "
+                f"{beating.seen_ago:.0f} s ago): give this process another [storage] node"
+            )
+        if serving is not None or beating is None:
             maintenance.settle_marks(self)
             replayed = self.replay(self.index.applied())
             if replayed:
@@ -703,14 +714,15 @@ class Archive:
         """The nodes serving the archive, as their heartbeats say (none on packs)."""
         return self.index.nodes()
 
-    def _node_serving(self) -> bool:
-        """Whether, on object storage, a serving node beats under this process's number."""
+    def node_beating(self) -> NodeSeen | None:
+        """On object storage, the serving node that beats under this process's number."""
         if not self.store.on_objects:
-            return False
+            return None
         try:
-            return any(n.node == self.node and n.serving for n in self.index.nodes())
+            seen = self.index.nodes()
         except IndexUnavailable:
-            return False  # the replay then fails as it would have
+            return None  # the replay then fails as it would have
+        return next((n for n in seen if n.node == self.node and n.serving), None)
 
 
 def _safe(key: str | None) -> str:

@@ -100,9 +100,14 @@ def replay(
         positions.clear()
         logged.clear()
 
-    for event in events:
+    # An instance deleted later in this history is not indexed on the way: gc may have taken
+    # its blobs since, and it would only be deleted again.
+    cancelled = {e.target: i for i, e in enumerate(events) if e.kind == "tombstone"}
+    for i, event in enumerate(events):
         pack, end, manifest = event.pack, event.end, event.manifest
         positions.append((pack, end))
+        if event.kind == "manifest" and cancelled.get(event.target, -1) > i:
+            continue
         if event.kind == "damaged":
             log.error(
                 "log position (%d, %d): %s: what it recorded, if a manifest or a tombstone, "
