@@ -35,18 +35,18 @@ _DURATION = re.compile(r"C-FIND from \S+: status 0x0000 in ([0-9.]+) ms")
 
 def fill(root: Path, instances: int, config: Path | None, report: Callable[[str], None]) -> None:
     """Generates ``instances`` into the index of the archive at ``root``, on the backend
-    ``config`` names (LMDB under the root, or PostgreSQL; kept for the next run)."""
-    marker = root / f".filled-{instances}"
-    if marker.exists():
-        return
-    started = time.perf_counter()
+    ``config`` names (LMDB under the root, or PostgreSQL; kept for the next run). An index
+    that holds them already is left as it is — asked, not remembered beside the root: a
+    PostgreSQL database may be another, or empty, since."""
     settings = load(config, root=root)
     index = open_index(settings, store=storage_identity(settings))
     try:
-        commit_all(index, 0, instances, batch=5000)
+        if index.stats()["instances"] >= instances:
+            return
+        started = time.perf_counter()
+        commit_all(index, 0, instances, batch=5000)  # what is there already stays, once
     finally:
         index.close()
-    marker.touch()
     report(f"index of {instances:,} instances generated in {time.perf_counter() - started:.0f} s")
 
 
