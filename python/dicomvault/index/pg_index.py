@@ -50,15 +50,6 @@ Cursor = psycopg.Cursor[Any]
 T = TypeVar("T")
 
 
-def generic_plans(conn: psycopg.Connection) -> None:
-    """Plans each statement once per connection (psycopg prepares it on its fifth use), not
-    at each use: every statement of the index reads or writes by key or by a range of the
-    secondary index, which the generic plan serves by the same index lookups; but the server,
-    estimating a range of unknown bounds as large, would otherwise plan every C-FIND on a
-    range anew with its bounds, and planning costs more than the reads (0.3 ms)."""
-    conn.execute("SET plan_cache_mode = force_generic_plan")
-
-
 class PgIndex:
     """The archive's index on PostgreSQL (an ``Index``). Thread-safe."""
 
@@ -86,7 +77,6 @@ class PgIndex:
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True},
-            configure=generic_plans,
             name="dicomvault-index",
             open=False,
             # How long a request waits for a connection: with the server down, a query is
