@@ -4,8 +4,18 @@ vocabulary it shares with pynetdicom without importing it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from pynetdicom.presentation import StoragePresentationContexts
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
 
 from dicomvault import config
 from dicomvault.bench.corpus import ct_corpus
@@ -18,12 +28,47 @@ from dicomvault.store import Archive
 from tests.net.conftest import Orthanc, dcmtk
 
 
-def test_the_vocabulary_is_pynetdicoms():
+def test_the_vocabulary_is_pynetdicoms_and_pydicoms():
     assert (
         tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
         == vocabulary.STORAGE_SOP_CLASSES
     )
+    # Every storage SOP class pynetdicom knows, the retired ones of its usual list included
+    # (DCMTK's storescp and Orthanc take them too: old archives hold retired US images).
+    every = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
+    every |= set(vocabulary.STORAGE_SOP_CLASSES)
+    assert sorted(vocabulary.ALL_STORAGE_SOP_CLASSES) == sorted(every)
     assert query.STUDY_ROOT == vocabulary.STUDY_ROOT
+    # The listener's order: Explicit VR Little Endian, then the encapsulated syntaxes (kept as
+    # sent), then the other native ones.
+    native = [
+        ExplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        ImplicitVRLittleEndian,
+    ]
+    encapsulated = [str(ts) for ts in AllTransferSyntaxes if ts not in native]
+    assert (
+        tuple([str(native[0]), *encapsulated, *map(str, native[1:])])
+        == vocabulary.ACCEPTED_SYNTAXES
+    )
+
+
+def test_a_migration_never_imports_pydicom_or_pynetdicom(tmp_path):
+    """They cost a migration's start-up more than half a second; the SCU, the store-only
+    listener and the pipeline do without them."""
+    code = (
+        "import sys; from dicomvault import config; from dicomvault.store import Archive; "
+        "import dicomvault.cli.app, dicomvault.migrate.pacs, dicomvault.net.bulk; "
+        "from dicomvault.net.listener import StoreListener; "
+        f"settings = config.load(None, root={str(tmp_path / 'a')!r}); "
+        "settings['dicom']['port'] = 0; archive = Archive(settings); "
+        "listener = StoreListener(archive, settings); listener.start(); listener.stop(); "
+        "archive.close(); "
+        "loaded = [m for m in ('pydicom', 'pynetdicom', 'numpy') if m in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 @pytest.fixture

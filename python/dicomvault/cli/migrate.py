@@ -26,7 +26,7 @@ from dicomvault.cli.common import (
 )
 from dicomvault.cli.dicom import KeysOption, TargetArgument, _keys, _target
 from dicomvault.cli.output import print_json, print_table
-from dicomvault.config import Settings
+from dicomvault.config import ConfigError, Settings
 from dicomvault.migrate.journal import STATES, JournalRow, open_journal, rows_of
 from dicomvault.migrate.live import Progress, live_path
 from dicomvault.store.maintenance import PackRewritten, RepackReport
@@ -145,12 +145,15 @@ def pacs(
         # C-MOVE needs us listening as the destination the source knows.
         server = None
         if method == "move":
-            from dicomvault.net.scp import DicomServer
+            from dicomvault.net.listener import StoreListener
 
-            server = DicomServer(archive, conf)
+            server = StoreListener(archive, conf)
         try:
             if server is not None:
-                server.start()
+                try:
+                    server.start()
+                except (ConfigError, OSError) as e:
+                    fail(f"cannot listen for the source's C-STOREs: {e}")
             left = _run(migration, plan)
         finally:
             scu.close()

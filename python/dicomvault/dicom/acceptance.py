@@ -15,6 +15,7 @@ from dicomvault.net.status import (
     DATA_SET_DOES_NOT_MATCH,
     SOP_CLASS_NOT_SUPPORTED,
 )
+from dicomvault.net.vocabulary import ALL_STORAGE_SOP_CLASSES
 
 SOP_CLASS_UID = 0x00080016
 SOP_INSTANCE_UID = 0x00080018
@@ -32,9 +33,7 @@ class Refusal(NamedTuple):
 @cache
 def storage_sop_classes() -> frozenset[str]:
     """Every storage SOP class the archive accepts (the listener negotiates the same)."""
-    from pynetdicom.presentation import AllStoragePresentationContexts
-
-    return frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+    return frozenset(ALL_STORAGE_SOP_CLASSES)
 
 
 def uid_of(ingested: Mapping[str, Any], tag: int) -> str:

@@ -1,22 +1,13 @@
-"""Presentation contexts: what the SCP accepts and what C-MOVE proposes to a destination."""
+"""The presentation contexts a C-MOVE proposes to its destination (what the listener accepts is
+in ``net/vocabulary.py``)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
 
-from pydicom.uid import (
-    AllTransferSyntaxes,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
-from pynetdicom.presentation import (
-    AllStoragePresentationContexts,
-    PresentationContext,
-    build_context,
-)
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.presentation import PresentationContext, build_context
 
 from dicomvault.net import vocabulary
 from dicomvault.net.outbound import StoredInstance
@@ -29,23 +20,6 @@ MAX_PROPOSED = 128
 # Who we are on the network (re-exported: the listener and pynetdicom's AEs read them here).
 IMPLEMENTATION_CLASS_UID = vocabulary.IMPLEMENTATION_CLASS_UID
 IMPLEMENTATION_VERSION_NAME = vocabulary.IMPLEMENTATION_VERSION_NAME
-
-
-def storage_sop_classes() -> list[str]:
-    return [cx.abstract_syntax for cx in AllStoragePresentationContexts if cx.abstract_syntax]
-
-
-def accepted_syntaxes() -> list[str]:
-    """Every transfer syntax, in the order the SCP takes them when a presentation context of
-    a C-STORE to the archive offers several (the first of ours that the peer proposed):
-    Explicit VR Little Endian first, then the encapsulated ones. For the storage contexts a
-    C-GET requestor takes the SCP role for, the requestor's order decides instead."""
-    first, rest = (
-        [ExplicitVRLittleEndian],
-        [DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian],
-    )
-    encapsulated = [ts for ts in AllTransferSyntaxes if ts not in first + rest]
-    return [str(ts) for ts in first + encapsulated + rest]
 
 
 def for_instances(instances: Iterable[StoredInstance]) -> list[PresentationContext]:

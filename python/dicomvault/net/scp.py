@@ -28,9 +28,10 @@ from pynetdicom.dsutils import decode
 from dicomvault import _native
 from dicomvault.audit import Who
 from dicomvault.audit.trail import patient_of
-from dicomvault.config import ConfigError, Settings
+from dicomvault.config import Settings
 from dicomvault.net import contexts
 from dicomvault.net.commitment import CommitmentScp
+from dicomvault.net.listener import listener_config, start_listener
 from dicomvault.net.outbound import Selected, StoredInstance, install, outbound, selected
 from dicomvault.net.policy import AccessPolicy
 from dicomvault.net.query import (
@@ -51,7 +52,6 @@ from dicomvault.net.status import (
     SUCCESS,
     UNABLE_TO_PROCESS,
 )
-from dicomvault.security.tls import listener_tls
 from dicomvault.store import Archive
 from dicomvault.store.archive import IndexUnavailable
 from dicomvault.store.finder import Finder
@@ -167,71 +167,31 @@ class DicomServer:
     def config(self) -> _native.ListenerConfig:
         """What the listener is built from, or a ConfigError naming a [dicom] limit that makes
         no sense (or TLS files missing)."""
-        dicom = self.dicom
-        for key in (
-            "max_pdu",
-            "max_associations",
-            "max_associations_per_ae",
-            "association_timeout_s",
-            "dimse_timeout_s",
-            "max_instance_size_mb",
-        ):
-            if dicom[key] <= 0:
-                raise ConfigError(f"[dicom] {key} must be positive, not {dicom[key]}")
-        # Smaller PDUs than DCMTK's and pynetdicom's defaults would only slow every peer down.
-        if dicom["max_pdu"] < 16384:
-            raise ConfigError("[dicom] max_pdu must be at least 16384")
-        return _native.ListenerConfig(
-            host=str(dicom["host"]),
-            port=int(dicom["port"]),
-            ae_title=self.aet,
-            check_called_aet=bool(dicom["check_called_aet"]),
-            always_allow_echo=bool(dicom["always_allow_echo"]),
-            always_allow_store=bool(dicom["always_allow_store"]),
-            check_modality_host=bool(dicom["check_modality_host"]),
-            known=self.policy.listener_rules(),
-            storage_classes=contexts.storage_sop_classes(),
-            find_classes=list(FIND_MODELS),
-            move_classes=list(MOVE_MODELS),
-            retrieve_classes=list(GET_MODELS),
-            transfer_syntaxes=contexts.accepted_syntaxes(),
-            max_pdu=int(dicom["max_pdu"]),
-            max_associations=int(dicom["max_associations"]),
-            max_associations_per_ae=int(dicom["max_associations_per_ae"]),
-            association_timeout_s=float(dicom["association_timeout_s"]),
-            dimse_timeout_s=float(dicom["dimse_timeout_s"]),
-            max_instance_size=int(dicom["max_instance_size_mb"]) << 20,
-            implementation_class_uid=contexts.IMPLEMENTATION_CLASS_UID,
-            implementation_version_name=contexts.IMPLEMENTATION_VERSION_NAME,
-            replace_duplicates=self.archive.replace_duplicates,
-            tls=listener_tls(dicom),
+        return listener_config(
+            self.archive,
+            self.dicom,
+            self.policy,
+            find_classes=FIND_MODELS,
+            move_classes=MOVE_MODELS,
+            retrieve_classes=GET_MODELS,
         )
 
     def start(self) -> tuple[str, int]:
         """Starts listening; ConfigError (a limit, or TLS files that cannot be used) or
         OSError (a port) when it cannot."""
-        config = self.config()
-        try:
-            listener = self.archive.listener(
-                config,
-                {
-                    "log": log.log,
-                    "select": self._select_for_get,
-                    "transcode": self._transcode,
-                    "find": self._find,
-                    "move_to": self._move,
-                    "commit": self.commitment.request,
-                },
-            )
-        except ValueError as e:  # the TLS files as rustls reads them, or the host
-            raise ConfigError(f"[dicom] {e}") from e
-        self._listener = listener
-        host, port = listener.address
-        log.info("DICOM listener %s on %s:%d", self.aet, host, port)
-        if listener.tls_address is not None:
-            tls_host, tls_port = listener.tls_address
-            log.info("DICOM TLS listener %s on %s:%d", self.aet, tls_host, tls_port)
-        return host, port
+        self._listener = start_listener(
+            self.archive,
+            self.config(),
+            {
+                "log": log.log,
+                "select": self._select_for_get,
+                "transcode": self._transcode,
+                "find": self._find,
+                "move_to": self._move,
+                "commit": self.commitment.request,
+            },
+        )
+        return self._listener.address
 
     @property
     def tls_address(self) -> tuple[str, int] | None:

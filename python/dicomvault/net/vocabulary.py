@@ -175,6 +175,126 @@ STORAGE_SOP_CLASSES = (
 )
 
 
+# The other storage SOP classes the listener accepts (pynetdicom's AllStoragePresentationContexts
+# beyond the usual ones above): a C-STORE to the archive may carry any of them, and any of the
+# usual ones, the retired among them (US Image Storage 1.2.840.10008.5.1.4.1.1.6 fills old
+# archives; DCMTK's storescp and Orthanc take them too).
+RARER_STORAGE_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.104.3",  # Encapsulated STL Storage
+    "1.2.840.10008.5.1.4.1.1.104.4",  # Encapsulated OBJ Storage
+    "1.2.840.10008.5.1.4.1.1.104.5",  # Encapsulated MTL Storage
+    "1.2.840.10008.5.1.4.1.1.11.10",  # Segmented Volume Rendering Volumetric Presentation State St
+    "1.2.840.10008.5.1.4.1.1.11.11",  # Multiple Volume Rendering Volumetric Presentation State Sto
+    "1.2.840.10008.5.1.4.1.1.11.12",  # Variable Modality LUT Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.6",  # Grayscale Planar MPR Volumetric Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.7",  # Compositing Planar MPR Volumetric Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.8",  # Advanced Blending Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.9",  # Volume Rendering Volumetric Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.13.1.4",  # Breast Projection X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.13.1.5",  # Breast Projection X-Ray Image Storage - For Processing
+    "1.2.840.10008.5.1.4.1.1.200.2",  # CT Performed Procedure Protocol Storage
+    "1.2.840.10008.5.1.4.1.1.200.8",  # XA Performed Procedure Protocol Storage
+    "1.2.840.10008.5.1.4.1.1.30",  # Parametric Map Storage
+    "1.2.840.10008.5.1.4.1.1.481.10",  # RT Physician Intent Storage
+    "1.2.840.10008.5.1.4.1.1.481.11",  # RT Segment Annotation Storage
+    "1.2.840.10008.5.1.4.1.1.481.12",  # RT Radiation Set Storage
+    "1.2.840.10008.5.1.4.1.1.481.13",  # C-Arm Photon-Electron Radiation Storage
+    "1.2.840.10008.5.1.4.1.1.481.14",  # Tomotherapeutic Radiation Storage
+    "1.2.840.10008.5.1.4.1.1.481.15",  # Robotic-Arm Radiation Storage
+    "1.2.840.10008.5.1.4.1.1.481.16",  # RT Radiation Record Set Storage
+    "1.2.840.10008.5.1.4.1.1.481.17",  # RT Radiation Salvage Record Storage
+    "1.2.840.10008.5.1.4.1.1.481.18",  # Tomotherapeutic Radiation Record Storage
+    "1.2.840.10008.5.1.4.1.1.481.19",  # C-Arm Photon-Electron Radiation Record Storage
+    "1.2.840.10008.5.1.4.1.1.481.20",  # Robotic Radiation Record Storage
+    "1.2.840.10008.5.1.4.1.1.481.21",  # RT Radiation Set Delivery Instruction Storage
+    "1.2.840.10008.5.1.4.1.1.481.22",  # RT Treatment Preparation Storage
+    "1.2.840.10008.5.1.4.1.1.481.23",  # Enhanced RT Image Storage
+    "1.2.840.10008.5.1.4.1.1.481.24",  # Enhanced Continuous RT Image Storage
+    "1.2.840.10008.5.1.4.1.1.481.25",  # RT Patient Position Acquisition Instruction Storage
+    "1.2.840.10008.5.1.4.1.1.6.3",  # Photoacoustic Image Storage
+    "1.2.840.10008.5.1.4.1.1.66.6",  # Tractography Results Storage
+    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.66.8",  # Height Map Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.5.5",  # Wide Field Ophthalmic Photography Stereographic Projecti
+    "1.2.840.10008.5.1.4.1.1.77.1.5.6",  # Wide Field Ophthalmic Photography 3D Coordinates Image S
+    "1.2.840.10008.5.1.4.1.1.77.1.5.7",  # Ophthalmic Optical Coherence Tomography En Face Image St
+    "1.2.840.10008.5.1.4.1.1.77.1.5.8",  # Ophthalmic Optical Coherence Tomography B-scan Volume An
+    "1.2.840.10008.5.1.4.1.1.77.1.7",  # Dermoscopic Photography Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.8",  # Confocal Microscopy Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.9",  # Confocal Microscopy Tiled Pyramidal Image Storage
+    "1.2.840.10008.5.1.4.1.1.82.1",  # Corneal Topography Map Storage
+    "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.68",  # Radiopharmaceutical Radiation Dose SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.71",  # Acquisition Context SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.72",  # Simplified Adult Echo SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.73",  # Patient Radiation Dose SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.74",  # Planned Imaging Agent Administration SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.75",  # Performed Imaging Agent Administration SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.76",  # Enhanced X-Ray Radiation Dose SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.77",  # Waveform Annotation SR Storage
+    "1.2.840.10008.5.1.4.1.1.9.1.4",  # General 32-bit ECG Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.100.1",  # Waveform Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.9.100.2",  # Waveform Acquisition Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.9.6.2",  # Multi-channel Respiratory Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.7.1",  # Routine Scalp Electroencephalogram Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.7.2",  # Electromyogram Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.7.3",  # Electrooculogram Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.7.4",  # Sleep Electroencephalogram Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.8.1",  # Body Position Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.90.1",  # Content Assessment Results Storage
+    "1.2.840.10008.5.1.4.1.1.91.1",  # Microscopy Bulk Simple Annotations Storage
+    "1.2.840.10008.5.1.4.34.10",  # RT Brachy Application Setup Delivery Instruction Storage
+)
+ALL_STORAGE_SOP_CLASSES = STORAGE_SOP_CLASSES + RARER_STORAGE_SOP_CLASSES
+
+# Every transfer syntax the listener accepts, in the order it takes them when a presentation
+# context of a C-STORE offers several (the first of these the peer proposed): Explicit VR Little
+# Endian, then the encapsulated ones (stored as sent, not decoded), then the other native ones.
+# For the storage contexts a C-GET requestor takes the SCP role for, the requestor's order
+# decides instead. pydicom's AllTransferSyntaxes; a test checks it against pydicom.
+ACCEPTED_SYNTAXES = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 and 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless Image Compression
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Lossy (Near-Lossless) Image Compression
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Image Compression (Lossless Only)
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000 Image Compression
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 Multi-component Image Compression (Lossless Only)
+    "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 Multi-component Image Compression
+    "1.2.840.10008.1.2.4.100",  # MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.100.1",  # Fragmentable MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.101",  # MPEG2 Main Profile / High Level
+    "1.2.840.10008.1.2.4.101.1",  # Fragmentable MPEG2 Main Profile / High Level
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.102.1",  # Fragmentable MPEG-4 AVC/H.264 High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.103",  # MPEG-4 AVC/H.264 BD-compatible High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.103.1",  # Fragmentable MPEG-4 AVC/H.264 BD-compatible High Profile / Leve
+    "1.2.840.10008.1.2.4.104",  # MPEG-4 AVC/H.264 High Profile / Level 4.2 For 2D Video
+    "1.2.840.10008.1.2.4.104.1",  # Fragmentable MPEG-4 AVC/H.264 High Profile / Level 4.2 For 2D V
+    "1.2.840.10008.1.2.4.105",  # MPEG-4 AVC/H.264 High Profile / Level 4.2 For 3D Video
+    "1.2.840.10008.1.2.4.105.1",  # Fragmentable MPEG-4 AVC/H.264 High Profile / Level 4.2 For 3D V
+    "1.2.840.10008.1.2.4.106",  # MPEG-4 AVC/H.264 Stereo High Profile / Level 4.2
+    "1.2.840.10008.1.2.4.106.1",  # Fragmentable MPEG-4 AVC/H.264 Stereo High Profile / Level 4.2
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile / Level 5.1
+    "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile / Level 5.1
+    "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000 Image Compression (Lossless Only)
+    "1.2.840.10008.1.2.4.202",  # High-Throughput JPEG 2000 with RPCL Options Image Compression (Lo
+    "1.2.840.10008.1.2.4.203",  # High-Throughput JPEG 2000 Image Compression
+    "1.2.840.10008.1.2.4.204",  # JPIP HTJ2K Referenced
+    "1.2.840.10008.1.2.4.205",  # JPIP HTJ2K Referenced Deflate
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.7.1",  # SMPTE ST 2110-20 Uncompressed Progressive Active Video
+    "1.2.840.10008.1.2.7.2",  # SMPTE ST 2110-20 Uncompressed Interlaced Active Video
+    "1.2.840.10008.1.2.7.3",  # SMPTE ST 2110-30 PCM Digital Audio
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+)
+
+
 class ScuError(RuntimeError):
     """The peer could not be reached or refused; the message says why."""
 

@@ -156,8 +156,9 @@ impl Listener {
             std::thread::Builder::new()
                 .name("dicom-log".into())
                 .spawn(move || {
+                    // Parked, not asleep: `stop` unparks it rather than wait out the interval.
                     while !shared.stopping.load(Ordering::SeqCst) {
-                        std::thread::sleep(LOG_INTERVAL);
+                        std::thread::park_timeout(LOG_INTERVAL);
                         shared.flush_logs();
                     }
                 })?
@@ -220,6 +221,7 @@ impl Listener {
             let _ = thread.join();
         }
         if let Some(logger) = self.logger.take() {
+            logger.thread().unpark();
             let _ = logger.join();
         }
         self.shared.flush_logs();
