@@ -31,8 +31,10 @@ from dicomvault.net.vocabulary import RetrieveResult, ScuError
 from dicomvault.store import Archive
 
 # A study is retrieved in parts of this many instances at least, at most in as many parts as
-# there are associations.
-MIN_PART = 32
+# there are associations. A part is a list of UIDs the source looks up one by one: smaller ones
+# cost it more than sending at once gains (Orthanc, 10 studies of 200 on 4 associations: in
+# parts of 50, 1.7-2.3 s; whole studies at once, 0.9-1.2 s; one at a time, 1.2-1.5 s).
+MIN_PART = 250
 # UIDs in one list (a UI value holds 64 KiB: 1000 UIDs of 64 characters fit).
 MAX_LIST = 500
 _IMAGES = "SOPInstanceUID"
