@@ -600,7 +600,12 @@ class ScuAssociation:
         self, model: str, level: str, keys: Keys, wanted: Sequence[tuple[str, int, str]]
     ) -> tuple[int, list[dict[str, str]]]: ...
     def get(
-        self, receiver: Receiver, model: str, level: str, keys: Keys, study: str | None = None
+        self,
+        receiver: Receiver,
+        model: str,
+        level: str,
+        keys: Keys,
+        studies: Sequence[str] = (),
     ) -> Retrieved: ...
     def move(self, model: str, level: str, keys: Keys, destination: str) -> Retrieved: ...
     def release(self) -> None: ...

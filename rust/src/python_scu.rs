@@ -274,8 +274,8 @@ impl ScuAssociation {
     }
 
     /// C-GET in `model` at `level` with `keys`, the instances stored through `receiver`
-    /// (refused unless of `study`, when given).
-    #[pyo3(signature = (receiver, model, level, keys, study = None))]
+    /// (refused unless of one of `studies`, when given).
+    #[pyo3(signature = (receiver, model, level, keys, studies = Vec::new()))]
     fn get(
         &mut self,
         py: Python<'_>,
@@ -283,22 +283,13 @@ impl ScuAssociation {
         model: &str,
         level: &str,
         keys: Vec<(u32, String, String)>,
-        study: Option<String>,
+        studies: Vec<String>,
     ) -> PyResult<PyRetrieved> {
         let keys = self::keys(keys)?;
         let receiver = receiver.inner.clone();
         let association = self.open()?;
         let result = py
-            .detach(|| {
-                scu::get(
-                    association,
-                    model,
-                    level,
-                    &keys,
-                    &receiver,
-                    study.as_deref(),
-                )
-            })
+            .detach(|| scu::get(association, model, level, &keys, &receiver, &studies))
             .map_err(association_error)?;
         Ok(result.into())
     }

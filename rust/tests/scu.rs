@@ -209,14 +209,14 @@ fn find_and_get_from_the_listener_through_the_receive_path() {
         vr: *b"UI",
         value: STUDY.into(),
     }];
-    // Instances of another study than the one asked for are refused, none stored.
+    // Instances of other studies than those asked for are refused, none stored.
     let refused = scu::get(
         &mut association,
         GET,
         "STUDY",
         &keys,
         &receiver,
-        Some("9.9"),
+        &["9.9".to_string(), "9.8".to_string()],
     )
     .unwrap();
     assert_eq!((refused.status, refused.counts.failed), (0xA702, 5));
@@ -230,7 +230,7 @@ fn find_and_get_from_the_listener_through_the_receive_path() {
         "STUDY",
         &keys,
         &receiver,
-        Some(STUDY),
+        &["9.9".to_string(), STUDY.to_string()],
     )
     .unwrap();
     assert_eq!((got.status, got.counts.completed, got.stored), (0, 5, 5));

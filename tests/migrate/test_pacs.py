@@ -4,6 +4,7 @@ results capped at 8 so that the date windows must be split."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -16,7 +17,7 @@ from dicomvault.config import load
 from dicomvault.migrate.journal import rows_of
 from dicomvault.migrate.pacs import MIN_PART, parts_of
 from tests.conftest import Cli
-from tests.net.conftest import Orthanc, dcmtk, free_port
+from tests.net.conftest import Orthanc, Server, dcmtk, free_port
 
 STUDIES = 50
 LIMIT = 8
@@ -207,3 +208,41 @@ def test_a_large_study_is_retrieved_in_parts_at_once(tmp_path, method):
         assert held == set(listed)
     finally:
         setup.orthanc.stop()
+
+
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_small_studies_are_retrieved_several_to_a_request(tmp_path, method):
+    """One C-GET (C-MOVE) names several studies by a list of UIDs (PS3.4 C.4.2.2.1): twelve
+    studies of one instance each, listed together, take fewer requests than studies; the
+    source here is a dicomvault `serve`, whose log says what it was asked."""
+    small = ct_corpus(tmp_path / "small", 12, rows=16, columns=16, studies=12)
+    migrator_port = free_port()
+    (tmp_path / "source").mkdir()
+    source = Server(
+        tmp_path / "source",
+        {OUR_AET: {"aet": OUR_AET, "host": "127.0.0.1", "port": migrator_port}},
+        aet="SOURCE",
+    )
+    source.run("import", *[g.path for g in small])
+    source.start()
+    config = tmp_path / "dicomvault.toml"
+    config.write_text(
+        f'[dicom]\naet = "{OUR_AET}"\nhost = "127.0.0.1"\nport = {migrator_port}\n'
+        f'[modalities.pacs]\naet = "SOURCE"\nhost = "127.0.0.1"\nport = {source.port}\n'
+    )
+    cli = Cli(tmp_path / "archive", tmp_path)
+    try:
+        result = cli.run(
+            "migrate", "pacs", "pacs", "--method", method, "--parallel", "1", "--config", config
+        )
+        assert "12 of 12 studies verified" in result.stdout
+    finally:
+        assert source.stop() == 0
+    requests = re.findall(
+        rf"C-{method.upper()} from {OUR_AET}@127.0.0.1: status 0x0000", source.log
+    )
+    assert 1 <= len(requests) < len(small), requests
+    rows = {r.item: r for r in rows_of(load(None, root=cli.root), "pacs")}
+    assert {(r.state, r.attempts, r.received) for r in rows.values()} == {("verified", 1, 1)}
+    held = {i["key"] for i in cli.ls("instances")}
+    assert held == {g.sop_instance_uid for g in small}

@@ -94,10 +94,10 @@ def test_find_get_and_refusals_against_orthanc(tmp_path, orthanc):
             assert not studies.cancelled
             first, other = sorted({g.study_instance_uid for g in corpus})
             # A study's instances come back through the receive path, checked against it.
-            got = scu.get(Level.STUDY, {"StudyInstanceUID": first}, study=first)
+            got = scu.get(Level.STUDY, {"StudyInstanceUID": first}, studies=[first])
             assert got.ok and got.completed == 3 and not got.refused
             # Another study's instances are refused (0xA900), none stored.
-            refused = scu.get(Level.STUDY, {"StudyInstanceUID": other}, study=first)
+            refused = scu.get(Level.STUDY, {"StudyInstanceUID": other}, studies=[first])
             assert refused.failed == 3 and len(refused.refused) == 3
             assert all("asked for study" in why for _, why in refused.refused)
             with pytest.raises(ScuError, match="unknown DICOM keyword"):

@@ -152,8 +152,14 @@ def pacs(
             if server is not None:
                 try:
                     server.start()
-                except (ConfigError, OSError) as e:
-                    fail(f"cannot listen for the source's C-STOREs: {e}")
+                except ConfigError as e:
+                    fail(str(e), 2)
+                except OSError as e:
+                    fail(
+                        f"cannot listen for the source's C-STOREs on port "
+                        f"{conf['dicom']['port']}: {e} (is `dicomvault serve` running? stop "
+                        "it, or migrate with --method get)"
+                    )
             left = _run(migration, plan)
         finally:
             scu.close()

@@ -7,7 +7,6 @@ be of a storage SOP class the archive accepts."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import cache
 from typing import Any, NamedTuple
 
 from dicomvault.net.status import (
@@ -30,10 +29,12 @@ class Refusal(NamedTuple):
     reason: str
 
 
-@cache
+_STORAGE_SOP_CLASSES = frozenset(ALL_STORAGE_SOP_CLASSES)
+
+
 def storage_sop_classes() -> frozenset[str]:
     """Every storage SOP class the archive accepts (the listener negotiates the same)."""
-    return frozenset(ALL_STORAGE_SOP_CLASSES)
+    return _STORAGE_SOP_CLASSES
 
 
 def uid_of(ingested: Mapping[str, Any], tag: int) -> str:

@@ -60,6 +60,8 @@ class PacsMigration(Migration):
         # Whether the source answers an IMAGE-level query naming only the study (None: not
         # tried yet).
         self._study_wide_listing: bool | None = None
+        # Whether it answered a query naming several studies (a list of UIDs) for each.
+        self._study_lists = False
 
     def _find(self, level: Level, keys: dict[str, str]) -> Found:
         try:
@@ -131,6 +133,7 @@ class PacsMigration(Migration):
                     if m.get("SOPInstanceUID"):
                         instances = together.setdefault(m.get("StudyInstanceUID", ""), {})
                         instances[m["SOPInstanceUID"]] = m.get("SeriesInstanceUID", "")
+                self._study_lists = self._study_lists or len(together) > 1
         listed = super().list_many([s for s in studies if not together.get(s)])
         return {s: together.get(s) or listed[s] for s in studies}
 
@@ -144,20 +147,49 @@ class PacsMigration(Migration):
             return []
         return parts_of(study.row.item, listed, count)
 
+    def together(self, studies: list[Study], plan: Plan) -> list[list[Study]]:
+        """Small studies in groups of about as many as there are associations to share them,
+        of ``MIN_PART`` instances at most: one request each (a list of Study Instance UIDs,
+        PS3.4 C.4.2.2.1) rather than one per study, whose round trip would take longer than
+        sending a few instances. Only from a source that answered such a list when listing."""
+        if not self._study_lists:
+            return super().together(studies, plan)
+        size = -(-len(studies) // plan.parallel)
+        groups: list[list[Study]] = []
+        group: list[Study] = []
+        held = 0
+        for study in studies:
+            count = len(study.listed or {})
+            if study.listed is None or count >= MIN_PART:
+                groups.append([study])
+                continue
+            if group and (len(group) >= size or held + count > MIN_PART):
+                groups.append(group)
+                group, held = [], 0
+            group.append(study)
+            held += count
+        return [*groups, group] if group else groups
+
     def retrieve(self, study: Study, plan: Plan, part: Part | None = None) -> str:
-        uid = study.row.item
-        keys = part or {"StudyInstanceUID": uid}
         level = Level.STUDY if part is None else Level.IMAGE if _IMAGES in part else Level.SERIES
+        return self._retrieve([study.row.item], plan, level, part)
+
+    def retrieve_together(self, studies: list[Study], plan: Plan) -> str:
+        return self._retrieve([study.row.item for study in studies], plan, Level.STUDY)
+
+    def _retrieve(self, uids: list[str], plan: Plan, level: Level, part: Part | None = None) -> str:
+        """Retrieves the studies ``uids`` (or a part of the one); an error message or ""."""
+        keys = part or {"StudyInstanceUID": "\\".join(uids)}
         try:
             result: RetrieveResult
             if plan.method == "move":
                 result = self.scu.move(self.our_aet, level, keys)
             else:
-                result = self.scu.get(level, keys, study=uid)
+                result = self.scu.get(level, keys, studies=uids)
         except ScuError as e:
             return str(e)
         for instance, why in result.refused:
-            log.warning("C-GET of %s: %s refused: %s", uid, instance, why)
+            log.warning("C-GET of %s: %s refused: %s", ", ".join(uids), instance, why)
         if result.status == MOVE_DESTINATION_UNKNOWN or (
             plan.method == "move" and result.status >= CANNOT_UNDERSTAND and not result.completed
         ):

@@ -4,7 +4,8 @@
    window the source caps is split in two until it is not, or is a single day, which is
    reported), each listed as it is found — the SOP Instance UIDs the source holds for it;
 2. retrieval (``parallel`` threads, each with its own connection to the source); a large
-   study is retrieved in parts on several connections at once, when the source can;
+   study is retrieved in parts on several connections at once, small ones listed together
+   in one request, when the source can;
 3. verification (a thread): the listing against the archive's index, no round trip to the
    source; a study not complete is retried with back-off, ``retries`` times at most.
 
@@ -114,6 +115,9 @@ class Study:
 
 # Retrieve keys of a part of a study (a list of series, or of one series' instances).
 Part = dict[str, str]
+# What a retrieving thread takes: a study (whole, or one of its parts) or a group of studies
+# retrieved together; whether it is the first request of their attempt.
+Work = tuple[list[Study], Part | None, bool]
 
 
 class Stop(Exception):
@@ -169,6 +173,15 @@ class Migration:
     def retrieve(self, study: Study, plan: Plan, part: Part | None = None) -> str:
         """Retrieves a study (or a part of it) into the archive; an error message, or ""
         when it went well. MigrationError when no study can be."""
+        raise NotImplementedError
+
+    def together(self, studies: list[Study], plan: Plan) -> list[list[Study]]:
+        """Studies listed together, in the groups they are retrieved in: each alone, unless
+        the source takes several in one request (``retrieve_together``)."""
+        return [[study] for study in studies]
+
+    def retrieve_together(self, studies: list[Study], plan: Plan) -> str:
+        """Retrieves a group ``together`` made in one request; as ``retrieve``."""
         raise NotImplementedError
 
     def release(self) -> None:
@@ -255,9 +268,7 @@ class _Pipeline:
         self.m, self.plan, self.progress = migration, plan, progress
         self.batcher = Batcher(migration.journal)
         # Listing runs this far ahead of retrieval, no further.
-        self.to_retrieve: queue.Queue[tuple[Study, Part | None, bool] | None] = queue.Queue(
-            maxsize=4 * plan.parallel + 4
-        )
+        self.to_retrieve: queue.Queue[Work | None] = queue.Queue(maxsize=4 * plan.parallel + 4)
         self.to_verify: queue.Queue[Study | None] = queue.Queue()
         self.lock = threading.Lock()
         self.outstanding = 0
@@ -306,6 +317,7 @@ class _Pipeline:
             self.outstanding += len(rows)
             self.progress.total += len(rows)
         listed = self.m.list_many([row.item for row in rows])
+        wanted = []
         for row in rows:
             study = Study(row)
             listing = listed[row.item]
@@ -317,18 +329,24 @@ class _Pipeline:
                 # Gone from the source, or retrieved by an earlier run: only to verify.
                 self.to_verify.put(study)
             else:
-                self.queue(study)
+                wanted.append(study)
+        for group in self.m.together(wanted, self.plan):
+            self.queue(group)
 
-    def queue(self, study: Study) -> None:
-        """Starts an attempt at retrieving a study: its parts go to the retrieving threads."""
-        row = study.row
-        row.state, row.attempts = "running", row.attempts + 1
-        self.batcher.put(row)
-        parts: list[Part | None] = list(self.m.parts(study, self.plan)) or [None]
+    def queue(self, studies: list[Study]) -> None:
+        """Starts an attempt at retrieving a study (its parts go to the retrieving threads),
+        or a group of studies in one request."""
+        for study in studies:
+            study.row.state, study.row.attempts = "running", study.row.attempts + 1
+            self.batcher.put(study.row)
+        parts: list[Part | None] = [None]
+        if len(studies) == 1:
+            parts = list(self.m.parts(studies[0], self.plan)) or parts
         with self.lock:
-            study.parts_left, study.errors = len(parts), []
+            for study in studies:
+                study.parts_left, study.errors = len(parts), []
         for n, part in enumerate(parts):
-            item = (study, part, n == 0)
+            item = (studies, part, n == 0)
             try:
                 self.to_retrieve.put(item, timeout=IDLE_S)
             except queue.Full:
@@ -385,24 +403,30 @@ class _Pipeline:
     def retrieve(self) -> None:
         plan = self.plan
         while (item := self._next()) is not None:
-            study, part, first = item
+            studies, part, first = item
             if plan.rate_limit and first:
                 with self.lock:
                     start = max(self.next_start, time.monotonic())
-                    self.next_start = start + 60 / plan.rate_limit
+                    self.next_start = start + len(studies) * 60 / plan.rate_limit
                 time.sleep(max(0.0, start - time.monotonic()))
-            error = self.m.retrieve(study, plan, part)
+            if len(studies) == 1:
+                error = self.m.retrieve(studies[0], plan, part)
+            else:
+                error = self.m.retrieve_together(studies, plan)
             with self.lock:
-                if error:
-                    study.errors.append(error)
-                study.parts_left -= 1
-                whole = study.parts_left == 0
-            if whole:
+                whole = []
+                for study in studies:
+                    if error:
+                        study.errors.append(error)
+                    study.parts_left -= 1
+                    if study.parts_left == 0:
+                        whole.append(study)
+            for study in whole:
                 if not study.errors:
                     study.row.state = "done"
                 self.to_verify.put(study)
 
-    def _next(self) -> tuple[Study, Part | None, bool] | None:
+    def _next(self) -> Work | None:
         """The next part to retrieve; this thread's association is released while there is
         none (the source may serve few at once, and the query thread needs one)."""
         try:
@@ -424,7 +448,7 @@ class _Pipeline:
                 continue
             self.batcher.put(row)
             delay = plan.backoff_s * 2 ** max(0, row.attempts - 1)
-            retry = threading.Timer(delay, self.queue, (study,))
+            retry = threading.Timer(delay, self.queue, ([study],))
             retry.daemon = True
             retry.start()
 

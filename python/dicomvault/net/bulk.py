@@ -12,7 +12,7 @@ The CLI's one-off verbs keep pynetdicom (``net/scu.py``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -152,16 +152,18 @@ class BulkScu:
         return Found(matches, cancelled=status == CANCEL)
 
     def get(
-        self, level: Level, keys: Mapping[str, str], study: str | None = None
+        self, level: Level, keys: Mapping[str, str], studies: Sequence[str] = ()
     ) -> RetrieveResult:
-        """C-GET into the archive; sub-operations of another study than ``study`` are
-        refused."""
+        """C-GET into the archive; sub-operations of other studies than ``studies`` (when
+        given) are refused."""
         receiver = self.receiver
         if receiver is None:
             raise ValueError("a C-GET needs the archive to store into")
         model, identifier = _model(level, 2), request_keys(keys)
         return _result(
-            self._call("get", lambda a: a.get(receiver, model, level.value, identifier, study))
+            self._call(
+                "get", lambda a: a.get(receiver, model, level.value, identifier, list(studies))
+            )
         )
 
     def move(self, destination: str, level: Level, keys: Mapping[str, str]) -> RetrieveResult:

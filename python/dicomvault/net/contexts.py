@@ -9,17 +9,12 @@ from collections.abc import Iterable
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import PresentationContext, build_context
 
-from dicomvault.net import vocabulary
 from dicomvault.net.outbound import StoredInstance
 
 log = logging.getLogger("dicomvault.net")
 
 # DICOM allows at most 128 presentation contexts in one association request.
 MAX_PROPOSED = 128
-
-# Who we are on the network (re-exported: the listener and pynetdicom's AEs read them here).
-IMPLEMENTATION_CLASS_UID = vocabulary.IMPLEMENTATION_CLASS_UID
-IMPLEMENTATION_VERSION_NAME = vocabulary.IMPLEMENTATION_VERSION_NAME
 
 
 def for_instances(instances: Iterable[StoredInstance]) -> list[PresentationContext]:

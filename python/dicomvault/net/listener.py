@@ -126,9 +126,11 @@ def _no_commitment(calling_ae: str, address: str, *_: object) -> int:
 
 
 class StoreListener:
-    """The archive's listener for C-ECHO and C-STORE only, as configured in ``[dicom]``: where
-    a migration's source sends its C-MOVE sub-operations while ``serve`` is not running. It
-    logs refusals and failures, not every association and request as ``serve`` does."""
+    """The archive's listener for C-ECHO and C-STORE, as configured in ``[dicom]``: where a
+    migration's source sends its C-MOVE sub-operations while ``serve`` is not running. Query
+    and retrieve contexts are rejected; a storage commitment request (its context is always
+    accepted) is refused. It logs refusals and failures, not every association and request
+    as ``serve`` does."""
 
     def __init__(self, archive: Archive, settings: Settings) -> None:
         self.archive = archive

@@ -29,7 +29,7 @@ from dicomvault import _native
 from dicomvault.audit import Who
 from dicomvault.audit.trail import patient_of
 from dicomvault.config import Settings
-from dicomvault.net import contexts
+from dicomvault.net import contexts, vocabulary
 from dicomvault.net.commitment import CommitmentScp
 from dicomvault.net.listener import listener_config, start_listener
 from dicomvault.net.outbound import Selected, StoredInstance, install, outbound, selected
@@ -156,8 +156,8 @@ class DicomServer:
         self.aet = str(self.dicom["aet"])
         # The SCU of C-MOVE's sub-operations.
         self.ae = AE(ae_title=self.aet)
-        self.ae.implementation_class_uid = contexts.IMPLEMENTATION_CLASS_UID
-        self.ae.implementation_version_name = contexts.IMPLEMENTATION_VERSION_NAME
+        self.ae.implementation_class_uid = vocabulary.IMPLEMENTATION_CLASS_UID
+        self.ae.implementation_version_name = vocabulary.IMPLEMENTATION_VERSION_NAME
         self.ae.maximum_pdu_size = int(self.dicom["max_pdu"])
         self.ae.network_timeout = float(self.dicom["dimse_timeout_s"])
         self.ae.dimse_timeout = 600

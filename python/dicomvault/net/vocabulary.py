@@ -1,7 +1,8 @@
 """The DICOM network vocabulary the SCU and SCP modules share, importable without pydicom or
 pynetdicom (a migration's start-up would pay a second for them): the Query/Retrieve
-information models, who we are on the network, what a C-GET offers to receive in, and what
-an SCU request can end in."""
+information models, who we are on the network, the storage SOP classes and transfer
+syntaxes the listener accepts, what a C-GET offers to receive in, and what an SCU request can
+end in."""
 
 from __future__ import annotations
 

@@ -151,14 +151,14 @@ pub fn move_to(
 
 /// C-GET of what `keys` select at `level`: each instance arrives as a C-STORE sub-operation
 /// and is stored through `receiver`, refused (0xA900) unless it is the instance its request
-/// names and, with `study`, of that study.
+/// names and, when `studies` are given, of one of them.
 pub fn get(
     association: &mut Association,
     model: &str,
     level: &str,
     keys: &[Key],
     receiver: &Receiver,
-    study: Option<&str>,
+    studies: &[String],
 ) -> Result<Retrieved, ScuError> {
     let (message_id, syntax) = request(association, dimse::C_GET_RQ, model, level, keys, None)?;
     let sender = Sender {
@@ -204,8 +204,13 @@ pub fn get(
                     }
                     if last {
                         let current = incoming.take().expect("a data set is arriving");
-                        let status =
-                            finish(current, receiver, &sender, study, &mut responses.retrieved);
+                        let status = finish(
+                            current,
+                            receiver,
+                            &sender,
+                            studies,
+                            &mut responses.retrieved,
+                        );
                         replies.push(status);
                     }
                 }
@@ -268,7 +273,7 @@ fn finish(
     incoming: Incoming,
     receiver: &Receiver,
     sender: &Sender,
-    study: Option<&str>,
+    studies: &[String],
     retrieved: &mut Retrieved,
 ) -> (u8, Vec<u8>) {
     let command = &incoming.command;
@@ -279,12 +284,16 @@ fn finish(
                 command.affected_sop_class_uid.as_str(),
                 command.affected_sop_instance_uid.as_str(),
             );
-            let of_the_study = |identity: &Identity| match study {
-                Some(study) if identity.study_instance_uid != study => Err(format!(
-                    "the C-GET asked for study {study}, the instance is of study {}",
-                    identity.study_instance_uid
-                )),
-                _ => Ok(()),
+            let of_the_study = |identity: &Identity| {
+                let study = &identity.study_instance_uid;
+                if studies.is_empty() || studies.contains(study) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the C-GET asked for study {}, the instance is of study {study}",
+                        studies.join(" or ")
+                    ))
+                }
             };
             receiver.finish(writer, requested, of_the_study, sender)
         }
