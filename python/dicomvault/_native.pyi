@@ -597,7 +597,12 @@ class ScuAssociation:
     @property
     def is_open(self) -> bool: ...
     def find(
-        self, model: str, level: str, keys: Keys, wanted: Sequence[tuple[str, int, str]]
+        self,
+        model: str,
+        level: str,
+        keys: Keys,
+        wanted: Sequence[tuple[str, int, str]],
+        limit: int | None = None,
     ) -> tuple[int, list[dict[str, str]]]: ...
     def get(
         self,

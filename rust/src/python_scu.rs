@@ -239,7 +239,9 @@ impl ScuAssociation {
     }
 
     /// C-FIND in `model` at `level` with `keys` [(tag, VR, value)]: (final status, a dict per
-    /// match of the `wanted` [(name, tag, VR)] values it holds).
+    /// match of the `wanted` [(name, tag, VR)] values it holds); cancelled once `limit`
+    /// matches arrived, when given.
+    #[pyo3(signature = (model, level, keys, wanted, limit = None))]
     fn find<'py>(
         &mut self,
         py: Python<'py>,
@@ -247,6 +249,7 @@ impl ScuAssociation {
         level: &str,
         keys: Vec<(u32, String, String)>,
         wanted: Vec<(Bound<'py, pyo3::types::PyString>, u32, String)>,
+        limit: Option<usize>,
     ) -> PyResult<(u16, Vec<Bound<'py, PyDict>>)> {
         let keys = self::keys(keys)?;
         let tags = wanted
@@ -255,7 +258,7 @@ impl ScuAssociation {
             .collect::<PyResult<Vec<_>>>()?;
         let association = self.open()?;
         let found = py
-            .detach(|| scu::find(association, model, level, &keys, &tags))
+            .detach(|| scu::find(association, model, level, &keys, &tags, limit))
             .map_err(association_error)?;
         let matches = found
             .matches

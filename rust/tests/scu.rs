@@ -200,9 +200,20 @@ fn find_and_get_from_the_listener_through_the_receive_path() {
     let mut association = Association::open(&peer, &contexts, &[CT.to_string()]).unwrap();
 
     let wanted = [(STUDY_UID, *b"UI")];
-    let found = scu::find(&mut association, FIND, "STUDY", &[], &wanted).unwrap();
+    let found = scu::find(&mut association, FIND, "STUDY", &[], &wanted, None).unwrap();
     assert_eq!(found.status, 0);
     assert_eq!(found.matches, vec![vec![(STUDY_UID, STUDY.to_string())]]);
+    // Past its limit a C-FIND is cancelled (PS3.7 9.3.2.3): no more matches than the limit,
+    // the final response Cancel (or Success, when it came first), the association usable.
+    let limited = scu::find(&mut association, FIND, "STUDY", &[], &wanted, Some(0)).unwrap();
+    assert!(limited.matches.is_empty());
+    assert!(
+        [0xFE00, 0].contains(&limited.status),
+        "{:04X}",
+        limited.status
+    );
+    let again = scu::find(&mut association, FIND, "STUDY", &[], &wanted, Some(1)).unwrap();
+    assert_eq!(again.matches, found.matches);
 
     let keys = [Key {
         tag: STUDY_UID,

@@ -246,3 +246,31 @@ def test_small_studies_are_retrieved_several_to_a_request(tmp_path, method):
     assert {(r.state, r.attempts, r.received) for r in rows.values()} == {("verified", 1, 1)}
     held = {i["key"] for i in cli.ls("instances")}
     assert held == {g.sop_instance_uid for g in small}
+
+
+def test_studies_no_date_window_matches_are_migrated_too(tmp_path):
+    """A StudyDate range matches no study without a StudyDate (PS3.4 C.2.2.2.5), nor one
+    dated after today: without --since or --until they are looked for once more, asked
+    without a date, and migrated with the others."""
+    corpus = ct_corpus(tmp_path / "corpus", 6, rows=16, columns=16, studies=6)
+    undated, empty, later = corpus[:3]
+    dcmtk("dcmodify", "-nb", "-ea", "(0008,0020)", undated.path)
+    dcmtk("dcmodify", "-nb", "-m", "(0008,0020)=", empty.path)
+    dcmtk("dcmodify", "-nb", "-m", "(0008,0020)=20991231", later.path)
+    setup = Setup(tmp_path, corpus)
+    try:
+        result = setup.migrate("pacs")
+        assert "ORTHANC lists 6 studies" in result.stdout, result.stdout
+        rows = setup.rows()
+        assert set(rows) == {g.study_instance_uid for g in corpus}
+        assert {r.state for r in rows.values()} == {"verified"}
+        held = {i["key"] for i in setup.cli.ls("instances")}
+        assert held == {g.sop_instance_uid for g in corpus}
+        # A range asked for is that range.
+        ranged = Cli(tmp_path / "ranged", tmp_path)
+        since = ranged.run(
+            "migrate", "pacs", "pacs", "--since", "19000101", "--config", setup.config
+        )
+        assert "ORTHANC lists 3 studies" in since.stdout, since.stdout
+    finally:
+        setup.orthanc.stop()

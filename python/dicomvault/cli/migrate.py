@@ -69,6 +69,7 @@ def _plan(
         until=_date(until, dt.date.today()),
         keys=_keys(keys),
         find_limit=find_limit,
+        undated=since is None and until is None,
         **more,  # type: ignore[arg-type]
     )
 

@@ -11,6 +11,7 @@ instance, so that the report names exactly what the source could not give.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import re
 import ssl
@@ -149,12 +150,14 @@ class DicomwebMigration(Migration):
         except (urllib.error.URLError, OSError) as e:
             raise SourceError(f"GET {path}: {getattr(e, 'reason', e)}") from None
 
-    def _search(self, path: str, query: dict[str, str]) -> list[dict[str, Any]]:
-        """Every match of a QIDO-RS search, page after page; stops where a page brings
-        nothing new (a source that ignores ``offset``)."""
+    def _search(
+        self, path: str, query: dict[str, str], limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Every match of a QIDO-RS search (the first ``limit``, when given), page after
+        page; stops where a page brings nothing new (a source that ignores ``offset``)."""
         found: list[dict[str, Any]] = []
         seen: set[str] = set()
-        while True:
+        while limit is None or len(found) < limit:
             page = {**query, "limit": str(PAGE), "offset": str(len(found))}
             with self._open(path, QIDO_ACCEPT, page) as response:
                 raw = response.read()
@@ -166,19 +169,21 @@ class DicomwebMigration(Migration):
             seen |= {json.dumps(m, sort_keys=True) for m in new}
             found += new
             if len(matches) < PAGE or not new:
-                return found
+                break
+        return found[:limit]
 
     def studies(self, plan: Plan) -> Iterator[tuple[str, str, int]]:
-        def query(low: object, high: object) -> tuple[list[dict[str, Any]], bool]:
-            dates = f"{dicom_date(low)}-{dicom_date(high)}"  # type: ignore[arg-type]
-            search = {
-                **plan.keys,
-                "StudyDate": dates,
-                "includefield": NUMBER_OF_STUDY_RELATED_INSTANCES,
-            }
+        def query(low: dt.date | None, high: dt.date | None) -> tuple[list[dict[str, Any]], bool]:
+            search = {**plan.keys, "includefield": NUMBER_OF_STUDY_RELATED_INSTANCES}
+            if low is None or high is None:
+                return self._search("/studies", search, plan.find_limit), False
+            search["StudyDate"] = f"{dicom_date(low)}-{dicom_date(high)}"
             return self._search("/studies", search), False
 
-        for study in windowed(plan, query, self.report):
+        def date_of(study: dict[str, Any]) -> str:
+            return _value(study, STUDY_DATE)
+
+        for study in windowed(plan, query, self.report, date_of):
             uid = _value(study, STUDY_INSTANCE_UID)
             if uid:
                 expected = _value(study, NUMBER_OF_STUDY_RELATED_INSTANCES)

@@ -8,6 +8,7 @@ archive or C-MOVE to our own listener — all over associations the Rust SCU
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 
 from dicomvault.index import Level
@@ -63,24 +64,28 @@ class PacsMigration(Migration):
         # Whether it answered a query naming several studies (a list of UIDs) for each.
         self._study_lists = False
 
-    def _find(self, level: Level, keys: dict[str, str]) -> Found:
+    def _find(self, level: Level, keys: dict[str, str], limit: int | None = None) -> Found:
         try:
-            return self.scu.find(level, keys)
+            return self.scu.find(level, keys, limit)
         except ScuError as e:
             raise SourceError(str(e)) from e
 
     def studies(self, plan: Plan) -> Iterator[tuple[str, str, int]]:
-        def query(low: object, high: object) -> tuple[list[dict[str, str]], bool]:
+        def query(low: dt.date | None, high: dt.date | None) -> tuple[list[dict[str, str]], bool]:
+            dates = "" if low is None or high is None else f"{dicom_date(low)}-{dicom_date(high)}"
             keys = {
                 **plan.keys,
-                "StudyDate": f"{dicom_date(low)}-{dicom_date(high)}",  # type: ignore[arg-type]
+                "StudyDate": dates,
                 "StudyInstanceUID": "",
                 "NumberOfStudyRelatedInstances": "",
             }
-            found = self._find(Level.STUDY, keys)
+            found = self._find(Level.STUDY, keys, None if dates else plan.find_limit)
             return found.matches, found.cancelled
 
-        for study in windowed(plan, query, self.report):
+        def date_of(study: dict[str, str]) -> str:
+            return study.get("StudyDate", "")
+
+        for study in windowed(plan, query, self.report, date_of):
             uid = study.get("StudyInstanceUID", "")
             if uid:
                 expected = study.get("NumberOfStudyRelatedInstances", "")

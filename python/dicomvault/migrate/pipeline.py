@@ -66,6 +66,9 @@ class Plan:
     parallel: int = 1
     # Studies started per minute at most (0: no limit), to spare the source.
     rate_limit: float = 0
+    # Whether studies no date window finds (no StudyDate, or one past ``until``) are looked
+    # for too: when no range was asked for.
+    undated: bool = True
 
 
 def dicom_date(day: dt.date) -> str:
@@ -74,12 +77,16 @@ def dicom_date(day: dt.date) -> str:
 
 def windowed(
     plan: Plan,
-    query: Callable[[dt.date, dt.date], tuple[list[T], bool]],
+    query: Callable[[dt.date | None, dt.date | None], tuple[list[T], bool]],
     report: Callable[[str], None],
+    date_of: Callable[[T], str],
 ) -> Iterator[T]:
     """What ``query(first day, last day) -> (matches, capped)`` finds in the plan's date
     range, window by window: a capped window (the source's limit reached, or its answer cut
-    short) is split in two until it is not, or is a single day (then reported)."""
+    short) is split in two until it is not, or is a single day (then reported). Then, with
+    ``plan.undated``, what ``query(None, None)`` (no date asked for, at most ``find_limit``
+    matches) finds outside the range: no StudyDate, or an unreadable or later one, which no
+    window matches (PS3.4 C.2.2.2.5); reported when the source has more than that."""
     windows = [(plan.since, plan.until)]
     while windows:
         low, high = windows.pop()
@@ -95,6 +102,24 @@ def windowed(
                 "some may be missing from this day"
             )
         yield from matches
+    if not plan.undated:
+        return
+    window = (dicom_date(plan.since), dicom_date(plan.until))
+    matches, capped = query(None, None)
+    outside = [m for m in matches if not _within(date_of(m), *window)]
+    if capped or len(matches) >= plan.find_limit:
+        report(
+            f"asked without a date, the source lists more than {len(matches)} studies: any "
+            f"without a StudyDate in {window[0]}-{window[1]} beyond those may be missing "
+            "(migrate them by their keys: -k)"
+        )
+    yield from outside
+
+
+def _within(date: str, first: str, last: str) -> bool:
+    """Whether a StudyDate value is a date a window of ``first``-``last`` matched."""
+    date = date.strip()
+    return len(date) == 8 and date.isdigit() and first <= date <= last
 
 
 @dataclass

@@ -140,13 +140,18 @@ class BulkScu:
             t = self.target
             raise ScuError(f"C-{service.upper()} with {t.aet}@{t.host}:{t.port}: {e}") from e
 
-    def find(self, level: Level, keys: Mapping[str, str]) -> Found:
-        """C-FIND in the Study Root model (Patient Root at PATIENT level)."""
+    def find(self, level: Level, keys: Mapping[str, str], limit: int | None = None) -> Found:
+        """C-FIND in the Study Root model (Patient Root at PATIENT level); cancelled once
+        ``limit`` matches arrived (then ``cancelled``), when given."""
         wanted = [(keyword, *_element(keyword)) for keyword in keys]
         model, identifier = _model(level, 0), request_keys(keys)
         status, matches = self._call(
-            "find", lambda a: a.find(model, level.value, identifier, wanted)
+            "find", lambda a: a.find(model, level.value, identifier, wanted, limit)
         )
+        if limit is not None and len(matches) >= limit:
+            # Our C-CANCEL may reach the source after its final response: a new association
+            # for the next request, so that nothing reads it as an answer to that.
+            self.release_mine()
         if status not in (SUCCESS, CANCEL):
             raise ScuError(f"C-FIND failed: {describe(status)}")
         return Found(matches, cancelled=status == CANCEL)

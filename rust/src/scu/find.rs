@@ -20,13 +20,16 @@ pub fn is_pending(status: u16) -> bool {
 
 /// C-FIND in the information model `model` at `level` with `keys`; each match's values of
 /// `wanted` (tag, VR), decoded as they arrive. The final status may be Cancel (0xFE00): some
-/// SCPs end early that way past their result limit, after the matches they did send.
+/// SCPs end early that way past their result limit, after the matches they did send. With a
+/// `limit`, a C-CANCEL-RQ goes when a match past it arrives (PS3.7 9.3.2.3), and what the SCP
+/// sends before its final response is dropped.
 pub fn find(
     association: &mut Association,
     model: &str,
     level: &str,
     keys: &[Key],
     wanted: &[(u32, [u8; 2])],
+    limit: Option<usize>,
 ) -> Result<Found, ScuError> {
     let (context_id, syntax) = association
         .context(model)
@@ -42,7 +45,12 @@ pub fn find(
     let mut found = Found::default();
     let mut identifier: Option<Vec<u8>> = None;
     let mut done = false;
+    let (mut past_limit, mut cancelled) = (false, false);
     while !done {
+        if past_limit && !cancelled {
+            association.send(context_id, &dimse::cancel_request(message_id), None)?;
+            cancelled = true;
+        }
         association.next(|pdv| {
             match pdv {
                 Pdv::Command(_, command) => {
@@ -66,6 +74,10 @@ pub fn find(
                     bytes.extend_from_slice(data);
                     if last {
                         let bytes = identifier.take().unwrap_or_default();
+                        if limit.is_some_and(|limit| found.matches.len() >= limit) {
+                            past_limit = true;
+                            return Ok(());
+                        }
                         let values = identifier::decode(&bytes, &syntax, wanted).map_err(|e| {
                             ScuError::Protocol(format!("an unreadable response identifier: {e}"))
                         })?;
