@@ -266,6 +266,11 @@ def test_studies_no_date_window_matches_are_migrated_too(tmp_path):
         assert {r.state for r in rows.values()} == {"verified"}
         held = {i["key"] for i in setup.cli.ls("instances")}
         assert held == {g.sop_instance_uid for g in corpus}
+        # The source's name, even beside a directory of that name (a stranger's was read as
+        # an Orthanc storage directory: every count 0).
+        (setup.cli.cwd / "pacs").mkdir()
+        status = setup.cli.run("migrate", "status", "pacs", "--config", setup.config)
+        assert re.search(r"verified\s+6\b", status.stdout), status.stdout
         # A range asked for is that range.
         ranged = Cli(tmp_path / "ranged", tmp_path)
         since = ranged.run(

@@ -437,11 +437,12 @@ def _source(conf: Settings, source: str) -> str:
     [modalities] target."""
     from dicomvault.migrate.storage import source_name
 
-    if Path(source).is_dir():
-        return source_name(Path(source))
     if source.startswith(("http://", "https://")):
         return source.rstrip("/")
-    return _target(conf, source).name
+    # A [modalities] name first: a directory of that name where the command runs is not it.
+    if source in conf["modalities"] or not Path(source).is_dir():
+        return _target(conf, source).name
+    return source_name(Path(source))
 
 
 @app.command()
