@@ -26,7 +26,7 @@ ConfigOption = Annotated[
 RootOption = Annotated[
     Path | None,
     typer.Option(
-        "--root", help="Archive root directory (default: [archive] root, dicomvault-data)."
+        "--root", help="Archive root directory (default: \\[archive] root, dicomvault-data)."
     ),
 ]
 

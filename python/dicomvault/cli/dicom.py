@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 app = typer.Typer()
 log = logging.getLogger("dicomvault")
 
-TargetArgument = Annotated[str, typer.Argument(help="A [modalities] name, or AET@host:port.")]
+TargetArgument = Annotated[str, typer.Argument(help="A \\[modalities] name, or AET@host:port.")]
 LevelOption = Annotated[str, typer.Option("--level", "-L", help="PATIENT, STUDY, SERIES or IMAGE.")]
 KeysOption = Annotated[
     list[str] | None,
@@ -48,9 +48,9 @@ KeysOption = Annotated[
 
 @app.command()
 def serve(
-    aet: Annotated[str | None, typer.Option(help="Our AE title ([dicom] aet).")] = None,
-    port: Annotated[int | None, typer.Option(help="DICOM port ([dicom] port).")] = None,
-    host: Annotated[str | None, typer.Option(help="Listen address ([dicom] host).")] = None,
+    aet: Annotated[str | None, typer.Option(help="Our AE title (\\[dicom] aet).")] = None,
+    port: Annotated[int | None, typer.Option(help="DICOM port (\\[dicom] port).")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (\\[dicom] host).")] = None,
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
@@ -163,7 +163,7 @@ def send(
     items: Annotated[
         list[str], typer.Argument(help="Files, directories or archived UIDs (any level).")
     ],
-    to: Annotated[str, typer.Option("--to", help="A [modalities] name, or AET@host:port.")],
+    to: Annotated[str, typer.Option("--to", help="A \\[modalities] name, or AET@host:port.")],
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
@@ -315,7 +315,7 @@ def commit(
         int | None,
         typer.Option(
             "--port",
-            help="Where the report may come (the peer's address for us); [dicom] port by "
+            help="Where the report may come (the peer's address for us); \\[dicom] port by "
             "default, where `serve`, when it runs, takes the report for this command.",
         ),
     ] = None,

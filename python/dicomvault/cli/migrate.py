@@ -353,7 +353,7 @@ def repack(
     `dicomvault serve` holds the archive, the server does it (asked through
     <root>/control.sock) and goes on serving: retrieves read each blob from wherever it is,
     instances stored meanwhile go to new packs. Otherwise it is done here, the archive held
-    exclusively. Set [storage] compression too, for what arrives next."""
+    exclusively. Set \\[storage] compression too, for what arrives next."""
     from dicomvault.cli.archive import report_pack, report_rewrite
     from dicomvault.control import ControlError, request
 
