@@ -260,6 +260,15 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    const ALL: [RejectReason; 6] = [
+        RejectReason::NoReasonGiven,
+        RejectReason::ApplicationContextNotSupported,
+        RejectReason::CallingAeNotRecognized,
+        RejectReason::CalledAeNotRecognized,
+        RejectReason::TemporaryCongestion,
+        RejectReason::LocalLimitExceeded,
+    ];
+
     /// (source, reason) as sent.
     pub fn code(self) -> (u8, u8) {
         match self {
@@ -269,6 +278,23 @@ impl RejectReason {
             RejectReason::CalledAeNotRecognized => (1, 7),
             RejectReason::TemporaryCongestion => (3, 1),
             RejectReason::LocalLimitExceeded => (3, 2),
+        }
+    }
+
+    /// The reason a peer's (source, reason) names, if it is one of these.
+    pub fn from_code(source: u8, reason: u8) -> Option<RejectReason> {
+        Self::ALL.into_iter().find(|r| r.code() == (source, reason))
+    }
+
+    /// In words, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RejectReason::NoReasonGiven => "no reason given",
+            RejectReason::ApplicationContextNotSupported => "application context not supported",
+            RejectReason::CallingAeNotRecognized => "calling AE title (ours) not recognised",
+            RejectReason::CalledAeNotRecognized => "called AE title (its) not recognised",
+            RejectReason::TemporaryCongestion => "temporary congestion",
+            RejectReason::LocalLimitExceeded => "local limit exceeded",
         }
     }
 }

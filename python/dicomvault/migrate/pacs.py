@@ -148,7 +148,10 @@ class PacsMigration(Migration):
         and their instances share group commits."""
         listed = study.listed or {}
         count = min(plan.parallel, len(listed) // MIN_PART)
-        if count < 2 or not all(listed.values()):
+        # Parts are lists of UIDs: only from a source that answered one, and a study retried
+        # goes whole (a source may take lists in queries but not in retrieves).
+        listable = self._study_lists and study.row.attempts == 1
+        if count < 2 or not all(listed.values()) or not listable:
             return []
         return parts_of(study.row.item, listed, count)
 

@@ -60,10 +60,17 @@ impl fmt::Display for ScuError {
                 } else {
                     "permanent"
                 };
-                write!(
-                    f,
-                    "rejected the association ({how}, source {source}, reason {reason})"
-                )
+                match crate::pdu::RejectReason::from_code(*source, *reason) {
+                    Some(why) => write!(
+                        f,
+                        "rejected the association ({how}): {} (source {source}, reason {reason})",
+                        why.describe()
+                    ),
+                    None => write!(
+                        f,
+                        "rejected the association ({how}, source {source}, reason {reason})"
+                    ),
+                }
             }
             ScuError::Aborted => f.write_str("aborted the association"),
             ScuError::NoContext(what) => write!(f, "accepted no presentation context for {what}"),

@@ -1,0 +1,123 @@
+"""`migrate pacs --method get` from a source that answers lists of UIDs in its C-FINDs but
+retrieves only the first UID of a list (a pynetdicom Q/R SCP written so): the studies a
+request names together, and the parts of a large one, come short, and each is then asked
+for alone and whole, so that every study ends verified."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+from dicomvault.bench.corpus import ct_corpus
+from dicomvault.bench.peers import free_port
+from dicomvault.config import load
+from dicomvault.migrate.journal import rows_of
+from dicomvault.migrate.pacs import MIN_PART
+from tests.conftest import Cli
+
+PENDING = 0xFF00
+LEVEL_KEY = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
+
+
+class FirstOfListSource:
+    """A Q/R SCP over ``files``: C-FIND matches lists of UIDs (PS3.4 C.2.2.2.2); C-GET takes
+    the first UID of a list only."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.held = {f: pydicom.dcmread(f, stop_before_pixels=True) for f in files}
+        self.port = free_port()
+        ae = AE(ae_title="QUIRKY")
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+        for cx in StoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, scu_role=False, scp_role=True)
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_FIND, self.find), (evt.EVT_C_GET, self.get)],
+        )
+
+    def matching(self, identifier: Dataset, first_only: bool) -> Iterator[Path]:
+        wanted = {}
+        for keyword in LEVEL_KEY.values():
+            value = identifier.get(keyword)
+            if value:
+                values = list(value) if isinstance(value, pydicom.multival.MultiValue) else [value]
+                wanted[keyword] = set(values[:1] if first_only else values)
+        for path, ds in self.held.items():
+            if all(str(ds.get(k)) in v for k, v in wanted.items()):
+                yield path
+
+    def find(self, event: evt.Event) -> Iterator[tuple[int, Dataset]]:
+        identifier = event.identifier
+        level = identifier.QueryRetrieveLevel
+        answered = set()
+        for path in self.matching(identifier, first_only=False):
+            ds = self.held[path]
+            if ds.get(LEVEL_KEY[level]) in answered:
+                continue
+            answered.add(ds.get(LEVEL_KEY[level]))
+            answer = Dataset()
+            answer.QueryRetrieveLevel = level
+            for element in identifier:
+                if element.keyword == "NumberOfStudyRelatedInstances":
+                    same = [
+                        d for d in self.held.values() if d.StudyInstanceUID == ds.StudyInstanceUID
+                    ]
+                    answer.NumberOfStudyRelatedInstances = len(same)
+                elif element.keyword != "QueryRetrieveLevel":
+                    setattr(answer, element.keyword, ds.get(element.keyword, ""))
+            yield PENDING, answer
+
+    def get(self, event: evt.Event) -> Iterator[object]:
+        paths = list(self.matching(event.identifier, first_only=True))
+        yield len(paths)
+        for path in paths:
+            yield PENDING, pydicom.dcmread(path)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.mark.timeout(300)
+def test_a_source_taking_only_the_first_uid_of_a_list_still_gives_every_study(tmp_path):
+    small = ct_corpus(tmp_path / "small", 4, rows=16, columns=16, studies=4)
+    large = ct_corpus(tmp_path / "large", 2 * MIN_PART, rows=16, columns=16, seed=1, studies=1)
+    source = FirstOfListSource([g.path for g in small + large])
+    config = tmp_path / "dicomvault.toml"
+    config.write_text(
+        f'[dicom]\naet = "DICOMVAULT"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        f'[modalities.quirky]\naet = "QUIRKY"\nhost = "127.0.0.1"\nport = {source.port}\n'
+    )
+    cli = Cli(tmp_path / "archive", tmp_path)
+    try:
+        result = cli.run(
+            "migrate",
+            "pacs",
+            "quirky",
+            "--method",
+            "get",
+            "--parallel",
+            "2",
+            "--config",
+            config,
+            check=False,
+        )
+    finally:
+        source.stop()
+    assert "5 of 5 studies verified" in result.stdout, result.stdout + result.stderr
+    rows = {r.item: r for r in rows_of(load(None, root=cli.root), "quirky")}
+    # The large study came short in parts, then whole.
+    [study] = {g.study_instance_uid for g in large}
+    assert (rows[study].state, rows[study].attempts) == ("verified", 2)
+    held = {i["key"] for i in cli.ls("instances")}
+    assert held == {g.sop_instance_uid for g in small + large}
