@@ -253,15 +253,7 @@ pub fn associate(data: &[u8]) {
         ("1.2.3.4", "FUZZ")
     );
     let result = [RejectResult::Permanent, RejectResult::Transient][usize::from(data[0] & 1)];
-    let reasons = [
-        RejectReason::NoReasonGiven,
-        RejectReason::ApplicationContextNotSupported,
-        RejectReason::CallingAeNotRecognized,
-        RejectReason::CalledAeNotRecognized,
-        RejectReason::TemporaryCongestion,
-        RejectReason::LocalLimitExceeded,
-    ];
-    let reason = reasons[usize::from(data[1]) % reasons.len()];
+    let reason = RejectReason::ALL[usize::from(data[1]) % RejectReason::ALL.len()];
     let (source, code) = reason.code();
     assert_eq!(
         pdu::encode_associate_rj(result, reason),

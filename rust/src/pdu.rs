@@ -260,7 +260,8 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    const ALL: [RejectReason; 6] = [
+    /// Every reason, in PS3.8 Table 9-21's order.
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::NoReasonGiven,
         RejectReason::ApplicationContextNotSupported,
         RejectReason::CallingAeNotRecognized,
