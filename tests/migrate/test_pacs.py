@@ -31,6 +31,18 @@ def corpus(tmp_path_factory):
     )
 
 
+def migrator_config(
+    path: Path, port: int, source_aet: str, source_port: int, name: str = "pacs"
+) -> Path:
+    """Our configuration at ``path``: we listen on ``port`` as OUR_AET; the source ``name``
+    is ``source_aet`` on loopback port ``source_port``."""
+    path.write_text(
+        f'[dicom]\naet = "{OUR_AET}"\nhost = "127.0.0.1"\nport = {port}\n'
+        f'[modalities.{name}]\naet = "{source_aet}"\nhost = "127.0.0.1"\nport = {source_port}\n'
+    )
+    return path
+
+
 class Setup:
     def __init__(self, workdir: Path, corpus: list, knows_us: bool = True) -> None:
         self.port = free_port()
@@ -50,11 +62,8 @@ class Setup:
             *[g.path for g in corpus],
         )
         self.root = workdir / "archive"
-        self.config = workdir / "dicomvault.toml"
-        source = self.orthanc.dicom_port
-        self.config.write_text(
-            f'[dicom]\naet = "{OUR_AET}"\nhost = "127.0.0.1"\nport = {self.port}\n'
-            f'[modalities.pacs]\naet = "ORTHANC"\nhost = "127.0.0.1"\nport = {source}\n'
+        self.config = migrator_config(
+            workdir / "dicomvault.toml", self.port, "ORTHANC", self.orthanc.dicom_port
         )
         self.cli = Cli(self.root, workdir)
 
@@ -225,11 +234,7 @@ def test_small_studies_are_retrieved_several_to_a_request(tmp_path, method):
     )
     source.run("import", *[g.path for g in small])
     source.start()
-    config = tmp_path / "dicomvault.toml"
-    config.write_text(
-        f'[dicom]\naet = "{OUR_AET}"\nhost = "127.0.0.1"\nport = {migrator_port}\n'
-        f'[modalities.pacs]\naet = "SOURCE"\nhost = "127.0.0.1"\nport = {source.port}\n'
-    )
+    config = migrator_config(tmp_path / "dicomvault.toml", migrator_port, "SOURCE", source.port)
     cli = Cli(tmp_path / "archive", tmp_path)
     try:
         result = cli.run(

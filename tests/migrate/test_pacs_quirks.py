@@ -23,6 +23,7 @@ from dicomvault.config import load
 from dicomvault.migrate.journal import rows_of
 from dicomvault.migrate.pacs import MIN_PART
 from tests.conftest import Cli
+from tests.migrate.test_pacs import migrator_config
 
 PENDING = 0xFF00
 LEVEL_KEY = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
@@ -93,10 +94,8 @@ def test_a_source_taking_only_the_first_uid_of_a_list_still_gives_every_study(tm
     small = ct_corpus(tmp_path / "small", 4, rows=16, columns=16, studies=4)
     large = ct_corpus(tmp_path / "large", 2 * MIN_PART, rows=16, columns=16, seed=1, studies=1)
     source = FirstOfListSource([g.path for g in small + large])
-    config = tmp_path / "dicomvault.toml"
-    config.write_text(
-        f'[dicom]\naet = "DICOMVAULT"\nhost = "127.0.0.1"\nport = {free_port()}\n'
-        f'[modalities.quirky]\naet = "QUIRKY"\nhost = "127.0.0.1"\nport = {source.port}\n'
+    config = migrator_config(
+        tmp_path / "dicomvault.toml", free_port(), "QUIRKY", source.port, name="quirky"
     )
     cli = Cli(tmp_path / "archive", tmp_path)
     try:
