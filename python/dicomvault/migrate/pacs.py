@@ -63,6 +63,10 @@ class PacsMigration(Migration):
         self._study_wide_listing: bool | None = None
         # Whether it answered a query naming several studies (a list of UIDs) for each.
         self._study_lists = False
+        # The SOP Classes the listing named for each study not yet verified: a C-GET proposes
+        # them in each transfer syntax, so that the source sends each instance as it holds it.
+        self._classes: dict[str, frozenset[str]] = {}
+        self._interned: dict[frozenset[str], frozenset[str]] = {}
 
     def _find(self, level: Level, keys: dict[str, str], limit: int | None = None) -> Found:
         try:
@@ -93,7 +97,7 @@ class PacsMigration(Migration):
                 yield uid, study.get("StudyDate", ""), count
 
     def source_instances(self, study: str) -> dict[str, str]:
-        keys = {"StudyInstanceUID": study, "SOPInstanceUID": ""}
+        keys = {"StudyInstanceUID": study, "SOPInstanceUID": "", "SOPClassUID": ""}
         if self._study_wide_listing is not False:
             try:
                 found: Found | None = self._find(Level.IMAGE, {**keys, "SeriesInstanceUID": ""})
@@ -103,11 +107,11 @@ class PacsMigration(Migration):
                 found = None  # a hierarchical source refuses it: one query per series
             if found is not None and not found.cancelled and found.matches:
                 self._study_wide_listing = True
-                return _instances(found)
+                return self._instances(study, found.matches)
             if found is None:
                 self._study_wide_listing = False
         series = self._find(Level.SERIES, {"StudyInstanceUID": study, "SeriesInstanceUID": ""})
-        listed: dict[str, str] = {}
+        matches: list[dict[str, str]] = []
         for s in series.matches:
             uid = s.get("SeriesInstanceUID", "")
             found = self._find(Level.IMAGE, {**keys, "SeriesInstanceUID": uid})
@@ -116,7 +120,21 @@ class PacsMigration(Migration):
                     f"the source caps its answers below the size of series {uid}: its "
                     "instances cannot be listed"
                 )
-            listed |= _instances(found)
+            matches += found.matches
+        return self._instances(study, matches)
+
+    def _instances(self, study: str, matches: list[dict[str, str]]) -> dict[str, str]:
+        """SOP Instance UID -> Series Instance UID of ``matches``; notes the SOP Classes
+        they name, when they all name one."""
+        listed: dict[str, str] = {}
+        classes: set[str] = set()
+        for m in matches:
+            if m.get("SOPInstanceUID"):
+                listed[m["SOPInstanceUID"]] = m.get("SeriesInstanceUID", "")
+                classes.add(m.get("SOPClassUID", ""))
+        if listed and "" not in classes:
+            named = frozenset(classes)
+            self._classes[study] = self._interned.setdefault(named, named)
         return listed
 
     def list_many(self, studies: list[str]) -> dict[str, dict[str, str] | SourceError]:
@@ -128,16 +146,19 @@ class PacsMigration(Migration):
                 "StudyInstanceUID": "\\".join(studies),
                 "SeriesInstanceUID": "",
                 "SOPInstanceUID": "",
+                "SOPClassUID": "",
             }
             try:
                 found: Found | None = self._find(Level.IMAGE, keys)
             except SourceError:
                 found = None
             if found is not None and not found.cancelled:
+                of_study: dict[str, list[dict[str, str]]] = {}
                 for m in found.matches:
-                    if m.get("SOPInstanceUID"):
-                        instances = together.setdefault(m.get("StudyInstanceUID", ""), {})
-                        instances[m["SOPInstanceUID"]] = m.get("SeriesInstanceUID", "")
+                    of_study.setdefault(m.get("StudyInstanceUID", ""), []).append(m)
+                for study, matches in of_study.items():
+                    if instances := self._instances(study, matches):
+                        together[study] = instances
                 self._study_lists = self._study_lists or len(together) > 1
         listed = super().list_many([s for s in studies if not together.get(s)])
         return {s: together.get(s) or listed[s] for s in studies}
@@ -193,7 +214,10 @@ class PacsMigration(Migration):
             if plan.method == "move":
                 result = self.scu.move(self.our_aet, level, keys)
             else:
-                result = self.scu.get(level, keys, studies=uids)
+                # A study whose listing named no classes: the usual ones, in one context each.
+                named = [self._classes.get(uid, frozenset()) for uid in uids]
+                classes = frozenset().union(*named) if all(named) else frozenset()
+                result = self.scu.get(level, keys, studies=uids, classes=classes)
         except ScuError as e:
             return str(e)
         for instance, why in result.refused:
@@ -210,16 +234,14 @@ class PacsMigration(Migration):
             return f"retrieve: {describe(result.status)}, {result.failed} sub-operations failed"
         return ""
 
+    def check(self, study: Study) -> bool:
+        final = super().check(study)
+        if final:
+            self._classes.pop(study.row.item, None)
+        return final
+
     def release(self) -> None:
         self.scu.release_mine()
-
-
-def _instances(found: Found) -> dict[str, str]:
-    return {
-        m["SOPInstanceUID"]: m.get("SeriesInstanceUID", "")
-        for m in found.matches
-        if m.get("SOPInstanceUID")
-    }
 
 
 def parts_of(study: str, listed: dict[str, str], count: int) -> list[Part]:

@@ -12,7 +12,7 @@ The CLI's one-off verbs keep pynetdicom (``net/scu.py``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -43,6 +43,10 @@ ACSE_TIMEOUT_S = 30.0
 # How long a peer may stay silent: a C-MOVE's source may take long between sub-operations.
 TIMEOUT_S = 600.0
 IDENTIFIER_SYNTAXES = GET_SYNTAXES[:2]
+# Presentation context IDs are the odd numbers 1-255 (PS3.8 9.3.2.2): 128 contexts at most.
+MAX_CONTEXTS = 128
+# SOP Classes a C-GET proposes in every transfer syntax at once (12 contexts each).
+MAX_CLASSES_IN_EACH_SYNTAX = 8
 
 T = TypeVar("T")
 
@@ -93,12 +97,23 @@ class BulkScu:
         self._lock = threading.Lock()
         self._open: list[_native.ScuAssociation] = []
 
-    def _association(self, service: str) -> _native.ScuAssociation:
-        """This thread's association for ``service`` (find, get, move), opened if need be."""
+    def _association(
+        self, service: str, classes: frozenset[str] = frozenset()
+    ) -> _native.ScuAssociation:
+        """This thread's association for ``service`` (find, get, move), opened if need be;
+        for a C-GET, one proposing ``classes`` in each transfer syntax (``get_contexts``)."""
         kept: dict[str, _native.ScuAssociation] = self._local.__dict__.setdefault("kept", {})
+        each: dict[str, frozenset[str]] = self._local.__dict__.setdefault("each", {})
         association = kept.get(service)
         if association is not None and association.is_open:
-            return association
+            had = each[service]
+            if service != "get" or (classes <= had and (classes or not had)):
+                return association
+            # Classes its contexts do not name in each syntax (or none known: the usual
+            # ones): another association, naming those it named too if they all fit.
+            self._drop(association)
+            if classes and len(classes | had) <= MAX_CLASSES_IN_EACH_SYNTAX:
+                classes |= had
         index = {"find": 0, "move": 1, "get": 2}[service]
         proposed = [
             (PATIENT_ROOT[index], IDENTIFIER_SYNTAXES),
@@ -106,8 +121,9 @@ class BulkScu:
         ]
         roles: list[str] = []
         if service == "get":
-            proposed += [(uid, GET_SYNTAXES) for uid in STORAGE_SOP_CLASSES]
-            roles = list(STORAGE_SOP_CLASSES)
+            storage = get_contexts(classes, MAX_CONTEXTS - len(proposed))
+            proposed += storage
+            roles = list(dict.fromkeys(uid for uid, _ in storage))
         t = self.target
         try:
             association = _native.ScuAssociation(
@@ -126,14 +142,24 @@ class BulkScu:
             )
         except _native.AssociationError as e:
             raise ScuError(f"{t.aet}@{t.host}:{t.port}: {e}") from e
-        kept[service] = association
+        kept[service], each[service] = association, classes
         with self._lock:
             self._open.append(association)
         return association
 
-    def _call(self, service: str, request: Callable[[_native.ScuAssociation], T]) -> T:
+    def _drop(self, association: _native.ScuAssociation) -> None:
+        with self._lock:
+            self._open = [a for a in self._open if a is not association]
+        _release(association)
+
+    def _call(
+        self,
+        service: str,
+        request: Callable[[_native.ScuAssociation], T],
+        classes: frozenset[str] = frozenset(),
+    ) -> T:
         """``request`` on this thread's association for ``service``; ScuError if it fails."""
-        association = self._association(service)
+        association = self._association(service, classes)
         try:
             return request(association)
         except _native.AssociationError as e:
@@ -157,17 +183,24 @@ class BulkScu:
         return Found(matches, cancelled=status == CANCEL)
 
     def get(
-        self, level: Level, keys: Mapping[str, str], studies: Sequence[str] = ()
+        self,
+        level: Level,
+        keys: Mapping[str, str],
+        studies: Sequence[str] = (),
+        classes: frozenset[str] = frozenset(),
     ) -> RetrieveResult:
         """C-GET into the archive; sub-operations of other studies than ``studies`` (when
-        given) are refused."""
+        given) are refused. ``classes``: the SOP Classes of every instance it brings (when
+        known), proposed in each transfer syntax so that each comes as the source holds it."""
         receiver = self.receiver
         if receiver is None:
             raise ValueError("a C-GET needs the archive to store into")
         model, identifier = _model(level, 2), request_keys(keys)
         return _result(
             self._call(
-                "get", lambda a: a.get(receiver, model, level.value, identifier, list(studies))
+                "get",
+                lambda a: a.get(receiver, model, level.value, identifier, list(studies)),
+                classes,
             )
         )
 
@@ -181,10 +214,8 @@ class BulkScu:
         """Releases this thread's associations: a source serves so many at once (Orthanc's
         DicomThreadsCount, 4 by default) that one held while idle can stall the others."""
         kept: dict[str, _native.ScuAssociation] = self._local.__dict__.setdefault("kept", {})
-        with self._lock:
-            self._open = [a for a in self._open if all(a is not k for k in kept.values())]
         for association in kept.values():
-            _release(association)
+            self._drop(association)
         kept.clear()
 
     def close(self) -> None:
@@ -193,6 +224,19 @@ class BulkScu:
             kept, self._open = self._open, []
         for association in kept:
             _release(association)
+
+
+def get_contexts(classes: Collection[str], room: int) -> list[tuple[str, list[str]]]:
+    """What a C-GET proposes to receive in ``room`` presentation contexts: each of
+    ``classes`` (the SOP Classes the instances asked for are of) in a context of its own for
+    each transfer syntax, since an acceptor takes one syntax per context (PS3.8 7.1.1.13) and
+    a source sends an instance as it holds it only in a context of its syntax; then, one
+    context each, the other classes those did not include, and the usual ones."""
+    each = sorted(classes)[: min(MAX_CLASSES_IN_EACH_SYNTAX, room // len(GET_SYNTAXES))]
+    proposed = [(uid, [syntax]) for uid in each for syntax in GET_SYNTAXES]
+    others = dict.fromkeys([*sorted(classes), *STORAGE_SOP_CLASSES])
+    proposed += [(uid, GET_SYNTAXES) for uid in others if uid not in each]
+    return proposed[:room]
 
 
 def _release(association: _native.ScuAssociation) -> None:

@@ -46,6 +46,7 @@ GET_SYNTAXES = [
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired; old archives hold it)
 ]
 
 

@@ -1,0 +1,85 @@
+"""`dicomvault migrate pacs` keeps every instance in the transfer syntax the source holds it
+in: Orthanc holding one study in Implicit VR, Deflated, RLE, JPEG Lossless and JPEG-LS
+(made by DCMTK), by C-GET and by C-MOVE, every data set byte-identical to Orthanc's file
+(the deflated one inflates to the same bytes: DCMTK sends an odd-length deflated stream with
+a NUL byte added, so the wire carries one byte more than the file holds).
+A C-GET requestor proposes one presentation context per (SOP Class, transfer syntax) for the
+classes the study's listing names (PS3.8 7.1.1.13: an abstract syntax may be proposed in
+several contexts, as only one transfer syntax per context can be accepted), so that the
+source can send each instance as it holds it rather than transcode it to the one syntax a
+context for its class accepted."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import pytest
+
+from dicomvault.bench.corpus import ct_corpus
+from tests.conftest import Cli
+from tests.migrate.test_dicomweb import held as data_sets_files
+from tests.migrate.test_pacs import OUR_AET, migrator_config
+from tests.net.conftest import Orthanc, dcmtk, free_port
+from tests.net.test_integrity import dataset_bytes
+
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+# DCMTK's converter for each syntax, and the syntax it writes.
+CONVERTERS = {
+    "1.2.840.10008.1.2": ("dcmconv", "+ti"),  # Implicit VR Little Endian
+    DEFLATED: ("dcmconv", "+td"),
+    "1.2.840.10008.1.2.5": ("dcmcrle",),  # RLE Lossless
+    "1.2.840.10008.1.2.4.70": ("dcmcjpeg",),  # JPEG Lossless, First-Order Prediction
+    "1.2.840.10008.1.2.4.80": ("dcmcjpls",),  # JPEG-LS Lossless
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list[Path]:
+    """One study: an instance in Explicit VR Little Endian and one in each other syntax."""
+    work = tmp_path_factory.mktemp("syntaxes")
+    corpus = ct_corpus(work / "ct", 1 + len(CONVERTERS), rows=16, columns=16, studies=1)
+    made = [corpus[0].path]
+    for generated, (syntax, converter) in zip(corpus[1:], CONVERTERS.items(), strict=True):
+        out = work / f"{syntax}.dcm"
+        dcmtk(*converter, generated.path, out)
+        assert _syntax(out.read_bytes()) == syntax
+        made.append(out)
+    return made
+
+
+def _comparable(file: bytes) -> bytes:
+    """A Part 10 file's data set, inflated when deflated."""
+    data = dataset_bytes(file)
+    return zlib.decompress(data, -15) if _syntax(file) == DEFLATED else data
+
+
+def _syntax(data: bytes) -> str:
+    at = data.index(b"\x02\x00\x10\x00UI")
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    return data[at + 8 : at + 8 + length].rstrip(b"\0 ").decode()
+
+
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_every_instance_comes_in_the_syntax_the_source_holds_it_in(tmp_path, files, method):
+    port = free_port()
+    orthanc = Orthanc(tmp_path, {"vault": [OUR_AET, "127.0.0.1", port]})
+    try:
+        served: dict[str, bytes] = {}
+        syntaxes = set()
+        for path in files:
+            instance = orthanc.rest("/instances", path.read_bytes())
+            file = orthanc.rest(f"/instances/{instance['ID']}/file")
+            assert isinstance(file, bytes)
+            syntaxes.add(_syntax(file))
+            uid = orthanc.rest(f"/instances/{instance['ID']}/content/0008-0018")
+            served[bytes(uid).rstrip(b"\0 ").decode()] = _comparable(file)
+        assert len(syntaxes) == len(files)  # Orthanc kept each as it came
+        config = migrator_config(tmp_path / "dicomvault.toml", port, "ORTHANC", orthanc.dicom_port)
+        cli = Cli(tmp_path / "archive", tmp_path)
+        result = cli.run("migrate", "pacs", "pacs", "--method", method, "--config", config)
+        assert "1 of 1 studies verified" in result.stdout, result.stdout
+    finally:
+        orthanc.stop()
+    held = {uid: _comparable(data) for uid, data in data_sets_files(cli.root).items()}
+    assert held == served
