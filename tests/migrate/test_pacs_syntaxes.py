@@ -1,6 +1,8 @@
 """`dicomvault migrate pacs` keeps every instance in the transfer syntax the source holds it
-in: Orthanc holding one study in Implicit VR, Deflated, RLE, JPEG Lossless and JPEG-LS
-(made by DCMTK), by C-GET and by C-MOVE, every data set byte-identical to Orthanc's file
+in: Orthanc (which names a study's SOP Classes in Study) and a dicomvault `serve` (which
+does not: each instance's SOP Class is listed) holding one study in Implicit VR, Deflated,
+RLE, JPEG Lossless and JPEG-LS (made by DCMTK), by C-GET and by C-MOVE, every data set
+byte-identical to the source's
 (the deflated one inflates to the same bytes: DCMTK sends an odd-length deflated stream with
 a NUL byte added, so the wire carries one byte more than the file holds).
 A C-GET requestor proposes one presentation context per (SOP Class, transfer syntax) for the
@@ -20,7 +22,7 @@ from dicomvault.bench.corpus import ct_corpus
 from tests.conftest import Cli
 from tests.migrate.test_dicomweb import held as data_sets_files
 from tests.migrate.test_pacs import OUR_AET, migrator_config
-from tests.net.conftest import Orthanc, dcmtk, free_port
+from tests.net.conftest import Orthanc, Server, dcmtk, free_port
 from tests.net.test_integrity import dataset_bytes
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
@@ -81,5 +83,29 @@ def test_every_instance_comes_in_the_syntax_the_source_holds_it_in(tmp_path, fil
         assert "1 of 1 studies verified" in result.stdout, result.stdout
     finally:
         orthanc.stop()
+    held = {uid: _comparable(data) for uid, data in data_sets_files(cli.root).items()}
+    assert held == served
+
+
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_from_a_source_listing_each_instances_class(tmp_path, files, method):
+    port = free_port()
+    (tmp_path / "source").mkdir()
+    source = Server(
+        tmp_path / "source",
+        {"vault": {"aet": OUR_AET, "host": "127.0.0.1", "port": port}},
+        aet="SOURCE",
+    )
+    source.run("import", *files)
+    served = {uid: _comparable(data) for uid, data in data_sets_files(source.root).items()}
+    assert len(served) == len(files)
+    source.start()
+    try:
+        config = migrator_config(tmp_path / "dicomvault.toml", port, "SOURCE", source.port)
+        cli = Cli(tmp_path / "archive", tmp_path)
+        result = cli.run("migrate", "pacs", "pacs", "--method", method, "--config", config)
+        assert "1 of 1 studies verified" in result.stdout, result.stdout
+    finally:
+        assert source.stop() == 0
     held = {uid: _comparable(data) for uid, data in data_sets_files(cli.root).items()}
     assert held == served
