@@ -176,6 +176,12 @@ def test_a_source_refusing_our_move_destination_is_reported_and_get_works(tmp_pa
         assert refused.returncode == 1
         assert f"ORTHANC refused to move to {OUR_AET}" in refused.stderr
         assert "--method get" in refused.stderr
+        # The studies under way when it stopped are not left `running`.
+        states = {r.state for r in setup.rows().values()}
+        assert "running" not in states and "failed" in states, states
+        assert all(
+            "refused to move" in r.error for r in setup.rows().values() if r.state == "failed"
+        )
         started = time.monotonic()
         running = subprocess.Popen(
             setup.cli.command(

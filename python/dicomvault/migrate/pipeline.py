@@ -301,6 +301,8 @@ class _Pipeline:
         self.finished = threading.Event()
         self.failure: BaseException | None = None
         self.next_start = time.monotonic()
+        # The rows of studies queued and not yet settled, by Study Instance UID.
+        self.active: dict[str, JournalRow] = {}
 
     def run(self) -> list[JournalRow]:
         m, plan = self.m, self.plan
@@ -316,6 +318,12 @@ class _Pipeline:
                 q.put(None)
         for t in threads:
             t.join()
+        if self.failure is not None:
+            # The migration ended with their retrieval unfinished: not running any more.
+            for row in self.active.values():
+                if row.state == "running":
+                    row.state, row.error = "failed", f"stopped: {self.failure}"
+                    self.batcher.put(row)
         self.batcher.close()
         self.progress.finish()
         if self.failure is not None:
@@ -364,6 +372,8 @@ class _Pipeline:
         for study in studies:
             study.row.state, study.row.attempts = "running", study.row.attempts + 1
             self.batcher.put(study.row)
+        with self.lock:
+            self.active.update((study.row.item, study.row) for study in studies)
         parts: list[Part | None] = [None]
         if len(studies) == 1:
             parts = list(self.m.parts(studies[0], self.plan)) or parts
@@ -388,6 +398,7 @@ class _Pipeline:
             record = self.m.archive.record(Level.STUDY, row.item)
             size = record.size if record else 0
         with self.lock:
+            self.active.pop(row.item, None)
             self.outstanding -= 1
             self.progress.study_done(row.state == "verified", row.received, size)
             done = self.enumerated and self.outstanding == 0
