@@ -68,8 +68,6 @@ class PacsMigration(Migration):
         self._get = False
         self._classes: dict[str, frozenset[str]] = {}
         self._interned: dict[frozenset[str], frozenset[str]] = {}
-        # Whether the source names a study's SOP Classes in Study (None: not asked yet).
-        self._classes_in_study: bool | None = None
 
     def _find(self, level: Level, keys: dict[str, str], limit: int | None = None) -> Found:
         try:
@@ -102,7 +100,7 @@ class PacsMigration(Migration):
                 yield uid, study.get("StudyDate", ""), count
 
     def source_instances(self, study: str) -> dict[str, str]:
-        keys = {"StudyInstanceUID": study, "SOPInstanceUID": "", **self._class_key([study])}
+        keys = {"StudyInstanceUID": study, "SOPInstanceUID": "", **self._class_key()}
         if self._study_wide_listing is not False:
             try:
                 found: Found | None = self._find(Level.IMAGE, {**keys, "SeriesInstanceUID": ""})
@@ -138,49 +136,26 @@ class PacsMigration(Migration):
                 listed[m["SOPInstanceUID"]] = m.get("SeriesInstanceUID", "")
                 classes.add(m.get("SOPClassUID", ""))
         if listed and "" not in classes:
-            self._note_classes(study, classes)
+            named = frozenset(classes)
+            self._classes[study] = self._interned.setdefault(named, named)
         return listed
 
-    def _note_classes(self, study: str, classes: set[str]) -> None:
-        named = frozenset(classes)
-        self._classes[study] = self._interned.setdefault(named, named)
-
-    def _class_key(self, studies: list[str]) -> dict[str, str]:
-        """The IMAGE-level key that lists each instance's SOP Class, for a C-GET of studies
-        whose classes the source did not name at STUDY level (asked only then: Orthanc
-        reads each instance's file for it, four times the cost of the listing)."""
-        wanted = self._get and not all(s in self._classes for s in studies)
-        return {"SOPClassUID": ""} if wanted else {}
-
-    def _ask_classes(self, studies: list[str]) -> None:
-        """Notes the SOP Classes in Study (0008,0062) the source names for ``studies``, in
-        one STUDY-level query (PS3.4 C.6.2.1.2's optional key: Orthanc answers it from its
-        index), for a C-GET; a source that names none is not asked again."""
-        if not self._get or self._classes_in_study is False:
-            return
-        keys = {"StudyInstanceUID": "\\".join(studies), "SOPClassesInStudy": ""}
-        try:
-            found = self._find(Level.STUDY, keys)
-        except SourceError:
-            return
-        for m in found.matches:
-            classes = {c for c in m.get("SOPClassesInStudy", "").split("\\") if c}
-            if classes and m.get("StudyInstanceUID"):
-                self._note_classes(m["StudyInstanceUID"], classes)
-        if found.matches and self._classes_in_study is None:
-            self._classes_in_study = any(s in self._classes for s in studies)
+    def _class_key(self) -> dict[str, str]:
+        """The IMAGE-level key listing each instance's SOP Class, for a C-GET (Orthanc takes
+        four times as long to list a study with it: it reads each instance's file, but its
+        SOP Classes in Study, PS3.4 C.6.2.1.2, cost it more still)."""
+        return {"SOPClassUID": ""} if self._get else {}
 
     def list_many(self, studies: list[str]) -> dict[str, dict[str, str] | SourceError]:
         """One IMAGE-level C-FIND for all ``studies`` (a list of Study Instance UIDs) where
         the source answers it whole; the studies it says nothing of, one by one."""
         together: dict[str, dict[str, str]] = {}
-        self._ask_classes(studies)
         if len(studies) > 1 and self._study_wide_listing is not False:
             keys = {
                 "StudyInstanceUID": "\\".join(studies),
                 "SeriesInstanceUID": "",
                 "SOPInstanceUID": "",
-                **self._class_key(studies),
+                **self._class_key(),
             }
             try:
                 found: Found | None = self._find(Level.IMAGE, keys)
@@ -268,11 +243,8 @@ class PacsMigration(Migration):
             return f"retrieve: {describe(result.status)}, {result.failed} sub-operations failed"
         return ""
 
-    def check(self, study: Study) -> bool:
-        final = super().check(study)
-        if final:
-            self._classes.pop(study.row.item, None)
-        return final
+    def forget(self, study: str) -> None:
+        self._classes.pop(study, None)
 
     def release(self) -> None:
         self.scu.release_mine()

@@ -105,12 +105,14 @@ class BulkScu:
         kept: dict[str, _native.ScuAssociation] = self._local.__dict__.setdefault("kept", {})
         each: dict[str, frozenset[str]] = self._local.__dict__.setdefault("each", {})
         association = kept.get(service)
-        if association is not None and association.is_open:
+        if association is not None:
             had = each[service]
-            if service != "get" or (classes <= had and (classes or not had)):
+            if association.is_open and (
+                service != "get" or (classes <= had and (classes or not had))
+            ):
                 return association
-            # Classes its contexts do not name in each syntax (or none known: the usual
-            # ones): another association, naming those it named too if they all fit.
+            # Gone, or classes its contexts do not name in each syntax (or none known: the
+            # usual ones): another association, naming those it named too if they all fit.
             self._drop(association)
             if classes and len(classes | had) <= MAX_CLASSES_IN_EACH_SYNTAX:
                 classes |= had
@@ -124,6 +126,8 @@ class BulkScu:
             storage = get_contexts(classes, MAX_CONTEXTS - len(proposed))
             proposed += storage
             roles = list(dict.fromkeys(uid for uid, _ in storage))
+            # What it can take each as the source holds it (not all, if more than fit).
+            classes = frozenset(uid for uid, syntaxes in storage if len(syntaxes) == 1)
         t = self.target
         try:
             association = _native.ScuAssociation(
