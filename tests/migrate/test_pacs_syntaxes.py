@@ -2,7 +2,9 @@
 in: Orthanc (which names a study's SOP Classes in Study) and a dicomvault `serve` (which
 does not: each instance's SOP Class is listed) holding one study in Implicit VR, Deflated,
 RLE, JPEG Lossless and JPEG-LS (made by DCMTK), by C-GET and by C-MOVE, every data set
-byte-identical to the source's
+byte-identical to the source's. More SOP Classes than a C-GET proposes in each syntax
+(a study of many, or many small studies retrieved together) come as held too: the study in
+parts of fewer classes, the groups of studies holding no more.
 (the deflated one inflates to the same bytes: DCMTK sends an odd-length deflated stream with
 a NUL byte added, so the wire carries one byte more than the file holds).
 A C-GET requestor proposes one presentation context per (SOP Class, transfer syntax) for the
@@ -16,9 +18,13 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from dicomvault.bench.corpus import ct_corpus
+from dicomvault.net.bulk import MAX_CLASSES_IN_EACH_SYNTAX
+from dicomvault.net.vocabulary import STORAGE_SOP_CLASSES
 from tests.conftest import Cli
 from tests.migrate.test_dicomweb import held as data_sets_files
 from tests.migrate.test_pacs import OUR_AET, migrator_config
@@ -108,4 +114,55 @@ def test_from_a_source_listing_each_instances_class(tmp_path, files, method):
     finally:
         assert source.stop() == 0
     held = {uid: _comparable(data) for uid, data in data_sets_files(cli.root).items()}
+    assert held == served
+
+
+def _relabelled(source: Path, out: Path, sop_class: str, study: str, syntax: str) -> Path:
+    """``source`` as an instance of ``sop_class`` in a series of its own in ``study``,
+    converted to ``syntax`` by DCMTK."""
+    ds = pydicom.dcmread(source)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    native = out.with_suffix(".native.dcm")
+    ds.save_as(native, enforce_file_format=True)
+    dcmtk(*CONVERTERS[syntax], native, out)
+    return out
+
+
+def test_more_classes_than_proposed_in_each_syntax_come_as_held(tmp_path):
+    """A study of 10 SOP Classes (a series each) and 12 one-instance studies of 12 classes,
+    all in Implicit VR (the syntax a context per class takes last), by C-GET on one
+    association: every data set byte-identical to Orthanc's."""
+    implicit = "1.2.840.10008.1.2"
+    classes = list(STORAGE_SOP_CLASSES[3:15])
+    assert len(classes) > MAX_CLASSES_IN_EACH_SYNTAX
+    base = ct_corpus(tmp_path / "ct", 1, rows=16, columns=16)[0].path
+    many = generate_uid()
+    files = [
+        _relabelled(base, tmp_path / f"many{n}.dcm", c, many, implicit)
+        for n, c in enumerate(classes[:10])
+    ]
+    files += [
+        _relabelled(base, tmp_path / f"alone{n}.dcm", c, generate_uid(), implicit)
+        for n, c in enumerate(classes)
+    ]
+    port = free_port()
+    orthanc = Orthanc(tmp_path, {"vault": [OUR_AET, "127.0.0.1", port]})
+    try:
+        served = {}
+        for path in files:
+            instance = orthanc.rest("/instances", path.read_bytes())
+            file = orthanc.rest(f"/instances/{instance['ID']}/file")
+            assert isinstance(file, bytes) and _syntax(file) == implicit
+            served[pydicom.dcmread(path).SOPInstanceUID] = dataset_bytes(file)
+        config = migrator_config(tmp_path / "dicomvault.toml", port, "ORTHANC", orthanc.dicom_port)
+        cli = Cli(tmp_path / "archive", tmp_path)
+        result = cli.run(
+            "migrate", "pacs", "pacs", "--method", "get", "--parallel", "1", "--config", config
+        )
+        assert "13 of 13 studies verified" in result.stdout, result.stdout
+    finally:
+        orthanc.stop()
+    held = {uid: dataset_bytes(data) for uid, data in data_sets_files(cli.root).items()}
     assert held == served

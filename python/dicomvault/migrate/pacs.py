@@ -25,7 +25,7 @@ from dicomvault.migrate.pipeline import (
     log,
     windowed,
 )
-from dicomvault.net.bulk import BulkScu, Found
+from dicomvault.net.bulk import MAX_CLASSES_IN_EACH_SYNTAX, BulkScu, Found
 from dicomvault.net.policy import Modality
 from dicomvault.net.status import CANNOT_UNDERSTAND, MOVE_DESTINATION_UNKNOWN, describe
 from dicomvault.net.vocabulary import RetrieveResult, ScuError
@@ -38,7 +38,7 @@ from dicomvault.store import Archive
 MIN_PART = 250
 # UIDs in one list (a UI value holds 64 KiB: 1000 UIDs of 64 characters fit).
 MAX_LIST = 500
-_IMAGES = "SOPInstanceUID"
+_IMAGES, _SERIES = "SOPInstanceUID", "SeriesInstanceUID"
 
 
 class PacsMigration(Migration):
@@ -68,6 +68,13 @@ class PacsMigration(Migration):
         self._get = False
         self._classes: dict[str, frozenset[str]] = {}
         self._interned: dict[frozenset[str], frozenset[str]] = {}
+        # Those of each series, for a study of more classes than one C-GET proposes in each
+        # syntax: it is retrieved in parts of fewer.
+        self._series_classes: dict[str, dict[str, frozenset[str]]] = {}
+        # Whether a C-MOVE brought anything yet (then the source knows us).
+        self._moved = False
+        # Whether we said that the source lists no SOP Classes.
+        self._warned = False
 
     def _find(self, level: Level, keys: dict[str, str], limit: int | None = None) -> Found:
         try:
@@ -130,15 +137,22 @@ class PacsMigration(Migration):
         """SOP Instance UID -> Series Instance UID of ``matches``; notes the SOP Classes
         they name, when they all name one."""
         listed: dict[str, str] = {}
-        classes: set[str] = set()
+        of_series: dict[str, set[str]] = {}
         for m in matches:
             if m.get("SOPInstanceUID"):
-                listed[m["SOPInstanceUID"]] = m.get("SeriesInstanceUID", "")
-                classes.add(m.get("SOPClassUID", ""))
+                series = m.get("SeriesInstanceUID", "")
+                listed[m["SOPInstanceUID"]] = series
+                of_series.setdefault(series, set()).add(m.get("SOPClassUID", ""))
+        classes = set().union(*of_series.values())
         if listed and "" not in classes:
-            named = frozenset(classes)
-            self._classes[study] = self._interned.setdefault(named, named)
+            self._classes[study] = self._intern(classes)
+            if len(classes) > MAX_CLASSES_IN_EACH_SYNTAX and "" not in of_series:
+                self._series_classes[study] = {s: self._intern(c) for s, c in of_series.items()}
         return listed
+
+    def _intern(self, classes: set[str]) -> frozenset[str]:
+        named = frozenset(classes)
+        return self._interned.setdefault(named, named)
 
     def _class_key(self) -> dict[str, str]:
         """The IMAGE-level key listing each instance's SOP Class, for a C-GET (Orthanc takes
@@ -181,6 +195,9 @@ class PacsMigration(Migration):
         # Parts are lists of UIDs: only from a source that answered one, and a study retried
         # goes whole (a source may take lists in queries but not in retrieves).
         listable = self._study_lists and study.row.attempts == 1
+        of_series = self._series_classes.get(study.row.item)
+        if plan.method == "get" and of_series is not None:
+            return class_parts(study.row.item, of_series, listable)
         if count < 2 or not all(listed.values()) or not listable:
             return []
         return parts_of(study.row.item, listed, count)
@@ -196,16 +213,25 @@ class PacsMigration(Migration):
         groups: list[list[Study]] = []
         group: list[Study] = []
         held = 0
+        # A C-GET's group holds no more classes than it proposes in each transfer syntax.
+        most = MAX_CLASSES_IN_EACH_SYNTAX if plan.method == "get" else None
+        classes: frozenset[str] = frozenset()
         for study in studies:
             count = len(study.listed or {})
-            if study.listed is None or count >= MIN_PART:
+            theirs = self._classes.get(study.row.item, frozenset())
+            if study.listed is None or count >= MIN_PART or (most and len(theirs) > most):
                 groups.append([study])
                 continue
-            if group and (len(group) >= size or held + count > MIN_PART):
+            if group and (
+                len(group) >= size
+                or held + count > MIN_PART
+                or (most and len(classes | theirs) > most)
+            ):
                 groups.append(group)
-                group, held = [], 0
+                group, held, classes = [], 0, frozenset()
             group.append(study)
             held += count
+            classes |= theirs
         return [*groups, group] if group else groups
 
     def retrieve(self, study: Study, plan: Plan, part: Part | None = None) -> str:
@@ -223,16 +249,18 @@ class PacsMigration(Migration):
             if plan.method == "move":
                 result = self.scu.move(self.our_aet, level, keys)
             else:
-                # A study whose listing named no classes: the usual ones, in one context each.
-                named = [self._classes.get(uid, frozenset()) for uid in uids]
-                classes = frozenset().union(*named) if all(named) else frozenset()
+                classes = self._get_classes(uids, part)
                 result = self.scu.get(level, keys, studies=uids, classes=classes)
         except ScuError as e:
             return str(e)
         for instance, why in result.refused:
             log.warning("C-GET of %s: %s refused: %s", ", ".join(uids), instance, why)
+        # Orthanc answers a C-MOVE to an AE it does not know with a failure and nothing
+        # done; one that failed its sub-operations, or after others came, is the study's.
+        refused = result.status >= CANNOT_UNDERSTAND and not (result.completed or result.failed)
+        self._moved = self._moved or bool(result.completed)
         if result.status == MOVE_DESTINATION_UNKNOWN or (
-            plan.method == "move" and result.status >= CANNOT_UNDERSTAND and not result.completed
+            plan.method == "move" and refused and not self._moved
         ):
             raise MigrationError(
                 f"{self.source.aet} refused to move to {self.our_aet}: "
@@ -243,11 +271,58 @@ class PacsMigration(Migration):
             return f"retrieve: {describe(result.status)}, {result.failed} sub-operations failed"
         return ""
 
+    def _get_classes(self, uids: list[str], part: Part | None) -> frozenset[str]:
+        """The SOP Classes a C-GET of ``uids`` (a part of the one) brings, as listed; none
+        when a study's listing named none (then the usual ones are proposed, in one context
+        each). Says so when some may come in another transfer syntax than held in."""
+        of_series = self._series_classes.get(uids[0]) if part else None
+        if of_series is not None and part is not None:
+            named = [of_series.get(s, frozenset()) for s in part[_SERIES].split("\\")]
+        else:
+            named = [self._classes.get(uid, frozenset()) for uid in uids]
+        classes = frozenset().union(*named) if all(named) else frozenset()
+        if not classes and not self._warned:
+            self._warned = True
+            log.warning(
+                "%s names no SOP Class of the instances it lists: its C-GETs propose the "
+                "usual classes in one presentation context each, and it may send instances "
+                "in another transfer syntax than it holds them in (--method move keeps them "
+                "as it sends them)",
+                self.source.aet,
+            )
+        elif len(classes) > MAX_CLASSES_IN_EACH_SYNTAX:
+            log.warning(
+                "C-GET of %s: %d SOP Classes, more than it proposes in each transfer syntax "
+                "(%d): instances of the others may come in another syntax than held in",
+                ", ".join(uids),
+                len(classes),
+                MAX_CLASSES_IN_EACH_SYNTAX,
+            )
+        return classes
+
     def forget(self, study: str) -> None:
         self._classes.pop(study, None)
+        self._series_classes.pop(study, None)
 
     def release(self) -> None:
         self.scu.release_mine()
+
+
+def class_parts(study: str, of_series: dict[str, frozenset[str]], lists: bool) -> list[Part]:
+    """Parts of a study of many SOP Classes: lists of its series (one each, unless ``lists``)
+    of no more classes together than a C-GET proposes in each transfer syntax."""
+    parts: list[Part] = []
+    group: list[str] = []
+    held: frozenset[str] = frozenset()
+    for series, classes in sorted(of_series.items(), key=lambda s: sorted(s[1])):
+        if group and (not lists or len(held | classes) > MAX_CLASSES_IN_EACH_SYNTAX):
+            parts.append({"StudyInstanceUID": study, _SERIES: "\\".join(group)})
+            group, held = [], frozenset()
+        group.append(series)
+        held |= classes
+    if group:
+        parts.append({"StudyInstanceUID": study, _SERIES: "\\".join(group)})
+    return parts
 
 
 def parts_of(study: str, listed: dict[str, str], count: int) -> list[Part]:
