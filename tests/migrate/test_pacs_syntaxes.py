@@ -166,3 +166,27 @@ def test_more_classes_than_proposed_in_each_syntax_come_as_held(tmp_path):
         orthanc.stop()
     held = {uid: dataset_bytes(data) for uid, data in data_sets_files(cli.root).items()}
     assert held == served
+
+
+def test_dicomvault_get_keeps_each_instance_as_held(tmp_path, files):
+    """The one-off `dicomvault get` (a C-GET into the archive) lists the classes first too."""
+    orthanc = Orthanc(
+        tmp_path, {}, options={"DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True}
+    )
+    try:
+        served: dict[str, bytes] = {}
+        for path in files:
+            instance = orthanc.rest("/instances", path.read_bytes())
+            file = orthanc.rest(f"/instances/{instance['ID']}/file")
+            assert isinstance(file, bytes)
+            served[pydicom.dcmread(path).SOPInstanceUID] = _comparable(file)
+        [study] = {pydicom.dcmread(path).StudyInstanceUID for path in files}
+        config = migrator_config(
+            tmp_path / "dicomvault.toml", free_port(), "ORTHANC", orthanc.dicom_port
+        )
+        cli = Cli(tmp_path / "archive", tmp_path)
+        cli.run("get", "pacs", "-k", f"StudyInstanceUID={study}", "--config", config)
+    finally:
+        orthanc.stop()
+    held = {uid: _comparable(data) for uid, data in data_sets_files(cli.root).items()}
+    assert held == served

@@ -274,7 +274,9 @@ def get(
             with open_archive(config, root) as archive:
                 scu = BulkScu(conf, source, archive)
                 try:
-                    result = scu.get(_level(level), _keys(key))
+                    # Each instance as the source holds it: its class in each syntax.
+                    classes = scu.listed_classes(_keys(key))
+                    result = scu.get(_level(level), _keys(key), classes=classes)
                 finally:
                     scu.close()
             for uid, why in result.refused:

@@ -208,6 +208,18 @@ class BulkScu:
             )
         )
 
+    def listed_classes(self, keys: Mapping[str, str]) -> frozenset[str]:
+        """The SOP Classes of the instances ``keys`` match, from an IMAGE-level C-FIND (for
+        a C-GET to propose them in each transfer syntax); none when the source does not say
+        of every instance, or cannot be asked so."""
+        wanted = {**keys, "SOPInstanceUID": "", "SOPClassUID": ""}
+        try:
+            found = self.find(Level.IMAGE, wanted)
+        except ScuError:
+            return frozenset()
+        classes = {m.get("SOPClassUID", "") for m in found.matches}
+        return frozenset() if found.cancelled or "" in classes else frozenset(classes)
+
     def move(self, destination: str, level: Level, keys: Mapping[str, str]) -> RetrieveResult:
         model, identifier = _model(level, 1), request_keys(keys)
         return _result(
