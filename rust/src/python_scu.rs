@@ -136,7 +136,8 @@ impl ScuAssociation {
 
 /// What a C-GET or C-MOVE came to: its final status, the sub-operations' counts, the SOP
 /// Instance UIDs of those that failed; for a C-GET, how many instances were stored and those
-/// refused, as (SOP Instance UID, why).
+/// refused, as (SOP Instance UID, why), and those refused as sent on a context proposed with
+/// several transfer syntaxes, as (SOP Instance UID, SOP Class UID).
 #[pyclass(frozen, get_all, module = "dicomvault._native", name = "Retrieved")]
 struct PyRetrieved {
     status: u16,
@@ -147,6 +148,7 @@ struct PyRetrieved {
     failed_uids: Vec<String>,
     stored: u32,
     refused: Vec<(String, String)>,
+    unproposed: Vec<(String, String)>,
 }
 
 impl From<Retrieved> for PyRetrieved {
@@ -160,6 +162,7 @@ impl From<Retrieved> for PyRetrieved {
             failed_uids: r.failed_uids,
             stored: r.stored,
             refused: r.refused,
+            unproposed: r.unproposed,
         }
     }
 }
@@ -277,8 +280,10 @@ impl ScuAssociation {
     }
 
     /// C-GET in `model` at `level` with `keys`, the instances stored through `receiver`
-    /// (refused unless of one of `studies`, when given).
-    #[pyo3(signature = (receiver, model, level, keys, studies = Vec::new()))]
+    /// (refused unless of one of `studies`, when given; with `as_held`, unless sent on a
+    /// context proposed with one transfer syntax: see `scu::get`).
+    #[pyo3(signature = (receiver, model, level, keys, studies = Vec::new(), as_held = false))]
+    #[allow(clippy::too_many_arguments)]
     fn get(
         &mut self,
         py: Python<'_>,
@@ -287,12 +292,23 @@ impl ScuAssociation {
         level: &str,
         keys: Vec<(u32, String, String)>,
         studies: Vec<String>,
+        as_held: bool,
     ) -> PyResult<PyRetrieved> {
         let keys = self::keys(keys)?;
         let receiver = receiver.inner.clone();
         let association = self.open()?;
         let result = py
-            .detach(|| scu::get(association, model, level, &keys, &receiver, &studies))
+            .detach(|| {
+                scu::get(
+                    association,
+                    model,
+                    level,
+                    &keys,
+                    &receiver,
+                    &studies,
+                    as_held,
+                )
+            })
             .map_err(association_error)?;
         Ok(result.into())
     }

@@ -26,6 +26,7 @@ const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
 const GET: &str = "1.2.840.10008.5.1.4.1.2.2.3";
 const EXPLICIT: &str = "1.2.840.10008.1.2.1";
+const IMPLICIT: &str = "1.2.840.10008.1.2";
 const STUDY: &str = "1.2.3.4";
 const STUDY_UID: u32 = 0x0020_000D;
 
@@ -228,12 +229,27 @@ fn find_and_get_from_the_listener_through_the_receive_path() {
         &keys,
         &receiver,
         &["9.9".to_string(), "9.8".to_string()],
+        false,
     )
     .unwrap();
     assert_eq!((refused.status, refused.counts.failed), (0xA702, 5));
     assert_eq!(refused.refused.len(), 5);
     assert_eq!(refused.failed_uids.len(), 5);
     assert_eq!(refused.stored, 0);
+
+    // As held: an instance sent on a context its class was proposed in with several
+    // transfer syntaxes (the sender may have converted it to the one it took) is refused,
+    // named with its class; none stored.
+    let mut several = contexts.clone();
+    several[2].transfer_syntaxes.push(IMPLICIT.into());
+    let mut other = Association::open(&peer, &several, &[CT.to_string()]).unwrap();
+    let unproposed = scu::get(&mut other, GET, "STUDY", &keys, &receiver, &[], true).unwrap();
+    assert_eq!(unproposed.counts.failed, 5);
+    assert_eq!(unproposed.unproposed.len(), 5);
+    assert!(unproposed.unproposed.iter().all(|(_, class)| class == CT));
+    assert!(unproposed.refused.is_empty());
+    assert_eq!(unproposed.stored, 0);
+    other.release().unwrap();
 
     let got = scu::get(
         &mut association,
@@ -242,6 +258,7 @@ fn find_and_get_from_the_listener_through_the_receive_path() {
         &keys,
         &receiver,
         &["9.9".to_string(), STUDY.to_string()],
+        true,
     )
     .unwrap();
     assert_eq!((got.status, got.counts.completed, got.stored), (0, 5, 5));

@@ -1,17 +1,19 @@
 """`dicomvault migrate pacs` keeps every instance in the transfer syntax the source holds it
-in: Orthanc (which names a study's SOP Classes in Study) and a dicomvault `serve` (which
-does not: each instance's SOP Class is listed) holding one study in Implicit VR, Deflated,
-RLE, JPEG Lossless and JPEG-LS (made by DCMTK), by C-GET and by C-MOVE, every data set
-byte-identical to the source's. More SOP Classes than a C-GET proposes in each syntax
-(a study of many, or many small studies retrieved together) come as held too: the study in
-parts of fewer classes, the groups of studies holding no more.
-(the deflated one inflates to the same bytes: DCMTK sends an odd-length deflated stream with
-a NUL byte added, so the wire carries one byte more than the file holds).
-A C-GET requestor proposes one presentation context per (SOP Class, transfer syntax) for the
-classes the study's listing names (PS3.8 7.1.1.13: an abstract syntax may be proposed in
-several contexts, as only one transfer syntax per context can be accepted), so that the
-source can send each instance as it holds it rather than transcode it to the one syntax a
-context for its class accepted."""
+in: Orthanc and a dicomvault `serve` holding one study in Implicit VR, Deflated, RLE, JPEG
+Lossless and JPEG-LS (made by DCMTK), by C-GET and by C-MOVE, every data set byte-identical
+to the source's (the deflated one inflates to the same bytes: DCMTK sends an odd-length
+deflated stream with a NUL byte added, so the wire carries one byte more than the file
+holds).
+
+A context accepts one transfer syntax (PS3.8 7.1.1.13), and a C-GET source sends an
+instance on a context of its class, converting it to that context's syntax if need be. So a
+migration's C-GET proposes the classes it has met in a context per syntax (an abstract
+syntax may be proposed in several contexts), and refuses an instance sent on a context of
+several syntaxes; those (and those the source failed, as Orthanc fails what it cannot
+convert) come again by series, their classes listed and proposed in each syntax. More
+classes than one C-GET proposes so (a study of many, many small studies of different
+classes retrieved together) come as held too.
+"""
 
 from __future__ import annotations
 
@@ -94,7 +96,7 @@ def test_every_instance_comes_in_the_syntax_the_source_holds_it_in(tmp_path, fil
 
 
 @pytest.mark.parametrize("method", ["get", "move"])
-def test_from_a_source_listing_each_instances_class(tmp_path, files, method):
+def test_from_a_dicomvault_serve_too(tmp_path, files, method):
     port = free_port()
     (tmp_path / "source").mkdir()
     source = Server(
@@ -132,8 +134,8 @@ def _relabelled(source: Path, out: Path, sop_class: str, study: str, syntax: str
 
 def test_more_classes_than_proposed_in_each_syntax_come_as_held(tmp_path):
     """A study of 10 SOP Classes (a series each) and 12 one-instance studies of 12 classes,
-    all in Implicit VR (the syntax a context per class takes last), by C-GET on one
-    association: every data set byte-identical to Orthanc's."""
+    all in Implicit VR (which a context of several syntaxes does not take first), by C-GET
+    on one association: every data set byte-identical to Orthanc's."""
     implicit = "1.2.840.10008.1.2"
     classes = list(STORAGE_SOP_CLASSES[3:15])
     assert len(classes) > MAX_CLASSES_IN_EACH_SYNTAX

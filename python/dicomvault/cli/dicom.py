@@ -276,11 +276,17 @@ def get(
                 try:
                     # Each instance as the source holds it: its class in each syntax.
                     classes = scu.listed_classes(_keys(key))
-                    result = scu.get(_level(level), _keys(key), classes=classes)
+                    result = scu.get(_level(level), _keys(key), classes=classes, as_held=True)
                 finally:
                     scu.close()
             for uid, why in result.refused:
                 typer.echo(f"refused: {uid}: {why}", err=True)
+            for uid, sop_class in result.unproposed:
+                typer.echo(
+                    f"refused: {uid}: of {sop_class}, which the source did not list: it "
+                    "could have come in another transfer syntax than held in",
+                    err=True,
+                )
     except ScuError as e:
         fail(str(e))
     _report("C-GET", result)

@@ -9,7 +9,9 @@ archive or C-MOVE to our own listener — all over associations the Rust SCU
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 
 from dicomvault.index import Level
 from dicomvault.migrate.journal import Journal, JournalRow
@@ -63,24 +65,37 @@ class PacsMigration(Migration):
         self._study_wide_listing: bool | None = None
         # Whether it answered a query naming several studies (a list of UIDs) for each.
         self._study_lists = False
-        # For a C-GET, the SOP Classes of each study listed and not yet verified: it proposes
-        # them in each transfer syntax, so that the source sends each instance as it holds it.
-        self._get = False
-        self._classes: dict[str, frozenset[str]] = {}
-        self._interned: dict[frozenset[str], frozenset[str]] = {}
-        # Those of each series, for a study of more classes than one C-GET proposes in each
-        # syntax: it is retrieved in parts of fewer.
-        self._series_classes: dict[str, dict[str, frozenset[str]]] = {}
+        # The SOP Classes of the instances a C-GET had to ask again, and how many: it
+        # proposes the commonest in a context per transfer syntax.
+        self._classes: Counter[str] = Counter()
+        self._lock = threading.Lock()
         # Whether a C-MOVE brought anything yet (then the source knows us).
         self._moved = False
-        # Whether we said that the source lists no SOP Classes.
-        self._warned = False
+        # For a C-GET (``_get``), whether a listing asked the SOP Classes yet.
+        self._get = False
+        self._seeded = False
 
     def _find(self, level: Level, keys: dict[str, str], limit: int | None = None) -> Found:
         try:
-            return self.scu.find(level, keys, limit)
+            found = self.scu.find(level, keys, limit)
         except ScuError as e:
             raise SourceError(str(e)) from e
+        if "SOPClassUID" in keys:
+            with self._lock:
+                self._classes.update(
+                    m["SOPClassUID"] for m in found.matches if m.get("SOPClassUID")
+                )
+        return found
+
+    def _seeding(self) -> dict[str, str]:
+        """For a C-GET, the first listing asks each instance's SOP Class too, so that the
+        first retrieves propose the source's usual classes in each transfer syntax (asked
+        only then: Orthanc reads each instance's file for it, the listing's cost 4x)."""
+        if not self._get:
+            return {}
+        with self._lock:
+            seeded, self._seeded = self._seeded, True
+        return {} if seeded else {"SOPClassUID": ""}
 
     def studies(self, plan: Plan) -> Iterator[tuple[str, str, int]]:
         self._get = plan.method == "get"
@@ -107,7 +122,7 @@ class PacsMigration(Migration):
                 yield uid, study.get("StudyDate", ""), count
 
     def source_instances(self, study: str) -> dict[str, str]:
-        keys = {"StudyInstanceUID": study, "SOPInstanceUID": "", **self._class_key()}
+        keys = {"StudyInstanceUID": study, "SOPInstanceUID": "", **self._seeding()}
         if self._study_wide_listing is not False:
             try:
                 found: Found | None = self._find(Level.IMAGE, {**keys, "SeriesInstanceUID": ""})
@@ -117,11 +132,11 @@ class PacsMigration(Migration):
                 found = None  # a hierarchical source refuses it: one query per series
             if found is not None and not found.cancelled and found.matches:
                 self._study_wide_listing = True
-                return self._instances(study, found.matches)
+                return _instances(found)
             if found is None:
                 self._study_wide_listing = False
         series = self._find(Level.SERIES, {"StudyInstanceUID": study, "SeriesInstanceUID": ""})
-        matches: list[dict[str, str]] = []
+        listed: dict[str, str] = {}
         for s in series.matches:
             uid = s.get("SeriesInstanceUID", "")
             found = self._find(Level.IMAGE, {**keys, "SeriesInstanceUID": uid})
@@ -130,35 +145,8 @@ class PacsMigration(Migration):
                     f"the source caps its answers below the size of series {uid}: its "
                     "instances cannot be listed"
                 )
-            matches += found.matches
-        return self._instances(study, matches)
-
-    def _instances(self, study: str, matches: list[dict[str, str]]) -> dict[str, str]:
-        """SOP Instance UID -> Series Instance UID of ``matches``; notes the SOP Classes
-        they name, when they all name one."""
-        listed: dict[str, str] = {}
-        of_series: dict[str, set[str]] = {}
-        for m in matches:
-            if m.get("SOPInstanceUID"):
-                series = m.get("SeriesInstanceUID", "")
-                listed[m["SOPInstanceUID"]] = series
-                of_series.setdefault(series, set()).add(m.get("SOPClassUID", ""))
-        classes = set().union(*of_series.values())
-        if listed and "" not in classes:
-            self._classes[study] = self._intern(classes)
-            if len(classes) > MAX_CLASSES_IN_EACH_SYNTAX and "" not in of_series:
-                self._series_classes[study] = {s: self._intern(c) for s, c in of_series.items()}
+            listed |= _instances(found)
         return listed
-
-    def _intern(self, classes: set[str]) -> frozenset[str]:
-        named = frozenset(classes)
-        return self._interned.setdefault(named, named)
-
-    def _class_key(self) -> dict[str, str]:
-        """The IMAGE-level key listing each instance's SOP Class, for a C-GET (Orthanc takes
-        four times as long to list a study with it: it reads each instance's file, but its
-        SOP Classes in Study, PS3.4 C.6.2.1.2, cost it more still)."""
-        return {"SOPClassUID": ""} if self._get else {}
 
     def list_many(self, studies: list[str]) -> dict[str, dict[str, str] | SourceError]:
         """One IMAGE-level C-FIND for all ``studies`` (a list of Study Instance UIDs) where
@@ -169,19 +157,17 @@ class PacsMigration(Migration):
                 "StudyInstanceUID": "\\".join(studies),
                 "SeriesInstanceUID": "",
                 "SOPInstanceUID": "",
-                **self._class_key(),
+                **self._seeding(),
             }
             try:
                 found: Found | None = self._find(Level.IMAGE, keys)
             except SourceError:
                 found = None
             if found is not None and not found.cancelled:
-                of_study: dict[str, list[dict[str, str]]] = {}
                 for m in found.matches:
-                    of_study.setdefault(m.get("StudyInstanceUID", ""), []).append(m)
-                for study, matches in of_study.items():
-                    if instances := self._instances(study, matches):
-                        together[study] = instances
+                    if m.get("SOPInstanceUID"):
+                        instances = together.setdefault(m.get("StudyInstanceUID", ""), {})
+                        instances[m["SOPInstanceUID"]] = m.get("SeriesInstanceUID", "")
                 self._study_lists = self._study_lists or len(together) > 1
         listed = super().list_many([s for s in studies if not together.get(s)])
         return {s: together.get(s) or listed[s] for s in studies}
@@ -195,9 +181,6 @@ class PacsMigration(Migration):
         # Parts are lists of UIDs: only from a source that answered one, and a study retried
         # goes whole (a source may take lists in queries but not in retrieves).
         listable = self._study_lists and study.row.attempts == 1
-        of_series = self._series_classes.get(study.row.item)
-        if plan.method == "get" and of_series is not None:
-            return class_parts(study.row.item, of_series, listable)
         if count < 2 or not all(listed.values()) or not listable:
             return []
         return parts_of(study.row.item, listed, count)
@@ -213,50 +196,50 @@ class PacsMigration(Migration):
         groups: list[list[Study]] = []
         group: list[Study] = []
         held = 0
-        # A C-GET's group holds no more classes than it proposes in each transfer syntax.
-        most = MAX_CLASSES_IN_EACH_SYNTAX if plan.method == "get" else None
-        classes: frozenset[str] = frozenset()
         for study in studies:
             count = len(study.listed or {})
-            theirs = self._classes.get(study.row.item, frozenset())
-            if study.listed is None or count >= MIN_PART or (most and len(theirs) > most):
+            if study.listed is None or count >= MIN_PART:
                 groups.append([study])
                 continue
-            if group and (
-                len(group) >= size
-                or held + count > MIN_PART
-                or (most and len(classes | theirs) > most)
-            ):
+            if group and (len(group) >= size or held + count > MIN_PART):
                 groups.append(group)
-                group, held, classes = [], 0, frozenset()
+                group, held = [], 0
             group.append(study)
             held += count
-            classes |= theirs
         return [*groups, group] if group else groups
 
     def retrieve(self, study: Study, plan: Plan, part: Part | None = None) -> str:
         level = Level.STUDY if part is None else Level.IMAGE if _IMAGES in part else Level.SERIES
-        return self._retrieve([study.row.item], plan, level, part)
+        return self._retrieve([study], plan, level, part)
 
     def retrieve_together(self, studies: list[Study], plan: Plan) -> str:
-        return self._retrieve([study.row.item for study in studies], plan, Level.STUDY)
+        return self._retrieve(studies, plan, Level.STUDY)
 
-    def _retrieve(self, uids: list[str], plan: Plan, level: Level, part: Part | None = None) -> str:
-        """Retrieves the studies ``uids`` (or a part of the one); an error message or ""."""
+    def _retrieve(
+        self, studies: list[Study], plan: Plan, level: Level, part: Part | None = None
+    ) -> str:
+        """Retrieves ``studies`` (or a part of the one); an error message or ""."""
+        uids = [study.row.item for study in studies]
         keys = part or {"StudyInstanceUID": "\\".join(uids)}
         try:
             result: RetrieveResult
             if plan.method == "move":
                 result = self.scu.move(self.our_aet, level, keys)
             else:
-                classes = self._get_classes(uids, part)
-                result = self.scu.get(level, keys, studies=uids, classes=classes)
+                result = self.scu.get(level, keys, uids, self._proposed(), as_held=True)
+                with self._lock:
+                    self._classes.update(sop_class for _, sop_class in result.unproposed)
+                if result.unproposed or (result.failed and not result.refused):
+                    # Instances of classes not proposed in each syntax: refused, or failed
+                    # at the source (converting them to the one syntax a context took;
+                    # Orthanc cannot re-encode JPEG 2000, and gives up the rest).
+                    return self._by_series(keys, result)
         except ScuError as e:
             return str(e)
         for instance, why in result.refused:
             log.warning("C-GET of %s: %s refused: %s", ", ".join(uids), instance, why)
         # Orthanc answers a C-MOVE to an AE it does not know with a failure and nothing
-        # done; one that failed its sub-operations, or after others came, is the study's.
+        # done; one that failed with nothing done after others came is the study's.
         refused = result.status >= CANNOT_UNDERSTAND and not (result.completed or result.failed)
         self._moved = self._moved or bool(result.completed)
         if result.status == MOVE_DESTINATION_UNKNOWN or (
@@ -271,58 +254,79 @@ class PacsMigration(Migration):
             return f"retrieve: {describe(result.status)}, {result.failed} sub-operations failed"
         return ""
 
-    def _get_classes(self, uids: list[str], part: Part | None) -> frozenset[str]:
-        """The SOP Classes a C-GET of ``uids`` (a part of the one) brings, as listed; none
-        when a study's listing named none (then the usual ones are proposed, in one context
-        each). Says so when some may come in another transfer syntax than held in."""
-        of_series = self._series_classes.get(uids[0]) if part else None
-        if of_series is not None and part is not None:
-            named = [of_series.get(s, frozenset()) for s in part[_SERIES].split("\\")]
-        else:
-            named = [self._classes.get(uid, frozenset()) for uid in uids]
-        classes = frozenset().union(*named) if all(named) else frozenset()
-        if not classes and not self._warned:
-            self._warned = True
-            log.warning(
-                "%s names no SOP Class of the instances it lists: its C-GETs propose the "
-                "usual classes in one presentation context each, and it may send instances "
-                "in another transfer syntax than it holds them in (--method move keeps them "
-                "as it sends them)",
-                self.source.aet,
-            )
-        elif len(classes) > MAX_CLASSES_IN_EACH_SYNTAX:
-            log.warning(
-                "C-GET of %s: %d SOP Classes, more than it proposes in each transfer syntax "
-                "(%d): instances of the others may come in another syntax than held in",
-                ", ".join(uids),
-                len(classes),
-                MAX_CLASSES_IN_EACH_SYNTAX,
-            )
-        return classes
+    def _proposed(self, first: Iterable[str] = ()) -> frozenset[str]:
+        """The SOP Classes a C-GET proposes in a context per transfer syntax: ``first``,
+        then the commonest of those asked again, as many as fit."""
+        with self._lock:
+            common = [uid for uid, _ in self._classes.most_common()]
+        ordered = dict.fromkeys([*first, *common])
+        return frozenset(list(ordered)[:MAX_CLASSES_IN_EACH_SYNTAX])
 
-    def forget(self, study: str) -> None:
-        self._classes.pop(study, None)
-        self._series_classes.pop(study, None)
+    def _by_series(self, keys: Part, first: RetrieveResult) -> str:
+        """After a C-GET of ``keys`` that brought instances of classes it did not propose in
+        each transfer syntax: their series again, a few at a time, each request proposing
+        the classes an IMAGE-level query names for them (PS3.8 7.1.1.13: a context per
+        syntax); an error message or ""."""
+        wanted = {**keys, _SERIES: keys.get(_SERIES, ""), _IMAGES: "", "SOPClassUID": ""}
+        classes: dict[tuple[str, str], set[str]] = {}
+        found = self.scu.find(Level.IMAGE, wanted)
+        # A retrieving thread rarely queries: its association goes, not to hold one of the
+        # few the source serves at once.
+        self.scu.release_mine("find")
+        for m in found.matches:
+            where = (m.get("StudyInstanceUID", ""), m.get(_SERIES, ""))
+            classes.setdefault(where, set()).add(m.get("SOPClassUID", ""))
+        if not classes or any("" in c or "" in where for where, c in classes.items()):
+            return (
+                f"retrieve: {describe(first.status)}, {first.failed} sub-operations failed "
+                f"({len(first.unproposed)} refused as of classes not proposed in each transfer "
+                "syntax, which the source does not list)"
+            )
+        errors = []
+        for study, series, together in series_groups(classes, self._study_lists):
+            keys = {"StudyInstanceUID": study, _SERIES: "\\".join(series)}
+            proposed = self._proposed(sorted(together))
+            result = self.scu.get(Level.SERIES, keys, [study], proposed, as_held=True)
+            if not result.ok:
+                errors.append(
+                    f"retrieve: {describe(result.status)}, {result.failed} sub-operations "
+                    f"failed ({len(result.unproposed)} of classes not proposed in each "
+                    "transfer syntax)"
+                )
+        return "; ".join(errors)
 
     def release(self) -> None:
         self.scu.release_mine()
 
 
-def class_parts(study: str, of_series: dict[str, frozenset[str]], lists: bool) -> list[Part]:
-    """Parts of a study of many SOP Classes: lists of its series (one each, unless ``lists``)
-    of no more classes together than a C-GET proposes in each transfer syntax."""
-    parts: list[Part] = []
-    group: list[str] = []
-    held: frozenset[str] = frozenset()
-    for series, classes in sorted(of_series.items(), key=lambda s: sorted(s[1])):
-        if group and (not lists or len(held | classes) > MAX_CLASSES_IN_EACH_SYNTAX):
-            parts.append({"StudyInstanceUID": study, _SERIES: "\\".join(group)})
-            group, held = [], frozenset()
-        group.append(series)
-        held |= classes
-    if group:
-        parts.append({"StudyInstanceUID": study, _SERIES: "\\".join(group)})
-    return parts
+def _instances(found: Found) -> dict[str, str]:
+    return {
+        m["SOPInstanceUID"]: m.get("SeriesInstanceUID", "")
+        for m in found.matches
+        if m.get("SOPInstanceUID")
+    }
+
+
+def series_groups(
+    classes: dict[tuple[str, str], set[str]], lists: bool
+) -> list[tuple[str, list[str], set[str]]]:
+    """The series of ``classes`` ((study, series) -> SOP Classes) in groups of one study
+    holding no more classes together than a C-GET proposes in each transfer syntax (a
+    series each, unless the source takes ``lists`` of UIDs): (study, series, classes)."""
+    groups: list[tuple[str, list[str], set[str]]] = []
+    for (study, series), held in sorted(classes.items(), key=lambda c: (c[0][0], sorted(c[1]))):
+        last = groups[-1] if groups else None
+        if (
+            last is None
+            or not lists
+            or last[0] != study
+            or len(last[2] | held) > MAX_CLASSES_IN_EACH_SYNTAX
+        ):
+            groups.append((study, [series], set(held)))
+        else:
+            last[1].append(series)
+            last[2].update(held)
+    return groups
 
 
 def parts_of(study: str, listed: dict[str, str], count: int) -> list[Part]:

@@ -212,9 +212,6 @@ class Migration:
     def release(self) -> None:
         """This thread is idle for a while: its connections to the source may go."""
 
-    def forget(self, study: str) -> None:
-        """``study`` is settled: what the source kept to retrieve it may go."""
-
     # Shared ---------------------------------------------------------------------------------
 
     def enumerate(self, plan: Plan) -> int:
@@ -400,7 +397,6 @@ class _Pipeline:
         if row.state == "verified":
             record = self.m.archive.record(Level.STUDY, row.item)
             size = record.size if record else 0
-        self.m.forget(row.item)
         with self.lock:
             self.active.pop(row.item, None)
             self.outstanding -= 1

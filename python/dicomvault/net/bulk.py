@@ -192,10 +192,12 @@ class BulkScu:
         keys: Mapping[str, str],
         studies: Sequence[str] = (),
         classes: frozenset[str] = frozenset(),
+        as_held: bool = False,
     ) -> RetrieveResult:
         """C-GET into the archive; sub-operations of other studies than ``studies`` (when
-        given) are refused. ``classes``: the SOP Classes of every instance it brings (when
-        known), proposed in each transfer syntax so that each comes as the source holds it."""
+        given) are refused. ``classes`` are proposed in a context per transfer syntax, so
+        that their instances come as the source holds them; with ``as_held``, an instance
+        sent on a context of several syntaxes is refused, and named in ``unproposed``."""
         receiver = self.receiver
         if receiver is None:
             raise ValueError("a C-GET needs the archive to store into")
@@ -203,7 +205,7 @@ class BulkScu:
         return _result(
             self._call(
                 "get",
-                lambda a: a.get(receiver, model, level.value, identifier, list(studies)),
+                lambda a: a.get(receiver, model, level.value, identifier, list(studies), as_held),
                 classes,
             )
         )
@@ -226,13 +228,15 @@ class BulkScu:
             self._call("move", lambda a: a.move(model, level.value, identifier, destination))
         )
 
-    def release_mine(self) -> None:
-        """Releases this thread's associations: a source serves so many at once (Orthanc's
-        DicomThreadsCount, 4 by default) that one held while idle can stall the others."""
+    def release_mine(self, service: str | None = None) -> None:
+        """Releases this thread's associations (for ``service`` only, when given): a source
+        serves so many at once (Orthanc's DicomThreadsCount, 4 by default) that one held
+        while idle can stall the others."""
         kept: dict[str, _native.ScuAssociation] = self._local.__dict__.setdefault("kept", {})
-        for association in kept.values():
-            self._drop(association)
-        kept.clear()
+        for name in [service] if service else list(kept):
+            association = kept.pop(name, None)
+            if association is not None:
+                self._drop(association)
 
     def close(self) -> None:
         """Releases every association opened (by any thread)."""
@@ -270,4 +274,5 @@ def _result(native: _native.Retrieved) -> RetrieveResult:
         warning=native.warning,
         failed_uids=native.failed_uids,
         refused=native.refused,
+        unproposed=native.unproposed,
     )

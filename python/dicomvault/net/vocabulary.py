@@ -315,6 +315,9 @@ class RetrieveResult:
     failed_uids: list[str] = field(default_factory=list)
     # What this side refused of what a C-GET sent (SOP Instance UID, why).
     refused: list[tuple[str, str]] = field(default_factory=list)
+    # What a C-GET "as held" refused as sent on a context its class was proposed in with
+    # several transfer syntaxes (SOP Instance UID, SOP Class UID).
+    unproposed: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -8,7 +8,7 @@ use crate::pdu::{self, ProposedContext, RoleSelection};
 use crate::tls;
 use crate::transport::{Channel, Socket};
 use rustls::ClientConfig;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -130,6 +130,9 @@ pub struct Association {
     connection: Connection,
     /// Accepted contexts: id -> (abstract syntax, transfer syntax).
     accepted: HashMap<u8, (String, String)>,
+    /// The contexts proposed with one transfer syntax: what the peer sends on one of them is
+    /// in the syntax it chose the context for, not one it chose among several.
+    alone: HashSet<u8>,
     /// The SOP classes the peer agreed we take the SCP role for.
     scp_roles: Vec<String>,
     peer_max_pdu: u32,
@@ -223,9 +226,15 @@ impl Association {
                 ))
             })
             .collect();
+        let alone = contexts
+            .iter()
+            .filter(|c| c.transfer_syntaxes.len() == 1)
+            .map(|c| c.id)
+            .collect();
         Ok(Association {
             connection,
             accepted,
+            alone,
             scp_roles: ac
                 .roles
                 .into_iter()
@@ -261,6 +270,11 @@ impl Association {
             .filter(|(_, (a, _))| a == abstract_syntax)
             .min_by_key(|(id, _)| **id)
             .map(|(id, (_, ts))| (*id, ts.as_str()))
+    }
+
+    /// Whether context `context_id` was proposed with one transfer syntax.
+    pub fn proposed_alone(&self, context_id: u8) -> bool {
+        self.alone.contains(&context_id)
     }
 
     /// The (abstract syntax, transfer syntax) of an accepted context.

@@ -13,7 +13,9 @@ use crate::status::{PENDING, SOP_CLASS_NOT_SUPPORTED, SUCCESS};
 use std::collections::HashMap;
 
 /// How a retrieve went: the final status, its sub-operation counts and the UIDs it failed;
-/// for a C-GET, also what this side refused of what arrived (SOP Instance UID, why).
+/// for a C-GET, also what this side refused of what arrived (SOP Instance UID, why), and
+/// the instances refused for want of a context their class was proposed in alone (SOP
+/// Instance UID, SOP Class UID).
 #[derive(Debug, Clone, Default)]
 pub struct Retrieved {
     pub status: u16,
@@ -21,6 +23,7 @@ pub struct Retrieved {
     pub failed_uids: Vec<String>,
     pub stored: u32,
     pub refused: Vec<(String, String)>,
+    pub unproposed: Vec<(String, String)>,
 }
 
 /// A C-STORE sub-operation whose data set is arriving.
@@ -29,6 +32,19 @@ struct Incoming {
     context_id: u8,
     writer: Option<InstanceWriter>,
     refused: Option<Refused>,
+    /// Refused as sent on a context proposed with several transfer syntaxes.
+    unproposed: bool,
+}
+
+/// What the closure reading a C-GET's PDVs needs to know of each accepted context, which it
+/// cannot borrow from the association.
+struct Accepted {
+    abstract_syntax: String,
+    transfer_syntax: String,
+    /// We take the SCP role for its class.
+    scp_role: bool,
+    /// It was proposed with this one transfer syntax.
+    alone: bool,
 }
 
 /// What the responses to a retrieve request say so far.
@@ -151,7 +167,10 @@ pub fn move_to(
 
 /// C-GET of what `keys` select at `level`: each instance arrives as a C-STORE sub-operation
 /// and is stored through `receiver`, refused (0xA900) unless it is the instance its request
-/// names and, when `studies` are given, of one of them.
+/// names and, when `studies` are given, of one of them. With `as_held`, an instance sent on
+/// a context proposed with several transfer syntaxes is refused (0x0122) and listed in
+/// `unproposed`: the peer may have converted it to the one syntax that context took, and a
+/// C-GET proposing its class in a context per syntax can have it as the peer holds it.
 pub fn get(
     association: &mut Association,
     model: &str,
@@ -159,6 +178,7 @@ pub fn get(
     keys: &[Key],
     receiver: &Receiver,
     studies: &[String],
+    as_held: bool,
 ) -> Result<Retrieved, ScuError> {
     let (message_id, syntax) = request(association, dimse::C_GET_RQ, model, level, keys, None)?;
     let sender = Sender {
@@ -166,12 +186,17 @@ pub fn get(
         address: association.address().ip().to_string(),
     };
     // What the closure reading the PDVs needs of the association, which it cannot borrow.
-    let contexts: HashMap<u8, (String, String, bool)> = (1..=255u8)
+    let contexts: HashMap<u8, Accepted> = (1..=255u8)
         .step_by(2)
         .filter_map(|id| {
             let (abstract_syntax, ts) = association.accepted(id)?;
-            let role = association.takes_scp_role(abstract_syntax);
-            Some((id, (abstract_syntax.to_string(), ts.to_string(), role)))
+            let accepted = Accepted {
+                abstract_syntax: abstract_syntax.to_string(),
+                transfer_syntax: ts.to_string(),
+                scp_role: association.takes_scp_role(abstract_syntax),
+                alone: association.proposed_alone(id),
+            };
+            Some((id, accepted))
         })
         .collect();
     let mut responses = Responses::new(dimse::C_GET_RSP, message_id, &syntax);
@@ -186,7 +211,10 @@ pub fn get(
                             "a C-STORE-RQ before the previous data set ended".into(),
                         ));
                     }
-                    incoming = Some(begin(receiver, &contexts, &sender, command, context_id));
+                    let context = contexts.get(&context_id);
+                    incoming = Some(begin(
+                        receiver, context, as_held, &sender, command, context_id,
+                    ));
                 }
                 Pdv::Command(_, command) => responses.response(&command)?,
                 Pdv::Data { data, last, .. } if responses.identifier.is_some() => {
@@ -226,12 +254,14 @@ pub fn get(
     Ok(responses.retrieved)
 }
 
-/// Starts receiving a sub-operation's data set: refused at once (but still read to its end)
-/// on a context that is not for its SOP class or that we have not the SCP role for, or when
-/// the receive path refuses it.
+/// Starts receiving a sub-operation's data set on `context`: refused at once (but still read
+/// to its end) on a context that is not for its SOP class or that we have not the SCP role
+/// for, with `as_held` on one proposed with several syntaxes, or when the receive path
+/// refuses it.
 fn begin(
     receiver: &Receiver,
-    contexts: &HashMap<u8, (String, String, bool)>,
+    context: Option<&Accepted>,
+    as_held: bool,
     sender: &Sender,
     command: Command,
     context_id: u8,
@@ -241,16 +271,29 @@ fn begin(
         context_id,
         writer: None,
         refused: None,
+        unproposed: false,
     };
     let command = &incoming.command;
-    let started = match contexts.get(&context_id) {
-        Some((abstract_syntax, ts, true)) if *abstract_syntax == command.affected_sop_class_uid => {
-            receiver.begin(
-                &command.affected_sop_class_uid,
-                &command.affected_sop_instance_uid,
-                ts,
-                &sender.ae,
-            )
+    let started = match context {
+        Some(c) if c.scp_role && c.abstract_syntax == command.affected_sop_class_uid => {
+            if as_held && !c.alone {
+                incoming.unproposed = true;
+                Err(Refused {
+                    status: SOP_CLASS_NOT_SUPPORTED,
+                    why: format!(
+                        "{} sent on presentation context {context_id}, proposed with several \
+                         transfer syntaxes",
+                        command.affected_sop_class_uid
+                    ),
+                })
+            } else {
+                receiver.begin(
+                    &command.affected_sop_class_uid,
+                    &command.affected_sop_instance_uid,
+                    &c.transfer_syntax,
+                    &sender.ae,
+                )
+            }
         }
         _ => Err(Refused {
             status: SOP_CLASS_NOT_SUPPORTED,
@@ -303,6 +346,13 @@ fn finish(
         Ok(()) => {
             retrieved.stored += 1;
             SUCCESS
+        }
+        Err(refused) if incoming.unproposed => {
+            retrieved.unproposed.push((
+                command.affected_sop_instance_uid.clone(),
+                command.affected_sop_class_uid.clone(),
+            ));
+            refused.status
         }
         Err(refused) => {
             let status = refused.status;
