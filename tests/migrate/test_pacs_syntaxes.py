@@ -1,9 +1,9 @@
 """`dicomvault migrate pacs` keeps every instance in the transfer syntax the source holds it
 in: Orthanc and a dicomvault `serve` holding one study in Implicit VR, Deflated, RLE, JPEG
-Lossless and JPEG-LS (made by DCMTK), by C-GET and by C-MOVE, every data set byte-identical
-to the source's (the deflated one inflates to the same bytes: DCMTK sends an odd-length
-deflated stream with a NUL byte added, so the wire carries one byte more than the file
-holds).
+Lossless (Process 14 and SV1) and JPEG-LS (made by DCMTK), by C-GET and by C-MOVE, every
+data set byte-identical to the source's (the deflated one inflates to the same bytes: DCMTK
+sends an odd-length deflated stream with a NUL byte added, so the wire carries one byte more
+than the file holds).
 
 A context accepts one transfer syntax (PS3.8 7.1.1.13), and a C-GET source sends an
 instance on a context of its class, converting it to that context's syntax if need be. So a
@@ -40,6 +40,7 @@ CONVERTERS = {
     "1.2.840.10008.1.2": ("dcmconv", "+ti"),  # Implicit VR Little Endian
     DEFLATED: ("dcmconv", "+td"),
     "1.2.840.10008.1.2.5": ("dcmcrle",),  # RLE Lossless
+    "1.2.840.10008.1.2.4.57": ("dcmcjpeg", "+el"),  # JPEG Lossless (Process 14)
     "1.2.840.10008.1.2.4.70": ("dcmcjpeg",),  # JPEG Lossless, First-Order Prediction
     "1.2.840.10008.1.2.4.80": ("dcmcjpls",),  # JPEG-LS Lossless
 }

@@ -283,8 +283,9 @@ def get(
                 typer.echo(f"refused: {uid}: {why}", err=True)
             for uid, sop_class in result.unproposed:
                 typer.echo(
-                    f"refused: {uid}: of {sop_class}, which the source did not list: it "
-                    "could have come in another transfer syntax than held in",
+                    f"refused: {uid}: of {sop_class}, not proposed in each transfer syntax "
+                    "(unlisted, or past the classes one C-GET proposes so): it could have "
+                    "come in another syntax than the source holds it in",
                     err=True,
                 )
     except ScuError as e:

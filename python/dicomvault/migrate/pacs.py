@@ -87,15 +87,33 @@ class PacsMigration(Migration):
                 )
         return found
 
-    def _seeding(self) -> dict[str, str]:
-        """For a C-GET, the first listing asks each instance's SOP Class too, so that the
-        first retrieves propose the source's usual classes in each transfer syntax (asked
-        only then: Orthanc reads each instance's file for it, the listing's cost 4x)."""
-        if not self._get:
-            return {}
+    def _seed(self, listed: dict[str, dict[str, str] | SourceError]) -> None:
+        """For a C-GET, the SOP Class of an instance of each series first listed, asked in
+        one query (a series mostly holds one class): the first retrieves propose the
+        source's usual classes in each transfer syntax. Asked of those only: Orthanc reads
+        an instance's file for it (every instance's would cost the listing 4x)."""
         with self._lock:
             seeded, self._seeded = self._seeded, True
-        return {} if seeded else {"SOPClassUID": ""}
+        if seeded or not self._get:
+            return
+        first = {
+            series: instance
+            for listing in listed.values()
+            if not isinstance(listing, SourceError)
+            for instance, series in listing.items()
+        }
+        samples = list(first.values())[:MAX_LIST]
+        keys = {
+            "StudyInstanceUID": "\\".join(listed),
+            "SeriesInstanceUID": "",
+            _IMAGES: "\\".join(samples),
+            "SOPClassUID": "",
+        }
+        if samples:
+            try:
+                self._find(Level.IMAGE, keys)
+            except SourceError as e:
+                log.info("the SOP Classes of %s's first studies: %s", self.source.aet, e)
 
     def studies(self, plan: Plan) -> Iterator[tuple[str, str, int]]:
         self._get = plan.method == "get"
@@ -122,7 +140,7 @@ class PacsMigration(Migration):
                 yield uid, study.get("StudyDate", ""), count
 
     def source_instances(self, study: str) -> dict[str, str]:
-        keys = {"StudyInstanceUID": study, "SOPInstanceUID": "", **self._seeding()}
+        keys = {"StudyInstanceUID": study, "SOPInstanceUID": ""}
         if self._study_wide_listing is not False:
             try:
                 found: Found | None = self._find(Level.IMAGE, {**keys, "SeriesInstanceUID": ""})
@@ -157,7 +175,6 @@ class PacsMigration(Migration):
                 "StudyInstanceUID": "\\".join(studies),
                 "SeriesInstanceUID": "",
                 "SOPInstanceUID": "",
-                **self._seeding(),
             }
             try:
                 found: Found | None = self._find(Level.IMAGE, keys)
@@ -170,7 +187,9 @@ class PacsMigration(Migration):
                         instances[m["SOPInstanceUID"]] = m.get("SeriesInstanceUID", "")
                 self._study_lists = self._study_lists or len(together) > 1
         listed = super().list_many([s for s in studies if not together.get(s)])
-        return {s: together.get(s) or listed[s] for s in studies}
+        listings = {s: together.get(s) or listed[s] for s in studies}
+        self._seed(listings)
+        return listings
 
     def parts(self, study: Study, plan: Plan) -> list[Part]:
         """A study of many instances in as many parts as there are associations (a list of
@@ -229,7 +248,7 @@ class PacsMigration(Migration):
                 result = self.scu.get(level, keys, uids, self._proposed(), as_held=True)
                 with self._lock:
                     self._classes.update(sop_class for _, sop_class in result.unproposed)
-                if result.unproposed or (result.failed and not result.refused):
+                if result.unproposed or result.failed > len(result.refused):
                     # Instances of classes not proposed in each syntax: refused, or failed
                     # at the source (converting them to the one syntax a context took;
                     # Orthanc cannot re-encode JPEG 2000, and gives up the rest).
@@ -241,7 +260,8 @@ class PacsMigration(Migration):
         # Orthanc answers a C-MOVE to an AE it does not know with a failure and nothing
         # done; one that failed with nothing done after others came is the study's.
         refused = result.status >= CANNOT_UNDERSTAND and not (result.completed or result.failed)
-        self._moved = self._moved or bool(result.completed)
+        if result.completed:
+            self._moved = True
         if result.status == MOVE_DESTINATION_UNKNOWN or (
             plan.method == "move" and refused and not self._moved
         ):
@@ -269,10 +289,17 @@ class PacsMigration(Migration):
         syntax); an error message or ""."""
         wanted = {**keys, _SERIES: keys.get(_SERIES, ""), _IMAGES: "", "SOPClassUID": ""}
         classes: dict[tuple[str, str], set[str]] = {}
-        found = self.scu.find(Level.IMAGE, wanted)
-        # A retrieving thread rarely queries: its association goes, not to hold one of the
-        # few the source serves at once.
-        self.scu.release_mine("find")
+        # A retrieving thread rarely queries: it holds no other association meanwhile, nor
+        # this one after, not to hold several of the few the source serves at once.
+        self.scu.release_mine("get")
+        try:
+            found = self._find(Level.IMAGE, wanted)
+        except SourceError as e:
+            return f"listing the SOP Classes of what came converted or failed: {e}"
+        finally:
+            self.scu.release_mine("find")
+        if found.cancelled:
+            return "listing the SOP Classes of what came converted or failed: cut short"
         for m in found.matches:
             where = (m.get("StudyInstanceUID", ""), m.get(_SERIES, ""))
             classes.setdefault(where, set()).add(m.get("SOPClassUID", ""))

@@ -320,7 +320,9 @@ class _Pipeline:
             t.join()
         if self.failure is not None:
             # The migration ended with their retrieval unfinished: not running any more.
-            for row in self.active.values():
+            with self.lock:
+                active = list(self.active.values())
+            for row in active:
                 if row.state == "running":
                     row.state, row.error = "failed", f"stopped: {self.failure}"
                     self.batcher.put(row)
@@ -369,6 +371,8 @@ class _Pipeline:
     def queue(self, studies: list[Study]) -> None:
         """Starts an attempt at retrieving a study (its parts go to the retrieving threads),
         or a group of studies in one request."""
+        if self.finished.is_set():
+            return  # a retry's timer, after the migration ended
         for study in studies:
             study.row.state, study.row.attempts = "running", study.row.attempts + 1
             self.batcher.put(study.row)

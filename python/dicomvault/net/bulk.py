@@ -45,8 +45,8 @@ TIMEOUT_S = 600.0
 IDENTIFIER_SYNTAXES = GET_SYNTAXES[:2]
 # Presentation context IDs are the odd numbers 1-255 (PS3.8 9.3.2.2): 128 contexts at most.
 MAX_CONTEXTS = 128
-# SOP Classes a C-GET proposes in every transfer syntax at once (12 contexts each).
-MAX_CLASSES_IN_EACH_SYNTAX = 8
+# SOP Classes a C-GET proposes in every transfer syntax at once (18 contexts each).
+MAX_CLASSES_IN_EACH_SYNTAX = 6
 
 T = TypeVar("T")
 

@@ -33,18 +33,26 @@ VERIFICATION = "1.2.840.10008.1.1"
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.10.1"
 IMPLEMENTATION_VERSION_NAME = "DICOMVAULT_010"
 
-# What a C-GET requestor offers to receive in: native first, then the usual compressions.
+# What a C-GET requestor offers to receive in: native first, then the compressions. A class
+# proposed in a context per syntax comes in the syntax the source holds it in only if that
+# syntax is among these: every one the listener takes but video's and JPIP's.
 GET_SYNTAXES = [
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
     "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
     "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction
     "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
     "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 Multi-component (Lossless Only)
+    "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 Multi-component
+    "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.202",  # High-Throughput JPEG 2000 with RPCL Options (Lossless Only)
+    "1.2.840.10008.1.2.4.203",  # High-Throughput JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired; old archives hold it)
 ]
