@@ -23,18 +23,22 @@ from dicomvault.config import load
 from dicomvault.migrate.journal import rows_of
 from dicomvault.migrate.pacs import MIN_PART
 from tests.conftest import Cli
+from tests.migrate.test_dicomweb import held as held_by
 from tests.migrate.test_pacs import migrator_config
+from tests.net.test_integrity import dataset_bytes
 
 PENDING = 0xFF00
 LEVEL_KEY = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
 
 
 class FirstOfListSource:
-    """A Q/R SCP over ``files``: C-FIND matches lists of UIDs (PS3.4 C.2.2.2.2); C-GET takes
-    the first UID of a list only."""
+    """A Q/R SCP over ``files``: C-FIND matches lists of UIDs (PS3.4 C.2.2.2.2), and names
+    no SOP Class unless ``lists_classes`` (as DCMTK's dcmqrscp); C-GET takes the first UID
+    of a list only."""
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], lists_classes: bool = True) -> None:
         self.held = {f: pydicom.dcmread(f, stop_before_pixels=True) for f in files}
+        self.lists_classes = lists_classes
         self.port = free_port()
         ae = AE(ae_title="QUIRKY")
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
@@ -75,6 +79,8 @@ class FirstOfListSource:
                         d for d in self.held.values() if d.StudyInstanceUID == ds.StudyInstanceUID
                     ]
                     answer.NumberOfStudyRelatedInstances = len(same)
+                elif element.keyword == "SOPClassUID" and not self.lists_classes:
+                    continue
                 elif element.keyword != "QueryRetrieveLevel":
                     setattr(answer, element.keyword, ds.get(element.keyword, ""))
             yield PENDING, answer
@@ -120,3 +126,25 @@ def test_a_source_taking_only_the_first_uid_of_a_list_still_gives_every_study(tm
     assert (rows[study].state, rows[study].attempts) == ("verified", 2)
     held = {i["key"] for i in cli.ls("instances")}
     assert held == {g.sop_instance_uid for g in small + large}
+
+
+def test_a_source_naming_no_sop_class_gives_every_study_as_held(tmp_path):
+    """A C-GET refuses what comes on a context of several transfer syntaxes; from a source
+    that does not say of what SOP Class its instances are, the request comes again with
+    the classes it sent proposed in a context per syntax: every data set as it holds it."""
+    corpus = ct_corpus(tmp_path / "corpus", 6, rows=16, columns=16, studies=3)
+    source = FirstOfListSource([g.path for g in corpus], lists_classes=False)
+    config = migrator_config(
+        tmp_path / "dicomvault.toml", free_port(), "QUIRKY", source.port, name="quirky"
+    )
+    cli = Cli(tmp_path / "archive", tmp_path)
+    try:
+        result = cli.run("migrate", "pacs", "quirky", "--method", "get", "--config", config)
+    finally:
+        source.stop()
+    assert "3 of 3 studies verified" in result.stdout, result.stdout + result.stderr
+    # At the first attempt: the classes refused are asked for again at once.
+    rows = rows_of(load(None, root=cli.root), "quirky")
+    assert {(r.state, r.attempts) for r in rows} == {("verified", 1)}
+    held = {uid: dataset_bytes(data) for uid, data in held_by(cli.root).items()}
+    assert held == {g.sop_instance_uid: dataset_bytes(g.path.read_bytes()) for g in corpus}

@@ -65,8 +65,9 @@ class PacsMigration(Migration):
         self._study_wide_listing: bool | None = None
         # Whether it answered a query naming several studies (a list of UIDs) for each.
         self._study_lists = False
-        # The SOP Classes of the instances a C-GET had to ask again, and how many: it
-        # proposes the commonest in a context per transfer syntax.
+        # The SOP Classes met (sampled at the first listing, sent on a context of several
+        # syntaxes, listed again), how often: a C-GET proposes the commonest in a context per
+        # transfer syntax.
         self._classes: Counter[str] = Counter()
         self._lock = threading.Lock()
         # Whether a C-MOVE brought anything yet (then the source knows us).
@@ -252,7 +253,7 @@ class PacsMigration(Migration):
                     # Instances of classes not proposed in each syntax: refused, or failed
                     # at the source (converting them to the one syntax a context took;
                     # Orthanc cannot re-encode JPEG 2000, and gives up the rest).
-                    return self._by_series(keys, result)
+                    return self._again(level, keys, uids, result)
         except ScuError as e:
             return str(e)
         for instance, why in result.refused:
@@ -282,11 +283,12 @@ class PacsMigration(Migration):
         ordered = dict.fromkeys([*first, *common])
         return frozenset(list(ordered)[:MAX_CLASSES_IN_EACH_SYNTAX])
 
-    def _by_series(self, keys: Part, first: RetrieveResult) -> str:
+    def _again(self, level: Level, keys: Part, uids: list[str], first: RetrieveResult) -> str:
         """After a C-GET of ``keys`` that brought instances of classes it did not propose in
         each transfer syntax: their series again, a few at a time, each request proposing
         the classes an IMAGE-level query names for them (PS3.8 7.1.1.13: a context per
-        syntax); an error message or ""."""
+        syntax); from a source that names none, the request again with the classes it sent
+        proposed so. An error message or ""."""
         wanted = {**keys, _SERIES: keys.get(_SERIES, ""), _IMAGES: "", "SOPClassUID": ""}
         classes: dict[tuple[str, str], set[str]] = {}
         # A retrieving thread rarely queries: it holds no other association meanwhile, nor
@@ -303,17 +305,19 @@ class PacsMigration(Migration):
         for m in found.matches:
             where = (m.get("StudyInstanceUID", ""), m.get(_SERIES, ""))
             classes.setdefault(where, set()).add(m.get("SOPClassUID", ""))
-        if not classes or any("" in c or "" in where for where, c in classes.items()):
-            return (
-                f"retrieve: {describe(first.status)}, {first.failed} sub-operations failed "
-                f"({len(first.unproposed)} refused as of classes not proposed in each transfer "
-                "syntax, which the source does not list)"
-            )
+        requests: list[tuple[Level, Part, list[str], set[str]]]
+        if classes and not any("" in c or "" in where for where, c in classes.items()):
+            requests = [
+                (Level.SERIES, {"StudyInstanceUID": study, _SERIES: "\\".join(series)}, [study], c)
+                for study, series, c in series_groups(classes, self._study_lists)
+            ]
+        else:
+            # The source lists no classes (DCMTK's dcmqrscp): those it sent, as it holds them
+            # if it sends on the context of their syntax.
+            requests = [(level, keys, uids, {sop_class for _, sop_class in first.unproposed})]
         errors = []
-        for study, series, together in series_groups(classes, self._study_lists):
-            keys = {"StudyInstanceUID": study, _SERIES: "\\".join(series)}
-            proposed = self._proposed(sorted(together))
-            result = self.scu.get(Level.SERIES, keys, [study], proposed, as_held=True)
+        for at, request, studies, together in requests:
+            result = self.scu.get(at, request, studies, self._proposed(sorted(together)), True)
             if not result.ok:
                 errors.append(
                     f"retrieve: {describe(result.status)}, {result.failed} sub-operations "
