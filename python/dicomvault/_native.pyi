@@ -430,6 +430,7 @@ class ListenerConfig:
         check_modality_host: bool,
         known: Sequence[KnownAe],
         storage_classes: Sequence[str],
+        private_classes: bool,
         find_classes: Sequence[str],
         move_classes: Sequence[str],
         retrieve_classes: Sequence[str],
@@ -463,6 +464,8 @@ class ListenerConfig:
     def known(self) -> list[KnownAe]: ...
     @property
     def storage_classes(self) -> list[str]: ...
+    @property
+    def private_classes(self) -> bool: ...
     @property
     def find_classes(self) -> list[str]: ...
     @property

@@ -92,6 +92,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "always_allow_store": True,
         "check_called_aet": False,
         "check_modality_host": False,
+        # Instances of private SOP classes (UIDs outside 1.2.840.10008) stored as any other
+        # (Orthanc's UnknownSopClassAccepted, storescp's --promiscuous); refused by default.
+        "accept_private_sop_classes": False,
         # DICOM TLS (PS3.15 Annex B): a second listener on tls_port (0: none). The SCU verbs
         # and C-MOVE sub-associations to a [modalities] entry with tls = true use the same
         # certificate, key and trusted CAs.

@@ -48,6 +48,8 @@ pub(crate) struct ListenerConfig {
     known: Vec<Py<KnownAe>>,
     /// The storage SOP classes, and the C-FIND, C-MOVE and C-GET information models served.
     storage_classes: Vec<String>,
+    /// Private SOP classes stored too (`[dicom] accept_private_sop_classes`).
+    private_classes: bool,
     find_classes: Vec<String>,
     move_classes: Vec<String>,
     retrieve_classes: Vec<String>,
@@ -117,6 +119,7 @@ impl ListenerConfig {
                 known,
             },
             storage_classes: self.storage_classes.iter().cloned().collect(),
+            private_classes: self.private_classes,
             find_classes: self.find_classes.iter().cloned().collect(),
             move_classes: self.move_classes.iter().cloned().collect(),
             retrieve_classes: self.retrieve_classes.iter().cloned().collect(),

@@ -145,6 +145,7 @@ fn find_and_get_from_the_listener_through_the_receive_path() {
             known: Vec::<KnownAe>::new(),
         },
         storage_classes: [CT.to_string()].into(),
+        private_classes: false,
         find_classes: [FIND.to_string()].into(),
         move_classes: Default::default(),
         retrieve_classes: [GET.to_string()].into(),

@@ -268,8 +268,10 @@ class PacsMigration(Migration):
         ):
             raise MigrationError(
                 f"{self.source.aet} refused to move to {self.our_aet}: "
-                f"{describe(result.status)}; add {self.our_aet} to its known AEs, or migrate "
-                "with --method get"
+                f"{describe(result.status)}, nothing sent; add {self.our_aet} to its known "
+                "AEs, or migrate with --method get (if it knows us, it could send none of the "
+                "first study's instances: of private SOP Classes? [dicom] "
+                "accept_private_sop_classes = true takes them)"
             )
         if not result.ok:
             return f"retrieve: {describe(result.status)}, {result.failed} sub-operations failed"

@@ -63,6 +63,7 @@ def listener_config(
         check_modality_host=bool(dicom["check_modality_host"]),
         known=policy.listener_rules(),
         storage_classes=list(ALL_STORAGE_SOP_CLASSES),
+        private_classes=bool(dicom["accept_private_sop_classes"]),
         find_classes=list(find_classes),
         move_classes=list(move_classes),
         retrieve_classes=list(retrieve_classes),

@@ -244,13 +244,13 @@ impl<'a, S: Channel> Association<'a, S> {
                 scu: r.scu,
                 // A Storage Commitment SCP reporting on a new association takes the SCP role.
                 scp: r.scp
-                    && (config.storage_classes.contains(&r.sop_class_uid)
+                    && (config.is_storage(&r.sop_class_uid)
                         || r.sop_class_uid == STORAGE_COMMITMENT),
             })
             .collect();
         self.sendable = roles
             .iter()
-            .filter(|r| r.scp && config.storage_classes.contains(&r.sop_class_uid))
+            .filter(|r| r.scp && config.is_storage(&r.sop_class_uid))
             .map(|r| r.sop_class_uid.clone())
             .collect();
         let mut results = Vec::with_capacity(self.rq.contexts.len());
@@ -468,7 +468,7 @@ impl<'a, S: Channel> Association<'a, S> {
                 };
                 let refused = if !allowed {
                     Some((NOT_AUTHORIZED, "not allowed for this AE".to_string()))
-                } else if !self.shared.config.storage_classes.contains(context)
+                } else if !self.shared.config.is_storage(context)
                     || *context != next.command.affected_sop_class_uid
                 {
                     Some((

@@ -71,6 +71,9 @@ const ACCEPT_RELOG: Duration = Duration::from_secs(60);
 pub struct ListenerConfig {
     pub policy: Policy,
     pub storage_classes: HashSet<String>,
+    /// Private SOP classes (UIDs outside the standard's root) are stored too, whatever they
+    /// are (as Orthanc's UnknownSopClassAccepted): an old archive holds vendors' own.
+    pub private_classes: bool,
     /// The C-FIND, C-MOVE and C-GET information models served here.
     pub find_classes: HashSet<String>,
     pub move_classes: HashSet<String>,

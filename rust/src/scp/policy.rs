@@ -45,11 +45,20 @@ impl Policy {
     }
 }
 
+/// The root of the UIDs the standard defines (PS3.5 9.1): any other SOP class is private.
+const DICOM_ROOT: &str = "1.2.840.10008.";
+
 impl ListenerConfig {
     pub(super) fn serves_class(&self, abstract_syntax: &str) -> bool {
         abstract_syntax == VERIFICATION
-            || self.storage_classes.contains(abstract_syntax)
+            || self.is_storage(abstract_syntax)
             || self.is_query(abstract_syntax)
+    }
+
+    /// Whether instances of `sop_class` are stored here (and sent back by C-GET).
+    pub(super) fn is_storage(&self, sop_class: &str) -> bool {
+        self.storage_classes.contains(sop_class)
+            || (self.private_classes && !sop_class.starts_with(DICOM_ROOT))
     }
 
     pub(super) fn is_query(&self, abstract_syntax: &str) -> bool {
