@@ -60,6 +60,17 @@ def files(tmp_path_factory) -> list[Path]:
     return made
 
 
+def _stored(orthanc: Orthanc, files: list[Path]) -> dict[str, bytes]:
+    """``files`` stored in Orthanc over REST: SOP Instance UID -> the file it serves."""
+    stored = {}
+    for path in files:
+        instance = orthanc.rest("/instances", path.read_bytes())
+        file = orthanc.rest(f"/instances/{instance['ID']}/file")
+        assert isinstance(file, bytes)
+        stored[str(pydicom.dcmread(path).SOPInstanceUID)] = file
+    return stored
+
+
 def _comparable(file: bytes) -> bytes:
     """A Part 10 file's data set, inflated when deflated."""
     data = dataset_bytes(file)
@@ -77,16 +88,10 @@ def test_every_instance_comes_in_the_syntax_the_source_holds_it_in(tmp_path, fil
     port = free_port()
     orthanc = Orthanc(tmp_path, {"vault": [OUR_AET, "127.0.0.1", port]})
     try:
-        served: dict[str, bytes] = {}
-        syntaxes = set()
-        for path in files:
-            instance = orthanc.rest("/instances", path.read_bytes())
-            file = orthanc.rest(f"/instances/{instance['ID']}/file")
-            assert isinstance(file, bytes)
-            syntaxes.add(_syntax(file))
-            uid = orthanc.rest(f"/instances/{instance['ID']}/content/0008-0018")
-            served[bytes(uid).rstrip(b"\0 ").decode()] = _comparable(file)
-        assert len(syntaxes) == len(files)  # Orthanc kept each as it came
+        stored = _stored(orthanc, files)
+        # Orthanc kept each as it came.
+        assert len({_syntax(file) for file in stored.values()}) == len(files)
+        served = {uid: _comparable(file) for uid, file in stored.items()}
         config = migrator_config(tmp_path / "dicomvault.toml", port, "ORTHANC", orthanc.dicom_port)
         cli = Cli(tmp_path / "archive", tmp_path)
         result = cli.run("migrate", "pacs", "pacs", "--method", method, "--config", config)
@@ -159,12 +164,9 @@ def test_more_classes_than_proposed_in_each_syntax_come_as_held(tmp_path):
     port = free_port()
     orthanc = Orthanc(tmp_path, {"vault": [OUR_AET, "127.0.0.1", port]})
     try:
-        served = {}
-        for path in files:
-            instance = orthanc.rest("/instances", path.read_bytes())
-            file = orthanc.rest(f"/instances/{instance['ID']}/file")
-            assert isinstance(file, bytes) and _syntax(file) in (implicit, JPEG_2000_LOSSLESS)
-            served[pydicom.dcmread(path).SOPInstanceUID] = dataset_bytes(file)
+        stored = _stored(orthanc, files)
+        assert {_syntax(file) for file in stored.values()} == {implicit, JPEG_2000_LOSSLESS}
+        served = {uid: dataset_bytes(file) for uid, file in stored.items()}
         config = migrator_config(tmp_path / "dicomvault.toml", port, "ORTHANC", orthanc.dicom_port)
         cli = Cli(tmp_path / "archive", tmp_path)
         result = cli.run(
@@ -183,12 +185,7 @@ def test_dicomvault_get_keeps_each_instance_as_held(tmp_path, files):
         tmp_path, {}, options={"DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True}
     )
     try:
-        served: dict[str, bytes] = {}
-        for path in files:
-            instance = orthanc.rest("/instances", path.read_bytes())
-            file = orthanc.rest(f"/instances/{instance['ID']}/file")
-            assert isinstance(file, bytes)
-            served[pydicom.dcmread(path).SOPInstanceUID] = _comparable(file)
+        served = {uid: _comparable(file) for uid, file in _stored(orthanc, files).items()}
         [study] = {pydicom.dcmread(path).StudyInstanceUID for path in files}
         config = migrator_config(
             tmp_path / "dicomvault.toml", free_port(), "ORTHANC", orthanc.dicom_port
@@ -216,12 +213,7 @@ def test_private_sop_classes_by_c_move_when_accepted(tmp_path, accept):
     port = free_port()
     orthanc = Orthanc(tmp_path, {"vault": [OUR_AET, "127.0.0.1", port]})
     try:
-        served = {}
-        for path in files:
-            instance = orthanc.rest("/instances", path.read_bytes())
-            file = orthanc.rest(f"/instances/{instance['ID']}/file")
-            assert isinstance(file, bytes)
-            served[pydicom.dcmread(path).SOPInstanceUID] = _comparable(file)
+        served = {uid: _comparable(file) for uid, file in _stored(orthanc, files).items()}
         config = migrator_config(tmp_path / "dicomvault.toml", port, "ORTHANC", orthanc.dicom_port)
         if accept:
             text = config.read_text().replace(
