@@ -273,13 +273,11 @@ class PacsMigration(Migration):
                 "first study's instances: of private SOP Classes? [dicom] "
                 "accept_private_sop_classes = true takes them)"
             )
-        if not result.ok:
-            return f"retrieve: {describe(result.status)}, {result.failed} sub-operations failed"
-        return ""
+        return "" if result.ok else _failure(result)
 
     def _proposed(self, first: Iterable[str] = ()) -> frozenset[str]:
         """The SOP Classes a C-GET proposes in a context per transfer syntax: ``first``,
-        then the commonest of those asked again, as many as fit."""
+        then the commonest of those met, as many as fit."""
         with self._lock:
             common = [uid for uid, _ in self._classes.most_common()]
         ordered = dict.fromkeys([*first, *common])
@@ -321,15 +319,19 @@ class PacsMigration(Migration):
         for at, request, studies, together in requests:
             result = self.scu.get(at, request, studies, self._proposed(sorted(together)), True)
             if not result.ok:
-                errors.append(
-                    f"retrieve: {describe(result.status)}, {result.failed} sub-operations "
-                    f"failed ({len(result.unproposed)} of classes not proposed in each "
-                    "transfer syntax)"
-                )
+                errors.append(_failure(result))
         return "; ".join(errors)
 
     def release(self) -> None:
         self.scu.release_mine()
+
+
+def _failure(result: RetrieveResult) -> str:
+    """What went wrong with a retrieve, for the journal."""
+    failed = f"retrieve: {describe(result.status)}, {result.failed} sub-operations failed"
+    if result.unproposed:
+        failed += f" ({len(result.unproposed)} of classes not proposed in each transfer syntax)"
+    return failed
 
 
 def _instances(found: Found) -> dict[str, str]:
