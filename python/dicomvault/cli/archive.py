@@ -475,7 +475,9 @@ def init_db(config: ConfigOption = None, root: RootOption = None) -> None:
 @app.command()
 def reindex(config: ConfigOption = None, root: RootOption = None) -> None:
     """Rebuild the index from the log alone: the packs, or every node's segments on S3 (the
-    archive must be idle: on S3 + PostgreSQL, every node stopped)."""
+    archive must be idle: on S3 + PostgreSQL, every node stopped). Exits 1, as verify does,
+    when records were damaged or instances could not be indexed: the index is rebuilt without
+    them, and a script must not take that for a whole archive."""
     with open_archive(config, root, exclusive=True) as archive:
         try:
             rebuilt = archive.reindex()
@@ -497,3 +499,5 @@ def reindex(config: ConfigOption = None, root: RootOption = None) -> None:
         f"reindexed {count} instances; {len(damaged)} damaged records, "
         f"{len(unindexed)} instances that could not be indexed (see verify)"
     )
+    if damaged or unindexed:
+        raise typer.Exit(1)
