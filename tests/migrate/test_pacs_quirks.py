@@ -148,3 +148,29 @@ def test_a_source_naming_no_sop_class_gives_every_study_as_held(tmp_path):
     assert {(r.state, r.attempts) for r in rows} == {("verified", 1)}
     held = {uid: dataset_bytes(data) for uid, data in held_by(cli.root).items()}
     assert held == {g.sop_instance_uid: dataset_bytes(g.path.read_bytes()) for g in corpus}
+
+
+@pytest.mark.parametrize("into", ["archive", "files"])
+def test_dicomvault_get_from_a_source_naming_no_sop_class(tmp_path, into):
+    """`dicomvault get` from such a source: what came on a context of several syntaxes is
+    refused, then asked for again with its classes proposed in each syntax; every data set
+    as the source sends it, none converted on the way."""
+    corpus = ct_corpus(tmp_path / "corpus", 4, rows=16, columns=16, studies=1)
+    source = FirstOfListSource([g.path for g in corpus], lists_classes=False)
+    config = migrator_config(
+        tmp_path / "dicomvault.toml", free_port(), "QUIRKY", source.port, name="quirky"
+    )
+    cli = Cli(tmp_path / "archive", tmp_path)
+    out = tmp_path / "out"
+    where = ["--out", str(out)] if into == "files" else []
+    try:
+        study = f"StudyInstanceUID={corpus[0].study_instance_uid}"
+        result = cli.run("get", "quirky", "-k", study, *where, "--config", config)
+    finally:
+        source.stop()
+    assert "refused" not in result.stderr, result.stderr
+    if into == "files":
+        held = {path.stem: dataset_bytes(path.read_bytes()) for path in out.glob("*.dcm")}
+    else:
+        held = {uid: dataset_bytes(data) for uid, data in held_by(cli.root).items()}
+    assert held == {g.sop_instance_uid: dataset_bytes(g.path.read_bytes()) for g in corpus}

@@ -25,7 +25,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicomvault.bench.corpus import ct_corpus
-from dicomvault.net.bulk import MAX_CLASSES_IN_EACH_SYNTAX
+from dicomvault.net.as_held import MAX_CLASSES_IN_EACH_SYNTAX
 from dicomvault.net.vocabulary import STORAGE_SOP_CLASSES
 from tests.conftest import Cli
 from tests.migrate.test_dicomweb import held as data_sets_files
@@ -179,23 +179,48 @@ def test_more_classes_than_proposed_in_each_syntax_come_as_held(tmp_path):
     assert held == served
 
 
-def test_dicomvault_get_keeps_each_instance_as_held(tmp_path, files):
-    """The one-off `dicomvault get` (a C-GET into the archive) lists the classes first too."""
+def _got(cli: Cli, out: Path | None) -> dict[str, bytes]:
+    """What `dicomvault get` brought: SOP Instance UID -> data set (inflated if deflated),
+    from the archive or from the files it wrote into ``out``."""
+    if out is None:
+        return {uid: _comparable(data) for uid, data in data_sets_files(cli.root).items()}
+    return {path.stem: _comparable(path.read_bytes()) for path in out.glob("*.dcm")}
+
+
+@pytest.mark.parametrize("into", ["archive", "files"])
+def test_dicomvault_get_keeps_each_instance_as_held(tmp_path, files, into):
+    """The one-off `dicomvault get`, into the archive or into files (`--out`), lists the
+    classes first too: one study in 7 syntaxes, and one of 10 classes in JPEG 2000, which
+    Orthanc would fail on a context of several syntaxes and which are more classes than one
+    C-GET proposes in each syntax (it asks for them by series)."""
+    base = ct_corpus(tmp_path / "ct", 1, rows=64, columns=64)[0].path
+    many = generate_uid()
+    classes = STORAGE_SOP_CLASSES[3:13]
+    wide = [
+        _relabelled(base, tmp_path / f"many{n}.dcm", c, many, JPEG_2000_LOSSLESS)
+        for n, c in enumerate(classes)
+    ]
     orthanc = Orthanc(
         tmp_path, {}, options={"DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True}
     )
+    out = tmp_path / "out" if into == "files" else None
     try:
-        served = {uid: _comparable(file) for uid, file in _stored(orthanc, files).items()}
+        stored = _stored(orthanc, [*files, *wide])
+        served = {uid: _comparable(file) for uid, file in stored.items()}
         [study] = {pydicom.dcmread(path).StudyInstanceUID for path in files}
         config = migrator_config(
             tmp_path / "dicomvault.toml", free_port(), "ORTHANC", orthanc.dicom_port
         )
         cli = Cli(tmp_path / "archive", tmp_path)
-        cli.run("get", "pacs", "-k", f"StudyInstanceUID={study}", "--config", config)
+        where = ["--out", str(out)] if out is not None else []
+        for uid in (study, many):
+            got = cli.run(
+                "get", "pacs", "-k", f"StudyInstanceUID={uid}", *where, "--config", config
+            )
+            assert "0 failed" in got.stdout and "refused" not in got.stderr, got.stderr
     finally:
         orthanc.stop()
-    held = {uid: _comparable(data) for uid, data in data_sets_files(cli.root).items()}
-    assert held == served
+    assert _got(cli, out) == served
 
 
 @pytest.mark.parametrize("accept", [False, True])

@@ -21,7 +21,7 @@ from dicomvault import config
 from dicomvault.bench.corpus import ct_corpus
 from dicomvault.index import Level
 from dicomvault.net import query, vocabulary
-from dicomvault.net.bulk import MAX_CLASSES_IN_EACH_SYNTAX, MAX_CONTEXTS, BulkScu, get_contexts
+from dicomvault.net.bulk import BulkScu
 from dicomvault.net.policy import Modality
 from dicomvault.net.vocabulary import ScuError
 from dicomvault.store import Archive
@@ -52,36 +52,6 @@ def test_the_vocabulary_is_pynetdicoms_and_pydicoms():
         tuple([str(native[0]), *encapsulated, *map(str, native[1:])])
         == vocabulary.ACCEPTED_SYNTAXES
     )
-
-
-def test_a_get_proposes_the_classes_it_brings_in_each_syntax_within_128_contexts():
-    """PS3.8 7.1.1.13: one transfer syntax is accepted per context, so a class is proposed in
-    a context per syntax for its instances to come as the source holds them; context IDs are
-    the odd numbers 1-255 (PS3.8 9.3.2.2), 128 at most, two of them for the Get models."""
-    room = MAX_CONTEXTS - 2
-    usual = get_contexts(frozenset(), room)
-    assert [uid for uid, _ in usual] == list(vocabulary.STORAGE_SOP_CLASSES)
-    rare = vocabulary.RARER_STORAGE_SOP_CLASSES[0]  # not among the usual ones
-    ct, mr = vocabulary.STORAGE_SOP_CLASSES[10], vocabulary.STORAGE_SOP_CLASSES[40]
-    proposed = get_contexts(frozenset({ct, mr, rare}), room)
-    assert len(proposed) == room
-    for uid in (ct, mr, rare):
-        assert [syntaxes for u, syntaxes in proposed if u == uid] == [
-            [syntax] for syntax in vocabulary.GET_SYNTAXES
-        ]
-    # The rest of the room: the usual classes, one context each with every syntax.
-    rest = proposed[3 * len(vocabulary.GET_SYNTAXES) :]
-    assert all(syntaxes == vocabulary.GET_SYNTAXES for _, syntaxes in rest)
-    assert [uid for uid, _ in rest] == [
-        uid for uid in vocabulary.STORAGE_SOP_CLASSES if uid not in (ct, mr)
-    ][: len(rest)]
-    # More classes than fit in each syntax: those that do not come first, in one context.
-    many = frozenset(vocabulary.STORAGE_SOP_CLASSES[:20])
-    proposed = get_contexts(many, room)
-    assert len(proposed) == room
-    single = {uid for uid, syntaxes in proposed if len(syntaxes) == 1}
-    assert len(single) == MAX_CLASSES_IN_EACH_SYNTAX
-    assert many <= {uid for uid, _ in proposed}
 
 
 def test_a_migration_never_imports_pydicom_or_pynetdicom(tmp_path):

@@ -259,37 +259,52 @@ def get(
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
-    """C-GET from a remote AE into the archive (or --out DIR)."""
+    """C-GET from a remote AE into the archive (or --out DIR), each instance as the source
+    holds it: an IMAGE-level C-FIND lists their SOP Classes first, and the C-GET proposes
+    them in each transfer syntax (several C-GETs, by series, when they are many)."""
+    from dicomvault.net.as_held import GetRequest, fetch_as_held, get_requests
+    from dicomvault.net.bulk import BulkScu
     from dicomvault.net.scu import ScuError
 
     conf = settings(config, root)
     source = _target(conf, target)
+    asked, keys = _level(level), _keys(key)
     try:
+        lister = BulkScu(conf, source)
+        try:
+            requests = get_requests(asked, keys, lister.listing(keys))
+        finally:
+            lister.close()
         if out is not None:
-            result = _scu(conf).get(source, _level(level), _keys(key), out)
-        else:
-            from dicomvault.net.bulk import BulkScu
+            into, scu = out, _scu(conf)
 
+            def to_files(r: GetRequest) -> RetrieveResult:
+                return scu.get(source, r.level, r.keys, into, r.classes)
+
+            result = fetch_as_held(requests, to_files)
+        else:
             # Into the archive over the Rust SCU: the listener's receive path.
             with open_archive(config, root) as archive:
-                scu = BulkScu(conf, source, archive)
+                bulk = BulkScu(conf, source, archive)
+
+                def to_archive(r: GetRequest) -> RetrieveResult:
+                    return bulk.get(r.level, r.keys, classes=r.classes, as_held=True)
+
                 try:
-                    # Each instance as the source holds it: its class in each syntax.
-                    classes = scu.listed_classes(_keys(key))
-                    result = scu.get(_level(level), _keys(key), classes=classes, as_held=True)
+                    result = fetch_as_held(requests, to_archive)
                 finally:
-                    scu.close()
-            for uid, why in result.refused:
-                typer.echo(f"refused: {uid}: {why}", err=True)
-            for uid, sop_class in result.unproposed:
-                typer.echo(
-                    f"refused: {uid}: of {sop_class}, not proposed in each transfer syntax "
-                    "(unlisted, or past the classes one C-GET proposes so): it could have "
-                    "come in another syntax than the source holds it in",
-                    err=True,
-                )
+                    bulk.close()
     except ScuError as e:
         fail(str(e))
+    for uid, why in result.refused:
+        typer.echo(f"refused: {uid}: {why}", err=True)
+    for uid, sop_class in result.unproposed:
+        typer.echo(
+            f"refused: {uid}: of {sop_class}, not proposed in each transfer syntax "
+            "(unlisted, or more classes in one series than a C-GET proposes so): it could "
+            "have come in another syntax than the source holds it in",
+            err=True,
+        )
     _report("C-GET", result)
 
 

@@ -27,7 +27,8 @@ from dicomvault.migrate.pipeline import (
     log,
     windowed,
 )
-from dicomvault.net.bulk import MAX_CLASSES_IN_EACH_SYNTAX, BulkScu, Found
+from dicomvault.net.as_held import MAX_CLASSES_IN_EACH_SYNTAX, classes_by_series, series_groups
+from dicomvault.net.bulk import BulkScu, Found
 from dicomvault.net.policy import Modality
 from dicomvault.net.status import CANNOT_UNDERSTAND, MOVE_DESTINATION_UNKNOWN, describe
 from dicomvault.net.vocabulary import RetrieveResult, ScuError
@@ -290,7 +291,6 @@ class PacsMigration(Migration):
         syntax); from a source that names none, the request again with the classes it sent
         proposed so. An error message or ""."""
         wanted = {**keys, _SERIES: keys.get(_SERIES, ""), _IMAGES: "", "SOPClassUID": ""}
-        classes: dict[tuple[str, str], set[str]] = {}
         # A retrieving thread rarely queries: it holds no other association meanwhile, nor
         # this one after, not to hold several of the few the source serves at once.
         self.scu.release_mine("get")
@@ -302,11 +302,9 @@ class PacsMigration(Migration):
             self.scu.release_mine("find")
         if found.cancelled:
             return "listing the SOP Classes of what came converted or failed: cut short"
-        for m in found.matches:
-            where = (m.get("StudyInstanceUID", ""), m.get(_SERIES, ""))
-            classes.setdefault(where, set()).add(m.get("SOPClassUID", ""))
+        classes = classes_by_series(found.matches)
         requests: list[tuple[Level, Part, list[str], set[str]]]
-        if classes and not any("" in c or "" in where for where, c in classes.items()):
+        if classes:
             requests = [
                 (Level.SERIES, {"StudyInstanceUID": study, _SERIES: "\\".join(series)}, [study], c)
                 for study, series, c in series_groups(classes, self._study_lists)
@@ -340,28 +338,6 @@ def _instances(found: Found) -> dict[str, str]:
         for m in found.matches
         if m.get("SOPInstanceUID")
     }
-
-
-def series_groups(
-    classes: dict[tuple[str, str], set[str]], lists: bool
-) -> list[tuple[str, list[str], set[str]]]:
-    """The series of ``classes`` ((study, series) -> SOP Classes) in groups of one study
-    holding no more classes together than a C-GET proposes in each transfer syntax (a
-    series each, unless the source takes ``lists`` of UIDs): (study, series, classes)."""
-    groups: list[tuple[str, list[str], set[str]]] = []
-    for (study, series), held in sorted(classes.items(), key=lambda c: (c[0][0], sorted(c[1]))):
-        last = groups[-1] if groups else None
-        if (
-            last is None
-            or not lists
-            or last[0] != study
-            or len(last[2] | held) > MAX_CLASSES_IN_EACH_SYNTAX
-        ):
-            groups.append((study, [series], set(held)))
-        else:
-            last[1].append(series)
-            last[2].update(held)
-    return groups
 
 
 def parts_of(study: str, listed: dict[str, str], count: int) -> list[Part]:

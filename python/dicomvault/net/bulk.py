@@ -12,7 +12,7 @@ The CLI's one-off verbs keep pynetdicom (``net/scu.py``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -20,6 +20,12 @@ from dicomvault import _native
 from dicomvault.config import ConfigError, Settings
 from dicomvault.dicom.values import tag_and_vr
 from dicomvault.index import Level
+from dicomvault.net.as_held import (
+    LISTING_KEYS,
+    MAX_CLASSES_IN_EACH_SYNTAX,
+    MAX_CONTEXTS,
+    get_contexts,
+)
 from dicomvault.net.policy import Modality
 from dicomvault.net.status import CANCEL, SUCCESS, describe
 from dicomvault.net.vocabulary import (
@@ -27,7 +33,6 @@ from dicomvault.net.vocabulary import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     PATIENT_ROOT,
-    STORAGE_SOP_CLASSES,
     STUDY_ROOT,
     RetrieveResult,
     ScuError,
@@ -43,10 +48,6 @@ ACSE_TIMEOUT_S = 30.0
 # How long a peer may stay silent: a C-MOVE's source may take long between sub-operations.
 TIMEOUT_S = 600.0
 IDENTIFIER_SYNTAXES = GET_SYNTAXES[:2]
-# Presentation context IDs are the odd numbers 1-255 (PS3.8 9.3.2.2): 128 contexts at most.
-MAX_CONTEXTS = 128
-# SOP Classes a C-GET proposes in every transfer syntax at once (18 contexts each).
-MAX_CLASSES_IN_EACH_SYNTAX = 6
 
 T = TypeVar("T")
 
@@ -210,17 +211,18 @@ class BulkScu:
             )
         )
 
-    def listed_classes(self, keys: Mapping[str, str]) -> frozenset[str]:
-        """The SOP Classes of the instances ``keys`` match, from an IMAGE-level C-FIND (for
-        a C-GET to propose them in each transfer syntax); none when the source does not say
-        of every instance, or cannot be asked so."""
-        wanted = {**keys, "SOPInstanceUID": "", "SOPClassUID": ""}
+    def listing(self, keys: Mapping[str, str]) -> list[dict[str, str]] | None:
+        """The instances ``keys`` match, from an IMAGE-level C-FIND of ``LISTING_KEYS`` (to
+        plan a C-GET of them: ``as_held.get_requests``); None when the source cannot be
+        asked so."""
+        wanted = {**dict.fromkeys(LISTING_KEYS, ""), **keys}
         try:
             found = self.find(Level.IMAGE, wanted)
         except ScuError:
-            return frozenset()
-        classes = {m.get("SOPClassUID", "") for m in found.matches}
-        return frozenset() if found.cancelled or "" in classes else frozenset(classes)
+            return None
+        finally:
+            self.release_mine("find")
+        return None if found.cancelled else found.matches
 
     def move(self, destination: str, level: Level, keys: Mapping[str, str]) -> RetrieveResult:
         model, identifier = _model(level, 1), request_keys(keys)
@@ -244,19 +246,6 @@ class BulkScu:
             kept, self._open = self._open, []
         for association in kept:
             _release(association)
-
-
-def get_contexts(classes: Collection[str], room: int) -> list[tuple[str, list[str]]]:
-    """What a C-GET proposes to receive in ``room`` presentation contexts: each of
-    ``classes`` (the SOP Classes the instances asked for are of) in a context of its own for
-    each transfer syntax, since an acceptor takes one syntax per context (PS3.8 7.1.1.13) and
-    a source sends an instance as it holds it only in a context of its syntax; then, one
-    context each, the other classes those did not include, and the usual ones."""
-    each = sorted(classes)[: min(MAX_CLASSES_IN_EACH_SYNTAX, room // len(GET_SYNTAXES))]
-    proposed = [(uid, [syntax]) for uid in each for syntax in GET_SYNTAXES]
-    others = dict.fromkeys([*sorted(classes), *STORAGE_SOP_CLASSES])
-    proposed += [(uid, GET_SYNTAXES) for uid in others if uid not in each]
-    return proposed[:room]
 
 
 def _release(association: _native.ScuAssociation) -> None:

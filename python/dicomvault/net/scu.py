@@ -26,6 +26,7 @@ from pynetdicom.presentation import (
 
 from dicomvault.config import Settings
 from dicomvault.index import Level
+from dicomvault.net.as_held import MAX_CONTEXTS, get_contexts
 from dicomvault.net.outbound import StoredInstance, install
 from dicomvault.net.policy import Modality
 from dicomvault.net.query import PATIENT_ROOT, STUDY_ROOT, response_identifier
@@ -34,12 +35,11 @@ from dicomvault.net.status import (
     CANNOT_UNDERSTAND,
     PENDING,
     PENDING_WARNING,
+    SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
     describe,
 )
 from dicomvault.net.vocabulary import (
-    GET_SYNTAXES,
-    STORAGE_SOP_CLASSES,
     VERIFICATION,
     MatchingCancelled,
     RetrieveResult,
@@ -239,30 +239,44 @@ class Scu:
         self,
         target: Modality,
         level: Level,
-        keys: dict[str, str],
+        keys: Mapping[str, str],
         into: Path,
+        classes: frozenset[str] = frozenset(),
     ) -> RetrieveResult:
         """C-GET: the instances come back on this association, into a directory (the Rust
-        SCU, ``net/bulk.py``, is the one that stores into the archive)."""
+        SCU, ``net/bulk.py``, is the one that stores into the archive). ``classes`` are
+        proposed in a context per transfer syntax (``as_held.get_contexts``); an instance
+        sent on a context of several syntaxes, which the source may have converted to the
+        one that context took, is refused (0x0122) and named in ``unproposed``: a file
+        written is always the source's bytes."""
         model = PATIENT_ROOT[2] if level is Level.PATIENT else STUDY_ROOT[2]
-        storage = STORAGE_SOP_CLASSES
         contexts = [build_context(PATIENT_ROOT[2]), build_context(STUDY_ROOT[2])]
-        contexts += [build_context(uid, GET_SYNTAXES) for uid in storage]
-        roles = [build_role(uid, scp_role=True) for uid in storage]
+        storage = get_contexts(classes, MAX_CONTEXTS - len(contexts))
+        contexts += [build_context(uid, syntaxes) for uid, syntaxes in storage]
+        roles = [build_role(uid, scp_role=True) for uid in dict.fromkeys(u for u, _ in storage)]
+        unproposed: list[tuple[str, str]] = []
 
         def on_store(event: Event) -> int:
             request = event.request
             if not isinstance(request, C_STORE):
                 raise TypeError(f"{event.event.name}: not a C-STORE request")
+            sop_instance = str(request.AffectedSOPInstanceUID)
+            proposed = {c.context_id: c for c in event.assoc.requestor.requested_contexts}
+            context = proposed.get(event.context.context_id)
+            if context is None or len(context.transfer_syntax) != 1:
+                unproposed.append((sop_instance, str(request.AffectedSOPClassUID)))
+                return SOP_CLASS_NOT_SUPPORTED
             into.mkdir(parents=True, exist_ok=True)
-            sop_instance = request.AffectedSOPInstanceUID
             (into / f"{sop_instance}.dcm").write_bytes(event.encoded_dataset())
             return SUCCESS
 
-        service = f"get:{into}"
+        # Kept per set of classes: another set is other presentation contexts.
+        service = f"get:{into}:{','.join(sorted(classes))}"
         handlers = [(evt.EVT_C_STORE, on_store)]
         with self._using(target, service, contexts, ext_neg=roles, handlers=handlers) as assoc:
-            return self._retrieve(assoc.send_c_get(query_identifier(level, keys), model))
+            result = self._retrieve(assoc.send_c_get(query_identifier(level, dict(keys)), model))
+        result.unproposed = unproposed
+        return result
 
     def move(
         self, target: Modality, destination: str, level: Level, keys: dict[str, str]

@@ -6,6 +6,7 @@ end in."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dicomvault.net.status import SUCCESS
@@ -330,3 +331,17 @@ class RetrieveResult:
     @property
     def ok(self) -> bool:
         return self.status == SUCCESS and self.failed == 0
+
+    @classmethod
+    def combined(cls, results: Sequence[RetrieveResult]) -> RetrieveResult:
+        """Several retrieves as one: the first status that is not Success, the counts and
+        the lists of all."""
+        return cls(
+            status=next((r.status for r in results if r.status != SUCCESS), SUCCESS),
+            completed=sum(r.completed for r in results),
+            failed=sum(r.failed for r in results),
+            warning=sum(r.warning for r in results),
+            failed_uids=[uid for r in results for uid in r.failed_uids],
+            refused=[refused for r in results for refused in r.refused],
+            unproposed=[unproposed for r in results for unproposed in r.unproposed],
+        )

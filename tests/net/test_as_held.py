@@ -1,0 +1,79 @@
+"""How a C-GET is asked for each instance to come as held (``net/as_held.py``): the
+presentation contexts it proposes, and the requests a retrieve is cut into."""
+
+from __future__ import annotations
+
+from dicomvault.index import Level
+from dicomvault.net import vocabulary
+from dicomvault.net.as_held import (
+    MAX_CLASSES_IN_EACH_SYNTAX,
+    MAX_CONTEXTS,
+    GetRequest,
+    get_contexts,
+    get_requests,
+)
+
+
+def test_a_get_proposes_the_classes_it_brings_in_each_syntax_within_128_contexts():
+    """PS3.8 7.1.1.13: one transfer syntax is accepted per context, so a class is proposed in
+    a context per syntax for its instances to come as the source holds them; context IDs are
+    the odd numbers 1-255 (PS3.8 9.3.2.2), 128 at most, two of them for the Get models."""
+    room = MAX_CONTEXTS - 2
+    usual = get_contexts(frozenset(), room)
+    assert [uid for uid, _ in usual] == list(vocabulary.STORAGE_SOP_CLASSES)
+    rare = vocabulary.RARER_STORAGE_SOP_CLASSES[0]  # not among the usual ones
+    ct, mr = vocabulary.STORAGE_SOP_CLASSES[10], vocabulary.STORAGE_SOP_CLASSES[40]
+    proposed = get_contexts(frozenset({ct, mr, rare}), room)
+    assert len(proposed) == room
+    for uid in (ct, mr, rare):
+        assert [syntaxes for u, syntaxes in proposed if u == uid] == [
+            [syntax] for syntax in vocabulary.GET_SYNTAXES
+        ]
+    # The rest of the room: the usual classes, one context each with every syntax.
+    rest = proposed[3 * len(vocabulary.GET_SYNTAXES) :]
+    assert all(syntaxes == vocabulary.GET_SYNTAXES for _, syntaxes in rest)
+    assert [uid for uid, _ in rest] == [
+        uid for uid in vocabulary.STORAGE_SOP_CLASSES if uid not in (ct, mr)
+    ][: len(rest)]
+    # More classes than fit in each syntax: those that do not come first, in one context.
+    many = frozenset(vocabulary.STORAGE_SOP_CLASSES[:20])
+    proposed = get_contexts(many, room)
+    assert len(proposed) == room
+    single = {uid for uid, syntaxes in proposed if len(syntaxes) == 1}
+    assert len(single) == MAX_CLASSES_IN_EACH_SYNTAX
+    assert many <= {uid for uid, _ in proposed}
+
+
+def test_a_retrieve_of_more_classes_than_one_get_proposes_so_is_cut_by_series():
+    """Up to MAX_CLASSES_IN_EACH_SYNTAX classes: the request as asked; more: one
+    SERIES-level request per series; a listing that names no class: as asked, none known."""
+    classes = vocabulary.STORAGE_SOP_CLASSES
+    asked = {"StudyInstanceUID": "1.2"}
+
+    def listing(count: int) -> list[dict[str, str]]:
+        # Two instances a series, a class a series.
+        return [
+            {
+                "StudyInstanceUID": "1.2",
+                "SeriesInstanceUID": f"1.2.{n}",
+                "SOPInstanceUID": f"1.2.{n}.{i}",
+                "SOPClassUID": classes[n],
+            }
+            for n in range(count)
+            for i in (1, 2)
+        ]
+
+    few = MAX_CLASSES_IN_EACH_SYNTAX
+    assert get_requests(Level.STUDY, asked, listing(few)) == [
+        GetRequest(Level.STUDY, asked, frozenset(classes[:few]))
+    ]
+    many = get_requests(Level.STUDY, asked, listing(few + 1))
+    assert sorted((r.level, r.keys["SeriesInstanceUID"], r.classes) for r in many) == sorted(
+        (Level.SERIES, f"1.2.{n}", frozenset({classes[n]})) for n in range(few + 1)
+    )
+    assert all(r.keys["StudyInstanceUID"] == "1.2" for r in many)
+    unnamed = [{**m, "SOPClassUID": ""} for m in listing(few + 1)]
+    for unknown in (None, [], unnamed):
+        assert get_requests(Level.STUDY, asked, unknown) == [
+            GetRequest(Level.STUDY, asked, frozenset())
+        ]
