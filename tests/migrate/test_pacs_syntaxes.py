@@ -269,3 +269,58 @@ def test_private_sop_classes_by_c_move_when_accepted(tmp_path, accept):
         # know, and the migration says what either can mean.
         assert result.returncode == 1 and "accept_private_sop_classes" in result.stderr
         assert pydicom.dcmread(files[0]).SOPInstanceUID not in held
+
+
+def _video(out: Path, study: str) -> Path:
+    """A Video Endoscopic instance in MPEG-4 AVC/H.264 High Profile / Level 4.1 (its stream
+    made up: nothing on the way decodes it)."""
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality = "VIDEO", "Video^Patient", "ES"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_PARTIAL_420"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 64, 64, 2
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PlanarConfiguration = 0
+    ds.PixelData = pydicom.encaps.encapsulate([bytes(range(256)) * 40])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+@pytest.mark.parametrize("how", ["migrate", "get --out"])
+def test_a_video_comes_in_its_video_syntax(tmp_path, how):
+    """A study of a CT in Implicit VR and a Video Endoscopic instance in H.264: the video
+    class is proposed in each video syntax too (which the other classes are not), so Orthanc
+    sends the video as it holds it rather than failing it (it cannot convert it)."""
+    study = generate_uid()
+    base = ct_corpus(tmp_path / "ct", 1, rows=16, columns=16)[0].path
+    files = [
+        _relabelled(base, tmp_path / "ct.dcm", STORAGE_SOP_CLASSES[10], study, "1.2.840.10008.1.2"),
+        _video(tmp_path / "video.dcm", study),
+    ]
+    port = free_port()
+    orthanc = Orthanc(
+        tmp_path,
+        {"vault": [OUR_AET, "127.0.0.1", port]},
+        options={"DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True},
+    )
+    try:
+        served = {uid: _comparable(file) for uid, file in _stored(orthanc, files).items()}
+        config = migrator_config(tmp_path / "dicomvault.toml", port, "ORTHANC", orthanc.dicom_port)
+        cli = Cli(tmp_path / "archive", tmp_path)
+        if how == "migrate":
+            result = cli.run("migrate", "pacs", "pacs", "--method", "get", "--config", config)
+            assert "1 of 1 studies verified" in result.stdout, result.stdout
+            got = {uid: _comparable(data) for uid, data in data_sets_files(cli.root).items()}
+        else:
+            out = tmp_path / "out"
+            keys = f"StudyInstanceUID={study}"
+            cli.run("get", "pacs", "-k", keys, "--out", str(out), "--config", config)
+            got = _got(cli, out)
+    finally:
+        orthanc.stop()
+    assert got == served

@@ -77,3 +77,18 @@ def test_a_retrieve_of_more_classes_than_one_get_proposes_so_is_cut_by_series():
         assert get_requests(Level.STUDY, asked, unknown) == [
             GetRequest(Level.STUDY, asked, frozenset())
         ]
+
+
+def test_a_video_class_is_proposed_in_each_video_syntax_too():
+    """PS3.5 8.2.5-8.2.12: MPEG-2, H.264 and HEVC hold video classes' instances; the other
+    classes are not proposed in them (the room would hold fewer classes each syntax)."""
+    [video, *_] = sorted(vocabulary.VIDEO_SOP_CLASSES)
+    ct = vocabulary.STORAGE_SOP_CLASSES[10]
+    proposed = get_contexts(frozenset({video, ct}), MAX_CONTEXTS - 2)
+    alone = [(uid, syntaxes[0]) for uid, syntaxes in proposed if len(syntaxes) == 1]
+    assert [s for uid, s in alone if uid == video] == [
+        *vocabulary.GET_SYNTAXES,
+        *vocabulary.VIDEO_SYNTAXES,
+    ]
+    assert [s for uid, s in alone if uid == ct] == vocabulary.GET_SYNTAXES
+    assert "1.2.840.10008.1.2.4.102" in vocabulary.VIDEO_SYNTAXES  # H.264 High Profile 4.1

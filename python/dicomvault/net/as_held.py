@@ -11,7 +11,13 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from dicomvault.index import Level
-from dicomvault.net.vocabulary import GET_SYNTAXES, STORAGE_SOP_CLASSES, RetrieveResult
+from dicomvault.net.vocabulary import (
+    GET_SYNTAXES,
+    STORAGE_SOP_CLASSES,
+    VIDEO_SOP_CLASSES,
+    VIDEO_SYNTAXES,
+    RetrieveResult,
+)
 
 # Presentation context IDs are the odd numbers 1-255 (PS3.8 9.3.2.2): 128 contexts at most.
 MAX_CONTEXTS = 128
@@ -22,13 +28,26 @@ MAX_CLASSES_IN_EACH_SYNTAX = 6
 LISTING_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
+def syntaxes_of(sop_class: str) -> list[str]:
+    """The transfer syntaxes an instance of ``sop_class`` may be held in, of those the
+    listener takes: the video ones too for a video class."""
+    if sop_class in VIDEO_SOP_CLASSES:
+        return [*GET_SYNTAXES, *VIDEO_SYNTAXES]
+    return GET_SYNTAXES
+
+
 def get_contexts(classes: Collection[str], room: int) -> list[tuple[str, list[str]]]:
     """What a C-GET proposes to receive in ``room`` presentation contexts: each of
-    ``classes`` (the SOP Classes the instances asked for are of) in a context of its own for
-    each transfer syntax; then, one context each, the other classes those did not include,
-    and the usual ones."""
-    each = sorted(classes)[: min(MAX_CLASSES_IN_EACH_SYNTAX, room // len(GET_SYNTAXES))]
-    proposed = [(uid, [syntax]) for uid in each for syntax in GET_SYNTAXES]
+    ``classes`` (the SOP Classes the instances asked for are of), up to
+    ``MAX_CLASSES_IN_EACH_SYNTAX`` of them, in a context of its own for each syntax it may be
+    held in; then, one context each, the other classes those did not include, and the usual
+    ones."""
+    each: list[str] = []
+    for uid in sorted(classes):
+        used = sum(len(syntaxes_of(u)) for u in each)
+        if len(each) < MAX_CLASSES_IN_EACH_SYNTAX and used + len(syntaxes_of(uid)) <= room:
+            each.append(uid)
+    proposed = [(uid, [syntax]) for uid in each for syntax in syntaxes_of(uid)]
     others = dict.fromkeys([*sorted(classes), *STORAGE_SOP_CLASSES])
     proposed += [(uid, GET_SYNTAXES) for uid in others if uid not in each]
     return proposed[:room]

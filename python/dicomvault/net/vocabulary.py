@@ -36,7 +36,8 @@ IMPLEMENTATION_VERSION_NAME = "DICOMVAULT_010"
 
 # What a C-GET requestor offers to receive in: native first, then the compressions. A class
 # proposed in a context per syntax comes in the syntax the source holds it in only if that
-# syntax is among these: every one the listener takes but video's and JPIP's.
+# syntax is among these: every one the listener takes but JPIP's and video's (``VIDEO_SYNTAXES``,
+# proposed to the video classes only).
 GET_SYNTAXES = [
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
@@ -303,6 +304,19 @@ ACCEPTED_SYNTAXES = (
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
+)
+
+
+# The Video Endoscopic, Microscopic and Photographic Image Storage classes (PS3.4 B.5), whose
+# instances are held in the video syntaxes (PS3.5 8.2.5-8.2.12): MPEG-2, H.264, HEVC and
+# SMPTE ST 2110. A C-GET proposes those syntaxes to these classes alone.
+VIDEO_SOP_CLASSES = frozenset(
+    uid for uid in STORAGE_SOP_CLASSES if uid.endswith((".77.1.1.1", ".77.1.2.1", ".77.1.4.1"))
+)
+VIDEO_SYNTAXES = tuple(
+    uid
+    for uid in ACCEPTED_SYNTAXES
+    if uid.startswith(("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.7."))
 )
 
 
