@@ -162,21 +162,40 @@ def test_basic_and_bearer_and_what_is_refused(secured):
 
 
 def test_failed_logins_are_limited(tmp_path):
+    """Guesses of a user's password past max_failed_logins are refused (429) unchecked; the
+    others behind the same address (a load balancer's, a NAT's) are not locked out with
+    them: another user, a valid token, the user whose password the server verified before.
+    X-Forwarded-For changes neither the address counted nor the one audited."""
     srv = Secured(tmp_path, http={"max_failed_logins": 3, "failed_login_window_s": 60}).start()
+    url = f"{srv.url}/statistics"
+    forged = {"X-Forwarded-For": "10.9.9.9"}
     try:
-        for _ in range(3):
-            assert httpx.get(f"{srv.url}/statistics", auth=("boss", "guess")).status_code == 401
-        limited = httpx.get(f"{srv.url}/statistics", auth=("boss", PASSWORDS["boss"]))
+        assert srv.basic("boss").get("/statistics").status_code == 200
+        for user in ("boss", "writer"):
+            for _ in range(3):
+                assert httpx.get(url, auth=(user, "guess"), headers=forged).status_code == 401
+        limited = httpx.get(url, auth=("writer", PASSWORDS["writer"]))
         assert limited.status_code == 429  # even the right password: it is not checked
         assert 0 < int(limited.headers["retry-after"]) <= 60
+        assert httpx.get(url, auth=("boss", "guess")).status_code == 429
+        # Verified before the guesses: still the user's.
+        assert httpx.get(url, auth=("boss", PASSWORDS["boss"])).status_code == 200
         login = httpx.post(f"{srv.url}/auth/login", json={"username": "reader", "password": "x"})
-        assert login.status_code == 429  # the same address, whatever the user
+        assert login.status_code == 401  # checked: another user, though the same address
+        with srv.client(Role.READ) as reader:
+            assert reader.get("/statistics").status_code == 200
+        # Tokens are guessed per address: past the count a wrong one is 429, a right one not.
+        bad = {"Authorization": "Bearer dvt_x_y"}
+        assert [httpx.get(url, headers=bad).status_code for _ in range(4)] == [401] * 3 + [429]
+        with srv.client(Role.READ) as reader:
+            assert reader.get("/statistics").status_code == 200
         failed = [
             r
             for r in read_records(srv.server.root / "audit")
             if r["event"] == "login" and r["outcome"] == "failure"
         ]
-        assert len(failed) == 3 and {r["address"] for r in failed} == {"127.0.0.1"}
+        assert len(failed) == 3 + 3 + 1 + 3
+        assert {r["address"] for r in failed} == {"127.0.0.1"}
     finally:
         assert srv.server.stop() == 0
 

@@ -7,9 +7,12 @@ then the credentials — HTTP Basic (a user's password), Bearer (an API token, o
 ``auth = "oidc"`` an OpenID Connect JWT) or the web UI's session cookie — name a principal
 (401 otherwise; a browser navigating is sent to the login page); the principal's role must be
 the route's (403); a state-changing request authenticated by the cookie must carry the
-session's CSRF token in ``X-CSRF-Token`` (403). Failed logins are counted per client address
-and per user name: past ``max_failed_logins`` in ``failed_login_window_s`` the next are
-refused (429) without a password check. With ``auth = "none"`` (loopback only) every request
+session's CSRF token in ``X-CSRF-Token`` (403). Failed logins are counted per user name,
+per client address and user name, and (API tokens, JWTs) per client address: past
+``max_failed_logins`` in ``failed_login_window_s`` the next are refused (429) without a
+password check. A valid token, and a password this server verified lately, are never refused
+so: a token cannot be guessed, and one client's guesses must not lock out the others behind
+the same address (a load balancer, a NAT). With ``auth = "none"`` (loopback only) every request
 is the anonymous administrator, and only the Host check applies.
 """
 
@@ -342,11 +345,11 @@ class Authenticator:
         return None, None
 
     async def password_login(self, scope: Scope, user: str, password: str) -> Principal:
-        keys = [f"address:{_client(scope)}", f"user:{user}"]
-        self._throttle(keys)
+        keys = [f"address:{_client(scope)}:user:{user}", f"user:{user}"]
         cached = self._cached_password(user, password)
         if cached is not None:
             return cached
+        self._throttle(keys)
         principal = await asyncio.to_thread(self.accounts.check_password, user, password)
         if principal is None:
             raise self._failed(scope, keys, user, "password")
@@ -381,11 +384,13 @@ class Authenticator:
             self._basic.popitem(last=False)
 
     async def _bearer(self, scope: Scope, token: str) -> Principal:
+        # Checked before the count: a token cannot be guessed, so a valid one is taken
+        # whatever others tried from the same address; a wrong one past the count is 429.
         keys = [f"address:{_client(scope)}"]
-        self._throttle(keys)
         if token.startswith("dvt_") or self.oidc is None:
             principal = self.accounts.check_token(token)
             if principal is None:
+                self._throttle(keys)
                 raise self._failed(scope, keys, "", "token")
             return principal
         try:
@@ -394,6 +399,7 @@ class Authenticator:
             log.error("OpenID Connect issuer unavailable: %s", e)
             raise Refused(_error(503, "the identity provider cannot be reached")) from e
         except OidcRejected as e:
+            self._throttle(keys)
             raise self._failed(scope, keys, "", f"oidc: {e}") from e
 
     def _throttle(self, keys: list[str]) -> None:

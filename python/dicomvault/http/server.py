@@ -33,6 +33,10 @@ class HttpServer:
             ssl_keyfile=str(http["tls_private_key"]) or None,
             ssl_ciphers=CIPHERS,
             h11_max_incomplete_event_size=int(http["max_header_kb"]) << 10,
+            # The peer's address is the connection's: uvicorn would otherwise take
+            # X-Forwarded-For from any local process, which could then forge the address
+            # the audit trail records and the failed-login count goes by.
+            proxy_headers=False,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
