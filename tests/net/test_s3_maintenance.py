@@ -84,6 +84,9 @@ def test_gc_on_s3_collects_garbage_once_while_the_nodes_serve(tmp_path, pg_url, 
             assert "running on another node" in b.run("gc", "--grace", "0").stdout
         index.close()
 
+        # S3 dates an object to the second, and gc takes one written within the second it
+        # started for recent: a second after the last write, every orphan is past --grace 0.
+        time.sleep(1.0)
         # Started on both nodes at once: one acts (or, if one ends before the other starts,
         # the second finds nothing left); together they trash the four orphans once, and
         # delete none while the nodes serve (what they trashed may be a C-STORE's in flight).

@@ -52,6 +52,9 @@ def test_c_stores_fail_while_s3_is_down_and_succeed_once_it_is_back(tmp_path, pg
             assert SUCCESS not in down and down.count(OUT_OF_RESOURCES) == 1, down
         assert server.alive
         assert found(server, tmp_path) == {c.sop_instance_uid for c in before}
+        # The heartbeats are the index's: the node is listed while the bucket is down.
+        listed = server.run("nodes").stdout
+        assert "serving" in listed and "silent" not in listed, listed
 
         s3.start()
         back = storescu(server, [c.path for c in small + large])

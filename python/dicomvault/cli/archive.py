@@ -25,7 +25,7 @@ from dicomvault.index import Level, Record, backends
 from dicomvault.index.levels import PLURALS
 from dicomvault.index.protocol import IndexUnavailable
 from dicomvault.store import Archive, IngestOutcome
-from dicomvault.store.backends import StorageError, on_object_storage
+from dicomvault.store.backends import StorageError, on_object_storage, serving_nodes
 from dicomvault.store.importer import import_paths
 from dicomvault.store.maintenance import PackRewritten, RewriteReport
 
@@ -323,12 +323,12 @@ def stats(
 
 @app.command()
 def nodes(config: ConfigOption = None, root: RootOption = None) -> None:
-    """The nodes serving an archive on S3 + PostgreSQL, as their heartbeats say."""
-    with open_archive(config, root) as archive:
-        try:
-            seen = archive.nodes()
-        except IndexUnavailable as e:
-            fail(str(e))
+    """The nodes serving an archive on S3 + PostgreSQL, as their heartbeats say (read from
+    the index alone: listed while S3 is down too)."""
+    try:
+        seen = serving_nodes(settings(config, root))
+    except (IndexUnavailable, backends.BackendError, StorageError) as e:
+        fail(str(e))
     if not seen:
         typer.echo("no node is serving now (nodes beat on S3 + PostgreSQL only)")
         return

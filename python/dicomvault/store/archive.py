@@ -710,10 +710,6 @@ class Archive:
         self._heartbeat = threading.Thread(target=run, name="heartbeat", daemon=True)
         self._heartbeat.start()
 
-    def nodes(self) -> list[NodeSeen]:
-        """The nodes serving the archive, as their heartbeats say (none on packs)."""
-        return self.index.nodes()
-
     def node_beating(self) -> NodeSeen | None:
         """On object storage, the serving node that beats under this process's number."""
         if not self.store.on_objects:

@@ -7,8 +7,9 @@ from __future__ import annotations
 from dicomvault import _native
 from dicomvault.config import Settings
 from dicomvault.dicom.values import wanted
-from dicomvault.index.backends import store_identity
+from dicomvault.index.backends import open_index, store_identity
 from dicomvault.index.levels import INDEXED_KEYWORDS
+from dicomvault.index.records import NodeSeen
 
 BACKENDS = ("packs", "s3")
 
@@ -83,3 +84,15 @@ def storage_identity(settings: Settings) -> str:
         endpoint = storage["endpoint"] or f"aws:{storage['region']}"
         return f"s3:{endpoint}/{storage['bucket']}/{storage['prefix']}"
     return store_identity(settings.root)
+
+
+def serving_nodes(settings: Settings) -> list[NodeSeen]:
+    """The nodes' heartbeats (none on packs), read from the index alone: an operator lists
+    them while the bucket cannot be reached, which is when they are wanted."""
+    if not on_object_storage(settings):
+        return []
+    index = open_index(settings, store=storage_identity(settings))
+    try:
+        return index.nodes()
+    finally:
+        index.close()
