@@ -128,8 +128,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "allowed_hosts": [],
         # A web UI session ends after this long without a request.
         "session_idle_minutes": 30,
-        # Failed logins a user name (or a client address, for a user or for tokens) may
-        # make per window.
+        # Failed logins a user name may make per window (a client address: ten times as
+        # many).
         "max_failed_logins": 10,
         "failed_login_window_s": 300,
     },

@@ -162,39 +162,37 @@ def test_basic_and_bearer_and_what_is_refused(secured):
 
 
 def test_failed_logins_are_limited(tmp_path):
-    """Guesses of a user's password past max_failed_logins are refused (429) unchecked; the
-    others behind the same address (a load balancer's, a NAT's) are not locked out with
-    them: another user, a valid token, the user whose password the server verified before.
-    X-Forwarded-For changes neither the address counted nor the one audited."""
+    """Guesses of a user's password past max_failed_logins are refused (429) unchecked, the
+    right one too; the others behind the same address (a load balancer's, a NAT's) are not
+    locked out with it until the address itself has failed ten times as often (spraying
+    one password over many user names); a valid token never is. X-Forwarded-For changes
+    neither the address counted nor the one audited."""
     srv = Secured(tmp_path, http={"max_failed_logins": 3, "failed_login_window_s": 60}).start()
     url = f"{srv.url}/statistics"
     forged = {"X-Forwarded-For": "10.9.9.9"}
     try:
         assert srv.basic("boss").get("/statistics").status_code == 200
-        for user in ("boss", "writer"):
-            for _ in range(3):
-                assert httpx.get(url, auth=(user, "guess"), headers=forged).status_code == 401
-        limited = httpx.get(url, auth=("writer", PASSWORDS["writer"]))
+        for _ in range(3):
+            assert httpx.get(url, auth=("boss", "guess"), headers=forged).status_code == 401
+        limited = httpx.get(url, auth=("boss", PASSWORDS["boss"]))
         assert limited.status_code == 429  # even the right password: it is not checked
         assert 0 < int(limited.headers["retry-after"]) <= 60
-        assert httpx.get(url, auth=("boss", "guess")).status_code == 429
-        # Verified before the guesses: still the user's.
-        assert httpx.get(url, auth=("boss", PASSWORDS["boss"])).status_code == 200
+        assert httpx.get(url, auth=("writer", PASSWORDS["writer"])).status_code == 200
         login = httpx.post(f"{srv.url}/auth/login", json={"username": "reader", "password": "x"})
         assert login.status_code == 401  # checked: another user, though the same address
+        # Spraying: the address's failures reach 3 x CLIENTS_PER_ADDRESS = 30.
+        sprayed = [httpx.get(url, auth=(f"user{n}", "guess")).status_code for n in range(27)]
+        assert sprayed == [401] * 26 + [429]
+        assert httpx.get(url, auth=("writer", PASSWORDS["writer"])).status_code == 429
         with srv.client(Role.READ) as reader:
             assert reader.get("/statistics").status_code == 200
-        # Tokens are guessed per address: past the count a wrong one is 429, a right one not.
-        bad = {"Authorization": "Bearer dvt_x_y"}
-        assert [httpx.get(url, headers=bad).status_code for _ in range(4)] == [401] * 3 + [429]
-        with srv.client(Role.READ) as reader:
-            assert reader.get("/statistics").status_code == 200
+        assert httpx.get(url, headers={"Authorization": "Bearer dvt_x_y"}).status_code == 429
         failed = [
             r
             for r in read_records(srv.server.root / "audit")
             if r["event"] == "login" and r["outcome"] == "failure"
         ]
-        assert len(failed) == 3 + 3 + 1 + 3
+        assert len(failed) == 3 + 1 + 26
         assert {r["address"] for r in failed} == {"127.0.0.1"}
     finally:
         assert srv.server.stop() == 0

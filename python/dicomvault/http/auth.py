@@ -7,13 +7,13 @@ then the credentials — HTTP Basic (a user's password), Bearer (an API token, o
 ``auth = "oidc"`` an OpenID Connect JWT) or the web UI's session cookie — name a principal
 (401 otherwise; a browser navigating is sent to the login page); the principal's role must be
 the route's (403); a state-changing request authenticated by the cookie must carry the
-session's CSRF token in ``X-CSRF-Token`` (403). Failed logins are counted per user name,
-per client address and user name, and (API tokens, JWTs) per client address: past
-``max_failed_logins`` in ``failed_login_window_s`` the next are refused (429) without a
-password check. A valid token, and a password this server verified lately, are never refused
-so: a token cannot be guessed, and one client's guesses must not lock out the others behind
-the same address (a load balancer, a NAT). With ``auth = "none"`` (loopback only) every request
-is the anonymous administrator, and only the Host check applies.
+session's CSRF token in ``X-CSRF-Token`` (403). Failed logins are counted per user name and
+per client address: past ``max_failed_logins`` for a user, or ``CLIENTS_PER_ADDRESS`` times
+that for an address, in ``failed_login_window_s``, the next are refused (429) without a
+password check — so one client guessing does not lock out the others behind its address (a
+load balancer, a NAT). A valid API token or JWT is never refused so: it cannot be guessed.
+With ``auth = "none"`` (loopback only) every request is the anonymous administrator, and only
+the Host check applies.
 """
 
 from __future__ import annotations
@@ -155,6 +155,14 @@ def request_source(request: Request, channel: str) -> str:
     )
 
 
+# The failures one client address may make per window, in max_failed_logins: several users
+# may share an address (a NAT, a load balancer), and one of them guessing must not lock out
+# the others, while one address spraying a password over many user names is still stopped.
+CLIENTS_PER_ADDRESS = 10
+# Keys counted before those past the window are swept out.
+FORGET_PAST = 4096
+
+
 def _client(scope: Scope) -> str:
     client = scope.get("client")
     return client[0] if client else ""
@@ -192,12 +200,16 @@ class FailedLogins:
 
     def failed(self, keys: Iterable[str]) -> None:
         now = time.monotonic()
+        if len(self._failures) > FORGET_PAST:
+            # Names tried once are not kept for ever: those past the window go.
+            for key in list(self._failures):
+                self._recent(key, now)
         for key in keys:
             self._recent(key, now)
             self._failures.setdefault(key, collections.deque()).append(now)
 
-    def succeeded(self, user_key: str) -> None:
-        self._failures.pop(user_key, None)
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
 
 
 # Sessions -------------------------------------------------------------------------------------
@@ -298,9 +310,9 @@ class Authenticator:
         self.secure = bool(http["tls_certificate"])
         self.accounts = Accounts(settings.root)
         self.sessions = Sessions(float(http["session_idle_minutes"]) * 60)
-        self.failures = FailedLogins(
-            int(http["max_failed_logins"]), float(http["failed_login_window_s"])
-        )
+        limit, window = int(http["max_failed_logins"]), float(http["failed_login_window_s"])
+        self.by_user = FailedLogins(limit, window)
+        self.by_address = FailedLogins(limit * CLIENTS_PER_ADDRESS, window)
         self.oidc = (
             OidcVerifier(
                 str(http["oidc_issuer"]),
@@ -345,15 +357,16 @@ class Authenticator:
         return None, None
 
     async def password_login(self, scope: Scope, user: str, password: str) -> Principal:
-        keys = [f"address:{_client(scope)}:user:{user}", f"user:{user}"]
+        # Counted before anything is checked, the remembered passwords too: past the count
+        # a right guess must look like a wrong one.
+        self._throttle(scope, user)
         cached = self._cached_password(user, password)
         if cached is not None:
             return cached
-        self._throttle(keys)
         principal = await asyncio.to_thread(self.accounts.check_password, user, password)
         if principal is None:
-            raise self._failed(scope, keys, user, "password")
-        self.failures.succeeded(keys[1])
+            raise self._failed(scope, user, "password")
+        self.by_user.succeeded(user)
         self._remember_password(user, password)
         return principal
 
@@ -386,12 +399,11 @@ class Authenticator:
     async def _bearer(self, scope: Scope, token: str) -> Principal:
         # Checked before the count: a token cannot be guessed, so a valid one is taken
         # whatever others tried from the same address; a wrong one past the count is 429.
-        keys = [f"address:{_client(scope)}"]
         if token.startswith("dvt_") or self.oidc is None:
             principal = self.accounts.check_token(token)
             if principal is None:
-                self._throttle(keys)
-                raise self._failed(scope, keys, "", "token")
+                self._throttle(scope, "")
+                raise self._failed(scope, "", "token")
             return principal
         try:
             return await asyncio.to_thread(self.oidc.verify, token)
@@ -399,19 +411,25 @@ class Authenticator:
             log.error("OpenID Connect issuer unavailable: %s", e)
             raise Refused(_error(503, "the identity provider cannot be reached")) from e
         except OidcRejected as e:
-            self._throttle(keys)
-            raise self._failed(scope, keys, "", f"oidc: {e}") from e
+            self._throttle(scope, "")
+            raise self._failed(scope, "", f"oidc: {e}") from e
 
-    def _throttle(self, keys: list[str]) -> None:
-        wait = self.failures.retry_after(keys)
+    def _throttle(self, scope: Scope, user: str) -> None:
+        """429 past the failures of the client's address, or of ``user`` (when one)."""
+        wait = max(
+            self.by_address.retry_after([_client(scope)]),
+            self.by_user.retry_after([user] if user else []),
+        )
         if wait:
             raise Refused(
                 _error(429, "too many failed logins: try again later", {"Retry-After": str(wait)})
             )
 
-    def _failed(self, scope: Scope, keys: list[str], user: str, how: str) -> Refused:
+    def _failed(self, scope: Scope, user: str, how: str) -> Refused:
         """Counts and records a failed login; the refusal to raise."""
-        self.failures.failed(keys)
+        self.by_address.failed([_client(scope)])
+        if user:
+            self.by_user.failed([user])
         self.audit.record(
             "login",
             Who(user=user or None, address=_client(scope), via="http"),
