@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 
 from dicomvault.bench.corpus import ct_corpus
 from dicomvault.net.as_held import MAX_CLASSES_IN_EACH_SYNTAX
-from dicomvault.net.vocabulary import STORAGE_SOP_CLASSES
+from dicomvault.net.vocabulary import STORAGE_SOP_CLASSES, VIDEO_SOP_CLASSES
 from tests.conftest import Cli
 from tests.migrate.test_dicomweb import held as data_sets_files
 from tests.migrate.test_pacs import OUR_AET, migrator_config
@@ -71,10 +71,11 @@ def _stored(orthanc: Orthanc, files: list[Path]) -> dict[str, bytes]:
     return stored
 
 
-def _comparable(file: bytes) -> bytes:
-    """A Part 10 file's data set, inflated when deflated."""
+def _comparable(file: bytes) -> tuple[str, bytes]:
+    """A Part 10 file's transfer syntax and data set, inflated when deflated (a data set
+    re-encoded in another syntax compares other, the deflated one by its syntax)."""
     data = dataset_bytes(file)
-    return zlib.decompress(data, -15) if _syntax(file) == DEFLATED else data
+    return _syntax(file), zlib.decompress(data, -15) if _syntax(file) == DEFLATED else data
 
 
 def _syntax(data: bytes) -> str:
@@ -166,7 +167,7 @@ def test_more_classes_than_proposed_in_each_syntax_come_as_held(tmp_path):
     try:
         stored = _stored(orthanc, files)
         assert {_syntax(file) for file in stored.values()} == {implicit, JPEG_2000_LOSSLESS}
-        served = {uid: dataset_bytes(file) for uid, file in stored.items()}
+        served = {uid: _comparable(file) for uid, file in stored.items()}
         config = migrator_config(tmp_path / "dicomvault.toml", port, "ORTHANC", orthanc.dicom_port)
         cli = Cli(tmp_path / "archive", tmp_path)
         result = cli.run(
@@ -175,11 +176,11 @@ def test_more_classes_than_proposed_in_each_syntax_come_as_held(tmp_path):
         assert "13 of 13 studies verified" in result.stdout, result.stdout
     finally:
         orthanc.stop()
-    held = {uid: dataset_bytes(data) for uid, data in data_sets_files(cli.root).items()}
+    held = {uid: _comparable(data) for uid, data in data_sets_files(cli.root).items()}
     assert held == served
 
 
-def _got(cli: Cli, out: Path | None) -> dict[str, bytes]:
+def _got(cli: Cli, out: Path | None) -> dict[str, tuple[str, bytes]]:
     """What `dicomvault get` brought: SOP Instance UID -> data set (inflated if deflated),
     from the archive or from the files it wrote into ``out``."""
     if out is None:
@@ -271,13 +272,13 @@ def test_private_sop_classes_by_c_move_when_accepted(tmp_path, accept):
         assert pydicom.dcmread(files[0]).SOPInstanceUID not in held
 
 
-def _video(out: Path, study: str) -> Path:
-    """A Video Endoscopic instance in MPEG-4 AVC/H.264 High Profile / Level 4.1 (its stream
-    made up: nothing on the way decodes it)."""
+def _video(out: Path, study: str, sop_class: str) -> Path:
+    """An instance of a video class in MPEG-4 AVC/H.264 High Profile / Level 4.1, in a
+    series of its own (its stream made up: nothing on the way decodes it)."""
     ds = pydicom.Dataset()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
     ds.PatientID, ds.PatientName, ds.Modality = "VIDEO", "Video^Patient", "ES"
@@ -293,14 +294,19 @@ def _video(out: Path, study: str) -> Path:
 
 @pytest.mark.parametrize("how", ["migrate", "get --out"])
 def test_a_video_comes_in_its_video_syntax(tmp_path, how):
-    """A study of a CT in Implicit VR and a Video Endoscopic instance in H.264: the video
-    class is proposed in each video syntax too (which the other classes are not), so Orthanc
-    sends the video as it holds it rather than failing it (it cannot convert it)."""
+    """A study of a CT in Implicit VR and an instance of each video class (Endoscopic,
+    Microscopic, Photographic) in H.264: a video class is proposed in each video syntax too
+    (which the other classes are not), so Orthanc sends a video as it holds it rather than
+    failing it (it cannot convert it). The four classes so take more contexts than one
+    association has: they come by series."""
     study = generate_uid()
     base = ct_corpus(tmp_path / "ct", 1, rows=16, columns=16)[0].path
     files = [
         _relabelled(base, tmp_path / "ct.dcm", STORAGE_SOP_CLASSES[10], study, "1.2.840.10008.1.2"),
-        _video(tmp_path / "video.dcm", study),
+        *(
+            _video(tmp_path / f"video{n}.dcm", study, video)
+            for n, video in enumerate(sorted(VIDEO_SOP_CLASSES))
+        ),
     ]
     port = free_port()
     orthanc = Orthanc(

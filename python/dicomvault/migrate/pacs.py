@@ -27,7 +27,7 @@ from dicomvault.migrate.pipeline import (
     log,
     windowed,
 )
-from dicomvault.net.as_held import MAX_CLASSES_IN_EACH_SYNTAX, classes_by_series, series_groups
+from dicomvault.net.as_held import classes_by_series, fitting, series_groups
 from dicomvault.net.bulk import BulkScu, Found
 from dicomvault.net.policy import Modality
 from dicomvault.net.status import CANNOT_UNDERSTAND, MOVE_DESTINATION_UNKNOWN, describe
@@ -281,8 +281,7 @@ class PacsMigration(Migration):
         then the commonest of those met, as many as fit."""
         with self._lock:
             common = [uid for uid, _ in self._classes.most_common()]
-        ordered = dict.fromkeys([*first, *common])
-        return frozenset(list(ordered)[:MAX_CLASSES_IN_EACH_SYNTAX])
+        return fitting([*first, *common])
 
     def _again(self, level: Level, keys: Part, uids: list[str], first: RetrieveResult) -> str:
         """After a C-GET of ``keys`` that brought instances of classes it did not propose in

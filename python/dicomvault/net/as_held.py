@@ -7,7 +7,7 @@ than one association proposes so. Both C-GET SCUs (``net/bulk.py`` into the arch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from dicomvault.index import Level
@@ -21,8 +21,11 @@ from dicomvault.net.vocabulary import (
 
 # Presentation context IDs are the odd numbers 1-255 (PS3.8 9.3.2.2): 128 contexts at most.
 MAX_CONTEXTS = 128
-# SOP Classes a C-GET proposes in every transfer syntax at once (18 contexts each).
+# SOP Classes a C-GET proposes in every transfer syntax at once: 6 of 18 contexts each (a
+# video class takes more, ``syntaxes_of``), leaving room beside the Get models for the usual
+# classes, one context each.
 MAX_CLASSES_IN_EACH_SYNTAX = 6
+EACH_SYNTAX_ROOM = MAX_CLASSES_IN_EACH_SYNTAX * len(GET_SYNTAXES)
 
 # What an IMAGE-level C-FIND is asked, beside a retrieve's keys, to plan it.
 LISTING_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -36,17 +39,29 @@ def syntaxes_of(sop_class: str) -> list[str]:
     return GET_SYNTAXES
 
 
+def fits(classes: Collection[str], room: int = EACH_SYNTAX_ROOM) -> bool:
+    """Whether ``classes`` fit in ``room`` contexts, each class in each of its syntaxes."""
+    return sum(len(syntaxes_of(uid)) for uid in classes) <= room
+
+
+def fitting(
+    classes: Iterable[str], start: Collection[str] = (), room: int = EACH_SYNTAX_ROOM
+) -> frozenset[str]:
+    """``start`` and, in their order, as many of ``classes`` as fit beside them."""
+    taken = list(dict.fromkeys(start))
+    for uid in classes:
+        if uid not in taken and fits([*taken, uid], room):
+            taken.append(uid)
+    return frozenset(taken)
+
+
 def get_contexts(classes: Collection[str], room: int) -> list[tuple[str, list[str]]]:
     """What a C-GET proposes to receive in ``room`` presentation contexts: each of
-    ``classes`` (the SOP Classes the instances asked for are of), up to
-    ``MAX_CLASSES_IN_EACH_SYNTAX`` of them, in a context of its own for each syntax it may be
-    held in; then, one context each, the other classes those did not include, and the usual
+    ``classes`` (the SOP Classes the instances asked for are of) that fit (``fits``) in a
+    context of its own for each syntax it may be held in — a class in all of them or in
+    none; then, one context each, the other classes those did not include, and the usual
     ones."""
-    each: list[str] = []
-    for uid in sorted(classes):
-        used = sum(len(syntaxes_of(u)) for u in each)
-        if len(each) < MAX_CLASSES_IN_EACH_SYNTAX and used + len(syntaxes_of(uid)) <= room:
-            each.append(uid)
+    each = sorted(fitting(sorted(classes), room=min(room, EACH_SYNTAX_ROOM)))
     proposed = [(uid, [syntax]) for uid in each for syntax in syntaxes_of(uid)]
     others = dict.fromkeys([*sorted(classes), *STORAGE_SOP_CLASSES])
     proposed += [(uid, GET_SYNTAXES) for uid in others if uid not in each]
@@ -77,12 +92,7 @@ def series_groups(
     groups: list[tuple[str, list[str], set[str]]] = []
     for (study, series), held in sorted(classes.items(), key=lambda c: (c[0][0], sorted(c[1]))):
         last = groups[-1] if groups else None
-        if (
-            last is None
-            or not lists
-            or last[0] != study
-            or len(last[2] | held) > MAX_CLASSES_IN_EACH_SYNTAX
-        ):
+        if last is None or not lists or last[0] != study or not fits(last[2] | held):
             groups.append((study, [series], set(held)))
         else:
             last[1].append(series)
@@ -105,21 +115,30 @@ def get_requests(
     """The C-GETs that bring what ``keys`` select at ``level``, each instance as held, given
     the IMAGE-level listing of it (``LISTING_KEYS``; None if the source could not list):
     the request as asked when its classes fit one association (or are unknown), else one
-    SERIES-level request for each group of series whose classes fit."""
-    classes = classes_by_series(matches) if matches is not None else None
-    if not classes:
+    for each series — SERIES-level, or at IMAGE level the instances asked for in it."""
+    classes = classes_by_series(matches) if matches else None
+    if not classes or matches is None:
         return [GetRequest(level, keys, frozenset())]
     every = frozenset().union(*classes.values())
-    if len(every) <= MAX_CLASSES_IN_EACH_SYNTAX:
+    if fits(every):
         return [GetRequest(level, keys, every)]
-    return [
-        GetRequest(
-            Level.SERIES,
-            {"StudyInstanceUID": study, "SeriesInstanceUID": "\\".join(series)},
-            frozenset(held),
-        )
-        for study, series, held in series_groups(classes, lists=False)
-    ]
+    requests = []
+    for study, [series], held in series_groups(classes, lists=False):
+        where = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+        if level is Level.IMAGE:
+            instances = [
+                m.get("SOPInstanceUID", "")
+                for m in matches
+                if (m["StudyInstanceUID"], m["SeriesInstanceUID"]) == (study, series)
+            ]
+            requests.append(
+                GetRequest(
+                    Level.IMAGE, {**where, "SOPInstanceUID": "\\".join(instances)}, frozenset(held)
+                )
+            )
+        else:
+            requests.append(GetRequest(Level.SERIES, where, frozenset(held)))
+    return requests
 
 
 def fetch_as_held(
@@ -133,11 +152,11 @@ def fetch_as_held(
     for request in requests:
         result = fetch(request)
         while True:
-            refused = sorted({sop_class for _, sop_class in result.unproposed} - request.classes)
-            room = MAX_CLASSES_IN_EACH_SYNTAX - len(request.classes)
-            if not refused or room <= 0:
+            refused = sorted({sop_class for _, sop_class in result.unproposed})
+            wider = fitting(refused, start=request.classes)
+            if wider == request.classes:
                 break
-            request = replace(request, classes=request.classes | frozenset(refused[:room]))
+            request = replace(request, classes=wider)
             result = fetch(request)
         results.append(result)
     return RetrieveResult.combined(results)

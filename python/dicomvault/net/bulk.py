@@ -20,12 +20,7 @@ from dicomvault import _native
 from dicomvault.config import ConfigError, Settings
 from dicomvault.dicom.values import tag_and_vr
 from dicomvault.index import Level
-from dicomvault.net.as_held import (
-    LISTING_KEYS,
-    MAX_CLASSES_IN_EACH_SYNTAX,
-    MAX_CONTEXTS,
-    get_contexts,
-)
+from dicomvault.net.as_held import LISTING_KEYS, MAX_CONTEXTS, fits, get_contexts
 from dicomvault.net.policy import Modality
 from dicomvault.net.status import CANCEL, SUCCESS, describe
 from dicomvault.net.vocabulary import (
@@ -115,7 +110,7 @@ class BulkScu:
             # Gone, or classes its contexts do not name in each syntax (or none known: the
             # usual ones): another association, naming those it named too if they all fit.
             self._drop(association)
-            if classes and len(classes | had) <= MAX_CLASSES_IN_EACH_SYNTAX:
+            if classes and fits(classes | had):
                 classes |= had
         index = {"find": 0, "move": 1, "get": 2}[service]
         proposed = [
