@@ -475,6 +475,13 @@ impl Store {
         Ok(Some((through, items)))
     }
 
+    /// Whether a segment of this node's log on S3 whose put had failed (its C-STOREs refused)
+    /// was found written since last asked: its records are to be replayed into the index
+    /// before what `take_logged` returns next, as a restart or a reindex would apply them.
+    fn take_landed(&self) -> bool {
+        self.core.take_landed()
+    }
+
     /// The applier is done with what `take_logged` returned up to `through` (and no longer
     /// stalled).
     fn log_applied(&self, through: u64) {

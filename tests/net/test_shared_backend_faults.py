@@ -4,11 +4,14 @@ with a false Success. PostgreSQL down: a node on a shared index acknowledges onl
 indexed, so queries and stores are refused with 0xA700 (what reached its log on S3 meanwhile
 is indexed once PostgreSQL is back). Either
 way the node stays up, takes the same instances once the engine is back, and what it
-acknowledged is retrieved bit-exact."""
+acknowledged is retrieved bit-exact. S3 applying a PUT whose answer came too late: the node
+indexes what it finds so in its log, as a replay would."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -115,3 +118,76 @@ def test_an_ingest_outlives_postgresql_going_down(tmp_path, seaweedfs):
         if server.alive:
             assert server.stop() == 0
         pg.stop()
+
+
+class HeldAnswers:
+    """A TCP relay to S3 that passes requests on at once and, while ``holding`` is set, holds
+    its answers back: a PUT is applied, and answered after the node has given up on it (the
+    timeout of a request on a slow network)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.target = int(endpoint.rsplit(":", 1)[1])
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.holding = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for source, sink, answers in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(
+                    target=self._pipe, args=(source, sink, answers), daemon=True
+                ).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                while answers and self.holding.is_set():
+                    time.sleep(0.05)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            source.close()
+            sink.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_segment_written_after_its_put_failed_is_indexed(tmp_path, pg_url, seaweedfs):
+    """A C-STORE whose segment's PUT S3 applied but answered after the node's 30 s timeout is
+    refused (0xA700), yet its record is in the log, where a restart's replay and a reindex
+    find it: the node indexes it as soon as its next append finds the segment there, before
+    the segments after it — never an index that a replay would make other."""
+    relay = HeldAnswers(seaweedfs.endpoint)
+    storage = {**seaweedfs.storage(), "endpoint": relay.endpoint}
+    server, _ = node(tmp_path / "node", 1, storage, pg_url)
+    # Small: the whole instance is in its commit's segment, the one PUT of its C-STORE once
+    # the node knows where its log ends (its first append lists it).
+    first, late, next_one = ct_corpus(tmp_path / "corpus", 3, rows=32, columns=32)
+    try:
+        assert storescu(server, [first.path]).stderr.count(SUCCESS) == 1
+        relay.holding.set()
+        try:
+            refused = storescu(server, [late.path], check=False).stderr
+        finally:
+            relay.holding.clear()
+        assert OUT_OF_RESOURCES in refused and SUCCESS not in refused, refused
+        assert found(server, tmp_path) == {first.sop_instance_uid}
+        assert storescu(server, [next_one.path]).stderr.count(SUCCESS) == 1
+        assert server.logged("found written after its put failed", timeout=30)
+        everything = (first, late, next_one)
+        assert found(server, tmp_path) == {c.sop_instance_uid for c in everything}
+        got = getscu(server, tmp_path / "got", QueryRetrieveLevel="IMAGE", SOPInstanceUID="")
+        for c in everything:
+            assert dataset_bytes(got[c.sop_instance_uid]) == dataset_bytes(c.path)
+    finally:
+        if server.alive:
+            assert server.stop() == 0
+        relay.close()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from dicomvault import _native
 from dicomvault.index import CommitOutcome, InstanceEntry, Level, Record
 from dicomvault.index.protocol import IndexUnavailable
+from dicomvault.store.maintenance import replay
 
 if TYPE_CHECKING:
     from dicomvault.store.archive import Archive
@@ -97,6 +98,8 @@ class Applier:
         store = archive.store
         while (taken := store.take_logged()) is not None:
             through, logged = taken
+            if logged and store.take_landed():
+                self._replay_landed(logged[0][:2])
             claimed = [p for *_, ticket, _ in logged if (p := self._claim(ticket)) is not None]
             steps = self._steps(logged, {p.ticket: p for p in claimed})
             if steps is None:
@@ -130,6 +133,23 @@ class Applier:
                 log.warning("indexing succeeded again: C-STOREs are accepted")
             store.log_applied(through)
             archive.check_headroom()
+
+    def _replay_landed(self, first: tuple[int, int]) -> None:
+        """A segment whose put had failed landed after all (S3 applied it late): its records
+        are in the log before ``first``, where a restart's replay and a reindex find them, so
+        they are indexed now, before what follows them (their C-STOREs were refused: such an
+        instance is then stored, never the other way round)."""
+        archive = self._archive
+        try:
+            count = replay(archive, archive.index.applied(), before=first)
+        except Exception as e:  # what it could not replay now, the next open replays
+            log.error("a segment found written after its put failed: not replayed: %s", e)
+            return
+        log.warning(
+            "a segment of this node's log found written after its put failed: %d records "
+            "replayed into the index",
+            count,
+        )
 
     def _steps(
         self, logged: list[tuple[int, int, int, Any]], claimed: dict[int, Pending[Any]]

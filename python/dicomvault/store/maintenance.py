@@ -75,6 +75,7 @@ def replay(
     *,
     audit: bool = True,
     every_node: bool = False,
+    before: tuple[int, int] | None = None,
 ) -> int:
     """Applies the pack log's manifest and tombstone records beyond ``applied`` to the
     index, in the order they were written; returns how many records it went through. A
@@ -83,8 +84,11 @@ def replay(
     as unindexed (``verify`` lists it; storing it again repairs it); one indexed from a
     damaged header blob is logged (``verify`` names its damaged blob). ``audit``: the
     instances' store records are written (again: readers keep one per id).
-    ``every_node``: on S3, every node's log rather than this node's (a reindex)."""
+    ``every_node``: on S3, every node's log rather than this node's (a reindex).
+    ``before``: only the records before this log position."""
     events = archive.store.history(applied, every_node)
+    if before is not None:
+        events = [e for e in events if (e.pack, e.end) < before]
     entries: list[InstanceEntry] = []
     positions: list[tuple[int, int]] = []
     logged: list[tuple[int, int]] = []

@@ -186,6 +186,16 @@ impl Storage {
         }
     }
 
+    /// On an object store, whether a segment of this node's whose put had failed was found
+    /// written since last asked (`ObjectLog::take_landed`); never on packs,
+    /// whose appends are not in doubt.
+    pub fn take_landed(&self) -> bool {
+        match self {
+            Storage::Packs(_) => false,
+            Storage::Objects(objects) => objects.blobs.log().take_landed(),
+        }
+    }
+
     /// gc on an object store (see [`ObjectBlobStore::collect`]): live are the blobs that
     /// `manifests` (the index's) reference and those of every node's log records after the
     /// `marks` the index has applied — a killed node's acknowledged instances are indexed only

@@ -14,11 +14,12 @@
 //! A node writes its segments one at a time: segment `n + 1` is put only once `n` was
 //! acknowledged, so a reader that has applied a node's log up to `n` and lists after it can
 //! never miss a segment that lands later below its position. A put that failed leaves the
-//! position unknown (it may have landed: S3 may apply a request whose answer was lost), so the
-//! next append lists the node's segments again and continues after the last. A batch whose
-//! put failed was not acknowledged; if it landed anyway, its records are in the log but the
-//! index passes them once it applies a later segment of the node (a `reindex` would apply
-//! them).
+//! position unknown (it may have landed: S3 may apply a request whose answer was lost, or one
+//! it held past our timeout), so the next append lists the node's segments from it and
+//! continues after the last. A batch whose put failed was not acknowledged; if it landed
+//! anyway, its records are in the log, which a replay and a `reindex` apply, so the node's
+//! index must apply them too: the append that finds it there says so
+//! ([`ObjectLog::take_landed`]), and the index replays it before the segments after it.
 //!
 //! Across nodes there is no order but the records' stamps (microseconds, monotonic per
 //! process): [`ObjectLog::history`] merges nodes' records by stamp, each node's in the order
@@ -47,7 +48,7 @@ use futures_util::StreamExt;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, GetRange, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// Blobs up to this long may go into a segment; longer ones are objects of their own.
@@ -119,12 +120,16 @@ pub struct ObjectLog {
     node: u32,
     next: Mutex<Next>,
     stamp: AtomicU64,
+    /// A segment whose put had failed was found written (see [`ObjectLog::take_landed`]).
+    landed: AtomicBool,
 }
 
 /// Where a node's next segment goes.
 enum Next {
-    /// To be found again by listing (at open, after a failed put).
+    /// To be found again by listing (at open).
     Unknown,
+    /// After the put of this segment failed: it may have landed all the same.
+    Failed(u64),
     At(u64),
     /// Another process wrote a segment of this node's: this one writes no more (why).
     Taken(String),
@@ -143,6 +148,7 @@ impl ObjectLog {
             node,
             next: Mutex::new(Next::Unknown),
             stamp: AtomicU64::new(0),
+            landed: AtomicBool::new(false),
         }
     }
 
@@ -188,6 +194,16 @@ impl ObjectLog {
                 .segments(self.node, None, usize::MAX)?
                 .last()
                 .map_or(0, |last| last.seq + 1),
+            Next::Failed(failed) => match self
+                .segments(self.node, failed.checked_sub(1), usize::MAX)?
+                .last()
+            {
+                Some(last) => {
+                    self.landed.store(true, Ordering::SeqCst);
+                    last.seq + 1
+                }
+                None => *failed,
+            },
             Next::Taken(why) => return Err(StoreError::Busy(why.clone())),
         };
         let id = SegmentId {
@@ -242,8 +258,19 @@ impl ObjectLog {
                 *next = Next::Taken(why.clone());
                 Err(StoreError::Busy(why))
             }
-            Err(e) => Err(object_error(e)),
+            Err(e) => {
+                *next = Next::Failed(seq);
+                Err(object_error(e))
+            }
         }
+    }
+
+    /// Whether an append found written a segment of this node's whose put had failed (once:
+    /// the flag is cleared). Its records are in the log, before every segment appended
+    /// since, and not indexed: the index replays them (a `reindex` and a restart's replay
+    /// would) before it applies the segments after.
+    pub fn take_landed(&self) -> bool {
+        self.landed.swap(false, Ordering::SeqCst)
     }
 
     /// Every node that has written a segment, in order.
