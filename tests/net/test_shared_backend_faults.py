@@ -15,10 +15,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
-from dicomvault.bench.corpus import ct_corpus
+from dicomvault.bench.corpus import GeneratedInstance, ct_corpus
 from dicomvault.bench.engines import PostgreSQL, SeaweedFs
 from tests.net.conftest import Server, dcmtk, storescu
 from tests.net.test_dcmtk_peers import QR, dataset_bytes, getscu
@@ -36,6 +38,14 @@ def query(server: Server) -> subprocess.CompletedProcess[str]:
         "-k", "QueryRetrieveLevel=IMAGE", "-k", "SOPInstanceUID=",
         "127.0.0.1", server.port, check=False,
     )  # fmt: skip
+
+
+def held_bit_exact(server: Server, tmp_path: Path, sent: Sequence[GeneratedInstance]) -> None:
+    """The node finds exactly ``sent``, and retrieves each with the data set sent."""
+    assert found(server, tmp_path) == {c.sop_instance_uid for c in sent}
+    got = getscu(server, tmp_path / "got", QueryRetrieveLevel="IMAGE", SOPInstanceUID="")
+    for c in sent:
+        assert dataset_bytes(got[c.sop_instance_uid]) == dataset_bytes(c.path)
 
 
 def test_c_stores_fail_while_s3_is_down_and_succeed_once_it_is_back(tmp_path, pg_url):
@@ -62,11 +72,7 @@ def test_c_stores_fail_while_s3_is_down_and_succeed_once_it_is_back(tmp_path, pg
         s3.start()
         back = storescu(server, [c.path for c in small + large])
         assert back.stderr.count(SUCCESS) == 4
-        everything = before + small + large
-        assert found(server, tmp_path) == {c.sop_instance_uid for c in everything}
-        got = getscu(server, tmp_path / "got", QueryRetrieveLevel="IMAGE", SOPInstanceUID="")
-        for c in everything:
-            assert dataset_bytes(got[c.sop_instance_uid]) == dataset_bytes(c.path)
+        held_bit_exact(server, tmp_path, before + small + large)
     finally:
         if server.alive:
             assert server.stop() == 0
@@ -182,11 +188,7 @@ def test_a_segment_written_after_its_put_failed_is_indexed(tmp_path, pg_url, sea
         assert found(server, tmp_path) == {first.sop_instance_uid}
         assert storescu(server, [next_one.path]).stderr.count(SUCCESS) == 1
         assert server.logged("found written after its put failed", timeout=30)
-        everything = (first, late, next_one)
-        assert found(server, tmp_path) == {c.sop_instance_uid for c in everything}
-        got = getscu(server, tmp_path / "got", QueryRetrieveLevel="IMAGE", SOPInstanceUID="")
-        for c in everything:
-            assert dataset_bytes(got[c.sop_instance_uid]) == dataset_bytes(c.path)
+        held_bit_exact(server, tmp_path, [first, late, next_one])
     finally:
         if server.alive:
             assert server.stop() == 0
