@@ -271,6 +271,31 @@ def test_limit_and_offset_page_in_a_stable_order(archive):
     assert len(everything) == 6
 
 
+@pytest.mark.parametrize(
+    ("level", "filters", "expected"),
+    [
+        (Level.STUDY, {"StudyInstanceUID": "1.1\\"}, ["1.1"]),
+        (Level.STUDY, {"StudyInstanceUID": "\\"}, []),
+        (Level.STUDY, {"StudyInstanceUID": "\\ \\2.1 "}, ["2.1"]),
+        (Level.SERIES, {"SeriesInstanceUID": "\\1.1.S2"}, ["1.1.S2"]),
+        (Level.IMAGE, {"SOPInstanceUID": "3.1.1\\"}, ["3.1.1"]),
+        (Level.IMAGE, {"SOPClassUID": "\\"}, []),
+        (Level.STUDY, {"StudyInstanceUID": "1." * 400}, []),  # longer than an LMDB key
+    ],
+)
+def test_an_empty_item_of_a_uid_list_matches_nothing(archive, level, filters, expected):
+    """PS3.4 C.2.2.2.2: each item of a List of UID Matching is a UID; an empty one (a trailing
+    backslash) names no entity, on every backend (LMDB refused it: MDB_BAD_VALSIZE)."""
+    assert keys(archive.find(level, filters)) == expected
+
+
+def test_a_limit_or_offset_past_any_count_is_all_or_nothing(archive):
+    """Any whole number is a limit or offset (PS3.18 Table 8.3.4-1: uint), 10**20 too."""
+    assert len(list(archive.find(Level.IMAGE, {}, limit=10**20))) == 6
+    assert list(archive.find(Level.IMAGE, {}, offset=10**20)) == []
+    assert len(list(archive.find(Level.IMAGE, {}, limit=10**20, offset=5))) == 1
+
+
 def test_more_candidates_than_a_page_come_every_one_in_key_order(index):
     """Past the first ``CHUNK`` candidates (which PostgreSQL reads in the same statement as
     their ancestors), from a range of the secondary index, a scan, and a page beyond."""

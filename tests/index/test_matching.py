@@ -61,6 +61,10 @@ def test_wildcards_do_not_apply_to_uids_and_dates():
 def test_uid_lists_match_any_member():
     assert m("StudyInstanceUID", "1.2.3\\1.2.4", "1.2.4")
     assert not m("StudyInstanceUID", "1.2.3\\1.2.4", "1.2.5")
+    # An empty item is no UID (C.2.2.2.2): it matches nothing, an empty value neither.
+    assert m("StudyInstanceUID", "1.2.3\\", "1.2.3")
+    assert not m("SOPClassUID", "1.2.3\\", "")
+    assert not m("ReferencedSOPInstanceUID", "\\ ", None)
 
 
 @pytest.mark.parametrize(

@@ -293,6 +293,25 @@ def test_c_find_uid_lists_computed_keys_and_character_sets(server, corpus, tmp_p
     assert [str(h.PatientID) for h in hits] == ["JP001"]
 
 
+def test_c_find_uid_list_with_an_empty_item_finds_the_others(server, corpus, tmp_path):
+    """PS3.4 C.2.2.2.2: an empty item of a List of UID Matching ("1.2\\", "\\1.2") is no UID
+    and matches nothing; the other items match as ever (it failed the C-FIND: LMDB refused
+    the empty key, MDB_BAD_VALSIZE)."""
+    store_corpus(server, corpus)
+    studies = sorted({g.study_instance_uid for g in corpus})[:2]
+    for uids, expected in (
+        (f"{studies[0]}\\", studies[:1]),
+        (f"\\{studies[0]}\\\\{studies[1]}", studies),
+        ("\\", []),
+    ):
+        found = findscu(server, "STUDY", {"StudyInstanceUID": uids}, tmp_path)
+        assert sorted(d.StudyInstanceUID for d in found) == expected
+    series = corpus[0].series_instance_uid
+    found = findscu(server, "SERIES", {"SeriesInstanceUID": f"{series}\\"}, tmp_path)
+    assert [d.SeriesInstanceUID for d in found] == [series]
+    assert "Traceback" not in server.log
+
+
 def test_refusals_and_their_statuses(server, corpus, tmp_path):
     store_corpus(server, corpus)
     study = corpus[0].study_instance_uid

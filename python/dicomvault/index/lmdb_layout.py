@@ -39,9 +39,17 @@ class Layout:
         self.meta = env.open_db(b"meta")
         # Counts records decoded: lets tests prove that indexed keys use key ranges.
         self.records_read = 0
+        self.max_key_size = env.max_key_size()
+
+    def holds(self, key: bytes) -> bool:
+        """Whether ``key`` can be an LMDB key: one that cannot (empty, or longer than LMDB
+        takes) names no record, and asking LMDB for it fails (MDB_BAD_VALSIZE), so a query
+        value such as an empty item of a UID list ("1.2.3\\") is answered "none" here."""
+        return 0 < len(key) <= self.max_key_size
 
     def get(self, txn: lmdb.Transaction[bytes], level: Level, key: str) -> Record | None:
-        raw = txn.get(key.encode("utf-8"), db=self.dbs[level])
+        raw_key = key.encode("utf-8")
+        raw = txn.get(raw_key, db=self.dbs[level]) if self.holds(raw_key) else None
         if raw is None:
             return None
         self.records_read += 1

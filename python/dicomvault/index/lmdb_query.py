@@ -31,7 +31,11 @@ class LmdbReader:
 
     def existing(self, level: Level, keys: Sequence[str]) -> list[str]:
         db = self.layout.dbs[level]
-        return [k for k in keys if self.txn.get(k.encode("utf-8"), db=db)]
+        return [
+            k
+            for k in keys
+            if self.layout.holds(raw := k.encode("utf-8")) and self.txn.get(raw, db=db)
+        ]
 
     def child_keys(self, level: Level, parents: Iterable[str]) -> list[str]:
         return [c for p in parents for c in self.layout.child_keys(self.txn, level, p)]

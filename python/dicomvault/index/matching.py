@@ -158,7 +158,8 @@ class Matcher:
             first, last = _point(vr, value)
             return q_first <= first and last <= q_last
         if vr == "UI":
-            return value == query
+            # An empty item of a UID list ("1.2.3\\") is no UID: it matches nothing (C.2.2.2.2).
+            return query != "" and value == query
         fold = self.case_insensitive and vr == "PN"
         candidates = [value]
         if vr == "PN" and "=" in value:

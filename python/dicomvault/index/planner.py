@@ -8,6 +8,7 @@ identical on every backend by construction."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -98,7 +99,9 @@ def plan(level: Level, matchers: list[Matcher]) -> Source | None:
     for lvl in reversed(list(Level)[1:]):
         m = by_keyword.get(UNIQUE[lvl])
         if m is not None and lvl.depth <= level.depth and "*" not in m.query and "?" not in m.query:
-            return Source(lvl, keys=tuple(m.query.strip().split("\\")))
+            # Each item of a List of UID Matching (PS3.4 C.2.2.2.2) as the matcher reads it; an
+            # empty one ("1.2.3\\") names no record.
+            return Source(lvl, keys=tuple(v.strip(" ") for v in m.query.split("\\")))
     plans: list[tuple[bytes, Matcher]] = []
     for code, (lvl, keyword, fold) in FIELDS.items():
         m = by_keyword.get(keyword)
@@ -201,8 +204,11 @@ def find(
 
 def page(matches: Iterator[T], offset: int, limit: int | None) -> Iterator[T]:
     """The matches after the first ``offset``, at most ``limit`` of them (a query's paging:
-    C-FIND's, QIDO-RS's ``offset``/``limit``); what lies beyond is never computed."""
-    return islice(matches, offset, None if limit is None else offset + limit)
+    C-FIND's, QIDO-RS's ``offset``/``limit``); what lies beyond is never computed. Any whole
+    number is a valid ``limit`` or ``offset`` (PS3.18 Table 8.3.4-1: uint): past
+    ``sys.maxsize``, more than any archive holds, they are cut to it (islice takes no more)."""
+    start = min(offset, sys.maxsize)
+    return islice(matches, start, None if limit is None else min(start + limit, sys.maxsize))
 
 
 def fetch_ancestors(

@@ -52,7 +52,9 @@ class Finder:
         self.archive = archive
         self.case_insensitive_pn = case_insensitive_pn
 
-    def _header(self, level: Level, key: str) -> Dataset | None:
+    def header(self, level: Level, key: str) -> Dataset | None:
+        """The stored header that answers for the record: an instance's own, the first
+        instance's of a patient, study or series; None when there is none."""
         index = self.archive.index
         record = index.get(level, key)
         if record is None:
@@ -105,7 +107,7 @@ class Finder:
                 level, kept, indexed_returns, case_insensitive_pn=self.case_insensitive_pn
             )
             for match in indexed:
-                header = self._header(level, match["_key"])
+                header = self.header(level, match["_key"])
                 values = {
                     k: _header_value(header, k) if header is not None else "" for k in extra_returns
                 }
