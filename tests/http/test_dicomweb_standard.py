@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 from dicomvault.bench.corpus import GeneratedInstance
 from tests.net.conftest import storescu
 
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
@@ -115,6 +116,59 @@ def test_wado_rs_makes_lossless_syntaxes_and_refuses_lossy_ones_with_406(served)
     assert media.endswith("transfer-syntax=1.2.840.10008.1.2")
     bad = f"{DICOM}; transfer-syntax=JPEG"
     assert httpx.get(instance_url(url, native), headers={"Accept": bad}).status_code == 400
+
+
+def test_wado_rs_bare_application_dicom_is_an_instance_alone(served):
+    _, corpus, url = served
+    rle = pick(corpus, RLE)
+    # PS3.18 10.4.4: single part application/dicom is for an instance resource, its Part 10
+    # file the whole response (Explicit VR Little Endian by default, Table 8.7.3-2).
+    response = httpx.get(instance_url(url, rle), headers={"Accept": "application/dicom"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+    made = pydicom.dcmread(io.BytesIO(response.content))
+    assert made.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert made.SOPInstanceUID == rle.sop_instance_uid
+    assert (pixels(response.content) == pixels(rle.path.read_bytes())).all()
+    star = httpx.get(
+        instance_url(url, rle), headers={"Accept": "application/dicom; transfer-syntax=*"}
+    )
+    assert star.headers["content-type"] == f"application/dicom; transfer-syntax={RLE}"
+    as_stored = pydicom.dcmread(io.BytesIO(star.content))
+    assert as_stored.PixelData == pydicom.dcmread(rle.path).PixelData
+    # A study or series is never one part: the range is ignored, and with none left, 406
+    # (8.7.8.1); a multipart range next to it is taken.
+    series = f"{url}/studies/{rle.study_instance_uid}/series/{rle.series_instance_uid}"
+    for resource in (series, f"{url}/studies/{rle.study_instance_uid}"):
+        refused = httpx.get(resource, headers={"Accept": "application/dicom"})
+        assert refused.status_code == 406, resource
+        either = httpx.get(resource, headers={"Accept": f"application/dicom, {DICOM}; q=0.5"})
+        assert either.status_code == 200
+        assert len(parts_with_types(either)) == 3
+
+
+def test_wado_rs_transfer_syntax_is_a_transfer_syntax_uid(served, tmp_path):
+    _, _, url = served
+    # An RT Plan has no Pixel Data: every transfer syntax carries it, no other UID does
+    # (PS3.18 8.7.3.5.2: a UID of PS3.6 Table A-1 of type Transfer Syntax).
+    ds = pydicom.dcmread(PYDICOM_FILES / "rtplan.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(tmp_path / "rtplan.dcm", enforce_file_format=True)
+    assert stow(url, [(tmp_path / "rtplan.dcm").read_bytes()]).status_code == 200
+    plan = f"{url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    plan += f"/instances/{ds.SOPInstanceUID}"
+    for not_a_syntax in ("1.2.3.4", ds.SOPClassUID):
+        for accept in (
+            f"{DICOM}; transfer-syntax={not_a_syntax}",
+            f"application/dicom; transfer-syntax={not_a_syntax}",
+        ):
+            response = httpx.get(plan, headers={"Accept": accept})
+            assert response.status_code == 406, (accept, response.headers)
+    response = httpx.get(plan, headers={"Accept": f"{DICOM}; transfer-syntax={JPEG_LS}"})
+    assert response.status_code == 200
+    [(media, part)] = parts_with_types(response)
+    assert media == f"application/dicom; transfer-syntax={JPEG_LS}"
+    assert pydicom.dcmread(io.BytesIO(part)).SOPInstanceUID == ds.SOPInstanceUID
 
 
 def test_wado_rs_frames_have_their_real_media_types_and_are_made_when_asked(served):

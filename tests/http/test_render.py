@@ -16,7 +16,13 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import JPEG2000, ImplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
 
 from dicomvault.bench.peers import free_port
 from tests.http.test_dicomweb import stow
@@ -87,6 +93,8 @@ def _files(out: Path) -> dict[str, Path]:
             "dose": "rtdose.dcm",
             "deflated": "image_dfl.dcm",
             "sr": "test-SR.dcm",
+            "plan": "rtplan.dcm",
+            "ecg": "waveform_ecg.dcm",
         }.items()
     }
     files["mono1"] = mono1
@@ -94,6 +102,8 @@ def _files(out: Path) -> dict[str, Path]:
         "mr_j2k": _variant("test_files/MR_small_jp2klossless.dcm", out),
         "mr_jls": _variant("test_files/MR_small_jpeg_ls_lossless.dcm", out),
         "mr_private": _variant("test_files/MR_small.dcm", out, _private_syntax),
+        "mr_implicit": _variant("test_files/MR_small_implicit.dcm", out),
+        "mr_big_endian": _variant("test_files/MR_small_bigendian.dcm", out),
         "mr_sigmoid": _variant("test_files/MR_small.dcm", out, VOILUTFunction="SIGMOID"),
         "mr_voi_lut": _variant("test_files/MR_small.dcm", out, _voi_lut),
         "mr_modality_lut": _variant("test_files/MR_small.dcm", out, _modality_lut),
@@ -220,7 +230,7 @@ def test_color_equals_pydicom_pixel_data(served, tmp_path):
 
 
 def test_compressed_syntaxes_and_undecodable_ones(served):
-    _, _, stored = served
+    _, url, stored = served
     mr = png(f"{stored['mr'].url}/rendered")
     assert np.array_equal(png(f"{stored['mr_j2k'].url}/rendered"), mr)
     jpeg_ls = httpx.get(f"{stored['mr_jls'].url}/rendered", headers={"Accept": "image/png"})
@@ -229,9 +239,16 @@ def test_compressed_syntaxes_and_undecodable_ones(served):
     private = httpx.get(f"{stored['mr_private'].url}/rendered")
     assert private.status_code == 415
     assert PRIVATE_SYNTAX in private.json()["error"]
-    no_pixels = httpx.get(f"{stored['sr'].url}/rendered")
-    assert no_pixels.status_code == 415
-    assert "no Pixel Data" in no_pixels.json()["error"]
+    # No Pixel Data, no rendered image: none of the media types asked (PS3.18 8.7.4), a 406
+    # (415 is about a request's own content).
+    for name in ("sr", "plan", "ecg"):
+        for no_pixels in (
+            httpx.get(f"{stored[name].url}/rendered"),
+            httpx.get(f"{stored[name].url}/thumbnail", headers={"Accept": "image/png"}),
+            wado(url, stored[name], contentType="image/jpeg"),
+        ):
+            assert no_pixels.status_code == 406, name
+            assert "no Pixel Data" in no_pixels.json()["error"]
 
 
 def test_a_frame_is_rendered_from_that_frame(served, tmp_path):
@@ -328,11 +345,22 @@ def test_wado_uri(served, tmp_path):
     out = tmp_path / "export"
     server.run("export", "--out", out)
     exported = {pydicom.dcmread(p).SOPInstanceUID: p.read_bytes() for p in out.rglob("*.dcm")}
-    for name in ("mr", "ybr", "deflated"):
-        response = wado(url, stored[name], contentType="application/dicom")
+    # As stored, byte for byte, when its own syntax is asked.
+    for name in ("mr", "ybr", "deflated", "rgb"):
+        syntax = stored[name].dataset.file_meta.TransferSyntaxUID
+        response = wado(url, stored[name], contentType="application/dicom", transferSyntax=syntax)
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/dicom"
         assert response.content == exported[stored[name].dataset.SOPInstanceUID]
+    # Without transferSyntax: Explicit VR Little Endian (PS3.18 9.4.2.4), the same pixels.
+    for name in ("rgb", "mr_implicit", "mr_big_endian", "plan"):
+        response = wado(url, stored[name], contentType="application/dicom")
+        assert response.status_code == 200
+        made, reference = pydicom.dcmread(io.BytesIO(response.content)), stored[name].dataset
+        assert made.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, name
+        assert made.SOPInstanceUID == reference.SOPInstanceUID
+        if "PixelData" in reference:
+            assert np.array_equal(made.pixel_array, reference.pixel_array), name
     # Transcoded to a native syntax: the JPEG decoded as DCMTK's dcmdjpeg (IJG libjpeg) does,
     # which libjpeg-turbo (pydicom's Pillow plugin) matches to the bit.
     implicit = wado(
@@ -373,6 +401,25 @@ def test_wado_uri(served, tmp_path):
     assert wado(url, mr, contentType="text/html").status_code == 406
     assert wado(url, mr, objectUID="1.2.3.4").status_code == 404
     assert wado(url, stored["mr_private"], contentType="image/png").status_code == 415
+
+
+def test_wado_uri_refuses_what_it_cannot_honour(served):
+    _, url, stored = served
+    plan, mr = stored["plan"], stored["mr"]
+    # transferSyntax is a Transfer Syntax UID (PS3.18 9.4.2.4: else a 400; one that cannot
+    # be made is a 406): not any UID, even for an instance without Pixel Data.
+    for not_a_syntax in ("1.2.3.4", plan.dataset.SOPClassUID):
+        asked = {"contentType": "application/dicom", "transferSyntax": not_a_syntax}
+        response = wado(url, plan, **asked)
+        assert response.status_code == 400, not_a_syntax
+        assert "Transfer Syntax UID" in response.json()["error"]
+    # anonymize=yes: the archive cannot de-identify, so it refuses rather than send the
+    # patient's data (9.4.2.3 lets it answer an error); a value other than yes is a 400.
+    for content_type in ("application/dicom", "image/png"):
+        refused = wado(url, mr, contentType=content_type, anonymize="yes")
+        assert refused.status_code == 501, content_type
+        assert "de-identify" in refused.json()["error"]
+    assert wado(url, mr, contentType="application/dicom", anonymize="no").status_code == 400
 
 
 def test_malformed_requests_get_a_4xx_and_the_server_stays_up(served):

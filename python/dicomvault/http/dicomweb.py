@@ -42,7 +42,6 @@ from dicomvault.http.resources import (
 )
 from dicomvault.http.stow import Stow
 from dicomvault.http.transfer import (
-    AS_STORED,
     DICOM,
     OCTET_STREAM,
     BadAccept,
@@ -52,6 +51,7 @@ from dicomvault.http.transfer import (
     frame_media,
     frames_in,
     instance_bytes,
+    sent_syntax,
     stored_syntax,
 )
 from dicomvault.http.wado_uri import WadoUri
@@ -203,9 +203,10 @@ class DicomWeb:
     # WADO-RS ------------------------------------------------------------------------------
 
     def retrieve(self, level: Level) -> Any:
-        """Instances as multipart/related application/dicom in the syntax negotiated: the
-        first instance is checked (and made) before the response starts, so that its damage
-        is a 500 and a syntax it cannot be made in a 406; a later one ends the stream."""
+        """Instances as multipart/related application/dicom in the syntax negotiated (an
+        instance asked as bare application/dicom: its Part 10 file alone): the first instance
+        is checked (and made) before the response starts, so that its damage is a 500 and a
+        syntax it cannot be made in a 406; a later one ends the stream."""
 
         async def endpoint(request: Request) -> Response:
             records = await asyncio.to_thread(self._records, level, _filters(request))
@@ -213,7 +214,7 @@ class DicomWeb:
                 return error(404, "not found")
             try:
                 ranges = accepted(request.headers.get("accept"), request.query_params.get("accept"))
-                syntax = dicom_syntax(ranges, records)
+                syntax, single_part = dicom_syntax(ranges, records, level is Level.IMAGE)
             except BadAccept as e:
                 return error(400, str(e))
             except NotAcceptable as e:
@@ -223,12 +224,16 @@ class DicomWeb:
                 head = await asyncio.to_thread(next, first)
             except CannotTranscode as e:
                 return error(406, str(e))
+            if single_part:
+                return StreamingResponse(
+                    iterate_in_thread(chain([head], first)),
+                    media_type=_labelled(DICOM, sent_syntax(records[0], syntax)),
+                )
 
             def parts() -> Iterator[tuple[str, Iterator[bytes]]]:
                 for i, record in enumerate(records):
-                    made = stored_syntax(record) if syntax == AS_STORED else syntax
                     chunks = chain([head], first) if i == 0 else self._made(record, syntax)
-                    yield _labelled(DICOM, made), chunks
+                    yield _labelled(DICOM, sent_syntax(record, syntax)), chunks
 
             boundary = uuid.uuid4().hex
             return StreamingResponse(

@@ -18,7 +18,8 @@ from dicomvault import __version__
 # DICOMweb's endpoints are made per level without docstrings: what each family does.
 _DICOMWEB = {
     "search": "QIDO-RS: search, results in the DICOM JSON model",
-    "retrieve": "WADO-RS: the instances as multipart/related application/dicom",
+    "retrieve": "WADO-RS: the instances as multipart/related application/dicom "
+    "(an instance: also as bare application/dicom)",
     "metadata": "WADO-RS: the instances' metadata in the DICOM JSON model",
     "frames": "WADO-RS: frames as multipart/related",
     "store": "STOW-RS: store instances sent as multipart/related application/dicom",

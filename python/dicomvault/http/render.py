@@ -59,6 +59,11 @@ class CannotRender(ValueError):
     format the installed pixel handlers cannot decode (415)."""
 
 
+class NoPixelData(CannotRender):
+    """The instance has no Pixel Data, so no rendered image (an SR, an RT Plan, a waveform):
+    for DICOMweb, no representation in a media type the client accepts (406)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """A VOI window: center and width in modality values, and a PS3.3 VOI LUT Function."""
@@ -318,6 +323,6 @@ def rendered_frame(archive: Archive, record: Record, number: int, rendering: Ren
     header's and that frame's blobs (FileNotFoundError: no such frame; CannotRender)."""
     parts = InstanceParts(archive, record)
     if not parts.has_pixel_data():
-        raise CannotRender("the instance has no Pixel Data")
+        raise NoPixelData("the instance has no Pixel Data: there is no image to render")
     ds, index = parts.frame_dataset(number)
     return render(ds, index, rendering)

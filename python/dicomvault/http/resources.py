@@ -67,12 +67,15 @@ def instances(finder: Finder, level: Level, filters: dict[str, str]) -> list[Rec
 async def rendered_response(
     archive: Archive, record: Record, number: int, rendering: render.Rendering
 ) -> Response:
-    """Frame ``number`` of ``record`` rendered: 404 beyond its frames, 415 when its syntax
-    cannot be decoded."""
+    """Frame ``number`` of ``record`` rendered: 404 beyond its frames, 406 without Pixel Data
+    (PS3.18 8.7.4: no rendered media type represents it, so none the client accepts), 415 when
+    its syntax cannot be decoded."""
     try:
         image = await asyncio.to_thread(render.rendered_frame, archive, record, number, rendering)
     except FileNotFoundError as e:
         return error(404, str(e))
+    except render.NoPixelData as e:
+        return error(406, str(e))
     except render.CannotRender as e:
         return error(415, str(e))
     return Response(image, media_type=rendering.media_type)

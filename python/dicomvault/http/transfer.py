@@ -6,7 +6,10 @@ transcoder (``dicomvault.dicom.transcode``) when it is not the stored one.
 Defaults (PS3.18 Table 8.7.3-2, 8.7.3-5): ``application/dicom`` without a syntax is Explicit
 VR Little Endian and frames without one are uncompressed (``application/octet-stream``, Explicit
 VR Little Endian); ``transfer-syntax=*`` is the stored syntax, byte for byte. What the archive
-cannot make (a lossy syntax from another one) is a 406.
+cannot make (a lossy syntax from another one) is a 406, and so is a media range whose
+``transfer-syntax`` is a UID but not a Transfer Syntax UID (8.7.3.5.2: one of PS3.6 Table A-1),
+which is ignored as 8.7.7 says. Bare ``application/dicom`` (not multipart) is one instance's
+whole response, for an instance resource only (10.4.4).
 """
 
 from __future__ import annotations
@@ -59,11 +62,13 @@ class BadAccept(ValueError):
 
 @dataclass(frozen=True)
 class MediaRange:
-    """One media range of an Accept value: multipart's ``type`` parameter is ``media``."""
+    """One media range of an Accept value: multipart's ``type`` parameter is ``media``;
+    ``single_part`` when it is that media type itself, not within multipart/related."""
 
     media: str
     syntax: str | None
     quality: float
+    single_part: bool = False
 
 
 def media_ranges(accept: str) -> list[MediaRange]:
@@ -78,6 +83,7 @@ def media_ranges(accept: str) -> list[MediaRange]:
             name, _, value = parameter.partition("=")
             values[name.strip().lower()] = value.strip().strip('"')
         media = kind.lower()
+        single_part = media not in _WILDCARDS and media != "application/*"
         if media == "multipart/related" and "type" in values:
             media = values["type"].lower()
         try:
@@ -87,7 +93,7 @@ def media_ranges(accept: str) -> list[MediaRange]:
         syntax = values.get("transfer-syntax")
         if syntax is not None and syntax != AS_STORED and not re.fullmatch(r"[0-9.]{1,64}", syntax):
             raise BadAccept(f"transfer-syntax is a UID or *: {syntax!r}")
-        ranges.append(MediaRange(media, syntax, quality))
+        ranges.append(MediaRange(media, syntax, quality, single_part))
     ranges.sort(key=lambda r: -r.quality)
     return [r for r in ranges if r.quality > 0]
 
@@ -101,19 +107,33 @@ def _has_pixels(record: Record) -> bool:
     return bool(record.tags.get("Rows"))
 
 
-def dicom_syntax(ranges: Sequence[MediaRange], records: Sequence[Record]) -> str:
-    """The syntax instances go out in: AS_STORED, or one every instance can be made in."""
+def is_transfer_syntax(uid: str) -> bool:
+    """Whether ``uid`` is a Transfer Syntax UID of PS3.6 Table A-1 (as pydicom knows them)."""
+    return UID(uid).is_transfer_syntax
+
+
+def dicom_syntax(
+    ranges: Sequence[MediaRange], records: Sequence[Record], instance: bool
+) -> tuple[str, bool]:
+    """The syntax instances go out in (AS_STORED, or one every instance can be made in) and
+    whether as a single part, which only an ``instance`` resource may be (PS3.18 10.4.4: for
+    a study or series the range is ignored)."""
     for r in ranges:
         if r.media not in (DICOM, "application/*") and r.media not in _WILDCARDS:
             continue
+        if r.single_part and not instance:
+            continue
         syntax = r.syntax or ExplicitVRLittleEndian
-        if syntax == AS_STORED or all(
+        if syntax == AS_STORED:
+            return syntax, r.single_part
+        if is_transfer_syntax(syntax) and all(
             producible(stored_syntax(rec), syntax, _has_pixels(rec)) for rec in records
         ):
-            return syntax
+            return syntax, r.single_part
     raise NotAcceptable(
-        "the instances can be sent as stored (transfer-syntax=*) or in a syntax the archive "
-        f"can make without changing a pixel; not as {_listed(ranges)}"
+        "the instances can be sent as stored (transfer-syntax=*) or in a transfer syntax the "
+        "archive can make without changing a pixel (multipart/related unless the resource is "
+        f"an instance); not as {_listed(ranges)}"
     )
 
 
@@ -147,11 +167,22 @@ def media_type_of(syntax: str) -> str:
 
 
 def _listed(ranges: Sequence[MediaRange]) -> str:
-    return ", ".join(f"{r.media} ({r.syntax or 'default syntax'})" for r in ranges) or "nothing"
+    return (
+        ", ".join(
+            f"{r.media}{' single part' if r.single_part else ''} ({r.syntax or 'default syntax'})"
+            for r in ranges
+        )
+        or "nothing"
+    )
 
 
 def stored_syntax(record: Record) -> str:
     return record.tags.get("TransferSyntaxUID") or ExplicitVRLittleEndian
+
+
+def sent_syntax(record: Record, syntax: str) -> str:
+    """The syntax the instance goes out in when ``syntax`` (maybe AS_STORED) is asked."""
+    return stored_syntax(record) if syntax == AS_STORED else syntax
 
 
 def instance_bytes(archive: Archive, record: Record, syntax: str) -> Iterator[bytes]:

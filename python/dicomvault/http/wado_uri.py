@@ -1,5 +1,7 @@
-"""WADO-URI at /wado (PS3.18 chapter 9): an instance as application/dicom (as stored, or in
-the ``transferSyntax`` asked, made by the one transcoder) or rendered as an image."""
+"""WADO-URI at /wado (PS3.18 chapter 9): an instance as application/dicom (in the
+``transferSyntax`` asked, else Explicit VR Little Endian, as WADO-RS negotiates it and made by
+the one transcoder) or rendered as an image. ``anonymize`` is refused: the archive does not
+de-identify."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomvault.dicom.transcode import CannotTranscode, producible
+from dicomvault.dicom.transcode import CannotTranscode
 from dicomvault.http import render
 from dicomvault.http.resources import (
     BadRequest,
@@ -21,7 +23,15 @@ from dicomvault.http.resources import (
     rendered_response,
     whole_number,
 )
-from dicomvault.http.transfer import AS_STORED, DICOM, instance_bytes, stored_syntax
+from dicomvault.http.transfer import (
+    AS_STORED,
+    DICOM,
+    MediaRange,
+    NotAcceptable,
+    dicom_syntax,
+    instance_bytes,
+    is_transfer_syntax,
+)
 from dicomvault.index import Level, Record
 from dicomvault.store.finder import Finder
 from dicomvault.store.parts import InstanceParts
@@ -96,11 +106,17 @@ class WadoUri:
         self.archive = finder.archive
 
     async def endpoint(self, request: Request) -> Response:
-        """WADO-URI (PS3.18 chapter 9): an instance as application/dicom (as stored, or
-        transcoded to the transferSyntax asked) or rendered as an image."""
+        """WADO-URI (PS3.18 chapter 9): an instance as application/dicom (in the
+        transferSyntax asked, else Explicit VR Little Endian) or rendered as an image."""
         query = request.query_params
         if query.get("requestType") != "WADO":
             return error(400, "requestType=WADO is required")
+        if "anonymize" in query:
+            # PS3.18 9.4.2.3: "yes" is its one value (else a 400); a server unable to
+            # de-identify may answer an error, which beats sending the patient's data.
+            if query["anonymize"] != "yes":
+                return error(400, f"anonymize is yes when present: {query['anonymize']!r}")
+            return error(501, "anonymize=yes: this archive does not de-identify instances")
         uids = {key: query.get(name, "") for name, key in _UIDS.items()}
         missing = [name for name, key in _UIDS.items() if not uids[key]]
         if missing:
@@ -131,24 +147,18 @@ class WadoUri:
         given = [name for name in _IMAGE_PARAMETERS if name in query]
         if given:
             raise BadRequest(f"{', '.join(given)} only apply to rendered images")
-        # As stored unless a syntax is asked (PS3.18 9.1.2.1.7: the default is the stored one
-        # when the client accepts it, and WADO-URI clients accept what they ask for).
-        syntax = query.get("transferSyntax", AS_STORED)
-        stored = stored_syntax(record)
-        if syntax in (AS_STORED, stored):
-            chunks = instance_bytes(self.archive, record, AS_STORED)
-            first = await asyncio.to_thread(next, chunks)  # damage: a 500 before any byte
-            return StreamingResponse(iterate_in_thread(chain([first], chunks)), media_type=DICOM)
-        if not producible(stored, syntax, bool(record.tags.get("Rows"))):
-            return error(
-                406,
-                f"the instance is stored as {stored}; the archive cannot make {syntax} "
-                "from it without changing a pixel",
-            )
+        # PS3.18 9.4.2.4: a Transfer Syntax UID (else a 400), Explicit VR Little Endian when
+        # absent, a 406 when it cannot be made; ``*`` is the stored syntax, as in WADO-RS.
+        asked = query.get("transferSyntax")
+        if asked not in (None, AS_STORED) and not is_transfer_syntax(asked):
+            raise BadRequest(f"transferSyntax is a Transfer Syntax UID: {asked!r}")
         try:
-            body = await asyncio.to_thread(
-                lambda: b"".join(instance_bytes(self.archive, record, syntax))
-            )
+            syntax, _ = dicom_syntax([MediaRange(DICOM, asked, 1.0, True)], [record], True)
+        except NotAcceptable as e:
+            return error(406, str(e))
+        chunks = instance_bytes(self.archive, record, syntax)
+        try:
+            first = await asyncio.to_thread(next, chunks)  # made, or damage a 500, before a byte
         except CannotTranscode as e:
             return error(406, str(e))
-        return Response(body, media_type=DICOM)
+        return StreamingResponse(iterate_in_thread(chain([first], chunks)), media_type=DICOM)
