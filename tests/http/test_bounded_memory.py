@@ -1,16 +1,20 @@
 """No HTTP path holds an instance whole in memory (issue 13): a few hundred MB POSTed to
 /instances (raw or as a form), stored by STOW-RS, or read back as all its frames or its Pixel
 Data bulk data, raise the server's peak resident memory by a small fraction of their size. A
-body cut short stores nothing; a STOW-RS body whose boundary never comes is a 400."""
+body cut short stores nothing (a STOW-RS body too, past its limit); a STOW-RS body whose
+boundary never comes is a 400."""
 
 from __future__ import annotations
 
+import io
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 from dicomvault.bench.corpus import multiframe_instance
 from dicomvault.bench.peers import free_port
@@ -126,6 +130,26 @@ def test_bodies_and_headers_over_their_limits_are_refused(tmp_path):
             assert declared.status_code == 413, declared.text  # by its Content-Length
             chunked = client.post("/instances", content=iter([big]), headers=dicom)
             assert chunked.status_code == 413, chunked.text  # once past the limit
+            # A STOW-RS body without a length, an instance and then the limit passed: 413,
+            # and nothing of it stored (PS3.18 Table 10.5.3-1: a 4xx stored no instance).
+            small = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+            large = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+            large.SOPInstanceUID = large.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            large.private_block(0x0009, "DICOMVAULT TEST", create=True).add_new(0x01, "OB", big)
+            body = b""
+            for ds in (small, large):
+                part = io.BytesIO()
+                ds.save_as(part, enforce_file_format=True)
+                body += b"--XX\r\nContent-Type: application/dicom\r\n\r\n" + part.getvalue()
+                body += b"\r\n"
+            body += b"--XX--\r\n"
+            related = 'multipart/related; type="application/dicom"; boundary=XX'
+            stow = client.post(
+                "/dicom-web/studies",
+                content=(body[at : at + (64 << 10)] for at in range(0, len(body), 64 << 10)),
+                headers={"Content-Type": related},
+            )
+            assert stow.status_code == 413, stow.text
             # Headers past [http] max_header_kb are never buffered whole: the request fails.
             huge_header = client.get("/statistics", headers={"X-Padding": "a" * (4 << 20)})
             assert huge_header.status_code in (400, 431)

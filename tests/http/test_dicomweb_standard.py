@@ -4,6 +4,7 @@ STOW-RS checks and response (10.5, Annex I), QIDO-RS parameters and results (8.3
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from pathlib import Path
 
@@ -25,8 +26,12 @@ JPEG_LS = "1.2.840.10008.1.2.4.80"
 JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
 RLE = "1.2.840.10008.1.2.5"
 DICOM = 'multipart/related; type="application/dicom"'
-# PS3.18 Table I.2-2 Failure Reasons (the C-STORE statuses).
+# PS3.18 Table I.2-2 Failure Reasons (the C-STORE statuses), and C122 "Referenced Transfer
+# Syntax not supported"; PS3.7 Annex C's 0111 "Duplicate SOP Instance" (Table I.2-2 allows more).
 CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH, SOP_CLASS_NOT_SUPPORTED = 0xC000, 0xA900, 0x0122
+TRANSFER_SYNTAX_NOT_SUPPORTED, DUPLICATE_SOP_INSTANCE = 0xC122, 0x0111
+# A UID of no transfer syntax (the stranger's): as long as Explicit VR Little Endian's.
+NOT_A_SYNTAX = "1.2.840.10008.1.2.9"
 RETRIEVE_URL, FAILED_SOP, REFERENCED_SOP, FAILURE_REASON = (
     "00081190",
     "00081198",
@@ -322,19 +327,140 @@ def test_stow_rs_to_a_study_refuses_instances_of_another(served, tmp_path):
     assert found(url, uid)
 
 
+def unknown_syntax(data: bytes) -> bytes:
+    """The instance (in Explicit VR Little Endian) with its File Meta naming no syntax."""
+    return data.replace(EXPLICIT_LE.encode(), NOT_A_SYNTAX.encode(), 1)
+
+
+def test_stow_rs_and_upload_refuse_a_transfer_syntax_the_archive_does_not_take(served, tmp_path):
+    """PS3.18 Table I.2-2: C122, Referenced Transfer Syntax not supported; WADO-RS could not
+    serve it (it was a 500, "UID is not a transfer syntax")."""
+    _, corpus, url = served
+    data, uid = variant(pick(corpus, EXPLICIT_LE), tmp_path)
+    refused = stow(url, [unknown_syntax(data)])
+    assert refused.status_code == 409
+    assert failures(refused)[0][1:] == (uid, TRANSFER_SYNTAX_NOT_SUPPORTED)
+    upload = httpx.post(
+        url.removesuffix("/dicom-web") + "/instances",
+        content=unknown_syntax(data),
+        headers={"Content-Type": "application/dicom"},
+    )
+    assert upload.status_code == 400
+    assert NOT_A_SYNTAX in upload.json()["error"]
+    assert not found(url, uid)
+
+
+def test_uids_the_archive_holds_can_be_read_and_deleted_over_http(served, tmp_path):
+    """A SOP Instance UID past PS3.5 9.1's 64 characters, a Study UID with an empty component:
+    stored (by STOW-RS as by the listener, as Orthanc and dcm4chee do), so the WADO-RS and
+    REST routes take them too (they answered 400 "is not a UID")."""
+    _, corpus, url = served
+    g = pick(corpus, EXPLICIT_LE)
+    long_uid = (generate_uid() + "." + "9" * 72)[:72]
+    study, series = generate_uid()[:60].replace(".", "..", 1), generate_uid()
+    ds = pydicom.dcmread(g.path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = long_uid
+    ds.SeriesInstanceUID = series
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's, about the UIDs this test is about
+        ds.StudyInstanceUID = study
+        ds.save_as(tmp_path / "long.dcm", enforce_file_format=True)
+    long_data = (tmp_path / "long.dcm").read_bytes()
+    assert stow(url, [long_data]).status_code == 200
+    retrieved = httpx.get(
+        f"{url}/studies/{study}/series/{series}/instances/{long_uid}",
+        headers={"Accept": f"{DICOM}; transfer-syntax=*"},
+    )
+    assert retrieved.status_code == 200, retrieved.text
+    assert [payload for _, payload in parts_with_types(retrieved)] == [long_data]
+    rest = url.removesuffix("/dicom-web")
+    assert httpx.get(f"{rest}/instances/{long_uid}/file").content == long_data
+    assert httpx.delete(f"{rest}/studies/{study}").status_code == 200
+    assert not found(url, long_uid)
+    assert httpx.get(f"{rest}/instances/1.2.3abc/tags").status_code == 400  # not UI's characters
+
+
+def test_stow_rs_of_other_bytes_under_a_stored_uid_is_a_failure(served, tmp_path):
+    """Under [storage] on_duplicate = "keep" the archive keeps what it holds: the instance
+    sent is not stored, so it is a Failed SOP item (PS3.18 I.1), 0111 Duplicate SOP Instance,
+    not a success (the new bytes were dropped silently). The same bytes again are a success."""
+    _, corpus, url = served
+    data, uid = variant(pick(corpus, EXPLICIT_LE), tmp_path)
+    assert stow(url, [data]).status_code == 200
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PatientName = "CORRECTED^NAME"
+    ds.save_as(tmp_path / "other.dcm", enforce_file_format=True)
+    other = stow(url, [(tmp_path / "other.dcm").read_bytes()])
+    assert other.status_code == 409
+    assert failures(other)[0][1:] == (uid, DUPLICATE_SOP_INSTANCE)
+    assert REFERENCED_SOP not in other.json()
+    again = stow(url, [data])
+    assert again.status_code == 200
+    assert again.json()[REFERENCED_SOP]["Value"][0]["00081155"]["Value"] == [uid]
+
+
+def test_stow_rs_of_metadata_and_bulk_data_is_415(served, tmp_path):
+    """PS3.18 Table 10.5.3-1: 415 for a media type the origin server does not support (it was
+    a 409 with Failed SOP items of no UIDs)."""
+    _, corpus, url = served
+    g = pick(corpus, EXPLICIT_LE)
+    metadata = json.dumps([pydicom.dcmread(g.path, stop_before_pixels=True).to_json_dict()])
+    body = (
+        b"--m\r\nContent-Type: application/dicom+json\r\n\r\n"
+        + metadata.encode()
+        + b"\r\n--m\r\nContent-Type: application/octet-stream\r\n\r\n"
+        + b"\0" * 512
+        + b"\r\n--m--\r\n"
+    )
+    for content_type in (
+        'multipart/related; type="application/dicom+json"; boundary=m',
+        "multipart/related; boundary=m",  # said by the parts alone
+    ):
+        response = httpx.post(
+            f"{url}/studies", content=body, headers={"Content-Type": content_type}
+        )
+        assert response.status_code == 415, response.text
+
+
+def test_stow_rs_names_a_part_the_body_ends_inside(served, tmp_path):
+    """The Failed SOP Sequence item of a part cut short carries the UIDs its header holds
+    (PS3.3 Table 10-11: both are Type 1)."""
+    _, corpus, url = served
+    g = pick(corpus, EXPLICIT_LE, frames=50)
+    good, good_uid = variant(pick(corpus, EXPLICIT_LE), tmp_path)
+    whole, cut_uid = variant(g, tmp_path)
+    body = b"".join(
+        b"--cut\r\nContent-Type: application/dicom\r\n\r\n" + p
+        for p in (good + b"\r\n", whole[: len(whole) // 2])
+    )
+    response = httpx.post(
+        f"{url}/studies",
+        content=body,
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=cut'},
+    )
+    assert response.status_code == 202
+    assert failures(response) == [(multiframe_class(g), cut_uid, CANNOT_UNDERSTAND)]
+    assert found(url, good_uid)
+    assert not found(url, cut_uid)
+
+
 def test_import_refuses_what_stow_rs_refuses(cli, tmp_path):
     from dicomvault.bench.corpus import clinical_corpus
 
-    g = next(c for c in clinical_corpus(tmp_path / "corpus") if c.number_of_frames > 1)
+    corpus = clinical_corpus(tmp_path / "corpus")
+    g = next(c for c in corpus if c.number_of_frames > 1)
     files = tmp_path / "in"
     files.mkdir()
     whole, cut_uid = variant(g, files)
     (files / f"{cut_uid}.dcm").write_bytes(whole[:-5000])
     variant(g, files, StudyInstanceUID=None)
+    data, uid = variant(pick(corpus, EXPLICIT_LE), tmp_path)
+    (files / f"{uid}.dcm").write_bytes(unknown_syntax(data))
     result = cli.run("import", files, check=False)
     assert result.returncode != 0
     assert "cut short" in result.stdout + result.stderr
     assert "StudyInstanceUID" in result.stdout + result.stderr
+    assert NOT_A_SYNTAX in result.stdout + result.stderr
     assert cli.ls("instances") == []
 
 

@@ -1,8 +1,9 @@
 """Whether an instance handed to the archive by STOW-RS or import may be stored: the checks
 C-STORE makes in the listener, on what the store's writer found. It must be complete (not cut
 short), carry its SOP Class, SOP Instance, Study and Series Instance UIDs (PS3.4 C.2.2.1.1:
-every entity has a non-empty unique key; the Rust identity check says which is missing) and
-be of a storage SOP class the archive accepts."""
+every entity has a non-empty unique key; the Rust identity check says which is missing), be
+of a storage SOP class the archive accepts and in a transfer syntax the listener accepts (its
+File Meta's, PS3.10 7.1: one no retrieve could read or make is not stored)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from dicomvault.net.status import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH,
     SOP_CLASS_NOT_SUPPORTED,
+    TRANSFER_SYNTAX_NOT_SUPPORTED,
 )
-from dicomvault.net.vocabulary import ALL_STORAGE_SOP_CLASSES
+from dicomvault.net.vocabulary import ACCEPTED_SYNTAXES, ALL_STORAGE_SOP_CLASSES
 
 SOP_CLASS_UID = 0x00080016
 SOP_INSTANCE_UID = 0x00080018
@@ -30,6 +32,7 @@ class Refusal(NamedTuple):
 
 
 _STORAGE_SOP_CLASSES = frozenset(ALL_STORAGE_SOP_CLASSES)
+_TRANSFER_SYNTAXES = frozenset(ACCEPTED_SYNTAXES)
 
 
 def storage_sop_classes() -> frozenset[str]:
@@ -55,5 +58,10 @@ def refusal(ingested: Mapping[str, Any]) -> Refusal | None:
     if sop_class not in storage_sop_classes():
         return Refusal(
             SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not one the archive stores"
+        )
+    if ingested["transfer_syntax"] not in _TRANSFER_SYNTAXES:
+        return Refusal(
+            TRANSFER_SYNTAX_NOT_SUPPORTED,
+            f"transfer syntax {ingested['transfer_syntax']} is not one the archive stores",
         )
     return None

@@ -145,10 +145,15 @@ def decode_elements(elements: Mapping[int, tuple[str, bytes]]) -> dict[str, str]
     return decoded
 
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_UID = re.compile(r"[0-9.]+")
 
 
 def is_uid(value: str) -> bool:
-    """Whether ``value`` is a UID as PS3.5 9.1 has it: at most 64 characters, digits in
-    components separated by dots (leading zeros, which some equipment writes, are let be)."""
-    return len(value) <= 64 and _UID.fullmatch(value) is not None
+    """Whether ``value`` can name an instance, series or study the archive holds: UI's
+    characters, digits and dots (PS3.5 6.2), of any length and components. PS3.5 9.1's rules
+    (64 characters at most, no empty component, no leading zero) are what equipment should
+    write, not what it always does: the listener, STOW-RS and import store such instances,
+    as Orthanc and dcm4chee do, so their UIDs must reach them (to read and delete them) over
+    HTTP too. None of these characters means anything to matching (no wildcard, range or
+    list), so a UID in a path selects one record."""
+    return _UID.fullmatch(value) is not None

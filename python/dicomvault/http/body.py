@@ -27,8 +27,10 @@ _IN_FLIGHT = 8
 _MAX_HEADERS = 16 << 10
 
 
-class BodyCutShort(OSError):
-    """The request's body ended before it was whole (the client went away)."""
+class BodyCutShort(Exception):
+    """The request's body ended before it was whole (the client went away, or it passed
+    [http] max_body_mb). Not an OSError: what reads the body must not take it for a failing
+    disk and go on with what it has."""
 
 
 class _Pieces:
@@ -83,7 +85,8 @@ async def consume(request: Request, work: Callable[[Iterator[bytes]], T]) -> tup
 class BodyLimit:
     """ASGI middleware refusing request bodies larger than ``limit`` bytes ([http]
     max_body_mb) with 413: by their Content-Length before a byte is read, or, sent without
-    one, once they pass it (the application sees the client go away: nothing is stored)."""
+    one, once they pass it (the application sees the client go away, and commits nothing of
+    a body it did not receive whole)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app

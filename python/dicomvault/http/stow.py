@@ -1,14 +1,18 @@
 """STOW-RS (PS3.18 10.5): ``POST /studies`` and ``POST /studies/{study}`` of a multipart/related
 body of application/dicom parts, each stored through the archive's ingest path with the checks
-C-STORE makes (complete, its UIDs present, a storage SOP class; to one study, of that study)
-before anything of it is indexed. The response is the Store Instances Response Module (PS3.18
+C-STORE makes (complete, its UIDs present, a storage SOP class, a transfer syntax the listener
+takes; to one study, of that study) before anything of it is indexed, and committed only once
+the body was read to its end. The response is the Store Instances Response Module (PS3.18
 Annex I) in DICOM JSON: RetrieveURL, a ReferencedSOPSequence item per instance stored (with its
-RetrieveURL) and a FailedSOPSequence item per instance refused, with its UIDs and Failure
-Reason; 200 when all were stored, 202 when some, 409 when none (507 when for want of room)."""
+RetrieveURL) and a FailedSOPSequence item per instance refused, with its UIDs (when it could
+be read) and Failure Reason; 200 when all were stored, 202 when some, 409 when none (507 when
+for want of room). Metadata and bulk data (application/dicom+json or +xml) are not stored:
+415, as for any media type other than application/dicom (PS3.18 Table 10.5.3-1)."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -19,15 +23,21 @@ from dicomvault.dicom.acceptance import STUDY_INSTANCE_UID, Refusal, uid_of
 from dicomvault.http.auth import request_source
 from dicomvault.http.body import boundary_of, consume, parts
 from dicomvault.http.resources import DICOM_JSON, DICOM_WEB, BadRequest, error
-from dicomvault.index import CommitOutcome, Level
-from dicomvault.net.status import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH, OUT_OF_RESOURCES
+from dicomvault.index import InstanceEntry, Level
+from dicomvault.net.status import (
+    CANNOT_UNDERSTAND,
+    DATA_SET_DOES_NOT_MATCH,
+    DUPLICATE_SOP_INSTANCE,
+    OUT_OF_RESOURCES,
+)
 from dicomvault.store import Archive
-from dicomvault.store.applier import Pending
 from dicomvault.store.archive import IngestOutcome, final
 
 log = logging.getLogger("dicomvault.http")
 
 DICOM = "application/dicom"
+# The media types of a Store of metadata and bulk data (PS3.18 10.5.1.4), which is not taken.
+METADATA = ("application/dicom+json", "application/dicom+xml")
 RETRIEVE_URL = "00081190"
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_SEQUENCE = "00081199"
@@ -40,14 +50,29 @@ def _uid(value: str) -> dict[str, Any]:
     return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
 
 
+class UnsupportedMedia(Exception):
+    """A request whose representations are of a media type not stored here (a 415)."""
+
+
+def _until_cut(payload: Iterator[bytes], cut: list[BadRequest]) -> Iterator[bytes]:
+    """A part's payload up to where the body ended inside it (noted in ``cut``), so that the
+    writer scans what came and the part is refused with the UIDs of its header."""
+    try:
+        yield from payload
+    except BadRequest as e:
+        cut.append(e)
+
+
 class Stow:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
 
     async def endpoint(self, request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
-        if not content_type.startswith("multipart/related"):
-            return error(415, "STOW-RS takes multipart/related application/dicom parts")
+        declared = re.search(r'(?i);\s*type="?([^";]+)"?', content_type)
+        media = declared[1].strip().lower() if declared else DICOM
+        if not content_type.startswith("multipart/related") or media != DICOM:
+            return error(415, f"STOW-RS takes multipart/related {DICOM} parts, not {media}")
         root = str(request.base_url).rstrip("/") + DICOM_WEB
         study = request.path_params.get("study")
         source = request_source(request, "STOW-RS")
@@ -58,6 +83,8 @@ class Stow:
             )
         except BadRequest as e:
             return error(400, str(e))
+        except UnsupportedMedia as e:
+            return error(415, str(e))
         if not outcomes:
             return error(400, "the multipart/related body has no part")
         return self._response(outcomes, root, study)
@@ -65,9 +92,13 @@ class Stow:
     def _store(
         self, parts: Iterator[tuple[str, Iterator[bytes]]], source: str, study: str | None
     ) -> list[IngestOutcome]:
-        """Each part stored as it arrives (queued for the group commit, the next part read
-        meanwhile), then every outcome once durable. A part cut short is refused; a body
-        cut short before its first part is a BadRequest."""
+        """Each part written into the packs as it arrives, then, once the body was read to
+        its end, every one the archive takes committed together, and every outcome returned
+        once durable. A body that never ends (cut off past [http] max_body_mb, which is a 413,
+        or by the client going away) commits nothing: a 4xx says that no instance was stored
+        (PS3.18 Table 10.5.3-1). A part cut short by the body's end is refused; a body cut
+        short inside its first part, or before it, is a BadRequest; a metadata part makes the
+        request UnsupportedMedia."""
 
         def same_study(ingested: Mapping[str, Any]) -> Refusal | None:
             found = uid_of(ingested, STUDY_INSTANCE_UID)
@@ -78,22 +109,42 @@ class Stow:
                 f"the instance is of study {found or '(none)'}, not of {study} the request names",
             )
 
-        queued: list[tuple[IngestOutcome, Pending[CommitOutcome] | None]] = []
+        received: list[tuple[IngestOutcome, InstanceEntry | None]] = []
+        whole = 0  # parts read to their closing delimiter
         try:
             for i, (media, payload) in enumerate(parts):
+                if media in METADATA:
+                    raise UnsupportedMedia(
+                        f"{media} parts (metadata and bulk data) are not stored here: send "
+                        "each instance as one application/dicom part"
+                    )
                 if media != DICOM:
                     reason = f"{media} parts are not stored here"
-                    queued.append(
+                    received.append(
                         (IngestOutcome("rejected", reason=reason, code=CANNOT_UNDERSTAND), None)
                     )
+                    whole += 1
                     continue
-                queued.append(
-                    self.archive.ingest_chunks(payload, source, f"part {i + 1}", same_study)
+                cut: list[BadRequest] = []
+                received.append(
+                    self.archive.receive_chunks(
+                        _until_cut(payload, cut), source, f"part {i + 1}", same_study
+                    )
                 )
+                if cut:
+                    if not whole:
+                        raise cut[0]
+                    break  # the body ended inside this part: nothing follows
+                whole += 1
         except BadRequest as e:
-            if not queued:
+            if not whole:
                 raise
-            queued.append((IngestOutcome("rejected", reason=str(e), code=CANNOT_UNDERSTAND), None))
+            rejected = IngestOutcome("rejected", reason=str(e), code=CANNOT_UNDERSTAND)
+            received.append((rejected, None))
+        queued = [
+            (outcome, self.archive.submit(entry) if entry is not None else None)
+            for outcome, entry in received
+        ]
         return [final(*q) for q in queued]
 
     def _response(self, outcomes: list[IngestOutcome], root: str, study: str | None) -> Response:
@@ -101,13 +152,21 @@ class Stow:
         studies: set[str] = set()
         for i, outcome in enumerate(outcomes):
             sop_class, sop_instance = outcome.uids or ("", "")
-            if outcome.key is None:
-                log.warning("STOW-RS part %d refused: %s", i + 1, outcome.reason)
+            code = outcome.code or CANNOT_UNDERSTAND
+            reason = outcome.reason
+            if outcome.status == "different":  # what was sent is not what the archive holds
+                code = DUPLICATE_SOP_INSTANCE
+                reason = (
+                    f"other bytes are stored as SOP Instance {outcome.key} and were kept "
+                    '([storage] on_duplicate = "keep"): delete it first to store these'
+                )
+            if outcome.key is None or outcome.status == "different":
+                log.warning("STOW-RS part %d refused: %s", i + 1, reason)
                 failed.append(
                     {
                         REFERENCED_SOP_CLASS: _uid(sop_class),
                         REFERENCED_SOP_INSTANCE: _uid(sop_instance),
-                        FAILURE_REASON: {"vr": "US", "Value": [outcome.code or CANNOT_UNDERSTAND]},
+                        FAILURE_REASON: {"vr": "US", "Value": [code]},
                     }
                 )
                 continue

@@ -334,8 +334,10 @@ class Archive:
     ) -> tuple[IngestOutcome, Pending[CommitOutcome] | None]:
         """Streams a file into the store and queues it for commit. The outcome is final for
         rejected files; otherwise the future resolves once the instance is durable."""
-        return self._ingest(
-            lambda: self.store.ingest_file(str(path)), source or f"import:{path}", str(path)
+        return self._committed(
+            self._receive(
+                lambda: self.store.ingest_file(str(path)), source or f"import:{path}", str(path)
+            )
         )
 
     def ingest_chunks(
@@ -344,6 +346,14 @@ class Archive:
         """``ingest_file`` for an instance arriving in pieces (an HTTP body): each piece goes
         into the store as it comes, so that nothing holds the instance whole (``name`` says
         what it was); an instance cut short is refused, as ``check`` refuses what it refuses."""
+        return self._committed(self.receive_chunks(chunks, source, name, check))
+
+    def receive_chunks(
+        self, chunks: Iterable[bytes], source: str, name: str, check: Check | None = None
+    ) -> tuple[IngestOutcome, InstanceEntry | None]:
+        """``ingest_chunks`` without the commit: the instance's blobs are in the packs and
+        its entry is returned, for the caller to ``submit`` (or not: then nothing references
+        the blobs, and gc reclaims them) once it knows the whole request can be taken."""
 
         def ingest() -> _native.Ingested:
             writer = self.store.writer(allow_truncated=True)
@@ -351,7 +361,7 @@ class Archive:
                 writer.write(chunk)
             return writer.finish()
 
-        return self._ingest(ingest, source, name, check)
+        return self._receive(ingest, source, name, check)
 
     def ingest_bytes(
         self, data: bytes, source: str, name: str, check: Check | None = None
@@ -367,13 +377,20 @@ class Archive:
         queued = [self.ingest_bytes(data, source, name, check) for name, data in parts]
         return [final(*q) for q in queued]
 
-    def _ingest(
+    def _committed(
+        self, received: tuple[IngestOutcome, InstanceEntry | None]
+    ) -> tuple[IngestOutcome, Pending[CommitOutcome] | None]:
+        """What ``_receive`` took, queued for commit when it is to be stored."""
+        outcome, entry = received
+        return outcome, self.submit(entry) if entry is not None else None
+
+    def _receive(
         self,
         ingest: Callable[[], _native.Ingested],
         source: str,
         name: str,
         check: Check | None = None,
-    ) -> tuple[IngestOutcome, Pending[CommitOutcome] | None]:
+    ) -> tuple[IngestOutcome, InstanceEntry | None]:
         try:
             self.store.check_space()
             ingested = ingest()
@@ -394,7 +411,7 @@ class Archive:
                 "rejected", reason=refused.reason, code=refused.status, uids=uids
             ), None
         entry = self.entry(ingested, source)
-        return IngestOutcome("stored", size=ingested["size"], uids=uids), self.submit(entry)
+        return IngestOutcome("stored", size=ingested["size"], uids=uids), entry
 
     # Reading ------------------------------------------------------------------------------
 
