@@ -43,6 +43,11 @@ statuses! {
     MISSING_ATTRIBUTE = 0x0120;
     NO_SUCH_OBJECT_INSTANCE = 0x0112;
     CLASS_INSTANCE_CONFLICT = 0x0119;
+    /// A STOW-RS Failure Reason no DIMSE exchange of the listener answers with (it
+    /// acknowledges a duplicate before the index compares it): an instance whose SOP Instance
+    /// UID other bytes hold, kept under [storage] on_duplicate = "keep" (PS3.7 C "Duplicate
+    /// SOP Instance"; PS3.18 Table I.2-2 allows codes beyond its own).
+    DUPLICATE_SOP_INSTANCE = 0x0111;
 }
 
 /// Whether `status` is a Warning of a retrieve's sub-operation or final response (Bxxx).

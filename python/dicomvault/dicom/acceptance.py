@@ -1,9 +1,10 @@
 """Whether an instance handed to the archive by STOW-RS or import may be stored: the checks
 C-STORE makes in the listener, on what the store's writer found. It must be complete (not cut
 short), carry its SOP Class, SOP Instance, Study and Series Instance UIDs (PS3.4 C.2.2.1.1:
-every entity has a non-empty unique key; the Rust identity check says which is missing), be
-of a storage SOP class the archive accepts and in a transfer syntax the listener accepts (its
-File Meta's, PS3.10 7.1: one no retrieve could read or make is not stored)."""
+every entity has a non-empty unique key; the Rust identity check says which is missing) and
+be of a storage SOP class the archive accepts. Its transfer syntax may be one the archive
+cannot decode (a vendor's private one, an old archive's): it is kept as received, served as
+received, and a retrieve that would need it decoded is refused (406, 415)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from dicomvault.net.status import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH,
     SOP_CLASS_NOT_SUPPORTED,
-    TRANSFER_SYNTAX_NOT_SUPPORTED,
 )
-from dicomvault.net.vocabulary import ACCEPTED_SYNTAXES, ALL_STORAGE_SOP_CLASSES
+from dicomvault.net.vocabulary import ALL_STORAGE_SOP_CLASSES
 
 SOP_CLASS_UID = 0x00080016
 SOP_INSTANCE_UID = 0x00080018
@@ -32,7 +32,6 @@ class Refusal(NamedTuple):
 
 
 _STORAGE_SOP_CLASSES = frozenset(ALL_STORAGE_SOP_CLASSES)
-_TRANSFER_SYNTAXES = frozenset(ACCEPTED_SYNTAXES)
 
 
 def storage_sop_classes() -> frozenset[str]:
@@ -58,10 +57,5 @@ def refusal(ingested: Mapping[str, Any]) -> Refusal | None:
     if sop_class not in storage_sop_classes():
         return Refusal(
             SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not one the archive stores"
-        )
-    if ingested["transfer_syntax"] not in _TRANSFER_SYNTAXES:
-        return Refusal(
-            TRANSFER_SYNTAX_NOT_SUPPORTED,
-            f"transfer syntax {ingested['transfer_syntax']} is not one the archive stores",
         )
     return None

@@ -103,8 +103,14 @@ class CannotTranscode(ValueError):
 
 def producible(stored: str, target: str, has_pixels: bool) -> bool:
     """Whether an instance stored in ``stored`` can be given in ``target`` without changing
-    a pixel (decoding may still fail: ``transcode`` says so)."""
-    if target == stored or target in NATIVE or not has_pixels:
+    a pixel (decoding may still fail: ``transcode`` says so). One stored in a syntax pydicom
+    does not know (a vendor's private one) only as stored: not even its data set's encoding
+    is known."""
+    if target == stored:
+        return True
+    if not UID(stored).is_transfer_syntax:
+        return False
+    if target in NATIVE or not has_pixels:
         return True
     return target in LOSSLESS_ENCODINGS
 

@@ -31,14 +31,8 @@ MOVE_DESTINATION_UNKNOWN: Final[int] = STATUS["MOVE_DESTINATION_UNKNOWN"]
 # the cause (no association with the destination, nothing it accepts, damage here).
 SUB_OPERATION_FAILED: Final[int] = OUT_OF_RESOURCES
 
-# STOW-RS Failure Reasons that no DIMSE exchange of the listener answers with (it negotiates
-# transfer syntaxes, and acknowledges a duplicate before the index compares it), so they are
-# not in the Rust table: an instance whose transfer syntax the archive does not take (PS3.18
-# Table I.2-2, C122 "Referenced Transfer Syntax not supported"); one that other bytes already
-# hold the SOP Instance UID of, kept under [storage] on_duplicate = "keep" (PS3.7 Annex C,
-# 0111 "Duplicate SOP Instance"; Table I.2-2 allows codes beyond its own).
-TRANSFER_SYNTAX_NOT_SUPPORTED: Final[int] = 0xC122
-DUPLICATE_SOP_INSTANCE: Final[int] = 0x0111
+# A STOW-RS Failure Reason (see rust/src/status.rs).
+DUPLICATE_SOP_INSTANCE: Final[int] = STATUS["DUPLICATE_SOP_INSTANCE"]
 
 
 def describe(status: int) -> str:
