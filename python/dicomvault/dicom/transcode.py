@@ -314,7 +314,10 @@ def transcode_to_any(dataset: bytes, stored: str, candidates: Sequence[str]) -> 
     why = []
     for target in candidates:
         if not producible(stored, target, has_pixels):
-            why.append(f"{UID(target).name}: only a lossy encoder could make it, never used")
+            if UID(stored).is_transfer_syntax:
+                why.append(f"{UID(target).name}: only a lossy encoder could make it, never used")
+            else:
+                why.append(f"{UID(target).name}: no decoder here knows the stored syntax")
             continue
         try:
             return target, transcode(dataset, stored, target)
