@@ -475,11 +475,12 @@ impl Store {
         Ok(Some((through, items)))
     }
 
-    /// Whether a segment of this node's log on S3 whose put had failed (its C-STOREs refused)
-    /// was found written since last asked: its records are to be replayed into the index
-    /// before what `take_logged` returns next, as a restart or a reindex would apply them.
-    fn take_landed(&self) -> bool {
-        self.core.take_landed()
+    /// Whether a segment of this node's log on S3 whose put had failed (its C-STOREs refused),
+    /// found written since, lies before the log position `before` (the end of the first
+    /// record of what `take_logged` returned): its records are to be replayed into the
+    /// index before those, as a restart or a reindex would apply them. Each is told once.
+    fn take_landed(&self, before: u64) -> bool {
+        self.core.take_landed(before)
     }
 
     /// The applier is done with what `take_logged` returned up to `through` (and no longer

@@ -426,16 +426,20 @@ def test_stow_rs_of_metadata_and_bulk_data_is_415(served, tmp_path):
         assert response.status_code == 415, response.text
 
 
-def test_stow_rs_names_a_part_the_body_ends_inside(served, tmp_path):
-    """The Failed SOP Sequence item of a part cut short carries the UIDs its header holds
-    (PS3.3 Table 10-11: both are Type 1)."""
+@pytest.mark.parametrize("cut", ["in Pixel Data", "before Pixel Data"])
+def test_stow_rs_names_a_part_the_body_ends_inside(served, tmp_path, cut):
+    """A part the body ends inside is refused, the data set read whole or not (cut where an
+    element begins, it scans as complete), and its Failed SOP Sequence item carries the
+    UIDs its header holds (PS3.3 Table 10-11: both are Type 1)."""
     _, corpus, url = served
     g = pick(corpus, EXPLICIT_LE, frames=50)
     good, good_uid = variant(pick(corpus, EXPLICIT_LE), tmp_path)
     whole, cut_uid = variant(g, tmp_path)
+    pixel_data = whole.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010), little endian
+    at = len(whole) // 2 if cut == "in Pixel Data" else pixel_data
     body = b"".join(
         b"--cut\r\nContent-Type: application/dicom\r\n\r\n" + p
-        for p in (good + b"\r\n", whole[: len(whole) // 2])
+        for p in (good + b"\r\n", whole[:at])
     )
     response = httpx.post(
         f"{url}/studies",

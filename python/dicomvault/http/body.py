@@ -76,7 +76,11 @@ async def consume(request: Request, work: Callable[[Iterator[bytes]], T]) -> tup
                 await asyncio.to_thread(pieces.queue.put, piece)
     except BaseException as e:
         await asyncio.to_thread(pieces.queue.put, e)
-        await asyncio.gather(working, return_exceptions=True)
+        [done] = await asyncio.gather(working, return_exceptions=True)
+        if isinstance(e, ClientDisconnect) and not isinstance(done, BaseException):
+            # The work took the body's end for a cut and answered for what came before it
+            # (STOW-RS: the instances stored): that is the response, not the disconnect.
+            return done, pieces.received
         raise
     await asyncio.to_thread(pieces.queue.put, None)
     return await working, pieces.received
@@ -85,8 +89,8 @@ async def consume(request: Request, work: Callable[[Iterator[bytes]], T]) -> tup
 class BodyLimit:
     """ASGI middleware refusing request bodies larger than ``limit`` bytes ([http]
     max_body_mb) with 413: by their Content-Length before a byte is read, or, sent without
-    one, once they pass it (the application sees the client go away, and commits nothing of
-    a body it did not receive whole)."""
+    one, once they pass it (the application sees the client go away: it commits no instance
+    it did not receive whole, and STOW-RS answers for those it stored before)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app

@@ -21,9 +21,9 @@ from starlette.responses import JSONResponse, Response
 
 from dicomvault.dicom.acceptance import STUDY_INSTANCE_UID, Refusal, uid_of
 from dicomvault.http.auth import request_source
-from dicomvault.http.body import boundary_of, consume, parts
+from dicomvault.http.body import BodyCutShort, boundary_of, consume, parts
 from dicomvault.http.resources import DICOM_JSON, DICOM_WEB, BadRequest, error
-from dicomvault.index import InstanceEntry, Level
+from dicomvault.index import CommitOutcome, Level
 from dicomvault.net.status import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH,
@@ -31,7 +31,7 @@ from dicomvault.net.status import (
     OUT_OF_RESOURCES,
 )
 from dicomvault.store import Archive
-from dicomvault.store.archive import IngestOutcome, final
+from dicomvault.store.archive import IngestOutcome, Pending, final
 
 log = logging.getLogger("dicomvault.http")
 
@@ -92,12 +92,14 @@ class Stow:
     def _store(
         self, parts: Iterator[tuple[str, Iterator[bytes]]], source: str, study: str | None
     ) -> list[IngestOutcome]:
-        """Each part written into the packs as it arrives, then, once the body was read to
-        its end, every one the archive takes committed together, and every outcome returned
-        once durable. A body that never ends (cut off past [http] max_body_mb, which is a 413,
-        or by the client going away) commits nothing: a 4xx says that no instance was stored
-        (PS3.18 Table 10.5.3-1). A part cut short by the body's end is refused; a body cut
-        short inside its first part, or before it, is a BadRequest; a metadata part makes the
+        """Each part stored as it arrives: written into the packs and submitted for the next
+        group commit at once (so that no blob waits for a long body's end before an instance
+        references it: gc on S3 counts on that), every outcome returned once durable. A body
+        that ends early (cut off past [http] max_body_mb, or the client going away) before any
+        part was whole stores nothing (BodyCutShort: a 413, "no instance stored", PS3.18 Table
+        10.5.3-1); after some, those are stored and the rest is one failure (a 202). A part
+        cut short by the body's end is refused with its header's UIDs; a body cut short
+        inside its first part, or before it, is a BadRequest; a metadata part makes the
         request UnsupportedMedia."""
 
         def same_study(ingested: Mapping[str, Any]) -> Refusal | None:
@@ -109,8 +111,13 @@ class Stow:
                 f"the instance is of study {found or '(none)'}, not of {study} the request names",
             )
 
-        received: list[tuple[IngestOutcome, InstanceEntry | None]] = []
-        whole = 0  # parts read to their closing delimiter
+        archive = self.archive
+        queued: list[tuple[IngestOutcome, Pending[CommitOutcome] | None]] = []
+
+        def refused(reason: str, uids: tuple[str, str] | None = None) -> None:
+            outcome = IngestOutcome("rejected", reason=reason, code=CANNOT_UNDERSTAND, uids=uids)
+            queued.append((outcome, None))
+
         try:
             for i, (media, payload) in enumerate(parts):
                 if media in METADATA:
@@ -119,32 +126,28 @@ class Stow:
                         "each instance as one application/dicom part"
                     )
                 if media != DICOM:
-                    reason = f"{media} parts are not stored here"
-                    received.append(
-                        (IngestOutcome("rejected", reason=reason, code=CANNOT_UNDERSTAND), None)
-                    )
-                    whole += 1
+                    refused(f"{media} parts are not stored here")
                     continue
                 cut: list[BadRequest] = []
-                received.append(
-                    self.archive.receive_chunks(
-                        _until_cut(payload, cut), source, f"part {i + 1}", same_study
-                    )
+                outcome, entry = archive.receive_chunks(
+                    _until_cut(payload, cut), source, f"part {i + 1}", same_study
                 )
                 if cut:
-                    if not whole:
+                    if not queued:
                         raise cut[0]
-                    break  # the body ended inside this part: nothing follows
-                whole += 1
+                    # The body ended inside this part: refused with its UIDs, whatever the
+                    # writer made of what came (cut at an element's end, it reads as whole).
+                    refused(f"the body ends inside this part: {cut[0]}", outcome.uids)
+                    break  # nothing follows
+                queued.append((outcome, archive.submit(entry) if entry is not None else None))
         except BadRequest as e:
-            if not whole:
+            if not queued:
                 raise
-            rejected = IngestOutcome("rejected", reason=str(e), code=CANNOT_UNDERSTAND)
-            received.append((rejected, None))
-        queued = [
-            (outcome, self.archive.submit(entry) if entry is not None else None)
-            for outcome, entry in received
-        ]
+            refused(str(e))
+        except BodyCutShort:
+            if not any(pending is not None for _, pending in queued):
+                raise
+            refused("the body ended early (past [http] max_body_mb, or cut off): the rest unread")
         return [final(*q) for q in queued]
 
     def _response(self, outcomes: list[IngestOutcome], root: str, study: str | None) -> Response:

@@ -13,6 +13,7 @@ it: it is replayed at the next open.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -98,8 +99,6 @@ class Applier:
         store = archive.store
         while (taken := store.take_logged()) is not None:
             through, logged = taken
-            if logged and store.take_landed():
-                self._replay_landed(logged[0][:2])
             claimed = [p for *_, ticket, _ in logged if (p := self._claim(ticket)) is not None]
             steps = self._steps(logged, {p.ticket: p for p in claimed})
             if steps is None:
@@ -107,6 +106,9 @@ class Applier:
                 _give_up(claimed, IndexUnavailable(why))
                 store.log_given_up(through, why)
                 continue
+            if logged and store.take_landed(logged[0][1]):
+                # First, and retried as the rest: applied past it, the marks would pass it.
+                steps.insert(0, functools.partial(self._replay_landed, logged[0][:2]))
             delay = 0.05
             while steps:
                 try:
@@ -140,11 +142,7 @@ class Applier:
         they are indexed now, before what follows them (their C-STOREs were refused: such an
         instance is then stored, never the other way round)."""
         archive = self._archive
-        try:
-            count = replay(archive, archive.index.applied(), before=first)
-        except Exception as e:  # what it could not replay now, the next open replays
-            log.error("a segment found written after its put failed: not replayed: %s", e)
-            return
+        count = replay(archive, archive.index.applied(), before=first)
         log.warning(
             "a segment of this node's log found written after its put failed: %d records "
             "replayed into the index",

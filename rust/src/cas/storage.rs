@@ -186,13 +186,13 @@ impl Storage {
         }
     }
 
-    /// On an object store, whether a segment of this node's whose put had failed was found
-    /// written since last asked (`ObjectLog::take_landed`); never on packs,
-    /// whose appends are not in doubt.
-    pub fn take_landed(&self) -> bool {
+    /// On an object store, whether a segment of this node's whose put had failed, found
+    /// written since, lies before the log position `before` (`ObjectLog::take_landed`);
+    /// never on packs, whose appends are not in doubt.
+    pub fn take_landed(&self, before: u64) -> bool {
         match self {
             Storage::Packs(_) => false,
-            Storage::Objects(objects) => objects.blobs.log().take_landed(),
+            Storage::Objects(objects) => objects.blobs.log().take_landed(before),
         }
     }
 

@@ -41,14 +41,14 @@ use super::{object_error, ObjectBlobStore};
 use crate::cas::blobs::BlobStore;
 use crate::cas::history::{HistoryEvent, HistoryKind};
 use crate::cas::Position;
-use crate::cas::{hex, invalid, next_stamp, raw_record, LogRecord, Result, StoreError};
+use crate::cas::{hex, invalid, lock, next_stamp, raw_record, LogRecord, Result, StoreError};
 use crate::manifest::{BlobRef, Hash, Manifest};
 use crate::pack::{self, RecordHeader, RecordKind, PACK_HEADER_LEN, PACK_MAGIC, RECORD_HEADER_LEN};
 use futures_util::StreamExt;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, GetRange, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
 
 /// Blobs up to this long may go into a segment; longer ones are objects of their own.
@@ -120,8 +120,8 @@ pub struct ObjectLog {
     node: u32,
     next: Mutex<Next>,
     stamp: AtomicU64,
-    /// A segment whose put had failed was found written (see [`ObjectLog::take_landed`]).
-    landed: AtomicBool,
+    /// Segments whose put had failed found written (see [`ObjectLog::take_landed`]).
+    landed: Mutex<BTreeSet<u64>>,
 }
 
 /// Where a node's next segment goes.
@@ -148,7 +148,7 @@ impl ObjectLog {
             node,
             next: Mutex::new(Next::Unknown),
             stamp: AtomicU64::new(0),
-            landed: AtomicBool::new(false),
+            landed: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -188,7 +188,9 @@ impl ObjectLog {
         }
         // Held across the put: the node's segments are written one at a time.
         let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-        let seq = match &*next {
+        // Whether this put retries the position of a put that failed, not found written.
+        let mut retrying = false;
+        let mut seq = match &*next {
             Next::At(seq) => *seq,
             Next::Unknown => self
                 .segments(self.node, None, usize::MAX)?
@@ -199,16 +201,15 @@ impl ObjectLog {
                 .last()
             {
                 Some(last) => {
-                    self.landed.store(true, Ordering::SeqCst);
+                    self.landed_at(*failed);
                     last.seq + 1
                 }
-                None => *failed,
+                None => {
+                    retrying = true;
+                    *failed
+                }
             },
             Next::Taken(why) => return Err(StoreError::Busy(why.clone())),
-        };
-        let id = SegmentId {
-            node: self.node,
-            seq,
         };
         let mut bytes = Vec::new();
         bytes.extend_from_slice(PACK_MAGIC);
@@ -218,7 +219,10 @@ impl ObjectLog {
         for blob in blobs {
             let header = raw_record(RecordKind::Blob, blob);
             placed.push(SegmentBlob {
-                segment: id.clone(),
+                segment: SegmentId {
+                    node: self.node,
+                    seq,
+                },
                 offset: bytes.len() as u64 + RECORD_HEADER_LEN,
                 blob: BlobRef {
                     hash: header.hash,
@@ -233,44 +237,69 @@ impl ObjectLog {
             bytes.extend_from_slice(&raw_record(record.kind(), &payload).encode());
             bytes.extend_from_slice(&payload);
         }
-        let create = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        *next = Next::Unknown;
-        let key = self.key(&id);
-        let put = self.store.run(self.store.objects().put_opts(
-            &key,
-            PutPayload::from(bytes),
-            create,
-        ));
-        match put {
-            Ok(_) => {
-                *next = Next::At(seq + 1);
-                Ok((id, placed))
-            }
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let why = format!(
-                    "segment {key} exists: another process writes as node {} (every node \
-                     needs a [storage] node of its own); this one writes no more",
-                    self.node
-                );
-                *next = Next::Taken(why.clone());
-                Err(StoreError::Busy(why))
-            }
-            Err(e) => {
-                *next = Next::Failed(seq);
-                Err(object_error(e))
+        let payload = PutPayload::from(bytes);
+        loop {
+            let id = SegmentId {
+                node: self.node,
+                seq,
+            };
+            let create = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            *next = Next::Unknown;
+            let key = self.key(&id);
+            let put = self
+                .store
+                .run(self.store.objects().put_opts(&key, payload.clone(), create));
+            match put {
+                Ok(_) => {
+                    *next = Next::At(seq + 1);
+                    for at in &mut placed {
+                        at.segment = id.clone();
+                    }
+                    return Ok((id, placed));
+                }
+                // The failed put landed after the listing (or S3 applied a first attempt of
+                // this one, which it answered with an error and the client retried): a
+                // segment as landed as one listed.
+                Err(object_store::Error::AlreadyExists { .. }) if retrying => {
+                    self.landed_at(seq);
+                    retrying = false;
+                    seq += 1;
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let why = format!(
+                        "segment {key} exists: another process writes as node {} (every node \
+                         needs a [storage] node of its own); this one writes no more",
+                        self.node
+                    );
+                    *next = Next::Taken(why.clone());
+                    return Err(StoreError::Busy(why));
+                }
+                Err(e) => {
+                    *next = Next::Failed(seq);
+                    return Err(object_error(e));
+                }
             }
         }
     }
 
-    /// Whether an append found written a segment of this node's whose put had failed (once:
-    /// the flag is cleared). Its records are in the log, before every segment appended
-    /// since, and not indexed: the index replays them (a `reindex` and a restart's replay
-    /// would) before it applies the segments after.
-    pub fn take_landed(&self) -> bool {
-        self.landed.swap(false, Ordering::SeqCst)
+    fn landed_at(&self, seq: u64) {
+        lock(&self.landed).insert(seq);
+    }
+
+    /// Whether a segment of this node's whose put had failed, and that an append then found
+    /// written, lies before the log position `before` (its records' end in this node's log);
+    /// each is told once. Its records are in the log and not indexed: the index replays them
+    /// (a `reindex` and a restart's replay would) before it applies those at `before`.
+    pub fn take_landed(&self, before: u64) -> bool {
+        let mut landed = lock(&self.landed);
+        let earlier: Vec<u64> = landed.range(..before >> SEGMENT_SHIFT).copied().collect();
+        for seq in &earlier {
+            landed.remove(seq);
+        }
+        !earlier.is_empty()
     }
 
     /// Every node that has written a segment, in order.
@@ -548,5 +577,26 @@ impl ObjectLog {
         report.missing.sort_unstable();
         report.damaged_objects.sort_unstable();
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cas::object::{ObjectBackend, ObjectStoreConfig};
+
+    #[test]
+    fn a_landed_segment_is_told_once_to_what_comes_after_it() {
+        let store =
+            ObjectBlobStore::open(&ObjectStoreConfig::new(ObjectBackend::InMemory)).unwrap();
+        let log = ObjectLog::open(&store, 1);
+        log.landed_at(5);
+        let at = |seq: u64| SegmentId { node: 1, seq }.position(1).1;
+        // A batch the applier took late, from before the segment: not yet.
+        assert!(!log.take_landed(at(4)));
+        assert!(!log.take_landed(at(5)));
+        // The first batch after it: told, and only once.
+        assert!(log.take_landed(at(6)));
+        assert!(!log.take_landed(at(7)));
     }
 }
